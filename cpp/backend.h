@@ -1,0 +1,107 @@
+// decdec_rt: the abstract Backend. The engine (engine.cpp) is written once against it; the CPU
+// backend (cpp/cpu/) is the reference and the CUDA backend (cuda/) must match it op for op.
+//
+// Memory: activations are fp32, row-major, T rows. Pointers passed to ops are the backend's
+// own memory (from alloc()); the engine never dereferences them. Host data crosses only
+// through upload/download. Ops may run asynchronously; download() and synchronize() wait.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "decdec.h"
+#include "layout.h"
+
+namespace ddrt {
+
+// Host view of one weight matrix W [d_out, d_in] and its DecDEC data, pointing into the
+// memory-mapped file. The residual fields are null when the file has no residual for it.
+struct LinearDesc {
+  std::string name;
+  TensorType type = TensorType::F32;
+  int64_t d_out = 0, d_in = 0;
+  const uint8_t* data = nullptr;            // layout.h, tensor_bytes(type, {d_out, d_in}) bytes
+  const uint8_t* residual = nullptr;        // RES4 [d_in][res_row_bytes(d_out)]
+  const uint16_t* residual_scale = nullptr; // f16 [d_out]
+  const float* thresholds = nullptr;        // f32 [d_in], approx mode
+  const int32_t* ranking = nullptr;         // i32 [d_in] channel ids, most important first
+};
+
+// Where residual rows live: pinned mapped host memory (the real mode) or GPU memory (fast
+// evaluation, same numbers). The CPU backend ignores it.
+enum class ResidualPlacement : int32_t { Host = 0, Device = 1 };
+
+// A weight matrix owned by a backend, in whatever layout that backend wants.
+class Linear {
+ public:
+  virtual ~Linear() = default;
+  int64_t d_out = 0, d_in = 0;
+  TensorType type = TensorType::F32;
+  bool has_residual = false;
+  bool has_thresholds = false;
+  bool has_ranking = false;
+};
+
+// KV cache of one context: n_layers x max_seq x n_kv_heads x head_dim keys and values.
+class KVCache {
+ public:
+  virtual ~KVCache() = default;
+  int n_layers = 0, max_seq = 0, n_kv_heads = 0, head_dim = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu", "cuda:0 (NVIDIA H100 ...)"
+
+  // ---- memory ----
+  virtual void* alloc(size_t bytes) = 0;  // throws OutOfMemory
+  virtual void free(void* p) = 0;
+  virtual void upload(void* dst, const void* src_host, size_t bytes) = 0;
+  virtual void download(void* dst_host, const void* src, size_t bytes) = 0;  // waits
+  virtual void synchronize() = 0;
+  // Bytes this backend holds for weights/caches on its device (0 for the CPU).
+  virtual size_t device_bytes() const { return 0; }
+
+  // ---- weights ----
+  virtual std::unique_ptr<Linear> load_linear(const LinearDesc& desc, ResidualPlacement where) = 0;
+  virtual std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads,
+                                                   int head_dim) = 0;
+
+  // ---- ops (all fp32 activations) ----
+  // out[t] = row ids[t] of `table` (any matrix type, dequantized). ids are host ints already
+  // checked to lie in [0, table.d_out).
+  virtual void embed(const Linear& table, float* out, const int32_t* ids_host, int T) = 0;
+  // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w        (x, out: [T, dim]; w: [dim])
+  virtual void rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps) = 0;
+  // y[t] = W x[t] + (DecDEC) R[:, S_t] x[t][S_t] with S_t = select_channels(call, pos0 + t, ...)
+  // x: [T, d_in], y: [T, d_out]. x and y never alias.
+  virtual void matmul(const Linear& W, float* y, const float* x, int T, const DecdecCall& call) = 0;
+  // Rotary embedding in place, rotate-half convention: for i < head_dim/2, with
+  // angle = (float)(pos0 + t) * inv_freq[i] (fp32), (x[i], x[i + head_dim/2]) is rotated by angle.
+  // x: [T, n_heads * head_dim]; inv_freq: backend memory, [head_dim/2].
+  virtual void rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) = 0;
+  // Stores k, v ([T, n_kv_heads * head_dim]) at positions pos0.. of `layer`, then causal GQA
+  // attention for the T queries q ([T, n_heads * head_dim]) over positions 0..pos0+t:
+  // out[t, h] = softmax(q[t,h] . K[0..pos0+t, h / (n_heads/n_kv_heads)] / sqrt(head_dim)) V.
+  virtual void attention(KVCache& kv, int layer, float* out, const float* q, const float* k,
+                         const float* v, int T, int n_heads, int64_t pos0) = 0;
+  // out = silu(gate) * up, elementwise over n values.
+  virtual void swiglu(float* out, const float* gate, const float* up, size_t n) = 0;
+  // x += y, elementwise over n values.
+  virtual void add(float* x, const float* y, size_t n) = 0;
+};
+
+// Factories. make_cuda_backend throws CudaError when CUDA is not built in or no GPU is visible.
+std::unique_ptr<Backend> make_cpu_backend(int n_threads = 0);  // 0: OpenMP default
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+bool cuda_available();   // built with CUDA and at least one GPU visible
+bool cuda_built();       // built with CUDA
+std::string cuda_info(); // device name(s) or why there are none
+
+// Parses "cpu", "cuda", "cuda:N"; throws InvalidArgument for anything else.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+}  // namespace ddrt
