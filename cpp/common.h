@@ -29,6 +29,10 @@ struct Error : std::runtime_error {
 struct FormatError : Error {
   using Error::Error;
 };
+// A file to open does not exist (the bindings map it to FileNotFoundError).
+struct FileNotFound : Error {
+  using Error::Error;
+};
 // A caller passed something invalid (shape, mode, token id, ...). Maps to ValueError too.
 struct InvalidArgument : Error {
   using Error::Error;
