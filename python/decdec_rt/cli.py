@@ -1,0 +1,149 @@
+"""The `decdec-rt` command (also `python -m decdec_rt`), with llama.cpp-like flags."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .errors import Error
+
+KINDS = ("qkv", "o", "gate_up", "down")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="path to a .ddrt model file")
+    p.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
+    p.add_argument("-c", "--ctx-size", type=int, default=0, help="context window (0 = the model's)")
+    p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--decdec", default="off", choices=["off", "exact", "approx", "static", "random"],
+                   help="DecDEC channel selection (default off)")
+    p.add_argument("--k-chunk", default="8",
+                   help="channels per 1024 input channels: one int, or qkv=4,o=4,gate_up=8,down=8")
+    p.add_argument("--residual", default="host", choices=["host", "device"],
+                   help="where residual rows live on the GPU backend (default host: zero-copy)")
+
+
+def _parse_k_chunk(s: str):
+    if "=" not in s:
+        return int(s)
+    out = {}
+    for part in s.split(","):
+        key, _, val = part.partition("=")
+        if key.strip() not in KINDS:
+            raise SystemExit(f"--k-chunk: unknown kind '{key}' (kinds: {', '.join(KINDS)})")
+        out[key.strip()] = int(val)
+    return out
+
+
+def _load(args):
+    from .runtime import Runtime
+    rt = Runtime(args.model, device=args.device, max_seq_len=args.ctx_size, residual=args.residual,
+                 n_threads=args.threads)
+    if args.decdec != "off":
+        rt.set_decdec(args.decdec, _parse_k_chunk(args.k_chunk))
+    return rt
+
+
+def cmd_generate(args) -> int:
+    rt = _load(args)
+    prompt = args.prompt
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            prompt = f.read()
+    if prompt is None:
+        raise SystemExit("generate: give a prompt with -p TEXT or -f FILE")
+    t0 = time.perf_counter()
+    n = 0
+    if not args.no_echo:
+        print(prompt, end="", flush=True)
+    for piece in rt.generate(prompt, max_new_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
+                             top_p=args.top_p, repetition_penalty=args.repeat_penalty, seed=args.seed,
+                             stop=args.stop, stream=True):
+        print(piece, end="", flush=True)
+        n += 1
+    dt = time.perf_counter() - t0
+    print(file=sys.stdout)
+    print(f"[{rt.backend}; DecDEC {rt.decdec['mode']}; stop: {rt.last_stop_reason}; "
+          f"{len(rt._engine.tokens)} tokens in context; {dt:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    rt = _load(args)
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    t0 = time.perf_counter()
+    ppl = rt.perplexity(text, context=args.context)
+    dt = time.perf_counter() - t0
+    print(f"perplexity {ppl:.4f}  (context {args.context}, DecDEC {rt.decdec['mode']}, {dt:.1f} s)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import _core
+    f = _core.ModelFile(args.model, verify_checksums=not args.no_verify)
+    print(f"{args.model}: .ddrt version {f.version}, {f.file_size} bytes, alignment {f.alignment}")
+    print("metadata:")
+    for k, v in sorted(f.metadata.items()):
+        if isinstance(v, (bytes, bytearray)):
+            v = f"<{len(v)} bytes>"
+        elif isinstance(v, list) and len(v) > 8:
+            v = f"[{len(v)} items: {', '.join(map(repr, v[:4]))}, ...]"
+        elif isinstance(v, str) and len(v) > 80:
+            v = repr(v[:77] + "...")
+        print(f"  {k} = {v}")
+    tensors = f.tensors
+    total = sum(t["size"] for t in tensors)
+    print(f"tensors: {len(tensors)}, {total / 2**20:.2f} MiB")
+    if args.tensors:
+        for t in tensors:
+            shape = "x".join(map(str, t["shape"]))
+            print(f"  {t['name']:<40} {t['type_name']:<9} {shape:<16} {t['size']:>12} B")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="decdec-rt", description="decdec_rt: 3/4-bit LLM runtime with DecDEC")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="complete a prompt")
+    _add_model_args(g)
+    g.add_argument("-p", "--prompt", help="prompt text")
+    g.add_argument("-f", "--file", help="read the prompt from a file")
+    g.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
+    g.add_argument("--temp", type=float, default=0.0, help="temperature (0 = greedy, the default)")
+    g.add_argument("--top-k", type=int, default=0, help="top-k sampling (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 = off)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (1 = off)")
+    g.add_argument("-s", "--seed", type=int, default=None, help="sampling seed (default random)")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--no-echo", action="store_true", help="do not print the prompt")
+    g.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("ppl", help="perplexity of a text file")
+    _add_model_args(p)
+    p.add_argument("-f", "--file", required=True, help="text file to score")
+    p.add_argument("--context", type=int, default=512, help="window length in tokens (default 512)")
+    p.set_defaults(fn=cmd_ppl)
+
+    i = sub.add_parser("inspect", help="print a model file's metadata and tensors")
+    i.add_argument("-m", "--model", required=True)
+    i.add_argument("--tensors", action="store_true", help="list every tensor")
+    i.add_argument("--no-verify", action="store_true", help="skip the checksum pass")
+    i.set_defaults(fn=cmd_inspect)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (Error, FileNotFoundError, ValueError) as e:
+        print(f"decdec-rt {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
