@@ -29,6 +29,8 @@ void raise_as(const char* cls, const char* what) {
 void translate(const std::exception_ptr& p, void*) {
   try {
     std::rethrow_exception(p);
+  } catch (const ddrt::FileNotFound& e) {
+    PyErr_SetString(PyExc_FileNotFoundError, e.what());
   } catch (const ddrt::FormatError& e) {
     raise_as("FormatError", e.what());
   } catch (const ddrt::ContextOverflow& e) {
