@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -114,3 +115,197 @@ def train_spm(vocab_size: int = 384) -> dict:
             "tokenizer.bos_id": 1, "tokenizer.eos_id": 2, "tokenizer.pad_id": -1,
             "tokenizer.add_bos": True, "tokenizer.special_tokens": [IM_START, "<|im_end|>"],
             "tokenizer.chat_template": CHAT_TEMPLATE}
+
+
+# ---- the model ----------------------------------------------------------------------------------
+SHAPES = {
+    # d_in of ffn_down = 160: a multiple of 32 but not of 64/128 (group tails at g64/g128)
+    "tiny": dict(dim=64, hidden_dim=160, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                 n_vocab=None, max_seq_len=256, rope_theta=10000.0, tied_embeddings=False,
+                 group_size=64, calib=(4, 64)),
+    "smollm2-135m": dict(dim=576, hidden_dim=1536, n_layers=30, n_heads=9, n_kv_heads=3,
+                         head_dim=64, n_vocab=49152, max_seq_len=2048, rope_theta=100000.0,
+                         tied_embeddings=True, group_size=128, calib=(2, 32)),
+}
+NORM_EPS = 1e-5
+
+
+def _config_metadata(cfg: dict, n_vocab: int, name: str) -> dict:
+    return {"general.architecture": "llama", "general.name": name,
+            **{f"model.{k}": int(cfg[k]) for k in ("dim", "hidden_dim", "n_layers", "n_heads",
+                                                   "n_kv_heads", "head_dim", "max_seq_len")},
+            "model.n_vocab": int(n_vocab), "model.norm_eps": NORM_EPS,
+            "model.rope_theta": float(cfg["rope_theta"]),
+            "model.tied_embeddings": bool(cfg["tied_embeddings"])}
+
+
+def _norm_weight(rng, dim: int, outliers: bool) -> np.ndarray:
+    """~1 with noise; block norms get a few large channels so activations are heavy-tailed
+    (as in real LLMs), which is what DecDEC's top-|x| selection is about."""
+    w = 1.0 + 0.1 * rng.standard_normal(dim, dtype=np.float32)
+    if outliers:
+        idx = rng.choice(dim, size=max(1, dim // 32), replace=False)
+        w[idx] *= rng.uniform(3.0, 6.0, size=len(idx)).astype(np.float32)
+    return w
+
+
+def _fp16_round(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).astype(np.float32)
+
+
+def random_weights(cfg: dict, n_vocab: int, seed: int, margin: float, progress: bool) -> dict:
+    """FP weights {tensor name: f32 array}, already rounded to f16 (so the f16 model and the
+    quantized ones start from the same numbers). Independent of the quantization settings."""
+    from tqdm import tqdm
+    from .reference import Config, linear_name
+    from .types import LINEAR_SLOTS
+    rng = np.random.default_rng(seed)
+    dim = cfg["dim"]
+    shape_of = Config(**{k: cfg[k] for k in ("dim", "hidden_dim", "n_layers", "n_heads",
+                                             "n_kv_heads", "head_dim", "max_seq_len")},
+                      n_vocab=n_vocab, norm_eps=NORM_EPS, rope_theta=cfg["rope_theta"],
+                      tied_embeddings=cfg["tied_embeddings"], rope_scaling=None).linear_shape
+    w = {"token_embd.weight": rng.standard_normal((n_vocab, dim), dtype=np.float32) / np.sqrt(dim)}
+    for i in tqdm(range(cfg["n_layers"]), desc="weights", disable=not progress):
+        w[f"blk.{i}.attn_norm.weight"] = _norm_weight(rng, dim, outliers=True)
+        w[f"blk.{i}.ffn_norm.weight"] = _norm_weight(rng, dim, outliers=True)
+        for slot in LINEAR_SLOTS:
+            d_out, d_in = shape_of(slot)
+            w[linear_name(i, slot) + ".weight"] = \
+                rng.standard_normal((d_out, d_in), dtype=np.float32) / np.sqrt(d_in)
+    w["output_norm.weight"] = _norm_weight(rng, dim, outliers=False) * np.float32(margin)
+    if not cfg["tied_embeddings"]:
+        w["output.weight"] = 2.0 * rng.standard_normal((n_vocab, dim), dtype=np.float32) / np.sqrt(dim)
+    return {k: _fp16_round(v) if v.ndim == 2 else v.astype(np.float32) for k, v in w.items()}
+
+
+def _calibration_sequences(tok, n_vocab: int, n_seq: int, length: int, seed: int) -> list:
+    """Half text windows of CORPUS, half uniformly random token ids."""
+    rng = np.random.default_rng(seed + 7919)
+    text_ids = tok.encode(CORPUS, add_bos=False)
+    seqs = []
+    for s in range(n_seq):
+        if s % 2 == 0 and len(text_ids) > length:
+            start = (s // 2) * (len(text_ids) - length) // max(1, n_seq // 2)
+            seqs.append([tok.bos_id] + text_ids[start:start + length - 1])
+        else:
+            seqs.append(rng.integers(0, n_vocab, size=length).tolist())
+    return seqs
+
+
+@dataclass
+class _Linear:
+    """One stored linear: its packed data, what it dequantizes to, and its residual."""
+    ttype: int
+    data: np.ndarray                  # u8, layout.h bytes (or the f16 matrix for F16)
+    deq: np.ndarray                   # f32 [d_out, d_in]
+    res_codes: np.ndarray | None = None   # i8 [d_out, d_in], -7..7
+    res_scale: np.ndarray | None = None   # f16 [d_out]
+
+
+def _quantize_linear(W: np.ndarray, ttype: int, with_residual: bool) -> _Linear:
+    from . import quant
+    from .types import TType
+    if ttype == TType.F16:
+        return _Linear(ttype, W.astype(np.float16), W)
+    buf, W_deq = quant.quantize(W, ttype)
+    lin = _Linear(ttype, np.asarray(buf, np.uint8), np.asarray(W_deq, np.float32))
+    if with_residual:
+        lin.res_codes, lin.res_scale = quant.quantize_residual(W - lin.deq)
+    return lin
+
+
+def _write_linear(writer, name: str, lin: _Linear, calib_x: np.ndarray | None):
+    """name = "blk.{i}.{slot}"; calib_x = the linear's calibration inputs [n_tok, d_in]."""
+    from . import quant
+    from .types import TType
+    d_out, d_in = lin.deq.shape
+    if lin.ttype == TType.F16:
+        writer.add_array(name + ".weight", lin.data)
+    else:
+        writer.add_tensor(name + ".weight", int(lin.ttype), [d_out, d_in], lin.data)
+    if lin.res_codes is None:
+        return
+    writer.add_tensor(name + ".residual", int(TType.RES4), [d_in, d_out],
+                      quant.pack_residual(lin.res_codes))
+    writer.add_array(name + ".residual_scale", np.asarray(lin.res_scale, np.float16))
+    writer.add_array(name + ".thresholds", np.asarray(quant.calibrate_thresholds(calib_x), np.float32))
+    writer.add_array(name + ".ranking", np.asarray(quant.static_ranking(calib_x), np.int32))
+
+
+def _check_options(tokenizer, bits, method, shape):
+    if shape not in SHAPES:
+        raise ValueError(f"shape {shape!r}: expected one of {sorted(SHAPES)}")
+    if bits not in (16, 4, 3):
+        raise ValueError(f"bits {bits}: expected 16, 4 or 3")
+    if method not in ("rtn", "nonuniform"):
+        raise ValueError(f"method {method!r}: expected rtn or nonuniform")
+    if tokenizer not in ("bpe", "spm"):
+        raise ValueError(f"tokenizer {tokenizer!r}: expected bpe or spm")
+    if SHAPES[shape]["n_vocab"] is not None and tokenizer != "bpe":
+        raise ValueError(f"shape {shape}: its {SHAPES[shape]['n_vocab']}-entry vocabulary needs "
+                         "tokenizer bpe")
+
+
+def make_tiny_model(path: str, tokenizer: str = "bpe", bits: int = 3, group_size: int | None = None,
+                    method: str = "rtn", shape: str = "tiny", seed: int = 0, residual: bool = True,
+                    margin: float = 1.0, progress: bool | None = None) -> dict:
+    """Writes a random Llama-style model to `path`; returns its metadata.
+
+    bits 16: f16 linears (quant.method none, no residual). bits 3/4: each linear quantized with
+    `method` (rtn: uniform asymmetric, group `group_size`; nonuniform: per-row LUT), residual
+    R = W - deq(Q(W)) stored as 4-bit codes (unless residual=False), thresholds and static
+    ranking calibrated on the quantized model's own linear inputs. The FP weights depend only
+    on (shape, tokenizer, seed, margin), so models differing only in bits share them."""
+    from tqdm import tqdm
+    from .ddrt import DdrtWriter
+    from .reference import ReferenceModel
+    from .tokenizer import Tokenizer
+    from .types import TType, lut_type, tensor_bytes, uniform_type
+
+    _check_options(tokenizer, bits, method, shape)
+    cfg = SHAPES[shape]
+    progress = (shape != "tiny") if progress is None else progress
+    group = int(group_size or cfg["group_size"])
+    quantized = bits != 16
+    ttype = (uniform_type(bits, group) if method == "rtn" else lut_type(bits)) if quantized else TType.F16
+    with_res = quantized and residual
+
+    tok_meta = train_bpe(n_total=cfg["n_vocab"]) if tokenizer == "bpe" else train_spm()
+    tok = Tokenizer.from_metadata(tok_meta)
+    fp = random_weights(cfg, tok.n_vocab, seed, margin, progress)  # name -> f32
+
+    label = f"{method}{bits}" + (f"-g{group}" if method == "rtn" else "") if quantized else "f16"
+    meta = {**_config_metadata(cfg, tok.n_vocab, f"decdec-random-{shape}-{label}"), **tok_meta,
+            "quant.method": method if quantized else "none",
+            "quant.group_size": group if quantized and method == "rtn" else 0,
+            "decdec.residual": with_res}
+    linears = {name[: -len(".weight")]: _quantize_linear(W, ttype, with_res)
+               for name, W in tqdm(fp.items(), desc="quantize", disable=not progress)
+               if name.startswith("blk.") and W.ndim == 2}
+    stored = sum(8 * tensor_bytes(lin.ttype, lin.deq.shape) for lin in linears.values())
+    meta["quant.bits"] = stored / sum(lin.deq.size for lin in linears.values())
+
+    calib = {}
+    if with_res:
+        arrays = {**{k: v for k, v in fp.items() if not k.startswith("blk.") or v.ndim == 1},
+                  **{k + ".weight": lin.deq for k, lin in linears.items()}}
+        ref = ReferenceModel.from_arrays(meta, arrays, dtype=np.float32)
+        n_seq, length = cfg["calib"]
+        seqs = _calibration_sequences(tok, tok.n_vocab, n_seq, length, seed)
+        calib = ref.collect_inputs(tqdm(seqs, desc="calibrate", disable=not progress))
+        meta["decdec.calib_tokens"] = sum(len(s) for s in seqs)
+
+    writer = DdrtWriter(alignment=256)
+    for k, v in meta.items():
+        writer.add(k, v)
+    for name, W in fp.items():
+        lin_name = name[: -len(".weight")]
+        if lin_name in linears:
+            _write_linear(writer, lin_name, linears[lin_name], calib.get(lin_name))
+        elif W.ndim == 1:
+            writer.add_array(name, W.astype(np.float32))
+        else:
+            writer.add_array(name, W.astype(np.float16))
+    writer.write(path)
+    return meta
