@@ -47,30 +47,52 @@ uint16_t rd16(const uint8_t* p) {
 }
 
 // ---- packed code blocks (layout.h) ---------------------------------------------------------
-// c[0..32) = the 32 codes of one block of B-bit codes.
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+// c0 = codes 0..15 and c1 = codes 16..31 of one block of B-bit codes (32-bit lanes: every
+// shift is a per-lane vector shift, which x86 has for 32-bit lanes only).
 template <int B>
-inline void unpack_block(const uint8_t* blk, uint8_t* c) {
-  if constexpr (B == 3) {
-    for (int s = 0; s < 4; ++s)
-      for (int k = 0; k < 8; ++k)
-        c[8 * s + k] = (uint8_t)(((blk[k] >> (2 * s)) & 3) | (((blk[8 + s] >> k) & 1) << 2));
-  } else {
-    constexpr int n = 4 * B, mask = (1 << B) - 1;
-    for (int s = 0; s < kBlockCodes / n; ++s)
-      for (int k = 0; k < n; ++k) c[s * n + k] = (uint8_t)((blk[k] >> (B * s)) & mask);
+inline void block_codes(const uint8_t* blk, v16i& c0, v16i& c1) {
+  if constexpr (B == 8) {
+    v16u8 a, b;
+    memcpy(&a, blk, 16);
+    memcpy(&b, blk + 16, 16);
+    c0 = __builtin_convertvector(a, v16i);
+    c1 = __builtin_convertvector(b, v16i);
+  } else if constexpr (B == 4) {  // code j in byte j % 16 at bit 4 * (j / 16)
+    v16u8 a;
+    memcpy(&a, blk, 16);
+    const v16i v = __builtin_convertvector(a, v16i);
+    c0 = v & 15;
+    c1 = v >> 4;
+  } else {  // B = 2 or 3: low 2 bits of code j in byte j % 8 at bit 2 * (j / 8)
+    // Widen the block's bytes to 32-bit lanes first, then permute lanes (one vpermd each).
+    // A 3-bit block is followed inside its tensor by at least 4 bytes (the next block or the
+    // fp16 tables), so its 16-byte load stays inside the tensor.
+    v16u8 raw = {};
+    memcpy(&raw, blk, B == 3 ? 16 : 8);
+    const v16i r = __builtin_convertvector(raw, v16i);
+    const v16i lo = __builtin_shufflevector(r, r, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    const v16i s0 = {0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2};
+    c0 = (lo >> s0) & 3;
+    c1 = (lo >> (s0 + 4)) & 3;
+    if constexpr (B == 3) {  // bit 2 of code j: bit j % 8 of byte 8 + j / 8
+      const v16i h01 = __builtin_shufflevector(r, r, 8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9);
+      const v16i h23 = __builtin_shufflevector(r, r, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11);
+      const v16i bit = {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7};
+      c0 |= ((h01 >> bit) & 1) << 2;
+      c1 |= ((h23 >> bit) & 1) << 2;
+    }
   }
 }
 
 // The two halves of a block's codes as floats.
 template <int B>
 inline void block_codes_f(const uint8_t* blk, v16f& lo, v16f& hi) {
-  alignas(32) uint8_t c[kBlockCodes];
-  unpack_block<B>(blk, c);
-  v16u8 a, b;
-  memcpy(&a, c, 16);
-  memcpy(&b, c + 16, 16);
-  lo = __builtin_convertvector(a, v16f);
-  hi = __builtin_convertvector(b, v16f);
+  v16i c0, c1;
+  block_codes<B>(blk, c0, c1);
+  lo = __builtin_convertvector(c0, v16f);
+  hi = __builtin_convertvector(c1, v16f);
 }
 
 // ---- dequantize one row ----------------------------------------------------------------------
@@ -80,12 +102,17 @@ void dequant_uniform_row(const CpuLinear& W, int64_t o, float* out) {
   const uint8_t* row = W.codes + o * row_code_bytes(d_in, B);
   const float* s = W.scale.data() + o * ng;
   const float* m = W.mn.data() + o * ng;
-  alignas(32) uint8_t c[kBlockCodes];
   for (int64_t b = 0; b < n_blocks(d_in); ++b) {
-    unpack_block<B>(row + b * block_bytes(B), c);
     const int64_t i0 = b * kBlockCodes, n = std::min<int64_t>(kBlockCodes, d_in - i0);
     const float sg = s[i0 / W.group], mg = m[i0 / W.group];  // a block never straddles groups
-    for (int64_t j = 0; j < n; ++j) out[i0 + j] = sg * (float)c[j] + mg;
+    alignas(64) float w[kBlockCodes];
+    v16f lo, hi;
+    block_codes_f<B>(row + b * block_bytes(B), lo, hi);
+    lo = lo * sg + mg;
+    hi = hi * sg + mg;
+    memcpy(w, &lo, sizeof lo);
+    memcpy(w + kVec, &hi, sizeof hi);
+    memcpy(out + i0, w, n * sizeof(float));
   }
 }
 
@@ -94,10 +121,13 @@ void dequant_lut_row(const CpuLinear& W, int64_t o, float* out) {
   const int64_t d_in = W.d_in;
   const uint8_t* row = W.codes + o * row_code_bytes(d_in, B);
   const float* lut = W.lut.data() + o * (1 << B);
-  alignas(32) uint8_t c[kBlockCodes];
   for (int64_t b = 0; b < n_blocks(d_in); ++b) {
-    unpack_block<B>(row + b * block_bytes(B), c);
     const int64_t i0 = b * kBlockCodes, n = std::min<int64_t>(kBlockCodes, d_in - i0);
+    alignas(64) int32_t c[kBlockCodes];
+    v16i c0, c1;
+    block_codes<B>(row + b * block_bytes(B), c0, c1);
+    memcpy(c, &c0, sizeof c0);
+    memcpy(c + kVec, &c1, sizeof c1);
     for (int64_t j = 0; j < n; ++j) out[i0 + j] = lut[c[j]];
   }
 }
@@ -120,7 +150,8 @@ float uniform_row_dot(const CpuLinear& W, int64_t o, const float* xp, const floa
   const uint8_t* row = W.codes + o * row_code_bytes(d_in, B);
   const float* s = W.scale.data() + o * ng;
   const float* m = W.mn.data() + o * ng;
-  float acc = 0;
+  v16f acc = {};  // sum_g s[g] * (q[g] . x[g])
+  float macc = 0;  // sum_g m[g] * sum(x[g])
   for (int64_t g = 0; g < ng; ++g) {
     v16f v = {};
     for (int64_t b = g * bpg; b < std::min<int64_t>(nb, (g + 1) * bpg); ++b) {
@@ -128,9 +159,10 @@ float uniform_row_dot(const CpuLinear& W, int64_t o, const float* xp, const floa
       block_codes_f<B>(row + b * block_bytes(B), lo, hi);
       v += lo * load16(xp + b * kBlockCodes) + hi * load16(xp + b * kBlockCodes + kVec);
     }
-    acc += s[g] * hsum(v) + m[g] * xsum[g];
+    acc += s[g] * v;
+    macc += m[g] * xsum[g];
   }
-  return acc;
+  return hsum(acc) + macc;
 }
 
 template <int B>
