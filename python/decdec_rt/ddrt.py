@@ -139,7 +139,7 @@ def _encode_array(et: ValueType, values, key: str) -> bytes:
     if et == V.STRING:
         return head + b"".join(_encode_scalar(V.STRING, s, key) for s in values)
     if isinstance(values, (bytes, bytearray, memoryview)):
-        values = np.frombuffer(values, np.uint8)
+        values = np.frombuffer(values, np.int8 if et == V.I8 else np.uint8)
     if isinstance(values, np.ndarray) and _FROM_NUMPY.get(values.dtype) == et:
         return head + values.astype(_DTYPE[et], copy=False).tobytes()
     if et in (V.F32, V.F64):

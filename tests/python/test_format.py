@@ -41,6 +41,8 @@ ARRAYS = [
     ("a.u64", np.array([2**64 - 1, 3], np.uint64), None, [2**64 - 1, 3]),
     ("a.i64", [-(2**50), 4], None, [-(2**50), 4]),
     ("a.f64", [1e300, -0.5], None, [1e300, -0.5]),
+    ("a.empty", [], V.STRING, []),
+    ("a.i8_from_bytes", b"\xff\x01", V.I8, b"\xff\x01"),
 ]
 INFERRED = [  # no vtype: the writer's inference
     ("i.bool", False, False),
