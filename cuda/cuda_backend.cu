@@ -1,0 +1,477 @@
+// decdec_rt CUDA backend: the Backend implementation (backend.h) over the kernels of cuda/.
+// One stream per backend; every CUDA call is checked and a failure becomes CudaError naming the
+// call (cudaMalloc failure: OutOfMemory). Weights are repacked once at load (packed.cuh).
+#include "cuda_backend.cuh"
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "host_prep.h"
+#include "kernels.cuh"
+
+namespace ddrt {
+
+namespace {
+
+using Counter = std::shared_ptr<std::atomic<size_t>>;
+
+void check(cudaError_t e, const char* call, const std::string& what = "") {
+  if (e == cudaSuccess) return;
+  cudaGetLastError();  // clear a sticky-free error so the next call starts clean
+  throw CudaError(std::string("CUDA: ") + call + " failed: " + cudaGetErrorString(e) +
+                  (what.empty() ? "" : " (" + what + ")"));
+}
+#define DDRT_CHECK(call, ...) check((call), #call, ##__VA_ARGS__)
+
+// Device memory owned by one object; counted in the backend's device_bytes when `counter`.
+class DevMem {
+ public:
+  DevMem() = default;
+  DevMem(size_t bytes, Counter counter, const std::string& what) : counter_(std::move(counter)) {
+    if (bytes == 0) return;
+    const cudaError_t e = cudaMalloc(&p_, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      p_ = nullptr;
+      throw OutOfMemory("CUDA: cudaMalloc of " + std::to_string(bytes) + " bytes for " + what + " failed: " +
+                        cudaGetErrorString(e));
+    }
+    n_ = bytes;
+    if (counter_) *counter_ += n_;
+  }
+  DevMem(const DevMem&) = delete;
+  DevMem& operator=(const DevMem&) = delete;
+  DevMem(DevMem&& o) noexcept { swap(o); }
+  DevMem& operator=(DevMem&& o) noexcept {
+    swap(o);
+    return *this;
+  }
+  ~DevMem() {
+    if (p_) cudaFree(p_);  // destructor: errors cannot be reported
+    if (counter_) *counter_ -= n_;
+  }
+  void* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  void swap(DevMem& o) {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    std::swap(counter_, o.counter_);
+  }
+  void* p_ = nullptr;
+  size_t n_ = 0;
+  Counter counter_;
+};
+
+// Pinned, mapped host memory (zero-copy residual rows).
+class PinnedMem {
+ public:
+  PinnedMem() = default;
+  PinnedMem(size_t bytes, const std::string& what) {
+    const cudaError_t e = cudaHostAlloc(&p_, bytes, cudaHostAllocMapped);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      p_ = nullptr;
+      throw OutOfMemory("CUDA: cudaHostAlloc(mapped) of " + std::to_string(bytes) + " bytes for " + what +
+                        " failed: " + cudaGetErrorString(e));
+    }
+    DDRT_CHECK(cudaHostGetDevicePointer(&dev_, p_, 0), what);
+  }
+  PinnedMem(const PinnedMem&) = delete;
+  PinnedMem& operator=(const PinnedMem&) = delete;
+  PinnedMem& operator=(PinnedMem&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(dev_, o.dev_);
+    return *this;
+  }
+  ~PinnedMem() {
+    if (p_) cudaFreeHost(p_);
+  }
+  void* host() const { return p_; }
+  void* dev() const { return dev_; }
+
+ private:
+  void* p_ = nullptr;
+  void* dev_ = nullptr;
+};
+
+struct CudaLinear : Linear {
+  std::string name;
+  gpu::DevLinear dev;
+  gpu::DevResidual res;
+  std::vector<float> thresholds_host;  // approx floors are computed on the host per call
+  std::vector<DevMem> mem;
+  PinnedMem pinned;
+  bool staged = true;  // quantized GEMV stages x in shared memory (else the prep path)
+  int rows_per_warp = 1, gemv_blocks = 1;
+};
+
+struct CudaKVCache : KVCache {
+  DevMem k, v;  // [n_layers][max_seq][n_kv_heads][head_dim] fp32 each
+  float* at(const DevMem& m, int layer, int64_t pos) const {
+    return static_cast<float*>(m.get()) + (((int64_t)layer * max_seq + pos) * n_kv_heads) * head_dim;
+  }
+};
+
+uint16_t rd16(const uint8_t* p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(int device) : dev_(device), held_(std::make_shared<std::atomic<size_t>>(0)) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw CudaError(std::string("CUDA backend unavailable: cudaGetDeviceCount failed: ") + cudaGetErrorString(e));
+    }
+    if (n == 0) throw CudaError("CUDA backend unavailable: no CUDA device is visible");
+    if (device < 0 || device >= n)
+      throw CudaError("device 'cuda:" + std::to_string(device) + "' does not exist: " + std::to_string(n) +
+                      " CUDA device(s) visible (cuda:0..cuda:" + std::to_string(n - 1) + ")");
+    DDRT_CHECK(cudaSetDevice(dev_));
+    DDRT_CHECK(cudaGetDeviceProperties(&prop_, dev_));
+    DDRT_CHECK(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
+  }
+  ~CudaBackend() override {
+    cudaSetDevice(dev_);
+    if (st_) {
+      cudaStreamSynchronize(st_);
+      cudaStreamDestroy(st_);
+    }
+    scratch_ = DevMem();
+  }
+
+  cudaStream_t stream() const { return st_; }
+
+  std::string name() const override { return "cuda:" + std::to_string(dev_) + " (" + prop_.name + ")"; }
+
+  // ---- memory ----
+  void* alloc(size_t bytes) override {
+    use();
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw OutOfMemory("CUDA: cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(e));
+    }
+    return p;
+  }
+  void free(void* p) override {
+    if (!p) return;
+    use();
+    DDRT_CHECK(cudaStreamSynchronize(st_), "before free");
+    DDRT_CHECK(cudaFree(p));
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    use();
+    DDRT_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, st_));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    use();
+    DDRT_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st_));
+    DDRT_CHECK(cudaStreamSynchronize(st_));
+  }
+  void synchronize() override {
+    use();
+    DDRT_CHECK(cudaStreamSynchronize(st_));
+  }
+  size_t device_bytes() const override { return held_->load(); }
+
+  // ---- weights ----
+  std::unique_ptr<Linear> load_linear(const LinearDesc& d, ResidualPlacement where) override;
+  std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim) override;
+
+  // ---- ops ----
+  void embed(const Linear& table, float* out, const int32_t* ids_host, int T) override {
+    use();
+    const auto& W = static_cast<const CudaLinear&>(table);
+    for (int t = 0; t < T; ++t)
+      if (ids_host[t] < 0 || ids_host[t] >= W.d_out)
+        throw InvalidArgument("embed: token id " + std::to_string(ids_host[t]) + " outside [0, " +
+                              std::to_string(W.d_out) + ")");
+    DDRT_CHECK(gpu::launch_embed(W.dev, out, ids_host, T, st_), "embed '" + W.name + "'");
+  }
+  void rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps) override {
+    use();
+    DDRT_CHECK(gpu::launch_rmsnorm(out, x, w, T, dim, eps, st_));
+  }
+  void matmul(const Linear& W, float* y, const float* x, int T, const DecdecCall& call) override;
+  void rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) override {
+    use();
+    DDRT_CHECK(gpu::launch_rope(x, T, n_heads, head_dim, pos0, inv_freq, st_));
+  }
+  void attention(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
+                 int n_heads, int64_t pos0) override;
+  void swiglu(float* out, const float* gate, const float* up, size_t n) override {
+    use();
+    DDRT_CHECK(gpu::launch_swiglu(out, gate, up, n, st_));
+  }
+  void add(float* x, const float* y, size_t n) override {
+    use();
+    DDRT_CHECK(gpu::launch_add(x, y, n, st_));
+  }
+
+ private:
+  void use() const { DDRT_CHECK(cudaSetDevice(dev_)); }
+  // Scratch of at least `bytes` (grows; growing waits for the stream so no kernel still reads
+  // the old buffer). Not counted in device_bytes (it is working memory, not weights/caches).
+  void* scratch(size_t bytes) {
+    if (scratch_.size() < bytes) {
+      DDRT_CHECK(cudaStreamSynchronize(st_), "before growing scratch");
+      scratch_ = DevMem();
+      scratch_ = DevMem(bytes + bytes / 4, nullptr, "scratch");
+    }
+    return scratch_.get();
+  }
+  void compensate(const CudaLinear& W, float* y, const float* x, int T, const DecdecCall& call);
+
+  int dev_;
+  cudaDeviceProp prop_{};
+  cudaStream_t st_ = nullptr;
+  Counter held_;
+  DevMem scratch_;
+};
+
+// Uploads `bytes` of host data into a new DevMem of W.
+template <class T>
+T* put(CudaLinear& W, const Counter& held, const void* src, size_t bytes, cudaStream_t st, const char* what) {
+  W.mem.emplace_back(bytes, held, "'" + W.name + "' " + what);
+  DDRT_CHECK(cudaMemcpyAsync(W.mem.back().get(), src, bytes, cudaMemcpyHostToDevice, st), what);
+  return static_cast<T*>(W.mem.back().get());
+}
+
+std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPlacement where) {
+  use();
+  const std::string what = "linear '" + d.name + "'";
+  if (!is_matrix_type(d.type))
+    throw InvalidArgument(what + ": tensor type " + std::to_string((uint32_t)d.type) + " is not a matrix type");
+  if (d.d_out <= 0 || d.d_in <= 0)
+    throw InvalidArgument(what + ": shape [" + std::to_string(d.d_out) + ", " + std::to_string(d.d_in) + "] is empty");
+  if (!d.data) throw InvalidArgument(what + ": no weight data");
+  if (d.residual && !d.residual_scale) throw InvalidArgument(what + ": a residual without residual_scale");
+
+  auto W = std::make_unique<CudaLinear>();
+  W->name = d.name;
+  W->d_out = d.d_out;
+  W->d_in = d.d_in;
+  W->type = d.type;
+  gpu::DevLinear& g = W->dev;
+  g.type = d.type;
+  g.d_out = d.d_out;
+  g.d_in = d.d_in;
+  g.bits = type_bits(d.type);
+  g.group = type_group(d.type);
+
+  if (is_float(d.type)) {
+    const int64_t es = d.type == TensorType::F32 ? 4 : 2;
+    g.row_stride = (d.d_in + 7) / 8 * 8;
+    std::vector<uint8_t> padded((size_t)(d.d_out * g.row_stride * es));
+    gpu::pad_rows(d.data, d.d_out, d.d_in * es, g.row_stride * es, 0, padded.data());
+    g.fdata = put<void>(*W, held_, padded.data(), padded.size(), st_, "weights");
+    DDRT_CHECK(cudaStreamSynchronize(st_));  // `padded` dies here
+  } else {
+    g.row_vecs = gpu::row_vecs(d.d_in, g.bits);
+    std::vector<uint32_t> codes((size_t)(d.d_out * g.row_vecs * 4));
+    gpu::repack_codes(d.data, d.d_out, d.d_in, g.bits, codes.data());
+    g.codes = put<uint4>(*W, held_, codes.data(), codes.size() * 4, st_, "codes");
+    const uint8_t* tables = d.data + d.d_out * row_code_bytes(d.d_in, g.bits);
+    std::vector<uint32_t> sm;
+    std::vector<float> lut;
+    if (is_uniform(d.type)) {
+      g.n_groups = n_groups(d.d_in, g.group);
+      const int64_t n = d.d_out * g.n_groups;
+      std::vector<uint16_t> s(n), m(n);
+      memcpy(s.data(), tables, n * 2);
+      memcpy(m.data(), tables + 2 * n, n * 2);
+      sm.resize(n);
+      gpu::interleave_scales(s.data(), m.data(), n, sm.data());
+      g.sm = put<__half2>(*W, held_, sm.data(), sm.size() * 4, st_, "scales");
+    } else {
+      lut.resize((size_t)(d.d_out << g.bits));
+      for (size_t i = 0; i < lut.size(); ++i) lut[i] = f16_to_f32(rd16(tables + 2 * i));
+      g.lut = put<float>(*W, held_, lut.data(), lut.size() * 4, st_, "lut");
+    }
+    DDRT_CHECK(cudaStreamSynchronize(st_));  // host staging vectors die here
+    const size_t smem = gpu::gemv_q_smem(g);
+    W->staged = smem != 0;
+    DDRT_CHECK(gpu::gemv_q_grid(g, W->staged, prop_.multiProcessorCount, &W->rows_per_warp, &W->gemv_blocks), what);
+  }
+
+  if (d.residual) {
+    W->has_residual = true;
+    gpu::DevResidual& r = W->res;
+    const int64_t rb = res_row_bytes(d.d_out);
+    r.row_pitch = (rb + 15) / 16 * 16;
+    const size_t bytes = (size_t)(d.d_in * r.row_pitch);
+    if (where == ResidualPlacement::Host) {
+      W->pinned = PinnedMem(bytes, what + " residual");
+      gpu::pad_rows(d.residual, d.d_in, rb, r.row_pitch, 0x88, static_cast<uint8_t*>(W->pinned.host()));
+      r.rows = static_cast<const uint8_t*>(W->pinned.dev());
+    } else {
+      std::vector<uint8_t> rows(bytes);
+      gpu::pad_rows(d.residual, d.d_in, rb, r.row_pitch, 0x88, rows.data());
+      r.rows = put<uint8_t>(*W, held_, rows.data(), bytes, st_, "residual");
+      DDRT_CHECK(cudaStreamSynchronize(st_));
+    }
+    std::vector<float> rs(d.d_out);
+    for (int64_t o = 0; o < d.d_out; ++o) rs[o] = f16_to_f32(rd16((const uint8_t*)(d.residual_scale + o)));
+    r.rscale = put<float>(*W, held_, rs.data(), rs.size() * 4, st_, "residual scales");
+    DDRT_CHECK(cudaStreamSynchronize(st_));
+  }
+  if (d.thresholds) {
+    W->has_thresholds = true;
+    W->thresholds_host.assign(d.thresholds, d.thresholds + d.d_in);
+    W->res.thresholds = put<float>(*W, held_, W->thresholds_host.data(), d.d_in * 4, st_, "thresholds");
+  }
+  if (d.ranking) {
+    std::vector<int32_t> rank_pos(d.d_in, -1);
+    for (int64_t p = 0; p < d.d_in; ++p) {
+      const int32_t i = d.ranking[p];
+      if (i < 0 || i >= d.d_in || rank_pos[i] >= 0)
+        throw InvalidArgument(what + ": ranking is not a permutation of 0.." + std::to_string(d.d_in - 1) +
+                              " (entry " + std::to_string(p) + " = " + std::to_string(i) + ")");
+      rank_pos[i] = (int32_t)p;
+    }
+    W->has_ranking = true;
+    W->res.rank_pos = put<int32_t>(*W, held_, rank_pos.data(), d.d_in * 4, st_, "ranking");
+    DDRT_CHECK(cudaStreamSynchronize(st_));
+  }
+  DDRT_CHECK(cudaStreamSynchronize(st_), what);
+  return W;
+}
+
+std::unique_ptr<KVCache> CudaBackend::create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim) {
+  use();
+  if (n_layers <= 0 || max_seq <= 0 || n_kv_heads <= 0 || head_dim <= 0)
+    throw InvalidArgument("KV cache: every dimension must be positive");
+  auto kv = std::make_unique<CudaKVCache>();
+  kv->n_layers = n_layers;
+  kv->max_seq = max_seq;
+  kv->n_kv_heads = n_kv_heads;
+  kv->head_dim = head_dim;
+  const size_t bytes = (size_t)n_layers * max_seq * n_kv_heads * head_dim * sizeof(float);
+  kv->k = DevMem(bytes, held_, "KV cache keys");
+  kv->v = DevMem(bytes, held_, "KV cache values");
+  DDRT_CHECK(cudaMemsetAsync(kv->k.get(), 0, bytes, st_));
+  DDRT_CHECK(cudaMemsetAsync(kv->v.get(), 0, bytes, st_));
+  return kv;
+}
+
+void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, const DecdecCall& call) {
+  use();
+  const auto& W = static_cast<const CudaLinear&>(lin);
+  if (T <= 0) return;
+  const std::string what = "matmul '" + W.name + "'";
+  const gpu::DevLinear& g = W.dev;
+  if (T == 1 && is_float(W.type) && ((uintptr_t)x & 15) == 0) {
+    DDRT_CHECK(gpu::launch_gemv_f(g, y, x, prop_.multiProcessorCount, st_), what);
+  } else if (T == 1 && !is_float(W.type)) {
+    if (W.staged) {
+      DDRT_CHECK(gpu::launch_gemv_q(g, y, x, nullptr, nullptr, W.rows_per_warp, W.gemv_blocks, st_), what);
+    } else {
+      const int64_t nx = gpu::gemv_prep_floats(g), ns = gpu::gemv_prep_sums(g);
+      float* xp = static_cast<float*>(scratch((size_t)(nx + ns) * sizeof(float)));
+      DDRT_CHECK(gpu::launch_gemv_prep(g, x, xp, xp + nx, st_), what);
+      DDRT_CHECK(gpu::launch_gemv_q(g, y, x, xp, xp + nx, W.rows_per_warp, W.gemv_blocks, st_), what);
+    }
+  } else {
+    DDRT_CHECK(gpu::launch_gemm(g, y, x, T, st_), what);
+  }
+  if (call.mode != DecdecMode::Off) compensate(W, y, x, T, call);
+}
+
+void CudaBackend::compensate(const CudaLinear& W, float* y, const float* x, int T, const DecdecCall& call) {
+  const std::string what = "linear '" + W.name + "': DecDEC mode " + mode_name(call.mode);
+  if ((int)call.mode < 0 || (int)call.mode > (int)DecdecMode::Random) throw InvalidArgument(what + ": unknown mode");
+  if (!W.has_residual) throw InvalidArgument(what + " needs a residual, and this linear has none");
+  if (call.mode == DecdecMode::Approx && !W.has_thresholds)
+    throw InvalidArgument(what + " needs calibration thresholds, and this linear has none");
+  if (call.mode == DecdecMode::Static && !W.has_ranking)
+    throw InvalidArgument(what + " needs a calibration ranking, and this linear has none");
+  gpu::CompParams p;
+  p.call = call;
+  p.kmax = total_k(call.k_chunk, W.d_in);
+  p.k_full = chunk_k(call.k_chunk, kChunk);
+  if (p.kmax == 0) return;
+  if (call.mode == DecdecMode::Approx) gpu::host_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
+  const int n_split = gpu::comp_splits(W.dev, p.kmax, T);
+  const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
+  const size_t part_bytes = (size_t)T * n_split * W.d_out * 4;
+  uint8_t* s = static_cast<uint8_t*>(scratch(sel_bytes + part_bytes));
+  DDRT_CHECK(gpu::launch_compensate(W.dev, W.res, p, y, x, T, reinterpret_cast<int32_t*>(s),
+                                    reinterpret_cast<float*>(s + sel_bytes), st_),
+             what);
+}
+
+void CudaBackend::attention(KVCache& cache, int layer, float* out, const float* q, const float* k, const float* v,
+                            int T, int n_heads, int64_t pos0) {
+  use();
+  auto& kv = static_cast<CudaKVCache&>(cache);
+  const int hkv = kv.n_kv_heads, hd = kv.head_dim;
+  if (layer < 0 || layer >= kv.n_layers) throw InvalidArgument("attention: layer " + std::to_string(layer) + " out of range");
+  if (n_heads <= 0 || n_heads % hkv != 0)
+    throw InvalidArgument("attention: n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
+                          std::to_string(hkv));
+  if (hd > 256) throw InvalidArgument("attention: head_dim " + std::to_string(hd) + " > 256 is not supported on CUDA");
+  if (pos0 < 0 || pos0 + T > kv.max_seq)
+    throw ContextOverflow("attention: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + T - 1) +
+                          " do not fit a context of " + std::to_string(kv.max_seq));
+  if (T <= 0) return;
+  const size_t row = (size_t)hkv * hd * sizeof(float);
+  DDRT_CHECK(cudaMemcpyAsync(kv.at(kv.k, layer, pos0), k, T * row, cudaMemcpyDeviceToDevice, st_));
+  DDRT_CHECK(cudaMemcpyAsync(kv.at(kv.v, layer, pos0), v, T * row, cudaMemcpyDeviceToDevice, st_));
+  const gpu::AttnShape s{T, n_heads, hkv, hd, pos0};
+  float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
+  DDRT_CHECK(gpu::launch_attention(out, q, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr, st_));
+}
+
+}  // namespace
+
+cudaStream_t cuda_stream_of(Backend& b) {
+  auto* c = dynamic_cast<CudaBackend*>(&b);
+  if (!c) throw InvalidArgument("cuda_stream_of: backend '" + b.name() + "' is not a CUDA backend");
+  return c->stream();
+}
+
+bool cuda_built() { return true; }
+
+bool cuda_available() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+std::string cuda_info() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("no CUDA device: ") + cudaGetErrorString(e);
+  }
+  if (n == 0) return "no CUDA device visible";
+  std::string s;
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
+    if (!s.empty()) s += "; ";
+    s += "cuda:" + std::to_string(i) + " " + p.name + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) +
+         ", " + std::to_string(p.multiProcessorCount) + " SMs, " + std::to_string(p.totalGlobalMem >> 20) + " MiB)";
+  }
+  return s;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+}  // namespace ddrt

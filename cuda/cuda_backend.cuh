@@ -1,0 +1,14 @@
+// decdec_rt CUDA backend: what tests and benchmarks may reach beyond the Backend interface.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backend.h"
+
+namespace ddrt {
+
+// The stream every op of a CUDA backend runs on (for event timing and graph capture).
+// Throws InvalidArgument when `b` is not a CUDA backend.
+cudaStream_t cuda_stream_of(Backend& b);
+
+}  // namespace ddrt

@@ -1,0 +1,181 @@
+// decdec_rt CUDA backend: DecDEC compensation, y[t] += R[:, S_t] x[t][S_t], first version.
+//
+// Three kernels, stream-ordered after the base GEMV (so they are race-free with it: each starts
+// only when the previous kernel on the stream has finished writing y):
+//  1. select   grid (chunk, t), 1024 threads: the channels of one 1024-wide chunk, chosen exactly
+//              as select_channels (decdec.h/.cpp): sort (invalid, key, index) ascending with a
+//              bitonic sort in shared memory, keep the first k_c valid ones, write them ascending
+//              to sel[t][c * k_full ...] (-1 in unused slots). Keys: exact -|x| (as bits),
+//              approx bucket, static rank_pos, random random_key(); NaN is never a candidate.
+//  2. gather   grid (32-output vectors / 128, split, t): each thread owns 32 outputs and walks
+//              the selected slots split, split + n_split, ...: one 16-byte load of residual row j
+//              (zero-copy from mapped host memory, or device memory), 32 fp32 FMAs with x[j].
+//              Four rows in flight per thread. Writes partial[t][split][o] (no atomics).
+//  3. reduce   y[t][o] += rscale[o] * sum over splits of partial (fixed order: deterministic).
+#include "kernels.cuh"
+
+namespace ddrt {
+namespace gpu {
+
+namespace {
+
+constexpr int kSelThreads = kChunk;  // one thread per channel of a chunk
+constexpr int kGatherThreads = 128;
+constexpr int kUnroll = 4;
+
+struct SortKey {
+  uint64_t key;
+  int32_t tag;  // invalid << 16 | channel in chunk
+};
+
+__device__ __forceinline__ bool before(const SortKey& a, const SortKey& b) {
+  const int ia = a.tag >> 16, ib = b.tag >> 16;
+  if (ia != ib) return ia < ib;
+  if (a.key != b.key) return a.key < b.key;
+  return a.tag < b.tag;
+}
+
+__global__ void __launch_bounds__(kSelThreads)
+select_kernel(CompParams p, const float* thresholds_unused, const int32_t* rank_pos, const float* x,
+              int64_t d_in, int32_t* sel) {
+  __shared__ SortKey keys[kSelThreads];
+  __shared__ int flag[kSelThreads];
+  __shared__ int warp_count[kSelThreads / 32];
+  const int i = threadIdx.x, lane = i & 31, warp = i >> 5;
+  const int t = blockIdx.y;
+  const int64_t c0 = (int64_t)blockIdx.x * kChunk;
+  const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
+  const int kc = chunk_k(p.call.k_chunk, len);
+  const float* xt = x + (int64_t)t * d_in;
+
+  bool valid = i < len && !isnan(xt[c0 + i]);
+  uint64_t key = ~0ull;
+  if (valid) {
+    const float xv = xt[c0 + i];
+    switch (p.call.mode) {
+      case DecdecMode::Exact: key = 0xffffffffull - __float_as_uint(fabsf(xv)); break;
+      case DecdecMode::Approx: {
+        const int b = approx_bucket(p.floors, fabsf(xv));
+        valid = b < kBuckets;
+        key = (uint64_t)b;
+        break;
+      }
+      case DecdecMode::Static: key = (uint64_t)(uint32_t)rank_pos[c0 + i]; break;
+      case DecdecMode::Random: key = random_key(p.call.seed, p.call.linear_id, p.call.pos0 + t, c0 + i); break;
+      default: valid = false;
+    }
+  }
+  keys[i] = SortKey{key, (valid ? 0 : 1 << 16) | i};
+  flag[i] = 0;
+  __syncthreads();
+  for (int k = 2; k <= kSelThreads; k <<= 1) {
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      const int ixj = i ^ j;
+      if (ixj > i) {
+        const SortKey a = keys[i], b = keys[ixj];
+        const bool up = (i & k) == 0;
+        if (up ? before(b, a) : before(a, b)) {
+          keys[i] = b;
+          keys[ixj] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (i < kc && (keys[i].tag >> 16) == 0) flag[keys[i].tag & 0xffff] = 1;
+  __syncthreads();
+  // ascending output: position = number of flagged channels below this one
+  const unsigned ball = __ballot_sync(0xffffffffu, flag[i] != 0);
+  if (lane == 0) warp_count[warp] = __popc(ball);
+  __syncthreads();
+  int before_me = __popc(ball & ((1u << lane) - 1));
+  int n_sel = 0;
+  for (int w = 0; w < kSelThreads / 32; ++w) {
+    if (w < warp) before_me += warp_count[w];
+    n_sel += warp_count[w];
+  }
+  int32_t* out = sel + (int64_t)t * p.kmax + (int64_t)blockIdx.x * p.k_full;
+  if (flag[i]) out[before_me] = (int32_t)(c0 + i);
+  if (i >= n_sel && i < kc) out[i] = -1;
+  (void)thresholds_unused;
+}
+
+__global__ void __launch_bounds__(kGatherThreads)
+gather_kernel(DevResidual R, int64_t d_out, int64_t d_in, int64_t kmax, const int32_t* sel, const float* x,
+              float* partial) {
+  const int64_t nvo = (d_out + 31) / 32;
+  const int64_t vo = (int64_t)blockIdx.x * kGatherThreads + threadIdx.x;
+  if (vo >= nvo) return;
+  const int split = blockIdx.y, n_split = gridDim.y, t = blockIdx.z;
+  const int32_t* st = sel + (int64_t)t * kmax;
+  const float* xt = x + (int64_t)t * d_in;
+  float acc[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) acc[e] = 0;
+  for (int64_t s0 = split; s0 < kmax; s0 += (int64_t)kUnroll * n_split) {
+    int32_t j[kUnroll];
+    uint4 r[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t s = s0 + (int64_t)u * n_split;
+      j[u] = s < kmax ? st[s] : -1;
+      if (j[u] >= 0) r[u] = *reinterpret_cast<const uint4*>(R.rows + (int64_t)j[u] * R.row_pitch + 16 * vo);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (j[u] < 0) continue;
+      const float xj = xt[j[u]];
+      const uint32_t w[4] = {r[u].x, r[u].y, r[u].z, r[u].w};
+#pragma unroll
+      for (int e = 0; e < 32; ++e) {
+        // output 32 vo + e: byte e / 2 of the vector, nibble e % 2; nibble - 8 exactly via 2^23
+        const uint32_t nib = (w[e / 8] >> (4 * (e % 8))) & 15u;
+        acc[e] = fmaf(__uint_as_float(nib | 0x4B000000u) - 8388616.0f, xj, acc[e]);
+      }
+    }
+  }
+  float* pt = partial + ((int64_t)t * n_split + split) * d_out + 32 * vo;
+#pragma unroll
+  for (int e = 0; e < 32; ++e)
+    if (32 * vo + e < d_out) pt[e] = acc[e];
+}
+
+__global__ void reduce_kernel(const float* rscale, int64_t d_out, int n_split, const float* partial, float* y) {
+  const int t = blockIdx.y;
+  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < d_out; o += (int64_t)gridDim.x * blockDim.x) {
+    float s = 0;
+    for (int k = 0; k < n_split; ++k) s += partial[((int64_t)t * n_split + k) * d_out + o];
+    y[(int64_t)t * d_out + o] += rscale[o] * s;
+  }
+}
+
+}  // namespace
+
+int comp_splits(const DevLinear& W, int64_t kmax, int T) {
+  const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;
+  int64_t n = (264 + bx * T - 1) / (bx * T);  // about two blocks per SM of an H100
+  if (n > kmax) n = kmax;
+  if (n > 64) n = 64;
+  return n < 1 ? 1 : (int)n;
+}
+
+cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
+                              const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
+  if (p.kmax <= 0 || T <= 0) return cudaSuccess;
+  const int64_t n_chunks = (W.d_in + kChunk - 1) / kChunk;
+  select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.thresholds, R.rank_pos, x, W.d_in, sel);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  const int n_split = comp_splits(W, p.kmax, T);
+  const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;
+  gather_kernel<<<dim3((unsigned)bx, n_split, T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax, sel, x,
+                                                                          partial);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  const unsigned rb = (unsigned)((W.d_out + 255) / 256 < 1024 ? (W.d_out + 255) / 256 : 1024);
+  reduce_kernel<<<dim3(rb, T), 256, 0, st>>>(R.rscale, W.d_out, n_split, partial, y);
+  return cudaGetLastError();
+}
+
+}  // namespace gpu
+}  // namespace ddrt

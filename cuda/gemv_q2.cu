@@ -1,0 +1,12 @@
+// decdec_rt CUDA backend: quantized GEMV instantiations for 2-bit codes (one file per width
+// keeps each nvcc invocation short).
+#include "gemv_q.cuh"
+
+namespace ddrt {
+namespace gpu {
+
+DDRT_GEMV_Q_INSTANTIATE(2, false)
+DDRT_GEMV_PREP_INSTANTIATE(2)
+
+}  // namespace gpu
+}  // namespace ddrt

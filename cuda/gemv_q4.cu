@@ -1,0 +1,13 @@
+// decdec_rt CUDA backend: quantized GEMV instantiations for 4-bit codes (one file per width
+// keeps each nvcc invocation short).
+#include "gemv_q.cuh"
+
+namespace ddrt {
+namespace gpu {
+
+DDRT_GEMV_Q_INSTANTIATE(4, false)
+DDRT_GEMV_Q_INSTANTIATE(4, true)
+DDRT_GEMV_PREP_INSTANTIATE(4)
+
+}  // namespace gpu
+}  // namespace ddrt

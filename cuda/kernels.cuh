@@ -1,0 +1,94 @@
+// decdec_rt CUDA backend: what the kernels see of a weight matrix, and every launcher.
+// Launchers enqueue on the given stream and return the launch's cudaError_t; they never throw
+// (the backend, cuda_backend.cu, turns errors into CudaError).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "decdec.h"
+#include "layout.h"
+#include "packed.cuh"
+
+namespace ddrt {
+namespace gpu {
+
+// A weight matrix on the GPU (device pointers), by value in kernel parameters.
+struct DevLinear {
+  TensorType type = TensorType::F32;
+  int bits = 0, group = 0;       // quantized: code width; uniform: group size
+  int64_t d_out = 0, d_in = 0;
+  const uint4* codes = nullptr;  // quantized: [d_out][row_vecs(d_in, bits)] (packed.cuh)
+  int64_t row_vecs = 0;
+  const __half2* sm = nullptr;   // uniform: [d_out][n_groups] (scale, min)
+  int64_t n_groups = 0;
+  const float* lut = nullptr;    // LUT: [d_out][2^bits]
+  const void* fdata = nullptr;   // float types: [d_out][row_stride] elements, zero padded
+  int64_t row_stride = 0;        // float types: a multiple of 8 elements
+};
+
+// DecDEC data of one linear on the GPU.
+struct DevResidual {
+  const uint8_t* rows = nullptr;  // [d_in][row_pitch] RES4 rows (device or mapped host memory)
+  int64_t row_pitch = 0;          // bytes, res_row_bytes(d_out) rounded up to 16
+  const float* rscale = nullptr;  // [d_out]
+  const float* thresholds = nullptr;  // [d_in] or null
+  const int32_t* rank_pos = nullptr;  // [d_in] or null
+};
+
+// ---- GEMV, T = 1 (gemv_q*.cu, gemv_f.cu) ------------------------------------------------------
+// Shared-memory bytes the quantized GEMV needs to stage x (0 means it cannot: use the prep path).
+size_t gemv_q_smem(const DevLinear& W);
+// y[d_out] = W x[d_in] for a quantized W. xprep/sxprep: null to stage x in shared memory, or
+// x already padded by launch_gemv_prep (when gemv_q_smem exceeds the device limit).
+// n_blocks: the grid (see gemv_q_grid).
+cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, const float* xprep,
+                          const float* sxprep, int rows_per_warp, int n_blocks, cudaStream_t st);
+// x padded into the layout the quantized GEMV stages in shared memory; xprep needs
+// gemv_prep_floats(W) floats, sxprep n_steps * slices floats.
+int64_t gemv_prep_floats(const DevLinear& W);
+int64_t gemv_prep_sums(const DevLinear& W);
+cudaError_t launch_gemv_prep(const DevLinear& W, const float* x, float* xprep, float* sxprep, cudaStream_t st);
+// Grid of the quantized GEMV: fills the device (occupancy) with whole rows per warp.
+cudaError_t gemv_q_grid(const DevLinear& W, bool staged, int n_sm, int* rows_per_warp, int* n_blocks);
+// y[d_out] = W x[d_in] for F32/F16/BF16 W; x must be 16-byte aligned.
+cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st);
+
+// ---- tiled matmul, any T, any type (gemm.cu) -------------------------------------------------
+cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
+// out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
+cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st);
+
+// ---- DecDEC compensation (decdec.cu) ---------------------------------------------------------
+struct CompParams {
+  DecdecCall call;
+  float floors[kBuckets];  // approx mode (approx_floors on the host)
+  int64_t kmax = 0;        // total_k(k_chunk, d_in)
+  int k_full = 0;          // chunk_k(k_chunk, 1024): slots per chunk (the last chunk may use fewer)
+};
+// Scratch: sel [T][kmax] int32, partial [T][n_split][d_out] float.
+int comp_splits(const DevLinear& W, int64_t kmax, int T);
+cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
+                              const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
+
+// ---- elementwise, norm, rope, attention (ops.cu) ---------------------------------------------
+cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st);
+cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
+                        cudaStream_t st);
+cudaError_t launch_swiglu(float* out, const float* gate, const float* up, size_t n, cudaStream_t st);
+cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st);
+// KV cache layout: [n_layers][max_seq][n_kv_heads][head_dim] fp32 (as the CPU backend).
+struct AttnShape {
+  int T, n_heads, n_kv_heads, head_dim;
+  int64_t pos0;
+};
+// Scratch floats for attention at this shape.
+int attn_splits(const AttnShape& s);
+int64_t attn_scratch_floats(const AttnShape& s);
+cudaError_t launch_attention(float* out, const float* q, const float* K, const float* V, const AttnShape& s,
+                             float* scratch, cudaStream_t st);
+
+}  // namespace gpu
+}  // namespace ddrt

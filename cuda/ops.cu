@@ -1,0 +1,218 @@
+// decdec_rt CUDA backend: rmsnorm, rope, swiglu, add and attention. Each follows the CPU
+// reference's formula (cpp/cpu/cpu_backend.cpp) in fp32 with IEEE functions (no fast math).
+#include "kernels.cuh"
+
+namespace ddrt {
+namespace gpu {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ float block_sum(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0;
+  for (int w = 0; w < (int)(blockDim.x >> 5); ++w) s += red[w];
+  __syncthreads();
+  return s;
+}
+
+// one block per row: out = x / sqrt(mean(x^2) + eps) * w
+__global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int dim, float eps) {
+  __shared__ float red[32];
+  const float* xt = x + (int64_t)blockIdx.x * dim;
+  float* ot = out + (int64_t)blockIdx.x * dim;
+  float ss = 0;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xt[i], xt[i], ss);
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ot[i] = xt[i] * r * w[i];
+}
+
+// angle = (float)(pos0 + t) * inv_freq[i] in fp32, its sine/cosine as the CPU: in double.
+__global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) {
+  const int half = head_dim / 2;
+  const int64_t n = (int64_t)T * n_heads * half;
+  for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
+    const int i = (int)(k % half);
+    const int64_t th = k / half;  // t * n_heads + h
+    const int t = (int)(th / n_heads);
+    const float angle = (float)(pos0 + t) * inv_freq[i];
+    const float c = (float)cos((double)angle), s = (float)sin((double)angle);
+    float* xh = x + th * head_dim;
+    const float a = xh[i], b = xh[i + half];
+    xh[i] = a * c - b * s;
+    xh[i + half] = a * s + b * c;
+  }
+}
+
+__global__ void swiglu_kernel(float* out, const float* gate, const float* up, size_t n) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+__global__ void add_kernel(float* x, const float* y, size_t n) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    x[i] += y[i];
+}
+
+unsigned grid_for(size_t n) {
+  const size_t b = (n + kThreads - 1) / kThreads;
+  return (unsigned)(b < 4096 ? (b < 1 ? 1 : b) : 4096);
+}
+
+// ---- attention -------------------------------------------------------------------------------
+// Split-sequence ("flash decoding") attention: block (split, head, t) runs an online softmax over
+// its positions (4 warps, one position per warp at a time, head_dim over the lanes) and writes
+// (max, sum, unnormalised output); combine_kernel merges the splits of each (t, head).
+constexpr int kAttnWarps = 4;
+constexpr int kMaxHeadDim = 256;
+constexpr int kPerLane = kMaxHeadDim / 32;
+
+__host__ __device__ int64_t attn_split_len(const AttnShape& s, int splits) {
+  const int64_t n = s.pos0 + s.T;
+  return (n + splits - 1) / splits;
+}
+
+__global__ void __launch_bounds__(32 * kAttnWarps)
+attn_partial_kernel(const float* q, const float* K, const float* V, AttnShape s, int splits, float* scratch) {
+  __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
+  __shared__ float sm_o[kAttnWarps][kMaxHeadDim];
+  const int sp = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int hd = s.head_dim;
+  const int64_t n = s.pos0 + t + 1;
+  const int64_t L = attn_split_len(s, splits);
+  const int64_t p0 = sp * L, p1 = p0 + L < n ? p0 + L : n;
+  const int kvh = h / (s.n_heads / s.n_kv_heads);
+  const int64_t row = (int64_t)s.n_kv_heads * hd;
+  const float* qh = q + ((int64_t)t * s.n_heads + h) * hd;
+  const float inv_sqrt = 1.0f / sqrtf((float)hd);
+  float qr[kPerLane], o[kPerLane];
+#pragma unroll
+  for (int u = 0; u < kPerLane; ++u) {
+    qr[u] = lane + 32 * u < hd ? qh[lane + 32 * u] : 0.0f;
+    o[u] = 0;
+  }
+  float m = -INFINITY, l = 0;
+  for (int64_t p = p0 + warp; p < p1; p += kAttnWarps) {
+    const float* kp = K + p * row + (int64_t)kvh * hd;
+    const float* vp = V + p * row + (int64_t)kvh * hd;
+    float d = 0;
+#pragma unroll
+    for (int u = 0; u < kPerLane; ++u)
+      if (lane + 32 * u < hd) d = fmaf(qr[u], kp[lane + 32 * u], d);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+    const float sc = d * inv_sqrt;
+    const float mn = fmaxf(m, sc);
+    const float corr = expf(m - mn);  // m = -inf: 0
+    const float e = expf(sc - mn);
+    l = l * corr + e;
+#pragma unroll
+    for (int u = 0; u < kPerLane; ++u)
+      if (lane + 32 * u < hd) o[u] = o[u] * corr + e * vp[lane + 32 * u];
+    m = mn;
+  }
+  if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
+#pragma unroll
+  for (int u = 0; u < kPerLane; ++u)
+    if (lane + 32 * u < hd) sm_o[warp][lane + 32 * u] = o[u];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w]);
+  float* out = scratch + (((int64_t)t * s.n_heads + h) * splits + sp) * (hd + 2);
+  if (threadIdx.x == 0) {
+    float Ls = 0;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w] != -INFINITY) Ls += sm_l[w] * expf(sm_m[w] - M);
+    out[0] = M;
+    out[1] = Ls;
+  }
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc = 0;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w] != -INFINITY) acc += sm_o[w][i] * expf(sm_m[w] - M);
+    out[2 + i] = acc;
+  }
+}
+
+__global__ void attn_combine_kernel(float* out, AttnShape s, int splits, const float* scratch) {
+  const int h = blockIdx.x, t = blockIdx.y, hd = s.head_dim;
+  const float* base = scratch + ((int64_t)t * s.n_heads + h) * splits * (hd + 2);
+  float M = -INFINITY;
+  for (int k = 0; k < splits; ++k) M = fmaxf(M, base[k * (hd + 2)]);
+  float L = 0;
+  for (int k = 0; k < splits; ++k) {
+    const float mk = base[k * (hd + 2)];
+    if (mk != -INFINITY) L += base[k * (hd + 2) + 1] * expf(mk - M);
+  }
+  float* oh = out + ((int64_t)t * s.n_heads + h) * hd;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc = 0;
+    for (int k = 0; k < splits; ++k) {
+      const float mk = base[k * (hd + 2)];
+      if (mk != -INFINITY) acc += base[k * (hd + 2) + 2 + i] * expf(mk - M);
+    }
+    oh[i] = acc / L;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st) {
+  if (T <= 0) return cudaSuccess;
+  rmsnorm_kernel<<<T, kThreads, 0, st>>>(out, x, w, dim, eps);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
+                        cudaStream_t st) {
+  const size_t n = (size_t)T * n_heads * (head_dim / 2);
+  if (n == 0) return cudaSuccess;
+  rope_kernel<<<grid_for(n), kThreads, 0, st>>>(x, T, n_heads, head_dim, pos0, inv_freq);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_swiglu(float* out, const float* gate, const float* up, size_t n, cudaStream_t st) {
+  if (n == 0) return cudaSuccess;
+  swiglu_kernel<<<grid_for(n), kThreads, 0, st>>>(out, gate, up, n);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st) {
+  if (n == 0) return cudaSuccess;
+  add_kernel<<<grid_for(n), kThreads, 0, st>>>(x, y, n);
+  return cudaGetLastError();
+}
+
+int attn_splits(const AttnShape& s) {
+  const int64_t n = s.pos0 + s.T;
+  const int64_t by_len = (n + 63) / 64;                                        // >= 64 positions each
+  const int64_t by_grid = (528 + (int64_t)s.T * s.n_heads - 1) / ((int64_t)s.T * s.n_heads);  // ~4 blocks/SM
+  const int64_t k = by_len < by_grid ? by_len : by_grid;
+  return (int)(k < 1 ? 1 : k);
+}
+
+int64_t attn_scratch_floats(const AttnShape& s) {
+  return (int64_t)s.T * s.n_heads * attn_splits(s) * (s.head_dim + 2);
+}
+
+cudaError_t launch_attention(float* out, const float* q, const float* K, const float* V, const AttnShape& s,
+                             float* scratch, cudaStream_t st) {
+  if (s.T <= 0) return cudaSuccess;
+  if (s.head_dim > kMaxHeadDim || s.head_dim <= 0) return cudaErrorInvalidValue;
+  const int splits = attn_splits(s);
+  attn_partial_kernel<<<dim3(splits, s.n_heads, s.T), 32 * kAttnWarps, 0, st>>>(q, K, V, s, splits, scratch);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  attn_combine_kernel<<<dim3(s.n_heads, s.T), 128, 0, st>>>(out, s, splits, scratch);
+  return cudaGetLastError();
+}
+
+}  // namespace gpu
+}  // namespace ddrt

@@ -1,0 +1,454 @@
+// CUDA backend vs the CPU reference, op by op (NMSE on fresh random inputs, outputs poisoned with
+// NaN before every run so an unwritten element fails). Exit code 77 (skip) without a GPU.
+//   test_cuda_ops           the tests
+//   test_cuda_ops --bench   the GEMV lab: batch-1 GEMV and DecDEC timings (see bench() below)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "check.h"
+#include "cuda_backend.cuh"
+
+using namespace ddrt;
+using ddrt_test::nmse;
+
+namespace {
+
+std::mt19937_64 rng(20250101);
+
+float urand(float a, float b) { return std::uniform_real_distribution<float>(a, b)(rng); }
+float nrand() { return std::normal_distribution<float>(0.0f, 1.0f)(rng); }
+std::vector<float> randn(size_t n, float scale = 1.0f) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * nrand();
+  return v;
+}
+uint16_t h(float f) { return f32_to_f16(f); }
+
+// A random linear in the file layout, with DecDEC data; owns the bytes LinearDesc points at.
+struct HostLinear {
+  std::vector<uint8_t> data, residual;
+  std::vector<uint16_t> rscale;
+  std::vector<float> thresholds;
+  std::vector<int32_t> ranking;
+  LinearDesc desc;
+};
+
+std::unique_ptr<HostLinear> make_linear(TensorType t, int64_t d_out, int64_t d_in, bool decdec) {
+  auto L = std::make_unique<HostLinear>();
+  const int64_t shape[2] = {d_out, d_in};
+  L->data.resize(tensor_bytes(t, 2, shape));
+  if (is_float(t)) {
+    for (int64_t i = 0; i < d_out * d_in; ++i) {
+      const float w = 0.05f * nrand();
+      if (t == TensorType::F32) memcpy(&L->data[4 * i], &w, 4);
+      else {
+        uint16_t b = t == TensorType::F16 ? h(w) : (uint16_t)([&] { uint32_t u; memcpy(&u, &w, 4); return u >> 16; }());
+        memcpy(&L->data[2 * i], &b, 2);
+      }
+    }
+  } else {
+    const int bits = type_bits(t);
+    const int64_t cb = d_out * row_code_bytes(d_in, bits);
+    for (int64_t i = 0; i < cb; ++i) L->data[i] = (uint8_t)rng();
+    uint8_t* tab = L->data.data() + cb;
+    if (is_uniform(t)) {
+      const int64_t n = d_out * n_groups(d_in, type_group(t));
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t s = h(urand(0.5f, 1.5f) * 0.1f / (float)((1 << bits) - 1)), m = h(urand(-0.05f, 0.0f));
+        memcpy(tab + 2 * i, &s, 2);
+        memcpy(tab + 2 * (n + i), &m, 2);
+      }
+    } else {
+      for (int64_t i = 0; i < (d_out << bits); ++i) {
+        const uint16_t v = h(0.05f * nrand());
+        memcpy(tab + 2 * i, &v, 2);
+      }
+    }
+  }
+  L->desc.name = std::string("w_") + std::to_string((int)t);
+  L->desc.type = t;
+  L->desc.d_out = d_out;
+  L->desc.d_in = d_in;
+  L->desc.data = L->data.data();
+  if (decdec) {
+    const int64_t rb = res_row_bytes(d_out);
+    L->residual.resize(d_in * rb);
+    for (int64_t i = 0; i < d_in; ++i)
+      for (int64_t o = 0; o < d_out; o += 2) {
+        const int c0 = (int)(rng() % 15) - 7, c1 = o + 1 < d_out ? (int)(rng() % 15) - 7 : 0;
+        L->residual[i * rb + o / 2] = (uint8_t)((c0 + 8) | ((c1 + 8) << 4));
+      }
+    L->rscale.resize(d_out);
+    for (auto& s : L->rscale) s = h(urand(0.002f, 0.006f));
+    std::vector<float> a = randn(d_in);  // thresholds: sorted |x| of a sample, a little widened
+    for (auto& v : a) v = 1.2f * std::fabs(v);
+    std::sort(a.begin(), a.end(), std::greater<float>());
+    L->thresholds = a;
+    L->ranking.resize(d_in);
+    std::iota(L->ranking.begin(), L->ranking.end(), 0);
+    std::shuffle(L->ranking.begin(), L->ranking.end(), rng);
+    L->desc.residual = L->residual.data();
+    L->desc.residual_scale = L->rscale.data();
+    L->desc.thresholds = L->thresholds.data();
+    L->desc.ranking = L->ranking.data();
+  }
+  return L;
+}
+
+// Device buffer of the backend under test, freed on scope exit.
+struct Buf {
+  Backend* b;
+  void* p;
+  size_t n;  // floats
+  Buf(Backend& be, size_t floats) : b(&be), p(be.alloc(floats * 4)), n(floats) {}
+  ~Buf() { b->free(p); }
+  float* f() const { return static_cast<float*>(p); }
+  void put(const std::vector<float>& v) { b->upload(p, v.data(), v.size() * 4); }
+  void poison() { put(std::vector<float>(n, NAN)); }
+  std::vector<float> get() const {
+    std::vector<float> v(n);
+    b->download(v.data(), p, n * 4);
+    return v;
+  }
+};
+
+bool report(const std::string& what, double err, double tol) {
+  const bool ok = err <= tol;
+  if (!ok) std::fprintf(stderr, "  %-60s nmse %.3e (tol %.0e)\n", what.c_str(), err, tol);
+  ddrt_test::record(ok, what.c_str(), __FILE__, __LINE__);
+  return ok;
+}
+
+const TensorType kAllTypes[] = {
+    TensorType::F32,     TensorType::F16,     TensorType::BF16,    TensorType::UQ2_G32, TensorType::UQ2_G64,
+    TensorType::UQ2_G128, TensorType::UQ3_G32, TensorType::UQ3_G64, TensorType::UQ3_G128, TensorType::UQ4_G32,
+    TensorType::UQ4_G64, TensorType::UQ4_G128, TensorType::UQ8_G32, TensorType::UQ8_G64, TensorType::UQ8_G128,
+    TensorType::LUT3,    TensorType::LUT4};
+
+std::vector<float> cpu_matmul(Backend& cpu, const Linear& W, const std::vector<float>& x, int T, const DecdecCall& c) {
+  std::vector<float> y((size_t)T * W.d_out, NAN);
+  cpu.matmul(W, y.data(), x.data(), T, c);
+  return y;
+}
+std::vector<float> gpu_matmul(Backend& gpu, const Linear& W, const std::vector<float>& x, int T, const DecdecCall& c) {
+  Buf bx(gpu, x.size()), by(gpu, (size_t)T * W.d_out);
+  bx.put(x);
+  by.poison();
+  gpu.matmul(W, by.f(), bx.f(), T, c);
+  return by.get();
+}
+
+void test_matmul(Backend& cpu, Backend& gpu) {
+  const int64_t shapes[][2] = {{37, 45}, {64, 1000}, {130, 4100}, {5, 33}, {300, 257}};
+  for (TensorType t : kAllTypes)
+    for (auto& s : shapes) {
+      auto L = make_linear(t, s[0], s[1], false);
+      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+      for (int T : {1, 7}) {
+        const auto x = randn((size_t)T * s[1]);
+        const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
+        const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
+        report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
+                   " T=" + std::to_string(T),
+               nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+      }
+    }
+}
+
+void test_embed(Backend& cpu, Backend& gpu) {
+  for (TensorType t : kAllTypes) {
+    auto L = make_linear(t, 50, 77, false);
+    auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+    auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+    std::vector<int32_t> ids = {3, 0, 49, 17, 17, 8, 22};
+    const int T = (int)ids.size();
+    std::vector<float> oc((size_t)T * 77);
+    cpu.embed(*Wc, oc.data(), ids.data(), T);
+    Buf og(gpu, oc.size());
+    og.poison();
+    gpu.embed(*Wg, og.f(), ids.data(), T);
+    const auto o = og.get();
+    report(std::string("embed ") + type_name(t), nmse(o.data(), oc.data(), oc.size()), 1e-12);
+  }
+}
+
+void test_decdec(Backend& cpu, Backend& gpu) {
+  const int64_t shapes[][2] = {{300, 2500}, {67, 700}, {64, 1024}};
+  const DecdecMode modes[] = {DecdecMode::Exact, DecdecMode::Approx, DecdecMode::Static, DecdecMode::Random};
+  for (auto& s : shapes)
+    for (ResidualPlacement where : {ResidualPlacement::Host, ResidualPlacement::Device}) {
+      auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
+      auto Wc = cpu.load_linear(L->desc, where);
+      auto Wg = gpu.load_linear(L->desc, where);
+      for (int T : {1, 7}) {
+        const auto x = randn((size_t)T * s[1]);
+        const auto base_c = cpu_matmul(cpu, *Wc, x, T, {});
+        const auto base_g = gpu_matmul(gpu, *Wg, x, T, {});
+        for (DecdecMode m : modes)
+          for (int kc : {1, 8, 64, 1024}) {
+            DecdecCall c;
+            c.mode = m;
+            c.k_chunk = kc;
+            c.seed = 1234 + kc;
+            c.linear_id = 5;
+            c.pos0 = 17;
+            const auto yc = cpu_matmul(cpu, *Wc, x, T, c);
+            const auto yg = gpu_matmul(gpu, *Wg, x, T, c);
+            std::vector<float> dc(yc.size()), dg(yc.size());
+            for (size_t i = 0; i < yc.size(); ++i) {
+              dc[i] = yc[i] - base_c[i];
+              dg[i] = yg[i] - base_g[i];
+            }
+            const std::string what = std::string("decdec ") + mode_name(m) + " k_chunk=" + std::to_string(kc) + " " +
+                                     std::to_string(s[0]) + "x" + std::to_string(s[1]) + " T=" + std::to_string(T) +
+                                     (where == ResidualPlacement::Host ? " host" : " device");
+            report(what + " y", nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+            report(what + " compensation", nmse(dg.data(), dc.data(), dc.size()), 1e-6);
+          }
+      }
+    }
+  // errors: a mode without its calibration data, a linear without residual
+  auto L = make_linear(TensorType::UQ4_G128, 16, 64, false);
+  auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+  DecdecCall c;
+  c.mode = DecdecMode::Exact;
+  c.k_chunk = 8;
+  Buf bx(gpu, 64), by(gpu, 16);
+  CHECK_THROWS(gpu.matmul(*Wg, by.f(), bx.f(), 1, c), InvalidArgument);
+}
+
+void test_elementwise(Backend& cpu, Backend& gpu) {
+  const int T = 7, dim = 1000;
+  const auto x = randn((size_t)T * dim), w = randn(dim), y = randn((size_t)T * dim);
+  Buf bx(gpu, x.size()), bw(gpu, dim), by(gpu, y.size()), bo(gpu, x.size());
+  bx.put(x);
+  bw.put(w);
+  by.put(y);
+  {  // rmsnorm
+    std::vector<float> oc(x.size());
+    cpu.rmsnorm(oc.data(), x.data(), w.data(), T, dim, 1e-5f);
+    bo.poison();
+    gpu.rmsnorm(bo.f(), bx.f(), bw.f(), T, dim, 1e-5f);
+    const auto o = bo.get();
+    report("rmsnorm", nmse(o.data(), oc.data(), oc.size()), 1e-10);
+  }
+  {  // swiglu
+    std::vector<float> oc(x.size());
+    cpu.swiglu(oc.data(), x.data(), y.data(), x.size());
+    bo.poison();
+    gpu.swiglu(bo.f(), bx.f(), by.f(), x.size());
+    const auto o = bo.get();
+    report("swiglu", nmse(o.data(), oc.data(), oc.size()), 1e-10);
+  }
+  {  // add
+    std::vector<float> xc = x;
+    cpu.add(xc.data(), y.data(), x.size());
+    gpu.add(bx.f(), by.f(), x.size());
+    const auto o = bx.get();
+    report("add", nmse(o.data(), xc.data(), xc.size()), 1e-12);
+  }
+  {  // rope
+    const int nh = 5, hd = 64;
+    std::vector<float> q = randn((size_t)T * nh * hd), inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / hd);
+    Buf bq(gpu, q.size()), bi(gpu, inv.size());
+    bq.put(q);
+    bi.put(inv);
+    for (int64_t pos0 : {0, 123, 4000}) {
+      std::vector<float> qc = q;
+      cpu.rope(qc.data(), T, nh, hd, pos0, inv.data());
+      bq.put(q);
+      gpu.rope(bq.f(), T, nh, hd, pos0, bi.f());
+      const auto o = bq.get();
+      report("rope pos0=" + std::to_string(pos0), nmse(o.data(), qc.data(), qc.size()), 1e-10);
+    }
+  }
+}
+
+void test_attention(Backend& cpu, Backend& gpu) {
+  struct Cfg { int n_heads, n_kv, hd, max_seq; std::vector<int> steps; };
+  const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}}};
+  for (const Cfg& c : cfgs) {
+    auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
+    auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
+    int64_t pos = 0;
+    for (int T : c.steps) {
+      for (int layer : {1, 0}) {
+        const auto q = randn((size_t)T * c.n_heads * c.hd), k = randn((size_t)T * c.n_kv * c.hd),
+                   v = randn((size_t)T * c.n_kv * c.hd);
+        std::vector<float> oc(q.size());
+        cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
+        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+        bq.put(q);
+        bk.put(k);
+        bv.put(v);
+        bo.poison();
+        gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
+        const auto o = bo.get();
+        report("attention heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv) + " hd " +
+                   std::to_string(c.hd) + " pos0 " + std::to_string(pos) + " T " + std::to_string(T) + " layer " +
+                   std::to_string(layer),
+               nmse(o.data(), oc.data(), oc.size()), 1e-10);
+      }
+      pos += T;
+    }
+    Buf b(gpu, (size_t)c.n_heads * c.hd);
+    CHECK_THROWS(gpu.attention(*kg, 0, b.f(), b.f(), b.f(), b.f(), 1, c.n_heads, c.max_seq), ContextOverflow);
+  }
+}
+
+void test_misc(Backend& gpu) {
+  CHECK_THROWS(make_cuda_backend(1 << 20), CudaError);
+  CHECK(cuda_built());
+  CHECK(!cuda_info().empty());
+  const size_t before = gpu.device_bytes();
+  {
+    auto L = make_linear(TensorType::UQ4_G128, 256, 512, true);
+    auto W = gpu.load_linear(L->desc, ResidualPlacement::Device);
+    CHECK(gpu.device_bytes() >= before + 256 * 512 / 2 + 512 * 128);
+    auto kv = gpu.create_kv_cache(1, 16, 2, 64);
+    CHECK(gpu.device_bytes() >= before + 2 * 16 * 2 * 64 * 4);
+  }
+  CHECK(gpu.device_bytes() == before);
+  CHECK(gpu.name().rfind("cuda:", 0) == 0);
+}
+
+// ---- the GEMV lab ------------------------------------------------------------------------------
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw CudaError(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Median microseconds of one matmul (one event pair each), and per matmul in a graph of n.
+struct Timing { double single_us, graph_us; };
+
+Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws, float* y, const float* x,
+                    const DecdecCall& c) {
+  cudaStream_t st = cuda_stream_of(gpu);
+  cudaEvent_t e0, e1;
+  ck(cudaEventCreate(&e0), "event");
+  ck(cudaEventCreate(&e1), "event");
+  size_t r = 0;
+  for (int i = 0; i < 20; ++i) gpu.matmul(*Ws[r++ % Ws.size()], y, x, 1, c);  // warm-up
+  gpu.synchronize();
+  std::vector<float> ms;
+  for (int i = 0; i < 200; ++i) {
+    ck(cudaEventRecord(e0, st), "record");
+    gpu.matmul(*Ws[r++ % Ws.size()], y, x, 1, c);
+    ck(cudaEventRecord(e1, st), "record");
+    ck(cudaEventSynchronize(e1), "sync");
+    float t;
+    ck(cudaEventElapsedTime(&t, e0, e1), "elapsed");
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double single = 1000.0 * ms[ms.size() / 2];
+  // graph of n matmuls over rotating copies
+  const int n = 32;
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  ck(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed), "capture");
+  for (int i = 0; i < n; ++i) gpu.matmul(*Ws[i % Ws.size()], y, x, 1, c);
+  ck(cudaStreamEndCapture(st, &g), "end capture");
+  ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
+  for (int i = 0; i < 3; ++i) ck(cudaGraphLaunch(ge, st), "launch");
+  ms.clear();
+  for (int i = 0; i < 100; ++i) {
+    ck(cudaEventRecord(e0, st), "record");
+    ck(cudaGraphLaunch(ge, st), "launch");
+    ck(cudaEventRecord(e1, st), "record");
+    ck(cudaEventSynchronize(e1), "sync");
+    float t;
+    ck(cudaEventElapsedTime(&t, e0, e1), "elapsed");
+    ms.push_back(t / n);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return {single, 1000.0 * ms[ms.size() / 2]};
+}
+
+int bench(Backend& gpu) {
+  const double peak = 3000.0;  // GB/s, measured HBM read on the lent H100 (DESIGN.md §5)
+  const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
+  const TensorType types[] = {TensorType::UQ3_G128, TensorType::UQ4_G128, TensorType::F16};
+  std::printf("%s\nGEMV T=1: median of 200 event-timed single launches, and per launch in a graph of 32\n"
+              "(copies rotate to defeat L2; bytes = the file's tensor bytes)\n",
+              gpu.name().c_str());
+  std::printf("%-10s %-13s %10s %10s %9s %9s %7s\n", "type", "d_out x d_in", "single us", "graph us", "GB/s",
+              "%3000", "copies");
+  for (auto& s : shapes)
+    for (TensorType t : types) {
+      const int64_t shape[2] = {s[0], s[1]};
+      const double bytes = (double)tensor_bytes(t, 2, shape);
+      const int copies = std::max(2, (int)std::ceil(200e6 / bytes));
+      auto L = make_linear(t, s[0], s[1], false);
+      std::vector<std::unique_ptr<Linear>> Ws;
+      for (int i = 0; i < copies; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
+      Buf bx(gpu, s[1]), by(gpu, s[0]);
+      bx.put(randn(s[1]));
+      const Timing tm = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
+      const double gbs = bytes / (tm.graph_us * 1e3);
+      std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d\n", type_name(t), (long long)s[0],
+                  (long long)s[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, copies);
+    }
+  std::printf("\nDecDEC exact, host (zero-copy) residuals, uq3_g128: graph-timed per call; comp = call - base;\n"
+              "zero-copy GB/s = residual bytes fetched (k rows) / comp time\n");
+  std::printf("%-13s %7s %10s %10s %10s %10s\n", "d_out x d_in", "k_chunk", "base us", "call us", "comp us",
+              "zc GB/s");
+  for (auto& s : shapes) {
+    auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
+    std::vector<std::unique_ptr<Linear>> Ws;
+    for (int i = 0; i < 8; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
+    Buf bx(gpu, s[1]), by(gpu, s[0]);
+    bx.put(randn(s[1]));
+    const double base = time_matmuls(gpu, Ws, by.f(), bx.f(), {}).graph_us;
+    for (int kc : {2, 4, 8, 16}) {
+      DecdecCall c;
+      c.mode = DecdecMode::Exact;
+      c.k_chunk = kc;
+      const double call = time_matmuls(gpu, Ws, by.f(), bx.f(), c).graph_us;
+      const double rbytes = (double)total_k(kc, s[1]) * res_row_bytes(s[0]);
+      std::printf("%5lldx%-7lld %7d %10.2f %10.2f %10.2f %10.1f\n", (long long)s[0], (long long)s[1], kc, base,
+                  call, call - base, rbytes / ((call - base) * 1e3));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!cuda_available()) {
+    std::printf("skipped: %s\n", cuda_info().c_str());
+    return 77;
+  }
+  try {
+    auto gpu = make_cuda_backend(0);
+    if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu);
+    auto cpu = make_cpu_backend();
+    std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
+    test_misc(*gpu);
+    test_elementwise(*cpu, *gpu);
+    test_embed(*cpu, *gpu);
+    test_attention(*cpu, *gpu);
+    test_matmul(*cpu, *gpu);
+    test_decdec(*cpu, *gpu);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
+    ddrt_test::record(false, "no exception", __FILE__, __LINE__);
+  }
+  return ddrt_test::check_summary();
+}
