@@ -10,7 +10,7 @@
 #include <cstring>
 #include <string>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -48,6 +48,24 @@ uint16_t rd16(const uint8_t* p) {
 
 // ---- packed code blocks (layout.h) ---------------------------------------------------------
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint64_t v2u64 __attribute__((vector_size(16)));
+
+// 16 bytes zero-extended to 32-bit lanes. GCC scalarises __builtin_convertvector from bytes
+// to ints, so x86 builds use the one-instruction widenings.
+inline v16i widen_u8(v16u8 b) {
+#if defined(__AVX512F__)
+  return (v16i)_mm512_maskz_cvtepu8_epi32(0xffff, (__m128i)b);  // maskz: no "undefined" source (GCC warns)
+#elif defined(__AVX2__)
+  const __m256i lo = _mm256_cvtepu8_epi32((__m128i)b), hi = _mm256_cvtepu8_epi32(_mm_srli_si128((__m128i)b, 8));
+  v16i r;
+  memcpy(&r, &lo, 32);
+  memcpy((char*)&r + 32, &hi, 32);
+  return r;
+#else
+  return __builtin_convertvector(b, v16i);
+#endif
+}
 
 // c0 = codes 0..15 and c1 = codes 16..31 of one block of B-bit codes (32-bit lanes: every
 // shift is a per-lane vector shift, which x86 has for 32-bit lanes only).
@@ -57,31 +75,30 @@ inline void block_codes(const uint8_t* blk, v16i& c0, v16i& c1) {
     v16u8 a, b;
     memcpy(&a, blk, 16);
     memcpy(&b, blk + 16, 16);
-    c0 = __builtin_convertvector(a, v16i);
-    c1 = __builtin_convertvector(b, v16i);
+    c0 = widen_u8(a);
+    c1 = widen_u8(b);
   } else if constexpr (B == 4) {  // code j in byte j % 16 at bit 4 * (j / 16)
     v16u8 a;
     memcpy(&a, blk, 16);
-    const v16i v = __builtin_convertvector(a, v16i);
+    const v16i v = widen_u8(a);
     c0 = v & 15;
     c1 = v >> 4;
   } else {  // B = 2 or 3: low 2 bits of code j in byte j % 8 at bit 2 * (j / 8)
-    // Widen the block's bytes to 32-bit lanes first, then permute lanes (one vpermd each).
-    // A 3-bit block is followed inside its tensor by at least 4 bytes (the next block or the
-    // fp16 tables), so its 16-byte load stays inside the tensor.
-    v16u8 raw = {};
-    memcpy(&raw, blk, B == 3 ? 16 : 8);
-    const v16i r = __builtin_convertvector(raw, v16i);
-    const v16i lo = __builtin_shufflevector(r, r, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    // Broadcasts and per-lane shifts only (no lane shuffles, which compilers scalarise).
+    uint64_t lo8;
+    memcpy(&lo8, blk, 8);
+    const v2u64 twice = {lo8, lo8};  // lanes 0..15 = bytes 0..7, 0..7
+    const v16i lo = widen_u8((v16u8)twice);
     const v16i s0 = {0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2};
     c0 = (lo >> s0) & 3;
     c1 = (lo >> (s0 + 4)) & 3;
-    if constexpr (B == 3) {  // bit 2 of code j: bit j % 8 of byte 8 + j / 8
-      const v16i h01 = __builtin_shufflevector(r, r, 8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9);
-      const v16i h23 = __builtin_shufflevector(r, r, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11);
-      const v16i bit = {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7};
-      c0 |= ((h01 >> bit) & 1) << 2;
-      c1 |= ((h23 >> bit) & 1) << 2;
+    if constexpr (B == 3) {  // bit 2 of code j: bit j % 8 of byte 8 + j / 8 = bit j of bytes 8..11 (LE)
+      uint32_t hi4;
+      memcpy(&hi4, blk + 8, 4);
+      const v16u h = (v16u){} + hi4;
+      const v16u j0 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+      c0 |= (v16i)(((h >> j0) & 1) << 2);
+      c1 |= (v16i)(((h >> (j0 + 16)) & 1) << 2);
     }
   }
 }
@@ -171,7 +188,7 @@ void uniform_gemv(const CpuLinear& W, float* y, const float* x, int n_threads) {
   std::copy(x, x + W.d_in, xp.begin());
   std::vector<float> xsum(n_groups(W.d_in, W.group));
   group_sums(x, W.d_in, W.group, xsum.data());
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 16)  // dynamic: the cores are shared
   for (int64_t o = 0; o < W.d_out; ++o) y[o] = uniform_row_dot<B>(W, o, xp.data(), xsum.data());
 }
 
@@ -200,7 +217,7 @@ void tiled_matmul(const CpuLinear& W, float* y, const float* x, int T, int n_thr
 #pragma omp parallel num_threads(n_threads)
   {
     std::vector<float> w((size_t)kRows * L, 0.0f);  // [kRows][L], zero padded
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 2)
     for (int64_t tile = 0; tile < n_tiles; ++tile) {
       const int64_t o0 = tile * kRows;
       const int nr = (int)std::min<int64_t>(kRows, d_out - o0);
