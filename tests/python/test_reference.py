@@ -8,9 +8,8 @@ import pytest
 from decdec_rt import quant, tiny
 from decdec_rt.ddrt import read_ddrt
 from decdec_rt.reference import Config, ReferenceModel, rope_inv_freq
-from decdec_rt.types import LINEAR_SLOTS, TType
-
-SLOTS = LINEAR_SLOTS
+from decdec_rt.tokenizer import Tokenizer
+from decdec_rt.types import TType
 
 
 def rel_err(a, b):
@@ -165,7 +164,7 @@ def test_capture_and_stored_calibration(models):
     assert seen[3][1] == "blk.0.attn_output" and seen[3][2] == (4, c.n_heads * c.head_dim)
     assert seen[6][2] == (4, c.hidden_dim) and all(s[3] == np.float32 for s in seen)
     # the file's thresholds/ranking are those of the maker's calibration sequences
-    tok = __import__("decdec_rt.tokenizer", fromlist=["Tokenizer"]).Tokenizer.from_metadata(ref.meta)
+    tok = Tokenizer.from_metadata(ref.meta)
     seqs = tiny._calibration_sequences(tok, c.n_vocab, *tiny.SHAPES["tiny"]["calib"], seed=5)
     assert ref.meta["decdec.calib_tokens"] == sum(map(len, seqs))
     xs = ref.collect_inputs(seqs)
