@@ -498,7 +498,7 @@ void ModelFile::parse(bool verify_checksums) {
   if (bad >= 0) {
     const TensorInfo& t = tensors_[bad];
     c.set_context(tensor_ctx(bad, t.name));
-    c.fail("crc32", fpos[bad].crc, "stored " + hex32(t.crc32) + " but the data at file offset " +
+    c.fail("crc32", fpos[bad].crc, "checksum mismatch: stored " + hex32(t.crc32) + " but the data at file offset " +
                                        std::to_string(data_start + t.offset) + " hashes to " + hex32(computed[bad]));
   }
 }

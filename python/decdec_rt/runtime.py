@@ -118,9 +118,6 @@ class Runtime:
         """Perplexity over non-overlapping windows of `context` tokens. In each window every
         token after the first is predicted from its prefix; ppl = exp(total NLL / tokens scored).
         A list of ids is scored as given; text is tokenized as the model expects."""
-        if isinstance(context, bool) or not isinstance(context, int) or context < 2:
-            raise InvalidArgumentError(f"context must be an int >= 2, got {context!r}")
-        self._check_fits(context)
         if isinstance(text_or_ids, str):
             if not text_or_ids:
                 raise InvalidArgumentError("perplexity of an empty text")
@@ -128,6 +125,9 @@ class Runtime:
         else:
             ids = list(text_or_ids)
         arr = _ids_array(ids, self.n_vocab, "text_or_ids")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 2:
+            raise InvalidArgumentError(f"context must be an int >= 2, got {context!r}")
+        self._check_fits(context)
         total, scored = 0.0, 0
         for start in range(0, len(arr), context):
             win = arr[start:start + context]
@@ -174,7 +174,7 @@ class Runtime:
 
     def _generate(self, ids, max_new_tokens, temperature, top_k, top_p, rep, seed, stops) -> Iterator[str]:
         sampler = _core.Sampler(seed & 0xFFFFFFFFFFFFFFFF)
-        dec = StreamDecoder(self.tokenizer)
+        dec = StreamDecoder(self.tokenizer, continuation=True)
         self._engine.reset()
         self.last_stop_reason = "length"
         held = ""  # text not yet emitted because it may begin a stop string
