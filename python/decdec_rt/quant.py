@@ -152,16 +152,15 @@ def _f16_bytes(a: np.ndarray) -> np.ndarray:
 
 
 # ---- non-uniform (LUT3, LUT4): per-row weighted 1-D k-means ---------------------------------
-_ROW_BLOCK_ELEMS = 1 << 22   # rows processed at once so that [rows, d_in, 2^b] stays small
-
-
 def _nearest(W: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Index of the nearest entry of table[o] for every W[o, i] (ties: lower index)."""
-    codes = np.empty(W.shape, np.uint8)
-    rows = max(1, _ROW_BLOCK_ELEMS // (W.shape[1] * table.shape[1]))
-    for r0 in range(0, W.shape[0], rows):
-        d = np.abs(W[r0:r0 + rows, :, None] - table[r0:r0 + rows, None, :])
-        codes[r0:r0 + rows] = d.argmin(axis=2)
+    """Index of the nearest entry of table[o] (ascending) for every W[o, i]; at an exact midpoint
+    the lower index. Midpoints and comparisons in float64, which is exact for f32/f16 inputs."""
+    t = np.asarray(table, np.float64)
+    mids = (t[:, 1:] + t[:, :-1]) / 2                                        # [d_out, K-1]
+    W64 = np.asarray(W, np.float64)
+    codes = np.zeros(W.shape, np.uint8)
+    for k in range(mids.shape[1]):
+        codes += W64 > mids[:, k:k + 1]
     return codes
 
 
@@ -181,15 +180,15 @@ def quantize_lut(W, bits: int, sample_weight=None, iters: int = 20):
     cent = np.quantile(W, (np.arange(K) + 0.5) / K, axis=1).T.astype(np.float32)   # [d_out, K]
     rows = np.arange(d_out)[:, None] * K
     for _ in range(iters):
-        idx = (rows + _nearest(W, cent)).reshape(-1)
+        idx = (rows + _nearest(W, cent)).reshape(-1).astype(np.int64)
         wsum = np.bincount(idx, weights=sw.reshape(-1), minlength=d_out * K).reshape(d_out, K)
         xsum = np.bincount(idx, weights=(sw * W).reshape(-1), minlength=d_out * K).reshape(d_out, K)
-        new = np.where(wsum > 0, xsum / np.where(wsum > 0, wsum, 1), cent).astype(np.float32)
+        new = np.sort(np.where(wsum > 0, xsum / np.where(wsum > 0, wsum, 1), cent).astype(np.float32), axis=1)
         if np.array_equal(new, cent):
             break
         cent = new
-    lut = np.sort(cent, axis=1).astype(np.float16)
-    return _nearest(W, lut.astype(np.float32)), lut
+    lut = cent.astype(np.float16)      # ascending (rounding is monotone)
+    return _nearest(W, lut), lut
 
 
 def dequantize_lut(codes, lut) -> np.ndarray:
