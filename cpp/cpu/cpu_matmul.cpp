@@ -1,7 +1,8 @@
 // decdec_rt CPU backend: weight loading, row dequantization, matmul and DecDEC compensation.
 //
-// All accumulation is fp32. The kernels are plain loops over GCC/Clang vector types (16 floats)
-// that the compiler maps onto whatever SIMD the build targets (AVX-512, AVX2, NEON, scalar).
+// All accumulation is fp32. The kernels are plain code over GCC/Clang vector types (16 lanes)
+// that the compiler maps onto whatever SIMD the build targets (AVX-512, AVX2, NEON, scalar);
+// the one x86 intrinsic is the byte -> int32 widening (widen_u8), which GCC would scalarise.
 //   T == 1, uniform types: fused GEMV, y[o] = sum_g s[o][g] * (q[o][g] . x[g]) + m[o][g] * sum(x[g]).
 //   otherwise: per tile of 4 output rows, dequantize the rows once into fp32 and take their dot
 //   products with all T rows of x (4 rows x 4 tokens per inner step).
@@ -28,7 +29,10 @@ namespace cpu {
 namespace {
 
 typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint8_t v16u8 __attribute__((vector_size(16)));
+typedef uint64_t v2u64 __attribute__((vector_size(16)));
 
 constexpr int kVec = 16;   // floats per vector
 constexpr int kRows = 4;   // output rows per tile
@@ -53,9 +57,6 @@ uint16_t rd16(const uint8_t* p) {
 }
 
 // ---- packed code blocks (layout.h) ---------------------------------------------------------
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint64_t v2u64 __attribute__((vector_size(16)));
 
 // 16 bytes zero-extended to 32-bit lanes. GCC scalarises __builtin_convertvector from bytes
 // to ints, so x86 builds use the one-instruction widenings.
