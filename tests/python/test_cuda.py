@@ -1,0 +1,60 @@
+"""CUDA backend against the CPU reference, end to end (skipped without a GPU)."""
+import numpy as np
+import pytest
+
+import decdec_rt
+
+pytestmark = pytest.mark.skipif(not decdec_rt.cuda_available(), reason="no CUDA GPU visible")
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def margin_model(model_dir):
+    from decdec_rt.tiny import make_tiny_model
+    path = model_dir / "tiny3_margin.ddrt"
+    if not path.exists():
+        make_tiny_model(str(path), tokenizer="bpe", bits=3, seed=11, margin=4.0)
+    return str(path)
+
+
+@pytest.mark.parametrize("fixture", ["tiny3", "tiny4_spm", "tiny16", "tiny3_lut"])
+def test_logits_cpu_vs_cuda(fixture, request):
+    path = request.getfixturevalue(fixture)
+    cpu, gpu = decdec_rt.Runtime(path), decdec_rt.Runtime(path, device="cuda")
+    ids = np.random.default_rng(0).integers(0, cpu.n_vocab, 37).tolist()
+    assert rel_err(gpu.forward(ids), cpu.forward(ids)) <= 1e-4
+    # decode steps too (the T=1 kernels)
+    cpu._engine.reset()
+    gpu._engine.reset()
+    for t in ids[:8]:
+        a = np.array([t], np.int32)
+        assert rel_err(gpu._engine.forward(a, False), cpu._engine.forward(a, False)) <= 1e-4
+
+
+@pytest.mark.parametrize("residual", ["host", "device"])
+@pytest.mark.parametrize("mode", ["exact", "approx", "static", "random"])
+def test_decdec_cpu_vs_cuda(tiny3, mode, residual):
+    cpu, gpu = decdec_rt.Runtime(tiny3), decdec_rt.Runtime(tiny3, device="cuda", residual=residual)
+    for rt in (cpu, gpu):
+        rt.set_decdec(mode, {"qkv": 16, "o": 64, "gate_up": 8, "down": 1024}, seed=3)
+    ids = np.random.default_rng(1).integers(0, cpu.n_vocab, 21).tolist()
+    assert rel_err(gpu.forward(ids), cpu.forward(ids)) <= 1e-4
+
+
+def test_greedy_decode_token_for_token(margin_model):
+    cpu, gpu = decdec_rt.Runtime(margin_model), decdec_rt.Runtime(margin_model, device="cuda")
+    for rt in (cpu, gpu):
+        rt.set_decdec("approx", 32)
+    prompt = "Once upon a time"
+    a = cpu.generate(prompt, max_new_tokens=40)
+    b = gpu.generate(prompt, max_new_tokens=40)
+    assert cpu._engine.tokens == gpu._engine.tokens
+    assert a == b
+
+
+def test_bad_device_index(tiny3):
+    with pytest.raises(decdec_rt.CudaError, match="cuda:77"):
+        decdec_rt.Runtime(tiny3, device="cuda:77")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call = one whole round: build (sm_90), CUDA ctest + GPU pytest, benchmarks, and a
+# short table last. Usage on the GPU machine: bash tools/gpu_check.sh [quick]
+# Logs go to $OUT (the device tool brings them back) or ./gpu_logs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+BUILD=/tmp/ddrt_build
+t0=$(date +%s)
+python3 -m pip install -q --no-build-isolation --no-deps . -C build-dir=$BUILD \
+  -C cmake.define.DECDEC_TESTS=ON -C cmake.define.DECDEC_CUDA=ON \
+  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1 \
+  || { tail -50 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1; CT=$?
+tail -15 "$OUT/ctest.log"
+(cd tests && python3 -m pytest -q -x python/test_cuda.py python/test_runtime.py) > "$OUT/pytest.log" 2>&1; PT=$?
+tail -15 "$OUT/pytest.log"
+if [ "${1:-}" != "quick" ]; then
+  $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
+  python3 tools/bench_cpu.py --device cuda --bits 3 --prompt 512 --gen 128 > "$OUT/bench_smollm2.log" 2>&1
+  cat "$OUT/bench_smollm2.log"
+fi
+echo "== summary: ctest rc=$CT pytest rc=$PT"
