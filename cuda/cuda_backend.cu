@@ -106,8 +106,6 @@ struct CudaLinear : Linear {
   std::vector<float> thresholds_host;  // approx floors are computed on the host per call
   std::vector<DevMem> mem;
   PinnedMem pinned;
-  bool staged = true;  // quantized GEMV stages x in shared memory (else the prep path)
-  int rows_per_warp = 1, gemv_blocks = 1;
 };
 
 struct CudaKVCache : KVCache {
@@ -286,13 +284,13 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
     std::vector<uint32_t> sm;
     std::vector<float> lut;
     if (is_uniform(d.type)) {
-      g.n_groups = n_groups(d.d_in, g.group);
-      const int64_t n = d.d_out * g.n_groups;
+      const int64_t ng = n_groups(d.d_in, g.group), n = d.d_out * ng;
+      g.n_groups = gpu::sm_row_groups(d.d_in, g.bits, g.group);
       std::vector<uint16_t> s(n), m(n);
       memcpy(s.data(), tables, n * 2);
       memcpy(m.data(), tables + 2 * n, n * 2);
-      sm.resize(n);
-      gpu::interleave_scales(s.data(), m.data(), n, sm.data());
+      sm.resize(d.d_out * g.n_groups);
+      gpu::interleave_scales(s.data(), m.data(), d.d_out, ng, g.n_groups, sm.data());
       g.sm = put<__half2>(*W, held_, sm.data(), sm.size() * 4, st_, "scales");
     } else {
       lut.resize((size_t)(d.d_out << g.bits));
@@ -300,9 +298,6 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
       g.lut = put<float>(*W, held_, lut.data(), lut.size() * 4, st_, "lut");
     }
     DDRT_CHECK(cudaStreamSynchronize(st_));  // host staging vectors die here
-    const size_t smem = gpu::gemv_q_smem(g);
-    W->staged = smem != 0;
-    DDRT_CHECK(gpu::gemv_q_grid(g, W->staged, prop_.multiProcessorCount, &W->rows_per_warp, &W->gemv_blocks), what);
   }
 
   if (d.residual) {
@@ -374,14 +369,7 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   if (T == 1 && is_float(W.type) && ((uintptr_t)x & 15) == 0) {
     DDRT_CHECK(gpu::launch_gemv_f(g, y, x, prop_.multiProcessorCount, st_), what);
   } else if (T == 1 && !is_float(W.type)) {
-    if (W.staged) {
-      DDRT_CHECK(gpu::launch_gemv_q(g, y, x, nullptr, nullptr, W.rows_per_warp, W.gemv_blocks, st_), what);
-    } else {
-      const int64_t nx = gpu::gemv_prep_floats(g), ns = gpu::gemv_prep_sums(g);
-      float* xp = static_cast<float*>(scratch((size_t)(nx + ns) * sizeof(float)));
-      DDRT_CHECK(gpu::launch_gemv_prep(g, x, xp, xp + nx, st_), what);
-      DDRT_CHECK(gpu::launch_gemv_q(g, y, x, xp, xp + nx, W.rows_per_warp, W.gemv_blocks, st_), what);
-    }
+    DDRT_CHECK(gpu::launch_gemv_q(g, y, x, st_), what);
   } else {
     DDRT_CHECK(gpu::launch_gemm(g, y, x, T, st_), what);
   }

@@ -1,75 +1,51 @@
-// decdec_rt CUDA backend: dispatch of the quantized GEMV (kernel in gemv_q.cuh) by code width.
+// decdec_rt CUDA backend: dispatch of the quantized GEMV (kernel in gemv_q.cuh) by code width,
+// group and rows per warp.
 #include "gemv_q.cuh"
 
 namespace ddrt {
 namespace gpu {
 
 namespace {
-int g_max_smem(int* out) {
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(out, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  return (int)e;
+int g_forced_rows = 0;  // gemv_q_force_rows (the GEMV lab); 0: gemv_q_rows decides
+
+template <int B, int GJ>
+cudaError_t run_rows(const GemvArgs& a, int R, cudaStream_t st) {
+  switch (R) {
+    case 1: return gemv_q_run<B, GJ, 1>(a, st);
+    case 2: return gemv_q_run<B, GJ, 2>(a, st);
+    case 4: return gemv_q_run<B, GJ, 4>(a, st);
+  }
+  return cudaErrorInvalidValue;
+}
+template <int B>
+cudaError_t run_group(const GemvArgs& a, int R, cudaStream_t st) {
+  switch (a.W.group) {
+    case 32: return run_rows<B, 1>(a, R, st);
+    case 64: return run_rows<B, 2>(a, R, st);
+    case 128: return run_rows<B, 4>(a, R, st);
+  }
+  return cudaErrorInvalidValue;
 }
 }  // namespace
 
-size_t gemv_q_smem(const DevLinear& W) {
-  int max_smem = 0;
-  if (g_max_smem(&max_smem) != 0) return 0;
-  const size_t need = gemv_q_smem_bytes(W, true);
-  return need <= (size_t)max_smem ? need : 0;
+void gemv_q_force_rows(int rows_per_warp) { g_forced_rows = rows_per_warp; }
+
+int gemv_q_rows(const DevLinear& W) {
+  if (g_forced_rows > 0) return g_forced_rows;
+  return W.d_out >= 2048 ? 4 : W.d_out >= 512 ? 2 : 1;
 }
 
-int64_t gemv_prep_floats(const DevLinear& W) { return n_steps(W.d_in, W.bits) * span_floats(W.bits); }
-int64_t gemv_prep_sums(const DevLinear& W) { return n_steps(W.d_in, W.bits) * step_slices(W.bits); }
-
-cudaError_t launch_gemv_prep(const DevLinear& W, const float* x, float* xprep, float* sxprep, cudaStream_t st) {
-  switch (W.bits) {
-    case 2: return gemv_prep_run<2>(x, W.d_in, xprep, sxprep, st);
-    case 3: return gemv_prep_run<3>(x, W.d_in, xprep, sxprep, st);
-    case 4: return gemv_prep_run<4>(x, W.d_in, xprep, sxprep, st);
-    case 8: return gemv_prep_run<8>(x, W.d_in, xprep, sxprep, st);
-  }
-  return cudaErrorInvalidValue;
-}
-
-cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, const float* xprep,
-                          const float* sxprep, int rows_per_warp, int n_blocks, cudaStream_t st) {
-  (void)rows_per_warp;
-  const GemvArgs a{W, y, x, xprep, sxprep};
-  const size_t smem = gemv_q_smem_bytes(W, xprep == nullptr);
+cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, cudaStream_t st) {
+  const GemvArgs a{W, y, x};
+  const int R = gemv_q_rows(W);
   const bool lut = is_lut(W.type);
   switch (W.bits) {
-    case 2: return gemv_q_run<2, false>(a, n_blocks, smem, st);
-    case 3: return lut ? gemv_q_run<3, true>(a, n_blocks, smem, st) : gemv_q_run<3, false>(a, n_blocks, smem, st);
-    case 4: return lut ? gemv_q_run<4, true>(a, n_blocks, smem, st) : gemv_q_run<4, false>(a, n_blocks, smem, st);
-    case 8: return gemv_q_run<8, false>(a, n_blocks, smem, st);
+    case 2: return run_group<2>(a, R, st);
+    case 3: return lut ? run_rows<3, 0>(a, R, st) : run_group<3>(a, R, st);
+    case 4: return lut ? run_rows<4, 0>(a, R, st) : run_group<4>(a, R, st);
+    case 8: return run_group<8>(a, R, st);
   }
   return cudaErrorInvalidValue;
-}
-
-cudaError_t gemv_q_grid(const DevLinear& W, bool staged, int n_sm, int* rows_per_warp, int* n_blocks) {
-  const size_t smem = gemv_q_smem_bytes(W, staged);
-  const bool lut = is_lut(W.type);
-  int per_sm = 0;
-  cudaError_t e = cudaErrorInvalidValue;
-  switch (W.bits) {
-    case 2: e = gemv_q_blocks_per_sm<2, false>(staged, smem, &per_sm); break;
-    case 3: e = lut ? gemv_q_blocks_per_sm<3, true>(staged, smem, &per_sm)
-                    : gemv_q_blocks_per_sm<3, false>(staged, smem, &per_sm); break;
-    case 4: e = lut ? gemv_q_blocks_per_sm<4, true>(staged, smem, &per_sm)
-                    : gemv_q_blocks_per_sm<4, false>(staged, smem, &per_sm); break;
-    case 8: e = gemv_q_blocks_per_sm<8, false>(staged, smem, &per_sm); break;
-  }
-  if (e != cudaSuccess) return e;
-  if (per_sm < 1) per_sm = 1;
-  // whole rows per warp, as few rounds as the resident warps allow, no idle tail round
-  const int64_t resident = (int64_t)per_sm * n_sm * kGemvWarps;
-  const int64_t rpw = (W.d_out + resident - 1) / resident;
-  const int64_t warps = (W.d_out + rpw - 1) / rpw;
-  *rows_per_warp = (int)rpw;
-  *n_blocks = (int)((warps + kGemvWarps - 1) / kGemvWarps);
-  return cudaSuccess;
 }
 
 }  // namespace gpu

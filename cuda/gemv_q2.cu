@@ -5,8 +5,10 @@
 namespace ddrt {
 namespace gpu {
 
-DDRT_GEMV_Q_INSTANTIATE(2, false)
-DDRT_GEMV_PREP_INSTANTIATE(2)
+DDRT_GEMV_Q_INSTANTIATE(2, 1)
+DDRT_GEMV_Q_INSTANTIATE(2, 2)
+DDRT_GEMV_Q_INSTANTIATE(2, 4)
+
 
 }  // namespace gpu
 }  // namespace ddrt

@@ -5,9 +5,10 @@
 namespace ddrt {
 namespace gpu {
 
-DDRT_GEMV_Q_INSTANTIATE(3, false)
-DDRT_GEMV_Q_INSTANTIATE(3, true)
-DDRT_GEMV_PREP_INSTANTIATE(3)
+DDRT_GEMV_Q_INSTANTIATE(3, 1)
+DDRT_GEMV_Q_INSTANTIATE(3, 2)
+DDRT_GEMV_Q_INSTANTIATE(3, 4)
+DDRT_GEMV_Q_INSTANTIATE(3, 0)
 
 }  // namespace gpu
 }  // namespace ddrt

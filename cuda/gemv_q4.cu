@@ -5,9 +5,10 @@
 namespace ddrt {
 namespace gpu {
 
-DDRT_GEMV_Q_INSTANTIATE(4, false)
-DDRT_GEMV_Q_INSTANTIATE(4, true)
-DDRT_GEMV_PREP_INSTANTIATE(4)
+DDRT_GEMV_Q_INSTANTIATE(4, 1)
+DDRT_GEMV_Q_INSTANTIATE(4, 2)
+DDRT_GEMV_Q_INSTANTIATE(4, 4)
+DDRT_GEMV_Q_INSTANTIATE(4, 0)
 
 }  // namespace gpu
 }  // namespace ddrt

@@ -5,8 +5,10 @@
 namespace ddrt {
 namespace gpu {
 
-DDRT_GEMV_Q_INSTANTIATE(8, false)
-DDRT_GEMV_PREP_INSTANTIATE(8)
+DDRT_GEMV_Q_INSTANTIATE(8, 1)
+DDRT_GEMV_Q_INSTANTIATE(8, 2)
+DDRT_GEMV_Q_INSTANTIATE(8, 4)
+
 
 }  // namespace gpu
 }  // namespace ddrt

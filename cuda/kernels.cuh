@@ -23,7 +23,7 @@ struct DevLinear {
   const uint4* codes = nullptr;  // quantized: [d_out][row_vecs(d_in, bits)] (packed.cuh)
   int64_t row_vecs = 0;
   const __half2* sm = nullptr;   // uniform: [d_out][n_groups] (scale, min)
-  int64_t n_groups = 0;
+  int64_t n_groups = 0;          // row stride of sm: sm_row_groups (packed.cuh), >= real groups
   const float* lut = nullptr;    // LUT: [d_out][2^bits]
   const void* fdata = nullptr;   // float types: [d_out][row_stride] elements, zero padded
   int64_t row_stride = 0;        // float types: a multiple of 8 elements
@@ -39,20 +39,11 @@ struct DevResidual {
 };
 
 // ---- GEMV, T = 1 (gemv_q*.cu, gemv_f.cu) ------------------------------------------------------
-// Shared-memory bytes the quantized GEMV needs to stage x (0 means it cannot: use the prep path).
-size_t gemv_q_smem(const DevLinear& W);
-// y[d_out] = W x[d_in] for a quantized W. xprep/sxprep: null to stage x in shared memory, or
-// x already padded by launch_gemv_prep (when gemv_q_smem exceeds the device limit).
-// n_blocks: the grid (see gemv_q_grid).
-cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, const float* xprep,
-                          const float* sxprep, int rows_per_warp, int n_blocks, cudaStream_t st);
-// x padded into the layout the quantized GEMV stages in shared memory; xprep needs
-// gemv_prep_floats(W) floats, sxprep n_steps * slices floats.
-int64_t gemv_prep_floats(const DevLinear& W);
-int64_t gemv_prep_sums(const DevLinear& W);
-cudaError_t launch_gemv_prep(const DevLinear& W, const float* x, float* xprep, float* sxprep, cudaStream_t st);
-// Grid of the quantized GEMV: fills the device (occupancy) with whole rows per warp.
-cudaError_t gemv_q_grid(const DevLinear& W, bool staged, int n_sm, int* rows_per_warp, int* n_blocks);
+// y[d_out] = W x[d_in] for a quantized W (gemv_q.cuh): one warp per gemv_q_rows(W) rows.
+cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, cudaStream_t st);
+int gemv_q_rows(const DevLinear& W);
+// The GEMV lab's knob: rows per warp (1, 2 or 4) for every later launch; 0 restores the default.
+void gemv_q_force_rows(int rows_per_warp);
 // y[d_out] = W x[d_in] for F32/F16/BF16 W; x must be 16-byte aligned.
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st);
 

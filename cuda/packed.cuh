@@ -4,13 +4,18 @@
 // that the batch-1 GEMV (gemv_q.cuh) reads every byte once with coalesced 16-byte loads and turns
 // each code into an exact float with one LOP3 + one FADD (the "magic exponent" trick below).
 //
-// Lane step: the unit of work of one lane on one row: C consecutive codes in V 16-byte vectors.
+// Lane step: the unit of work of one lane on one row: C codes in V 16-byte vectors.
 //   bits 2: C =  64 codes, V = 1     bits 3: C = 128 codes, V = 3
 //   bits 4: C =  32 codes, V = 1     bits 8: C =  32 codes, V = 2
-// A row holds n_steps = ceil(d_in / C) lane steps (codes past d_in are 0), grouped by 32 (one per
-// lane of a warp). Vector v of lane step s sits at uint4 index
-//   (s / 32) * 32 * V + v * 32 + (s % 32)        of the row (row stride row_vecs uint4),
-// so a warp's load of vector v of 32 consecutive lane steps is 512 contiguous bytes.
+// A round is 32 lane steps (one per lane of a warp) = 32*C codes of the row; a row holds
+// n_rounds = ceil(d_in / (32 C)) rounds (codes past d_in are 0). Vector v of lane step s sits at
+// uint4 index  (s / 32) * 32 * V + v * 32 + (s % 32)  of the row (row stride row_vecs uint4), so
+// a warp's load of vector v of one round is 512 contiguous bytes.
+// Which codes a lane step holds (code_index): lane l = 8a + b of round r covers the octet slab
+// r*32C + a*8C .. +8C-1 of the row, and in it code c (0..C-1) is element
+//   32 * (c / 4) + 4 * b + c % 4
+// so the 8 lanes of an octet read x as 8 consecutive float4 (128 coalesced bytes) for every 4
+// codes, and every lane's codes of a 128-group sit in one group per 4 float4 (few scale reads).
 // Inside a lane step the V*4 32-bit words hold code c (0..C-1) at (word, bit) = packed_pos(c):
 //   bits 4: file block layout (byte j = c[j] | c[j+16] << 4)
 //   bits 2: file block layout, two blocks (8 bytes each) per step
@@ -37,14 +42,27 @@ DDRT_HDC int step_codes(int bits) { return bits == 2 ? 64 : bits == 3 ? 128 : 32
 DDRT_HDC int step_vecs(int bits) { return bits == 3 ? 3 : bits == 8 ? 2 : 1; }
 DDRT_HDC int step_words(int bits) { return 4 * step_vecs(bits); }
 DDRT_HDC int step_slices(int bits) { return step_codes(bits) / 32; }
-DDRT_HDC int64_t n_steps(int64_t d_in, int bits) { return (d_in + step_codes(bits) - 1) / step_codes(bits); }
-// uint4 per row: whole groups of 32 lane steps.
-DDRT_HDC int64_t row_vecs(int64_t d_in, int bits) {
-  return (n_steps(d_in, bits) + 31) / 32 * 32 * step_vecs(bits);
-}
+DDRT_HDC int64_t round_codes(int bits) { return 32 * (int64_t)step_codes(bits); }
+DDRT_HDC int64_t n_rounds(int64_t d_in, int bits) { return (d_in + round_codes(bits) - 1) / round_codes(bits); }
+// uint4 per row: whole rounds.
+DDRT_HDC int64_t row_vecs(int64_t d_in, int bits) { return n_rounds(d_in, bits) * 32 * step_vecs(bits); }
 // uint4 index (within the row) of vector v of lane step s.
 DDRT_HD int64_t vec_index(int64_t s, int v, int bits) {
   return (s / 32) * 32 * step_vecs(bits) + (int64_t)v * 32 + (s % 32);
+}
+// Index in the row of code c of lane step s, and its inverse.
+DDRT_HD int64_t code_index(int64_t s, int c, int bits) {
+  const int l = (int)(s % 32);
+  return (s / 32) * round_codes(bits) + (l / 8) * 8 * step_codes(bits) + 32 * (c / 4) + 4 * (l % 8) + c % 4;
+}
+DDRT_HD void code_place(int64_t i, int bits, int64_t* s, int* c) {
+  const int64_t C = step_codes(bits), u = i % (32 * C), v = u % (8 * C);
+  *s = (i / (32 * C)) * 32 + (u / (8 * C)) * 8 + (v % 32) / 4;
+  *c = (int)(4 * (v / 32) + v % 4);
+}
+// Scale/min words per row on the GPU: whole rounds (the groups past d_in are padding).
+DDRT_HDC int64_t sm_row_groups(int64_t d_in, int bits, int group) {
+  return n_rounds(d_in, bits) * round_codes(bits) / group;
 }
 
 // (word, bit) of code c of a lane step; for bits 3, codes 30 and 31 of a slice are split
@@ -83,9 +101,9 @@ inline void step_put(uint32_t* w, int bits, int c, int q) {
 // Code i of a row of the repacked matrix (row = that row's words): the slow reader used by the
 // tiled matmul and embed.
 DDRT_HD int packed_code(const uint32_t* row, int bits, int64_t i) {
-  const int C = step_codes(bits);
-  const int64_t s = i / C;
-  const int c = (int)(i % C);
+  int64_t s;
+  int c;
+  code_place(i, bits, &s, &c);
   const Pos p = packed_pos(bits, c);
   const uint32_t wa = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
   if (bits == 3 && (c % 32) >= 30) {

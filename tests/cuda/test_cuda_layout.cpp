@@ -1,7 +1,9 @@
 // The CUDA backend's repacked weight layout (cuda/packed.cuh), checked on the host (no GPU
 // needed): every code survives repack_codes, both through the slow reader (packed_code, used by
 // the tiled matmul and embed) and through the GEMV's fast decoder (code_f, the magic-exponent
-// trick), which must give the exact code as a float; codes past d_in decode to 0.
+// trick), which must give the exact code as a float; codes past d_in decode to 0; code_place
+// inverts code_index. Scale rows are padded to whole rounds with zero words.
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -22,18 +24,22 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
   std::vector<uint32_t> packed(d_out * rv * 4);
   repack_codes(file.data(), d_out, d_in, B, packed.data());
   const int C = step_codes(B), NW = step_words(B);
-  int64_t bad_slow = 0, bad_fast = 0, bad_pad = 0;
+  int64_t bad_slow = 0, bad_fast = 0, bad_pad = 0, bad_place = 0;
   for (int64_t o = 0; o < d_out; ++o) {
     const uint8_t* frow = file.data() + o * row_code_bytes(d_in, B);
     const uint32_t* prow = packed.data() + o * rv * 4;
-    for (int64_t s = 0; s < n_steps(d_in, B); ++s) {
+    for (int64_t s = 0; s < rv / step_vecs(B); ++s) {
       uint32_t wd[12], wsh[12];
       for (int k = 0; k < NW; ++k) {
         wd[k] = prow[4 * vec_index(s, k / 4, B) + k % 4];
         wsh[k] = wd[k] >> kShift;
       }
       for (int c = 0; c < C; ++c) {
-        const int64_t i = s * C + c;
+        const int64_t i = code_index(s, c, B);
+        int64_t s2;
+        int c2;
+        code_place(i, B, &s2, &c2);
+        bad_place += s2 != s || c2 != c;
         const float fast = code_f<B>(wd, wsh, c);
         if (i >= d_in) {
           bad_pad += fast != 0.0f;
@@ -48,6 +54,7 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
   const std::string what = "bits " + std::to_string(B) + " d_in " + std::to_string(d_in);
   CHECK_MSG(bad_slow == 0, what + ": packed_code mismatches " + std::to_string(bad_slow));
   CHECK_MSG(bad_fast == 0, what + ": code_f mismatches " + std::to_string(bad_fast));
+  CHECK_MSG(bad_place == 0, what + ": code_place is not the inverse of code_index " + std::to_string(bad_place));
   CHECK_MSG(bad_pad == 0, what + ": padding codes not zero " + std::to_string(bad_pad));
 }
 
@@ -69,5 +76,12 @@ int main() {
   for (int r = 0; r < 5; ++r)
     for (int k = 0; k < 16; ++k) ok &= dst[r * 16 + k] == (k < 7 ? src[r * 7 + k] : 0x88);
   CHECK(ok);
+  // scale words: (scale, min) interleaved per row, padded to the stride with 0
+  const uint16_t sc[6] = {1, 2, 3, 4, 5, 6}, mn[6] = {7, 8, 9, 10, 11, 12};
+  std::vector<uint32_t> sm(2 * 5, 0xffffffffu);
+  interleave_scales(sc, mn, 2, 3, 5, sm.data());
+  const uint32_t want[10] = {1 | 7u << 16, 2 | 8u << 16, 3 | 9u << 16, 0, 0, 4 | 10u << 16, 5 | 11u << 16, 6 | 12u << 16, 0, 0};
+  CHECK(std::equal(sm.begin(), sm.end(), want));
+  CHECK(sm_row_groups(4096 + 5, 3, 128) == 2 * 4096 / 128 && sm_row_groups(100, 4, 32) == 1024 / 32);
   return ddrt_test::check_summary();
 }

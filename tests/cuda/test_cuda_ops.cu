@@ -1,7 +1,8 @@
 // CUDA backend vs the CPU reference, op by op (NMSE on fresh random inputs, outputs poisoned with
 // NaN before every run so an unwritten element fails). Exit code 77 (skip) without a GPU.
 //   test_cuda_ops           the tests
-//   test_cuda_ops --bench   the GEMV lab: batch-1 GEMV and DecDEC timings (see bench() below)
+//   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV and DecDEC timings (see bench() below)
+//   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "backend.h"
 #include "check.h"
 #include "cuda_backend.cuh"
+#include "kernels.cuh"
 
 using namespace ddrt;
 using ddrt_test::nmse;
@@ -148,8 +150,10 @@ std::vector<float> gpu_matmul(Backend& gpu, const Linear& W, const std::vector<f
   return by.get();
 }
 
+size_t W_rows(const Linear& W) { return (size_t)W.d_out; }
+
 void test_matmul(Backend& cpu, Backend& gpu) {
-  const int64_t shapes[][2] = {{37, 45}, {64, 1000}, {130, 4100}, {5, 33}, {300, 257}};
+  const int64_t shapes[][2] = {{37, 45}, {64, 1000}, {130, 4100}, {5, 33}, {300, 257}, {2051, 1100}};
   for (TensorType t : kAllTypes)
     for (auto& s : shapes) {
       auto L = make_linear(t, s[0], s[1], false);
@@ -162,6 +166,18 @@ void test_matmul(Backend& cpu, Backend& gpu) {
         report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
                    " T=" + std::to_string(T),
                nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+        if (T == 1) {  // x not 16-byte aligned
+          Buf bx(gpu, x.size() + 1), by(gpu, W_rows(*Wg));
+          std::vector<float> x1(1, 0.0f);
+          x1.insert(x1.end(), x.begin(), x.end());
+          bx.put(x1);
+          by.poison();
+          gpu.matmul(*Wg, by.f(), bx.f() + 1, 1, {});
+          const auto y1 = by.get();
+          report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
+                     " T=1 unaligned x",
+                 nmse(y1.data(), yc.data(), yc.size()), 1e-8);
+        }
       }
     }
 }
@@ -380,17 +396,20 @@ Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws
   return {single, 1000.0 * ms[ms.size() / 2]};
 }
 
-int bench(Backend& gpu) {
+// GEMV timings; rows: the quantized GEMV's rows per warp (0: its default choice).
+void bench_gemv(Backend& gpu, int rows) {
   const double peak = 3000.0;  // GB/s, measured HBM read on the lent H100 (DESIGN.md §5)
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
   const TensorType types[] = {TensorType::UQ3_G128, TensorType::UQ4_G128, TensorType::F16};
+  gpu::gemv_q_force_rows(rows);
   std::printf("%s\nGEMV T=1: median of 200 event-timed single launches, and per launch in a graph of 32\n"
-              "(copies rotate to defeat L2; bytes = the file's tensor bytes)\n",
-              gpu.name().c_str());
+              "(copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: %s\n",
+              gpu.name().c_str(), rows ? std::to_string(rows).c_str() : "default");
   std::printf("%-10s %-13s %10s %10s %9s %9s %7s\n", "type", "d_out x d_in", "single us", "graph us", "GB/s",
               "%3000", "copies");
   for (auto& s : shapes)
     for (TensorType t : types) {
+      if (rows && t == TensorType::F16) continue;
       const int64_t shape[2] = {s[0], s[1]};
       const double bytes = (double)tensor_bytes(t, 2, shape);
       const int copies = std::max(2, (int)std::ceil(200e6 / bytes));
@@ -404,6 +423,14 @@ int bench(Backend& gpu) {
       std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d\n", type_name(t), (long long)s[0],
                   (long long)s[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, copies);
     }
+  gpu::gemv_q_force_rows(0);
+}
+
+int bench(Backend& gpu, bool gemv_only) {
+  for (int rows : {1, 2, 4}) bench_gemv(gpu, rows);
+  bench_gemv(gpu, 0);
+  if (gemv_only) return 0;
+  const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
   std::printf("\nDecDEC exact, host (zero-copy) residuals, uq3_g128: graph-timed per call; comp = call - base;\n"
               "zero-copy GB/s = residual bytes fetched (k rows) / comp time\n");
   std::printf("%-13s %7s %10s %10s %10s %10s\n", "d_out x d_in", "k_chunk", "base us", "call us", "comp us",
@@ -437,7 +464,8 @@ int main(int argc, char** argv) {
   }
   try {
     auto gpu = make_cuda_backend(0);
-    if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu);
+    if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu, false);
+    if (argc > 1 && std::string(argv[1]) == "--bench-gemv") return bench(*gpu, true);
     auto cpu = make_cpu_backend();
     std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_misc(*gpu);
