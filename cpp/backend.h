@@ -92,6 +92,22 @@ class Backend {
   virtual void swiglu(float* out, const float* gate, const float* up, size_t n) = 0;
   // x += y, elementwise over n values.
   virtual void add(float* x, const float* y, size_t n) = 0;
+  // out[0] = argmax of x[0..n) (backend memory; lowest index on ties, NaN never wins).
+  virtual void argmax(const float* x, int n, int32_t* out) = 0;
+
+  // ---- decode steps as replayable graphs (optional; the CUDA backend has them) ----
+  // Between step_begin(pos, id) and step_end() the engine issues the ops of one T=1 decode step
+  // of token `id` at position `pos`. In that span, ops read the position and the embedded token
+  // id from the backend's step slots (set by step_begin / replay), not from their arguments, so
+  // a step recorded between capture_begin() and capture_end() replays correctly at any position.
+  // Ops issued while capturing are recorded, not run. replay(pos, id) sets the slots and runs the
+  // last captured step.
+  virtual bool supports_graphs() const { return false; }
+  virtual void step_begin(int64_t pos, int32_t id) {}
+  virtual void step_end() {}
+  virtual void capture_begin() {}
+  virtual void capture_end() {}
+  virtual void replay(int64_t pos, int32_t id) {}
 };
 
 // Factories. make_cuda_backend throws CudaError when CUDA is not built in or no GPU is visible.

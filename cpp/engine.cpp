@@ -160,9 +160,30 @@ struct Engine::Layer {
                                   // gate/up [hidden, dim], down [dim, hidden]
 };
 
+namespace {
+// A model file as a tensor source.
+class FileSource : public TensorSource {
+ public:
+  FileSource(const std::string& path, bool verify) : f(path, verify) {}
+  const TensorInfo* find(const std::string& name) const override { return f.find(name); }
+  ModelFile f;
+};
+}  // namespace
+
 Engine::Engine(const std::string& path, const EngineOptions& opt) {
-  file_ = std::make_unique<ModelFile>(path, opt.verify_checksums);
-  cfg_ = read_config(*file_);
+  auto src = std::make_unique<FileSource>(path, opt.verify_checksums);
+  cfg_ = read_config(src->f);
+  src_ = std::move(src);
+  init(opt);
+}
+
+Engine::Engine(std::unique_ptr<TensorSource> src, const Config& cfg, const EngineOptions& opt) {
+  src_ = std::move(src);
+  cfg_ = cfg;
+  init(opt);
+}
+
+void Engine::init(const EngineOptions& opt) {
   be_ = opt.device == "cpu" ? make_cpu_backend(opt.n_threads) : make_backend(opt.device);
   if (opt.max_seq_len < 0) throw InvalidArgument("max_seq_len must be >= 0 (0 = the model's)");
   max_seq_ = opt.max_seq_len > 0 ? opt.max_seq_len : cfg_.max_seq_len;
@@ -203,6 +224,8 @@ Engine::Engine(const std::string& path, const EngineOptions& opt) {
   logits_ = alloc_f32((size_t)B * c.n_vocab);   // [B, n_vocab]
   const auto inv = rope_inv_freq(c);
   inv_freq_ = alloc_f32(inv.size());        // [head_dim/2]
+  next_id_ = reinterpret_cast<int32_t*>(alloc_f32(1));  // [1] greedy token
+  graphs_ = opt.graphs;
   be_->upload(inv_freq_, inv.data(), inv.size() * sizeof(float));
 }
 
@@ -217,7 +240,7 @@ float* Engine::alloc_f32(size_t n) {
 }
 
 float* Engine::upload_vector(const std::string& name, int64_t n) {
-  const TensorInfo* t = file_->find(name);
+  const TensorInfo* t = src_->find(name);
   if (!t) throw FormatError("tensor '" + name + "' is missing");
   if (t->shape.size() != 1 || t->shape[0] != n || (t->type != TensorType::F32 && t->type != TensorType::F16))
     throw FormatError("tensor '" + name + "' must be f32 or f16 of shape [" + std::to_string(n) + "]");
@@ -236,7 +259,7 @@ float* Engine::upload_vector(const std::string& name, int64_t n) {
   return d;
 }
 
-static const TensorInfo* optional_tensor(const ModelFile& f, const std::string& name, TensorType type,
+static const TensorInfo* optional_tensor(const TensorSource& f, const std::string& name, TensorType type,
                                          std::vector<int64_t> shape) {
   const TensorInfo* t = f.find(name);
   if (!t) return nullptr;
@@ -249,7 +272,7 @@ static const TensorInfo* optional_tensor(const ModelFile& f, const std::string& 
 std::unique_ptr<Linear> Engine::load(const std::string& base, int64_t d_out, int64_t d_in, bool decdec,
                                      ResidualPlacement where) {
   const std::string wname = base + ".weight";
-  const TensorInfo* t = file_->find(wname);
+  const TensorInfo* t = src_->find(wname);
   if (!t) throw FormatError("tensor '" + wname + "' is missing");
   if (!is_matrix_type(t->type))
     throw FormatError("tensor '" + wname + "' has type " + type_name(t->type) + ", not a matrix type");
@@ -264,8 +287,8 @@ std::unique_ptr<Linear> Engine::load(const std::string& base, int64_t d_out, int
   d.d_in = d_in;
   d.data = t->data;
   if (decdec) {
-    const TensorInfo* r = optional_tensor(*file_, base + ".residual", TensorType::RES4, {d_in, d_out});
-    const TensorInfo* rs = optional_tensor(*file_, base + ".residual_scale", TensorType::F16, {d_out});
+    const TensorInfo* r = optional_tensor(*src_, base + ".residual", TensorType::RES4, {d_in, d_out});
+    const TensorInfo* rs = optional_tensor(*src_, base + ".residual_scale", TensorType::F16, {d_out});
     if ((r != nullptr) != (rs != nullptr))
       throw FormatError("tensor '" + base + (r ? ".residual_scale" : ".residual") +
                         "' is missing (residual and residual_scale come together)");
@@ -273,9 +296,9 @@ std::unique_ptr<Linear> Engine::load(const std::string& base, int64_t d_out, int
       d.residual = r->data;
       d.residual_scale = (const uint16_t*)rs->data;
     }
-    if (const TensorInfo* th = optional_tensor(*file_, base + ".thresholds", TensorType::F32, {d_in}))
+    if (const TensorInfo* th = optional_tensor(*src_, base + ".thresholds", TensorType::F32, {d_in}))
       d.thresholds = (const float*)th->data;
-    if (const TensorInfo* rk = optional_tensor(*file_, base + ".ranking", TensorType::I32, {d_in})) {
+    if (const TensorInfo* rk = optional_tensor(*src_, base + ".ranking", TensorType::I32, {d_in})) {
       // the ranking must be a permutation of 0..d_in-1: backends index with it
       std::vector<char> seen(d_in, 0);
       const int32_t* ids = (const int32_t*)rk->data;
@@ -310,6 +333,7 @@ void Engine::set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chu
   mode_ = mode;
   k_chunk_ = k_chunk;
   seed_ = seed;
+  graph_valid_ = false;  // the recorded step used the old setting
 }
 
 double Engine::decdec_bytes_per_token() const {
@@ -333,7 +357,7 @@ void Engine::linear(const Linear& w, int layer, int slot, float* y, const float*
   be_->matmul(w, y, x, T, call);
 }
 
-void Engine::forward(const int32_t* ids, int T, float* logits, bool all_logits) {
+void Engine::check_tokens(const int32_t* ids, int T) const {
   if (T <= 0) throw InvalidArgument("forward needs at least one token");
   if (pos() + T > max_seq_)
     throw ContextOverflow("context overflow: " + std::to_string(T) + " token(s) at position " +
@@ -343,6 +367,10 @@ void Engine::forward(const int32_t* ids, int T, float* logits, bool all_logits) 
     if (ids[t] < 0 || ids[t] >= cfg_.n_vocab)
       throw InvalidArgument("token id " + std::to_string(ids[t]) + " at index " + std::to_string(t) +
                             " is outside the vocabulary [0, " + std::to_string(cfg_.n_vocab) + ")");
+}
+
+void Engine::forward(const int32_t* ids, int T, float* logits, bool all_logits) {
+  check_tokens(ids, T);
   for (int t0 = 0; t0 < T; t0 += max_batch_) {
     const int n = std::min(max_batch_, T - t0);
     const bool last = t0 + n == T;
@@ -356,7 +384,22 @@ void Engine::forward(const int32_t* ids, int T, float* logits, bool all_logits) 
 // One chunk of T <= max_batch tokens at positions pos0 .. pos0+T-1.
 void Engine::run_chunk(const int32_t* ids, int T, float* logits, bool all_logits) {
   const Config& c = cfg_;
-  const int64_t pos0 = pos();
+  const size_t dim = c.dim;
+  enqueue_layers(ids, T, pos());
+  for (int t = 0; t < T; ++t) tokens_.push_back(ids[t]);
+  if (!logits) return;
+  const Linear& head = out_ ? *out_ : *embd_;
+  const int rows = all_logits ? T : 1;
+  const float* xin = x_ + (all_logits ? 0 : (size_t)(T - 1) * dim);
+  be_->rmsnorm(xb_, xin, out_norm_, rows, c.dim, c.norm_eps);  // xb [rows, dim]
+  DecdecCall off;
+  be_->matmul(head, logits_, xb_, rows, off);                  // logits [rows, n_vocab]
+  be_->download(logits, logits_, (size_t)rows * c.n_vocab * sizeof(float));
+}
+
+// Embedding and every decoder block for T tokens at positions pos0..: x [T, dim] afterwards.
+void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
+  const Config& c = cfg_;
   const size_t dim = c.dim;
   be_->embed(*embd_, x_, ids, T);  // x [T, dim]
   for (int l = 0; l < c.n_layers; ++l) {
@@ -379,15 +422,52 @@ void Engine::run_chunk(const int32_t* ids, int T, float* logits, bool all_logits
     linear(*L.w[6], l, 6, hb_, gate_, T, pos0);                 // hb [T, dim]
     be_->add(x_, hb_, T * dim);                                 // x += ffn
   }
-  for (int t = 0; t < T; ++t) tokens_.push_back(ids[t]);
-  if (!logits) return;
-  const Linear& head = out_ ? *out_ : *embd_;
-  const int rows = all_logits ? T : 1;
-  const float* xin = x_ + (all_logits ? 0 : (size_t)(T - 1) * dim);
-  be_->rmsnorm(xb_, xin, out_norm_, rows, c.dim, c.norm_eps);  // xb [rows, dim]
+}
+
+// One T=1 step whose result is the greedy next token in next_id_ (backend memory).
+void Engine::enqueue_greedy_step(int32_t id, int64_t pos) {
+  enqueue_layers(&id, 1, pos);
+  be_->rmsnorm(xb_, x_, out_norm_, 1, cfg_.dim, cfg_.norm_eps);  // xb [1, dim]
   DecdecCall off;
-  be_->matmul(head, logits_, xb_, rows, off);                  // logits [rows, n_vocab]
-  be_->download(logits, logits_, (size_t)rows * c.n_vocab * sizeof(float));
+  be_->matmul(out_ ? *out_ : *embd_, logits_, xb_, 1, off);      // logits [1, n_vocab]
+  be_->argmax(logits_, cfg_.n_vocab, next_id_);                  // next_id [1]
+}
+
+// Feeds `id` and returns the greedy next token; the step runs as a graph replay once recorded.
+int32_t Engine::greedy_step(int32_t id) {
+  check_tokens(&id, 1);
+  const int64_t p = pos();
+  if (!graphs_ || !be_->supports_graphs()) {
+    enqueue_greedy_step(id, p);
+  } else if (graph_valid_) {
+    be_->replay(p, id);
+  } else {
+    // run the step once in step mode (this also sizes the backend's scratch), then record it
+    be_->step_begin(p, id);
+    enqueue_greedy_step(id, p);
+    be_->capture_begin();
+    try {
+      enqueue_greedy_step(id, p);
+    } catch (...) {
+      try { be_->capture_end(); } catch (...) {}  // the first error is the one to report
+      be_->step_end();
+      throw;
+    }
+    be_->capture_end();
+    be_->step_end();
+    graph_valid_ = true;
+  }
+  int32_t next = 0;
+  be_->download(&next, next_id_, sizeof(int32_t));
+  tokens_.push_back(id);
+  return next;
+}
+
+std::vector<int32_t> Engine::decode_greedy(int32_t first, int n) {
+  std::vector<int32_t> out;
+  int32_t id = first;
+  for (int i = 0; i < n; ++i) out.push_back(id = greedy_step(id));
+  return out;
 }
 
 double Engine::nll(const int32_t* ids, int T) {
@@ -410,6 +490,11 @@ double Engine::nll(const int32_t* ids, int T) {
 }
 
 int32_t Engine::next_token(const int32_t* ids, int T, const SamplerParams& p, Sampler& s) {
+  if (p.temperature <= 0.f && p.repetition_penalty == 1.f && T >= 1) {
+    check_tokens(ids, T);
+    if (T > 1) forward(ids, T - 1, nullptr, false);
+    return greedy_step(ids[T - 1]);
+  }
   host_logits_.resize(cfg_.n_vocab);
   forward(ids, T, host_logits_.data(), false);
   return s.sample(host_logits_.data(), cfg_.n_vocab, p, tokens_);

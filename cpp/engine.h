@@ -56,6 +56,13 @@ class Sampler {
   std::vector<std::pair<float, int32_t>> cand_;
 };
 
+// Named tensors the engine loads: a model file, or synthetic weights (synth.h).
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual const TensorInfo* find(const std::string& name) const = 0;
+};
+
 struct EngineOptions {
   std::string device = "cpu";    // "cpu", "cuda", "cuda:N"
   int max_seq_len = 0;            // 0: the model's
@@ -63,16 +70,19 @@ struct EngineOptions {
   bool verify_checksums = true;
   int n_threads = 0;              // CPU backend threads, 0: default
   int max_batch = 64;             // rows per prefill chunk
+  bool graphs = true;             // replay decode steps as graphs where the backend can
 };
 
 // One loaded model + one context (KV cache). Not thread-safe: one call at a time.
 class Engine {
  public:
   Engine(const std::string& path, const EngineOptions& opt = {});
+  // Weights from any source (synthetic models for benchmarks); `src` must outlive nothing:
+  // the engine keeps it.
+  Engine(std::unique_ptr<TensorSource> src, const Config& cfg, const EngineOptions& opt = {});
   ~Engine();
 
   const Config& config() const { return cfg_; }
-  const ModelFile& file() const { return *file_; }
   Backend& backend() { return *be_; }
   int64_t max_seq_len() const { return max_seq_; }
   int64_t pos() const { return (int64_t)tokens_.size(); }
@@ -87,7 +97,11 @@ class Engine {
   // Sum of -log p(ids[t+1] | ids[..t]) over t < T-1 in a fresh context (ppl scoring), in double.
   double nll(const int32_t* ids, int T);
   // Feeds ids (T >= 1) and samples the next token from the last logits (not yet fed).
+  // Greedy sampling without a repetition penalty takes the argmax on the backend (only the id
+  // crosses to the host) and, for single tokens, replays the decode step as a graph.
   int32_t next_token(const int32_t* ids, int T, const SamplerParams& p, Sampler& s);
+  // Greedy decode of n tokens after feeding `first`: the benchmark loop. Returns the tokens.
+  std::vector<int32_t> decode_greedy(int32_t first, int n);
 
   // DecDEC: mode and k_chunk per linear kind (qkv, o, gate_up, down). Throws InvalidArgument when
   // the model lacks what the mode needs (residuals; thresholds for approx; ranking for static).
@@ -105,7 +119,7 @@ class Engine {
     void* p = nullptr;
     float* f() const { return (float*)p; }
   };
-  std::unique_ptr<ModelFile> file_;
+  std::unique_ptr<TensorSource> src_;
   std::unique_ptr<Backend> be_;
   Config cfg_;
   int64_t max_seq_ = 0;
@@ -121,12 +135,19 @@ class Engine {
   DecdecMode mode_ = DecdecMode::Off;
   std::array<int, kNumKinds> k_chunk_{};
   uint64_t seed_ = 0;
+  int32_t* next_id_ = nullptr;  // backend memory: the greedy step's result
+  bool graphs_ = true, graph_valid_ = false;
 
   float* alloc_f32(size_t n);
+  void init(const EngineOptions& opt);
   float* upload_vector(const std::string& name, int64_t n);
   std::unique_ptr<Linear> load(const std::string& base, int64_t d_out, int64_t d_in, bool decdec,
                                ResidualPlacement where);
   void run_chunk(const int32_t* ids, int T, float* logits, bool all_logits);
+  void enqueue_layers(const int32_t* ids, int T, int64_t pos0);
+  void enqueue_greedy_step(int32_t id, int64_t pos);
+  int32_t greedy_step(int32_t id);
+  void check_tokens(const int32_t* ids, int T) const;
   void linear(const Linear& w, int layer, int slot, float* y, const float* x, int T, int64_t pos0);
 };
 

@@ -137,6 +137,8 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaSetDevice(dev_));
     DDRT_CHECK(cudaGetDeviceProperties(&prop_, dev_));
     DDRT_CHECK(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
+    slots_ = DevMem(kSlotBytes, nullptr, "decode step slots");
+    h_slots_ = PinnedMem(kSlotBytes, "decode step slots");
   }
   ~CudaBackend() override {
     cudaSetDevice(dev_);
@@ -144,6 +146,7 @@ class CudaBackend : public Backend {
       cudaStreamSynchronize(st_);
       cudaStreamDestroy(st_);
     }
+    if (exec_) cudaGraphExecDestroy(exec_);
     scratch_ = DevMem();
   }
 
@@ -195,7 +198,7 @@ class CudaBackend : public Backend {
       if (ids_host[t] < 0 || ids_host[t] >= W.d_out)
         throw InvalidArgument("embed: token id " + std::to_string(ids_host[t]) + " outside [0, " +
                               std::to_string(W.d_out) + ")");
-    DDRT_CHECK(gpu::launch_embed(W.dev, out, ids_host, T, st_), "embed '" + W.name + "'");
+    DDRT_CHECK(gpu::launch_embed(W.dev, out, ids_host, T, st_, step_ ? step_id() : nullptr), "embed '" + W.name + "'");
   }
   void rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps) override {
     use();
@@ -204,7 +207,7 @@ class CudaBackend : public Backend {
   void matmul(const Linear& W, float* y, const float* x, int T, const DecdecCall& call) override;
   void rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) override {
     use();
-    DDRT_CHECK(gpu::launch_rope(x, T, n_heads, head_dim, pos0, inv_freq, st_));
+    DDRT_CHECK(gpu::launch_rope(x, T, n_heads, head_dim, pos0, inv_freq, st_, step_ ? step_pos() : nullptr));
   }
   void attention(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
                  int n_heads, int64_t pos0) override;
@@ -216,13 +219,64 @@ class CudaBackend : public Backend {
     use();
     DDRT_CHECK(gpu::launch_add(x, y, n, st_));
   }
+  void argmax(const float* x, int n, int32_t* out) override {
+    use();
+    DDRT_CHECK(gpu::launch_argmax(x, n, out, st_));
+  }
+
+  // ---- decode steps as CUDA graphs ----
+  // The slots (device: int64 position at byte 0, int32 token id at byte 8) are written by an
+  // async copy from pinned host memory before each step; the engine waits for each step's
+  // result before the next step_begin/replay, so the host never rewrites a pending copy.
+  bool supports_graphs() const override { return true; }
+  void step_begin(int64_t pos, int32_t id) override {
+    use();
+    set_slots(pos, id);
+    step_ = true;
+  }
+  void step_end() override { step_ = false; }
+  void capture_begin() override {
+    use();
+    DDRT_CHECK(cudaStreamBeginCapture(st_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+  void capture_end() override {
+    use();
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    DDRT_CHECK(cudaStreamEndCapture(st_, &g));
+    if (exec_) {
+      cudaGraphExecDestroy(exec_);
+      exec_ = nullptr;
+    }
+    const cudaError_t e = cudaGraphInstantiate(&exec_, g, 0);
+    cudaGraphDestroy(g);
+    DDRT_CHECK(e, "decode step graph");
+  }
+  void replay(int64_t pos, int32_t id) override {
+    use();
+    if (!exec_) throw InvalidArgument("replay: no decode step has been captured");
+    set_slots(pos, id);
+    DDRT_CHECK(cudaGraphLaunch(exec_, st_));
+  }
 
  private:
   void use() const { DDRT_CHECK(cudaSetDevice(dev_)); }
+  static constexpr size_t kSlotBytes = 16;
+  const int64_t* step_pos() const { return static_cast<const int64_t*>(slots_.get()); }
+  const int32_t* step_id() const { return reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(slots_.get()) + 8); }
+  void set_slots(int64_t pos, int32_t id) {
+    uint8_t* h = static_cast<uint8_t*>(h_slots_.host());
+    memcpy(h, &pos, 8);
+    memcpy(h + 8, &id, 4);
+    DDRT_CHECK(cudaMemcpyAsync(slots_.get(), h, kSlotBytes, cudaMemcpyHostToDevice, st_), "decode step slots");
+  }
   // Scratch of at least `bytes` (grows; growing waits for the stream so no kernel still reads
   // the old buffer). Not counted in device_bytes (it is working memory, not weights/caches).
   void* scratch(size_t bytes) {
     if (scratch_.size() < bytes) {
+      if (capturing_)
+        throw CudaError("CUDA: scratch would grow while capturing a decode graph (run the step once first)");
       DDRT_CHECK(cudaStreamSynchronize(st_), "before growing scratch");
       scratch_ = DevMem();
       scratch_ = DevMem(bytes + bytes / 4, nullptr, "scratch");
@@ -236,6 +290,10 @@ class CudaBackend : public Backend {
   cudaStream_t st_ = nullptr;
   Counter held_;
   DevMem scratch_;
+  DevMem slots_;
+  PinnedMem h_slots_;
+  bool step_ = false, capturing_ = false;
+  cudaGraphExec_t exec_ = nullptr;
 };
 
 // Uploads `bytes` of host data into a new DevMem of W.
@@ -386,6 +444,7 @@ void CudaBackend::compensate(const CudaLinear& W, float* y, const float* x, int 
     throw InvalidArgument(what + " needs a calibration ranking, and this linear has none");
   gpu::CompParams p;
   p.call = call;
+  p.pos_dev = step_ ? step_pos() : nullptr;
   p.kmax = total_k(call.k_chunk, W.d_in);
   p.k_full = chunk_k(call.k_chunk, kChunk);
   if (p.kmax == 0) return;
@@ -413,10 +472,10 @@ void CudaBackend::attention(KVCache& cache, int layer, float* out, const float* 
     throw ContextOverflow("attention: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + T - 1) +
                           " do not fit a context of " + std::to_string(kv.max_seq));
   if (T <= 0) return;
-  const size_t row = (size_t)hkv * hd * sizeof(float);
-  DDRT_CHECK(cudaMemcpyAsync(kv.at(kv.k, layer, pos0), k, T * row, cudaMemcpyDeviceToDevice, st_));
-  DDRT_CHECK(cudaMemcpyAsync(kv.at(kv.v, layer, pos0), v, T * row, cudaMemcpyDeviceToDevice, st_));
-  const gpu::AttnShape s{T, n_heads, hkv, hd, pos0};
+  const int64_t* pos_dev = step_ ? step_pos() : nullptr;
+  DDRT_CHECK(gpu::launch_kv_store(kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), k, v, (int64_t)hkv * hd, T, pos0,
+                                  pos_dev, st_));
+  const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
   DDRT_CHECK(gpu::launch_attention(out, q, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr, st_));
 }

@@ -61,7 +61,9 @@ select_kernel(CompParams p, const float* thresholds_unused, const int32_t* rank_
         break;
       }
       case DecdecMode::Static: key = (uint64_t)(uint32_t)rank_pos[c0 + i]; break;
-      case DecdecMode::Random: key = random_key(p.call.seed, p.call.linear_id, p.call.pos0 + t, c0 + i); break;
+      case DecdecMode::Random:
+        key = random_key(p.call.seed, p.call.linear_id, (p.pos_dev ? *p.pos_dev : p.call.pos0) + t, c0 + i);
+        break;
       default: valid = false;
     }
   }

@@ -80,10 +80,11 @@ struct EmbedIds {
   int32_t id[kEmbedIds];
 };
 
-__global__ void embed_kernel(DevLinear W, float* out, EmbedIds ids) {
+__global__ void embed_kernel(DevLinear W, float* out, EmbedIds ids, const int32_t* id_dev) {
   const int t = blockIdx.y;
+  const int32_t id = id_dev ? id_dev[t] : ids.id[t];
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < W.d_in; i += (int64_t)gridDim.x * blockDim.x)
-    out[(int64_t)t * W.d_in + i] = dequant_at(W, ids.id[t], i);
+    out[(int64_t)t * W.d_in + i] = dequant_at(W, id, i);
 }
 
 }  // namespace
@@ -95,13 +96,15 @@ cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cud
 }
 
 // ids: host ints, passed by value (64 per launch), so the launch can be captured in a graph.
-cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st) {
+cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,
+                         const int32_t* id_dev) {
+  if (id_dev && T != 1) return cudaErrorInvalidValue;
   for (int t0 = 0; t0 < T; t0 += kEmbedIds) {
     const int n = T - t0 < kEmbedIds ? T - t0 : kEmbedIds;
     EmbedIds e{};
     for (int k = 0; k < n; ++k) e.id[k] = ids[t0 + k];
     const int bx = (int)((W.d_in + 255) / 256 < 64 ? (W.d_in + 255) / 256 : 64);
-    embed_kernel<<<dim3(bx, n), 256, 0, st>>>(W, out + (int64_t)t0 * W.d_in, e);
+    embed_kernel<<<dim3(bx, n), 256, 0, st>>>(W, out + (int64_t)t0 * W.d_in, e, id_dev);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

@@ -50,7 +50,11 @@ cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm
 // ---- tiled matmul, any T, any type (gemm.cu) -------------------------------------------------
 cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
-cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st);
+// id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
+cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,
+                         const int32_t* id_dev = nullptr);
+// out[0] = argmax of x[0..n) (lowest index on ties; NaN never wins).
+cudaError_t launch_argmax(const float* x, int n, int32_t* out, cudaStream_t st);
 
 // ---- DecDEC compensation (decdec.cu) ---------------------------------------------------------
 struct CompParams {
@@ -58,6 +62,7 @@ struct CompParams {
   float floors[kBuckets];  // approx mode (approx_floors on the host)
   int64_t kmax = 0;        // total_k(k_chunk, d_in)
   int k_full = 0;          // chunk_k(k_chunk, 1024): slots per chunk (the last chunk may use fewer)
+  const int64_t* pos_dev = nullptr;  // non-null: call.pos0 is read from here (decode graphs)
 };
 // Scratch: sel [T][kmax] int32, partial [T][n_split][d_out] float.
 int comp_splits(const DevLinear& W, int64_t kmax, int T);
@@ -66,15 +71,22 @@ cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const Co
 
 // ---- elementwise, norm, rope, attention (ops.cu) ---------------------------------------------
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st);
+// pos_dev (may be null): read pos0 from device memory instead (decode graphs).
 cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
-                        cudaStream_t st);
+                        cudaStream_t st, const int64_t* pos_dev = nullptr);
 cudaError_t launch_swiglu(float* out, const float* gate, const float* up, size_t n, cudaStream_t st);
 cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st);
 // KV cache layout: [n_layers][max_seq][n_kv_heads][head_dim] fp32 (as the CPU backend).
+// pos_dev non-null: pos0 is read from device memory (decode graphs); the split count then does
+// not depend on the position (splits past the current length do nothing).
 struct AttnShape {
   int T, n_heads, n_kv_heads, head_dim;
   int64_t pos0;
+  const int64_t* pos_dev = nullptr;
 };
+// Stores k, v ([T][row] floats) at positions pos0.. of one layer's cache (K, V: [max_seq][row]).
+cudaError_t launch_kv_store(float* K, float* V, const float* k, const float* v, int64_t row, int T, int64_t pos0,
+                            const int64_t* pos_dev, cudaStream_t st);
 // Scratch floats for attention at this shape.
 int attn_splits(const AttnShape& s);
 int64_t attn_scratch_floats(const AttnShape& s);

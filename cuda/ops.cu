@@ -34,7 +34,9 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d
 }
 
 // angle = (float)(pos0 + t) * inv_freq[i] in fp32, its sine/cosine as the CPU: in double.
-__global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) {
+__global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
+                            const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
   const int half = head_dim / 2;
   const int64_t n = (int64_t)T * n_heads * half;
   for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) {
@@ -80,6 +82,7 @@ __host__ __device__ int64_t attn_split_len(const AttnShape& s, int splits) {
 
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_partial_kernel(const float* q, const float* K, const float* V, AttnShape s, int splits, float* scratch) {
+  if (s.pos_dev) s.pos0 = *s.pos_dev;
   __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
   __shared__ float sm_o[kAttnWarps][kMaxHeadDim];
   const int sp = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
@@ -142,6 +145,7 @@ attn_partial_kernel(const float* q, const float* K, const float* V, AttnShape s,
 }
 
 __global__ void attn_combine_kernel(float* out, AttnShape s, int splits, const float* scratch) {
+  if (s.pos_dev) s.pos0 = *s.pos_dev;
   const int h = blockIdx.x, t = blockIdx.y, hd = s.head_dim;
   const float* base = scratch + ((int64_t)t * s.n_heads + h) * splits * (hd + 2);
   float M = -INFINITY;
@@ -162,7 +166,53 @@ __global__ void attn_combine_kernel(float* out, AttnShape s, int splits, const f
   }
 }
 
+__global__ void kv_store_kernel(float* K, float* V, const float* k, const float* v, int64_t row, int T,
+                                int64_t pos0, const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
+  const int64_t n = (int64_t)T * row;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    K[pos0 * row + i] = k[i];
+    V[pos0 * row + i] = v[i];
+  }
+}
+
+// One block: argmax with the lowest index on ties; NaN never wins (compares false).
+__global__ void argmax_kernel(const float* x, int n, int32_t* out) {
+  __shared__ float bv[32];
+  __shared__ int bi[32];
+  float v = -INFINITY;
+  int idx = n;  // "none yet"
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    if (x[i] > v || (idx == n && !isnan(x[i]))) { v = x[i]; idx = i; }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) { bv[warp] = v; bi[warp] = idx; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+      if (bv[w] > v || (bv[w] == v && bi[w] < idx)) { v = bv[w]; idx = bi[w]; }
+    out[0] = idx < n ? idx : 0;
+  }
+}
+
 }  // namespace
+
+cudaError_t launch_kv_store(float* K, float* V, const float* k, const float* v, int64_t row, int T, int64_t pos0,
+                            const int64_t* pos_dev, cudaStream_t st) {
+  if (T <= 0) return cudaSuccess;
+  kv_store_kernel<<<grid_for((size_t)T * row), kThreads, 0, st>>>(K, V, k, v, row, T, pos0, pos_dev);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_argmax(const float* x, int n, int32_t* out, cudaStream_t st) {
+  if (n <= 0) return cudaErrorInvalidValue;
+  argmax_kernel<<<1, 1024, 0, st>>>(x, n, out);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st) {
   if (T <= 0) return cudaSuccess;
@@ -171,10 +221,10 @@ cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, in
 }
 
 cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
-                        cudaStream_t st) {
+                        cudaStream_t st, const int64_t* pos_dev) {
   const size_t n = (size_t)T * n_heads * (head_dim / 2);
   if (n == 0) return cudaSuccess;
-  rope_kernel<<<grid_for(n), kThreads, 0, st>>>(x, T, n_heads, head_dim, pos0, inv_freq);
+  rope_kernel<<<grid_for(n), kThreads, 0, st>>>(x, T, n_heads, head_dim, pos0, inv_freq, pos_dev);
   return cudaGetLastError();
 }
 
@@ -191,9 +241,10 @@ cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st) {
 }
 
 int attn_splits(const AttnShape& s) {
+  const int64_t by_grid = (528 + (int64_t)s.T * s.n_heads - 1) / ((int64_t)s.T * s.n_heads);  // ~4 blocks/SM
+  if (s.pos_dev) return (int)(by_grid < 1 ? 1 : by_grid);  // position unknown on the host
   const int64_t n = s.pos0 + s.T;
   const int64_t by_len = (n + 63) / 64;                                        // >= 64 positions each
-  const int64_t by_grid = (528 + (int64_t)s.T * s.n_heads - 1) / ((int64_t)s.T * s.n_heads);  // ~4 blocks/SM
   const int64_t k = by_len < by_grid ? by_len : by_grid;
   return (int)(k < 1 ? 1 : k);
 }

@@ -177,6 +177,12 @@ class CpuBackend : public Backend {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) x[i] += y[i];
   }
+  void argmax(const float* x, int n, int32_t* out) override {
+    int best = -1;
+    for (int i = 0; i < n; ++i)
+      if (!std::isnan(x[i]) && (best < 0 || x[i] > x[best])) best = i;
+    out[0] = best < 0 ? 0 : best;
+  }
 
  private:
   int nt_;

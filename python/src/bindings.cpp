@@ -8,6 +8,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "engine.h"
+#include "synth.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -96,6 +97,7 @@ NB_MODULE(_core, m) {
   m.def("cuda_available", &ddrt::cuda_available, "True when the CUDA backend is built and a GPU is visible.");
   m.def("cuda_built", &ddrt::cuda_built, "True when the CUDA backend was compiled in.");
   m.def("cuda_info", &ddrt::cuda_info, "GPU name(s), or why there is none.");
+  m.def("synth_shapes", &ddrt::synth_shapes, "Model shapes Engine.synthetic() knows.");
 
   nb::class_<ddrt::Sampler>(m, "Sampler")
       .def(nb::init<uint64_t>(), "seed"_a = 0)
@@ -105,7 +107,7 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](ddrt::Engine* self, const std::string& path, const std::string& device, int max_seq_len,
-             const std::string& residual, bool verify_checksums, int n_threads, int max_batch) {
+             const std::string& residual, bool verify_checksums, int n_threads, int max_batch, bool graphs) {
             ddrt::EngineOptions o;
             o.device = device;
             o.max_seq_len = max_seq_len;
@@ -113,11 +115,37 @@ NB_MODULE(_core, m) {
             o.verify_checksums = verify_checksums;
             o.n_threads = n_threads;
             o.max_batch = max_batch;
+            o.graphs = graphs;
             nb::gil_scoped_release release;
             new (self) ddrt::Engine(path, o);
           },
           "path"_a, "device"_a = "cpu", "max_seq_len"_a = 0, "residual"_a = "host",
-          "verify_checksums"_a = true, "n_threads"_a = 0, "max_batch"_a = 64)
+          "verify_checksums"_a = true, "n_threads"_a = 0, "max_batch"_a = 64, "graphs"_a = true)
+      .def_static(
+          "synthetic",
+          [](const std::string& shape, int bits, int group, bool with_residual, uint64_t seed, int n_layers,
+             const std::string& device, int max_seq_len, const std::string& residual, int max_batch, bool graphs) {
+            ddrt::SynthSpec spec;
+            spec.shape = shape;
+            spec.bits = bits;
+            spec.group = group;
+            spec.residual = with_residual;
+            spec.seed = seed;
+            spec.n_layers = n_layers;
+            ddrt::EngineOptions o;
+            o.device = device;
+            o.max_seq_len = max_seq_len;
+            o.residual = parse_placement(residual);
+            o.max_batch = max_batch;
+            o.graphs = graphs;
+            nb::gil_scoped_release release;
+            auto src = std::make_unique<ddrt::SynthModel>(spec);
+            const ddrt::Config cfg = src->config();
+            return new ddrt::Engine(std::move(src), cfg, o);
+          },
+          "shape"_a, "bits"_a = 3, "group"_a = 128, "with_residual"_a = true, "seed"_a = 0, "n_layers"_a = 0,
+          "device"_a = "cpu", "max_seq_len"_a = 0, "residual"_a = "host", "max_batch"_a = 64, "graphs"_a = true,
+          nb::rv_policy::take_ownership, "An engine over random weights of a named shape (benchmarks).")
       .def_prop_ro("config", [](const ddrt::Engine& e) { return config_dict(e.config()); })
       .def_prop_ro("backend_name", [](ddrt::Engine& e) { return e.backend().name(); })
       .def_prop_ro("device_bytes", [](ddrt::Engine& e) { return e.backend().device_bytes(); })
@@ -126,6 +154,17 @@ NB_MODULE(_core, m) {
       .def_prop_ro("tokens", [](const ddrt::Engine& e) { return e.tokens(); })
       .def_prop_ro("has_residuals", &ddrt::Engine::has_residuals)
       .def("reset", &ddrt::Engine::reset)
+      .def(
+          "decode_greedy",
+          [](ddrt::Engine& e, int32_t first, int n) {
+            nb::gil_scoped_release release;
+            return e.decode_greedy(first, n);
+          },
+          "first"_a, "n"_a, "Feeds `first`, then n greedy steps; returns the n new tokens.")
+      .def("synchronize", [](ddrt::Engine& e) {
+        nb::gil_scoped_release release;
+        e.backend().synchronize();
+      })
       .def(
           "forward",
           [](ddrt::Engine& e, IdArray ids, bool all_logits) {
