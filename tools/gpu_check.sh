@@ -20,7 +20,11 @@ tail -15 "$OUT/ctest.log"
 tail -15 "$OUT/pytest.log"
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
-  python3 tools/bench_cpu.py --device cuda --bits 3 --prompt 512 --gen 128 > "$OUT/bench_smollm2.log" 2>&1
-  cat "$OUT/bench_smollm2.log"
+  for args in "--shape smollm2-135m --bits 3" "--shape smollm2-135m --bits 3 --no-graphs" \
+              "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" "--shape llama3-8b --bits 3 --no-graphs" \
+              "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8"; do
+    echo "== decdec-rt bench $args"
+    python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
+  done
 fi
 echo "== summary: ctest rc=$CT pytest rc=$PT"

@@ -8,9 +8,10 @@ compensation.
 from . import _core
 from .errors import (ContextOverflowError, CudaError, Error, FormatError, InvalidArgumentError,
                      OutOfMemoryError)
+from .bench import bench
 from .runtime import MODES, Runtime, cuda_available
 
 __version__ = "0.1.0"
 
-__all__ = ["Runtime", "cuda_available", "MODES", "Error", "FormatError", "InvalidArgumentError",
+__all__ = ["Runtime", "bench", "cuda_available", "MODES", "Error", "FormatError", "InvalidArgumentError",
            "ContextOverflowError", "OutOfMemoryError", "CudaError", "__version__"]

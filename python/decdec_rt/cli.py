@@ -183,7 +183,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="rtn", choices=["rtn", "awq", "nonuniform"])
     d.add_argument("--rebuild", action="store_true", help="convert again even if cached")
     d.set_defaults(fn=cmd_demo)
+    b = sub.add_parser("bench", help="decode/prefill speed of a named shape with random weights")
+    b.add_argument("--shape", default="llama3-8b",
+                   help="llama3-8b (default), llama2-7b, llama3-70b-layer, smollm2-135m, tiny")
+    b.add_argument("--bits", type=int, default=3, choices=[3, 4, 16])
+    b.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128])
+    b.add_argument("--device", default="cuda")
+    b.add_argument("--context", type=int, default=512, help="prompt tokens before decoding (default 512)")
+    b.add_argument("-n", "--decode", type=int, default=128, help="decode tokens timed (default 128)")
+    b.add_argument("--prefill", type=int, default=512, help="prefill tokens timed (default 512)")
+    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--decdec", default="off", choices=["off", "exact", "approx", "static", "random"])
+    b.add_argument("--k-chunk", default="8")
+    b.add_argument("--residual", default="host", choices=["host", "device"])
+    b.add_argument("--no-graphs", action="store_true", help="launch decode kernels one by one")
+    b.add_argument("--layers", type=int, default=0, help="override the shape's layer count")
+    b.set_defaults(fn=cmd_bench)
     return ap
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, format_result
+    r = bench(args.shape, bits=args.bits, device=args.device, context=args.context, n_decode=args.decode,
+              prefill=args.prefill, decdec=args.decdec, k_chunk=_parse_k_chunk(args.k_chunk),
+              group=args.group_size, residual=args.residual, graphs=not args.no_graphs, reps=args.reps,
+              n_layers=args.layers)
+    print(format_result(r))
+    return 0
 
 
 def main(argv=None) -> int:

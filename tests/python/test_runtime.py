@@ -230,3 +230,29 @@ def test_missing_and_corrupt_files(tiny3, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(decdec_rt.FormatError, match="checksum"):
         decdec_rt.Runtime(bad)
+
+
+def test_decode_greedy_equals_argmax_of_logits(tiny3):
+    """The backend-side argmax path (what decode graphs replay) picks the argmax of the logits."""
+    rt = decdec_rt.Runtime(tiny3)
+    rt.set_decdec("approx", 64)
+    eng = rt._engine
+    prompt = np.array(random_ids(rt, 9), np.int32)
+    eng.reset()
+    eng.forward(prompt[:-1], False)
+    fast = eng.decode_greedy(int(prompt[-1]), 6)
+    eng.reset()
+    eng.forward(prompt[:-1], False)
+    slow, tok = [], int(prompt[-1])
+    for _ in range(6):
+        tok = int(np.argmax(eng.forward(np.array([tok], np.int32), False)))
+        slow.append(tok)
+    assert fast == slow
+
+
+def test_bench_on_a_synthetic_shape():
+    r = decdec_rt.bench("tiny", bits=4, device="cpu", context=8, n_decode=4, prefill=8, reps=1)
+    assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0
+    assert r["bytes_per_token"] > r["weight_bytes_per_token"] > 0
+    with pytest.raises(ValueError, match="unknown shape"):
+        decdec_rt.bench("gpt5", device="cpu")
