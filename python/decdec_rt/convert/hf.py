@@ -150,11 +150,12 @@ def load_hf(path: str, progress: bool = False) -> Source:
     if not os.path.exists(cfg_path):
         raise UnsupportedModelError(f"{path}: no config.json (not a Hugging Face model directory)")
     cfg = _read_json(cfg_path)
+    model_meta = _config(cfg, path)          # unsupported architectures fail first
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
         raise UnsupportedModelError(f"{path}: no *.safetensors files (PyTorch .bin checkpoints are "
                                     "not supported: convert them to safetensors first)")
-    src = Source({**_config(cfg, path), **_tokenizer(path, cfg)}, origin=path)
+    src = Source({**model_meta, **_tokenizer(path, cfg)}, origin=path)
     for file in tqdm(files, desc="read safetensors", unit="file", disable=not progress):
         for hf_name, w in read_safetensors(file):
             name = our_name(hf_name)

@@ -14,7 +14,7 @@ import numpy as np
 from ..reference import Config
 from ..types import LINEAR_SLOTS, TType
 from . import quantize as Q
-from .calibrate import calibration_windows, collect_stats
+from .calibrate import CALIB_WINDOW, calibration_windows, collect_stats
 from .source import Source, load_source
 
 DEFAULT_CALIB_TOKENS = 2048
@@ -61,7 +61,7 @@ def convert(src: str | Source, out: str, bits: int = 3, group_size: int = 128, m
         from ..tokenizer import Tokenizer
         text = calib_text if calib_text is not None else default_calibration_text()
         ids = Tokenizer.from_metadata(src.meta).encode(text)
-        windows = calibration_windows(ids, calib_tokens)
+        windows = calibration_windows(ids, calib_tokens, min(CALIB_WINDOW, cfg.max_seq_len))
         if not windows:
             raise ValueError("calibration text is too short (needs at least 2 tokens)")
         if method != "rtn" or avg_bits is not None:
@@ -131,7 +131,8 @@ def _write(out, meta, weights, qlin, calib, cfg, progress):
     from .. import quant
     w = DdrtWriter(alignment=256)
     for k, v in meta.items():
-        w.add(k, v)
+        if not (isinstance(v, list) and not v):     # an empty list has no element type: omit it
+            w.add(k, v)
     w.add_array("token_embd.weight", weights["token_embd.weight"].astype(np.float16))
     for i in range(cfg.n_layers):
         for norm in ("attn_norm", "ffn_norm"):
