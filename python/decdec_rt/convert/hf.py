@@ -82,6 +82,20 @@ def _special_id(tok_json: dict | None, tok_cfg: dict, cfg: dict, which: str) -> 
     return -1
 
 
+def _adds_bos(tok_json: dict | None, tok_cfg: dict, bos_id: int) -> bool:
+    """tokenizer_config.json's add_bos_token; else whether tokenizer.json's post-processor
+    inserts the BOS token (decdec_rt adds it itself); sentencepiece models default to yes."""
+    if bos_id < 0:
+        return False
+    if "add_bos_token" in tok_cfg:
+        return bool(tok_cfg["add_bos_token"])
+    if tok_json is None:
+        return True
+    post = json.dumps(tok_json.get("post_processor") or {})
+    bos = next((t["content"] for t in tok_json.get("added_tokens", []) if t.get("id") == bos_id), None)
+    return bos is not None and json.dumps(bos) in post
+
+
 def _tokenizer(path: str, cfg: dict) -> dict:
     tok_cfg_path = os.path.join(path, "tokenizer_config.json")
     tok_cfg = _read_json(tok_cfg_path) if os.path.exists(tok_cfg_path) else {}
@@ -91,18 +105,14 @@ def _tokenizer(path: str, cfg: dict) -> dict:
         meta = {"tokenizer.model": "bpe", "tokenizer.hf_json": json.dumps(tok_json),
                 "tokenizer.special_tokens": [t["content"] for t in tok_json.get("added_tokens", [])
                                              if t.get("special")]}
-        # the post-processor of tokenizer.json decides BOS; we add it ourselves
-        bos_default = bool(tok_json.get("post_processor")) and "bos" in json.dumps(
-            tok_json.get("post_processor")).lower()
     elif os.path.exists(spm_path):
         with open(spm_path, "rb") as f:
             meta = {"tokenizer.model": "spm", "tokenizer.spm_proto": f.read()}
-        bos_default = True
     else:
         raise UnsupportedModelError(f"{path}: no tokenizer.json or tokenizer.model")
     for ours, which in (("bos_id", "bos"), ("eos_id", "eos"), ("pad_id", "pad")):
         meta[f"tokenizer.{ours}"] = _special_id(tok_json, tok_cfg, cfg, which)
-    meta["tokenizer.add_bos"] = bool(tok_cfg.get("add_bos_token", bos_default)) and meta["tokenizer.bos_id"] >= 0
+    meta["tokenizer.add_bos"] = _adds_bos(tok_json, tok_cfg, meta["tokenizer.bos_id"])
     if isinstance(tok_cfg.get("chat_template"), str):
         meta["tokenizer.chat_template"] = tok_cfg["chat_template"]
     return meta
