@@ -241,7 +241,7 @@ def write_plot(r, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     styles = {"approx": "o-", "exact": "s--", "static": "^-.", "random": "x:"}
     for name, modes in r["sweep"].items():
         for mode, curve in modes.items():
@@ -253,12 +253,13 @@ def write_plot(r, path):
         if name in r["base"]:
             ax.axhline(r["base"][name]["ppl_sweep"], color=c, lw=1, ls="--", label=MODELS[name][0])
     ax.set_xscale("log", base=2)
+    ax.set_xticks(r["k_chunks"], [str(k) for k in r["k_chunks"]])
     ax.set_yscale("log")
     ax.set_xlabel("k_chunk (residual channels fetched per 1024 input channels)")
     ax.set_ylabel(f"perplexity (context {CONTEXT}, {r['sweep_tokens']} evaluation tokens)")
     ax.set_title("SmolLM2-135M-Instruct: 3-bit + DecDEC vs k_chunk")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -340,8 +341,26 @@ def parse_args(argv):
     ap.add_argument("--fresh", action="store_true", help="convert the models again")
     ap.add_argument("--sweep-tokens", type=int, default=4096, help="tokens of the DecDEC sweeps (default 4096)")
     ap.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)")
+    ap.add_argument("--from-results", action="store_true",
+                    help="only re-render QUALITY.md and the plot from --work-dir's results.json")
     ap.add_argument("-t", "--threads", type=int, default=0, help="engine CPU threads (0 = all cores)")
     return ap.parse_args(argv)
+
+
+def _int_keys(d):
+    """results.json's objects with the integer keys (k_chunk) JSON turned into strings restored."""
+    if not isinstance(d, dict):
+        return d
+    return {int(k) if k.isdigit() else k: _int_keys(v) for k, v in d.items()}
+
+
+def write_outputs(r, out_dir) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    write_plot(r, os.path.join(out_dir, "quality.png"))
+    write_markdown(r, os.path.join(out_dir, "QUALITY.md"), "quality.png")
+    for t, m, ok in targets(r):
+        log(f"{'MET ' if ok else 'MISS'} {t}: {m}")
+    log(f"wrote {os.path.join(out_dir, 'QUALITY.md')} (study time {r['seconds'] / 60:.1f} min)")
 
 
 def main(argv=None) -> int:
@@ -355,6 +374,10 @@ def main(argv=None) -> int:
     else:
         names, k_chunks, sweep_tokens, recall_tokens = list(MODELS), K_CHUNKS, args.sweep_tokens, CONTEXT
     out_dir = args.out_dir or (args.work_dir if args.quick else os.path.join(REPO, "docs"))
+    if args.from_results:
+        with open(os.path.join(args.work_dir, "results.json")) as f:
+            write_outputs(_int_keys(json.load(f)), out_dir)
+        return 0
     calib, ev, text_source = load_text(args.quick)
     calib_tokens = 512 if args.quick else args.calib_tokens
     paths = convert_models(names, args.work_dir, calib, args.fresh, calib_tokens)
@@ -382,14 +405,9 @@ def main(argv=None) -> int:
                                                 for m, c in r["recall"][name].items()}))
     r["seconds"] = time.perf_counter() - t_start
 
-    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(args.work_dir, "results.json"), "w") as f:
         json.dump(r, f, indent=1)
-    write_plot(r, os.path.join(out_dir, "quality.png"))
-    write_markdown(r, os.path.join(out_dir, "QUALITY.md"), "quality.png")
-    for t, m, ok in targets(r):
-        log(f"{'MET ' if ok else 'MISS'} {t}: {m}")
-    log(f"wrote {os.path.join(out_dir, 'QUALITY.md')} in {r['seconds'] / 60:.1f} min")
+    write_outputs(r, out_dir)
     return 0
 
 
