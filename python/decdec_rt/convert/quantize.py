@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import quant
-from ..types import LINEAR_SLOTS, TType, lut_type, tensor_bytes, uniform_type
+from ..types import (LINEAR_SLOTS, TType, is_uniform, lut_type, tensor_bytes, type_bits, type_group,
+                     uniform_type)
 
 METHODS = ("rtn", "awq", "nonuniform")
 AWQ_GRID = np.arange(20) / 20.0      # alpha in s = mean|x|^alpha (the AWQ paper's grid)
@@ -51,6 +52,14 @@ def quantize_linear(W: np.ndarray, ttype: int, sensitivity: np.ndarray | None = 
     return lin
 
 
+def dequantized(W: np.ndarray, ttype: int) -> np.ndarray:
+    """deq(Q(W)) without packing (what searches need)."""
+    if is_uniform(ttype):
+        b, g = type_bits(ttype), type_group(ttype)
+        return quant.dequantize_uniform(*quant.quantize_uniform(W, b, g), g)
+    return quant.quantize(W, ttype)[1]
+
+
 # ---- AWQ ----------------------------------------------------------------------------------------
 def awq_scale(Ws: list[np.ndarray], ttypes: list[int], X: np.ndarray, mean_abs: np.ndarray):
     """Per-input-channel scale s [d_in] for linears Ws sharing the input X [n, d_in]:
@@ -65,7 +74,7 @@ def awq_scale(Ws: list[np.ndarray], ttypes: list[int], X: np.ndarray, mean_abs: 
         s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
         err = 0.0
         for W, t, y in zip(Ws, ttypes, ref):
-            _, deq = quant.quantize(W * s[None, :], t)
+            deq = dequantized(W * s[None, :], t)
             err += float(np.sum(((X / s[None, :]) @ deq.T - y) ** 2))
         if err < best[0]:
             best = (err, s, alpha)
@@ -165,7 +174,7 @@ def auto_bit_map(weights: dict, stats: dict, avg_bits: float, method: str, group
         W = weights[name + ".weight"]
         err = []
         for b in (lo, hi):
-            _, deq = quant.quantize(W, uniform_type(b, group))
+            deq = dequantized(W, uniform_type(b, group))
             err.append(float(((W - deq) ** 2).sum(axis=0) @ st.mean_sq))
         gain[name], size[name] = (err[0] - err[1]) / W.size, W.size
     total = sum(size.values())
