@@ -1,7 +1,9 @@
-// decdec_rt CUDA backend: the tiled matmul for T > 1 (prefill) and any weight type, and embed.
-// Correct first: each block dequantizes a 64-row x 32-column tile of W into shared memory with
-// the slow reader (dequant_at), loads 32 tokens x 32 columns of x, and accumulates a 64 x 32
-// output tile in fp32 (4 rows x 2 tokens per thread). Tensor cores are left for later.
+// decdec_rt CUDA backend: the T > 1 matmul's dispatch, its simple twin, and embed.
+// launch_gemm sends every type but F32 to the tensor-core kernel (gemm_tc.cu).
+// The simple kernel (launch_gemm_simple: F32 weights, and the slow, obviously correct twin the
+// tests and the bench compare with): each block dequantizes a 64-row x 32-column tile of W into
+// shared memory with the slow reader (dequant_at), loads 32 tokens x 32 columns of x, and
+// accumulates a 64 x 32 output tile in fp32 (4 rows x 2 tokens per thread).
 #include <cuda_bf16.h>
 
 #include "kernels.cuh"
@@ -89,7 +91,18 @@ __global__ void embed_kernel(DevLinear W, float* out, EmbedIds ids, const int32_
 
 }  // namespace
 
+namespace {
+bool g_force_simple = false;
+}
+
+void gemm_force_simple(bool on) { g_force_simple = on; }
+
 cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
+  if (!g_force_simple && gemm_tc_supports(W.type)) return launch_gemm_tc(W, y, x, T, st);
+  return launch_gemm_simple(W, y, x, T, st);
+}
+
+cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
   const dim3 grid((unsigned)((W.d_out + kBM - 1) / kBM), (unsigned)((T + kBT - 1) / kBT));
   gemm_kernel<<<grid, kThreads, 0, st>>>(W, y, x, T);
   return cudaGetLastError();

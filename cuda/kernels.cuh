@@ -47,8 +47,16 @@ void gemv_q_force_rows(int rows_per_warp);
 // y[d_out] = W x[d_in] for F32/F16/BF16 W; x must be 16-byte aligned.
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st);
 
-// ---- tiled matmul, any T, any type (gemm.cu) -------------------------------------------------
+// ---- tiled matmul, any T, any type (gemm.cu, gemm_tc.cu) -------------------------------------
+// y[T][d_out] = x[T][d_in] W^T: the tensor-core kernel where it supports the type, else the simple one.
 cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
+// The simple fp32 kernel (any type): F32 weights, and the twin the tests and the bench compare with.
+cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
+// Tensor cores (mma.sync, near-fp32 precision, see gemm_tc.cu): every matrix type but F32.
+bool gemm_tc_supports(TensorType t);
+cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
+// Test/bench knob: true sends every later launch_gemm to the simple kernel; false restores.
+void gemm_force_simple(bool on);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
 cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,

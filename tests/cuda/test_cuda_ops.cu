@@ -3,6 +3,7 @@
 //   test_cuda_ops           the tests
 //   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV and DecDEC timings (see bench() below)
 //   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
+//   test_cuda_ops --bench-gemm   the T > 1 matmul: tensor-core kernel vs its simple twin (bench_gemm)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -180,6 +181,40 @@ void test_matmul(Backend& cpu, Backend& gpu) {
         }
       }
     }
+}
+
+// T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
+// sizes under one tile, every type; then the fast kernel vs its simple twin at a prefill size.
+// Tolerance 1e-8 as the GEMV: the kernel splits x into hi + lo halves and applies scales in fp32.
+void test_gemm(Backend& cpu, Backend& gpu) {
+  const int64_t shapes[][2] = {{37, 45}, {130, 4100}, {5, 33}, {300, 257}, {129, 1000}, {259, 672}};
+  for (TensorType t : kAllTypes)
+    for (auto& s : shapes) {
+      auto L = make_linear(t, s[0], s[1], false);
+      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+      for (int T : {2, 7, 64, 300}) {
+        const auto x = randn((size_t)T * s[1]);
+        const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
+        const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
+        report("gemm " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
+                   " T=" + std::to_string(T),
+               nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+      }
+    }
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::F16, TensorType::LUT4}) {
+    const int64_t d_out = 1000, d_in = 4096;
+    const int T = 512;
+    auto L = make_linear(t, d_out, d_in, false);
+    auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+    const auto x = randn((size_t)T * d_in, 3.0f);
+    const auto fast = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_force_simple(true);
+    const auto slow = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_force_simple(false);
+    report(std::string("gemm tensor cores vs simple twin ") + type_name(t) + " 1000x4096 T=512",
+           nmse(fast.data(), slow.data(), slow.size()), 1e-8);
+  }
 }
 
 void test_embed(Backend& cpu, Backend& gpu) {
@@ -455,6 +490,57 @@ int bench(Backend& gpu, bool gemv_only) {
   return 0;
 }
 
+// T = 512 prefill matmuls: median event-timed microseconds (20 launches; 3 for the slow twin),
+// TFLOP/s = 2 T d_out d_in / time.
+double time_gemm(Backend& gpu, const Linear& W, float* y, const float* x, int T, int reps) {
+  cudaStream_t st = cuda_stream_of(gpu);
+  cudaEvent_t e0, e1;
+  ck(cudaEventCreate(&e0), "event");
+  ck(cudaEventCreate(&e1), "event");
+  gpu.matmul(W, y, x, T, {});  // warm-up
+  gpu.synchronize();
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    ck(cudaEventRecord(e0, st), "record");
+    gpu.matmul(W, y, x, T, {});
+    ck(cudaEventRecord(e1, st), "record");
+    ck(cudaEventSynchronize(e1), "sync");
+    float t;
+    ck(cudaEventElapsedTime(&t, e0, e1), "elapsed");
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 1000.0 * ms[ms.size() / 2];
+}
+
+int bench_gemm(Backend& gpu) {
+  const int T = 512;
+  struct Case { int64_t d_out, d_in; TensorType t; };
+  const Case cases[] = {{4096, 4096, TensorType::UQ3_G128},   {4096, 4096, TensorType::UQ4_G128},
+                        {14336, 4096, TensorType::UQ3_G128},  {14336, 4096, TensorType::UQ4_G128},
+                        {4096, 14336, TensorType::UQ3_G128},  {4096, 14336, TensorType::UQ4_G128},
+                        {128256, 4096, TensorType::F16}};
+  std::printf("%s\nmatmul T=%d: median event-timed us (20 launches tensor cores, 3 simple twin)\n", gpu.name().c_str(), T);
+  std::printf("%-10s %-14s %10s %8s %12s %8s %7s\n", "type", "d_out x d_in", "tc us", "TFLOP/s", "simple us",
+              "TFLOP/s", "speedup");
+  for (const Case& c : cases) {
+    auto L = make_linear(c.t, c.d_out, c.d_in, false);
+    auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
+    Buf bx(gpu, (size_t)T * c.d_in), by(gpu, (size_t)T * c.d_out);
+    bx.put(randn((size_t)T * c.d_in));
+    const double flop = 2.0 * T * c.d_out * c.d_in;
+    const double fast = time_gemm(gpu, *W, by.f(), bx.f(), T, 20);
+    gpu::gemm_force_simple(true);
+    const double slow = time_gemm(gpu, *W, by.f(), bx.f(), T, 3);
+    gpu::gemm_force_simple(false);
+    std::printf("%-10s %6lldx%-7lld %10.1f %8.1f %12.1f %8.2f %6.1fx\n", type_name(c.t), (long long)c.d_out,
+                (long long)c.d_in, fast, flop / (fast * 1e6), slow, flop / (slow * 1e6), slow / fast);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -466,6 +552,7 @@ int main(int argc, char** argv) {
     auto gpu = make_cuda_backend(0);
     if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu, false);
     if (argc > 1 && std::string(argv[1]) == "--bench-gemv") return bench(*gpu, true);
+    if (argc > 1 && std::string(argv[1]) == "--bench-gemm") return bench_gemm(*gpu);
     auto cpu = make_cpu_backend();
     std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_misc(*gpu);
@@ -473,6 +560,7 @@ int main(int argc, char** argv) {
     test_embed(*cpu, *gpu);
     test_attention(*cpu, *gpu);
     test_matmul(*cpu, *gpu);
+    test_gemm(*cpu, *gpu);
     test_decdec(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL: exception: %s\n", e.what());

@@ -1,0 +1,400 @@
+// decdec_rt CUDA backend: the tensor-core matmul for T > 1 (prefill), y[T][d_out] = x[T][d_in] W^T.
+//
+// Tiles: a block computes 128 rows of W x 128 tokens, 8 warps of 64 rows x 32 tokens each, over
+// K tiles of 32 input channels, double buffered in shared memory (one barrier per K tile; the next
+// tile's global loads are in flight while the tensor cores work on the current one). W is the
+// mma.sync A operand (m16n8k16, [o][k] rows), x the B operand ([t][k] rows), fp32 accumulators.
+//
+// Precision (near fp32, so the op tests keep NMSE <= 1e-8 against the fp32 CPU reference):
+//   * W enters the MMA exactly: quantized codes are small integers (exact in fp16/bf16), LUT
+//     entries and F16/BF16 weights are fp16/bf16 values already.
+//   * x = x_hi + x_lo, both halves in the operand type (x_lo = x - x_hi rounded once): two MMAs per
+//     tile. The part of x lost is < 2^-17 |x| (bf16) or 2^-22 |x| (fp16), far under the test's
+//     tolerance.
+//   * Uniform types: each group's code.x products accumulate in their own fragment P, and at the
+//     group's end acc += s * P + m * sum(x over the group) in fp32 (the sum from the fp32 x).
+// Operand type: bf16 for UQ2/3/4 and BF16 (bf16 keeps the range of fp32, so x_lo never goes
+// subnormal); fp16 for UQ8 (codes up to 255 need 8 significant bits, bf16 has 8 with the implicit
+// one but the magic-bias conversion below needs 9), LUT3/4 and F16 (fp16 values). F32 weights do not
+// fit either operand type exactly and stay on the simple kernel (gemm.cu).
+//
+// Quantized tiles are decoded from the GPU layout (packed.cuh): K tile k0 (a multiple of 32) is
+// block j of the octet slab of 8 lane steps s = r*32 + 8a + b (b = 0..7); step b holds its elements
+// k0 + 4b + cc as codes c = 4j + cc (cc = 0..3). For bits 2/4/8 those 4 codes are fields 8 bits
+// apart of one word; a shift and a mask put (cc0, cc2) and (cc1, cc3) in the two halves of a word,
+// OR-ing the exponent of 128 (bf16) or 1024 (fp16) and one HSUB2 make them exact operand pairs.
+// The A tile keeps that in-register order [cc0, cc2, cc1, cc3] per step, and x is staged with the
+// same order (elements 1 and 2 of every 4 swapped): the dot product is the same sum.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels.cuh"
+
+namespace ddrt {
+namespace gpu {
+namespace {
+
+constexpr int kBM = 128, kBN = 128, kBK = 32, kThreads = 256;
+constexpr int kLd = kBK + 8;  // shared row stride in 16-bit elements (80 bytes: ldmatrix conflict free)
+
+// Matrix kinds of the kernel template: uniform bits 2/3/4/8, LUT bits 3/4, F16, BF16.
+enum Kind { kUQ2, kUQ3, kUQ4, kUQ8, kLUT3, kLUT4, kF16, kBF16 };
+__host__ __device__ constexpr bool is_uq(int k) { return k <= kUQ8; }
+__host__ __device__ constexpr bool is_lutk(int k) { return k == kLUT3 || k == kLUT4; }
+__host__ __device__ constexpr bool is_fk(int k) { return k == kF16 || k == kBF16; }
+__host__ __device__ constexpr int kind_bits(int k) {
+  return k == kUQ2 ? 2 : (k == kUQ3 || k == kLUT3) ? 3 : (k == kUQ4 || k == kLUT4) ? 4 : k == kUQ8 ? 8 : 16;
+}
+__host__ __device__ constexpr bool is_bf(int k) { return k == kUQ2 || k == kUQ3 || k == kUQ4 || k == kBF16; }
+
+// Units of the loaders (per thread per K tile).
+constexpr int kAUnits = kBM * 8 / kThreads;        // quantized: (row, step b) pairs, 4 codes each
+constexpr int kFUnits = kBM * kBK / 8 / kThreads;  // float W: uint4 of 8 elements
+constexpr int kXUnits = kBN * kBK / 4 / kThreads;  // x: 4 floats
+
+struct Smem {
+  uint16_t a[2][kBM][kLd];   // W tile, operand type
+  uint16_t xh[2][kBN][kLd];  // x_hi tile
+  uint16_t xl[2][kBN][kLd];  // x_lo tile
+  float2 sm[2][kBM];         // uniform: (scale, min) of the tile's group per row
+  float xs[2][kBN];          // uniform: sum of the tile's x per token
+};
+
+__device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
+
+// Two 16-bit operand values from two floats (exact for the values we feed it: W entries).
+template <bool BF>
+__device__ __forceinline__ uint32_t to2(float a, float b) {
+  if (BF) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  const __half2 v = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <bool BF>
+__device__ __forceinline__ uint16_t to1(float a) {
+  if (BF) {
+    const __nv_bfloat16 v = __float2bfloat16_rn(a);
+    return *reinterpret_cast<const uint16_t*>(&v);
+  }
+  const __half v = __float2half_rn(a);
+  return *reinterpret_cast<const uint16_t*>(&v);
+}
+template <bool BF>
+__device__ __forceinline__ float from1(uint16_t u) {
+  if (BF) return __uint_as_float((uint32_t)u << 16);
+  return __half2float(*reinterpret_cast<const __half*>(&u));
+}
+
+// Integer codes q0 (low half) and q1 (high half) of a word, < 2^7 (bf16) or < 2^10 (fp16), as an
+// exact operand pair: OR the exponent of 128 / 1024 and subtract it.
+template <bool BF>
+__device__ __forceinline__ uint32_t codes2(uint32_t q) {
+  if (BF) {
+    const uint32_t v = q | 0x43004300u;
+    const __nv_bfloat162 r =
+        __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), __floats2bfloat162_rn(128.0f, 128.0f));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  }
+  const uint32_t v = q | 0x64006400u;
+  const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&v), __floats2half2_rn(1024.0f, 1024.0f));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// Code cc (0..31) of a 3-bit slice (words w0 w1 w2, packed.cuh).
+__device__ __forceinline__ uint32_t code3(uint32_t w0, uint32_t w1, uint32_t w2, int cc) {
+  if (cc < 10) return (w0 >> (3 * cc)) & 7u;
+  if (cc < 20) return (w1 >> (3 * (cc - 10))) & 7u;
+  if (cc < 30) return (w2 >> (3 * (cc - 20))) & 7u;
+  return (((cc == 30 ? w0 : w1) >> 30) & 3u) | (((w2 >> cc) & 1u) << 2);
+}
+
+// The four codes of one (row, step) unit of a K tile, as words (cc0 | cc2 << 16, cc1 | cc3 << 16).
+template <int B>
+struct Codes {
+  uint32_t w[B == 3 ? 3 : 1];
+  // jj: block j of the slab; its words sit at row[idx[.]].
+  __device__ __forceinline__ void load(const uint32_t* row, int64_t s, int j) {
+    if (B == 3) {
+      const int sl = j / 8;
+#pragma unroll
+      for (int i = 0; i < 3; ++i) {
+        const int wd = 3 * sl + i;
+        w[i] = __ldg(row + 4 * vec_index(s, wd / 4, 3) + wd % 4);
+      }
+    } else {
+      const Pos p = packed_pos(B, 4 * j);
+      w[0] = __ldg(row + 4 * vec_index(s, p.word / 4, B) + p.word % 4);
+    }
+  }
+  __device__ __forceinline__ void pairs(int j, uint32_t* lo, uint32_t* hi) const {
+    if (B == 3) {
+      const int c0 = 4 * (j % 8);
+      *lo = code3(w[0], w[1], w[2], c0) | (code3(w[0], w[1], w[2], c0 + 2) << 16);
+      *hi = code3(w[0], w[1], w[2], c0 + 1) | (code3(w[0], w[1], w[2], c0 + 3) << 16);
+    } else {
+      constexpr uint32_t m = (1u << B) - 1, m2 = m | (m << 16);
+      const int sh = packed_pos(B, 4 * j).bit;  // codes 4j + cc at sh + 8 cc
+      *lo = (w[0] >> sh) & m2;
+      *hi = (w[0] >> (sh + 8)) & m2;
+    }
+  }
+};
+
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf) {
+  if (bf)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void ldsm4(uint32_t* r, const void* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// What one thread carries from a K tile's global loads to its shared-memory stores.
+template <int K>
+struct Staged {
+  Codes<kind_bits(K) == 16 ? 4 : kind_bits(K)> q[is_fk(K) ? 1 : kAUnits];
+  uint4 f[is_fk(K) ? kFUnits : 1];
+  float4 x[kXUnits];
+  __half2 sm;  // uniform: row tid's (scale, min)
+};
+
+template <int K>
+__global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float* y, const float* x, int T) {
+  constexpr int B = kind_bits(K);
+  constexpr bool BF = is_bf(K);
+  constexpr bool kSwap = !is_fk(K);  // x staged as [0, 2, 1, 3] per 4 (see the header)
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem& S = *reinterpret_cast<Smem*>(smem_raw);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*32..
+  const int64_t o0 = (int64_t)blockIdx.x * kBM;
+  const int t0 = blockIdx.y * kBN;
+  const int64_t d_in = W.d_in;
+  const bool xvec = (d_in % 4 == 0) && ((uintptr_t)x % 16 == 0);
+  const int nk = (int)((d_in + kBK - 1) / kBK);
+
+  Staged<K> st;
+  auto load = [&](int kt) {
+    const int64_t k0 = (int64_t)kt * kBK;
+    if constexpr (is_fk(K)) {
+#pragma unroll
+      for (int u = 0; u < kFUnits; ++u) {
+        const int e = tid + u * kThreads, row = e / 4, q = e % 4;
+        const int64_t o = o0 + row, i = k0 + 8 * q;
+        st.f[u] = (o < W.d_out && i < W.row_stride)
+                      ? __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(W.fdata) + o * W.row_stride + i))
+                      : make_uint4(0, 0, 0, 0);
+      }
+    } else {
+      constexpr int64_t C = step_codes(B);
+      const int64_t r = k0 / (32 * C), a = (k0 % (32 * C)) / (8 * C);
+      const int j = (int)((k0 % (8 * C)) / 32);
+#pragma unroll
+      for (int u = 0; u < kAUnits; ++u) {
+        const int e = tid + u * kThreads, row = e / 8, b = e % 8;
+        const int64_t o = o0 + row;
+        if (o < W.d_out)
+          st.q[u].load(reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs), r * 32 + 8 * a + b, j);
+      }
+      if (is_uq(K) && tid < kBM && o0 + tid < W.d_out)
+        st.sm = W.sm[(o0 + tid) * W.n_groups + k0 / W.group];
+    }
+#pragma unroll
+    for (int u = 0; u < kXUnits; ++u) {
+      const int e = tid + u * kThreads, tok = e / 8, q = e % 8;
+      const int t = t0 + tok;
+      const int64_t i = k0 + 4 * q;
+      const float* p = x + (int64_t)t * d_in + i;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (t < T) {
+        if (xvec && i + 4 <= d_in) {
+          v = __ldg(reinterpret_cast<const float4*>(p));
+        } else {
+          if (i < d_in) v.x = __ldg(p);
+          if (i + 1 < d_in) v.y = __ldg(p + 1);
+          if (i + 2 < d_in) v.z = __ldg(p + 2);
+          if (i + 3 < d_in) v.w = __ldg(p + 3);
+        }
+      }
+      st.x[u] = v;
+    }
+  };
+
+  auto store = [&](int kt, int buf) {
+    const int64_t k0 = (int64_t)kt * kBK;
+    if constexpr (is_fk(K)) {
+#pragma unroll
+      for (int u = 0; u < kFUnits; ++u) {
+        const int e = tid + u * kThreads, row = e / 4, q = e % 4;
+        *reinterpret_cast<uint4*>(&S.a[buf][row][8 * q]) = st.f[u];
+      }
+    } else {
+      constexpr int64_t C = step_codes(B);
+      const int j = (int)((k0 % (8 * C)) / 32);
+#pragma unroll
+      for (int u = 0; u < kAUnits; ++u) {
+        const int e = tid + u * kThreads, row = e / 8, b = e % 8;
+        uint2 v = make_uint2(0, 0);
+        if (o0 + row < W.d_out) {
+          uint32_t lo, hi;
+          st.q[u].pairs(j, &lo, &hi);
+          if constexpr (is_lutk(K)) {
+            const float* l = W.lut + ((o0 + row) << B);
+            v.x = to2<BF>(__ldg(l + (lo & 0xFFFF)), __ldg(l + (lo >> 16)));
+            v.y = to2<BF>(__ldg(l + (hi & 0xFFFF)), __ldg(l + (hi >> 16)));
+          } else {
+            v.x = codes2<BF>(lo);
+            v.y = codes2<BF>(hi);
+          }
+        }
+        *reinterpret_cast<uint2*>(&S.a[buf][row][4 * b]) = v;
+      }
+      if (is_uq(K) && tid < kBM) S.sm[buf][tid] = o0 + tid < W.d_out ? __half22float2(st.sm) : make_float2(0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kXUnits; ++u) {
+      const int e = tid + u * kThreads, tok = e / 8, q = e % 8;
+      float4 v = st.x[u];
+      if (kSwap) {
+        const float t = v.y;
+        v.y = v.z;
+        v.z = t;
+      }
+      const uint16_t h0 = to1<BF>(v.x), h1 = to1<BF>(v.y), h2 = to1<BF>(v.z), h3 = to1<BF>(v.w);
+      const uint16_t l0 = to1<BF>(v.x - from1<BF>(h0)), l1 = to1<BF>(v.y - from1<BF>(h1)),
+                     l2 = to1<BF>(v.z - from1<BF>(h2)), l3 = to1<BF>(v.w - from1<BF>(h3));
+      *reinterpret_cast<uint2*>(&S.xh[buf][tok][4 * q]) = make_uint2(pack2(h0, h1), pack2(h2, h3));
+      *reinterpret_cast<uint2*>(&S.xl[buf][tok][4 * q]) = make_uint2(pack2(l0, l1), pack2(l2, l3));
+      if (is_uq(K)) {
+        float sum = (v.x + v.y) + (v.z + v.w);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+        if (q == 0) S.xs[buf][tok] = sum;
+      }
+    }
+  };
+
+  float acc[4][4][4] = {};  // [m16 tile][n8 tile][fragment]
+  float part[is_uq(K) ? 4 : 1][is_uq(K) ? 4 : 1][4] = {};
+  float xg[4][2] = {};  // uniform: this group's sum of x for the thread's 8 tokens
+
+  load(0);
+  store(0, 0);
+  __syncthreads();
+  for (int kt = 0; kt < nk; ++kt) {
+    const int buf = kt % 2;
+    if (kt + 1 < nk) load(kt + 1);
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t af[4][4], bh[4][2], bl[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) ldsm4(af[mi], &S.a[buf][wm * 64 + mi * 16 + lane % 16][kk + (lane / 16) * 8]);
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+        const int n = wn * 32 + nj * 16 + lane % 8 + (lane / 16) * 8, k = kk + ((lane / 8) % 2) * 8;
+        uint32_t r[4];
+        ldsm4(r, &S.xh[buf][n][k]);
+        bh[2 * nj][0] = r[0], bh[2 * nj][1] = r[1], bh[2 * nj + 1][0] = r[2], bh[2 * nj + 1][1] = r[3];
+        ldsm4(r, &S.xl[buf][n][k]);
+        bl[2 * nj][0] = r[0], bl[2 * nj][1] = r[1], bl[2 * nj + 1][0] = r[2], bl[2 * nj + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          float* c = is_uq(K) ? part[is_uq(K) ? mi : 0][is_uq(K) ? ni : 0] : acc[mi][ni];
+          mma16816(c, af[mi], bh[ni], BF);
+          mma16816(c, af[mi], bl[ni], BF);
+        }
+    }
+    if constexpr (is_uq(K)) {
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) xg[ni][e] += S.xs[buf][wn * 32 + ni * 8 + 2 * (lane % 4) + e];
+      const int64_t kend = (int64_t)(kt + 1) * kBK;
+      if (kend % W.group == 0 || kt + 1 == nk) {  // the group ends: acc += s P + m sum(x)
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float2 sm = S.sm[buf][wm * 64 + mi * 16 + lane / 4 + 8 * h];
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                float& p = part[mi][ni][2 * h + e];
+                acc[mi][ni][2 * h + e] = fmaf(sm.x, p, fmaf(sm.y, xg[ni][e], acc[mi][ni][2 * h + e]));
+                p = 0.0f;
+              }
+          }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) xg[ni][0] = xg[ni][1] = 0.0f;
+      }
+    }
+    if (kt + 1 < nk) store(kt + 1, buf ^ 1);
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t o = o0 + wm * 64 + mi * 16 + lane / 4 + 8 * (e / 2);
+        const int t = t0 + wn * 32 + ni * 8 + 2 * (lane % 4) + e % 2;
+        if (o < W.d_out && t < T) y[(int64_t)t * W.d_out + o] = acc[mi][ni][e];
+      }
+}
+
+template <int K>
+cudaError_t launch_kind(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
+  const size_t smem = sizeof(Smem);
+  cudaError_t err = cudaFuncSetAttribute(gemm_tc_kernel<K>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((unsigned)((W.d_out + kBM - 1) / kBM), (unsigned)((T + kBN - 1) / kBN));
+  gemm_tc_kernel<K><<<grid, kThreads, smem, st>>>(W, y, x, T);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool gemm_tc_supports(TensorType t) { return t != TensorType::F32 && is_matrix_type(t); }
+
+cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
+  if (is_uniform(W.type)) {
+    switch (W.bits) {
+      case 2: return launch_kind<kUQ2>(W, y, x, T, st);
+      case 3: return launch_kind<kUQ3>(W, y, x, T, st);
+      case 4: return launch_kind<kUQ4>(W, y, x, T, st);
+      case 8: return launch_kind<kUQ8>(W, y, x, T, st);
+      default: return cudaErrorInvalidValue;
+    }
+  }
+  switch (W.type) {
+    case TensorType::LUT3: return launch_kind<kLUT3>(W, y, x, T, st);
+    case TensorType::LUT4: return launch_kind<kLUT4>(W, y, x, T, st);
+    case TensorType::F16: return launch_kind<kF16>(W, y, x, T, st);
+    case TensorType::BF16: return launch_kind<kBF16>(W, y, x, T, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace gpu
+}  // namespace ddrt
