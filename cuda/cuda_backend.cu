@@ -4,6 +4,7 @@
 #include "cuda_backend.cuh"
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -138,6 +139,13 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaGetDeviceProperties(&prop_, dev_));
     DDRT_CHECK(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
     slots_ = DevMem(kSlotBytes, nullptr, "decode step slots");
+    int lo = 0, hi = 0;  // the side stream gets the higher priority: it is latency-bound
+    DDRT_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    DDRT_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, hi));
+    DDRT_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+    DDRT_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
+    const char* serial = std::getenv("DDRT_DECDEC_SERIAL");
+    comp_parallel_ = !(serial && serial[0] == '1');
     h_slots_ = PinnedMem(kSlotBytes, "decode step slots");
   }
   ~CudaBackend() override {
@@ -147,6 +155,12 @@ class CudaBackend : public Backend {
       cudaStreamDestroy(st_);
     }
     if (exec_) cudaGraphExecDestroy(exec_);
+    if (side_) {
+      cudaStreamSynchronize(side_);
+      cudaStreamDestroy(side_);
+    }
+    if (fork_) cudaEventDestroy(fork_);
+    if (join_) cudaEventDestroy(join_);
     scratch_ = DevMem();
   }
 
@@ -283,7 +297,32 @@ class CudaBackend : public Backend {
     }
     return scratch_.get();
   }
-  void compensate(const CudaLinear& W, float* y, const float* x, int T, const DecdecCall& call);
+  // One linear call's DecDEC work: selection + gather into `partial`, then y += reduce(partial).
+  struct CompJob {
+    bool active = false;
+    gpu::CompParams p;
+    const CudaLinear* W = nullptr;
+    const float* x = nullptr;
+    int T = 0;
+    int32_t* sel = nullptr;
+    float* partial = nullptr;
+    std::string what;
+  };
+  CompJob prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call);
+  void launch_comp_gather(const CompJob& job, cudaStream_t st);
+  // Scratch of the compensation alone: the side stream uses it while the main stream uses
+  // scratch() (grows only when both streams are idle).
+  void* comp_scratch(size_t bytes) {
+    if (comp_scratch_.size() < bytes) {
+      if (capturing_)
+        throw CudaError("CUDA: DecDEC scratch would grow while capturing a decode graph (run the step once first)");
+      DDRT_CHECK(cudaStreamSynchronize(side_), "before growing DecDEC scratch");
+      DDRT_CHECK(cudaStreamSynchronize(st_), "before growing DecDEC scratch");
+      comp_scratch_ = DevMem();
+      comp_scratch_ = DevMem(bytes + bytes / 4, nullptr, "DecDEC scratch");
+    }
+    return comp_scratch_.get();
+  }
 
   int dev_;
   cudaDeviceProp prop_{};
@@ -292,6 +331,10 @@ class CudaBackend : public Backend {
   DevMem scratch_;
   DevMem slots_;
   PinnedMem h_slots_;
+  DevMem comp_scratch_;
+  cudaStream_t side_ = nullptr;       // DecDEC select + gather beside the base GEMV
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  bool comp_parallel_ = true;         // env DDRT_DECDEC_SERIAL=1: everything on one stream
   bool step_ = false, capturing_ = false;
   cudaGraphExec_t exec_ = nullptr;
 };
@@ -424,6 +467,15 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   if (T <= 0) return;
   const std::string what = "matmul '" + W.name + "'";
   const gpu::DevLinear& g = W.dev;
+  // DecDEC: select + gather may run on the side stream while the base GEMV streams weights;
+  // only the final reduce touches y, on the main stream after both (race-free by stream order).
+  CompJob job = prepare_comp(W, x, T, call);
+  if (job.active && comp_parallel_) {
+    DDRT_CHECK(cudaEventRecord(fork_, st_));
+    DDRT_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
+    launch_comp_gather(job, side_);
+    DDRT_CHECK(cudaEventRecord(join_, side_));
+  }
   if (T == 1 && is_float(W.type) && ((uintptr_t)x & 15) == 0) {
     DDRT_CHECK(gpu::launch_gemv_f(g, y, x, prop_.multiProcessorCount, st_), what);
   } else if (T == 1 && !is_float(W.type)) {
@@ -431,10 +483,23 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   } else {
     DDRT_CHECK(gpu::launch_gemm(g, y, x, T, st_), what);
   }
-  if (call.mode != DecdecMode::Off) compensate(W, y, x, T, call);
+  if (!job.active) return;
+  if (comp_parallel_) {
+    DDRT_CHECK(cudaStreamWaitEvent(st_, join_, 0));
+  } else {
+    launch_comp_gather(job, st_);
+  }
+  DDRT_CHECK(gpu::launch_comp_reduce(W.dev, W.res, job.p, y, T, job.partial, st_), job.what);
 }
 
-void CudaBackend::compensate(const CudaLinear& W, float* y, const float* x, int T, const DecdecCall& call) {
+void CudaBackend::launch_comp_gather(const CompJob& job, cudaStream_t st) {
+  DDRT_CHECK(gpu::launch_comp_select_gather(job.W->dev, job.W->res, job.p, job.x, job.T, job.sel, job.partial, st),
+             job.what);
+}
+
+CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call) {
+  CompJob job;
+  if (call.mode == DecdecMode::Off) return job;
   const std::string what = "linear '" + W.name + "': DecDEC mode " + mode_name(call.mode);
   if ((int)call.mode < 0 || (int)call.mode > (int)DecdecMode::Random) throw InvalidArgument(what + ": unknown mode");
   if (!W.has_residual) throw InvalidArgument(what + " needs a residual, and this linear has none");
@@ -447,15 +512,21 @@ void CudaBackend::compensate(const CudaLinear& W, float* y, const float* x, int 
   p.pos_dev = step_ ? step_pos() : nullptr;
   p.kmax = total_k(call.k_chunk, W.d_in);
   p.k_full = chunk_k(call.k_chunk, kChunk);
-  if (p.kmax == 0) return;
+  if (p.kmax == 0) return job;
   if (call.mode == DecdecMode::Approx) gpu::host_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
   const int n_split = gpu::comp_splits(W.dev, p.kmax, T);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
   const size_t part_bytes = (size_t)T * n_split * W.d_out * 4;
-  uint8_t* s = static_cast<uint8_t*>(scratch(sel_bytes + part_bytes));
-  DDRT_CHECK(gpu::launch_compensate(W.dev, W.res, p, y, x, T, reinterpret_cast<int32_t*>(s),
-                                    reinterpret_cast<float*>(s + sel_bytes), st_),
-             what);
+  uint8_t* s = static_cast<uint8_t*>(comp_scratch(sel_bytes + part_bytes));
+  job.active = true;
+  job.p = p;
+  job.W = &W;
+  job.x = x;
+  job.T = T;
+  job.sel = reinterpret_cast<int32_t*>(s);
+  job.partial = reinterpret_cast<float*>(s + sel_bytes);
+  job.what = what;
+  return job;
 }
 
 void CudaBackend::attention(KVCache& cache, int layer, float* out, const float* q, const float* k, const float* v,

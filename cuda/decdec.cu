@@ -12,6 +12,12 @@
 //              (zero-copy from mapped host memory, or device memory), 32 fp32 FMAs with x[j].
 //              Four rows in flight per thread. Writes partial[t][split][o] (no atomics).
 //  3. reduce   y[t][o] += rscale[o] * sum over splits of partial (fixed order: deterministic).
+// approx mode selects without sorting (approx_select_kernel): a 32-bin histogram of the bucket
+// of each channel, then two block-wide prefix counts (the boundary bucket's members in index
+// order, then the output positions): a handful of barriers instead of the sort's 55.
+// launch_comp_select_gather and launch_comp_reduce split the work so the backend can run
+// select + gather on a side stream beside the base GEMV and the reduce (the only kernel that
+// touches y) after both, on the main stream.
 #include "kernels.cuh"
 
 namespace ddrt {
@@ -102,6 +108,49 @@ select_kernel(CompParams p, const float* thresholds_unused, const int32_t* rank_
   (void)thresholds_unused;
 }
 
+// Exclusive prefix count of `flag` over the block's threads (kSelThreads), and the total.
+__device__ __forceinline__ int block_prefix(bool flag, int* warp_count, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned ball = __ballot_sync(0xffffffffu, flag);
+  __syncthreads();  // warp_count may still be read by a previous call
+  if (lane == 0) warp_count[warp] = __popc(ball);
+  __syncthreads();
+  int before = __popc(ball & ((1u << lane) - 1)), n = 0;
+  for (int w = 0; w < kSelThreads / 32; ++w) {
+    if (w < warp) before += warp_count[w];
+    n += warp_count[w];
+  }
+  *total = n;
+  return before;
+}
+
+__global__ void __launch_bounds__(kSelThreads)
+approx_select_kernel(CompParams p, const float* x, int64_t d_in, int32_t* sel) {
+  __shared__ int count[kBuckets + 1];
+  __shared__ int warp_count[kSelThreads / 32];
+  const int i = threadIdx.x, t = blockIdx.y;
+  const int64_t c0 = (int64_t)blockIdx.x * kChunk;
+  const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
+  const int kc = chunk_k(p.call.k_chunk, len);
+  if (i <= kBuckets) count[i] = 0;
+  __syncthreads();
+  const int b = i < len ? approx_bucket(p.floors, fabsf(x[(int64_t)t * d_in + c0 + i])) : kBuckets;
+  if (b < kBuckets) atomicAdd(&count[b], 1);
+  __syncthreads();
+  // buckets 0..full-1 fit whole; `rest` more come from bucket `full` in ascending index order
+  int full = 0, taken = 0;
+  while (full < kBuckets && taken + count[full] <= kc) taken += count[full++];
+  const int rest = full < kBuckets ? kc - taken : 0;
+  int n_boundary;
+  const int rank = block_prefix(b == full && full < kBuckets, warp_count, &n_boundary);
+  const bool chosen = b < full || (b == full && full < kBuckets && rank < rest);
+  int n_sel;
+  const int at = block_prefix(chosen, warp_count, &n_sel);
+  int32_t* out = sel + (int64_t)t * p.kmax + (int64_t)blockIdx.x * p.k_full;
+  if (chosen) out[at] = (int32_t)(c0 + i);
+  if (i >= n_sel && i < kc) out[i] = -1;
+}
+
 __global__ void __launch_bounds__(kGatherThreads)
 gather_kernel(DevResidual R, int64_t d_out, int64_t d_in, int64_t kmax, const int32_t* sel, const float* x,
               float* partial) {
@@ -163,17 +212,32 @@ int comp_splits(const DevLinear& W, int64_t kmax, int T) {
 
 cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
                               const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
+  cudaError_t e = launch_comp_select_gather(W, R, p, x, T, sel, partial, st);
+  if (e != cudaSuccess) return e;
+  return launch_comp_reduce(W, R, p, y, T, partial, st);
+}
+
+cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
+                                      const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
   if (p.kmax <= 0 || T <= 0) return cudaSuccess;
   const int64_t n_chunks = (W.d_in + kChunk - 1) / kChunk;
-  select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.thresholds, R.rank_pos, x, W.d_in, sel);
+  if (p.call.mode == DecdecMode::Approx)
+    approx_select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, x, W.d_in, sel);
+  else
+    select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.thresholds, R.rank_pos, x, W.d_in, sel);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   const int n_split = comp_splits(W, p.kmax, T);
   const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;
   gather_kernel<<<dim3((unsigned)bx, n_split, T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax, sel, x,
                                                                           partial);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
+cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
+                               const float* partial, cudaStream_t st) {
+  if (p.kmax <= 0 || T <= 0) return cudaSuccess;
+  const int n_split = comp_splits(W, p.kmax, T);
   const unsigned rb = (unsigned)((W.d_out + 255) / 256 < 1024 ? (W.d_out + 255) / 256 : 1024);
   reduce_kernel<<<dim3(rb, T), 256, 0, st>>>(R.rscale, W.d_out, n_split, partial, y);
   return cudaGetLastError();
