@@ -20,12 +20,21 @@
 //   bits 4: file block layout (byte j = c[j] | c[j+16] << 4)
 //   bits 2: file block layout, two blocks (8 bytes each) per step
 //   bits 8: byte c
-//   bits 3: per 32-code slice sl (3 words w0 w1 w2 = words 3sl..3sl+2): code cc < 30 at word
-//           cc / 10, bits 3*(cc%10)..+2; code 30: low 2 bits = w0[31:30], high bit = w2[30];
-//           code 31: low 2 bits = w1[31:30], high bit = w2[31].
-//     w0: |c30lo| c9 | c8 | ... | c0 |      w2: |c31hi c30hi| c29 | ... | c20 |
+//   bits 3: per 32-code slice sl (3 words w0 w1 w2 = words 3sl..3sl+2), arranged for the
+//           tensor-core GEMV (gemv_qmma.cuh): each 16-bit half of a word holds 5 codes at bits
+//           0,3,6,9,12 and one bit of a split code at bit 15. Quad q (codes cc = 4q..4q+3) is two
+//           "slots" (a0: cc 4q, 4q+1; a2: cc 4q+2, 4q+3), a slot being one field position in both
+//           halves of one word (low half: the even code, high half: the odd one); kQuad3 lists
+//           (word, bit) of each slot. Codes 14 and 15 (slot a2 of quad 3) are split: bit j of
+//           code 14 is bit 15 of w_j, of code 15 bit 31 of w_j.
 // Every field of a word that ends at or below bit 22 is decoded in place; the others from the
 // word shifted right by 16 (kShift), which brings each of them below bit 23 too.
+//
+// Tensor-core view (quad_frag): for bits 3 and 4, quad j of a lane step (codes 4j..4j+3, whose
+// inputs are 4 consecutive x) decodes with one LOP3 (and shared shifts) per slot into two
+// __half2 whose halves are fp16 SUBNORMALS q * 2^(p - 24), p = the field's bit within its half
+// after the shift (0, or kClassShift for "class 1" quads). Every quad is of one class, and the
+// quads of one 32..128 group share it, so the GEMV scales a group's product once.
 #pragma once
 
 #include <cstdint>
@@ -70,29 +79,42 @@ DDRT_HDC int64_t sm_row_groups(int64_t d_in, int bits, int group) {
 struct Pos {
   int word, bit;
 };
+// bits 3: (word within the slice, bit within the half) of slot a0 and a2 of quad q; -1: split.
+DDRT_HDC int quad3_word(int q, int slot) {
+  return slot == 0 ? (q == 0 ? 0 : q == 1 ? 0 : q == 2 ? 1 : q == 3 ? 2 : q == 4 ? 0 : q == 5 ? 1 : q == 6 ? 1 : 2)
+                   : (q == 0 ? 0 : q == 1 ? 1 : q == 2 ? 2 : q == 3 ? -1 : q == 4 ? 0 : q == 5 ? 1 : q == 6 ? 2 : 2);
+}
+DDRT_HDC int quad3_bit(int q, int slot) {
+  return slot == 0 ? (q == 0 ? 0 : q == 1 ? 12 : q == 2 ? 6 : q == 3 ? 6 : q == 4 ? 3 : q == 5 ? 3 : q == 6 ? 12 : 9)
+                   : (q == 0 ? 6 : q == 1 ? 0 : q == 2 ? 0 : q == 3 ? 15 : q == 4 ? 9 : q == 5 ? 9 : q == 6 ? 3 : 12);
+}
+// bits 3: codes 14 and 15 of a slice are split over its three words (bit 15 / 31 of each).
+DDRT_HDC bool split3(int bits, int c) { return bits == 3 && ((c % 32) == 14 || (c % 32) == 15); }
+
 DDRT_HDC Pos packed_pos(int bits, int c) {
   return bits == 4 ? Pos{(c % 16) / 4, 8 * ((c % 16) % 4) + 4 * (c / 16)}
        : bits == 2 ? Pos{2 * (c / 32) + ((c % 32) % 8) / 4, 8 * (((c % 32) % 8) % 4) + 2 * ((c % 32) / 8)}
        : bits == 8 ? Pos{c / 4, 8 * (c % 4)}
-       : (c % 32) < 30 ? Pos{3 * (c / 32) + (c % 32) / 10, 3 * ((c % 32) % 10)}
-                       : Pos{3 * (c / 32) + (c % 32) - 30, 30};
+       : split3(bits, c) ? Pos{3 * (c / 32), 15 + 16 * ((c % 32) - 14)}
+                         : Pos{3 * (c / 32) + quad3_word((c % 32) / 4, (c % 4) / 2),
+                               quad3_bit((c % 32) / 4, (c % 4) / 2) + 16 * (c % 2)};
 }
 
 // Code c (0..C-1) of one lane step given its words: the slow, obviously correct reader.
 DDRT_HD int step_code(const uint32_t* w, int bits, int c) {
   const Pos p = packed_pos(bits, c);
-  if (bits == 3 && (c % 32) >= 30) {
-    const int hi = (w[3 * (c / 32) + 2] >> (30 + (c % 32) - 30)) & 1;
-    return (int)((w[p.word] >> 30) & 3) | (hi << 2);
+  if (split3(bits, c)) {
+    int q = 0;
+    for (int j = 0; j < 3; ++j) q |= (int)((w[p.word + j] >> p.bit) & 1) << j;
+    return q;
   }
   return (int)((w[p.word] >> p.bit) & ((1u << bits) - 1));
 }
 // Writes code q at position c into zeroed words.
 inline void step_put(uint32_t* w, int bits, int c, int q) {
   const Pos p = packed_pos(bits, c);
-  if (bits == 3 && (c % 32) >= 30) {
-    w[p.word] |= (uint32_t)(q & 3) << 30;
-    w[3 * (c / 32) + 2] |= (uint32_t)((q >> 2) & 1) << (30 + (c % 32) - 30);
+  if (split3(bits, c)) {
+    for (int j = 0; j < 3; ++j) w[p.word + j] |= (uint32_t)((q >> j) & 1) << p.bit;
     return;
   }
   w[p.word] |= (uint32_t)q << p.bit;
@@ -105,12 +127,15 @@ DDRT_HD int packed_code(const uint32_t* row, int bits, int64_t i) {
   int c;
   code_place(i, bits, &s, &c);
   const Pos p = packed_pos(bits, c);
-  const uint32_t wa = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
-  if (bits == 3 && (c % 32) >= 30) {
-    const int w2 = 3 * (c / 32) + 2;
-    const uint32_t wb = row[4 * vec_index(s, w2 / 4, bits) + w2 % 4];
-    return (int)((wa >> 30) & 3) | (int)(((wb >> (c % 32)) & 1) << 2);
+  if (split3(bits, c)) {
+    int q = 0;
+    for (int j = 0; j < 3; ++j) {
+      const int wj = p.word + j;
+      q |= (int)((row[4 * vec_index(s, wj / 4, bits) + wj % 4] >> p.bit) & 1) << j;
+    }
+    return q;
   }
+  const uint32_t wa = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
   return (int)((wa >> p.bit) & ((1u << bits) - 1));
 }
 
@@ -131,13 +156,49 @@ DDRT_HD float field_f(uint32_t w, int p) {
 // (c is a compile-time constant after unrolling, so all of this folds to LOP3 + FADD).
 template <int B>
 DDRT_HD float code_f(const uint32_t* wd, const uint32_t* wsh, int c) {
-  if (B == 3 && (c % 32) >= 30) {
-    const int sl = c / 32, cc = c % 32;
-    const uint32_t v = (wd[3 * sl + cc - 30] >> 30) | ((wd[3 * sl + 2] >> (cc - 2)) & 4u);
+  const Pos p = packed_pos(B, c);
+  if (split3(B, c)) {
+    const uint32_t v = ((wd[p.word] >> p.bit) & 1u) | ((wd[p.word + 1] >> (p.bit - 1)) & 2u) |
+                       ((wd[p.word + 2] >> (p.bit - 2)) & 4u);
     return bits_f(v | 0x4B000000u) - 8388608.0f;
   }
-  const Pos p = packed_pos(B, c);
   return p.bit + B <= 23 ? field_f<B>(wd[p.word], p.bit) : field_f<B>(wsh[p.word], p.bit - kShift);
+}
+
+// ---- the tensor-core GEMV's decoder (gemv_qmma.cuh; also run by test_cuda_layout) -----------
+// Class of quad j (see the top): 0 or 1; a class-1 field decodes to q * 2^(kClassShift - 24).
+template <int B>
+DDRT_HDC int quad_class(int j) { return B == 4 ? (j % 8) / 4 : (j % 8) / 4; }
+template <int B>
+DDRT_HDC int class_shift() { return B == 4 ? 4 : 3; }
+// Which code of the quad (0..3) sits in (slot, half): bits 3: 2*slot + half; bits 4: slot + 2*half.
+template <int B>
+DDRT_HDC int quad_code(int slot, int half) { return B == 3 ? 2 * slot + half : slot + 2 * half; }
+// The two A-fragment words of quad j (j a compile-time constant after unrolling) of a lane step
+// whose words are w: slot 0 (a0) and slot 1 (a2), each a __half2 of subnormals.
+template <int B>
+DDRT_HD void quad_frag(const uint32_t* w, int j, uint32_t& a0, uint32_t& a2) {
+  constexpr uint32_t m0 = B == 4 ? 0x000F000Fu : 0x00070007u, m1 = m0 << class_shift<B>();
+  if (B == 4) {
+    const uint32_t m = quad_class<4>(j) ? m1 : m0, v = w[j % 4];
+    a0 = v & m;
+    a2 = (v >> 8) & m;
+    return;
+  }
+  const uint32_t* s = w + 3 * (j / 8);
+  switch (j % 8) {
+    case 0: a0 = s[0] & m0; a2 = (s[0] >> 6) & m0; break;
+    case 1: a0 = (s[0] >> 12) & m0; a2 = s[1] & m0; break;
+    case 2: a0 = (s[1] >> 6) & m0; a2 = s[2] & m0; break;
+    case 3:
+      a0 = (s[2] >> 6) & m0;
+      a2 = ((s[0] >> 15) & 0x00010001u) | ((s[1] >> 14) & 0x00020002u) | ((s[2] >> 13) & 0x00040004u);
+      break;
+    case 4: a0 = s[0] & m1; a2 = (s[0] >> 6) & m1; break;
+    case 5: a0 = s[1] & m1; a2 = (s[1] >> 6) & m1; break;
+    case 6: a0 = (s[1] >> 9) & m1; a2 = s[2] & m1; break;
+    default: a0 = (s[2] >> 6) & m1; a2 = (s[2] >> 9) & m1; break;
+  }
 }
 
 }  // namespace gpu

@@ -16,6 +16,24 @@ using namespace ddrt::gpu;
 
 namespace {
 
+// quad_frag of every quad of one lane step: each half is exactly code << (class shift), i.e. the
+// fp16 subnormal code * 2^(shift - 24). Returns the number of wrong halves.
+template <int B, class F>
+int check_frags(const uint32_t* wd, F code) {
+  int bad = 0;
+  for (int j = 0; j < step_codes(B) / 4; ++j) {
+    uint32_t a[2];
+    quad_frag<B>(wd, j, a[0], a[1]);
+    const int sh = quad_class<B>(j) ? class_shift<B>() : 0;
+    for (int slot = 0; slot < 2; ++slot)
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t hv = (a[slot] >> (16 * half)) & 0xFFFFu;
+        bad += hv != (uint32_t)code(4 * j + quad_code<B>(slot, half)) << sh;
+      }
+  }
+  return bad;
+}
+
 template <int B>
 void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
   std::vector<uint8_t> file(d_out * row_code_bytes(d_in, B));
@@ -24,7 +42,7 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
   std::vector<uint32_t> packed(d_out * rv * 4);
   repack_codes(file.data(), d_out, d_in, B, packed.data());
   const int C = step_codes(B), NW = step_words(B);
-  int64_t bad_slow = 0, bad_fast = 0, bad_pad = 0, bad_place = 0;
+  int64_t bad_slow = 0, bad_fast = 0, bad_pad = 0, bad_place = 0, bad_frag = 0;
   for (int64_t o = 0; o < d_out; ++o) {
     const uint8_t* frow = file.data() + o * row_code_bytes(d_in, B);
     const uint32_t* prow = packed.data() + o * rv * 4;
@@ -49,11 +67,13 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
         bad_slow += packed_code(prow, B, i) != ref;
         bad_fast += fast != (float)ref;
       }
+      if (B == 3 || B == 4) bad_frag += check_frags<B>(wd, [&](int c) { return step_code(wd, B, c); });
     }
   }
   const std::string what = "bits " + std::to_string(B) + " d_in " + std::to_string(d_in);
   CHECK_MSG(bad_slow == 0, what + ": packed_code mismatches " + std::to_string(bad_slow));
   CHECK_MSG(bad_fast == 0, what + ": code_f mismatches " + std::to_string(bad_fast));
+  CHECK_MSG(bad_frag == 0, what + ": quad_frag mismatches " + std::to_string(bad_frag));
   CHECK_MSG(bad_place == 0, what + ": code_place is not the inverse of code_index " + std::to_string(bad_place));
   CHECK_MSG(bad_pad == 0, what + ": padding codes not zero " + std::to_string(bad_pad));
 }
