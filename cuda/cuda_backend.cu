@@ -481,7 +481,7 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   } else if (T == 1 && !is_float(W.type)) {
     DDRT_CHECK(gpu::launch_gemv_q(g, y, x, st_), what);
   } else {
-    DDRT_CHECK(gpu::launch_gemm(g, y, x, T, st_), what);
+    DDRT_CHECK(gpu::launch_gemm(g, y, x, T, scratch(gpu::gemm_scratch_bytes(g, T)), st_), what);
   }
   if (!job.active) return;
   if (comp_parallel_) {

@@ -97,8 +97,12 @@ bool g_force_simple = false;
 
 void gemm_force_simple(bool on) { g_force_simple = on; }
 
-cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
-  if (!g_force_simple && gemm_tc_supports(W.type)) return launch_gemm_tc(W, y, x, T, st);
+size_t gemm_scratch_bytes(const DevLinear& W, int T) {
+  return gemm_tc_supports(W.type) ? gemm_tc_scratch_bytes(W, T) : 0;
+}
+
+cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+  if (!g_force_simple && gemm_tc_supports(W.type)) return launch_gemm_tc(W, y, x, T, scratch, st);
   return launch_gemm_simple(W, y, x, T, st);
 }
 

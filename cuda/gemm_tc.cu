@@ -1,9 +1,12 @@
 // decdec_rt CUDA backend: the tensor-core matmul for T > 1 (prefill), y[T][d_out] = x[T][d_in] W^T.
 //
-// Tiles: a block computes 128 rows of W x 128 tokens, 8 warps of 64 rows x 32 tokens each, over
-// K tiles of 32 input channels, double buffered in shared memory (one barrier per K tile; the next
-// tile's global loads are in flight while the tensor cores work on the current one). W is the
-// mma.sync A operand (m16n8k16, [o][k] rows), x the B operand ([t][k] rows), fp32 accumulators.
+// Two kernels: x_prep splits x once into operand-type halves (scratch: x_hi, x_lo [T][Kp], and for
+// uniform types the sum of x per 32-channel tile), then the matmul: a block computes 128 rows of
+// W x 128 tokens, 8 warps of 64 rows x 32 tokens each, over K tiles of 32 input channels in a
+// 3-stage shared-memory ring (one barrier per K tile): x tiles and float W tiles arrive by
+// cp.async two tiles ahead; quantized W tiles are loaded into registers one tile ahead and decoded
+// into shared memory. W is the mma.sync A operand (m16n8k16, [o][k] rows), x the B operand
+// ([t][k] rows), fp32 accumulators.
 //
 // Precision (near fp32, so the op tests keep NMSE <= 1e-8 against the fp32 CPU reference):
 //   * W enters the MMA exactly: quantized codes are small integers (exact in fp16/bf16), LUT
@@ -21,7 +24,7 @@
 // Quantized tiles are decoded from the GPU layout (packed.cuh): K tile k0 (a multiple of 32) is
 // block j of the octet slab of 8 lane steps s = r*32 + 8a + b (b = 0..7); step b holds its elements
 // k0 + 4b + cc as codes c = 4j + cc (cc = 0..3). For bits 2/4/8 those 4 codes are fields 8 bits
-// apart of one word; a shift and a mask put (cc0, cc2) and (cc1, cc3) in the two halves of a word,
+// apart of one word (bits 3: step_code per code, with constant positions); a shift and a mask put (cc0, cc2) and (cc1, cc3) in the two halves of a word,
 // OR-ing the exponent of 128 (bf16) or 1024 (fp16) and one HSUB2 make them exact operand pairs.
 // The A tile keeps that in-register order [cc0, cc2, cc1, cc3] per step, and x is staged with the
 // same order (elements 1 and 2 of every 4 swapped): the dot product is the same sum.
@@ -34,7 +37,7 @@ namespace ddrt {
 namespace gpu {
 namespace {
 
-constexpr int kBM = 128, kBN = 128, kBK = 32, kThreads = 256;
+constexpr int kBM = 128, kBN = 128, kBK = 32, kThreads = 256, kStages = 3;
 constexpr int kLd = kBK + 8;  // shared row stride in 16-bit elements (80 bytes: ldmatrix conflict free)
 
 // Matrix kinds of the kernel template: uniform bits 2/3/4/8, LUT bits 3/4, F16, BF16.
@@ -50,17 +53,44 @@ __host__ __device__ constexpr bool is_bf(int k) { return k == kUQ2 || k == kUQ3 
 // Units of the loaders (per thread per K tile).
 constexpr int kAUnits = kBM * 8 / kThreads;        // quantized: (row, step b) pairs, 4 codes each
 constexpr int kFUnits = kBM * kBK / 8 / kThreads;  // float W: uint4 of 8 elements
-constexpr int kXUnits = kBN * kBK / 4 / kThreads;  // x: 4 floats
+constexpr int kXUnits = kBN * kBK / 8 / kThreads;  // x: 16-byte chunks (8 elements) of x_hi and of x_lo
 
+// 99 KB: fits the opt-in limit of every target (sm_86/89: 99 KB).
 struct Smem {
-  uint16_t a[2][kBM][kLd];   // W tile, operand type
-  uint16_t xh[2][kBN][kLd];  // x_hi tile
-  uint16_t xl[2][kBN][kLd];  // x_lo tile
-  float2 sm[2][kBM];         // uniform: (scale, min) of the tile's group per row
-  float xs[2][kBN];          // uniform: sum of the tile's x per token
+  uint16_t a[kStages][kBM][kLd];   // W tile, operand type
+  uint16_t xh[kStages][kBN][kLd];  // x_hi tile
+  uint16_t xl[kStages][kBN][kLd];  // x_lo tile
+  float2 sm[kStages][kBM];         // uniform: (scale, min) of the tile's group per row
+  float xs[kStages][kBN];          // uniform: sum of the tile's x per token
 };
 
-__device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
+// Scratch of the prepared x: x_hi, x_lo [T][Kp] (Kp = K tiles * 32), x sums [n_tiles][T].
+struct XPrep {
+  uint16_t *hi, *lo;
+  float* sum;
+  int64_t kp;
+};
+__host__ __device__ constexpr int64_t k_tiles(int64_t d_in) { return (d_in + kBK - 1) / kBK; }
+XPrep carve(void* scratch, int64_t d_in, int T) {
+  XPrep p;
+  p.kp = k_tiles(d_in) * kBK;
+  p.hi = static_cast<uint16_t*>(scratch);
+  p.lo = p.hi + (int64_t)T * p.kp;
+  p.sum = reinterpret_cast<float*>(p.lo + (int64_t)T * p.kp);
+  return p;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Two 16-bit operand values from two floats (exact for the values we feed it: W entries).
 template <bool BF>
@@ -102,14 +132,6 @@ __device__ __forceinline__ uint32_t codes2(uint32_t q) {
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
-// Code cc (0..31) of a 3-bit slice (words w0 w1 w2, packed.cuh).
-__device__ __forceinline__ uint32_t code3(uint32_t w0, uint32_t w1, uint32_t w2, int cc) {
-  if (cc < 10) return (w0 >> (3 * cc)) & 7u;
-  if (cc < 20) return (w1 >> (3 * (cc - 10))) & 7u;
-  if (cc < 30) return (w2 >> (3 * (cc - 20))) & 7u;
-  return (((cc == 30 ? w0 : w1) >> 30) & 3u) | (((w2 >> cc) & 1u) << 2);
-}
-
 // The four codes of one (row, step) unit of a K tile, as words (cc0 | cc2 << 16, cc1 | cc3 << 16).
 template <int B>
 struct Codes {
@@ -128,11 +150,26 @@ struct Codes {
       w[0] = __ldg(row + 4 * vec_index(s, p.word / 4, B) + p.word % 4);
     }
   }
+  template <int JJ>
+  __device__ __forceinline__ void pairs3(uint32_t* lo, uint32_t* hi) const {
+    // step_code with constant codes folds to constant shifts: whatever the slice layout of
+    // packed.cuh, codes 0..31 of a slice read only its 3 words.
+    constexpr int c0 = 4 * JJ;
+    *lo = (uint32_t)step_code(w, 3, c0) | ((uint32_t)step_code(w, 3, c0 + 2) << 16);
+    *hi = (uint32_t)step_code(w, 3, c0 + 1) | ((uint32_t)step_code(w, 3, c0 + 3) << 16);
+  }
   __device__ __forceinline__ void pairs(int j, uint32_t* lo, uint32_t* hi) const {
     if (B == 3) {
-      const int c0 = 4 * (j % 8);
-      *lo = code3(w[0], w[1], w[2], c0) | (code3(w[0], w[1], w[2], c0 + 2) << 16);
-      *hi = code3(w[0], w[1], w[2], c0 + 1) | (code3(w[0], w[1], w[2], c0 + 3) << 16);
+      switch (j % 8) {  // uniform over the block: constant shifts in each case
+        case 0: pairs3<0>(lo, hi); break;
+        case 1: pairs3<1>(lo, hi); break;
+        case 2: pairs3<2>(lo, hi); break;
+        case 3: pairs3<3>(lo, hi); break;
+        case 4: pairs3<4>(lo, hi); break;
+        case 5: pairs3<5>(lo, hi); break;
+        case 6: pairs3<6>(lo, hi); break;
+        default: pairs3<7>(lo, hi); break;
+      }
     } else {
       constexpr uint32_t m = (1u << B) - 1, m2 = m | (m << 16);
       const int sh = packed_pos(B, 4 * j).bit;  // codes 4j + cc at sh + 8 cc
@@ -166,17 +203,34 @@ __device__ __forceinline__ void ldsm4(uint32_t* r, const void* p) {
 // What one thread carries from a K tile's global loads to its shared-memory stores.
 template <int K>
 struct Staged {
-  Codes<kind_bits(K) == 16 ? 4 : kind_bits(K)> q[is_fk(K) ? 1 : kAUnits];
-  uint4 f[is_fk(K) ? kFUnits : 1];
-  float4 x[kXUnits];
+  Codes<kind_bits(K) == 16 ? 4 : kind_bits(K)> q[kAUnits];
   __half2 sm;  // uniform: row tid's (scale, min)
 };
 
+// x [T][d_in] fp32 -> hi, lo [T][Kp] in the operand type (zero past d_in; elements 1 and 2 of
+// every 4 swapped when kSwap) and sum[tile][T]: one warp per (token, K tile).
+template <bool BF, bool kSwap>
+__global__ void x_prep_kernel(XPrep p, const float* x, int64_t d_in, int T) {
+  const int lane = threadIdx.x % 32;
+  const int64_t nk = p.kp / kBK, unit = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (unit >= nk * T) return;
+  const int t = (int)(unit / nk);
+  const int64_t kt = unit % nk, k = kt * kBK + lane;
+  const int64_t i = kSwap ? (k & ~3) + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3)) : k;
+  const float v = i < d_in ? x[(int64_t)t * d_in + i] : 0.0f;
+  const uint16_t h = to1<BF>(v);
+  p.hi[(int64_t)t * p.kp + k] = h;
+  p.lo[(int64_t)t * p.kp + k] = to1<BF>(v - from1<BF>(h));
+  float s = v;
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+  if (lane == 0) p.sum[kt * T + t] = s;
+}
+
 template <int K>
-__global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float* y, const float* x, int T) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float* y, XPrep xp, int T) {
   constexpr int B = kind_bits(K);
   constexpr bool BF = is_bf(K);
-  constexpr bool kSwap = !is_fk(K);  // x staged as [0, 2, 1, 3] per 4 (see the header)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem& S = *reinterpret_cast<Smem*>(smem_raw);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -184,22 +238,36 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
   const int64_t o0 = (int64_t)blockIdx.x * kBM;
   const int t0 = blockIdx.y * kBN;
   const int64_t d_in = W.d_in;
-  const bool xvec = (d_in % 4 == 0) && ((uintptr_t)x % 16 == 0);
-  const int nk = (int)((d_in + kBK - 1) / kBK);
+  const int nk = (int)k_tiles(d_in);
 
-  Staged<K> st;
-  auto load = [&](int kt) {
+  // cp.async of K tile kt into ring slot buf: x_hi, x_lo, x sums, float W.
+  auto fetch = [&](int kt, int buf) {
     const int64_t k0 = (int64_t)kt * kBK;
+#pragma unroll
+    for (int u = 0; u < kXUnits; ++u) {
+      const int e = tid + u * kThreads, tok = e / 4, q = e % 4;
+      const int t = min(t0 + tok, T - 1);  // tokens past T: any valid row, their outputs are not stored
+      const int64_t off = (int64_t)t * xp.kp + k0 + 8 * q;
+      cp_async16(&S.xh[buf][tok][8 * q], xp.hi + off, true);
+      cp_async16(&S.xl[buf][tok][8 * q], xp.lo + off, true);
+    }
+    if (is_uq(K) && tid < kBN) cp_async4(&S.xs[buf][tid], xp.sum + (int64_t)kt * T + min(t0 + tid, T - 1));
     if constexpr (is_fk(K)) {
 #pragma unroll
       for (int u = 0; u < kFUnits; ++u) {
         const int e = tid + u * kThreads, row = e / 4, q = e % 4;
         const int64_t o = o0 + row, i = k0 + 8 * q;
-        st.f[u] = (o < W.d_out && i < W.row_stride)
-                      ? __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(W.fdata) + o * W.row_stride + i))
-                      : make_uint4(0, 0, 0, 0);
+        const bool ok = o < W.d_out && i < W.row_stride;
+        const uint16_t* src = static_cast<const uint16_t*>(W.fdata) + (ok ? o * W.row_stride + i : 0);
+        cp_async16(&S.a[buf][row][8 * q], src, ok);
       }
-    } else {
+    }
+  };
+
+  Staged<K> st;
+  auto load = [&](int kt) {  // quantized W: registers
+    const int64_t k0 = (int64_t)kt * kBK;
+    if constexpr (!is_fk(K)) {
       constexpr int64_t C = step_codes(B);
       const int64_t r = k0 / (32 * C), a = (k0 % (32 * C)) / (8 * C);
       const int j = (int)((k0 % (8 * C)) / 32);
@@ -213,36 +281,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
       if (is_uq(K) && tid < kBM && o0 + tid < W.d_out)
         st.sm = W.sm[(o0 + tid) * W.n_groups + k0 / W.group];
     }
-#pragma unroll
-    for (int u = 0; u < kXUnits; ++u) {
-      const int e = tid + u * kThreads, tok = e / 8, q = e % 8;
-      const int t = t0 + tok;
-      const int64_t i = k0 + 4 * q;
-      const float* p = x + (int64_t)t * d_in + i;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (t < T) {
-        if (xvec && i + 4 <= d_in) {
-          v = __ldg(reinterpret_cast<const float4*>(p));
-        } else {
-          if (i < d_in) v.x = __ldg(p);
-          if (i + 1 < d_in) v.y = __ldg(p + 1);
-          if (i + 2 < d_in) v.z = __ldg(p + 2);
-          if (i + 3 < d_in) v.w = __ldg(p + 3);
-        }
-      }
-      st.x[u] = v;
-    }
   };
 
-  auto store = [&](int kt, int buf) {
+  auto store = [&](int kt, int buf) {  // quantized W: registers -> decoded tile
     const int64_t k0 = (int64_t)kt * kBK;
-    if constexpr (is_fk(K)) {
-#pragma unroll
-      for (int u = 0; u < kFUnits; ++u) {
-        const int e = tid + u * kThreads, row = e / 4, q = e % 4;
-        *reinterpret_cast<uint4*>(&S.a[buf][row][8 * q]) = st.f[u];
-      }
-    } else {
+    if constexpr (!is_fk(K)) {
       constexpr int64_t C = step_codes(B);
       const int j = (int)((k0 % (8 * C)) / 32);
 #pragma unroll
@@ -265,40 +308,27 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
       }
       if (is_uq(K) && tid < kBM) S.sm[buf][tid] = o0 + tid < W.d_out ? __half22float2(st.sm) : make_float2(0.f, 0.f);
     }
-#pragma unroll
-    for (int u = 0; u < kXUnits; ++u) {
-      const int e = tid + u * kThreads, tok = e / 8, q = e % 8;
-      float4 v = st.x[u];
-      if (kSwap) {
-        const float t = v.y;
-        v.y = v.z;
-        v.z = t;
-      }
-      const uint16_t h0 = to1<BF>(v.x), h1 = to1<BF>(v.y), h2 = to1<BF>(v.z), h3 = to1<BF>(v.w);
-      const uint16_t l0 = to1<BF>(v.x - from1<BF>(h0)), l1 = to1<BF>(v.y - from1<BF>(h1)),
-                     l2 = to1<BF>(v.z - from1<BF>(h2)), l3 = to1<BF>(v.w - from1<BF>(h3));
-      *reinterpret_cast<uint2*>(&S.xh[buf][tok][4 * q]) = make_uint2(pack2(h0, h1), pack2(h2, h3));
-      *reinterpret_cast<uint2*>(&S.xl[buf][tok][4 * q]) = make_uint2(pack2(l0, l1), pack2(l2, l3));
-      if (is_uq(K)) {
-        float sum = (v.x + v.y) + (v.z + v.w);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
-        if (q == 0) S.xs[buf][tok] = sum;
-      }
-    }
   };
 
   float acc[4][4][4] = {};  // [m16 tile][n8 tile][fragment]
   float part[is_uq(K) ? 4 : 1][is_uq(K) ? 4 : 1][4] = {};
   float xg[4][2] = {};  // uniform: this group's sum of x for the thread's 8 tokens
 
+  // Ring: at step kt the tensor cores read slot kt % 3, cp.async fills slot (kt + 2) % 3 and the
+  // decoded tile kt + 1 goes to slot (kt + 1) % 3 (both last read at an earlier step).
+  fetch(0, 0);
+  cp_commit();
+  if (nk > 1) fetch(1, 1);
+  cp_commit();
   load(0);
   store(0, 0);
+  if (nk > 1) load(1);
+  cp_wait<1>();
   __syncthreads();
   for (int kt = 0; kt < nk; ++kt) {
-    const int buf = kt % 2;
-    if (kt + 1 < nk) load(kt + 1);
+    const int buf = kt % kStages;
+    if (kt + 2 < nk) fetch(kt + 2, (kt + 2) % kStages);
+    cp_commit();
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
       uint32_t af[4][4], bh[4][2], bl[4][2];
@@ -347,7 +377,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
         for (int ni = 0; ni < 4; ++ni) xg[ni][0] = xg[ni][1] = 0.0f;
       }
     }
-    if (kt + 1 < nk) store(kt + 1, buf ^ 1);
+    if (kt + 1 < nk) {
+      store(kt + 1, (kt + 1) % kStages);
+      if (kt + 2 < nk) load(kt + 2);
+    }
+    cp_wait<1>();
     __syncthreads();
   }
 
@@ -364,12 +398,17 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
 }
 
 template <int K>
-cudaError_t launch_kind(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
+cudaError_t launch_kind(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+  const XPrep xp = carve(scratch, W.d_in, T);
+  const int64_t units = k_tiles(W.d_in) * T;
+  x_prep_kernel<is_bf(K), !is_fk(K)><<<(unsigned)((units + 7) / 8), 256, 0, st>>>(xp, x, W.d_in, T);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
   const size_t smem = sizeof(Smem);
-  cudaError_t err = cudaFuncSetAttribute(gemm_tc_kernel<K>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  err = cudaFuncSetAttribute(gemm_tc_kernel<K>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   const dim3 grid((unsigned)((W.d_out + kBM - 1) / kBM), (unsigned)((T + kBN - 1) / kBN));
-  gemm_tc_kernel<K><<<grid, kThreads, smem, st>>>(W, y, x, T);
+  gemm_tc_kernel<K><<<grid, kThreads, smem, st>>>(W, y, xp, T);
   return cudaGetLastError();
 }
 
@@ -377,21 +416,26 @@ cudaError_t launch_kind(const DevLinear& W, float* y, const float* x, int T, cud
 
 bool gemm_tc_supports(TensorType t) { return t != TensorType::F32 && is_matrix_type(t); }
 
-cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
+size_t gemm_tc_scratch_bytes(const DevLinear& W, int T) {
+  const int64_t nk = k_tiles(W.d_in);
+  return (size_t)T * nk * (2 * kBK * sizeof(uint16_t) + sizeof(float));
+}
+
+cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
   if (is_uniform(W.type)) {
     switch (W.bits) {
-      case 2: return launch_kind<kUQ2>(W, y, x, T, st);
-      case 3: return launch_kind<kUQ3>(W, y, x, T, st);
-      case 4: return launch_kind<kUQ4>(W, y, x, T, st);
-      case 8: return launch_kind<kUQ8>(W, y, x, T, st);
+      case 2: return launch_kind<kUQ2>(W, y, x, T, scratch, st);
+      case 3: return launch_kind<kUQ3>(W, y, x, T, scratch, st);
+      case 4: return launch_kind<kUQ4>(W, y, x, T, scratch, st);
+      case 8: return launch_kind<kUQ8>(W, y, x, T, scratch, st);
       default: return cudaErrorInvalidValue;
     }
   }
   switch (W.type) {
-    case TensorType::LUT3: return launch_kind<kLUT3>(W, y, x, T, st);
-    case TensorType::LUT4: return launch_kind<kLUT4>(W, y, x, T, st);
-    case TensorType::F16: return launch_kind<kF16>(W, y, x, T, st);
-    case TensorType::BF16: return launch_kind<kBF16>(W, y, x, T, st);
+    case TensorType::LUT3: return launch_kind<kLUT3>(W, y, x, T, scratch, st);
+    case TensorType::LUT4: return launch_kind<kLUT4>(W, y, x, T, scratch, st);
+    case TensorType::F16: return launch_kind<kF16>(W, y, x, T, scratch, st);
+    case TensorType::BF16: return launch_kind<kBF16>(W, y, x, T, scratch, st);
     default: return cudaErrorInvalidValue;
   }
 }

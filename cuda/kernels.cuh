@@ -48,13 +48,16 @@ void gemv_q_force_rows(int rows_per_warp);
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st);
 
 // ---- tiled matmul, any T, any type (gemm.cu, gemm_tc.cu) -------------------------------------
-// y[T][d_out] = x[T][d_in] W^T: the tensor-core kernel where it supports the type, else the simple one.
-cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
+// y[T][d_out] = x[T][d_in] W^T: the tensor-core kernel where it supports the type, else the simple
+// one. scratch: gemm_scratch_bytes(W, T) bytes of device memory, 16-byte aligned (the split x).
+size_t gemm_scratch_bytes(const DevLinear& W, int T);
+cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
 // The simple fp32 kernel (any type): F32 weights, and the twin the tests and the bench compare with.
 cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
 // Tensor cores (mma.sync, near-fp32 precision, see gemm_tc.cu): every matrix type but F32.
 bool gemm_tc_supports(TensorType t);
-cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
+size_t gemm_tc_scratch_bytes(const DevLinear& W, int T);
+cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
 // Test/bench knob: true sends every later launch_gemm to the simple kernel; false restores.
 void gemm_force_simple(bool on);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
