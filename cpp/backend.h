@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "decdec.h"
 #include "layout.h"
@@ -109,6 +110,13 @@ class Backend {
   virtual void capture_end() {}
   virtual void replay(int64_t pos, int32_t id) {}
 };
+
+// What every backend checks in load_linear (InvalidArgument naming the linear): a matrix type,
+// a non-empty shape, data, a residual only with its scales.
+void check_linear_desc(const LinearDesc& d);
+// rank_pos[i] = position of channel i in d.ranking (empty when there is no ranking); throws
+// InvalidArgument when the ranking is not a permutation of 0..d_in-1.
+std::vector<int32_t> rank_positions(const LinearDesc& d);
 
 // Factories. make_cuda_backend throws CudaError when CUDA is not built in or no GPU is visible.
 std::unique_ptr<Backend> make_cpu_backend(int n_threads = 0);  // 0: OpenMP default

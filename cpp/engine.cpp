@@ -298,20 +298,14 @@ std::unique_ptr<Linear> Engine::load(const std::string& base, int64_t d_out, int
     }
     if (const TensorInfo* th = optional_tensor(*src_, base + ".thresholds", TensorType::F32, {d_in}))
       d.thresholds = (const float*)th->data;
-    if (const TensorInfo* rk = optional_tensor(*src_, base + ".ranking", TensorType::I32, {d_in})) {
-      // the ranking must be a permutation of 0..d_in-1: backends index with it
-      std::vector<char> seen(d_in, 0);
-      const int32_t* ids = (const int32_t*)rk->data;
-      for (int64_t i = 0; i < d_in; ++i) {
-        if (ids[i] < 0 || ids[i] >= d_in || seen[ids[i]])
-          throw FormatError("tensor '" + base + ".ranking' is not a permutation of the input channels (entry " +
-                            std::to_string(i) + ")");
-        seen[ids[i]] = 1;
-      }
-      d.ranking = ids;
-    }
+    if (const TensorInfo* rk = optional_tensor(*src_, base + ".ranking", TensorType::I32, {d_in}))
+      d.ranking = (const int32_t*)rk->data;
   }
-  return be_->load_linear(d, where);
+  try {
+    return be_->load_linear(d, where);
+  } catch (const InvalidArgument& e) {  // what the backend rejects came from the file
+    throw FormatError(std::string("tensors of '") + base + "': " + e.what());
+  }
 }
 
 void Engine::set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chunk, uint64_t seed) {

@@ -350,12 +350,7 @@ T* put(CudaLinear& W, const Counter& held, const void* src, size_t bytes, cudaSt
 std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPlacement where) {
   use();
   const std::string what = "linear '" + d.name + "'";
-  if (!is_matrix_type(d.type))
-    throw InvalidArgument(what + ": tensor type " + std::to_string((uint32_t)d.type) + " is not a matrix type");
-  if (d.d_out <= 0 || d.d_in <= 0)
-    throw InvalidArgument(what + ": shape [" + std::to_string(d.d_out) + ", " + std::to_string(d.d_in) + "] is empty");
-  if (!d.data) throw InvalidArgument(what + ": no weight data");
-  if (d.residual && !d.residual_scale) throw InvalidArgument(what + ": a residual without residual_scale");
+  check_linear_desc(d);
 
   auto W = std::make_unique<CudaLinear>();
   W->name = d.name;
@@ -428,14 +423,7 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
     W->res.thresholds = put<float>(*W, held_, W->thresholds_host.data(), d.d_in * 4, st_, "thresholds");
   }
   if (d.ranking) {
-    std::vector<int32_t> rank_pos(d.d_in, -1);
-    for (int64_t p = 0; p < d.d_in; ++p) {
-      const int32_t i = d.ranking[p];
-      if (i < 0 || i >= d.d_in || rank_pos[i] >= 0)
-        throw InvalidArgument(what + ": ranking is not a permutation of 0.." + std::to_string(d.d_in - 1) +
-                              " (entry " + std::to_string(p) + " = " + std::to_string(i) + ")");
-      rank_pos[i] = (int32_t)p;
-    }
+    const std::vector<int32_t> rank_pos = rank_positions(d);
     W->has_ranking = true;
     W->res.rank_pos = put<int32_t>(*W, held_, rank_pos.data(), d.d_in * 4, st_, "ranking");
     DDRT_CHECK(cudaStreamSynchronize(st_));

@@ -79,15 +79,15 @@ struct CompParams {
 int comp_splits(const DevLinear& W, int64_t kmax, int T);
 cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
                               const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
-
-// ---- elementwise, norm, rope, attention (ops.cu) ---------------------------------------------
-cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st);
 // The same in two parts: select + gather (reads x, writes sel and partial; may run on a side
 // stream beside the base GEMV) and reduce (y += rscale * sum of partial; after both).
 cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
                                       const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
 cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
                                const float* partial, cudaStream_t st);
+
+// ---- elementwise, norm, rope, attention (ops.cu) ---------------------------------------------
+cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st);
 // pos_dev (may be null): read pos0 from device memory instead (decode graphs).
 cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
                         cudaStream_t st, const int64_t* pos_dev = nullptr);

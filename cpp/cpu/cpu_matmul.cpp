@@ -351,12 +351,7 @@ void matmul(const CpuLinear& W, float* y, const float* x, int T, const DecdecCal
 }
 
 std::unique_ptr<CpuLinear> load_linear(const LinearDesc& d) {
-  const std::string what = "linear '" + d.name + "'";
-  if (!is_matrix_type(d.type))
-    throw InvalidArgument(what + ": tensor type " + std::to_string((uint32_t)d.type) + " is not a matrix type");
-  if (d.d_out <= 0 || d.d_in <= 0)
-    throw InvalidArgument(what + ": shape [" + std::to_string(d.d_out) + ", " + std::to_string(d.d_in) + "] is empty");
-  if (!d.data) throw InvalidArgument(what + ": no weight data");
+  check_linear_desc(d);
   auto W = std::make_unique<CpuLinear>();
   W->desc = d;
   W->d_out = d.d_out;
@@ -379,23 +374,13 @@ std::unique_ptr<CpuLinear> load_linear(const LinearDesc& d) {
     for (size_t i = 0; i < W->lut.size(); ++i) W->lut[i] = f16_to_f32(rd16(tables + 2 * i));
   }
   if (d.residual) {
-    if (!d.residual_scale) throw InvalidArgument(what + ": a residual without residual_scale");
     W->has_residual = true;
     W->rscale.resize(d.d_out);
     for (int64_t o = 0; o < d.d_out; ++o) W->rscale[o] = f16_to_f32(rd16((const uint8_t*)(d.residual_scale + o)));
   }
   W->has_thresholds = d.thresholds != nullptr;
-  if (d.ranking) {
-    W->rank_pos.assign(d.d_in, -1);
-    for (int64_t p = 0; p < d.d_in; ++p) {
-      const int32_t i = d.ranking[p];
-      if (i < 0 || i >= d.d_in || W->rank_pos[i] >= 0)
-        throw InvalidArgument(what + ": ranking is not a permutation of 0.." + std::to_string(d.d_in - 1) +
-                              " (entry " + std::to_string(p) + " = " + std::to_string(i) + ")");
-      W->rank_pos[i] = (int32_t)p;
-    }
-    W->has_ranking = true;
-  }
+  W->rank_pos = rank_positions(d);
+  W->has_ranking = !W->rank_pos.empty();
   return W;
 }
 
