@@ -144,8 +144,11 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, hi));
     DDRT_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
     DDRT_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
-    const char* serial = std::getenv("DDRT_DECDEC_SERIAL");
-    comp_parallel_ = !(serial && serial[0] == '1');
+    // Measured on the H100 (BENCHMARKS.md): the side stream is slower than one stream while the
+    // base GEMV fills the GPU (llama3-8b 3-bit, approx k_chunk 8: 94 vs 118 tok/s), so one
+    // stream is the default; DDRT_DECDEC_PARALLEL=1 selects the side stream.
+    const char* par = std::getenv("DDRT_DECDEC_PARALLEL");
+    comp_parallel_ = par && par[0] == '1';
     h_slots_ = PinnedMem(kSlotBytes, "decode step slots");
   }
   ~CudaBackend() override {
@@ -334,7 +337,7 @@ class CudaBackend : public Backend {
   DevMem comp_scratch_;
   cudaStream_t side_ = nullptr;       // DecDEC select + gather beside the base GEMV
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
-  bool comp_parallel_ = true;         // env DDRT_DECDEC_SERIAL=1: everything on one stream
+  bool comp_parallel_ = false;        // env DDRT_DECDEC_PARALLEL=1: select + gather on side_
   bool step_ = false, capturing_ = false;
   cudaGraphExec_t exec_ = nullptr;
 };

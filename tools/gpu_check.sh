@@ -26,8 +26,8 @@ if [ "${1:-}" != "quick" ]; then
     echo "== decdec-rt bench $args"
     python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
   done
-  echo "== DDRT_DECDEC_SERIAL=1 decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8"
-  DDRT_DECDEC_SERIAL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
+  echo "== DDRT_DECDEC_PARALLEL=1 decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8"
+  DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
     | tee -a "$OUT/bench_e2e.log"
 fi
 echo "== summary: ctest rc=$CT pytest rc=$PT"
