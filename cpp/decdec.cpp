@@ -114,6 +114,10 @@ int64_t select_channels(const DecdecCall& call, int64_t pos, const float* x, int
   return n;
 }
 
+void reference_approx_floors(const float* thresholds, int64_t d_in, int64_t k, float* floors) {
+  approx_floors(thresholds, d_in, k, floors);
+}
+
 const char* mode_name(DecdecMode m) {
   switch (m) {
     case DecdecMode::Off: return "off";

@@ -92,6 +92,10 @@ struct DecdecCall {
   int64_t pos0 = 0;
 };
 
+// approx_floors as the reference computes them (decdec.cpp is compiled without FMA
+// contraction, so every backend that computes floors on the host gets the same bits).
+void reference_approx_floors(const float* thresholds, int64_t d_in, int64_t k, float* floors);
+
 // Reference selection (host). Writes the selected channel indices of x (length d_in) to `out`
 // (capacity total_k(k_chunk, d_in)), ascending, and returns how many. `thresholds` is needed
 // for approx, `rank_pos` (rank_pos[i] = position of channel i in the static ranking) for static.

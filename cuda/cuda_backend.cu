@@ -504,7 +504,9 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   p.kmax = total_k(call.k_chunk, W.d_in);
   p.k_full = chunk_k(call.k_chunk, kChunk);
   if (p.kmax == 0) return job;
-  if (call.mode == DecdecMode::Approx) gpu::host_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
+  // the floors travel by value to the kernel, computed on the host as the CPU reference does
+  // (nvcc would contract a - (a-b)*c into an FMA and move a bucket edge by one ulp)
+  if (call.mode == DecdecMode::Approx) reference_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
   const int n_split = gpu::comp_splits(W.dev, p.kmax, T);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
   const size_t part_bytes = (size_t)T * n_split * W.d_out * 4;

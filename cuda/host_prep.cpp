@@ -1,14 +1,5 @@
-// decdec_rt CUDA backend, host side: repacking file layouts into the GPU layouts (packed.cuh)
-// and the DecDEC approx bucket floors. Plain C++ (no CUDA headers needed).
-//
-// The floors are computed here, on the host, with FMA contraction off, exactly as the CPU
-// reference computes them (decdec.cpp), and passed to the select kernel by value: nvcc would
-// otherwise contract a - (a-b)*c into an FMA and move a bucket edge by one ulp.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("fp-contract=off")
-#elif defined(__clang__)
-#pragma clang fp contract(off)
-#endif
+// decdec_rt CUDA backend, host side: repacking file layouts into the GPU layouts (packed.cuh).
+// Plain C++ (no CUDA headers needed).
 
 #include "host_prep.h"
 
@@ -16,10 +7,6 @@
 
 namespace ddrt {
 namespace gpu {
-
-void host_approx_floors(const float* thresholds, int64_t d_in, int64_t k, float* floors) {
-  approx_floors(thresholds, d_in, k, floors);
-}
 
 void repack_codes(const uint8_t* file_codes, int64_t d_out, int64_t d_in, int bits, uint32_t* out) {
   const int64_t rv = row_vecs(d_in, bits), steps = rv / step_vecs(bits);

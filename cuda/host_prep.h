@@ -1,5 +1,4 @@
-// decdec_rt CUDA backend, host side: repacking into the GPU layouts and DecDEC floors
-// (host_prep.cpp). Layout definitions: packed.cuh.
+// decdec_rt CUDA backend, host side: repacking into the GPU layouts (host_prep.cpp). Layout definitions: packed.cuh.
 #pragma once
 
 #include <cstdint>
@@ -11,8 +10,6 @@
 namespace ddrt {
 namespace gpu {
 
-// approx_floors (decdec.h) computed as the CPU reference does (no FMA contraction).
-void host_approx_floors(const float* thresholds, int64_t d_in, int64_t k, float* floors);
 // File codes [d_out][row_code_bytes] -> GPU codes [d_out][row_vecs(d_in, bits) * 4] words.
 void repack_codes(const uint8_t* file_codes, int64_t d_out, int64_t d_in, int bits, uint32_t* out);
 // (scale, min) fp16 pairs [rows][n_groups] -> one word each, [rows][stride] (stride =
