@@ -82,6 +82,17 @@ ddrt::ResidualPlacement parse_placement(const std::string& s) {
   throw ddrt::InvalidArgument("residual placement must be \"host\" or \"device\", got '" + s + "'");
 }
 
+ddrt::EngineOptions engine_options(const std::string& device, int max_seq_len, const std::string& residual,
+                                   int max_batch, bool graphs) {
+  ddrt::EngineOptions o;
+  o.device = device;
+  o.max_seq_len = max_seq_len;
+  o.residual = parse_placement(residual);
+  o.max_batch = max_batch;
+  o.graphs = graphs;
+  return o;
+}
+
 nb::ndarray<nb::numpy, float> to_numpy(std::vector<float>&& v, std::initializer_list<size_t> shape) {
   auto* heap = new std::vector<float>(std::move(v));
   nb::capsule owner(heap, [](void* p) noexcept { delete (std::vector<float>*)p; });
@@ -108,14 +119,9 @@ NB_MODULE(_core, m) {
           "__init__",
           [](ddrt::Engine* self, const std::string& path, const std::string& device, int max_seq_len,
              const std::string& residual, bool verify_checksums, int n_threads, int max_batch, bool graphs) {
-            ddrt::EngineOptions o;
-            o.device = device;
-            o.max_seq_len = max_seq_len;
-            o.residual = parse_placement(residual);
+            ddrt::EngineOptions o = engine_options(device, max_seq_len, residual, max_batch, graphs);
             o.verify_checksums = verify_checksums;
             o.n_threads = n_threads;
-            o.max_batch = max_batch;
-            o.graphs = graphs;
             nb::gil_scoped_release release;
             new (self) ddrt::Engine(path, o);
           },
@@ -132,12 +138,7 @@ NB_MODULE(_core, m) {
             spec.residual = with_residual;
             spec.seed = seed;
             spec.n_layers = n_layers;
-            ddrt::EngineOptions o;
-            o.device = device;
-            o.max_seq_len = max_seq_len;
-            o.residual = parse_placement(residual);
-            o.max_batch = max_batch;
-            o.graphs = graphs;
+            const ddrt::EngineOptions o = engine_options(device, max_seq_len, residual, max_batch, graphs);
             nb::gil_scoped_release release;
             auto src = std::make_unique<ddrt::SynthModel>(spec);
             const ddrt::Config cfg = src->config();
