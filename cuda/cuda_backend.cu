@@ -139,6 +139,8 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaGetDeviceProperties(&prop_, dev_));
     DDRT_CHECK(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
     slots_ = DevMem(kSlotBytes, nullptr, "decode step slots");
+    argmax_scratch_ = DevMem(gpu::kArgmaxScratch, nullptr, "argmax scratch");
+    DDRT_CHECK(cudaMemsetAsync(argmax_scratch_.get(), 0, gpu::kArgmaxScratch, st_));
     int lo = 0, hi = 0;  // the side stream gets the higher priority: it is latency-bound
     DDRT_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
     DDRT_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, hi));
@@ -238,7 +240,7 @@ class CudaBackend : public Backend {
   }
   void argmax(const float* x, int n, int32_t* out) override {
     use();
-    DDRT_CHECK(gpu::launch_argmax(x, n, out, st_));
+    DDRT_CHECK(gpu::launch_argmax(x, n, out, argmax_scratch_.get(), st_));
   }
 
   // ---- decode steps as CUDA graphs ----
@@ -335,6 +337,7 @@ class CudaBackend : public Backend {
   DevMem slots_;
   PinnedMem h_slots_;
   DevMem comp_scratch_;
+  DevMem argmax_scratch_;  // partials + the counter of the one-launch argmax
   cudaStream_t side_ = nullptr;       // DecDEC select + gather beside the base GEMV
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
   bool comp_parallel_ = false;        // env DDRT_DECDEC_PARALLEL=1: select + gather on side_

@@ -64,8 +64,12 @@ void gemm_force_simple(bool on);
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
 cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,
                          const int32_t* id_dev = nullptr);
-// out[0] = argmax of x[0..n) (lowest index on ties; NaN never wins).
-cudaError_t launch_argmax(const float* x, int n, int32_t* out, cudaStream_t st);
+// out[0] = argmax of x[0..n) (lowest index on ties; NaN never wins). scratch: kArgmaxScratch
+// bytes of device memory, zeroed once before the first launch (it holds a counter that every
+// launch leaves at 0).
+constexpr int kArgmaxBlocks = 264;
+constexpr size_t kArgmaxScratch = kArgmaxBlocks * 8 + 16;
+cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cudaStream_t st);
 
 // ---- DecDEC compensation (decdec.cu) ---------------------------------------------------------
 struct CompParams {

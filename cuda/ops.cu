@@ -1,5 +1,7 @@
 // decdec_rt CUDA backend: rmsnorm, rope, swiglu, add and attention. Each follows the CPU
 // reference's formula (cpp/cpu/cpu_backend.cpp) in fp32 with IEEE functions (no fast math).
+#include <algorithm>
+
 #include "kernels.cuh"
 
 namespace ddrt {
@@ -31,6 +33,30 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d
   ss = block_sum(ss, red);
   const float r = 1.0f / sqrtf(ss / (float)dim + eps);
   for (int i = threadIdx.x; i < dim; i += blockDim.x) ot[i] = xt[i] * r * w[i];
+}
+
+// The same for rows of whole float4s (dim % 4 == 0, 16-byte aligned rows): one load per thread
+// in flight per pass instead of a chain of scalar loads (decode: one row, latency-bound).
+__global__ void rmsnorm4_kernel(float* out, const float* x, const float* w, int dim, float eps) {
+  __shared__ float red[32];
+  const int n4 = dim / 4;
+  const float4* xt = reinterpret_cast<const float4*>(x + (int64_t)blockIdx.x * dim);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4* ot = reinterpret_cast<float4*>(out + (int64_t)blockIdx.x * dim);
+  float ss = 0;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 a = xt[i];
+    ss = fmaf(a.x, a.x, ss);
+    ss = fmaf(a.y, a.y, ss);
+    ss = fmaf(a.z, a.z, ss);
+    ss = fmaf(a.w, a.w, ss);
+  }
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 a = xt[i], b = w4[i];
+    ot[i] = make_float4(a.x * r * b.x, a.y * r * b.y, a.z * r * b.z, a.w * r * b.w);
+  }
 }
 
 // angle = (float)(pos0 + t) * inv_freq[i] in fp32, its sine/cosine as the CPU: in double.
@@ -176,26 +202,58 @@ __global__ void kv_store_kernel(float* K, float* V, const float* k, const float*
   }
 }
 
-// One block: argmax with the lowest index on ties; NaN never wins (compares false).
-__global__ void argmax_kernel(const float* x, int n, int32_t* out) {
+// (v, i) pairs: the larger value wins, the lower index on ties; idx == n means "none" (NaN or
+// nothing seen) and loses to everything.
+__device__ __forceinline__ void argmax_merge(float& v, int& idx, float ov, int oi, int n) {
+  if (oi == n) return;
+  if (idx == n || ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+}
+
+__device__ void block_argmax(float& v, int& idx, int n) {
   __shared__ float bv[32];
   __shared__ int bi[32];
-  float v = -INFINITY;
-  int idx = n;  // "none yet"
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
-    if (x[i] > v || (idx == n && !isnan(x[i]))) { v = x[i]; idx = i; }
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, v, o);
     const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+    argmax_merge(v, idx, ov, oi, n);
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) { bv[warp] = v; bi[warp] = idx; }
   __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) argmax_merge(v, idx, bv[w], bi[w], n);
+}
+
+// Argmax over many blocks in one launch: each block reduces its slice to (v, i) in part_v/part_i,
+// and the last block to finish (a device counter, reset by that block for the next launch or
+// graph replay) reduces the partials. NaN never wins; lowest index on ties.
+__global__ void argmax_kernel(const float* x, int n, int32_t* out, float* part_v, int* part_i,
+                              unsigned* counter) {
+  float v = -INFINITY;
+  int idx = n;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const float xi = x[i];
+    if (!isnan(xi) && (idx == n || xi > v)) { v = xi; idx = i; }
+  }
+  block_argmax(v, idx, n);
+  __shared__ bool last;
   if (threadIdx.x == 0) {
-    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-      if (bv[w] > v || (bv[w] == v && bi[w] < idx)) { v = bv[w]; idx = bi[w]; }
+    part_v[blockIdx.x] = v;
+    part_i[blockIdx.x] = idx;
+    __threadfence();
+    last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  v = -INFINITY;
+  idx = n;
+  for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x)
+    argmax_merge(v, idx, ((volatile float*)part_v)[b], ((volatile int*)part_i)[b], n);
+  block_argmax(v, idx, n);
+  if (threadIdx.x == 0) {
     out[0] = idx < n ? idx : 0;
+    *counter = 0;
   }
 }
 
@@ -208,15 +266,23 @@ cudaError_t launch_kv_store(float* K, float* V, const float* k, const float* v, 
   return cudaGetLastError();
 }
 
-cudaError_t launch_argmax(const float* x, int n, int32_t* out, cudaStream_t st) {
+cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cudaStream_t st) {
   if (n <= 0) return cudaErrorInvalidValue;
-  argmax_kernel<<<1, 1024, 0, st>>>(x, n, out);
+  const int blocks = (int)std::min<int64_t>(kArgmaxBlocks, ((int64_t)n + 1023) / 1024);
+  float* pv = static_cast<float*>(scratch);
+  int* pi = reinterpret_cast<int*>(pv + kArgmaxBlocks);
+  unsigned* counter = reinterpret_cast<unsigned*>(pi + kArgmaxBlocks);
+  argmax_kernel<<<blocks, 1024, 0, st>>>(x, n, out, pv, pi, counter);
   return cudaGetLastError();
 }
 
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st) {
   if (T <= 0) return cudaSuccess;
-  rmsnorm_kernel<<<T, kThreads, 0, st>>>(out, x, w, dim, eps);
+  const bool vec = dim % 4 == 0 && (((uintptr_t)out | (uintptr_t)x | (uintptr_t)w) & 15) == 0;
+  if (vec)
+    rmsnorm4_kernel<<<T, dim >= 4096 ? 1024 : 256, 0, st>>>(out, x, w, dim, eps);
+  else
+    rmsnorm_kernel<<<T, kThreads, 0, st>>>(out, x, w, dim, eps);
   return cudaGetLastError();
 }
 
@@ -241,10 +307,11 @@ cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st) {
 }
 
 int attn_splits(const AttnShape& s) {
-  const int64_t by_grid = (528 + (int64_t)s.T * s.n_heads - 1) / ((int64_t)s.T * s.n_heads);  // ~4 blocks/SM
+  // ~16 blocks per SM: short position ranges keep each warp's chain of dependent steps short
+  const int64_t by_grid = (2112 + (int64_t)s.T * s.n_heads - 1) / ((int64_t)s.T * s.n_heads);
   if (s.pos_dev) return (int)(by_grid < 1 ? 1 : by_grid);  // position unknown on the host
   const int64_t n = s.pos0 + s.T;
-  const int64_t by_len = (n + 63) / 64;                                        // >= 64 positions each
+  const int64_t by_len = (n + 7) / 8;                                          // >= 8 positions each
   const int64_t k = by_len < by_grid ? by_len : by_grid;
   return (int)(k < 1 ? 1 : k);
 }

@@ -327,6 +327,52 @@ void test_elementwise(Backend& cpu, Backend& gpu) {
   }
 }
 
+// rmsnorm on both code paths (float4 rows and scalar rows) at decode and prefill shapes.
+void test_rmsnorm_shapes(Backend& cpu, Backend& gpu) {
+  for (int dim : {4096, 1001, 576}) {
+    for (int T : {1, 3}) {
+      const auto x = randn((size_t)T * dim), w = randn(dim);
+      Buf bx(gpu, x.size()), bw(gpu, dim), bo(gpu, x.size());
+      bx.put(x);
+      bw.put(w);
+      std::vector<float> oc(x.size());
+      cpu.rmsnorm(oc.data(), x.data(), w.data(), T, dim, 1e-5f);
+      bo.poison();
+      gpu.rmsnorm(bo.f(), bx.f(), bw.f(), T, dim, 1e-5f);
+      const auto o = bo.get();
+      report("rmsnorm dim=" + std::to_string(dim) + " T=" + std::to_string(T), nmse(o.data(), oc.data(), oc.size()),
+             1e-10);
+    }
+  }
+}
+
+// argmax (the greedy token of a decode graph): ties go to the lowest index, NaN never wins, and
+// the one-launch reduction's counter is left ready for the next launch.
+void test_argmax(Backend& cpu, Backend& gpu) {
+  std::mt19937 rng(17);
+  for (int n : {1, 1000, 128256, 300001}) {
+    for (int rep = 0; rep < 3; ++rep) {
+      auto x = randn(n);
+      if (n > 10 && rep == 1) {  // a tie: the same maximum at two places
+        const int a = (int)(rng() % n), b = (int)(rng() % n);
+        x[a] = x[b] = 100.0f;
+      }
+      if (n > 10 && rep == 2) {
+        for (int k = 0; k < 50; ++k) x[rng() % n] = NAN;
+        x[rng() % n] = INFINITY;
+      }
+      Buf bx(gpu, x.size()), bo(gpu, 1);
+      bx.put(x);
+      int32_t want = 0, got = -1;
+      cpu.argmax(x.data(), n, &want);
+      gpu.argmax(bx.f(), n, reinterpret_cast<int32_t*>(bo.f()));
+      gpu.download(&got, bo.f(), sizeof(int32_t));
+      CHECK_MSG(got == want, "argmax n=" + std::to_string(n) + " rep=" + std::to_string(rep) + ": gpu " +
+                                 std::to_string(got) + " cpu " + std::to_string(want));
+    }
+  }
+}
+
 void test_attention(Backend& cpu, Backend& gpu) {
   struct Cfg { int n_heads, n_kv, hd, max_seq; std::vector<int> steps; };
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}}};
@@ -557,6 +603,8 @@ int main(int argc, char** argv) {
     std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_misc(*gpu);
     test_elementwise(*cpu, *gpu);
+    test_rmsnorm_shapes(*cpu, *gpu);
+    test_argmax(*cpu, *gpu);
     test_embed(*cpu, *gpu);
     test_attention(*cpu, *gpu);
     test_matmul(*cpu, *gpu);
