@@ -93,6 +93,19 @@ class Backend {
   virtual void swiglu(float* out, const float* gate, const float* up, size_t n) = 0;
   // x += y, elementwise over n values.
   virtual void add(float* x, const float* y, size_t n) = 0;
+  // Fused pairs a backend may run as one launch (decode is launch-bound); the defaults are
+  // the two ops in sequence, the reference meaning.
+  // x += y, then out = rmsnorm(x) * w        (x, y, out: [T, dim])
+  virtual void add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps) {
+    add(x, y, (size_t)T * dim);
+    rmsnorm(out, x, w, T, dim, eps);
+  }
+  // rope of q ([T, n_heads * head_dim]) and k ([T, n_kv_heads * head_dim]) at the same positions
+  virtual void rope_qk(float* q, float* k, int T, int n_heads, int n_kv_heads, int head_dim, int64_t pos0,
+                       const float* inv_freq) {
+    rope(q, T, n_heads, head_dim, pos0, inv_freq);
+    rope(k, T, n_kv_heads, head_dim, pos0, inv_freq);
+  }
   // out[0] = argmax of x[0..n) (backend memory; lowest index on ties, NaN never wins).
   virtual void argmax(const float* x, int n, int32_t* out) = 0;
 

@@ -395,26 +395,27 @@ void Engine::run_chunk(const int32_t* ids, int T, float* logits, bool all_logits
 void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
   const Config& c = cfg_;
   const size_t dim = c.dim;
-  be_->embed(*embd_, x_, ids, T);  // x [T, dim]
+  be_->embed(*embd_, x_, ids, T);                                      // x [T, dim]
+  be_->rmsnorm(xb_, x_, layers_[0]->attn_norm, T, c.dim, c.norm_eps);   // xb [T, dim]
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = *layers_[l];
-    // attention block
-    be_->rmsnorm(xb_, x_, L.attn_norm, T, c.dim, c.norm_eps);  // xb [T, dim]
+    // attention block (xb = attn_norm(x) on entry)
     linear(*L.w[0], l, 0, q_, xb_, T, pos0);                    // q [T, n_heads*hd]
     linear(*L.w[1], l, 1, k_, xb_, T, pos0);                    // k [T, n_kv*hd]
     linear(*L.w[2], l, 2, v_, xb_, T, pos0);                    // v [T, n_kv*hd]
-    be_->rope(q_, T, c.n_heads, c.head_dim, pos0, inv_freq_);
-    be_->rope(k_, T, c.n_kv_heads, c.head_dim, pos0, inv_freq_);
+    be_->rope_qk(q_, k_, T, c.n_heads, c.n_kv_heads, c.head_dim, pos0, inv_freq_);
     be_->attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0);  // att [T, n_heads*hd]
     linear(*L.w[3], l, 3, hb_, att_, T, pos0);                  // hb [T, dim]
-    be_->add(x_, hb_, T * dim);                                 // x += attn
+    be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
     // feed-forward block
-    be_->rmsnorm(xb_, x_, L.ffn_norm, T, c.dim, c.norm_eps);    // xb [T, dim]
     linear(*L.w[4], l, 4, gate_, xb_, T, pos0);                 // gate [T, hidden]
     linear(*L.w[5], l, 5, up_, xb_, T, pos0);                   // up [T, hidden]
     be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);   // gate = silu(gate) * up
     linear(*L.w[6], l, 6, hb_, gate_, T, pos0);                 // hb [T, dim]
-    be_->add(x_, hb_, T * dim);                                 // x += ffn
+    if (l + 1 < c.n_layers)                                     // x += ffn; xb = next attn_norm(x)
+      be_->add_rmsnorm(xb_, x_, hb_, layers_[l + 1]->attn_norm, T, c.dim, c.norm_eps);
+    else
+      be_->add(x_, hb_, T * dim);                               // x += ffn (the head norms it)
   }
 }
 

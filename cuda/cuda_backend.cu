@@ -230,6 +230,16 @@ class CudaBackend : public Backend {
   }
   void attention(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
                  int n_heads, int64_t pos0) override;
+  void add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps) override {
+    use();
+    DDRT_CHECK(gpu::launch_add_rmsnorm(out, x, y, w, T, dim, eps, st_));
+  }
+  void rope_qk(float* q, float* k, int T, int n_heads, int n_kv_heads, int head_dim, int64_t pos0,
+               const float* inv_freq) override {
+    use();
+    DDRT_CHECK(gpu::launch_rope_qk(q, k, T, n_heads, n_kv_heads, head_dim, pos0, inv_freq, st_,
+                                   step_ ? step_pos() : nullptr));
+  }
   void swiglu(float* out, const float* gate, const float* up, size_t n) override {
     use();
     DDRT_CHECK(gpu::launch_swiglu(out, gate, up, n, st_));

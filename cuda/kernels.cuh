@@ -95,6 +95,12 @@ cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, in
 // pos_dev (may be null): read pos0 from device memory instead (decode graphs).
 cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
                         cudaStream_t st, const int64_t* pos_dev = nullptr);
+// x += y, then out = rmsnorm(x) * w (one launch when rows are float4-aligned).
+cudaError_t launch_add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps,
+                               cudaStream_t st);
+// rope of q and k in one launch (pos_dev as launch_rope).
+cudaError_t launch_rope_qk(float* q, float* k, int T, int n_q, int n_k, int head_dim, int64_t pos0,
+                           const float* inv_freq, cudaStream_t st, const int64_t* pos_dev = nullptr);
 cudaError_t launch_swiglu(float* out, const float* gate, const float* up, size_t n, cudaStream_t st);
 cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st);
 // KV cache layout: [n_layers][max_seq][n_kv_heads][head_dim] fp32 (as the CPU backend).

@@ -78,6 +78,52 @@ __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t 
   }
 }
 
+// x += y, then out = rmsnorm(x) * w, one block per row of float4s (see rmsnorm4_kernel).
+__global__ void add_rmsnorm4_kernel(float* out, float* x, const float* y, const float* w, int dim, float eps) {
+  __shared__ float red[32];
+  const int n4 = dim / 4;
+  float4* xt = reinterpret_cast<float4*>(x + (int64_t)blockIdx.x * dim);
+  const float4* yt = reinterpret_cast<const float4*>(y + (int64_t)blockIdx.x * dim);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4* ot = reinterpret_cast<float4*>(out + (int64_t)blockIdx.x * dim);
+  float ss = 0;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    float4 a = xt[i];
+    const float4 b = yt[i];
+    a = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+    xt[i] = a;
+    ss = fmaf(a.x, a.x, ss);
+    ss = fmaf(a.y, a.y, ss);
+    ss = fmaf(a.z, a.z, ss);
+    ss = fmaf(a.w, a.w, ss);
+  }
+  ss = block_sum(ss, red);  // its barrier also orders the stores to x before the reads below
+  const float r = 1.0f / sqrtf(ss / (float)dim + eps);
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 a = xt[i], b = w4[i];
+    ot[i] = make_float4(a.x * r * b.x, a.y * r * b.y, a.z * r * b.z, a.w * r * b.w);
+  }
+}
+
+// rope of q ([T][n_q heads]) and k ([T][n_k heads]) in one launch, as rope_kernel.
+__global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int head_dim, int64_t pos0,
+                               const float* inv_freq, const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
+  const int half = head_dim / 2, nh = n_q + n_k;
+  const int64_t n = (int64_t)T * nh * half;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    const int i = (int)(e % half);
+    const int64_t th = e / half;  // t * nh + h
+    const int t = (int)(th / nh), h = (int)(th % nh);
+    float* xh = h < n_q ? q + ((int64_t)t * n_q + h) * head_dim : k + ((int64_t)t * n_k + (h - n_q)) * head_dim;
+    const float angle = (float)(pos0 + t) * inv_freq[i];
+    const float c = (float)cos((double)angle), s = (float)sin((double)angle);
+    const float a = xh[i], b = xh[i + half];
+    xh[i] = a * c - b * s;
+    xh[i + half] = a * s + b * c;
+  }
+}
+
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, size_t n) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
@@ -291,6 +337,26 @@ cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0
   const size_t n = (size_t)T * n_heads * (head_dim / 2);
   if (n == 0) return cudaSuccess;
   rope_kernel<<<grid_for(n), kThreads, 0, st>>>(x, T, n_heads, head_dim, pos0, inv_freq, pos_dev);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps,
+                               cudaStream_t st) {
+  if (T <= 0) return cudaSuccess;
+  const bool vec = dim % 4 == 0 && (((uintptr_t)out | (uintptr_t)x | (uintptr_t)y | (uintptr_t)w) & 15) == 0;
+  if (!vec) {
+    const cudaError_t e = launch_add(x, y, (size_t)T * dim, st);
+    return e != cudaSuccess ? e : launch_rmsnorm(out, x, w, T, dim, eps, st);
+  }
+  add_rmsnorm4_kernel<<<T, dim >= 4096 ? 1024 : 256, 0, st>>>(out, x, y, w, dim, eps);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_rope_qk(float* q, float* k, int T, int n_q, int n_k, int head_dim, int64_t pos0,
+                           const float* inv_freq, cudaStream_t st, const int64_t* pos_dev) {
+  const size_t n = (size_t)T * (n_q + n_k) * (head_dim / 2);
+  if (n == 0) return cudaSuccess;
+  rope_qk_kernel<<<grid_for(n), kThreads, 0, st>>>(q, k, T, n_q, n_k, head_dim, pos0, inv_freq, pos_dev);
   return cudaGetLastError();
 }
 

@@ -342,7 +342,33 @@ void test_rmsnorm_shapes(Backend& cpu, Backend& gpu) {
       const auto o = bo.get();
       report("rmsnorm dim=" + std::to_string(dim) + " T=" + std::to_string(T), nmse(o.data(), oc.data(), oc.size()),
              1e-10);
+      // the fused residual add + norm: both outputs (x and the normed rows)
+      const auto y = randn(x.size());
+      Buf by(gpu, y.size());
+      by.put(y);
+      std::vector<float> xc = x;
+      cpu.add_rmsnorm(oc.data(), xc.data(), y.data(), w.data(), T, dim, 1e-5f);
+      bo.poison();
+      gpu.add_rmsnorm(bo.f(), bx.f(), by.f(), bw.f(), T, dim, 1e-5f);
+      const auto o2 = bo.get(), x2 = bx.get();
+      report("add_rmsnorm dim=" + std::to_string(dim) + " T=" + std::to_string(T),
+             std::max(nmse(o2.data(), oc.data(), oc.size()), nmse(x2.data(), xc.data(), xc.size())), 1e-10);
     }
+  }
+  for (int64_t pos0 : {0, 77}) {  // rope of q and k in one launch
+    const int T = 3, nq = 9, nk = 3, hd = 64;
+    auto q = randn((size_t)T * nq * hd), k = randn((size_t)T * nk * hd);
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(100000.0f, -2.0f * i / hd);
+    Buf bq(gpu, q.size()), bk(gpu, k.size()), bi(gpu, inv.size());
+    bq.put(q);
+    bk.put(k);
+    bi.put(inv);
+    cpu.rope_qk(q.data(), k.data(), T, nq, nk, hd, pos0, inv.data());
+    gpu.rope_qk(bq.f(), bk.f(), T, nq, nk, hd, pos0, bi.f());
+    const auto gq = bq.get(), gk = bk.get();
+    report("rope_qk pos0=" + std::to_string(pos0),
+           std::max(nmse(gq.data(), q.data(), q.size()), nmse(gk.data(), k.data(), k.size())), 1e-10);
   }
 }
 
