@@ -200,7 +200,131 @@ __global__ void reduce_kernel(const float* rscale, int64_t d_out, int n_split, c
   }
 }
 
+// ---- one launch for approx mode: select + gather + accumulate --------------------------------
+// grid (ceil(d_out / kSlice), T), kFusedThreads threads. Every block first selects the channels
+// of its token's x itself (each warp one 1024-chunk at a time: the bucket histogram, then the
+// boundary bucket's members in index order by ballots), writing sel[c * k_full ...] in shared
+// memory exactly as approx_select_kernel does; then it fetches, for its slice of kSlice outputs,
+// kSlice/2 bytes of every selected residual row (8 threads x 16 bytes per row, 32 rows at a
+// time, 4 loads in flight per thread), reduces the 32 row lanes in shared memory in a fixed
+// order and adds rscale * sum into y. One block owns each output and the launch follows the base
+// GEMV on the same stream, so the read-modify-write of y is race-free.
+constexpr int kFusedThreads = 256;
+constexpr int kSlice = 256;                 // outputs per block
+constexpr int kRowLanes = kFusedThreads / 8;  // rows fetched at once
+constexpr int kRedPitch = kSlice + 8;
+
+__device__ void warp_approx_chunk(const CompParams& p, const float* x, int64_t c0, int len, int32_t* out,
+                                  int* hist) {
+  const int lane = threadIdx.x & 31;
+  const int kc = chunk_k(p.call.k_chunk, len);
+  hist[lane] = 0;
+  __syncwarp();
+  int b[32];
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int i = 32 * j + lane;
+    b[j] = i < len ? approx_bucket(p.floors, fabsf(x[c0 + i])) : kBuckets;
+    if (b[j] < kBuckets) atomicAdd(&hist[b[j]], 1);
+  }
+  __syncwarp();
+  int full = 0, taken = 0;
+  while (full < kBuckets && taken + hist[full] <= kc) taken += hist[full++];
+  int rest = full < kBuckets ? kc - taken : 0;
+  // channels in index order: j-th group of 32 consecutive channels, lane within
+  int n = 0;
+  const unsigned below = (1u << lane) - 1;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const unsigned bnd = __ballot_sync(0xffffffffu, b[j] == full && full < kBuckets);
+    const int rank = __popc(bnd & below);
+    const bool chosen = b[j] < full || ((bnd >> lane) & 1u && rank < rest);
+    rest -= min(__popc(bnd), rest);
+    const unsigned ch = __ballot_sync(0xffffffffu, chosen);
+    if (chosen) out[n + __popc(ch & below)] = (int32_t)(c0 + 32 * j + lane);
+    n += __popc(ch);
+  }
+  for (int i = n + lane; i < kc; i += 32) out[i] = -1;
+  __syncwarp();
+}
+
+__global__ void __launch_bounds__(kFusedThreads)
+comp_approx_fused_kernel(CompParams p, DevResidual R, int64_t d_out, int64_t d_in, const float* x, float* y) {
+  extern __shared__ float fsm[];
+  float* red = fsm;                                                    // [kRowLanes][kRedPitch]
+  int* hist = reinterpret_cast<int*>(red + kRowLanes * kRedPitch);    // [warps][32]
+  int32_t* sel = hist + (kFusedThreads / 32) * 32;                    // [kmax]
+  const int t = blockIdx.y, warp = threadIdx.x >> 5;
+  const float* xt = x + (int64_t)t * d_in;
+  const int64_t n_chunks = (d_in + kChunk - 1) / kChunk;
+  for (int64_t c = warp; c < n_chunks; c += kFusedThreads / 32) {
+    const int64_t c0 = c * kChunk;
+    warp_approx_chunk(p, xt, c0, (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk), sel + c * p.k_full,
+                      hist + warp * 32);
+  }
+  __syncthreads();
+
+  const int rl = threadIdx.x / 8, l = threadIdx.x % 8;       // row lane, 16-byte lane
+  const int64_t o0 = (int64_t)blockIdx.x * kSlice + 32 * l;  // this thread's 32 outputs
+  const bool live = o0 < d_out;
+  const uint8_t* base = R.rows + o0 / 2;
+  float acc[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) acc[e] = 0;
+  for (int64_t s0 = rl; s0 < p.kmax; s0 += 4 * kRowLanes) {
+    int32_t j[4];
+    uint4 r[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int64_t s = s0 + (int64_t)u * kRowLanes;
+      j[u] = s < p.kmax ? sel[s] : -1;
+      if (j[u] >= 0 && live) r[u] = *reinterpret_cast<const uint4*>(base + (int64_t)j[u] * R.row_pitch);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if (j[u] < 0 || !live) continue;
+      const float xj = xt[j[u]];
+      const uint32_t w[4] = {r[u].x, r[u].y, r[u].z, r[u].w};
+#pragma unroll
+      for (int e = 0; e < 32; ++e) {
+        const uint32_t nib = (w[e / 8] >> (4 * (e % 8))) & 15u;
+        acc[e] = fmaf(__uint_as_float(nib | 0x4B000000u) - 8388616.0f, xj, acc[e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 32; ++e) red[rl * kRedPitch + e * 8 + l] = acc[e];
+  __syncthreads();
+  const int oi = threadIdx.x;  // output o0' + oi of the slice: (l, e) = (oi / 32, oi % 32)
+  const int64_t o = (int64_t)blockIdx.x * kSlice + oi;
+  if (o < d_out) {
+    const int idx = (oi % 32) * 8 + oi / 32;
+    float sum = 0;
+    for (int r2 = 0; r2 < kRowLanes; ++r2) sum += red[r2 * kRedPitch + idx];
+    y[(int64_t)t * d_out + o] += R.rscale[o] * sum;
+  }
+}
+
 }  // namespace
+
+size_t comp_fused_smem(int64_t kmax) {
+  return (size_t)kRowLanes * kRedPitch * 4 + (kFusedThreads / 32) * 32 * 4 + (size_t)kmax * 4;
+}
+
+cudaError_t launch_comp_approx_fused(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
+                                     const float* x, int T, cudaStream_t st) {
+  if (p.kmax <= 0 || T <= 0) return cudaSuccess;
+  if (p.call.mode != DecdecMode::Approx || p.kmax > kFusedMaxK) return cudaErrorInvalidValue;
+  const size_t smem = comp_fused_smem(p.kmax);
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(comp_approx_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+  }
+  const dim3 grid((unsigned)((W.d_out + kSlice - 1) / kSlice), T);
+  comp_approx_fused_kernel<<<grid, kFusedThreads, smem, st>>>(p, R, W.d_out, W.d_in, x, y);
+  return cudaGetLastError();
+}
 
 int comp_splits(const DevLinear& W, int64_t kmax, int T) {
   const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;
