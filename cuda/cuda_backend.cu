@@ -319,7 +319,6 @@ class CudaBackend : public Backend {
     const CudaLinear* W = nullptr;
     const float* x = nullptr;
     int T = 0;
-    bool fused = false;  // approx mode on one stream: one launch after the base GEMV
     int32_t* sel = nullptr;
     float* partial = nullptr;
     std::string what;
@@ -475,7 +474,7 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   // DecDEC: select + gather may run on the side stream while the base GEMV streams weights;
   // only the final reduce touches y, on the main stream after both (race-free by stream order).
   CompJob job = prepare_comp(W, x, T, call);
-  if (job.active && !job.fused && comp_parallel_) {
+  if (job.active && comp_parallel_) {
     DDRT_CHECK(cudaEventRecord(fork_, st_));
     DDRT_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
     launch_comp_gather(job, side_);
@@ -489,10 +488,6 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
     DDRT_CHECK(gpu::launch_gemm(g, y, x, T, scratch(gpu::gemm_scratch_bytes(g, T)), st_), what);
   }
   if (!job.active) return;
-  if (job.fused) {
-    DDRT_CHECK(gpu::launch_comp_approx_fused(W.dev, W.res, job.p, y, x, T, st_), job.what);
-    return;
-  }
   if (comp_parallel_) {
     DDRT_CHECK(cudaStreamWaitEvent(st_, join_, 0));
   } else {
@@ -525,15 +520,6 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   // the floors travel by value to the kernel, computed on the host as the CPU reference does
   // (nvcc would contract a - (a-b)*c into an FMA and move a bucket edge by one ulp)
   if (call.mode == DecdecMode::Approx) reference_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
-  if (call.mode == DecdecMode::Approx && !comp_parallel_ && p.kmax <= gpu::kFusedMaxK) {
-    job.active = job.fused = true;
-    job.p = p;
-    job.W = &W;
-    job.x = x;
-    job.T = T;
-    job.what = what;
-    return job;
-  }
   const int n_split = gpu::comp_splits(W.dev, p.kmax, T);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
   const size_t part_bytes = (size_t)T * n_split * W.d_out * 4;

@@ -87,11 +87,6 @@ cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const Co
 // stream beside the base GEMV) and reduce (y += rscale * sum of partial; after both).
 cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
                                       const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
-// approx mode in one launch (select + gather + y += rscale * sum), on the stream after the base
-// GEMV; for kmax <= kFusedMaxK (the selection lives in shared memory).
-constexpr int64_t kFusedMaxK = 8192;
-cudaError_t launch_comp_approx_fused(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
-                                     const float* x, int T, cudaStream_t st);
 cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
                                const float* partial, cudaStream_t st);
 
