@@ -256,3 +256,28 @@ def test_bench_on_a_synthetic_shape():
     assert r["bytes_per_token"] > r["weight_bytes_per_token"] > 0
     with pytest.raises(ValueError, match="unknown shape"):
         decdec_rt.bench("gpt5", device="cpu")
+
+
+def test_llama31_rope_scaling_matches_reference(tiny3, tmp_path):
+    """The engine's Llama-3.1 RoPE frequency scaling equals the numpy reference's."""
+    from decdec_rt.ddrt import DdrtWriter, read_ddrt
+    src = read_ddrt(tiny3)
+    w = DdrtWriter(alignment=src.alignment)
+    for k, v in src.metadata.items():
+        if k != "general.alignment":  # the writer sets it
+            w.add(k, v)
+    w.add("model.rope_scaling.type", "llama3")
+    w.add("model.rope_scaling.factor", 8.0)
+    w.add("model.rope_scaling.low_freq_factor", 1.0)
+    w.add("model.rope_scaling.high_freq_factor", 4.0)
+    w.add("model.rope_scaling.original_max_seq_len", 16)  # small, so the tiny head_dim is affected
+    for t in src.tensors:
+        w.add_tensor(t["name"], t["type"], t["shape"], src.data(t["name"]))
+    path = tmp_path / "scaled.ddrt"
+    w.write(path)
+    rt = decdec_rt.Runtime(path)
+    assert rt.config["rope_scaling"]["type"] == "llama3"
+    ids = random_ids(rt, 60)
+    got = rt.forward(ids)
+    assert rel_err(got, ReferenceModel(str(path)).forward(ids)) <= 1e-4
+    assert rel_err(got, decdec_rt.Runtime(tiny3).forward(ids)) > 1e-3, "scaling changed nothing"
