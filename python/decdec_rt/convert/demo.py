@@ -51,7 +51,7 @@ def chat_prompt(text: str) -> str:
 
 def run_demo(prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 96, mode: str = "approx",
              k_chunk: int = 16, device: str = "cpu", bits: int = 3, method: str = "rtn",
-             rebuild: bool = False, threads: int = 0) -> int:
+             rebuild: bool = False, threads: int = 0, repetition_penalty: float = 1.15) -> int:
     from ..runtime import Runtime
     path = demo_model(bits, method, rebuild, log=lambda s: print(s, file=sys.stderr))
     rt = Runtime(path, device=device, n_threads=threads)
@@ -64,7 +64,8 @@ def run_demo(prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 96, mode: str =
     ids = rt.tokenize(chat_prompt(prompt))
     t0 = time.perf_counter()
     first = None
-    for piece in rt.generate(ids, max_new_tokens=max_new_tokens, stream=True):
+    for piece in rt.generate(ids, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                             stream=True):
         if first is None:
             first = time.perf_counter()
         print(piece, end="", flush=True)
