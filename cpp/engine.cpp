@@ -400,23 +400,33 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = *layers_[l];
     // attention block (xb = attn_norm(x) on entry)
+    if (capture_) emit(l, 0, xb_, T, c.dim);
     linear(*L.w[0], l, 0, q_, xb_, T, pos0);                    // q [T, n_heads*hd]
     linear(*L.w[1], l, 1, k_, xb_, T, pos0);                    // k [T, n_kv*hd]
     linear(*L.w[2], l, 2, v_, xb_, T, pos0);                    // v [T, n_kv*hd]
     be_->rope_qk(q_, k_, T, c.n_heads, c.n_kv_heads, c.head_dim, pos0, inv_freq_);
     be_->attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0);  // att [T, n_heads*hd]
+    if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
     linear(*L.w[3], l, 3, hb_, att_, T, pos0);                  // hb [T, dim]
     be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
     // feed-forward block
+    if (capture_) emit(l, 4, xb_, T, c.dim);
     linear(*L.w[4], l, 4, gate_, xb_, T, pos0);                 // gate [T, hidden]
     linear(*L.w[5], l, 5, up_, xb_, T, pos0);                   // up [T, hidden]
     be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);   // gate = silu(gate) * up
+    if (capture_) emit(l, 6, gate_, T, c.hidden_dim);
     linear(*L.w[6], l, 6, hb_, gate_, T, pos0);                 // hb [T, dim]
     if (l + 1 < c.n_layers)                                     // x += ffn; xb = next attn_norm(x)
       be_->add_rmsnorm(xb_, x_, hb_, layers_[l + 1]->attn_norm, T, c.dim, c.norm_eps);
     else
       be_->add(x_, hb_, T * dim);                               // x += ffn (the head norms it)
   }
+}
+
+void Engine::emit(int layer, int slot, const float* x, int T, int d_in) {
+  capture_buf_.resize((size_t)T * d_in);
+  be_->download(capture_buf_.data(), x, capture_buf_.size() * sizeof(float));
+  capture_(layer, slot, capture_buf_.data(), T, d_in);
 }
 
 // One T=1 step whose result is the greedy next token in next_id_ (backend memory).
@@ -432,7 +442,7 @@ void Engine::enqueue_greedy_step(int32_t id, int64_t pos) {
 int32_t Engine::greedy_step(int32_t id) {
   check_tokens(&id, 1);
   const int64_t p = pos();
-  if (!graphs_ || !be_->supports_graphs()) {
+  if (!graphs_ || !be_->supports_graphs() || capture_) {
     enqueue_greedy_step(id, p);
   } else if (graph_valid_) {
     be_->replay(p, id);

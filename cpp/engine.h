@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -109,6 +110,15 @@ class Engine {
   DecdecMode decdec_mode() const { return mode_; }
   const std::array<int, kNumKinds>& decdec_k_chunk() const { return k_chunk_; }
 
+  // Calibration hook: while set, each linear input is copied to the host and handed over as
+  // (layer, slot, x [T, d_in]) where slot is the first linear reading it: 0 (q, k, v), 3 (o),
+  // 4 (gate, up), 6 (down). Decode graphs are not used while it is set. Empty: off.
+  using CaptureFn = std::function<void(int layer, int slot, const float* x, int T, int d_in)>;
+  void set_capture(CaptureFn fn) {
+    capture_ = std::move(fn);
+    graph_valid_ = false;
+  }
+
   // Bytes moved over PCIe per token by DecDEC at the current setting (residual rows fetched).
   double decdec_bytes_per_token() const;
 
@@ -137,6 +147,9 @@ class Engine {
   uint64_t seed_ = 0;
   int32_t* next_id_ = nullptr;  // backend memory: the greedy step's result
   bool graphs_ = true, graph_valid_ = false;
+  CaptureFn capture_;
+  std::vector<float> capture_buf_;
+  void emit(int layer, int slot, const float* x, int T, int d_in);
 
   float* alloc_f32(size_t n);
   void init(const EngineOptions& opt);

@@ -162,6 +162,27 @@ NB_MODULE(_core, m) {
             return e.decode_greedy(first, n);
           },
           "first"_a, "n"_a, "Feeds `first`, then n greedy steps; returns the n new tokens.")
+      .def(
+          "forward_capture",
+          [](ddrt::Engine& e, IdArray ids, nb::callable fn) {
+            // fn(layer, slot, x: float32 [T, d_in]) for every linear input (Engine::set_capture)
+            e.set_capture([&fn](int layer, int slot, const float* x, int T, int d_in) {
+              nb::gil_scoped_acquire gil;
+              std::vector<float> copy(x, x + (size_t)T * d_in);
+              fn(layer, slot, to_numpy(std::move(copy), {(size_t)T, (size_t)d_in}));
+            });
+            try {
+              nb::gil_scoped_release release;
+              e.forward(ids.data(), (int)ids.shape(0), nullptr, false);
+            } catch (...) {
+              e.set_capture(nullptr);
+              throw;
+            }
+            e.set_capture(nullptr);
+          },
+          "ids"_a, "fn"_a,
+          "Appends ids to the context and calls fn(layer, slot, x) with each linear's input "
+          "(slot 0: q/k/v, 3: o, 4: gate/up, 6: down).")
       .def("synchronize", [](ddrt::Engine& e) {
         nb::gil_scoped_release release;
         e.backend().synchronize();

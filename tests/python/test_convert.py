@@ -178,14 +178,36 @@ def test_quantized_conversion_is_consistent(synthetic, tmp_path, method):
     assert _rel_err(full, fp) < 0.5 * _rel_err(off, fp)
 
 
-def test_awq_folding_keeps_the_fp_function(synthetic):
+def test_engine_calibration_equals_reference_capture(synthetic, tmp_path):
+    """The engine's capture hook hands over the same linear inputs as the numpy reference."""
+    from decdec_rt.convert.calibrate import collect_stats
+    hf, _, tm, _ = synthetic
+    path = str(tmp_path / "f16.ddrt")
+    convert(str(hf), path, bits=16, progress=False)
+    rng = np.random.default_rng(3)
+    windows = [rng.integers(0, len(tm["tokenizer.tokens"]), n).tolist() for n in (40, 17)]
+    stats = collect_stats(path, windows, sample_tokens=0)
+    xs = {}
+    ref = ReferenceModel(path, dtype=np.float32)
+    for win in windows:
+        ref.forward(win, capture=lambda _lid, name, x: xs.setdefault(name, []).append(x), logits=False)
+    assert set(stats) == set(xs)
+    for name, parts in xs.items():
+        X = np.concatenate(parts)
+        np.testing.assert_allclose(stats[name].thresholds, quant.calibrate_thresholds(X), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(stats[name].mean_abs, np.abs(X).mean(0), rtol=1e-4, atol=1e-7)
+
+
+def test_awq_folding_keeps_the_fp_function(synthetic, tmp_path):
     from decdec_rt.convert.calibrate import collect_stats
     from decdec_rt.reference import Config
-    _, _, tm, w = synthetic
+    hf, _, tm, w = synthetic
     meta = _meta(len(tm["tokenizer.tokens"]))
     rng = np.random.default_rng(0)
     windows = [rng.integers(0, len(tm["tokenizer.tokens"]), 48).tolist()]
-    stats = collect_stats(meta, w, windows, sample_tokens=32)
+    path = str(tmp_path / "f16.ddrt")
+    convert(str(hf), path, bits=16, progress=False)
+    stats = collect_stats(path, windows, sample_tokens=32)
     folded = dict(w)
     alphas = {}
     for i in range(CFG["n_layers"]):

@@ -3,8 +3,8 @@ inputs: mean |x| (AWQ scales, DecDEC static ranking), mean x^2 (non-uniform sens
 map), the DecDEC bucket thresholds (max over tokens of the (i+1)-th largest |x|) and a strided
 sample of the inputs (AWQ's grid search).
 
-The forward pass is ReferenceModel's numpy one (float32): the engine has no hook to read a
-linear's input. Statistics are streamed window by window, so memory stays bounded.
+The forward pass is the runtime's own engine (CPU backend) on a model file: Engine.forward_capture
+hands over each linear's input. Statistics are streamed window by window, so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import quant
-from ..reference import ReferenceModel
+from .. import _core, quant
+from ..types import LINEAR_SLOTS
 
 CALIB_WINDOW = 512
 # linears that read the same input as another one of their block: their statistics are shared
@@ -67,23 +67,25 @@ def calibration_windows(ids, n_tokens: int, window: int = CALIB_WINDOW) -> list:
     return [w for w in out if len(w) >= 2]
 
 
-def collect_stats(meta: dict, arrays: dict, windows: list, sample_tokens: int = 0,
-                  progress: bool = False, desc: str = "calibrate") -> dict:
-    """{linear name: InputStats} over `windows` (lists of ids) for the model of dequantized
-    `arrays`. sample_tokens > 0 keeps about that many input rows per linear, evenly strided."""
+def collect_stats(path: str, windows: list, sample_tokens: int = 0, progress: bool = False,
+                  desc: str = "calibrate") -> dict:
+    """{linear name: InputStats} over `windows` (lists of ids), running the model file `path`
+    with the engine. sample_tokens > 0 keeps about that many input rows per linear, evenly
+    strided."""
     from tqdm import tqdm
-    ref = ReferenceModel.from_arrays(meta, arrays, dtype=np.float32)
+    eng = _core.Engine(path, device="cpu", verify_checksums=False,
+                       max_seq_len=max(len(w) for w in windows))
     total = sum(len(w) for w in windows)
     stride = max(1, total // sample_tokens) if sample_tokens > 0 else 0
     stats: dict[str, InputStats] = {}
 
-    def capture(_lid, name, x):
-        layer, slot = name.rsplit(".", 1)
-        if slot not in _SAME_INPUT:
-            stats.setdefault(name, InputStats(x.shape[1])).add(x, stride)
+    def capture(layer, slot, x):
+        name = f"blk.{layer}.{LINEAR_SLOTS[slot]}"
+        stats.setdefault(name, InputStats(x.shape[1])).add(x, stride)
     bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress)
     for w in windows:
-        ref.forward(w, capture=capture, logits=False)
+        eng.reset()
+        eng.forward_capture(np.asarray(w, np.int32), capture)
         bar.update(len(w))
     bar.close()
     for name in list(stats):

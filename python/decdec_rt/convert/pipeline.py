@@ -65,8 +65,9 @@ def convert(src: str | Source, out: str, bits: int = 3, group_size: int = 128, m
         if not windows:
             raise ValueError("calibration text is too short (needs at least 2 tokens)")
         if method != "rtn" or avg_bits is not None:
-            fp_stats = collect_stats(src.meta, weights, windows, progress=progress, desc="FP statistics",
-                                     sample_tokens=AWQ_SAMPLE_TOKENS if method == "awq" else 0)
+            fp16 = {n: Q.quantize_linear(weights[n + ".weight"], TType.F16, None, False) for n in linears}
+            fp_stats = _engine_stats(out, src, cfg, weights, fp16, windows, progress, "FP statistics",
+                                     AWQ_SAMPLE_TOKENS if method == "awq" else 0)
 
     bits_of = _bit_map(linears, bits, bit_map, avg_bits, weights, fp_stats, method, group_size, cfg)
     ttype_of = lambda name: Q.weight_type(method, bits_of[name], group_size)  # noqa: E731
@@ -78,15 +79,26 @@ def convert(src: str | Source, out: str, bits: int = 3, group_size: int = 128, m
 
     qlin = _quantize_all(weights, linears, ttype_of, fp_stats, method, with_res, progress)
     calib = {}
-    if with_res:
-        arrays = {**weights, **{n + ".weight": q.deq for n, q in qlin.items()}}
-        calib = collect_stats(src.meta, arrays, windows, progress=progress, desc="DecDEC calibration")
+    if with_res:  # the quantized model itself, as the engine runs it
+        calib = _engine_stats(out, src, cfg, weights, qlin, windows, progress, "DecDEC calibration")
 
     meta = _metadata(src, cfg, method, bits, group_size, bits_of, qlin, with_res, windows, quantized)
     _write(out, meta, weights, qlin, calib, cfg, progress)
     return {"seconds": time.perf_counter() - t0, "bits": meta["quant.bits"],
             "code_bits": meta.get("quant.code_bits", 16.0), "method": meta["quant.method"],
             "calib_tokens": meta.get("decdec.calib_tokens", 0), "awq_alpha": alphas, "path": out}
+
+
+def _engine_stats(out, src, cfg, weights, qlin, windows, progress, desc, sample_tokens=0) -> dict:
+    """Statistics of every linear's input over the calibration windows, from the engine running
+    a temporary file of these weights (written next to `out`, removed afterwards)."""
+    tmp = f"{out}.calib-{os.getpid()}.ddrt"
+    try:
+        _write(tmp, dict(src.meta), weights, qlin, {}, cfg, progress=False)
+        return collect_stats(tmp, windows, sample_tokens=sample_tokens, progress=progress, desc=desc)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _bit_map(linears, bits, bit_map, avg_bits, weights, fp_stats, method, group, cfg) -> dict:
@@ -145,7 +157,7 @@ def _write(out, meta, weights, qlin, calib, cfg, progress):
                 w.add_array(name + ".weight", q.data)
             else:
                 w.add_tensor(name + ".weight", q.ttype, [d_out, d_in], q.data)
-            if q.res_codes is not None:
+            if q.res_codes is not None and name in calib:
                 w.add_tensor(name + ".residual", int(TType.RES4), [d_in, d_out], quant.pack_residual(q.res_codes))
                 w.add_array(name + ".residual_scale", np.asarray(q.res_scale, np.float16))
                 w.add_array(name + ".thresholds", np.asarray(calib[name].thresholds, np.float32))
