@@ -72,6 +72,17 @@ class Config:
                 "attn_output": (self.dim, q), "ffn_gate": (self.hidden_dim, self.dim),
                 "ffn_up": (self.hidden_dim, self.dim), "ffn_down": (self.dim, self.hidden_dim)}[slot]
 
+    def weight_shapes(self) -> dict:
+        """{tensor name: shape} of every weight a model of this config has (docs/model_keys.md)."""
+        want = {"token_embd.weight": (self.n_vocab, self.dim), "output_norm.weight": (self.dim,)}
+        if not self.tied_embeddings:
+            want["output.weight"] = (self.n_vocab, self.dim)
+        for i in range(self.n_layers):
+            want[f"blk.{i}.attn_norm.weight"] = want[f"blk.{i}.ffn_norm.weight"] = (self.dim,)
+            for slot in LINEAR_SLOTS:
+                want[linear_name(i, slot) + ".weight"] = self.linear_shape(slot)
+        return want
+
 
 def rope_inv_freq(cfg: Config) -> np.ndarray:
     """inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2, with Llama-3.1 scaling if configured.
@@ -157,15 +168,7 @@ class ReferenceModel:
         self._check_shapes()
 
     def _check_shapes(self):
-        c = self.cfg
-        want = {"token_embd.weight": (c.n_vocab, c.dim), "output_norm.weight": (c.dim,)}
-        if not c.tied_embeddings:
-            want["output.weight"] = (c.n_vocab, c.dim)
-        for i in range(c.n_layers):
-            want[f"blk.{i}.attn_norm.weight"] = want[f"blk.{i}.ffn_norm.weight"] = (c.dim,)
-            for slot in LINEAR_SLOTS:
-                want[linear_name(i, slot) + ".weight"] = c.linear_shape(slot)
-        for name, shape in want.items():
+        for name, shape in self.cfg.weight_shapes().items():
             if name not in self.w:
                 raise ValueError(f"model: tensor '{name}' missing")
             if tuple(self.w[name].shape) != shape:

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..reference import Config, linear_name
-from ..types import LINEAR_SLOTS
+from ..reference import Config
 
 
 class UnsupportedModelError(ValueError):
@@ -31,15 +30,7 @@ class Source:
 
     def check(self) -> None:
         """Every tensor the model needs is present with its shape (names the first missing one)."""
-        c = self.config
-        want = {"token_embd.weight": (c.n_vocab, c.dim), "output_norm.weight": (c.dim,)}
-        if not c.tied_embeddings:
-            want["output.weight"] = (c.n_vocab, c.dim)
-        for i in range(c.n_layers):
-            want[f"blk.{i}.attn_norm.weight"] = want[f"blk.{i}.ffn_norm.weight"] = (c.dim,)
-            for slot in LINEAR_SLOTS:
-                want[linear_name(i, slot) + ".weight"] = c.linear_shape(slot)
-        for name, shape in want.items():
+        for name, shape in self.config.weight_shapes().items():
             if name not in self.weights:
                 raise UnsupportedModelError(f"{self.origin}: tensor '{name}' is missing")
             if tuple(self.weights[name].shape) != shape:
