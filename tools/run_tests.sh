@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 BUILD=build/tests
-"$PY" -m pip install ${PIP_FLAGS:-} ".[test,convert]" \
+"$PY" -m pip install ${PIP_FLAGS:-} ".[test]" \
   -C build-dir="$BUILD" -C cmake.define.DECDEC_TESTS=ON ${DECDEC_CMAKE_ARGS:-}
 ctest --test-dir "$BUILD" --output-on-failure -j2
 # run pytest from outside the source tree so the installed package (with _core) is imported

@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (Error, FileNotFoundError, ValueError) as e:
+    except (Error, FileNotFoundError, ValueError, ImportError) as e:
         print(f"decdec-rt {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
