@@ -435,8 +435,7 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
   }
   if (d.thresholds) {
     W->has_thresholds = true;
-    W->thresholds_host.assign(d.thresholds, d.thresholds + d.d_in);
-    W->res.thresholds = put<float>(*W, held_, W->thresholds_host.data(), d.d_in * 4, st_, "thresholds");
+    W->thresholds_host.assign(d.thresholds, d.thresholds + d.d_in);  // floors are made on the host
   }
   if (d.ranking) {
     const std::vector<int32_t> rank_pos = rank_positions(d);

@@ -42,7 +42,7 @@ __device__ __forceinline__ bool before(const SortKey& a, const SortKey& b) {
 }
 
 __global__ void __launch_bounds__(kSelThreads)
-select_kernel(CompParams p, const float* thresholds_unused, const int32_t* rank_pos, const float* x,
+select_kernel(CompParams p, const int32_t* rank_pos, const float* x,
               int64_t d_in, int32_t* sel) {
   __shared__ SortKey keys[kSelThreads];
   __shared__ int flag[kSelThreads];
@@ -105,7 +105,6 @@ select_kernel(CompParams p, const float* thresholds_unused, const int32_t* rank_
   int32_t* out = sel + (int64_t)t * p.kmax + (int64_t)blockIdx.x * p.k_full;
   if (flag[i]) out[before_me] = (int32_t)(c0 + i);
   if (i >= n_sel && i < kc) out[i] = -1;
-  (void)thresholds_unused;
 }
 
 // Exclusive prefix count of `flag` over the block's threads (kSelThreads), and the total.
@@ -224,7 +223,7 @@ cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, 
   if (p.call.mode == DecdecMode::Approx)
     approx_select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, x, W.d_in, sel);
   else
-    select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.thresholds, R.rank_pos, x, W.d_in, sel);
+    select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.rank_pos, x, W.d_in, sel);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   const int n_split = comp_splits(W, p.kmax, T);

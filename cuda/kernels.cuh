@@ -34,7 +34,6 @@ struct DevResidual {
   const uint8_t* rows = nullptr;  // [d_in][row_pitch] RES4 rows (device or mapped host memory)
   int64_t row_pitch = 0;          // bytes, res_row_bytes(d_out) rounded up to 16
   const float* rscale = nullptr;  // [d_out]
-  const float* thresholds = nullptr;  // [d_in] or null
   const int32_t* rank_pos = nullptr;  // [d_in] or null
 };
 
