@@ -90,6 +90,9 @@ struct DecdecCall {
   uint64_t seed = 0;
   uint32_t linear_id = 0;
   int64_t pos0 = 0;
+  // Blocks given to the compensation inside the GPU GEMV launch (0: the backend's default).
+  // A speed knob only: every n_tb gives the same numbers. The CPU backend ignores it.
+  int32_t n_tb = 0;
 };
 
 // approx_floors as the reference computes them (decdec.cpp is compiled without FMA

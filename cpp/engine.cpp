@@ -308,10 +308,13 @@ std::unique_ptr<Linear> Engine::load(const std::string& base, int64_t d_out, int
   }
 }
 
-void Engine::set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chunk, uint64_t seed) {
+void Engine::set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chunk, uint64_t seed,
+                        const std::array<int, kNumKinds>& n_tb) {
   for (int k : k_chunk)
     if (k < 0 || k > kChunk)
       throw InvalidArgument("k_chunk must be in 0..1024 (channels per 1024 input channels), got " + std::to_string(k));
+  for (int n : n_tb)
+    if (n < 0 || n > 1024) throw InvalidArgument("n_tb must be in 0..1024 (0: default), got " + std::to_string(n));
   if (mode != DecdecMode::Off) {
     if (!has_residuals_)
       throw InvalidArgument(std::string("DecDEC mode '") + mode_name(mode) +
@@ -326,6 +329,7 @@ void Engine::set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chu
   }
   mode_ = mode;
   k_chunk_ = k_chunk;
+  n_tb_ = n_tb;
   seed_ = seed;
   graph_valid_ = false;  // the recorded step used the old setting
 }
@@ -346,6 +350,7 @@ void Engine::linear(const Linear& w, int layer, int slot, float* y, const float*
   call.mode = k_chunk_[kSlotKind[slot]] > 0 ? mode_ : DecdecMode::Off;
   call.k_chunk = k_chunk_[kSlotKind[slot]];
   call.seed = seed_;
+  call.n_tb = n_tb_[kSlotKind[slot]];
   call.linear_id = (uint32_t)(7 * layer + slot);
   call.pos0 = pos0;
   be_->matmul(w, y, x, T, call);

@@ -106,9 +106,13 @@ class Engine {
 
   // DecDEC: mode and k_chunk per linear kind (qkv, o, gate_up, down). Throws InvalidArgument when
   // the model lacks what the mode needs (residuals; thresholds for approx; ranking for static).
-  void set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chunk, uint64_t seed = 0);
+  // n_tb: blocks given to the compensation per linear kind (0: the backend's default; a speed
+  // knob only, the numbers do not depend on it).
+  void set_decdec(DecdecMode mode, const std::array<int, kNumKinds>& k_chunk, uint64_t seed = 0,
+                  const std::array<int, kNumKinds>& n_tb = {});
   DecdecMode decdec_mode() const { return mode_; }
   const std::array<int, kNumKinds>& decdec_k_chunk() const { return k_chunk_; }
+  const std::array<int, kNumKinds>& decdec_n_tb() const { return n_tb_; }
 
   // Calibration hook: while set, each linear input is copied to the host and handed over as
   // (layer, slot, x [T, d_in]) where slot is the first linear reading it: 0 (q, k, v), 3 (o),
@@ -144,6 +148,7 @@ class Engine {
   bool has_residuals_ = false;
   DecdecMode mode_ = DecdecMode::Off;
   std::array<int, kNumKinds> k_chunk_{};
+  std::array<int, kNumKinds> n_tb_{};
   uint64_t seed_ = 0;
   int32_t* next_id_ = nullptr;  // backend memory: the greedy step's result
   bool graphs_ = true, graph_valid_ = false;

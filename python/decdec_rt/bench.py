@@ -35,7 +35,7 @@ def bytes_per_token(c: dict, bits: int, group: int, context: int) -> dict:
 
 
 def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context: int = 512,
-          n_decode: int = 128, prefill: int = 512, decdec: str = "off", k_chunk: int | dict = 8,
+          n_decode: int = 128, prefill: int = 512, decdec: str = "off", k_chunk: int | dict = 8, n_tb: int | dict = 0,
           group: int = 128, residual: str = "host", graphs: bool = True, reps: int = 3,
           n_layers: int = 0, seed: int = 0, peak_gbs: float = PEAK_GBS) -> dict:
     """Decode and prefill speed of a synthetic model of `shape` (see decdec_rt._core.synth_shapes()).
@@ -56,7 +56,7 @@ def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context
     c = eng.config
     if with_res:
         from .runtime import _k_chunk_list
-        eng.set_decdec(decdec, _k_chunk_list(k_chunk), 0)
+        eng.set_decdec(decdec, _k_chunk_list(k_chunk), 0, _k_chunk_list(n_tb, "n_tb"))
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, c["n_vocab"], max(prefill, context)).astype(np.int32)
 

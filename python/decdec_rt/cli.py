@@ -23,16 +23,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="where residual rows live on the GPU backend (default host: zero-copy)")
 
 
-def _parse_k_chunk(s: str):
-    if "=" not in s:
-        return int(s)
-    out = {}
-    for part in s.split(","):
-        key, _, val = part.partition("=")
-        if key.strip() not in KINDS:
-            raise SystemExit(f"--k-chunk: unknown kind '{key}' (kinds: {', '.join(KINDS)})")
-        out[key.strip()] = int(val)
-    return out
+def _parse_k_chunk(s: str, flag: str = "--k-chunk"):
+    """An int, or kind=int pairs (qkv=4,o=4,gate_up=8,down=8)."""
+    try:
+        if "=" not in s:
+            return int(s)
+        out = {}
+        for part in s.split(","):
+            key, _, val = part.partition("=")
+            if key.strip() not in KINDS:
+                raise SystemExit(f"{flag}: unknown kind '{key}' (kinds: {', '.join(KINDS)})")
+            out[key.strip()] = int(val)
+        return out
+    except ValueError:
+        raise SystemExit(f"{flag}: expected an int or kind=int pairs, got {s!r}") from None
 
 
 def _load(args):
@@ -197,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=int, default=3)
     b.add_argument("--decdec", default="off", choices=["off", "exact", "approx", "static", "random"])
     b.add_argument("--k-chunk", default="8")
+    b.add_argument("--n-tb", default="0",
+                   help="blocks given to the compensation on the GPU: one int or qkv=..,down=.. (0: default)")
     b.add_argument("--residual", default="host", choices=["host", "device"])
     b.add_argument("--no-graphs", action="store_true", help="launch decode kernels one by one")
     b.add_argument("--layers", type=int, default=0, help="override the shape's layer count")
@@ -208,7 +214,7 @@ def cmd_bench(args) -> int:
     from .bench import bench, format_result
     r = bench(args.shape, bits=args.bits, device=args.device, context=args.context, n_decode=args.decode,
               prefill=args.prefill, decdec=args.decdec, k_chunk=_parse_k_chunk(args.k_chunk),
-              group=args.group_size, residual=args.residual, graphs=not args.no_graphs, reps=args.reps,
+              n_tb=_parse_k_chunk(args.n_tb, "--n-tb"), group=args.group_size, residual=args.residual, graphs=not args.no_graphs, reps=args.reps,
               n_layers=args.layers)
     print(format_result(r))
     return 0

@@ -35,18 +35,21 @@ def _ids_array(ids, n_vocab: int, what: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def _k_chunk_list(k_chunk) -> list[int]:
+def _k_chunk_list(k_chunk, what: str = "k_chunk", top: int = 1024) -> list[int]:
+    """One int per linear kind (qkv, o, gate_up, down) from an int or a dict over the kinds."""
     if isinstance(k_chunk, dict):
         unknown = set(k_chunk) - set(KINDS)
         if unknown:
-            raise InvalidArgumentError(f"k_chunk keys must be among {KINDS}, got {sorted(unknown)}")
+            raise InvalidArgumentError(f"{what} keys must be among {KINDS}, got {sorted(unknown)}")
         vals = [k_chunk.get(k, 0) for k in KINDS]
     else:
         vals = [k_chunk] * len(KINDS)
     out = []
     for v in vals:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise InvalidArgumentError(f"k_chunk must be an int or a dict of ints, got {v!r}")
+            raise InvalidArgumentError(f"{what} must be an int or a dict of ints, got {v!r}")
+        if not 0 <= int(v) <= top:
+            raise InvalidArgumentError(f"{what} must be in 0..{top}, got {int(v)}")
         out.append(int(v))
     return out
 
@@ -140,17 +143,19 @@ class Runtime:
         return math.exp(total / scored)
 
     # ---- DecDEC ----
-    def set_decdec(self, mode: str, k_chunk: int | dict = 8, seed: int = 0) -> None:
+    def set_decdec(self, mode: str, k_chunk: int | dict = 8, seed: int = 0, n_tb: int | dict = 0) -> None:
         """mode: "off" | "exact" | "approx" | "static" | "random"; k_chunk: channels per 1024 input
-        channels, one int for every linear or a dict over qkv, o, gate_up, down."""
+        channels, one int for every linear or a dict over qkv, o, gate_up, down. n_tb: blocks given
+        to the compensation on the GPU (0: default; speed only, same numbers), same forms."""
         if mode not in MODES:
             raise InvalidArgumentError(f"DecDEC mode must be one of {MODES}, got {mode!r}")
-        self._engine.set_decdec(mode, _k_chunk_list(k_chunk), int(seed))
+        self._engine.set_decdec(mode, _k_chunk_list(k_chunk), int(seed), _k_chunk_list(n_tb, "n_tb", 1024))
 
     @property
     def decdec(self) -> dict:
         return {"mode": self._engine.decdec_mode,
                 "k_chunk": dict(zip(KINDS, self._engine.decdec_k_chunk)),
+                "n_tb": dict(zip(KINDS, self._engine.decdec_n_tb)),
                 "pcie_bytes_per_token": self._engine.decdec_bytes_per_token}
 
     # ---- generation ----

@@ -225,12 +225,12 @@ NB_MODULE(_core, m) {
           "repetition_penalty"_a = 1.f, "Feeds ids, then samples the next token (not yet fed).")
       .def(
           "set_decdec",
-          [](ddrt::Engine& e, const std::string& mode, std::array<int, 4> k_chunk, uint64_t seed) {
-            e.set_decdec(ddrt::parse_mode(mode), k_chunk, seed);
-          },
-          "mode"_a, "k_chunk"_a, "seed"_a = 0)
+          [](ddrt::Engine& e, const std::string& mode, std::array<int, 4> k_chunk, uint64_t seed,
+             std::array<int, 4> n_tb) { e.set_decdec(ddrt::parse_mode(mode), k_chunk, seed, n_tb); },
+          "mode"_a, "k_chunk"_a, "seed"_a = 0, "n_tb"_a = std::array<int, 4>{0, 0, 0, 0})
       .def_prop_ro("decdec_mode", [](const ddrt::Engine& e) { return std::string(ddrt::mode_name(e.decdec_mode())); })
       .def_prop_ro("decdec_k_chunk", &ddrt::Engine::decdec_k_chunk)
+      .def_prop_ro("decdec_n_tb", &ddrt::Engine::decdec_n_tb)
       .def_prop_ro("decdec_bytes_per_token", &ddrt::Engine::decdec_bytes_per_token);
 
   bind_model_file(m);
