@@ -15,3 +15,16 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
 }
 
 }  // namespace ddrt
+
+// ---- bandwidth probe (cuda/probe.cu) -----------------------------------------------------------
+#include "probe.h"
+
+namespace ddrt {
+
+BandwidthProbe measure_bandwidth(int device) {
+  throw CudaError("cannot measure the bandwidth of 'cuda:" + std::to_string(device) +
+                  "': decdec_rt was built without the CUDA backend. Rebuild with nvcc on PATH (CMake "
+                  "option DECDEC_CUDA=ON).");
+}
+
+}  // namespace ddrt

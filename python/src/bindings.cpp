@@ -15,6 +15,7 @@ using namespace nb::literals;
 
 void bind_model_file(nb::module_& m);  // bind_model_file.cpp
 void bind_ops(nb::module_& m);         // bind_ops.cpp
+void bind_probe(nb::module_& m);       // bind_probe.cpp
 
 namespace {
 
@@ -235,4 +236,5 @@ NB_MODULE(_core, m) {
 
   bind_model_file(m);
   bind_ops(m);
+  bind_probe(m);
 }
