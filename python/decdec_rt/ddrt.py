@@ -8,6 +8,7 @@ is for tests and debugging.
     w.add_array("output_norm.weight", np.ones(576, np.float32))
     w.add_tensor("blk.0.attn_q.weight", TType.UQ3_G128, (576, 576), packed_bytes)
     w.write("model.ddrt")
+    update_metadata("model.ddrt", {"decdec.tune.x": "{...}"})   # no rewrite of the tensor data
 
 Tensor data is referenced, not copied, until write(): do not modify it in between.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import enum
 import mmap
 import os
+import shutil
 import struct
 import zlib
 from typing import Any
@@ -38,6 +40,9 @@ MAX_DIMS = 4
 MAX_DIM = 1 << 50
 
 _CHUNK = 64 << 20  # bytes per write()/crc32() call when streaming tensor data
+# Zero bytes the writer leaves between data_start and the first tensor, so that the metadata
+# can grow later without moving any tensor data (update_metadata; docs/format.md section 9).
+DEFAULT_HEADROOM = 16384
 
 
 class ValueType(enum.IntEnum):
@@ -194,9 +199,22 @@ class _Tensor:
 
     def entry(self) -> bytes:
         """Its tensor-table entry (docs/format.md)."""
-        return (_pack_str(self.name, "tensor name", MAX_NAME_LEN) + struct.pack("<I", len(self.shape))
-                + struct.pack(f"<{len(self.shape)}Q", *self.shape)
-                + struct.pack("<IQQI", int(self.ttype), self.offset, len(self.data), self.crc))
+        return _table_entry(self.name, self.shape, self.ttype, self.offset, len(self.data), self.crc)
+
+
+def _table_entry(name: str, shape: tuple, ttype: int, offset: int, size: int, crc: int) -> bytes:
+    """One tensor-table entry (docs/format.md section 4)."""
+    return (_pack_str(name, "tensor name", MAX_NAME_LEN) + struct.pack("<I", len(shape))
+            + struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<IQQI", int(ttype), offset, size, crc))
+
+
+def _check_key(key) -> None:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"metadata key must be a non-empty str, got {key!r}")
+    if len(key.encode("utf-8")) > MAX_NAME_LEN:
+        raise ValueError(f"metadata key '{key[:40]}...' is longer than {MAX_NAME_LEN} bytes")
+    if key == ALIGNMENT_KEY:
+        raise ValueError(f"'{ALIGNMENT_KEY}' is set by DdrtWriter(alignment=...)")
 
 
 def _as_bytes_view(data, name: str) -> memoryview:
@@ -216,22 +234,22 @@ def _as_bytes_view(data, name: str) -> memoryview:
 class DdrtWriter:
     """Collects metadata and tensors, then writes one .ddrt file atomically (docs/format.md)."""
 
-    def __init__(self, alignment: int = DEFAULT_ALIGNMENT):
+    def __init__(self, alignment: int = DEFAULT_ALIGNMENT, headroom: int = DEFAULT_HEADROOM):
+        """headroom: zero bytes (rounded up to the alignment) kept before the first tensor, room
+        for update_metadata() to grow the metadata in place."""
         a = int(alignment)
         if a < MIN_ALIGNMENT or a > MAX_ALIGNMENT or a & (a - 1):
             raise ValueError(f"alignment {alignment} is not a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}]")
+        if isinstance(headroom, bool) or not isinstance(headroom, (int, np.integer)) or headroom < 0:
+            raise ValueError(f"headroom must be an int >= 0, got {headroom!r}")
         self.alignment = a
+        self.headroom = _align_up(int(headroom), a)
         self._kv: dict[str, bytes] = {ALIGNMENT_KEY: encode_value(ALIGNMENT_KEY, a, V.U32)}
         self._tensors: dict[str, _Tensor] = {}
 
     def add(self, key: str, value: Any, vtype: ValueType | int | None = None) -> None:
         """Adds metadata `key` = value. vtype: see encode_value (for lists: the element type)."""
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"metadata key must be a non-empty str, got {key!r}")
-        if len(key.encode("utf-8")) > MAX_NAME_LEN:
-            raise ValueError(f"metadata key '{key[:40]}...' is longer than {MAX_NAME_LEN} bytes")
-        if key == ALIGNMENT_KEY:
-            raise ValueError(f"'{ALIGNMENT_KEY}' is set by DdrtWriter(alignment=...)")
+        _check_key(key)
         if key in self._kv:
             raise ValueError(f"metadata key '{key}' added twice")
         self._kv[key] = encode_value(key, value, vtype)
@@ -274,7 +292,7 @@ class DdrtWriter:
         data_start = _align_up(table_start + table_size, self.alignment)
         page = max(self.alignment, RESIDUAL_ALIGNMENT)
         order = ([t for t in tensors if t.ttype != TType.RES4] + [t for t in tensors if t.ttype == TType.RES4])
-        end = 0
+        end = self.headroom
         for t in order:
             off = _align_up(end, self.alignment)
             if t.ttype == TType.RES4:
@@ -285,34 +303,45 @@ class DdrtWriter:
 
     def write(self, path) -> None:
         """Writes the file: to path + ".tmp-<pid>", fsync, then renamed over path."""
-        path = os.fspath(path)
         head = struct.pack("<IIQQ", MAGIC, VERSION, len(self._tensors), len(self._kv))
         kv = b"".join(_pack_str(k, "metadata key", MAX_NAME_LEN) + v for k, v in self._kv.items())
         table_start = len(head) + len(kv)
         data_start, order = self._layout(table_start)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(head)
-                f.write(kv)
-                f.write(b"".join(t.entry() for t in self._tensors.values()))  # crc filled in below
-                for t in order:
-                    f.write(b"\0" * (data_start + t.offset - f.tell()))
-                    t.crc = 0
-                    for p in range(0, t.data.nbytes, _CHUNK):
-                        chunk = t.data[p:p + _CHUNK]
-                        t.crc = zlib.crc32(chunk, t.crc)
-                        f.write(chunk)
-                f.seek(table_start)
-                f.write(b"".join(t.entry() for t in self._tensors.values()))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+        def fill(f):
+            f.write(head)
+            f.write(kv)
+            f.write(b"".join(t.entry() for t in self._tensors.values()))  # crc filled in below
+            for t in order:
+                f.write(b"\0" * (data_start + t.offset - f.tell()))
+                t.crc = 0
+                for p in range(0, t.data.nbytes, _CHUNK):
+                    chunk = t.data[p:p + _CHUNK]
+                    t.crc = zlib.crc32(chunk, t.crc)
+                    f.write(chunk)
+            f.seek(table_start)
+            f.write(b"".join(t.entry() for t in self._tensors.values()))
+
+        _write_atomically(os.fspath(path), fill)
+
+
+def _write_atomically(path: str, fill, mode_of: str | None = None) -> None:
+    """fill(f) writes the whole file into path + ".tmp-<pid>"; fsync, then renamed over path (a
+    reader sees the old file or the new one, never a part). mode_of: copy its permissions."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode_of is not None:
+            shutil.copymode(mode_of, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _fsync_dir(d: str) -> None:
@@ -354,6 +383,28 @@ class _Reader:
         b = self.buf[self.pos:self.pos + n]
         self.pos += n
         return b
+
+    def skip(self, n: int, what: str) -> None:
+        if n > len(self.buf) - self.pos:
+            raise ValueError(f"{what} at offset {self.pos}: needs {n} bytes, the file ends at {len(self.buf)}")
+        self.pos += n
+
+    def skip_value(self, vt: int, what: str) -> None:
+        """Moves past one value of type vt without decoding it."""
+        vt = ValueType(vt)
+        if vt == V.STRING:
+            self.skip(self.num("<Q", what + " length"), what)
+        elif vt == V.ARRAY:
+            et, n = ValueType(self.num("<I", what)), self.num("<Q", what)
+            if et == V.ARRAY:
+                raise ValueError(f"{what} at offset {self.pos}: nested array")
+            if et == V.STRING:
+                for _ in range(n):
+                    self.skip(self.num("<Q", what + " length"), what)
+            else:
+                self.skip(n * np.dtype(_DTYPE[et]).itemsize, what)
+        else:
+            self.skip(np.dtype(_DTYPE[vt]).itemsize, what)
 
     def num(self, fmt: str, what: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
@@ -405,3 +456,125 @@ def read_ddrt(path, verify: bool = True) -> DdrtFile:
         if verify and zlib.crc32(data) != t["crc32"]:
             raise ValueError(f"tensor '{t['name']}': checksum mismatch")
     return out
+
+
+# ---- changing the metadata of a written file ------------------------------------------------------
+class _Front:
+    """The front of a file: metadata as raw value bytes (type + payload, file order), the tensor
+    table with absolute file positions, and where the data starts."""
+
+    def __init__(self, buf):
+        r = _Reader(buf)
+        magic, version, n_tensors, n_kv = (r.num("<I", "magic"), r.num("<I", "version"),
+                                           r.num("<Q", "n_tensors"), r.num("<Q", "n_kv"))
+        if magic != MAGIC or version != VERSION:
+            raise ValueError(f"not a version-{VERSION} .ddrt file (magic {magic:#x}, version {version})")
+        self.kv: dict[str, bytes] = {}
+        for _ in range(n_kv):
+            key = r.str("key")
+            start = r.pos
+            r.skip_value(r.num("<I", "value type"), key)
+            self.kv[key] = bytes(buf[start:r.pos])
+        table_start = r.pos
+        entries = []
+        for _ in range(n_tensors):
+            name = r.str("tensor name")
+            shape = tuple(r.num("<Q", name) for _ in range(r.num("<I", name)))
+            entries.append((name, shape, r.num("<I", name), r.num("<Q", name), r.num("<Q", name), r.num("<I", name)))
+        self.table_len = r.pos - table_start
+        self.table_end = r.pos
+        self.alignment = DEFAULT_ALIGNMENT
+        if ALIGNMENT_KEY in self.kv:
+            a = _Reader(self.kv[ALIGNMENT_KEY])
+            self.alignment = a.value(a.num("<I", ALIGNMENT_KEY), ALIGNMENT_KEY)
+        a = self.alignment
+        if not isinstance(a, int) or a < MIN_ALIGNMENT or a > MAX_ALIGNMENT or a & (a - 1):
+            raise ValueError(f"{ALIGNMENT_KEY} = {a!r} is not a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}]")
+        data_start = _align_up(self.table_end, self.alignment)
+        # (name, shape, type, absolute file position, size, crc)
+        self.tensors = [(n, sh, t, data_start + off, size, crc) for n, sh, t, off, size, crc in entries]
+        self.data_end = max((t[3] + t[4] for t in self.tensors), default=data_start)
+        if self.data_end > len(buf):
+            raise ValueError(f"tensor data ends at byte {self.data_end}, after the end of the file ({len(buf)})")
+
+    def data_start(self, kv: dict[str, bytes]) -> int:
+        """data_start of a file with metadata `kv` and this tensor table."""
+        kv_len = sum(8 + len(k.encode("utf-8")) + len(v) for k, v in kv.items())
+        return _align_up(24 + kv_len + self.table_len, self.alignment)
+
+    def region(self, kv: dict[str, bytes], shift: int = 0) -> bytes:
+        """Header + metadata `kv` + the tensor table, every tensor moved by `shift` bytes in the file."""
+        head = struct.pack("<IIQQ", MAGIC, VERSION, len(self.tensors), len(kv))
+        kv_bytes = b"".join(_pack_str(k, "metadata key", MAX_NAME_LEN) + v for k, v in kv.items())
+        data_start = self.data_start(kv)
+        table = b"".join(_table_entry(n, sh, t, pos + shift - data_start, size, crc)
+                         for n, sh, t, pos, size, crc in self.tensors)
+        return head + kv_bytes + table
+
+
+def update_metadata(path, values: dict, remove=(), vtypes: dict | None = None, progress: bool = False) -> str:
+    """Sets the metadata keys in `values` (replaced where present, else added) and deletes those
+    in `remove`, without rewriting the tensor data when the room before the first tensor (the
+    writer's headroom, docs/format.md section 9) holds the new metadata: then only the changed
+    bytes of the front are written, in one write, and fsync'd. Otherwise the whole file is
+    streamed into path.tmp-<pid> with fresh headroom and renamed over path. vtypes: {key: vtype}
+    (see encode_value). Returns "in-place" or "rewritten"."""
+    path = os.fspath(path)
+    encoded = {}
+    for k, v in values.items():
+        _check_key(k)
+        encoded[k] = encode_value(k, v, (vtypes or {}).get(k))
+    for k in remove:
+        _check_key(k)
+    with open(path, "r+b") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            front = _Front(buf)
+            kv = {k: v for k, v in front.kv.items() if k not in remove}
+            kv.update(encoded)  # replaced keys keep their place; new keys go last
+            data_start = front.data_start(kv)
+            first = min((t[3] for t in front.tensors), default=None)
+            if first is not None and data_start <= first:
+                region = front.region(kv)
+                # zeros up to the new data_start and over what is left of the old table
+                region += bytes(max(data_start, front.table_end) - len(region))
+                _write_changed(f, buf, region)
+                return "in-place"
+            _rewrite(path, front, kv, buf, progress)
+            return "rewritten"
+        finally:
+            buf.close()
+
+
+def _write_changed(f, buf, region: bytes) -> None:
+    """Writes the span of `region` that differs from the file's first len(region) bytes."""
+    new = np.frombuffer(region, np.uint8)
+    diff = np.flatnonzero(new != np.frombuffer(buf, np.uint8, len(region)))
+    if diff.size:
+        p, q = int(diff[0]), int(diff[-1]) + 1
+        os.pwrite(f.fileno(), region[p:q], p)
+        os.fsync(f.fileno())
+
+
+def _rewrite(path: str, front: _Front, kv: dict[str, bytes], buf, progress: bool) -> None:
+    """Streams the file with metadata `kv` and DEFAULT_HEADROOM before the first tensor. Tensors
+    move by a multiple of max(alignment, 4096), so offsets stay aligned and RES4 page-aligned."""
+    from tqdm import tqdm
+    step = max(front.alignment, RESIDUAL_ALIGNMENT)
+    first = min((t[3] for t in front.tensors), default=front.data_end)
+    want = front.data_start(kv) + _align_up(DEFAULT_HEADROOM, front.alignment)
+    shift = -((first - want) // step) * step  # the smallest multiple of step with first + shift >= want
+    region = front.region(kv, shift)
+
+    def fill(f):
+        f.write(region)
+        if front.tensors:
+            f.write(bytes(first + shift - len(region)))
+        with tqdm(total=front.data_end - first, desc="rewrite", unit="B", unit_scale=True,
+                  disable=not progress) as bar:
+            for p in range(first, front.data_end, _CHUNK):
+                chunk = buf[p:min(p + _CHUNK, front.data_end)]
+                f.write(chunk)
+                bar.update(len(chunk))
+
+    _write_atomically(path, fill, mode_of=path)
