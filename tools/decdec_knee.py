@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-tb", type=int, default=0, help="blocks given to the compensation (0: backend default)")
     p.add_argument("--group", type=int, default=128, help="quantization group size")
     p.add_argument("--context", type=int, default=512, help="tokens prefilled before decoding")
-    p.add_argument("--n-decode", type=int, default=64, help="tokens decoded per timed run")
+    p.add_argument("--n-decode", type=int, default=128, help="tokens decoded per timed run")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds (median taken)")
     p.add_argument("--calib-tokens", type=int, default=64, help="tokens the recall's thresholds are calibrated on")
     p.add_argument("--recall-tokens", type=int, default=16, help="tokens the recall is measured on")
