@@ -1,8 +1,10 @@
 """The user-facing Runtime: load a .ddrt model, tokenize, score, generate, set DecDEC."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import warnings
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -72,7 +74,12 @@ class Runtime:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", *, max_seq_len: int = 0,
-                 residual: str = "host", verify_checksums: bool = True, n_threads: int = 0):
+                 residual: str = "host", verify_checksums: bool = True, n_threads: int = 0,
+                 decdec: str = "auto"):
+        """decdec: "auto" applies the DecDEC tuning stored in the file for this backend (rt.tune),
+        if there is one; "off" ignores it. Either way rt.set_decdec() changes it later."""
+        if decdec not in ("auto", "off"):
+            raise InvalidArgumentError(f'decdec must be "auto" or "off", got {decdec!r}')
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
@@ -87,6 +94,9 @@ class Runtime:
         self.config: dict = self._engine.config
         self.tokenizer = Tokenizer.from_metadata(self.metadata)
         self.last_stop_reason: str | None = None
+        self.tuning: dict | None = None  # the tuning applied (stored or from rt.tune), if any
+        if decdec == "auto":
+            self._apply_stored_tuning()
 
     # ---- tokens ----
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -150,6 +160,40 @@ class Runtime:
         if mode not in MODES:
             raise InvalidArgumentError(f"DecDEC mode must be one of {MODES}, got {mode!r}")
         self._engine.set_decdec(mode, _k_chunk_list(k_chunk), int(seed), _k_chunk_list(n_tb, "n_tb", 1024))
+
+    def tune(self, target_slowdown: float = 0.025, save: bool = True, mode: str = "approx",
+             progress: bool = True, **options) -> dict:
+        """Measures DecDEC on this backend and sets the k_chunk / n_tb per linear kind giving the
+        most compensation within `target_slowdown` (0.025: decode at most 2.5 % slower than with
+        DecDEC off); see docs/tuning.md. save=True stores the result in the model file under this
+        GPU's name (decdec.tune.<name>), applied by every later Runtime on the same GPU. The
+        context is reset. options: passed to decdec_rt.tune.tune. Returns the tuner's dict."""
+        from . import tune as tuner
+        result = tuner.tune(self._engine, target_slowdown, mode, progress=progress, **options)
+        self.tuning = result
+        if save:
+            from .ddrt import update_metadata
+            key = tuner.tune_key(self.backend)
+            how = update_metadata(self.path, {key: json.dumps(result, separators=(",", ":"))}, progress=progress)
+            result["saved"] = {"path": self.path, "key": key, "how": how}
+            self._file = _core.ModelFile(self.path, verify_checksums=False)
+            self.metadata = self._file.metadata
+        return result
+
+    def _apply_stored_tuning(self) -> None:
+        """Sets DecDEC from the file's decdec.tune.<this backend> entry, if any. An entry that
+        does not apply (bad JSON, a model without residuals) is skipped with a warning."""
+        from .tune import tune_key
+        raw = self.metadata.get(tune_key(self.backend))
+        if raw is None:
+            return
+        try:
+            t = json.loads(raw)
+            if t["mode"] != "off":
+                self.set_decdec(t["mode"], t["k_chunk"], 0, t.get("n_tb", 0))
+            self.tuning = t
+        except (ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"{self.path}: stored DecDEC tuning {tune_key(self.backend)} not applied: {e}")
 
     @property
     def decdec(self) -> dict:
