@@ -129,6 +129,58 @@ def cmd_demo(args) -> int:
                     rebuild=args.rebuild, threads=args.threads, repetition_penalty=args.repeat_penalty)
 
 
+def _tune_engine(args):
+    """(what to tune, a Runtime or None): the model file's Runtime, or a synthetic engine."""
+    from . import _core
+    from .runtime import Runtime, cuda_available
+    device = args.device or ("cuda" if cuda_available() else "cpu")
+    if args.shape:
+        if args.shape not in _core.synth_shapes():
+            raise SystemExit(f"tune: unknown shape {args.shape!r} (known: {', '.join(_core.synth_shapes())})")
+        eng = _core.Engine.synthetic(args.shape, bits=args.bits, group=args.group_size, with_residual=True,
+                                     n_layers=args.layers, device=device, max_seq_len=256)
+        return eng, None
+    rt = Runtime(args.model, device=device, n_threads=args.threads, decdec="off")
+    return rt._engine, rt
+
+
+def cmd_tune(args) -> int:
+    from .tune import tune
+    model = args.model or args.model_flag
+    if args.model and args.model_flag:
+        raise SystemExit("tune: give the model once (MODEL or -m MODEL)")
+    if bool(model) == bool(args.shape):
+        raise SystemExit("tune: give a model file (decdec-rt tune MODEL) or a synthetic --shape, not both")
+    if not 0 < args.target <= 1:
+        raise SystemExit(f"tune: --target is a fraction in (0, 1] (0.025 = 2.5 %), got {args.target}")
+    args.model = model
+    eng, rt = _tune_engine(args)
+    opts = dict(target_slowdown=args.target, mode=args.mode, progress=not args.quiet,
+                time_budget=args.time_budget)
+    if rt is not None:
+        r = rt.tune(save=not args.no_save, **opts)
+    else:
+        r = tune(eng, **opts)
+    print(format_tuning(r))
+    if "saved" in r:
+        s = r["saved"]
+        print(f"saved to {s['path']} as {s['key']} ({s['how']}); applied whenever it is loaded on this device")
+    return 0
+
+
+def format_tuning(r: dict) -> str:
+    """The tuner's choice as a short table."""
+    lines = [f"DecDEC tuning on {r['backend']}: mode {r['mode']}, target {100 * r['target']:.2f} %",
+             f"  {'kind':<8} {'k_chunk':>7} {'n_tb':>5} {'cost %':>7}"]
+    for kind in KINDS:
+        k, n = r["k_chunk"][kind], r["n_tb"][kind]
+        cost = next((row[3] for row in r["costs"].get(kind, []) if row[0] == k), 0.0) if k else 0.0
+        lines.append(f"  {kind:<8} {k:>7} {n:>5} {100 * cost:>7.2f}")
+    lines.append(f"  base {r['base_ms']:.3f} ms/token, tuned {r['tuned_ms']:.3f} ms/token: measured slowdown "
+                 f"{100 * r['measured_slowdown']:.2f} % ({r['measurements']} runs, {r['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decdec-rt", description="decdec_rt: 3/4-bit LLM runtime with DecDEC")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -207,6 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-graphs", action="store_true", help="launch decode kernels one by one")
     b.add_argument("--layers", type=int, default=0, help="override the shape's layer count")
     b.set_defaults(fn=cmd_bench)
+
+    u = sub.add_parser("tune", help="pick DecDEC k_chunk / n_tb for this GPU and store them in the model")
+    u.add_argument("model", nargs="?", help="path to a .ddrt model file (or use --shape)")
+    u.add_argument("-m", "--model", dest="model_flag", help=argparse.SUPPRESS)
+    u.add_argument("--shape", help="tune a synthetic model of this shape instead (nothing is saved)")
+    u.add_argument("--bits", type=int, default=3, choices=[3, 4], help="bits of the synthetic model (default 3)")
+    u.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128])
+    u.add_argument("--layers", type=int, default=0, help="override the synthetic shape's layer count")
+    u.add_argument("--device", default=None, help='"cuda" (default when a GPU is visible) or "cpu"')
+    u.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    u.add_argument("--target", type=float, default=0.025,
+                   help="largest decode slowdown allowed, a fraction (default 0.025 = 2.5 %%)")
+    u.add_argument("--mode", default="approx", choices=["exact", "approx", "static", "random"])
+    u.add_argument("--time-budget", type=float, default=50.0, help="seconds of measuring (default 50)")
+    u.add_argument("--no-save", action="store_true", help="do not store the result in the model file")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(fn=cmd_tune)
     return ap
 
 
