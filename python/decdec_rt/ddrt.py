@@ -41,7 +41,7 @@ MAX_DIM = 1 << 50
 
 _CHUNK = 64 << 20  # bytes per write()/crc32() call when streaming tensor data
 # Zero bytes the writer leaves between data_start and the first tensor, so that the metadata
-# can grow later without moving any tensor data (update_metadata; docs/format.md section 9).
+# can grow later without moving any tensor data (update_metadata; docs/format.md section 10).
 DEFAULT_HEADROOM = 16384
 
 
@@ -515,7 +515,7 @@ class _Front:
 def update_metadata(path, values: dict, remove=(), vtypes: dict | None = None, progress: bool = False) -> str:
     """Sets the metadata keys in `values` (replaced where present, else added) and deletes those
     in `remove`, without rewriting the tensor data when the room before the first tensor (the
-    writer's headroom, docs/format.md section 9) holds the new metadata: then only the changed
+    writer's headroom, docs/format.md section 10) holds the new metadata: then only the changed
     bytes of the front are written, in one write, and fsync'd. Otherwise the whole file is
     streamed into path.tmp-<pid> with fresh headroom and renamed over path. vtypes: {key: vtype}
     (see encode_value). Returns "in-place" or "rewritten"."""
