@@ -65,6 +65,9 @@ class Backend {
   virtual void synchronize() = 0;
   // Bytes this backend holds for weights/caches on its device (0 for the CPU).
   virtual size_t device_bytes() const { return 0; }
+  // Of those, what DecDEC adds: residual scales / rows / rankings kept on the device and the
+  // compensation's scratch (0 on the CPU).
+  virtual size_t decdec_device_bytes() const { return 0; }
 
   // ---- weights ----
   virtual std::unique_ptr<Linear> load_linear(const LinearDesc& desc, ResidualPlacement where) = 0;

@@ -106,7 +106,11 @@ struct CudaLinear : Linear {
   gpu::DevResidual res;
   std::vector<float> thresholds_host;  // approx floors are computed on the host per call
   std::vector<DevMem> mem;
-  PinnedMem pinned;
+  PinnedMem pinned, pinned_rscale;
+  // the fused GEMV's last plan (compensation blocks, kmax): planning queries the occupancy
+  mutable gpu::TcPlan plan;
+  mutable int plan_n_tb = -1;
+  mutable int64_t plan_kmax = -1;
 };
 
 struct CudaKVCache : KVCache {
@@ -124,7 +128,9 @@ uint16_t rd16(const uint8_t* p) {
 
 class CudaBackend : public Backend {
  public:
-  explicit CudaBackend(int device) : dev_(device), held_(std::make_shared<std::atomic<size_t>>(0)) {
+  explicit CudaBackend(int device)
+      : dev_(device), held_(std::make_shared<std::atomic<size_t>>(0)),
+        decdec_held_(std::make_shared<std::atomic<size_t>>(0)) {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
@@ -204,6 +210,7 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaStreamSynchronize(st_));
   }
   size_t device_bytes() const override { return held_->load(); }
+  size_t decdec_device_bytes() const override { return decdec_held_->load() + comp_scratch_.size(); }
 
   // ---- weights ----
   std::unique_ptr<Linear> load_linear(const LinearDesc& d, ResidualPlacement where) override;
@@ -312,6 +319,26 @@ class CudaBackend : public Backend {
     }
     return scratch_.get();
   }
+  // The fused GEMV's scratch for `plan` (grows; the counters start at 0 and every launch leaves
+  // them 0). Returns false when the plan is not usable.
+  bool tc_scratch(const gpu::TcPlan& plan, const char* what) {
+    if (!plan.ok) return false;
+    const size_t part = gpu::tc_part_floats(plan) * 4, cnt = (size_t)plan.n_tiles * 4;
+    if (tc_part_.size() >= part && tc_cnt_.size() >= cnt) return true;
+    if (capturing_)
+      throw CudaError("CUDA: GEMV scratch would grow while capturing a decode graph (run the step once first)");
+    DDRT_CHECK(cudaStreamSynchronize(st_), what);
+    if (tc_part_.size() < part) {
+      tc_part_ = DevMem();
+      tc_part_ = DevMem(part, nullptr, "GEMV partials");
+    }
+    if (tc_cnt_.size() < cnt) {
+      tc_cnt_ = DevMem();
+      tc_cnt_ = DevMem(cnt, nullptr, "GEMV tile counters");
+      DDRT_CHECK(cudaMemsetAsync(tc_cnt_.get(), 0, cnt, st_), what);
+    }
+    return true;
+  }
   // One linear call's DecDEC work: selection + gather into `partial`, then y += reduce(partial).
   struct CompJob {
     bool active = false;
@@ -323,7 +350,10 @@ class CudaBackend : public Backend {
     float* partial = nullptr;
     std::string what;
   };
-  CompJob prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call);
+  CompJob prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call, bool fused);
+  // T = 1 on the fused tensor-core GEMV (compensation in the same launch); false: not possible
+  // for this shape / setting, nothing was launched.
+  bool matmul_fused(const CudaLinear& W, float* y, const float* x, const DecdecCall& call, const std::string& what);
   void launch_comp_gather(const CompJob& job, cudaStream_t st);
   // Scratch of the compensation alone: the side stream uses it while the main stream uses
   // scratch() (grows only when both streams are idle).
@@ -343,7 +373,9 @@ class CudaBackend : public Backend {
   cudaDeviceProp prop_{};
   cudaStream_t st_ = nullptr;
   Counter held_;
+  Counter decdec_held_;  // the part of held_ that DecDEC adds (decdec_device_bytes)
   DevMem scratch_;
+  DevMem tc_part_, tc_cnt_;  // the fused GEMV's partial slots and tile counters (all 0 between launches)
   DevMem slots_;
   PinnedMem h_slots_;
   DevMem comp_scratch_;
@@ -430,7 +462,14 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
     }
     std::vector<float> rs(d.d_out);
     for (int64_t o = 0; o < d.d_out; ++o) rs[o] = f16_to_f32(rd16((const uint8_t*)(d.residual_scale + o)));
-    r.rscale = put<float>(*W, held_, rs.data(), rs.size() * 4, st_, "residual scales");
+    if (where == ResidualPlacement::Host) {  // beside the rows: the GPU keeps only scratch
+      W->pinned_rscale = PinnedMem(rs.size() * 4, what + " residual scales");
+      memcpy(W->pinned_rscale.host(), rs.data(), rs.size() * 4);
+      r.rscale = static_cast<const float*>(W->pinned_rscale.dev());
+    } else {
+      r.rscale = put<float>(*W, held_, rs.data(), rs.size() * 4, st_, "residual scales");
+      *decdec_held_ += rs.size() * 4 + bytes;
+    }
     DDRT_CHECK(cudaStreamSynchronize(st_));
   }
   if (d.thresholds) {
@@ -441,8 +480,10 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
     const std::vector<int32_t> rank_pos = rank_positions(d);
     W->has_ranking = true;
     W->res.rank_pos = put<int32_t>(*W, held_, rank_pos.data(), d.d_in * 4, st_, "ranking");
+    *decdec_held_ += d.d_in * 4;
     DDRT_CHECK(cudaStreamSynchronize(st_));
   }
+  if (!is_float(d.type) && gpu::gemv_tc_supports(g)) tc_scratch(gpu::gemv_tc_plan(g, 0, 0), "load");
   DDRT_CHECK(cudaStreamSynchronize(st_), what);
   return W;
 }
@@ -470,9 +511,12 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   if (T <= 0) return;
   const std::string what = "matmul '" + W.name + "'";
   const gpu::DevLinear& g = W.dev;
+  if (T == 1 && !is_float(W.type) && !comp_parallel_ && gpu::gemv_tc_enabled() && gpu::gemv_tc_supports(g) &&
+      matmul_fused(W, y, x, call, what))
+    return;
   // DecDEC: select + gather may run on the side stream while the base GEMV streams weights;
   // only the final reduce touches y, on the main stream after both (race-free by stream order).
-  CompJob job = prepare_comp(W, x, T, call);
+  CompJob job = prepare_comp(W, x, T, call, false);
   if (job.active && comp_parallel_) {
     DDRT_CHECK(cudaEventRecord(fork_, st_));
     DDRT_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
@@ -495,12 +539,42 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   DDRT_CHECK(gpu::launch_comp_reduce(W.dev, W.res, job.p, y, T, job.partial, st_), job.what);
 }
 
+bool CudaBackend::matmul_fused(const CudaLinear& W, float* y, const float* x, const DecdecCall& call,
+                               const std::string& what) {
+  CompJob job = prepare_comp(W, x, 1, call, true);
+  const int n_tb = job.active ? (call.n_tb > 0 ? call.n_tb : gpu::tc_default_n_tb(W.dev)) : 0;
+  const int64_t kmax = job.active ? job.p.kmax : 0;
+  if (W.plan_n_tb != n_tb || W.plan_kmax != kmax) {
+    W.plan = gpu::gemv_tc_plan(W.dev, n_tb, kmax);
+    W.plan_n_tb = n_tb;
+    W.plan_kmax = kmax;
+  }
+  const gpu::TcPlan& plan = W.plan;
+  if (!plan.ok || (job.active && plan.n_tb == 0) || !tc_scratch(plan, what.c_str())) return false;
+  gpu::TcComp comp;
+  if (job.active) {
+    comp.R = W.res;
+    comp.p = job.p;
+    comp.rscale = W.res.rscale;
+    comp.cpart = job.partial;
+    if (call.mode != DecdecMode::Approx) {  // approx selects inside the launch; the others first
+      DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
+      comp.sel = job.sel;
+    }
+  }
+  DDRT_CHECK(gpu::launch_gemv_tc(W.dev, y, x, plan, static_cast<float*>(tc_part_.get()),
+                                 static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_),
+             what);
+  return true;
+}
+
 void CudaBackend::launch_comp_gather(const CompJob& job, cudaStream_t st) {
   DDRT_CHECK(gpu::launch_comp_select_gather(job.W->dev, job.W->res, job.p, job.x, job.T, job.sel, job.partial, st),
              job.what);
 }
 
-CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call) {
+CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call,
+                                               bool fused) {
   CompJob job;
   if (call.mode == DecdecMode::Off) return job;
   const std::string what = "linear '" + W.name + "': DecDEC mode " + mode_name(call.mode);
@@ -519,7 +593,8 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   // the floors travel by value to the kernel, computed on the host as the CPU reference does
   // (nvcc would contract a - (a-b)*c into an FMA and move a bucket edge by one ulp)
   if (call.mode == DecdecMode::Approx) reference_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
-  const int n_split = gpu::comp_splits(W.dev, p.kmax, T);
+  // partial: [T][n_split][d_out] for the separate kernels, [d_out] (cpart) for the fused GEMV
+  const int n_split = fused ? 1 : gpu::comp_splits(W.dev, p.kmax, T);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
   const size_t part_bytes = (size_t)T * n_split * W.d_out * 4;
   uint8_t* s = static_cast<uint8_t*>(comp_scratch(sel_bytes + part_bytes));

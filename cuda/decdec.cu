@@ -216,15 +216,28 @@ cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const Co
   return launch_comp_reduce(W, R, p, y, T, partial, st);
 }
 
-cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
-                                      const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
-  if (p.kmax <= 0 || T <= 0) return cudaSuccess;
+namespace {
+cudaError_t select_rows(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x, int T,
+                        int32_t* sel, cudaStream_t st) {
   const int64_t n_chunks = (W.d_in + kChunk - 1) / kChunk;
   if (p.call.mode == DecdecMode::Approx)
     approx_select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, x, W.d_in, sel);
   else
     select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.rank_pos, x, W.d_in, sel);
-  cudaError_t e = cudaGetLastError();
+  return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x,
+                               int32_t* sel, cudaStream_t st) {
+  if (p.kmax <= 0) return cudaSuccess;
+  return select_rows(W, R, p, x, 1, sel, st);
+}
+
+cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
+                                      const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
+  if (p.kmax <= 0 || T <= 0) return cudaSuccess;
+  cudaError_t e = select_rows(W, R, p, x, T, sel, st);
   if (e != cudaSuccess) return e;
   const int n_split = comp_splits(W, p.kmax, T);
   const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;

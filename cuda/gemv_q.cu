@@ -1,6 +1,7 @@
-// decdec_rt CUDA backend: dispatch of the quantized GEMV (kernel in gemv_q.cuh) by code width,
-// group and rows per warp.
-#include "gemv_qmma.cuh"
+// decdec_rt CUDA backend: dispatch of the CUDA-core quantized GEMV (kernel in gemv_q.cuh) by code
+// width, group and rows per warp: every quantized type, and the twin of the fused tensor-core
+// GEMV (gemv_tc.cuh) for uniform 3/4-bit.
+#include "gemv_q.cuh"
 
 namespace ddrt {
 namespace gpu {
@@ -26,29 +27,6 @@ cudaError_t run_group(const GemvArgs& a, int R, cudaStream_t st) {
   }
   return cudaErrorInvalidValue;
 }
-// The tensor-core kernel (gemv_qmma.cuh) for uniform 3/4-bit weights whose x fits in shared memory.
-template <int B>
-cudaError_t run_mma(const GemvArgs& a, cudaStream_t st) {
-  switch (a.W.group) {
-    case 32: return gemv_qmma_run<B, 32>(a, st);
-    case 64: return gemv_qmma_run<B, 64>(a, st);
-    case 128: return gemv_qmma_run<B, 128>(a, st);
-  }
-  return cudaErrorInvalidValue;
-}
-bool use_mma(const DevLinear& W) {
-  static int max_smem = -1;  // opt-in shared memory per block of the current device
-  // Only where it measured faster (BENCHMARKS.md, H200): 3-bit with d_out <= 8192. 4-bit and
-  // tall matrices stay on the CUDA-core kernel.
-  if (g_forced_rows != 0 || is_lut(W.type) || W.bits != 3 || W.d_out > 8192) return false;
-  if (max_smem < 0) {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-      max_smem = 0;
-  }
-  return mma_smem_bytes(W.d_in, W.bits, W.group) <= (size_t)max_smem;
-}
 }  // namespace
 
 void gemv_q_force_rows(int rows_per_warp) { g_forced_rows = rows_per_warp; }
@@ -60,7 +38,6 @@ int gemv_q_rows(const DevLinear& W) {
 
 cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, cudaStream_t st) {
   const GemvArgs a{W, y, x};
-  if (use_mma(W)) return W.bits == 3 ? run_mma<3>(a, st) : run_mma<4>(a, st);
   const int R = gemv_q_rows(W);
   const bool lut = is_lut(W.type);
   switch (W.bits) {

@@ -89,6 +89,39 @@ cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, 
 cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
                                const float* partial, cudaStream_t st);
 
+// ---- fused tensor-core GEMV with in-launch compensation, T = 1 (gemv_tc*.cu) ----------------
+// Uniform 3/4-bit, group 32/64/128. DecDEC compensation (TcComp) runs in n_tb blocks of the
+// same launch (gemv_tc.cuh says how and why it is race-free). Scratch: part (tc_part_floats
+// floats) and cnt (n_tiles ints, zero before the first launch; every launch leaves them 0).
+struct TcComp {
+  DevResidual R;
+  CompParams p;
+  const float* rscale = nullptr;  // [d_out], host-mapped or device
+  const int32_t* sel = nullptr;   // [kmax] from launch_comp_select (non-approx modes); null: approx
+  float* cpart = nullptr;         // [d_out] scratch
+};
+struct TcPlan {
+  int grid = 0, n_tb = 0, max_s = 0;
+  int64_t n_units = 0, n_tiles = 0, wb = 0, seg_vecs = 0;
+  size_t smem = 0;
+  bool ok = false;  // false: the shape does not fit (shared memory); use the other kernels
+};
+bool gemv_tc_supports(const DevLinear& W);
+// Test/bench knob: false sends T = 1 quantized calls to the CUDA-core GEMV + separate
+// compensation kernels (the twins); true (default) restores. Env DDRT_GEMV_TC=0 starts false.
+void gemv_tc_enable(bool on);
+bool gemv_tc_enabled();
+// n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k.
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);
+inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.max_s * 16; }
+// Default compensation blocks for a linear.
+int tc_default_n_tb(const DevLinear& W);
+cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const TcPlan& plan, float* part, int* cnt,
+                           const TcComp* comp, cudaStream_t st);
+// The selection alone (sel [kmax]; the non-approx modes' pre-kernel of launch_gemv_tc).
+cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x,
+                               int32_t* sel, cudaStream_t st);
+
 // ---- elementwise, norm, rope, attention (ops.cu) ---------------------------------------------
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st);
 // pos_dev (may be null): read pos0 from device memory instead (decode graphs).

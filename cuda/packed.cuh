@@ -21,7 +21,7 @@
 //   bits 2: file block layout, two blocks (8 bytes each) per step
 //   bits 8: byte c
 //   bits 3: per 32-code slice sl (3 words w0 w1 w2 = words 3sl..3sl+2), arranged for the
-//           tensor-core GEMV (gemv_qmma.cuh): each 16-bit half of a word holds 5 codes at bits
+//           tensor-core GEMV (gemv_tc.cuh): each 16-bit half of a word holds 5 codes at bits
 //           0,3,6,9,12 and one bit of a split code at bit 15. Quad q (codes cc = 4q..4q+3) is two
 //           "slots" (a0: cc 4q, 4q+1; a2: cc 4q+2, 4q+3), a slot being one field position in both
 //           halves of one word (low half: the even code, high half: the odd one); kQuad3 lists
@@ -165,7 +165,7 @@ DDRT_HD float code_f(const uint32_t* wd, const uint32_t* wsh, int c) {
   return p.bit + B <= 23 ? field_f<B>(wd[p.word], p.bit) : field_f<B>(wsh[p.word], p.bit - kShift);
 }
 
-// ---- the tensor-core GEMV's decoder (gemv_qmma.cuh; also run by test_cuda_layout) -----------
+// ---- the tensor-core GEMV's decoder (gemv_tc.cuh; also run by test_cuda_layout) -----------
 // Class of quad j (see the top): 0 or 1; a class-1 field decodes to q * 2^(kClassShift - 24).
 template <int B>
 DDRT_HDC int quad_class(int j) { return B == 4 ? (j % 8) / 4 : (j % 8) / 4; }

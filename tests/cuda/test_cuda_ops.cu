@@ -167,6 +167,14 @@ void test_matmul(Backend& cpu, Backend& gpu) {
         report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
                    " T=" + std::to_string(T),
                nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+        if (T == 1) {  // the fused tensor-core GEMV (default for 3/4-bit) vs its CUDA-core twin
+          gpu::gemv_tc_enable(false);
+          const auto y_twin = gpu_matmul(gpu, *Wg, x, T, {});
+          gpu::gemv_tc_enable(true);
+          report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
+                     " T=1 vs CUDA-core twin",
+                 nmse(yg.data(), y_twin.data(), yc.size()), 1e-8);
+        }
         if (T == 1) {  // x not 16-byte aligned
           Buf bx(gpu, x.size() + 1), by(gpu, W_rows(*Wg));
           std::vector<float> x1(1, 0.0f);
@@ -179,6 +187,27 @@ void test_matmul(Backend& cpu, Backend& gpu) {
                      " T=1 unaligned x",
                  nmse(y1.data(), yc.data(), yc.size()), 1e-8);
         }
+      }
+    }
+}
+
+// The fused GEMV at sizes that stress its split: x in > 48 KB of shared memory, tiles shared by
+// many warps, one warp over many tiles, tall and wide; repeated launches (the tile counters must
+// come back to 0 after each).
+void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
+  const int64_t shapes[][2] = {{64, 14400}, {4100, 300}, {16, 4096}, {6144, 4096}, {33, 28672}};
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128, TensorType::UQ3_G32, TensorType::UQ4_G64})
+    for (auto& s : shapes) {
+      auto L = make_linear(t, s[0], s[1], false);
+      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+      for (int rep = 0; rep < 2; ++rep) {
+        const auto x = randn((size_t)s[1]);
+        const auto yc = cpu_matmul(cpu, *Wc, x, 1, {});
+        const auto yg = gpu_matmul(gpu, *Wg, x, 1, {});
+        report("gemv tc " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
+                   " rep " + std::to_string(rep),
+               nmse(yg.data(), yc.data(), yc.size()), 1e-8);
       }
     }
 }
@@ -234,12 +263,15 @@ void test_embed(Backend& cpu, Backend& gpu) {
   }
 }
 
+// DecDEC vs the CPU: every mode, k_chunk, both placements; at T = 1 (the fused GEMV with the
+// compensation in the same launch) also several n_tb and the separate-kernel twin.
 void test_decdec(Backend& cpu, Backend& gpu) {
-  const int64_t shapes[][2] = {{300, 2500}, {67, 700}, {64, 1024}};
+  const int64_t shapes[][2] = {{300, 2500}, {67, 700}, {64, 1024}, {1100, 4100}};
   const DecdecMode modes[] = {DecdecMode::Exact, DecdecMode::Approx, DecdecMode::Static, DecdecMode::Random};
   for (auto& s : shapes)
     for (ResidualPlacement where : {ResidualPlacement::Host, ResidualPlacement::Device}) {
-      auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
+      const TensorType type = s[0] == 67 ? TensorType::UQ4_G64 : s[0] == 1100 ? TensorType::UQ4_G128 : TensorType::UQ3_G128;
+      auto L = make_linear(type, s[0], s[1], true);
       auto Wc = cpu.load_linear(L->desc, where);
       auto Wg = gpu.load_linear(L->desc, where);
       for (int T : {1, 7}) {
@@ -266,6 +298,17 @@ void test_decdec(Backend& cpu, Backend& gpu) {
                                      (where == ResidualPlacement::Host ? " host" : " device");
             report(what + " y", nmse(yg.data(), yc.data(), yc.size()), 1e-8);
             report(what + " compensation", nmse(dg.data(), dc.data(), dc.size()), 1e-6);
+            if (T != 1) continue;
+            for (int n_tb : {1, 3, 40}) {  // the fused launch's compensation blocks: same numbers
+              c.n_tb = n_tb;
+              const auto yn = gpu_matmul(gpu, *Wg, x, T, c);
+              report(what + " n_tb=" + std::to_string(n_tb), nmse(yn.data(), yc.data(), yc.size()), 1e-8);
+            }
+            c.n_tb = 0;
+            gpu::gemv_tc_enable(false);  // the separate-kernel twin
+            const auto yt = gpu_matmul(gpu, *Wg, x, T, c);
+            gpu::gemv_tc_enable(true);
+            report(what + " fused vs separate kernels", nmse(yg.data(), yt.data(), yt.size()), 1e-8);
           }
       }
     }
@@ -509,6 +552,7 @@ void bench_gemv(Backend& gpu, int rows) {
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
   const TensorType types[] = {TensorType::UQ3_G128, TensorType::UQ4_G128, TensorType::F16};
   gpu::gemv_q_force_rows(rows);
+  gpu::gemv_tc_enable(rows == 0);  // rows > 0: the CUDA-core kernel; 0: the default (fused tensor-core)
   std::printf("%s\nGEMV T=1: median of 200 event-timed single launches, and per launch in a graph of 32\n"
               "(copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: %s\n",
               gpu.name().c_str(), rows ? std::to_string(rows).c_str() : "default");
@@ -531,6 +575,7 @@ void bench_gemv(Backend& gpu, int rows) {
                   (long long)s[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, copies);
     }
   gpu::gemv_q_force_rows(0);
+  gpu::gemv_tc_enable(true);
 }
 
 int bench(Backend& gpu, bool gemv_only) {
@@ -538,27 +583,34 @@ int bench(Backend& gpu, bool gemv_only) {
   bench_gemv(gpu, 0);
   if (gemv_only) return 0;
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
-  std::printf("\nDecDEC exact, host (zero-copy) residuals, uq3_g128: graph-timed per call; comp = call - base;\n"
-              "zero-copy GB/s = residual bytes fetched (k rows) / comp time\n");
-  std::printf("%-13s %7s %10s %10s %10s %10s\n", "d_out x d_in", "k_chunk", "base us", "call us", "comp us",
-              "zc GB/s");
-  for (auto& s : shapes) {
-    auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
-    std::vector<std::unique_ptr<Linear>> Ws;
-    for (int i = 0; i < 8; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
-    Buf bx(gpu, s[1]), by(gpu, s[0]);
-    bx.put(randn(s[1]));
-    const double base = time_matmuls(gpu, Ws, by.f(), bx.f(), {}).graph_us;
-    for (int kc : {2, 4, 8, 16}) {
-      DecdecCall c;
-      c.mode = DecdecMode::Exact;
-      c.k_chunk = kc;
-      const double call = time_matmuls(gpu, Ws, by.f(), bx.f(), c).graph_us;
-      const double rbytes = (double)total_k(kc, s[1]) * res_row_bytes(s[0]);
-      std::printf("%5lldx%-7lld %7d %10.2f %10.2f %10.2f %10.1f\n", (long long)s[0], (long long)s[1], kc, base,
-                  call, call - base, rbytes / ((call - base) * 1e3));
+  std::printf("\nDecDEC approx, host (zero-copy) residuals, compensation inside the GEMV launch: graph-timed\n"
+              "per call; comp = call - base; zero-copy GB/s = (residual rows + rscale) bytes / call time\n");
+  std::printf("%-8s %-13s %7s %5s %10s %10s %10s %10s\n", "type", "d_out x d_in", "k_chunk", "n_tb", "base us",
+              "call us", "comp %", "zc GB/s");
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128})
+    for (auto& s : shapes) {
+      auto L = make_linear(t, s[0], s[1], true);
+      std::vector<std::unique_ptr<Linear>> Ws;
+      for (int i = 0; i < 8; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
+      Buf bx(gpu, s[1]), by(gpu, s[0]);
+      bx.put(randn(s[1]));
+      const double base = time_matmuls(gpu, Ws, by.f(), bx.f(), {}).graph_us;
+      for (int kc : {2, 4, 8, 12, 16}) {
+        double best = 1e30;
+        int best_tb = 0;
+        for (int n_tb : {2, 4, 8, 16, 32}) {
+          DecdecCall c;
+          c.mode = DecdecMode::Approx;
+          c.k_chunk = kc;
+          c.n_tb = n_tb;
+          const double call = time_matmuls(gpu, Ws, by.f(), bx.f(), c).graph_us;
+          if (call < best) best = call, best_tb = n_tb;
+        }
+        const double rbytes = (double)total_k(kc, s[1]) * res_row_bytes(s[0]) + 4.0 * s[0];
+        std::printf("%-8s %5lldx%-7lld %7d %5d %10.2f %10.2f %9.1f%% %10.1f\n", type_name(t), (long long)s[0],
+                    (long long)s[1], kc, best_tb, base, best, 100.0 * (best - base) / base, rbytes / (best * 1e3));
+      }
     }
-  }
   return 0;
 }
 
@@ -634,6 +686,7 @@ int main(int argc, char** argv) {
     test_embed(*cpu, *gpu);
     test_attention(*cpu, *gpu);
     test_matmul(*cpu, *gpu);
+    test_gemv_tc_shapes(*cpu, *gpu);
     test_gemm(*cpu, *gpu);
     test_decdec(*cpu, *gpu);
   } catch (const std::exception& e) {

@@ -1,0 +1,145 @@
+// decdec_rt CUDA backend: planning and dispatch of the fused tensor-core GEMV (gemv_tc.cuh).
+#include <algorithm>
+#include <cstdlib>
+
+#include "gemv_tc.cuh"
+
+namespace ddrt {
+namespace gpu {
+
+template <int B, int G>
+int tc_blocks_per_sm(size_t smem);
+template <int B, int G>
+cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, bool pdl, cudaStream_t st);
+
+namespace {
+
+struct DeviceInfo {
+  int n_sm = 0, max_smem = 0;
+  bool pdl = false;  // programmatic dependent launch (sm_90+)
+};
+const DeviceInfo& device_info() {
+  static thread_local int dev_cached = -1;
+  static thread_local DeviceInfo info;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return info;
+  if (dev != dev_cached) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
+      info.n_sm = prop.multiProcessorCount;
+      info.max_smem = (int)prop.sharedMemPerBlockOptin;
+      info.pdl = prop.major >= 9;
+      dev_cached = dev;
+    }
+  }
+  return info;
+}
+
+template <int B>
+int blocks_per_sm(int group, size_t smem) {
+  switch (group) {
+    case 32: return tc_blocks_per_sm<B, 32>(smem);
+    case 64: return tc_blocks_per_sm<B, 64>(smem);
+    case 128: return tc_blocks_per_sm<B, 128>(smem);
+  }
+  return 0;
+}
+template <int B>
+cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, bool pdl, cudaStream_t st) {
+  switch (group) {
+    case 32: return tc_launch<B, 32>(a, grid, smem, pdl, st);
+    case 64: return tc_launch<B, 64>(a, grid, smem, pdl, st);
+    case 128: return tc_launch<B, 128>(a, grid, smem, pdl, st);
+  }
+  return cudaErrorInvalidValue;
+}
+
+int g_tc_enabled = -1;  // -1: from the environment on first use
+}  // namespace
+
+void gemv_tc_enable(bool on) { g_tc_enabled = on ? 1 : 0; }
+bool gemv_tc_enabled() {
+  if (g_tc_enabled < 0) {
+    const char* e = std::getenv("DDRT_GEMV_TC");
+    g_tc_enabled = e && e[0] == '0' ? 0 : 1;
+  }
+  return g_tc_enabled == 1;
+}
+
+bool gemv_tc_supports(const DevLinear& W) {
+  return !is_lut(W.type) && (W.bits == 3 || W.bits == 4) && (W.group == 32 || W.group == 64 || W.group == 128);
+}
+
+int tc_default_n_tb(const DevLinear& W) {
+  const int64_t nv = (W.d_out + 31) / 32;
+  return (int)std::min<int64_t>(8, nv);
+}
+
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
+  TcPlan p;
+  const DeviceInfo& dev = device_info();
+  if (!gemv_tc_supports(W) || dev.n_sm == 0) return p;
+  const int64_t nv = (W.d_out + 31) / 32;
+  p.n_tiles = (W.d_out + 15) / 16;
+  const int64_t n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
+  p.n_units = (n_chunks + uc - 1) / uc;
+  if (n_tb > 0) {
+    n_tb = (int)std::min<int64_t>(n_tb, nv);
+    p.seg_vecs = (nv + n_tb - 1) / n_tb;
+    n_tb = (int)((nv + p.seg_vecs - 1) / p.seg_vecs);  // no block without outputs
+  }
+  p.smem = tc_base_smem(W.d_in, W.bits, W.group);
+  if (n_tb > 0) p.smem = std::max(p.smem, tc_comp_smem(kmax, p.seg_vecs));
+  if (p.smem > (size_t)dev.max_smem) return p;
+  const int per_sm = W.bits == 3 ? blocks_per_sm<3>(W.group, p.smem) : blocks_per_sm<4>(W.group, p.smem);
+  if (per_sm <= 0) return p;
+  p.grid = dev.n_sm * per_sm;
+  n_tb = std::min(n_tb, p.grid / 4);
+  if (n_tb > 0 && n_tb * p.seg_vecs < nv) {  // the clamp left outputs uncovered: wider segments
+    p.seg_vecs = (nv + n_tb - 1) / n_tb;
+    n_tb = (int)((nv + p.seg_vecs - 1) / p.seg_vecs);
+    p.smem = std::max(tc_base_smem(W.d_in, W.bits, W.group), tc_comp_smem(kmax, p.seg_vecs));
+    if (p.smem > (size_t)dev.max_smem) return p;
+  }
+  p.n_tb = n_tb;
+  const int64_t U = p.n_tiles * p.n_units;
+  p.wb = std::min<int64_t>((int64_t)(p.grid - n_tb) * kTcWarps, U);
+  int64_t max_s = 1;
+  // the largest E_base over tiles: at most ceil((n_units - 1) wb / U) + 1; exact is cheap enough
+  max_s = (p.n_units * p.wb + U - 1) / U + 1;
+  p.max_s = (int)max_s;
+  p.ok = true;
+  return p;
+}
+
+cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const TcPlan& plan, float* part, int* cnt,
+                           const TcComp* comp, cudaStream_t st) {
+  if (!plan.ok) return cudaErrorInvalidValue;
+  TcArgs a;
+  a.W = W;
+  a.y = y;
+  a.x = x;
+  a.n_tb = comp ? plan.n_tb : 0;
+  a.n_units = plan.n_units;
+  a.n_tiles = plan.n_tiles;
+  a.wb = plan.wb;
+  a.max_s = plan.max_s;
+  a.part = part;
+  a.cnt = cnt;
+  a.seg_vecs = plan.seg_vecs;
+  int grid = plan.grid;
+  if (comp) {
+    a.R = comp->R;
+    a.p = comp->p;
+    a.rscale = comp->rscale;
+    a.sel = comp->sel;
+    a.cpart = comp->cpart;
+  } else if (plan.n_tb > 0) {
+    return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation
+  }
+  const bool pdl = device_info().pdl;
+  return W.bits == 3 ? launch<3>(W.group, a, grid, plan.smem, pdl, st) : launch<4>(W.group, a, grid, plan.smem, pdl, st);
+}
+
+}  // namespace gpu
+}  // namespace ddrt
