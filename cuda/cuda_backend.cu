@@ -323,7 +323,7 @@ class CudaBackend : public Backend {
   // them 0). Returns false when the plan is not usable.
   bool tc_scratch(const gpu::TcPlan& plan, const char* what) {
     if (!plan.ok) return false;
-    const size_t part = gpu::tc_part_floats(plan) * 4, cnt = (size_t)plan.n_tiles * 4;
+    const size_t part = gpu::tc_part_floats(plan) * 4, cnt = (size_t)(plan.n_tiles + 2) * 4;
     if (tc_part_.size() >= part && tc_cnt_.size() >= cnt) return true;
     if (capturing_)
       throw CudaError("CUDA: GEMV scratch would grow while capturing a decode graph (run the step once first)");
@@ -557,10 +557,13 @@ bool CudaBackend::matmul_fused(const CudaLinear& W, float* y, const float* x, co
     comp.p = job.p;
     comp.rscale = W.res.rscale;
     comp.cpart = job.partial;
-    if (call.mode != DecdecMode::Approx) {  // approx selects inside the launch; the others first
-      DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
-      comp.sel = job.sel;
-    }
+    comp.sel = job.sel;
+    // approx selects inside the launch (when its binary search equals the reference's scan:
+    // non-increasing floors); the other modes sort first, in a pre-kernel
+    bool monotone = call.mode == DecdecMode::Approx;
+    for (int j = 1; monotone && j < kBuckets; ++j) monotone = job.p.floors[j] <= job.p.floors[j - 1];
+    comp.select_here = monotone;
+    if (!monotone) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
   DDRT_CHECK(gpu::launch_gemv_tc(W.dev, y, x, plan, static_cast<float*>(tc_part_.get()),
                                  static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_),

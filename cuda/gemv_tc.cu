@@ -72,7 +72,7 @@ bool gemv_tc_supports(const DevLinear& W) {
 
 int tc_default_n_tb(const DevLinear& W) {
   const int64_t nv = (W.d_out + 31) / 32;
-  return (int)std::min<int64_t>(8, nv);
+  return (int)std::min<int64_t>(32, nv);
 }
 
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
@@ -84,7 +84,8 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
   const int64_t n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
   p.n_units = (n_chunks + uc - 1) / uc;
   if (n_tb > 0) {
-    n_tb = (int)std::min<int64_t>(n_tb, nv);
+    // a segment's tile list lives in the block's reduction buffer: at most 4000 vectors each
+    n_tb = (int)std::min<int64_t>(std::max<int64_t>(n_tb, (nv + 3999) / 4000), nv);
     p.seg_vecs = (nv + n_tb - 1) / n_tb;
     n_tb = (int)((nv + p.seg_vecs - 1) / p.seg_vecs);  // no block without outputs
   }
@@ -133,6 +134,7 @@ cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const T
     a.p = comp->p;
     a.rscale = comp->rscale;
     a.sel = comp->sel;
+    a.select_here = comp->select_here;
     a.cpart = comp->cpart;
   } else if (plan.n_tb > 0) {
     return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation

@@ -27,7 +27,7 @@
 //    writer's fence; the sum order does not depend on timing, so results are bitwise repeatable.
 //
 // Compensation role (n_tb blocks): block b owns output segment b (a range of 32-output vectors).
-// Each selects (approx: every chunk of 1024 channels, one warp per chunk, bucket histogram +
+// Each selects (approx: chunk c by warp c / n_tb of block c % n_tb, bucket counts by warp sums +
 // ballots, the CPU reference's rule; other modes: the selection a pre-kernel wrote to sel), then
 // streams the selected residual rows' slices of its segment (16-byte zero-copy loads, 4 rows in
 // flight per thread), reduces over its threads in shared memory, scales by rscale and writes
@@ -75,7 +75,9 @@ struct TcArgs {
   DevResidual R;
   CompParams p;
   const float* rscale = nullptr;  // [d_out] (host-mapped or device)
-  const int32_t* sel = nullptr;   // [kmax] from a select pre-kernel; null: approx, select here
+  int32_t* sel = nullptr;         // [kmax] the selection (global): from a pre-kernel, or made here
+  bool select_here = false;       // approx: the compensation blocks select (chunk c: block
+                                  // c % n_tb, warp c / n_tb), publish sel and wait for each other
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S])
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
 };
@@ -88,7 +90,7 @@ inline size_t tc_base_smem(int64_t d_in, int bits, int group) {
 inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
   const int64_t nvs = seg_vecs < kTcThreads ? seg_vecs : kTcThreads;
   return (size_t)kmax * 8 + (size_t)seg_vecs * 32 * 4 + (size_t)kTcThreads * 32 * 4 * (nvs > 0) +
-         kTcWarps * 36 * 4 + 64;
+         kBuckets * 4 + 64;
 }
 
 // The first base warp whose range starts at or after unit u (ranges start at floor(w U / wb)).
@@ -141,32 +143,50 @@ __device__ __forceinline__ int64_t tc_e_base(const TcArgs& a, int64_t tile) {
 
 // ---- compensation role --------------------------------------------------------------------------
 
+// approx_bucket (decdec.h) by binary search: the same bucket when floors are non-increasing
+// (the host checks; otherwise it selects with the pre-kernel). floors in shared memory.
+__device__ __forceinline__ int tc_bucket(const float* floors, float v) {
+  int lo = 0;
+#pragma unroll
+  for (int step = kBuckets / 2; step >= 1; step >>= 1)
+    if (!(v >= floors[lo + step - 1])) lo += step;
+  return v >= floors[lo] ? lo : kBuckets;
+}
+
 // approx selection of chunk c by one warp: the same set as select_channels (decdec.cpp): whole
 // buckets from the top while they fit, then the boundary bucket's members in ascending index
 // order; written ascending to s_sel[c * k_full ...] (-1 in unused slots), x values to s_xs.
-__device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, int32_t* s_sel, float* s_xs,
-                                                       int* hist, int lane) {
+__device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
+                                                       int32_t* sel, int lane) {
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
   const int kc = chunk_k(a.p.call.k_chunk, len);
-  hist[lane] = 0;
-  if (lane == 0) hist[32] = 0;
-  __syncwarp();
   int b_of[32];  // buckets of this lane's channels c0 + 32 r + lane
 #pragma unroll
   for (int r = 0; r < 32; ++r) {
     const int i = 32 * r + lane;
-    b_of[r] = i < len ? approx_bucket(a.p.floors, fabsf(a.x[c0 + i])) : kBuckets;
-    if (b_of[r] < kBuckets) atomicAdd(hist + b_of[r], 1);
+    b_of[r] = i < len ? tc_bucket(floors, fabsf(a.x[c0 + i])) : kBuckets;
   }
-  __syncwarp();
-  int full = 0, taken = 0;
-  while (full < kBuckets && taken + hist[full] <= kc) taken += hist[full++];
+  // channels in buckets <= j, over the warp (no shared-memory histogram: its atomics collide)
+  auto cnt_le = [&](int j) {
+    int n = 0;
+#pragma unroll
+    for (int r = 0; r < 32; ++r) n += b_of[r] <= j;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
+    return n;
+  };
+  // whole buckets 0..full-1 fit in kc (the reference's loop); full: the first j with cnt_le(j) > kc
+  int lo = 0;
+#pragma unroll
+  for (int step = kBuckets / 2; step >= 1; step >>= 1)
+    if (cnt_le(lo + step - 1) <= kc) lo += step;
+  const int full = cnt_le(lo) > kc ? lo : kBuckets;
+  const int taken = full > 0 ? cnt_le(full - 1) : 0;
   const int rest = full < kBuckets ? kc - taken : 0;
   const unsigned lt = (1u << lane) - 1;
   int n_bound = 0, n_out = 0;
-  int32_t* out = s_sel + c * a.p.k_full;
-  float* xo = s_xs + c * a.p.k_full;
+  int32_t* out = sel + c * a.p.k_full;
 #pragma unroll
   for (int r = 0; r < 32; ++r) {
     const bool bnd = b_of[r] == full && full < kBuckets;
@@ -174,17 +194,10 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
     const bool chosen = b_of[r] < full || (bnd && n_bound + __popc(bb & lt) < rest);
     n_bound += __popc(bb);
     const unsigned cb = __ballot_sync(0xffffffffu, chosen);
-    if (chosen) {
-      const int at = n_out + __popc(cb & lt);
-      out[at] = (int32_t)(c0 + 32 * r + lane);
-      xo[at] = a.x[c0 + 32 * r + lane];
-    }
+    if (chosen) out[n_out + __popc(cb & lt)] = (int32_t)(c0 + 32 * r + lane);
     n_out += __popc(cb);
   }
-  for (int j = n_out + lane; j < kc; j += 32) {
-    out[j] = -1;
-    xo[j] = 0.0f;
-  }
+  for (int j = n_out + lane; j < kc; j += 32) out[j] = -1;
 }
 
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
@@ -196,19 +209,42 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   float* s_xs = reinterpret_cast<float*>(s_sel + kmax);                 // [kmax]
   float* s_rs = s_xs + kmax;                                            // [seg_vecs * 32] rscale
   float* red = s_rs + a.seg_vecs * 32;                                  // [kTcThreads * 32]
-  int* hist = reinterpret_cast<int*>(red + kTcThreads * 32) + warp * 36;  // [warps][33]
+  float* floors = red + kTcThreads * 32;  // [kBuckets]
   // rscale of the segment: independent of the previous kernel, fetched before the wait
   for (int64_t o = tid; o < nvs * 32; o += kTcThreads) s_rs[o] = v0 * 32 + o < d_out ? a.rscale[v0 * 32 + o] : 0.0f;
+  if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   grid_dep_wait();
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
-  if (a.sel == nullptr) {
-    for (int64_t c = warp; c < n_ch; c += kTcWarps) tc_select_chunk_approx(a, c, s_sel, s_xs, hist, lane);
-  } else {
-    for (int64_t s = tid; s < kmax; s += kTcThreads) {
-      const int32_t j = a.sel[s];
-      s_sel[s] = j;
-      s_xs[s] = j >= 0 ? a.x[j] : 0.0f;
+  if (a.select_here) {
+    // Each chunk is selected once, by warp c / n_tb of block c % n_tb, into the global sel; then
+    // every compensation block waits until all chunks are published (done == n_ch). The blocks
+    // are the grid's first and the grid fits the GPU at once, so they are all resident: the
+    // wait ends. The last block past the wait (passed == n_tb) resets both counters.
+    int* done = a.cnt + a.n_tiles;
+    int* passed = done + 1;
+    __syncthreads();  // floors
+    int mine = 0;
+    for (int64_t c = blockIdx.x + (int64_t)warp * a.n_tb; c < n_ch; c += (int64_t)kTcWarps * a.n_tb) {
+      tc_select_chunk_approx(a, c, floors, a.sel, lane);
+      ++mine;
     }
+    __threadfence();
+    __syncthreads();
+    if (lane == 0 && mine > 0) atomicAdd(done, mine);
+    if (tid == 0) {
+      while (*reinterpret_cast<volatile int*>(done) < (int)n_ch) __nanosleep(64);
+      __threadfence();
+      if (atomicAdd(passed, 1) == a.n_tb - 1) {
+        *done = 0;
+        *passed = 0;
+      }
+    }
+    __syncthreads();
+  }
+  for (int64_t s = tid; s < kmax; s += kTcThreads) {
+    const int32_t j = __ldcg(a.sel + s);
+    s_sel[s] = j;
+    s_xs[s] = j >= 0 ? a.x[j] : 0.0f;
   }
   __syncthreads();
   if (nvs == 0) return;  // no outputs: nothing to count in (segments past d_out own no tile)
@@ -263,11 +299,22 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   }
   __threadfence();
   __syncthreads();
-  // count in on every tile of the segment (a warp per tile)
+  // count in on every tile of the segment: the atomics a thread per tile (in parallel), then the
+  // tiles this block completed are finished by its warps, 16 rows (lanes) at a time
+  int* s_fin = reinterpret_cast<int*>(red);  // [tiles of the segment] + count (red is free now)
+  int* s_nfin = s_fin + 2 * a.seg_vecs;
+  if (tid == 0) *s_nfin = 0;
+  __syncthreads();
   const int64_t t0 = v0 * 2, t1 = (v0 + nvs) * 2 < a.n_tiles ? (v0 + nvs) * 2 : a.n_tiles;
-  for (int64_t tile = t0 + warp; tile < t1; tile += kTcWarps) {
-    const int64_t eb = tc_e_base(a, tile);
-    tc_arrive(a, tile, eb, eb + 1, lane);
+  for (int64_t tile = t0 + tid; tile < t1; tile += kTcThreads)
+    if (atomicAdd(a.cnt + tile, 1) == tc_e_base(a, tile))  // the last of eb + 1 contributors
+      s_fin[atomicAdd(s_nfin, 1)] = (int)(tile - t0);
+  __syncthreads();
+  const int n_fin = *s_nfin;
+  if (n_fin > 0) __threadfence();
+  for (int f = warp; f < n_fin; f += kTcWarps) {
+    const int64_t tile = t0 + s_fin[f];
+    tc_finish_tile(a, tile, tc_e_base(a, tile), lane);
   }
 }
 
@@ -319,8 +366,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       }
     }
     const int64_t slab = (int64_t)k * UC / 2;
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(W.sm + ra * W.n_groups + slab * NG));
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(W.sm + rb * W.n_groups + slab * NG));
+    prefetch_l1(W.sm + ra * W.n_groups + slab * NG);  // read from L1 when the unit is computed
+    prefetch_l1(W.sm + rb * W.n_groups + slab * NG);
   };
   const int n_mine = (int)(u_end - u_begin);
   uint32_t lt = (uint32_t)(u_begin / n_units), lk = (uint32_t)(u_begin % n_units);  // load cursor
@@ -465,6 +512,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_con
   // __grid_constant__: the roles read the arguments in place (a reference to a plain kernel
   // parameter would copy all of them to local memory)
   extern __shared__ uint4 tc_smem[];
+  pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
   if ((int)blockIdx.x < a.n_tb)
     tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
   else

@@ -15,6 +15,15 @@
 namespace ddrt {
 namespace gpu {
 
+// Programmatic dependent launch (sm_90): lets the next kernel, when it is launched with the PDL
+// attribute (the fused GEMV), start its prologue (weight loads) while this one finishes; that
+// kernel waits (griddepcontrol.wait) for this one's completion before reading its results.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // A weight matrix on the GPU (device pointers), by value in kernel parameters.
 struct DevLinear {
   TensorType type = TensorType::F32;
@@ -92,12 +101,14 @@ cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const C
 // ---- fused tensor-core GEMV with in-launch compensation, T = 1 (gemv_tc*.cu) ----------------
 // Uniform 3/4-bit, group 32/64/128. DecDEC compensation (TcComp) runs in n_tb blocks of the
 // same launch (gemv_tc.cuh says how and why it is race-free). Scratch: part (tc_part_floats
-// floats) and cnt (n_tiles ints, zero before the first launch; every launch leaves them 0).
+// floats) and cnt (n_tiles + 2 ints, zero before the first launch; every launch leaves them 0).
 struct TcComp {
   DevResidual R;
   CompParams p;
   const float* rscale = nullptr;  // [d_out], host-mapped or device
-  const int32_t* sel = nullptr;   // [kmax] from launch_comp_select (non-approx modes); null: approx
+  int32_t* sel = nullptr;         // [kmax] global: written by launch_comp_select before the launch
+                                  // (select_here false) or by the launch's own blocks (true)
+  bool select_here = false;       // approx with non-increasing floors: select inside the launch
   float* cpart = nullptr;         // [d_out] scratch
 };
 struct TcPlan {

@@ -25,6 +25,7 @@ __device__ float block_sum(float v, float* red) {
 
 // one block per row: out = x / sqrt(mean(x^2) + eps) * w
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int dim, float eps) {
+  pdl_trigger();
   __shared__ float red[32];
   const float* xt = x + (int64_t)blockIdx.x * dim;
   float* ot = out + (int64_t)blockIdx.x * dim;
@@ -38,6 +39,7 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d
 // The same for rows of whole float4s (dim % 4 == 0, 16-byte aligned rows): one load per thread
 // in flight per pass instead of a chain of scalar loads (decode: one row, latency-bound).
 __global__ void rmsnorm4_kernel(float* out, const float* x, const float* w, int dim, float eps) {
+  pdl_trigger();
   __shared__ float red[32];
   const int n4 = dim / 4;
   const float4* xt = reinterpret_cast<const float4*>(x + (int64_t)blockIdx.x * dim);
@@ -80,6 +82,7 @@ __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t 
 
 // x += y, then out = rmsnorm(x) * w, one block per row of float4s (see rmsnorm4_kernel).
 __global__ void add_rmsnorm4_kernel(float* out, float* x, const float* y, const float* w, int dim, float eps) {
+  pdl_trigger();
   __shared__ float red[32];
   const int n4 = dim / 4;
   float4* xt = reinterpret_cast<float4*>(x + (int64_t)blockIdx.x * dim);
@@ -108,6 +111,7 @@ __global__ void add_rmsnorm4_kernel(float* out, float* x, const float* y, const 
 // rope of q ([T][n_q heads]) and k ([T][n_k heads]) in one launch, as rope_kernel.
 __global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int head_dim, int64_t pos0,
                                const float* inv_freq, const int64_t* pos_dev) {
+  pdl_trigger();
   if (pos_dev) pos0 = *pos_dev;
   const int half = head_dim / 2, nh = n_q + n_k;
   const int64_t n = (int64_t)T * nh * half;
@@ -125,6 +129,7 @@ __global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int 
 }
 
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, size_t n) {
+  pdl_trigger();
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
@@ -217,6 +222,7 @@ attn_partial_kernel(const float* q, const float* K, const float* V, AttnShape s,
 }
 
 __global__ void attn_combine_kernel(float* out, AttnShape s, int splits, const float* scratch) {
+  pdl_trigger();
   if (s.pos_dev) s.pos0 = *s.pos_dev;
   const int h = blockIdx.x, t = blockIdx.y, hd = s.head_dim;
   const float* base = scratch + ((int64_t)t * s.n_heads + h) * splits * (hd + 2);

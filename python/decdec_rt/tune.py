@@ -36,7 +36,7 @@ from .quant import total_k
 from .types import KINDS, SLOT_KIND, res_row_bytes
 
 K_VALUES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32)
-N_TB_VALUES = (0, 4, 8, 16, 32)
+N_TB_VALUES = (8, 16, 32, 64, 128)  # blocks given to the compensation (the GPU default is 32)
 KEY_PREFIX = "decdec.tune."
 FORMAT_VERSION = 1
 TUNABLE_MODES = ("exact", "approx", "static", "random")

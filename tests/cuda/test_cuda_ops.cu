@@ -598,7 +598,7 @@ int bench(Backend& gpu, bool gemv_only) {
       for (int kc : {2, 4, 8, 12, 16}) {
         double best = 1e30;
         int best_tb = 0;
-        for (int n_tb : {2, 4, 8, 16, 32}) {
+        for (int n_tb : {4, 8, 16, 32, 64, 128}) {
           DecdecCall c;
           c.mode = DecdecMode::Approx;
           c.k_chunk = kc;
