@@ -15,8 +15,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="context window (0 = the model's)")
     p.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (0 = all cores)")
-    p.add_argument("--decdec", default="off", choices=["off", "exact", "approx", "static", "random"],
-                   help="DecDEC channel selection (default off)")
+    p.add_argument("--decdec", default=None, choices=["off", "exact", "approx", "static", "random"],
+                   help="DecDEC channel selection (default: the tuning stored in the model for this device "
+                        "by `decdec-rt tune`, else off)")
     p.add_argument("--k-chunk", default="8",
                    help="channels per 1024 input channels: one int, or qkv=4,o=4,gate_up=8,down=8")
     p.add_argument("--residual", default="host", choices=["host", "device"],
@@ -42,8 +43,8 @@ def _parse_k_chunk(s: str, flag: str = "--k-chunk"):
 def _load(args):
     from .runtime import Runtime
     rt = Runtime(args.model, device=args.device, max_seq_len=args.ctx_size, residual=args.residual,
-                 n_threads=args.threads)
-    if args.decdec != "off":
+                 n_threads=args.threads, decdec="off" if args.decdec == "off" else "auto")
+    if args.decdec not in (None, "off"):
         rt.set_decdec(args.decdec, _parse_k_chunk(args.k_chunk))
     return rt
 

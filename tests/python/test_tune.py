@@ -245,6 +245,21 @@ def test_load_applies_the_stored_tuning(tiny3, tmp_path):
         decdec_rt.Runtime(path, decdec="approx")
 
 
+def test_cli_decdec_flag_and_stored_tuning(tiny3, tmp_path):
+    """The CLI applies a stored tuning by default; --decdec off switches it off; a mode overrides."""
+    import argparse
+    from decdec_rt.cli import _load
+    path = tmp_path / "m.ddrt"
+    shutil.copy(tiny3, path)
+    k = {"qkv": 2, "o": 3, "gate_up": 6, "down": 12}
+    update_metadata(path, {tune_key(decdec_rt.Runtime(path).backend): json.dumps({"mode": "approx", "k_chunk": k})})
+    args = dict(model=str(path), device="cpu", ctx_size=0, residual="host", threads=0, k_chunk="5")
+    assert _load(argparse.Namespace(decdec=None, **args)).decdec["k_chunk"] == k
+    assert _load(argparse.Namespace(decdec="off", **args)).decdec["mode"] == "off"
+    rt = _load(argparse.Namespace(decdec="exact", **args))
+    assert rt.decdec["mode"] == "exact" and set(rt.decdec["k_chunk"].values()) == {5}
+
+
 def test_load_skips_a_broken_entry(tiny3, tmp_path):
     path = tmp_path / "m.ddrt"
     shutil.copy(tiny3, path)
