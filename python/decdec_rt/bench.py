@@ -91,6 +91,7 @@ def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context
         "prefill_tokens": prefill, "prefill_tok_s": statistics.median(pre),
         "device_bytes": eng.device_bytes, "load_s": load_s,
         "pcie_bytes_per_token": eng.decdec_bytes_per_token,
+        "decdec_device_bytes": eng.decdec_device_bytes,
     }
 
 
@@ -104,4 +105,6 @@ def format_result(r: dict) -> str:
         f"  prefill  {r['prefill_tok_s']:9.1f} tok/s  ({r['prefill_tokens']} tokens)",
         f"  memory   {r['device_bytes'] / 2**30:9.2f} GiB on the device; DecDEC fetches "
         f"{r['pcie_bytes_per_token'] / 1e6:.2f} MB/token over PCIe; built in {r['load_s']:.1f} s",
+        f"  DecDEC   {r['decdec_device_bytes'] / 1e3:9.1f} KB on the device "
+        f"({100 * r['decdec_device_bytes'] / max(r['device_bytes'], 1):.4f} % of the device bytes)",
     ])

@@ -200,7 +200,8 @@ class Runtime:
         return {"mode": self._engine.decdec_mode,
                 "k_chunk": dict(zip(KINDS, self._engine.decdec_k_chunk)),
                 "n_tb": dict(zip(KINDS, self._engine.decdec_n_tb)),
-                "pcie_bytes_per_token": self._engine.decdec_bytes_per_token}
+                "pcie_bytes_per_token": self._engine.decdec_bytes_per_token,
+                "device_bytes": self._engine.decdec_device_bytes}
 
     # ---- generation ----
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,

@@ -151,6 +151,8 @@ NB_MODULE(_core, m) {
       .def_prop_ro("config", [](const ddrt::Engine& e) { return config_dict(e.config()); })
       .def_prop_ro("backend_name", [](ddrt::Engine& e) { return e.backend().name(); })
       .def_prop_ro("device_bytes", [](ddrt::Engine& e) { return e.backend().device_bytes(); })
+      .def_prop_ro("decdec_device_bytes", [](ddrt::Engine& e) { return e.backend().decdec_device_bytes(); },
+                   "GPU bytes DecDEC adds (residual data kept on the device, compensation scratch)")
       .def_prop_ro("max_seq_len", &ddrt::Engine::max_seq_len)
       .def_prop_ro("pos", &ddrt::Engine::pos)
       .def_prop_ro("tokens", [](const ddrt::Engine& e) { return e.tokens(); })
