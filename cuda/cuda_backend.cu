@@ -511,8 +511,12 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   if (T <= 0) return;
   const std::string what = "matmul '" + W.name + "'";
   const gpu::DevLinear& g = W.dev;
+  // T = 1: the fused tensor-core GEMV carries the compensation in its own launch; with DecDEC off
+  // it is the default for 3-bit, while 4-bit stays on the CUDA-core kernel, which measured faster
+  // there (BENCHMARKS.md, 2026-11-22)
+  const bool comp_on = call.mode != DecdecMode::Off && call.k_chunk > 0;
   if (T == 1 && !is_float(W.type) && !comp_parallel_ && gpu::gemv_tc_enabled() && gpu::gemv_tc_supports(g) &&
-      matmul_fused(W, y, x, call, what))
+      (comp_on || g.bits == 3 || gpu::gemv_tc_forced()) && matmul_fused(W, y, x, call, what))
     return;
   // DecDEC: select + gather may run on the side stream while the base GEMV streams weights;
   // only the final reduce touches y, on the main stream after both (race-free by stream order).

@@ -58,6 +58,11 @@ int g_tc_enabled = -1;  // -1: from the environment on first use
 }  // namespace
 
 void gemv_tc_enable(bool on) { g_tc_enabled = on ? 1 : 0; }
+namespace {
+bool g_tc_forced = false;
+}
+void gemv_tc_force(bool on) { g_tc_forced = on; }
+bool gemv_tc_forced() { return g_tc_forced; }
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) {
     const char* e = std::getenv("DDRT_GEMV_TC");

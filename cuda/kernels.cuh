@@ -122,6 +122,10 @@ bool gemv_tc_supports(const DevLinear& W);
 // compensation kernels (the twins); true (default) restores. Env DDRT_GEMV_TC=0 starts false.
 void gemv_tc_enable(bool on);
 bool gemv_tc_enabled();
+// Test knob: true sends every supported T = 1 call to the fused GEMV, also where the CUDA-core
+// kernel is the default (4-bit with DecDEC off, where it measured faster).
+void gemv_tc_force(bool on);
+bool gemv_tc_forced();
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k.
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.max_s * 16; }

@@ -167,13 +167,19 @@ void test_matmul(Backend& cpu, Backend& gpu) {
         report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
                    " T=" + std::to_string(T),
                nmse(yg.data(), yc.data(), yc.size()), 1e-8);
-        if (T == 1) {  // the fused tensor-core GEMV (default for 3/4-bit) vs its CUDA-core twin
+        if (T == 1) {  // the fused tensor-core GEMV (forced, for 4-bit too) vs its CUDA-core twin
+          gpu::gemv_tc_force(true);
+          const auto y_fused = gpu_matmul(gpu, *Wg, x, T, {});
+          gpu::gemv_tc_force(false);
+          report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
+                     " T=1 fused vs CPU",
+                 nmse(y_fused.data(), yc.data(), yc.size()), 1e-8);
           gpu::gemv_tc_enable(false);
           const auto y_twin = gpu_matmul(gpu, *Wg, x, T, {});
           gpu::gemv_tc_enable(true);
           report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
                      " T=1 vs CUDA-core twin",
-                 nmse(yg.data(), y_twin.data(), yc.size()), 1e-8);
+                 nmse(y_fused.data(), y_twin.data(), yc.size()), 1e-8);
         }
         if (T == 1) {  // x not 16-byte aligned
           Buf bx(gpu, x.size() + 1), by(gpu, W_rows(*Wg));
@@ -195,6 +201,7 @@ void test_matmul(Backend& cpu, Backend& gpu) {
 // many warps, one warp over many tiles, tall and wide; repeated launches (the tile counters must
 // come back to 0 after each).
 void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
+  gpu::gemv_tc_force(true);  // 4-bit too (its default with DecDEC off is the CUDA-core kernel)
   const int64_t shapes[][2] = {{64, 14400}, {4100, 300}, {16, 4096}, {6144, 4096}, {33, 28672}};
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128, TensorType::UQ3_G32, TensorType::UQ4_G64})
     for (auto& s : shapes) {
@@ -210,6 +217,7 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
                nmse(yg.data(), yc.data(), yc.size()), 1e-8);
       }
     }
+  gpu::gemv_tc_force(false);
 }
 
 // T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
