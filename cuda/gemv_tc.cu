@@ -62,6 +62,10 @@ namespace {
 bool g_tc_forced = false;
 }
 void gemv_tc_force(bool on) { g_tc_forced = on; }
+namespace {
+unsigned long long* g_tc_stamps = nullptr;
+}
+void gemv_tc_stamps(unsigned long long* stamps) { g_tc_stamps = stamps; }
 bool gemv_tc_forced() { return g_tc_forced; }
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) {
@@ -133,6 +137,7 @@ cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const T
   a.part = part;
   a.cnt = cnt;
   a.seg_vecs = plan.seg_vecs;
+  a.stamps = g_tc_stamps;
   int grid = plan.grid;
   if (comp) {
     a.R = comp->R;

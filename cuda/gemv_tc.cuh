@@ -27,8 +27,8 @@
 //    writer's fence; the sum order does not depend on timing, so results are bitwise repeatable.
 //
 // Compensation role (n_tb blocks): block b owns output segment b (a range of 32-output vectors).
-// Each selects (approx: chunk c by warp c / n_tb of block c % n_tb, bucket counts by warp sums +
-// ballots, the CPU reference's rule; other modes: the selection a pre-kernel wrote to sel), then
+// Each selects (approx: chunk c by block c % n_tb, a bucket histogram and two block scans,
+// the CPU reference's rule; other modes: the selection a pre-kernel wrote to sel), then
 // streams the selected residual rows' slices of its segment (16-byte zero-copy loads, 4 rows in
 // flight per thread), reduces over its threads in shared memory, scales by rscale and writes
 // cpart, then counts itself in on each tile of its segment. Its PCIe traffic overlaps the base
@@ -80,7 +80,20 @@ struct TcArgs {
                                   // c % n_tb, warp c / n_tb), publish sel and wait for each other
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S])
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
+  // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
+  unsigned long long* stamps = nullptr;
 };
+
+// Timeline stamps of a block (thread 0): 0 start, 1 after the dependency wait, 2 base: x ready /
+// compensation: selection published, 3 compensation: gather + reduce done, 4 end.
+constexpr int kTcStamps = 5;
+__device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
+  if (a.stamps != nullptr && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    a.stamps[blockIdx.x * kTcStamps + slot] = t;
+  }
+}
 
 // Shared memory bytes of the base role (x fragments + group sums) and of the compensation role.
 inline size_t tc_base_smem(int64_t d_in, int bits, int group) {
@@ -90,7 +103,7 @@ inline size_t tc_base_smem(int64_t d_in, int bits, int group) {
 inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
   const int64_t nvs = seg_vecs < kTcThreads ? seg_vecs : kTcThreads;
   return (size_t)kmax * 8 + (size_t)seg_vecs * 32 * 4 + (size_t)kTcThreads * 32 * 4 * (nvs > 0) +
-         kBuckets * 4 + 64;
+         (2 * kBuckets + 2 * kTcWarps) * 4 + 64;
 }
 
 // The first base warp whose range starts at or after unit u (ranges start at floor(w U / wb)).
@@ -153,51 +166,77 @@ __device__ __forceinline__ int tc_bucket(const float* floors, float v) {
   return v >= floors[lo] ? lo : kBuckets;
 }
 
-// approx selection of chunk c by one warp: the same set as select_channels (decdec.cpp): whole
-// buckets from the top while they fit, then the boundary bucket's members in ascending index
-// order; written ascending to s_sel[c * k_full ...] (-1 in unused slots), x values to s_xs.
+// Exclusive prefix sum of v over the block's threads (index order), and the total. wsum:
+// kTcWarps ints of shared memory used by this call only.
+__device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += u;
+  }
+  if (lane == 31) wsum[warp] = inc;
+  __syncthreads();
+  int before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < kTcWarps; ++w) {
+    const int x = wsum[w];
+    before += w < warp ? x : 0;
+    all += x;
+  }
+  *total = all;
+  return before + inc - v;
+}
+
+// approx selection of chunk c by the whole block (thread t: channels c0 + 4t .. 4t + 3): the same
+// set as select_channels (decdec.cpp): whole buckets from the top while they fit, then the
+// boundary bucket's members in ascending index order; written ascending to sel[c * k_full ...]
+// (-1 in unused slots). s: shared ints, kBuckets + 2 * kTcWarps.
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
-                                                       int32_t* sel, int lane) {
+                                                       int32_t* sel, int* s) {
+  const int tid = threadIdx.x, lane = tid & 31;
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
   const int kc = chunk_k(a.p.call.k_chunk, len);
-  int b_of[32];  // buckets of this lane's channels c0 + 32 r + lane
+  int* cnt = s;                    // [kBuckets]
+  int* wsum = s + kBuckets;        // [2][kTcWarps]
+  if (tid < kBuckets) cnt[tid] = 0;
+  __syncthreads();
+  int b[4];
 #pragma unroll
-  for (int r = 0; r < 32; ++r) {
-    const int i = 32 * r + lane;
-    b_of[r] = i < len ? tc_bucket(floors, fabsf(a.x[c0 + i])) : kBuckets;
+  for (int e = 0; e < 4; ++e) {
+    const int i = 4 * tid + e;
+    b[e] = i < len ? tc_bucket(floors, fabsf(a.x[c0 + i])) : kBuckets;
+    // one shared atomic per distinct bucket of the warp (not per channel: they would collide)
+    const unsigned peers = __match_any_sync(0xffffffffu, b[e]);
+    if (b[e] < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + b[e], __popc(peers));
   }
-  // channels in buckets <= j, over the warp (no shared-memory histogram: its atomics collide)
-  auto cnt_le = [&](int j) {
-    int n = 0;
-#pragma unroll
-    for (int r = 0; r < 32; ++r) n += b_of[r] <= j;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
-    return n;
-  };
-  // whole buckets 0..full-1 fit in kc (the reference's loop); full: the first j with cnt_le(j) > kc
-  int lo = 0;
-#pragma unroll
-  for (int step = kBuckets / 2; step >= 1; step >>= 1)
-    if (cnt_le(lo + step - 1) <= kc) lo += step;
-  const int full = cnt_le(lo) > kc ? lo : kBuckets;
-  const int taken = full > 0 ? cnt_le(full - 1) : 0;
+  __syncthreads();
+  int full = 0, taken = 0;
+  while (full < kBuckets && taken + cnt[full] <= kc) taken += cnt[full++];
   const int rest = full < kBuckets ? kc - taken : 0;
-  const unsigned lt = (1u << lane) - 1;
-  int n_bound = 0, n_out = 0;
+  int n_b = 0;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) n_b += b[e] == full && full < kBuckets;
+  int unused, n_sel;
+  int r = tc_block_scan(n_b, wsum, &unused);  // boundary members before this thread's
+  bool chosen[4];
+  int n_c = 0;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const bool bnd = b[e] == full && full < kBuckets;
+    chosen[e] = b[e] < full || (bnd && r < rest);
+    r += bnd;
+    n_c += chosen[e];
+  }
+  int at = tc_block_scan(n_c, wsum + kTcWarps, &n_sel);
   int32_t* out = sel + c * a.p.k_full;
 #pragma unroll
-  for (int r = 0; r < 32; ++r) {
-    const bool bnd = b_of[r] == full && full < kBuckets;
-    const unsigned bb = __ballot_sync(0xffffffffu, bnd);
-    const bool chosen = b_of[r] < full || (bnd && n_bound + __popc(bb & lt) < rest);
-    n_bound += __popc(bb);
-    const unsigned cb = __ballot_sync(0xffffffffu, chosen);
-    if (chosen) out[n_out + __popc(cb & lt)] = (int32_t)(c0 + 32 * r + lane);
-    n_out += __popc(cb);
-  }
-  for (int j = n_out + lane; j < kc; j += 32) out[j] = -1;
+  for (int e = 0; e < 4; ++e)
+    if (chosen[e]) out[at++] = (int32_t)(c0 + 4 * tid + e);
+  for (int j = n_sel + tid; j < kc; j += kTcThreads) out[j] = -1;
+  __syncthreads();  // cnt and wsum are reused by the next chunk
 }
 
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
@@ -209,14 +248,16 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   float* s_xs = reinterpret_cast<float*>(s_sel + kmax);                 // [kmax]
   float* s_rs = s_xs + kmax;                                            // [seg_vecs * 32] rscale
   float* red = s_rs + a.seg_vecs * 32;                                  // [kTcThreads * 32]
-  float* floors = red + kTcThreads * 32;  // [kBuckets]
+  float* floors = red + kTcThreads * 32;                    // [kBuckets]
+  int* sel_smem = reinterpret_cast<int*>(floors + kBuckets);  // [kBuckets + 2 * kTcWarps]
   // rscale of the segment: independent of the previous kernel, fetched before the wait
   for (int64_t o = tid; o < nvs * 32; o += kTcThreads) s_rs[o] = v0 * 32 + o < d_out ? a.rscale[v0 * 32 + o] : 0.0f;
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   grid_dep_wait();
+  tc_stamp(a, 1);
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
   if (a.select_here) {
-    // Each chunk is selected once, by warp c / n_tb of block c % n_tb, into the global sel; then
+    // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
     // are the grid's first and the grid fits the GPU at once, so they are all resident: the
     // wait ends. The last block past the wait (passed == n_tb) resets both counters.
@@ -224,13 +265,13 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     int* passed = done + 1;
     __syncthreads();  // floors
     int mine = 0;
-    for (int64_t c = blockIdx.x + (int64_t)warp * a.n_tb; c < n_ch; c += (int64_t)kTcWarps * a.n_tb) {
-      tc_select_chunk_approx(a, c, floors, a.sel, lane);
+    for (int64_t c = blockIdx.x; c < n_ch; c += a.n_tb) {
+      tc_select_chunk_approx(a, c, floors, a.sel, sel_smem);
       ++mine;
     }
     __threadfence();
     __syncthreads();
-    if (lane == 0 && mine > 0) atomicAdd(done, mine);
+    if (tid == 0 && mine > 0) atomicAdd(done, mine);
     if (tid == 0) {
       while (*reinterpret_cast<volatile int*>(done) < (int)n_ch) __nanosleep(64);
       __threadfence();
@@ -241,6 +282,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     }
     __syncthreads();
   }
+  tc_stamp(a, 2);
   for (int64_t s = tid; s < kmax; s += kTcThreads) {
     const int32_t j = __ldcg(a.sel + s);
     s_sel[s] = j;
@@ -299,6 +341,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   }
   __threadfence();
   __syncthreads();
+  tc_stamp(a, 3);
   // count in on every tile of the segment: the atomics a thread per tile (in parallel), then the
   // tiles this block completed are finished by its warps, 16 rows (lanes) at a time
   int* s_fin = reinterpret_cast<int*>(red);  // [tiles of the segment] + count (red is free now)
@@ -380,6 +423,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
 
   grid_dep_wait();  // x (and the scratch) belong to the previous kernels until here
+  tc_stamp(a, 1);
 
   // x -> B fragments (hi, lo) and group sums; loads batched 4 per thread
   uint4* xs = smem;
@@ -419,6 +463,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
   }
   __syncthreads();
+  tc_stamp(a, 2);
   if (!active) return;
 
   const uint2* xs2 = reinterpret_cast<const uint2*>(xs);
@@ -513,10 +558,12 @@ __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_con
   // parameter would copy all of them to local memory)
   extern __shared__ uint4 tc_smem[];
   pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
+  tc_stamp(a, 0);
   if ((int)blockIdx.x < a.n_tb)
     tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
   else
     tc_base_block<B, G>(a, tc_smem);
+  tc_stamp(a, 4);
 }
 
 }  // namespace gpu

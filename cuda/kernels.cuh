@@ -126,6 +126,9 @@ bool gemv_tc_enabled();
 // kernel is the default (4-bit with DecDEC off, where it measured faster).
 void gemv_tc_force(bool on);
 bool gemv_tc_forced();
+// The timeline lab: later launches write %globaltimer stamps (gemv_tc.cuh, kTcStamps per block)
+// to `stamps` (device memory, grid * 5 entries); null stops it.
+void gemv_tc_stamps(unsigned long long* stamps);
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k.
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.max_s * 16; }

@@ -4,6 +4,7 @@
 //   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV and DecDEC timings (see bench() below)
 //   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
 //   test_cuda_ops --bench-gemm   the T > 1 matmul: tensor-core kernel vs its simple twin (bench_gemm)
+//   test_cuda_ops --bench-stamps the fused GEMV's timeline per role (bench_stamps)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -622,6 +623,65 @@ int bench(Backend& gpu, bool gemv_only) {
   return 0;
 }
 
+// The fused GEMV's timeline (--bench-stamps): one launch with %globaltimer stamps per block, after
+// warm-up launches; times in us from the earliest block start. Compensation blocks: when they pass
+// the dependency wait, publish the selection, finish gather + reduce, end; base blocks: x ready and
+// end (warp 0). Shows which link of the compensation's chain is long.
+int bench_stamps(Backend& gpu) {
+  const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}, {1024, 4096}};
+  std::printf("%s\nfused GEMV timeline, uq3_g128, approx, host residuals: us from the first block start "
+              "(median / max over blocks)\n", gpu.name().c_str());
+  std::printf("%-13s %3s %4s | %-13s %-13s %-13s %-13s | %-13s %-13s\n", "d_out x d_in", "k", "n_tb",
+              "comp wait", "comp select", "comp gather", "comp end", "base x ready", "base end");
+  const int max_blocks = 8192;
+  unsigned long long* d_st = nullptr;
+  ck(cudaMalloc(&d_st, max_blocks * 5 * 8), "stamps");
+  for (auto& s : shapes) {
+    auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
+    auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
+    Buf bx(gpu, s[1]), by(gpu, s[0]);
+    bx.put(randn(s[1]));
+    for (int kc : {0, 2, 8, 16}) {
+      DecdecCall c;
+      c.mode = kc ? DecdecMode::Approx : DecdecMode::Off;
+      c.k_chunk = kc;
+      gpu::gemv_tc_force(true);
+      for (int i = 0; i < 5; ++i) gpu.matmul(*W, by.f(), bx.f(), 1, c);
+      ck(cudaMemset(d_st, 0, max_blocks * 5 * 8), "stamps");
+      gpu.synchronize();
+      gpu::gemv_tc_stamps(d_st);
+      gpu.matmul(*W, by.f(), bx.f(), 1, c);
+      gpu.synchronize();
+      gpu::gemv_tc_stamps(nullptr);
+      gpu::gemv_tc_force(false);
+      std::vector<unsigned long long> h(max_blocks * 5);
+      ck(cudaMemcpy(h.data(), d_st, h.size() * 8, cudaMemcpyDeviceToHost), "stamps");
+      int nb = 0;
+      while (nb < max_blocks && h[nb * 5] != 0) ++nb;
+      unsigned long long t0 = ~0ull;
+      for (int b = 0; b < nb; ++b) t0 = std::min(t0, h[b * 5]);
+      auto stat = [&](int lo, int hi, int slot) {
+        std::vector<double> v;
+        for (int b = lo; b < hi; ++b)
+          if (h[b * 5 + slot]) v.push_back((h[b * 5 + slot] - t0) / 1e3);
+        if (v.empty()) return std::string("-");
+        std::sort(v.begin(), v.end());
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%5.1f / %5.1f", v[v.size() / 2], v.back());
+        return std::string(buf);
+      };
+      // compensation blocks: the grid's first, the ones with a gather stamp (slot 3)
+      int ncomp = 0;
+      while (kc && ncomp < nb && h[ncomp * 5 + 3] != 0) ++ncomp;
+      std::printf("%5lldx%-7lld %3d %4d | %-13s %-13s %-13s %-13s | %-13s %-13s\n", (long long)s[0], (long long)s[1],
+                  kc, ncomp, stat(0, ncomp, 1).c_str(), stat(0, ncomp, 2).c_str(), stat(0, ncomp, 3).c_str(),
+                  stat(0, ncomp, 4).c_str(), stat(ncomp, nb, 2).c_str(), stat(ncomp, nb, 4).c_str());
+    }
+  }
+  cudaFree(d_st);
+  return 0;
+}
+
 // T = 512 prefill matmuls: median event-timed microseconds (20 launches; 3 for the slow twin),
 // TFLOP/s = 2 T d_out d_in / time.
 double time_gemm(Backend& gpu, const Linear& W, float* y, const float* x, int T, int reps) {
@@ -685,6 +745,7 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu, false);
     if (argc > 1 && std::string(argv[1]) == "--bench-gemv") return bench(*gpu, true);
     if (argc > 1 && std::string(argv[1]) == "--bench-gemm") return bench_gemm(*gpu);
+    if (argc > 1 && std::string(argv[1]) == "--bench-stamps") return bench_stamps(*gpu);
     auto cpu = make_cpu_backend();
     std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
     test_misc(*gpu);
