@@ -219,10 +219,16 @@ def study(bits: int, a, bw, bar) -> dict:
 
 # ---- outputs ------------------------------------------------------------------------------------
 def git_commit() -> str | None:
+    """HEAD of this checkout, with "+dirty" when the tracked files differ from it (a copied tree,
+    e.g. on a lent GPU machine, may carry a stale .git: then the commit alone would mislead)."""
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
+        run = lambda *cmd: subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True,
+                                          timeout=10).stdout.strip()
+        head = run("rev-parse", "--short", "HEAD")
+        if not head:
+            return None
+        return head + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
