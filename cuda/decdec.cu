@@ -1,4 +1,5 @@
-// decdec_rt CUDA backend: DecDEC compensation, y[t] += R[:, S_t] x[t][S_t], first version.
+// decdec_rt CUDA backend: DecDEC compensation in separate kernels, y[t] += R[:, S_t] x[t][S_t]: prefill
+// (T > 1), the twin of the in-launch compensation (gemv_tc.cuh) and its side-stream ablation.
 //
 // Three kernels, stream-ordered after the base GEMV (so they are race-free with it: each starts
 // only when the previous kernel on the stream has finished writing y):
@@ -207,13 +208,6 @@ int comp_splits(const DevLinear& W, int64_t kmax, int T) {
   if (n > kmax) n = kmax;
   if (n > 64) n = 64;
   return n < 1 ? 1 : (int)n;
-}
-
-cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
-                              const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
-  cudaError_t e = launch_comp_select_gather(W, R, p, x, T, sel, partial, st);
-  if (e != cudaSuccess) return e;
-  return launch_comp_reduce(W, R, p, y, T, partial, st);
 }
 
 namespace {

@@ -89,10 +89,9 @@ struct CompParams {
 };
 // Scratch: sel [T][kmax] int32, partial [T][n_split][d_out] float.
 int comp_splits(const DevLinear& W, int64_t kmax, int T);
-cudaError_t launch_compensate(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y,
-                              const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
-// The same in two parts: select + gather (reads x, writes sel and partial; may run on a side
-// stream beside the base GEMV) and reduce (y += rscale * sum of partial; after both).
+// The separate-kernel compensation (T > 1, the twins), in two parts: select + gather (reads x,
+// writes sel and partial; may run on a side stream beside the base GEMV) and reduce
+// (y += rscale * sum of partial; after both).
 cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
                                       const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
 cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
