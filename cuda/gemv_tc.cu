@@ -114,10 +114,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
   p.n_tb = n_tb;
   const int64_t U = p.n_tiles * p.n_units;
   p.wb = std::min<int64_t>((int64_t)(p.grid - n_tb) * kTcWarps, U);
-  int64_t max_s = 1;
-  // the largest E_base over tiles: at most ceil((n_units - 1) wb / U) + 1; exact is cheap enough
-  max_s = (p.n_units * p.wb + U - 1) / U + 1;
-  p.max_s = (int)max_s;
+  p.max_s = (int)tc_max_slots(p.n_units, U, p.wb);
   p.ok = true;
   return p;
 }

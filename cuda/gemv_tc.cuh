@@ -36,6 +36,7 @@
 #pragma once
 
 #include "gemv_q.cuh"
+#include "tc_split.h"
 
 namespace ddrt {
 namespace gpu {
@@ -104,17 +105,6 @@ inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
   const int64_t nvs = seg_vecs < kTcThreads ? seg_vecs : kTcThreads;
   return (size_t)kmax * 8 + (size_t)seg_vecs * 32 * 4 + (size_t)kTcThreads * 32 * 4 * (nvs > 0) +
          (2 * kBuckets + 2 * kTcWarps) * 4 + 64;
-}
-
-// The first base warp whose range starts at or after unit u (ranges start at floor(w U / wb)).
-DDRT_HD int64_t first_warp_at(int64_t u, int64_t U, int64_t wb) { return (u * wb + U - 1) / U; }
-// Base warps whose ranges meet tile `tile`: the one holding its first unit, then those starting
-// inside it; a warp's slot j there = its index minus the first one's.
-DDRT_HD int64_t tc_first_warp(int64_t tile, int64_t n_units, int64_t U, int64_t wb) {
-  return first_warp_at(tile * n_units + 1, U, wb) - 1;
-}
-DDRT_HD int64_t tc_e_base(int64_t tile, int64_t n_units, int64_t U, int64_t wb) {
-  return first_warp_at(tile * n_units + n_units, U, wb) - tc_first_warp(tile, n_units, U, wb);
 }
 
 __device__ __forceinline__ void grid_dep_wait() {
@@ -373,7 +363,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int64_t w = (int64_t)(blockIdx.x - a.n_tb) * kTcWarps + warp;
   const int64_t U = a.n_tiles * a.n_units;
   const bool active = w < a.wb;
-  const int64_t u_begin = active ? w * U / a.wb : 0, u_end = active ? (w + 1) * U / a.wb : 0;
+  const int64_t u_begin = active ? tc_range_begin(w, U, a.wb) : 0, u_end = active ? tc_range_begin(w + 1, U, a.wb) : 0;
   const int64_t n_slabs = mma_slabs(W.d_in, B), n_f4 = n_slabs * 2 * C, n_chunks = 2 * n_slabs;
 
   // a unit as (tile, k): cursors advance one unit at a time (no 64-bit divisions in the loop)

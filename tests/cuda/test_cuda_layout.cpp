@@ -2,7 +2,8 @@
 // needed): every code survives repack_codes, both through the slow reader (packed_code, used by
 // the tiled matmul and embed) and through the GEMV's fast decoder (code_f, the magic-exponent
 // trick), which must give the exact code as a float; codes past d_in decode to 0; code_place
-// inverts code_index. Scale rows are padded to whole rounds with zero words.
+// inverts code_index. Scale rows are padded to whole rounds with zero words. The fused GEMV's
+// work split and tile-merge bookkeeping (tc_split.h).
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -10,6 +11,7 @@
 
 #include "check.h"
 #include "host_prep.h"
+#include "tc_split.h"
 
 using namespace ddrt;
 using namespace ddrt::gpu;
@@ -80,8 +82,42 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
 
 }  // namespace
 
+// The fused GEMV's work split and merge bookkeeping (tc_split.h), against a direct walk of every
+// warp's range: each tile is met by exactly tc_e_base warps, their slots are 0..E-1 (each once),
+// E never exceeds tc_max_slots, ranges cover every unit once and none is empty.
+bool check_split(int64_t n_tiles, int64_t n_units, int64_t warps) {
+  const int64_t U = n_tiles * n_units, wb = std::min(warps, U);
+  std::vector<std::vector<int64_t>> slots(n_tiles);
+  int64_t next = 0;
+  for (int64_t w = 0; w < wb; ++w) {
+    const int64_t b = tc_range_begin(w, U, wb), e = tc_range_begin(w + 1, U, wb);
+    if (b != next || e <= b) return false;
+    next = e;
+    for (int64_t tile = b / n_units; tile <= (e - 1) / n_units; ++tile)
+      slots[tile].push_back(w - tc_first_warp(tile, n_units, U, wb));
+  }
+  if (next != U) return false;
+  for (int64_t tile = 0; tile < n_tiles; ++tile) {
+    const int64_t E = tc_e_base(tile, n_units, U, wb);
+    if ((int64_t)slots[tile].size() != E || E > tc_max_slots(n_units, U, wb)) return false;
+    for (int64_t j = 0; j < E; ++j)
+      if (slots[tile][j] != j) return false;
+  }
+  return true;
+}
+
 int main() {
   std::mt19937 rng(7);
+  bool split_ok = true;
+  for (int64_t n_tiles : {1, 2, 3, 36, 64, 256, 384, 896})
+    for (int64_t n_units : {1, 2, 7, 8, 28, 56})
+      for (int64_t warps : {1, 5, 8, 100, 1056, 2112, 4000})
+        if (!check_split(n_tiles, n_units, warps)) {
+          std::fprintf(stderr, "  split n_tiles %lld n_units %lld warps %lld wrong\n", (long long)n_tiles,
+                       (long long)n_units, (long long)warps);
+          split_ok = false;
+        }
+  CHECK(split_ok);
   for (int64_t d_in : {1, 31, 32, 33, 100, 127, 128, 129, 1000, 4096, 4100, 4096 + 128 + 5}) {
     check_width<2>(3, d_in, rng);
     check_width<3>(3, d_in, rng);
