@@ -83,6 +83,12 @@ class Backend {
   // y[t] = W x[t] + (DecDEC) R[:, S_t] x[t][S_t] with S_t = select_channels(call, pos0 + t, ...)
   // x: [T, d_in], y: [T, d_out]. x and y never alias.
   virtual void matmul(const Linear& W, float* y, const float* x, int T, const DecdecCall& call) = 0;
+  // ys[m] = matmul(*Ws[m], x, calls[m]) for m < n: linears that read the same x (q/k/v,
+  // gate/up). A backend may run them as one launch; the default is the n calls, the meaning.
+  virtual void matmul_group(const Linear* const* Ws, float* const* ys, int n, const float* x, int T,
+                            const DecdecCall* calls) {
+    for (int m = 0; m < n; ++m) matmul(*Ws[m], ys[m], x, T, calls[m]);
+  }
   // Rotary embedding in place, rotate-half convention: for i < head_dim/2, with
   // angle = (float)(pos0 + t) * inv_freq[i] (fp32), (x[i], x[i + head_dim/2]) is rotated by angle.
   // x: [T, n_heads * head_dim]; inv_freq: backend memory, [head_dim/2].

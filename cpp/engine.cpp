@@ -345,7 +345,7 @@ double Engine::decdec_bytes_per_token() const {
   return bytes;
 }
 
-void Engine::linear(const Linear& w, int layer, int slot, float* y, const float* x, int T, int64_t pos0) {
+DecdecCall Engine::decdec_call(int layer, int slot, int64_t pos0) const {
   DecdecCall call;
   call.mode = k_chunk_[kSlotKind[slot]] > 0 ? mode_ : DecdecMode::Off;
   call.k_chunk = k_chunk_[kSlotKind[slot]];
@@ -353,7 +353,21 @@ void Engine::linear(const Linear& w, int layer, int slot, float* y, const float*
   call.n_tb = n_tb_[kSlotKind[slot]];
   call.linear_id = (uint32_t)(7 * layer + slot);
   call.pos0 = pos0;
-  be_->matmul(w, y, x, T, call);
+  return call;
+}
+
+void Engine::linear(const Linear& w, int layer, int slot, float* y, const float* x, int T, int64_t pos0) {
+  be_->matmul(w, y, x, T, decdec_call(layer, slot, pos0));
+}
+
+void Engine::linear_group(int layer, int slot0, int n, float* const* ys, const float* x, int T, int64_t pos0) {
+  const Linear* ws[3];
+  DecdecCall calls[3];
+  for (int m = 0; m < n; ++m) {
+    ws[m] = layers_[layer]->w[slot0 + m].get();
+    calls[m] = decdec_call(layer, slot0 + m, pos0);
+  }
+  be_->matmul_group(ws, ys, n, x, T, calls);
 }
 
 void Engine::check_tokens(const int32_t* ids, int T) const {
@@ -406,9 +420,8 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
     const Layer& L = *layers_[l];
     // attention block (xb = attn_norm(x) on entry)
     if (capture_) emit(l, 0, xb_, T, c.dim);
-    linear(*L.w[0], l, 0, q_, xb_, T, pos0);                    // q [T, n_heads*hd]
-    linear(*L.w[1], l, 1, k_, xb_, T, pos0);                    // k [T, n_kv*hd]
-    linear(*L.w[2], l, 2, v_, xb_, T, pos0);                    // v [T, n_kv*hd]
+    float* const qkv[3] = {q_, k_, v_};                         // q [T, n_heads*hd], k, v [T, n_kv*hd]
+    linear_group(l, 0, 3, qkv, xb_, T, pos0);
     be_->rope_qk(q_, k_, T, c.n_heads, c.n_kv_heads, c.head_dim, pos0, inv_freq_);
     be_->attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0);  // att [T, n_heads*hd]
     if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
@@ -416,8 +429,8 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
     be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
     // feed-forward block
     if (capture_) emit(l, 4, xb_, T, c.dim);
-    linear(*L.w[4], l, 4, gate_, xb_, T, pos0);                 // gate [T, hidden]
-    linear(*L.w[5], l, 5, up_, xb_, T, pos0);                   // up [T, hidden]
+    float* const gate_up[2] = {gate_, up_};                     // gate, up [T, hidden]
+    linear_group(l, 4, 2, gate_up, xb_, T, pos0);
     be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);   // gate = silu(gate) * up
     if (capture_) emit(l, 6, gate_, T, c.hidden_dim);
     linear(*L.w[6], l, 6, hb_, gate_, T, pos0);                 // hb [T, dim]

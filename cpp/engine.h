@@ -167,6 +167,10 @@ class Engine {
   int32_t greedy_step(int32_t id);
   void check_tokens(const int32_t* ids, int T) const;
   void linear(const Linear& w, int layer, int slot, float* y, const float* x, int T, int64_t pos0);
+  // The linears of slots [slot0, slot0 + n) of a layer, all reading x (q/k/v, gate/up): one
+  // matmul_group, which a backend may run as one launch.
+  void linear_group(int layer, int slot0, int n, float* const* ys, const float* x, int T, int64_t pos0);
+  DecdecCall decdec_call(int layer, int slot, int64_t pos0) const;
 };
 
 }  // namespace ddrt

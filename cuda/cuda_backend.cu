@@ -105,12 +105,14 @@ struct CudaLinear : Linear {
   gpu::DevLinear dev;
   gpu::DevResidual res;
   std::vector<float> thresholds_host;  // approx floors are computed on the host per call
+  std::vector<int32_t> ranking_host;   // static mode: whether group members select alike
   std::vector<DevMem> mem;
-  PinnedMem pinned, pinned_rscale;
+  PinnedMem pinned, pinned_rscale, pinned_rank;
   // the fused GEMV's last plan (compensation blocks, kmax): planning queries the occupancy
   mutable gpu::TcPlan plan;
   mutable int plan_n_tb = -1;
   mutable int64_t plan_kmax = -1;
+  mutable int64_t plan_d_out = -1;  // the launch's d_out (a group's total when this is its head)
 };
 
 struct CudaKVCache : KVCache {
@@ -176,6 +178,10 @@ class CudaBackend : public Backend {
   }
 
   cudaStream_t stream() const { return st_; }
+  void set_decdec_parallel(bool on) {
+    synchronize();
+    comp_parallel_ = on;
+  }
 
   std::string name() const override { return "cuda:" + std::to_string(dev_) + " (" + prop_.name + ")"; }
 
@@ -231,6 +237,8 @@ class CudaBackend : public Backend {
     DDRT_CHECK(gpu::launch_rmsnorm(out, x, w, T, dim, eps, st_));
   }
   void matmul(const Linear& W, float* y, const float* x, int T, const DecdecCall& call) override;
+  void matmul_group(const Linear* const* Ws, float* const* ys, int n, const float* x, int T,
+                    const DecdecCall* calls) override;
   void rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) override {
     use();
     DDRT_CHECK(gpu::launch_rope(x, T, n_heads, head_dim, pos0, inv_freq, st_, step_ ? step_pos() : nullptr));
@@ -339,7 +347,7 @@ class CudaBackend : public Backend {
     }
     return true;
   }
-  // One linear call's DecDEC work: selection + gather into `partial`, then y += reduce(partial).
+  // One linear call's DecDEC work (T tokens): the selection into sel, the term into y or partial.
   struct CompJob {
     bool active = false;
     gpu::CompParams p;
@@ -350,11 +358,23 @@ class CudaBackend : public Backend {
     float* partial = nullptr;
     std::string what;
   };
-  CompJob prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call, bool fused);
-  // T = 1 on the fused tensor-core GEMV (compensation in the same launch); false: not possible
-  // for this shape / setting, nothing was launched.
-  bool matmul_fused(const CudaLinear& W, float* y, const float* x, const DecdecCall& call, const std::string& what);
-  void launch_comp_gather(const CompJob& job, cudaStream_t st);
+  // part_floats: scratch floats for a partial term (the fused launch's cpart, the side stream's
+  // partial), beside sel [T][kmax]
+  CompJob prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call, int64_t part_floats);
+  // T = 1 on the fused tensor-core GEMV (compensation in the same launch) for n linears reading
+  // x (a group: gemv_tc_groupable, one DecDEC call for all); false: not possible for this shape /
+  // setting, nothing was launched.
+  bool matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x, const DecdecCall& call,
+                    const std::string& what);
+  // Whether a group's calls can share one fused launch (same DecDEC setting and selection).
+  bool group_fusable(const CudaLinear* const* Ws, int n, const DecdecCall* calls) const;
+  // select + gather of job: y += the compensation (add) or partial = it
+  void launch_comp_gather(const CompJob& job, float* out, bool add, cudaStream_t st);
+  // Tokens per select + gather in prefill on one stream: sel [slice][kmax] within 256 KB.
+  static int comp_slice(const DecdecCall& call, int64_t d_in) {
+    const int64_t kmax = std::max<int64_t>(1, total_k(call.k_chunk, d_in));
+    return (int)std::max<int64_t>(1, std::min<int64_t>(256, (256 << 10) / (4 * kmax)));
+  }
   // Scratch of the compensation alone: the side stream uses it while the main stream uses
   // scratch() (grows only when both streams are idle).
   void* comp_scratch(size_t bytes) {
@@ -479,9 +499,16 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
   if (d.ranking) {
     const std::vector<int32_t> rank_pos = rank_positions(d);
     W->has_ranking = true;
-    W->res.rank_pos = put<int32_t>(*W, held_, rank_pos.data(), d.d_in * 4, st_, "ranking");
-    *decdec_held_ += d.d_in * 4;
-    DDRT_CHECK(cudaStreamSynchronize(st_));
+    W->ranking_host.assign(d.ranking, d.ranking + d.d_in);
+    if (where == ResidualPlacement::Host) {  // read by the static selection only: zero-copy
+      W->pinned_rank = PinnedMem((size_t)d.d_in * 4, what + " ranking");
+      memcpy(W->pinned_rank.host(), rank_pos.data(), (size_t)d.d_in * 4);
+      W->res.rank_pos = static_cast<const int32_t*>(W->pinned_rank.dev());
+    } else {
+      W->res.rank_pos = put<int32_t>(*W, held_, rank_pos.data(), d.d_in * 4, st_, "ranking");
+      *decdec_held_ += d.d_in * 4;
+      DDRT_CHECK(cudaStreamSynchronize(st_));
+    }
   }
   if (!is_float(d.type) && gpu::gemv_tc_supports(g)) tc_scratch(gpu::gemv_tc_plan(g, 0, 0), "load");
   DDRT_CHECK(cudaStreamSynchronize(st_), what);
@@ -516,15 +543,22 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   // there (BENCHMARKS.md, 2026-11-22)
   const bool comp_on = call.mode != DecdecMode::Off && call.k_chunk > 0;
   if (T == 1 && !is_float(W.type) && !comp_parallel_ && gpu::gemv_tc_enabled() && gpu::gemv_tc_supports(g) &&
-      (comp_on || g.bits == 3 || gpu::gemv_tc_forced()) && matmul_fused(W, y, x, call, what))
-    return;
-  // DecDEC: select + gather may run on the side stream while the base GEMV streams weights;
-  // only the final reduce touches y, on the main stream after both (race-free by stream order).
-  CompJob job = prepare_comp(W, x, T, call, false);
+      (comp_on || g.bits == 3 || gpu::gemv_tc_forced())) {
+    const CudaLinear* Ws[1] = {&W};
+    float* ys[1] = {y};
+    if (matmul_fused(Ws, ys, 1, x, call, what)) return;
+  }
+  // DecDEC in separate kernels. Side stream (the paper's design, DDRT_DECDEC_PARALLEL=1): select +
+  // gather into partial [T][d_out] beside the base GEMV; only the final reduce touches y, on the
+  // main stream after both (race-free by stream order). One stream: after the base GEMV, select +
+  // gather add into y directly, comp_slice tokens at a time, so DecDEC's scratch (sel) does not
+  // grow with the prompt.
+  const int slice = comp_slice(call, W.d_in), T0 = comp_parallel_ ? T : std::min(T, slice);
+  CompJob job = prepare_comp(W, x, T0, call, comp_parallel_ ? (int64_t)T * W.d_out : 0);
   if (job.active && comp_parallel_) {
     DDRT_CHECK(cudaEventRecord(fork_, st_));
     DDRT_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
-    launch_comp_gather(job, side_);
+    launch_comp_gather(job, job.partial, false, side_);
     DDRT_CHECK(cudaEventRecord(join_, side_));
   }
   if (T == 1 && is_float(W.type) && ((uintptr_t)x & 15) == 0) {
@@ -537,29 +571,76 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   if (!job.active) return;
   if (comp_parallel_) {
     DDRT_CHECK(cudaStreamWaitEvent(st_, join_, 0));
-  } else {
-    launch_comp_gather(job, st_);
+    DDRT_CHECK(gpu::launch_comp_reduce(W.dev, job.p, y, T, job.partial, st_), job.what);
+    return;
   }
-  DDRT_CHECK(gpu::launch_comp_reduce(W.dev, W.res, job.p, y, T, job.partial, st_), job.what);
+  for (int t0 = 0; t0 < T; t0 += slice) {
+    const int n = std::min(slice, T - t0);
+    if (t0 > 0) {
+      DecdecCall c = call;
+      c.pos0 = call.pos0 + t0;  // the slice's first position (random mode's seeds)
+      job = prepare_comp(W, x + (int64_t)t0 * W.d_in, n, c, 0);
+    }
+    launch_comp_gather(job, y + (int64_t)t0 * W.d_out, true, st_);
+  }
 }
 
-bool CudaBackend::matmul_fused(const CudaLinear& W, float* y, const float* x, const DecdecCall& call,
-                               const std::string& what) {
-  CompJob job = prepare_comp(W, x, 1, call, true);
-  const int n_tb = job.active ? (call.n_tb > 0 ? call.n_tb : gpu::tc_default_n_tb(W.dev)) : 0;
+bool CudaBackend::group_fusable(const CudaLinear* const* Ws, int n, const DecdecCall* calls) const {
+  if (n < 2 || n > gpu::kTcMaxMembers || comp_parallel_ || !gpu::gemv_tc_enabled()) return false;
+  auto on = [](const DecdecCall& c) { return c.mode != DecdecMode::Off && c.k_chunk > 0; };
+  const DecdecCall& c0 = calls[0];
+  for (int m = 0; m < n; ++m) {
+    const DecdecCall& c = calls[m];
+    if (on(c) != on(c0)) return false;
+    if (!on(c)) continue;
+    // one selection serves all members: the same setting, and the same selection inputs
+    if (c.mode != c0.mode || c.k_chunk != c0.k_chunk || c.n_tb != c0.n_tb || c.pos0 != c0.pos0 ||
+        c.mode == DecdecMode::Random || !Ws[m]->has_residual)
+      return false;
+    if (c.mode == DecdecMode::Approx && Ws[m]->thresholds_host != Ws[0]->thresholds_host) return false;
+    if (c.mode == DecdecMode::Static && Ws[m]->ranking_host != Ws[0]->ranking_host) return false;
+  }
+  // with DecDEC off, the same rule as one linear: the fused kernel for 3-bit (4-bit: CUDA-core)
+  return on(c0) || Ws[0]->dev.bits == 3 || gpu::gemv_tc_forced();
+}
+
+void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n, const float* x, int T,
+                               const DecdecCall* calls) {
+  use();
+  if (T == 1 && n >= 2 && n <= gpu::kTcMaxMembers) {
+    const CudaLinear* cw[gpu::kTcMaxMembers];
+    std::string what = "matmul group";
+    for (int m = 0; m < n; ++m) {
+      cw[m] = static_cast<const CudaLinear*>(Ws[m]);
+      what += (m ? ", '" : " '") + cw[m]->name + "'";
+    }
+    if (!is_float(cw[0]->type) && group_fusable(cw, n, calls) && matmul_fused(cw, ys, n, x, calls[0], what)) return;
+  }
+  for (int m = 0; m < n; ++m) matmul(*Ws[m], ys[m], x, T, calls[m]);
+}
+
+bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x,
+                               const DecdecCall& call, const std::string& what) {
+  const gpu::DevLinear* devs[gpu::kTcMaxMembers];
+  for (int m = 0; m < n; ++m) devs[m] = &Ws[m]->dev;
+  gpu::DevLinear shape;
+  if (!gpu::gemv_tc_groupable(devs, n, &shape)) return false;
+  const CudaLinear& W = *Ws[0];  // the head: its plan cache, its selection inputs
+  CompJob job = prepare_comp(W, x, 1, call, shape.d_out);
+  const int n_tb = job.active ? (call.n_tb > 0 ? call.n_tb : gpu::tc_default_n_tb(shape)) : 0;
   const int64_t kmax = job.active ? job.p.kmax : 0;
-  if (W.plan_n_tb != n_tb || W.plan_kmax != kmax) {
-    W.plan = gpu::gemv_tc_plan(W.dev, n_tb, kmax);
+  if (W.plan_n_tb != n_tb || W.plan_kmax != kmax || W.plan_d_out != shape.d_out) {
+    W.plan = gpu::gemv_tc_plan(shape, n_tb, kmax);
     W.plan_n_tb = n_tb;
     W.plan_kmax = kmax;
+    W.plan_d_out = shape.d_out;
   }
   const gpu::TcPlan& plan = W.plan;
   if (!plan.ok || (job.active && plan.n_tb == 0) || !tc_scratch(plan, what.c_str())) return false;
   gpu::TcComp comp;
   if (job.active) {
-    comp.R = W.res;
+    for (int m = 0; m < n; ++m) comp.R[m] = Ws[m]->res;
     comp.p = job.p;
-    comp.rscale = W.res.rscale;
     comp.cpart = job.partial;
     comp.sel = job.sel;
     // approx selects inside the launch (when its binary search equals the reference's scan:
@@ -569,19 +650,19 @@ bool CudaBackend::matmul_fused(const CudaLinear& W, float* y, const float* x, co
     comp.select_here = monotone;
     if (!monotone) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
-  DDRT_CHECK(gpu::launch_gemv_tc(W.dev, y, x, plan, static_cast<float*>(tc_part_.get()),
+  DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, static_cast<float*>(tc_part_.get()),
                                  static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_),
              what);
   return true;
 }
 
-void CudaBackend::launch_comp_gather(const CompJob& job, cudaStream_t st) {
-  DDRT_CHECK(gpu::launch_comp_select_gather(job.W->dev, job.W->res, job.p, job.x, job.T, job.sel, job.partial, st),
+void CudaBackend::launch_comp_gather(const CompJob& job, float* out, bool add, cudaStream_t st) {
+  DDRT_CHECK(gpu::launch_comp_select_gather(job.W->dev, job.W->res, job.p, job.x, job.T, job.sel, out, add, st),
              job.what);
 }
 
 CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float* x, int T, const DecdecCall& call,
-                                               bool fused) {
+                                               int64_t part_floats) {
   CompJob job;
   if (call.mode == DecdecMode::Off) return job;
   const std::string what = "linear '" + W.name + "': DecDEC mode " + mode_name(call.mode);
@@ -600,10 +681,8 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   // the floors travel by value to the kernel, computed on the host as the CPU reference does
   // (nvcc would contract a - (a-b)*c into an FMA and move a bucket edge by one ulp)
   if (call.mode == DecdecMode::Approx) reference_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
-  // partial: [T][n_split][d_out] for the separate kernels, [d_out] (cpart) for the fused GEMV
-  const int n_split = fused ? 1 : gpu::comp_splits(W.dev, p.kmax, T);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
-  const size_t part_bytes = (size_t)T * n_split * W.d_out * 4;
+  const size_t part_bytes = (size_t)part_floats * 4;
   uint8_t* s = static_cast<uint8_t*>(comp_scratch(sel_bytes + part_bytes));
   job.active = true;
   job.p = p;
@@ -644,6 +723,12 @@ cudaStream_t cuda_stream_of(Backend& b) {
   auto* c = dynamic_cast<CudaBackend*>(&b);
   if (!c) throw InvalidArgument("cuda_stream_of: backend '" + b.name() + "' is not a CUDA backend");
   return c->stream();
+}
+
+void cuda_set_decdec_parallel(Backend& b, bool on) {
+  auto* c = dynamic_cast<CudaBackend*>(&b);
+  if (!c) throw InvalidArgument("cuda_set_decdec_parallel: backend '" + b.name() + "' is not a CUDA backend");
+  c->set_decdec_parallel(on);
 }
 
 bool cuda_built() { return true; }

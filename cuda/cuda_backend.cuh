@@ -10,5 +10,7 @@ namespace ddrt {
 // The stream every op of a CUDA backend runs on (for event timing and graph capture).
 // Throws InvalidArgument when `b` is not a CUDA backend.
 cudaStream_t cuda_stream_of(Backend& b);
+// The side-stream DecDEC twin (env DDRT_DECDEC_PARALLEL=1 at construction) on or off, for tests.
+void cuda_set_decdec_parallel(Backend& b, bool on);
 
 }  // namespace ddrt

@@ -8,17 +8,21 @@
 //              bitonic sort in shared memory, keep the first k_c valid ones, write them ascending
 //              to sel[t][c * k_full ...] (-1 in unused slots). Keys: exact -|x| (as bits),
 //              approx bucket, static rank_pos, random random_key(); NaN is never a candidate.
-//  2. gather   grid (32-output vectors / 128, split, t): each thread owns 32 outputs and walks
-//              the selected slots split, split + n_split, ...: one 16-byte load of residual row j
-//              (zero-copy from mapped host memory, or device memory), 32 fp32 FMAs with x[j].
-//              Four rows in flight per thread. Writes partial[t][split][o] (no atomics).
-//  3. reduce   y[t][o] += rscale[o] * sum over splits of partial (fixed order: deterministic).
+//  2. gather   grid (blocks of V 32-output vectors, t), 256 threads = V vectors x 256/V row splits
+//              (V = 8 for few tokens, 64 for many): thread (split, v) walks the selected slots
+//              split, split + 256/V, ...: one 16-byte load of residual row j (zero-copy from mapped
+//              host memory, or device memory; the V threads of a split read 16 V contiguous bytes
+//              of the row), 32 fp32 FMAs with x[j], four rows in flight. The splits are summed in shared memory in a fixed order (deterministic),
+//              scaled by rscale and either added to y (one stream: y[t][o] is owned by one thread
+//              and the base GEMV finished before, by stream order) or written to partial[t][o].
+//  3. reduce   y[t][o] += partial[t][o]: only with the side stream, after the join.
 // approx mode selects without sorting (approx_select_kernel): a 32-bin histogram of the bucket
 // of each channel, then two block-wide prefix counts (the boundary bucket's members in index
 // order, then the output positions): a handful of barriers instead of the sort's 55.
 // launch_comp_select_gather and launch_comp_reduce split the work so the backend can run
-// select + gather on a side stream beside the base GEMV and the reduce (the only kernel that
-// touches y) after both, on the main stream.
+// select + gather on a side stream beside the base GEMV and the reduce (then the only kernel that
+// touches y) after both, on the main stream. No scratch grows with the number of splits: the
+// backend needs sel [T][kmax] and, for the side stream only, partial [T][d_out].
 #include "kernels.cuh"
 
 namespace ddrt {
@@ -27,7 +31,7 @@ namespace gpu {
 namespace {
 
 constexpr int kSelThreads = kChunk;  // one thread per channel of a chunk
-constexpr int kGatherThreads = 128;
+constexpr int kGatherThreads = 256;
 constexpr int kUnroll = 4;
 
 struct SortKey {
@@ -151,24 +155,28 @@ approx_select_kernel(CompParams p, const float* x, int64_t d_in, int32_t* sel) {
   if (i >= n_sel && i < kc) out[i] = -1;
 }
 
+// VECS 32-output vectors per block, kGatherThreads / VECS row splits: 8 for few tokens (more
+// blocks), 64 for many (1 KB contiguous per row and block: fewer, wider PCIe reads).
+template <int VECS>
 __global__ void __launch_bounds__(kGatherThreads)
 gather_kernel(DevResidual R, int64_t d_out, int64_t d_in, int64_t kmax, const int32_t* sel, const float* x,
-              float* partial) {
-  const int64_t nvo = (d_out + 31) / 32;
-  const int64_t vo = (int64_t)blockIdx.x * kGatherThreads + threadIdx.x;
-  if (vo >= nvo) return;
-  const int split = blockIdx.y, n_split = gridDim.y, t = blockIdx.z;
+              float* out, bool add) {
+  constexpr int kGatherVecs = VECS, kGatherSplits = kGatherThreads / VECS;
+  // red[(split * VECS + v) * 33 + e]: the 33 keeps a warp's stores and loads on 32 banks
+  __shared__ float red[kGatherThreads * 33];
+  const int tid = threadIdx.x, v = tid % kGatherVecs, split = tid / kGatherVecs, t = blockIdx.y;
+  const int64_t nvo = (d_out + 31) / 32, vo = (int64_t)blockIdx.x * kGatherVecs + v;
   const int32_t* st = sel + (int64_t)t * kmax;
   const float* xt = x + (int64_t)t * d_in;
   float acc[32];
 #pragma unroll
   for (int e = 0; e < 32; ++e) acc[e] = 0;
-  for (int64_t s0 = split; s0 < kmax; s0 += (int64_t)kUnroll * n_split) {
+  for (int64_t s0 = split; vo < nvo && s0 < kmax; s0 += (int64_t)kUnroll * kGatherSplits) {
     int32_t j[kUnroll];
     uint4 r[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t s = s0 + (int64_t)u * n_split;
+      const int64_t s = s0 + (int64_t)u * kGatherSplits;
       j[u] = s < kmax ? st[s] : -1;
       if (j[u] >= 0) r[u] = *reinterpret_cast<const uint4*>(R.rows + (int64_t)j[u] * R.row_pitch + 16 * vo);
     }
@@ -185,30 +193,32 @@ gather_kernel(DevResidual R, int64_t d_out, int64_t d_in, int64_t kmax, const in
       }
     }
   }
-  float* pt = partial + ((int64_t)t * n_split + split) * d_out + 32 * vo;
 #pragma unroll
-  for (int e = 0; e < 32; ++e)
-    if (32 * vo + e < d_out) pt[e] = acc[e];
-}
-
-__global__ void reduce_kernel(const float* rscale, int64_t d_out, int n_split, const float* partial, float* y) {
-  const int t = blockIdx.y;
-  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < d_out; o += (int64_t)gridDim.x * blockDim.x) {
-    float s = 0;
-    for (int k = 0; k < n_split; ++k) s += partial[((int64_t)t * n_split + k) * d_out + o];
-    y[(int64_t)t * d_out + o] += rscale[o] * s;
+  for (int e = 0; e < 32; ++e) red[tid * 33 + e] = acc[e];
+  __syncthreads();
+  // thread -> outputs (vector i / 32, element i % 32), i = tid, tid + 256, ...: the splits summed
+  // in ascending order
+  for (int i = tid; i < kGatherVecs * 32; i += kGatherThreads) {
+    const int ov = i / 32, oe = i % 32;
+    const int64_t o = 32 * ((int64_t)blockIdx.x * kGatherVecs + ov) + oe;
+    if (o >= d_out) break;
+    float sum = 0;
+    for (int k = 0; k < kGatherSplits; ++k) sum += red[(k * kGatherVecs + ov) * 33 + oe];
+    const float val = R.rscale[o] * sum;
+    if (add)
+      out[(int64_t)t * d_out + o] += val;
+    else
+      out[(int64_t)t * d_out + o] = val;
   }
 }
 
-}  // namespace
-
-int comp_splits(const DevLinear& W, int64_t kmax, int T) {
-  const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;
-  int64_t n = (264 + bx * T - 1) / (bx * T);  // about two blocks per SM of an H100
-  if (n > kmax) n = kmax;
-  if (n > 64) n = 64;
-  return n < 1 ? 1 : (int)n;
+__global__ void reduce_kernel(int64_t d_out, const float* partial, float* y) {
+  const int t = blockIdx.y;
+  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < d_out; o += (int64_t)gridDim.x * blockDim.x)
+    y[(int64_t)t * d_out + o] += partial[(int64_t)t * d_out + o];
 }
+
+}  // namespace
 
 namespace {
 cudaError_t select_rows(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x, int T,
@@ -229,23 +239,25 @@ cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const C
 }
 
 cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
-                                      const float* x, int T, int32_t* sel, float* partial, cudaStream_t st) {
+                                      const float* x, int T, int32_t* sel, float* out, bool add, cudaStream_t st) {
   if (p.kmax <= 0 || T <= 0) return cudaSuccess;
   cudaError_t e = select_rows(W, R, p, x, T, sel, st);
   if (e != cudaSuccess) return e;
-  const int n_split = comp_splits(W, p.kmax, T);
-  const int64_t bx = ((W.d_out + 31) / 32 + kGatherThreads - 1) / kGatherThreads;
-  gather_kernel<<<dim3((unsigned)bx, n_split, T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax, sel, x,
-                                                                          partial);
+  const int64_t nv = (W.d_out + 31) / 32;
+  if (T >= 16)
+    gather_kernel<64><<<dim3((unsigned)((nv + 63) / 64), T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax,
+                                                                                       sel, x, out, add);
+  else
+    gather_kernel<8><<<dim3((unsigned)((nv + 7) / 8), T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax, sel,
+                                                                                     x, out, add);
   return cudaGetLastError();
 }
 
-cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
-                               const float* partial, cudaStream_t st) {
+cudaError_t launch_comp_reduce(const DevLinear& W, const CompParams& p, float* y, int T, const float* partial,
+                               cudaStream_t st) {
   if (p.kmax <= 0 || T <= 0) return cudaSuccess;
-  const int n_split = comp_splits(W, p.kmax, T);
   const unsigned rb = (unsigned)((W.d_out + 255) / 256 < 1024 ? (W.d_out + 255) / 256 : 1024);
-  reduce_kernel<<<dim3(rb, T), 256, 0, st>>>(R.rscale, W.d_out, n_split, partial, y);
+  reduce_kernel<<<dim3(rb, T), 256, 0, st>>>(W.d_out, partial, y);
   return cudaGetLastError();
 }
 

@@ -1,5 +1,6 @@
 // decdec_rt CUDA backend: planning and dispatch of the fused tensor-core GEMV (gemv_tc.cuh).
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 
 #include "gemv_tc.cuh"
@@ -119,13 +120,40 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
   return p;
 }
 
-cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const TcPlan& plan, float* part, int* cnt,
-                           const TcComp* comp, cudaStream_t st) {
-  if (!plan.ok) return cudaErrorInvalidValue;
+bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
+  if (n < 1 || n > kTcMaxMembers) return false;
+  DevLinear g = *W[0];
+  for (int m = 0; m < n; ++m) {
+    const DevLinear& w = *W[m];
+    if (!gemv_tc_supports(w) || w.type != g.type || w.group != g.group || w.d_in != g.d_in ||
+        w.row_vecs != g.row_vecs || w.n_groups != g.n_groups)
+      return false;
+    if (m + 1 < n && w.d_out % 32 != 0) return false;
+    if (m > 0) g.d_out += w.d_out;
+  }
+  *shape = g;
+  return true;
+}
+
+namespace {
+int64_t g_group_launches = 0;
+}
+int64_t gemv_tc_group_launches() { return g_group_launches; }
+
+cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st) {
   TcArgs a;
-  a.W = W;
-  a.y = y;
+  if (!plan.ok || !gemv_tc_groupable(W, n, &a.W)) return cudaErrorInvalidValue;
   a.x = x;
+  int64_t r = 0;
+  for (int m = 0; m < kTcMaxMembers; ++m) {
+    a.row0[m] = m == 0 ? 0 : m < n ? r : INT64_MAX;
+    a.codes[m] = m < n ? W[m]->codes : nullptr;
+    a.sm[m] = m < n ? W[m]->sm : nullptr;
+    a.y[m] = m < n ? y[m] : nullptr;
+    if (comp && m < n) a.R[m] = comp->R[m];
+    if (m < n) r += W[m]->d_out;
+  }
   a.n_tb = comp ? plan.n_tb : 0;
   a.n_units = plan.n_units;
   a.n_tiles = plan.n_tiles;
@@ -135,11 +163,8 @@ cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const T
   a.cnt = cnt;
   a.seg_vecs = plan.seg_vecs;
   a.stamps = g_tc_stamps;
-  int grid = plan.grid;
   if (comp) {
-    a.R = comp->R;
     a.p = comp->p;
-    a.rscale = comp->rscale;
     a.sel = comp->sel;
     a.select_here = comp->select_here;
     a.cpart = comp->cpart;
@@ -147,7 +172,9 @@ cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const T
     return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation
   }
   const bool pdl = device_info().pdl;
-  return W.bits == 3 ? launch<3>(W.group, a, grid, plan.smem, pdl, st) : launch<4>(W.group, a, grid, plan.smem, pdl, st);
+  if (n > 1) ++g_group_launches;
+  return a.W.bits == 3 ? launch<3>(a.W.group, a, plan.grid, plan.smem, pdl, st)
+                       : launch<4>(a.W.group, a, plan.grid, plan.smem, pdl, st);
 }
 
 }  // namespace gpu

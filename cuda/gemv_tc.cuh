@@ -26,6 +26,10 @@
 //    the counter for the next launch. Nobody else writes y; nobody reads a slot before its
 //    writer's fence; the sum order does not depend on timing, so results are bitwise repeatable.
 //
+// Groups (kernels.cuh): the members' rows are concatenated into one output space; tiles,
+// units, slots and compensation segments are counted over it, and only the loads, the scale
+// reads, the residual rows and the y writes look up the member (tc_member) of their rows.
+//
 // Compensation role (n_tb blocks): block b owns output segment b (a range of 32-output vectors).
 // Each selects (approx: chunk c by block c % n_tb, a bucket histogram and two block scans,
 // the CPU reference's rule; other modes: the selection a pre-kernel wrote to sel), then
@@ -61,9 +65,14 @@ DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 1 : 2; }
 
 // Everything one launch needs; the host fills it (gemv_tc.cu) from the shape and the grid.
 struct TcArgs {
-  DevLinear W;
-  float* y;        // [d_out]
+  DevLinear W;     // the launch's shape: d_out = the group's total; codes/sm are per member below
   const float* x;  // [d_in]
+  // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
+  int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
+  const uint4* codes[kTcMaxMembers];
+  const __half2* sm[kTcMaxMembers];
+  float* y[kTcMaxMembers];
+  DevResidual R[kTcMaxMembers];  // with compensation: rows, row_pitch, rscale
   // base split
   int n_tb = 0;           // compensation blocks (0: DecDEC off in this launch)
   int64_t n_units = 0;    // units per tile
@@ -73,13 +82,11 @@ struct TcArgs {
   float* part = nullptr;  // [n_tiles][max_s][16]
   int* cnt = nullptr;     // [n_tiles], all 0 between launches
   // compensation
-  DevResidual R;
   CompParams p;
-  const float* rscale = nullptr;  // [d_out] (host-mapped or device)
   int32_t* sel = nullptr;         // [kmax] the selection (global): from a pre-kernel, or made here
   bool select_here = false;       // approx: the compensation blocks select (chunk c: block
                                   // c % n_tb, warp c / n_tb), publish sel and wait for each other
-  float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S])
+  float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
   // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
   unsigned long long* stamps = nullptr;
@@ -94,6 +101,12 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     a.stamps[blockIdx.x * kTcStamps + slot] = t;
   }
+}
+
+// The member owning group row `row` (boundaries are multiples of 32: a tile or a 32-output vector
+// lies in one member).
+__device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
+  return (row >= a.row0[1] ? 1 : 0) + (row >= a.row0[2] ? 1 : 0);
 }
 
 // Shared memory bytes of the base role (x fragments + group sums) and of the compensation role.
@@ -121,7 +134,8 @@ __device__ __forceinline__ void tc_finish_tile(const TcArgs& a, int64_t tile, in
     float s = 0.0f;
     for (int64_t j = 0; j < e_base; ++j) s += __ldcg(a.part + (tile * a.max_s + j) * 16 + lane);
     if (a.n_tb > 0) s += __ldcg(a.cpart + row);
-    a.y[row] = s;
+    const int m = tc_member(a, row);
+    a.y[m][row - a.row0[m]] = s;
   }
   if (lane == 0) a.cnt[tile] = 0;
 }
@@ -241,7 +255,11 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   float* floors = red + kTcThreads * 32;                    // [kBuckets]
   int* sel_smem = reinterpret_cast<int*>(floors + kBuckets);  // [kBuckets + 2 * kTcWarps]
   // rscale of the segment: independent of the previous kernel, fetched before the wait
-  for (int64_t o = tid; o < nvs * 32; o += kTcThreads) s_rs[o] = v0 * 32 + o < d_out ? a.rscale[v0 * 32 + o] : 0.0f;
+  for (int64_t o = tid; o < nvs * 32; o += kTcThreads) {
+    const int64_t row = v0 * 32 + o;
+    const int m = tc_member(a, row);
+    s_rs[o] = row < d_out ? a.R[m].rscale[row - a.row0[m]] : 0.0f;
+  }
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   grid_dep_wait();
   tc_stamp(a, 1);
@@ -290,7 +308,9 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
 #pragma unroll
     for (int e = 0; e < 32; ++e) acc[e] = 0.0f;
     if (rs < n_rs && v < nvs) {
-      const uint8_t* col = a.R.rows + 16 * (v0 + v);
+      const int m = tc_member(a, 32 * (v0 + v));
+      const uint8_t* col = a.R[m].rows + 16 * (v0 + v - a.row0[m] / 32);
+      const int64_t pitch = a.R[m].row_pitch;
       for (int64_t s0 = rs; s0 < kmax; s0 += 4 * (int64_t)n_rs) {
         int32_t j[4];
         uint4 r[4];
@@ -298,7 +318,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
         for (int u = 0; u < 4; ++u) {
           const int64_t s = s0 + (int64_t)u * n_rs;
           j[u] = s < kmax ? s_sel[s] : -1;
-          if (j[u] >= 0) r[u] = *reinterpret_cast<const uint4*>(col + (int64_t)j[u] * a.R.row_pitch);
+          if (j[u] >= 0) r[u] = *reinterpret_cast<const uint4*>(col + (int64_t)j[u] * pitch);
         }
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -374,18 +394,23 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       ++tl;
     }
   };
+  // rows g and g + 8 of tile tl, as member rows (clamped to the group's last row), and the member
   auto rows_of = [&](uint32_t tl, int64_t& ra, int64_t& rb) {
-    const int64_t row0 = (int64_t)tl * 16;
-    ra = row0 + g < W.d_out ? row0 + g : W.d_out - 1;
-    rb = row0 + g + 8 < W.d_out ? row0 + g + 8 : W.d_out - 1;
+    const int64_t r0 = (int64_t)tl * 16;
+    ra = r0 + g < W.d_out ? r0 + g : W.d_out - 1;
+    rb = r0 + g + 8 < W.d_out ? r0 + g + 8 : W.d_out - 1;
+    const int m = tc_member(a, r0 < W.d_out ? r0 : W.d_out - 1);
+    ra -= a.row0[m];
+    rb -= a.row0[m];
+    return m;
   };
   auto vec_off = [&](int64_t ci) { return (ci >> 3) * 32 * V + 4 * (ci & 7) + t; };
   uint4 buf[D][UC][2][V];
   auto load = [&](uint32_t tl, uint32_t k, uint4 (&v)[UC][2][V]) {
     int64_t ra, rb;
-    rows_of(tl, ra, rb);
-    const uint4* wa = W.codes + ra * W.row_vecs;
-    const uint4* wb = W.codes + rb * W.row_vecs;
+    const int m = rows_of(tl, ra, rb);
+    const uint4* wa = a.codes[m] + ra * W.row_vecs;
+    const uint4* wb = a.codes[m] + rb * W.row_vecs;
 #pragma unroll
     for (int c = 0; c < UC; ++c) {
       const int64_t ci = (int64_t)k * UC + c;
@@ -399,8 +424,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       }
     }
     const int64_t slab = (int64_t)k * UC / 2;
-    prefetch_l1(W.sm + ra * W.n_groups + slab * NG);  // read from L1 when the unit is computed
-    prefetch_l1(W.sm + rb * W.n_groups + slab * NG);
+    prefetch_l1(a.sm[m] + ra * W.n_groups + slab * NG);  // read from L1 when the unit is computed
+    prefetch_l1(a.sm[m] + rb * W.n_groups + slab * NG);
   };
   const int n_mine = (int)(u_end - u_begin);
   uint32_t lt = (uint32_t)(u_begin / n_units), lk = (uint32_t)(u_begin % n_units);  // load cursor
@@ -468,8 +493,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     const int64_t eb = tc_e_base(a, tile), et = eb + (a.n_tb > 0 ? 1 : 0);
     if (et == 1) {
       if (t == 0) {
-        if (tile * 16 + g < W.d_out) a.y[tile * 16 + g] = ya;
-        if (tile * 16 + g + 8 < W.d_out) a.y[tile * 16 + g + 8] = yb;
+        const int m = tc_member(a, tile * 16);
+        const int64_t r = tile * 16 + g;
+        if (r < W.d_out) a.y[m][r - a.row0[m]] = ya;
+        if (r + 8 < W.d_out) a.y[m][r + 8 - a.row0[m]] = yb;
       }
     } else {
       const int64_t j = w - tc_first_warp(tile, a.n_units, U, a.wb);
@@ -487,7 +514,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       cur_tile = tl;
     }
     int64_t ra, rb;
-    rows_of(tl, ra, rb);
+    const int m = rows_of(tl, ra, rb);
 #pragma unroll
     for (int c = 0; c < UC; ++c) {
       const int64_t ci = (int64_t)k * UC + c, slab = ci >> 1;
@@ -500,8 +527,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       }
       const uint2* xe = xs2 + (ci * NQ * 4 + t) * 2 + g;
       const float first = (ci & 1) == 0 ? 1.0f : 0.0f;
-      const __half2* sga = W.sm + ra * W.n_groups + slab * NG;
-      const __half2* sgb = W.sm + rb * W.n_groups + slab * NG;
+      const __half2* sga = a.sm[m] + ra * W.n_groups + slab * NG;
+      const __half2* sgb = a.sm[m] + rb * W.n_groups + slab * NG;
       const float* sxs = sx + slab * NG;
 #pragma unroll
       for (int gg = 0; gg < NG; ++gg) {

@@ -87,28 +87,33 @@ struct CompParams {
   int k_full = 0;          // chunk_k(k_chunk, 1024): slots per chunk (the last chunk may use fewer)
   const int64_t* pos_dev = nullptr;  // non-null: call.pos0 is read from here (decode graphs)
 };
-// Scratch: sel [T][kmax] int32, partial [T][n_split][d_out] float.
-int comp_splits(const DevLinear& W, int64_t kmax, int T);
 // The separate-kernel compensation (T > 1, the twins), in two parts: select + gather (reads x,
-// writes sel and partial; may run on a side stream beside the base GEMV) and reduce
-// (y += rscale * sum of partial; after both).
+// writes sel [T][kmax]; then y[t][o] += rscale[o] * (R[:, S_t] x[t][S_t])[o] when add, else
+// partial[t][o] = that term; the side stream runs it beside the base GEMV) and reduce
+// (y += partial; after both).
 cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, const CompParams& p,
-                                      const float* x, int T, int32_t* sel, float* partial, cudaStream_t st);
-cudaError_t launch_comp_reduce(const DevLinear& W, const DevResidual& R, const CompParams& p, float* y, int T,
-                               const float* partial, cudaStream_t st);
+                                      const float* x, int T, int32_t* sel, float* out, bool add, cudaStream_t st);
+cudaError_t launch_comp_reduce(const DevLinear& W, const CompParams& p, float* y, int T, const float* partial,
+                               cudaStream_t st);
 
 // ---- fused tensor-core GEMV with in-launch compensation, T = 1 (gemv_tc*.cu) ----------------
 // Uniform 3/4-bit, group 32/64/128. DecDEC compensation (TcComp) runs in n_tb blocks of the
 // same launch (gemv_tc.cuh says how and why it is race-free). Scratch: part (tc_part_floats
 // floats) and cnt (n_tiles + 2 ints, zero before the first launch; every launch leaves them 0).
+//
+// One launch may run a group of up to kTcMaxMembers linears that read the same x (q/k/v, gate/up):
+// same type and d_in, outputs concatenated in order (member m owns the group's rows
+// [row0[m], row0[m+1]), each boundary a multiple of 32, so no 16-row tile and no 32-output
+// compensation vector straddles two members). With DecDEC the members share one selection (the
+// caller checks that their selection inputs are equal), so one compensation chain serves all.
+constexpr int kTcMaxMembers = 3;
 struct TcComp {
-  DevResidual R;
+  DevResidual R[kTcMaxMembers];  // per member: rows, row_pitch, rscale (host-mapped or device)
   CompParams p;
-  const float* rscale = nullptr;  // [d_out], host-mapped or device
   int32_t* sel = nullptr;         // [kmax] global: written by launch_comp_select before the launch
                                   // (select_here false) or by the launch's own blocks (true)
   bool select_here = false;       // approx with non-increasing floors: select inside the launch
-  float* cpart = nullptr;         // [d_out] scratch
+  float* cpart = nullptr;         // [sum of d_out] scratch
 };
 struct TcPlan {
   int grid = 0, n_tb = 0, max_s = 0;
@@ -128,13 +133,20 @@ bool gemv_tc_forced();
 // The timeline lab: later launches write %globaltimer stamps (gemv_tc.cuh, kTcStamps per block)
 // to `stamps` (device memory, grid * 5 entries); null stops it.
 void gemv_tc_stamps(unsigned long long* stamps);
-// n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k.
+// n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
+// launch's shape (for a group: d_out = the members' total).
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.max_s * 16; }
-// Default compensation blocks for a linear.
+// Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);
-cudaError_t launch_gemv_tc(const DevLinear& W, float* y, const float* x, const TcPlan& plan, float* part, int* cnt,
-                           const TcComp* comp, cudaStream_t st);
+// Whether W[0..n) can run as one launch (n <= kTcMaxMembers, each supported, same type, group
+// and d_in, every member but the last with d_out % 32 == 0); the group's shape in *shape.
+bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape);
+// Test counter: launches of groups (n >= 2) so far.
+int64_t gemv_tc_group_launches();
+// y[m] = W[m] x (+ compensation) for the n members; n = 1 is the plain GEMV.
+cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st);
 // The selection alone (sel [kmax]; the non-approx modes' pre-kernel of launch_gemv_tc).
 cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x,
                                int32_t* sel, cudaStream_t st);

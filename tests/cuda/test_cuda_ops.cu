@@ -1,7 +1,8 @@
 // CUDA backend vs the CPU reference, op by op (NMSE on fresh random inputs, outputs poisoned with
 // NaN before every run so an unwritten element fails). Exit code 77 (skip) without a GPU.
 //   test_cuda_ops           the tests
-//   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV and DecDEC timings (see bench() below)
+//   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV, groups and DecDEC timings (bench() below)
+//   test_cuda_ops --bench-groups the q/k/v and gate/up groups alone (bench_groups)
 //   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
 //   test_cuda_ops --bench-gemm   the T > 1 matmul: tensor-core kernel vs its simple twin (bench_gemm)
 //   test_cuda_ops --bench-stamps the fused GEMV's timeline per role (bench_stamps)
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -221,6 +223,87 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
   gpu::gemv_tc_force(false);
 }
 
+// Groups (q/k/v, gate/up): matmul_group vs the CPU reference member by member, DecDEC off and on
+// (shared selection inputs), with the fused launch counted (gemv_tc_group_launches) where the
+// group qualifies and not where it must fall back (a boundary not a multiple of 32, random mode,
+// members whose thresholds differ).
+void test_gemv_group(Backend& cpu, Backend& gpu) {
+  gpu::gemv_tc_force(true);  // 4-bit with DecDEC off too
+  struct G { std::vector<int64_t> d_out; int64_t d_in; bool fusable; };
+  const G groups[] = {{{96, 32, 70}, 2500, true}, {{256, 64, 64}, 4100, true}, {{2048, 2048}, 1024, true},
+                      {{33, 64}, 300, false}};
+  const DecdecMode modes[] = {DecdecMode::Off, DecdecMode::Exact, DecdecMode::Approx, DecdecMode::Static,
+                              DecdecMode::Random};
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64})
+    for (const G& gr : groups) {
+      const int n = (int)gr.d_out.size();
+      std::vector<std::unique_ptr<HostLinear>> L;
+      std::vector<std::unique_ptr<Linear>> Wc, Wg;
+      for (int m = 0; m < n; ++m) {
+        L.push_back(make_linear(t, gr.d_out[m], gr.d_in, true));
+        if (m > 0) {  // one selection for the group: the same calibration data
+          L[m]->thresholds = L[0]->thresholds;
+          L[m]->ranking = L[0]->ranking;
+          L[m]->desc.thresholds = L[m]->thresholds.data();
+          L[m]->desc.ranking = L[m]->ranking.data();
+        }
+        Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+        Wg.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      }
+      const Linear* wg[3];
+      for (int m = 0; m < n; ++m) wg[m] = Wg[m].get();
+      const auto x = randn((size_t)gr.d_in);
+      Buf bx(gpu, x.size());
+      bx.put(x);
+      for (DecdecMode mode : modes)
+        for (int kc : {8, 64}) {
+          if (mode == DecdecMode::Off && kc != 8) continue;
+          DecdecCall calls[3];
+          std::vector<std::unique_ptr<Buf>> ys;
+          float* yp[3];
+          for (int m = 0; m < n; ++m) {
+            calls[m].mode = mode;
+            calls[m].k_chunk = mode == DecdecMode::Off ? 0 : kc;
+            calls[m].seed = 99;
+            calls[m].linear_id = (uint32_t)m;
+            calls[m].pos0 = 3;
+            calls[m].n_tb = kc == 64 ? 3 : 0;
+            ys.push_back(std::make_unique<Buf>(gpu, (size_t)gr.d_out[m]));
+            ys[m]->poison();
+            yp[m] = ys[m]->f();
+          }
+          const int64_t before = gpu::gemv_tc_group_launches();
+          gpu.matmul_group(wg, yp, n, bx.f(), 1, calls);
+          const bool fused = gpu::gemv_tc_group_launches() > before;
+          const std::string what = std::string("gemv group ") + type_name(t) + " d_in " + std::to_string(gr.d_in) +
+                                   " members " + std::to_string(n) + " " + mode_name(mode) + " k_chunk " +
+                                   std::to_string(kc);
+          CHECK_MSG(fused == (gr.fusable && mode != DecdecMode::Random), what + ": fused launch " + (fused ? "ran" : "did not run"));
+          for (int m = 0; m < n; ++m) {
+            const auto yc = cpu_matmul(cpu, *Wc[m], x, 1, calls[m]);
+            const auto yg = ys[m]->get();
+            report(what + " member " + std::to_string(m), nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+          }
+        }
+      if (n < 2 || !gr.fusable) continue;
+      // members whose thresholds differ select differently: approx must fall back, still right
+      auto other = make_linear(t, gr.d_out[1], gr.d_in, true);
+      auto Wo_c = cpu.load_linear(other->desc, ResidualPlacement::Host);
+      auto Wo_g = gpu.load_linear(other->desc, ResidualPlacement::Host);
+      const Linear* wmix[2] = {Wg[0].get(), Wo_g.get()};
+      DecdecCall calls[2];
+      for (auto& c : calls) c.mode = DecdecMode::Approx, c.k_chunk = 16;
+      Buf y0(gpu, (size_t)gr.d_out[0]), y1(gpu, (size_t)gr.d_out[1]);
+      float* yp[2] = {y0.f(), y1.f()};
+      const int64_t before = gpu::gemv_tc_group_launches();
+      gpu.matmul_group(wmix, yp, 2, bx.f(), 1, calls);
+      CHECK_MSG(gpu::gemv_tc_group_launches() == before, "gemv group: members with different thresholds fused");
+      report("gemv group, different thresholds, member 1",
+             nmse(y1.get().data(), cpu_matmul(cpu, *Wo_c, x, 1, calls[1]).data(), (size_t)gr.d_out[1]), 1e-8);
+    }
+  gpu::gemv_tc_force(false);
+}
+
 // T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
 // sizes under one tile, every type; then the fast kernel vs its simple twin at a prefill size.
 // Tolerance 1e-8 as the GEMV: the kernel splits x into hi + lo halves and applies scales in fp32.
@@ -283,7 +366,7 @@ void test_decdec(Backend& cpu, Backend& gpu) {
       auto L = make_linear(type, s[0], s[1], true);
       auto Wc = cpu.load_linear(L->desc, where);
       auto Wg = gpu.load_linear(L->desc, where);
-      for (int T : {1, 7}) {
+      for (int T : {1, 7, 40}) {  // 40: the wide gather (T >= 16), and slices when kmax is large
         const auto x = randn((size_t)T * s[1]);
         const auto base_c = cpu_matmul(cpu, *Wc, x, T, {});
         const auto base_g = gpu_matmul(gpu, *Wg, x, T, {});
@@ -306,7 +389,20 @@ void test_decdec(Backend& cpu, Backend& gpu) {
                                      std::to_string(s[0]) + "x" + std::to_string(s[1]) + " T=" + std::to_string(T) +
                                      (where == ResidualPlacement::Host ? " host" : " device");
             report(what + " y", nmse(yg.data(), yc.data(), yc.size()), 1e-8);
-            report(what + " compensation", nmse(dg.data(), dc.data(), dc.size()), 1e-6);
+            // the compensation against its own size; a tiny one (k_chunk 1, small x) against the
+            // floor of the base kernels' rounding (with DecDEC on, T = 1 runs the fused kernel,
+            // whose base sums in another order than the base-only call)
+            double e2 = 0, c2 = 0, y2 = 0;
+            for (size_t i = 0; i < yc.size(); ++i) {
+              e2 += ((double)dg[i] - dc[i]) * ((double)dg[i] - dc[i]);
+              c2 += (double)dc[i] * dc[i];
+              y2 += (double)yc[i] * yc[i];
+            }
+            report(what + " compensation", e2 / (c2 + 1e-6 * y2 + 1e-30), 1e-6);
+            cuda_set_decdec_parallel(gpu, true);  // the side-stream twin (the paper's design)
+            const auto yp = gpu_matmul(gpu, *Wg, x, T, c);
+            cuda_set_decdec_parallel(gpu, false);
+            report(what + " side stream", nmse(yp.data(), yc.data(), yc.size()), 1e-8);
             if (T != 1) continue;
             for (int n_tb : {1, 3, 40}) {  // the fused launch's compensation blocks: same numbers
               c.n_tb = n_tb;
@@ -507,19 +603,19 @@ void ck(cudaError_t e, const char* what) {
 // Median microseconds of one matmul (one event pair each), and per matmul in a graph of n.
 struct Timing { double single_us, graph_us; };
 
-Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws, float* y, const float* x,
-                    const DecdecCall& c) {
+// op(i): the i-th call, rotating over copies of the weights so L2 does not hold them.
+Timing time_ops(Backend& gpu, const std::function<void(size_t)>& op) {
   cudaStream_t st = cuda_stream_of(gpu);
   cudaEvent_t e0, e1;
   ck(cudaEventCreate(&e0), "event");
   ck(cudaEventCreate(&e1), "event");
   size_t r = 0;
-  for (int i = 0; i < 20; ++i) gpu.matmul(*Ws[r++ % Ws.size()], y, x, 1, c);  // warm-up
+  for (int i = 0; i < 20; ++i) op(r++);  // warm-up
   gpu.synchronize();
   std::vector<float> ms;
   for (int i = 0; i < 200; ++i) {
     ck(cudaEventRecord(e0, st), "record");
-    gpu.matmul(*Ws[r++ % Ws.size()], y, x, 1, c);
+    op(r++);
     ck(cudaEventRecord(e1, st), "record");
     ck(cudaEventSynchronize(e1), "sync");
     float t;
@@ -528,12 +624,12 @@ Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws
   }
   std::sort(ms.begin(), ms.end());
   const double single = 1000.0 * ms[ms.size() / 2];
-  // graph of n matmuls over rotating copies
+  // graph of n calls
   const int n = 32;
   cudaGraph_t g;
   cudaGraphExec_t ge;
   ck(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed), "capture");
-  for (int i = 0; i < n; ++i) gpu.matmul(*Ws[i % Ws.size()], y, x, 1, c);
+  for (int i = 0; i < n; ++i) op((size_t)i);
   ck(cudaStreamEndCapture(st, &g), "end capture");
   ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
   for (int i = 0; i < 3; ++i) ck(cudaGraphLaunch(ge, st), "launch");
@@ -553,6 +649,73 @@ Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   return {single, 1000.0 * ms[ms.size() / 2]};
+}
+
+// Median microseconds of one matmul (one event pair each), and per matmul in a graph of n.
+Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws, float* y, const float* x,
+                    const DecdecCall& c) {
+  return time_ops(gpu, [&](size_t i) { gpu.matmul(*Ws[i % Ws.size()], y, x, 1, c); });
+}
+
+// Groups (q/k/v, gate/up of the Llama-3-8B shape): the members as separate launches vs one fused
+// launch, DecDEC off and approx (best n_tb), graph-timed per group call.
+void bench_groups(Backend& gpu) {
+  struct G { const char* name; std::vector<int64_t> d_out; int64_t d_in; };
+  const G groups[] = {{"qkv", {4096, 1024, 1024}, 4096}, {"gate_up", {14336, 14336}, 4096}};
+  std::printf("\nGroups: separate launches vs one fused launch (graph-timed us per group call); DecDEC\n"
+              "approx with host residuals in the fused launch, comp %% against the fused base\n");
+  std::printf("%-8s %-8s %12s %10s %10s | %s\n", "type", "group", "separate us", "fused us", "GB/s",
+              "approx k_chunk: call us (comp %, n_tb)");
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128}) {
+    gpu::gemv_tc_force(true);
+    for (const G& gr : groups) {
+      const int n = (int)gr.d_out.size();
+      std::vector<std::unique_ptr<HostLinear>> L;
+      double bytes = 0;
+      for (int m = 0; m < n; ++m) {
+        L.push_back(make_linear(t, gr.d_out[m], gr.d_in, true));
+        if (m > 0) {
+          L[m]->thresholds = L[0]->thresholds;
+          L[m]->desc.thresholds = L[m]->thresholds.data();
+        }
+        const int64_t shape[2] = {gr.d_out[m], gr.d_in};
+        bytes += (double)tensor_bytes(t, 2, shape);
+      }
+      const int copies = std::max(2, (int)std::ceil(200e6 / bytes));
+      std::vector<std::vector<std::unique_ptr<Linear>>> Ws(copies);
+      for (auto& c : Ws)
+        for (int m = 0; m < n; ++m) c.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      Buf bx(gpu, gr.d_in), by(gpu, 16384 * 3);
+      bx.put(randn(gr.d_in));
+      float* ys[3] = {by.f(), by.f() + 16384, by.f() + 2 * 16384};
+      auto run = [&](const DecdecCall& c, bool fused) {
+        return time_ops(gpu, [&](size_t i) {
+                 const auto& w = Ws[i % Ws.size()];
+                 const Linear* wp[3] = {w[0].get(), w[1].get(), n > 2 ? w[2].get() : nullptr};
+                 DecdecCall calls[3] = {c, c, c};
+                 if (fused) gpu.matmul_group(wp, ys, n, bx.f(), 1, calls);
+                 else for (int m = 0; m < n; ++m) gpu.matmul(*wp[m], ys[m], bx.f(), 1, c);
+               }).graph_us;
+      };
+      const double sep = run({}, false), fus = run({}, true);
+      std::printf("%-8s %-8s %12.2f %10.2f %10.0f |", type_name(t), gr.name, sep, fus, bytes / (fus * 1e3));
+      for (int kc : {2, 4, 8, 12, 16}) {
+        double best = 1e30;
+        int best_tb = 0;
+        for (int n_tb : {16, 32, 64, 128}) {
+          DecdecCall c;
+          c.mode = DecdecMode::Approx;
+          c.k_chunk = kc;
+          c.n_tb = n_tb;
+          const double call = run(c, true);
+          if (call < best) best = call, best_tb = n_tb;
+        }
+        std::printf(" k%d %.2f (%+.1f%%, %d)", kc, best, 100.0 * (best - fus) / fus, best_tb);
+      }
+      std::printf("\n");
+    }
+    gpu::gemv_tc_force(false);
+  }
 }
 
 // GEMV timings; rows: the quantized GEMV's rows per warp (0: its default choice).
@@ -591,6 +754,7 @@ int bench(Backend& gpu, bool gemv_only) {
   for (int rows : {1, 2, 4}) bench_gemv(gpu, rows);
   bench_gemv(gpu, 0);
   if (gemv_only) return 0;
+  bench_groups(gpu);
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
   std::printf("\nDecDEC approx, host (zero-copy) residuals, compensation inside the GEMV launch: graph-timed\n"
               "per call; comp = call - base; zero-copy GB/s = (residual rows + rscale) bytes / call time\n");
@@ -744,6 +908,7 @@ int main(int argc, char** argv) {
     auto gpu = make_cuda_backend(0);
     if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu, false);
     if (argc > 1 && std::string(argv[1]) == "--bench-gemv") return bench(*gpu, true);
+    if (argc > 1 && std::string(argv[1]) == "--bench-groups") return bench_groups(*gpu), 0;
     if (argc > 1 && std::string(argv[1]) == "--bench-gemm") return bench_gemm(*gpu);
     if (argc > 1 && std::string(argv[1]) == "--bench-stamps") return bench_stamps(*gpu);
     auto cpu = make_cpu_backend();
@@ -756,6 +921,7 @@ int main(int argc, char** argv) {
     test_attention(*cpu, *gpu);
     test_matmul(*cpu, *gpu);
     test_gemv_tc_shapes(*cpu, *gpu);
+    test_gemv_group(*cpu, *gpu);
     test_gemm(*cpu, *gpu);
     test_decdec(*cpu, *gpu);
   } catch (const std::exception& e) {
