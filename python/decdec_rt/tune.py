@@ -117,15 +117,28 @@ def choose(costs: dict, values: dict, budget: float, below: float = float("inf")
     return dict(zip(KINDS, best))
 
 
-def monotone_costs(table: dict, base_ms: float) -> dict:
-    """{kind: {k: cost_ms}} from the sweep table {kind: {k: (ms, n_tb)}}: ms - base, at least 0,
-    and never less than the cost of a smaller k (the cost of more compensation does not fall)."""
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence nearest to `values` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, n1), (m2, n2) = blocks[-2], blocks[-1]
+            blocks[-2:] = [[(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2]]
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+def monotone_costs(table: dict, base_ms) -> dict:
+    """{kind: {k: cost_ms}} from the sweep table {kind: {k: (ms, n_tb)}}: ms - base (base_ms: one
+    number, or {kind: base} measured around that kind's sweep), fitted non-decreasing in k by
+    least squares and at least 0. More compensation does not cost less; the fit pools a noisy
+    measurement with its neighbours instead of letting one high reading lift every larger k."""
     out = {}
     for kind, row in table.items():
-        run, out[kind] = 0.0, {}
-        for k in sorted(row):
-            run = max(run, row[k][0] - base_ms)
-            out[kind][k] = run
+        base = base_ms[kind] if isinstance(base_ms, dict) else base_ms
+        ks = sorted(row)
+        fit = isotonic([row[k][0] - base for k in ks])
+        out[kind] = {k: max(0.0, c) for k, c in zip(ks, fit)}
     return out
 
 
@@ -156,8 +169,11 @@ class _Budget:
         return self.elapsed() > share * self.time_budget
 
 
-def _sweep(run: _Budget, k_values, n_tb_values, n_tb_keep: int, target: float, bases: list) -> dict:
-    """{kind: {k: (best ms, its n_tb)}}; appends a base measurement before each kind to `bases`."""
+def _sweep(run: _Budget, k_values, n_tb_values, n_tb_keep: int, target: float, bases: list,
+           kind_bases: dict) -> dict:
+    """{kind: {k: (best ms, its n_tb)}}; measures the base before and after each kind (appended to
+    `bases`; their mean in kind_bases[kind]: the kind's costs are taken against it, so a slow drift
+    of the GPU's speed during the sweep does not count as cost)."""
     table = {}
     k_mid = k_values[len(k_values) // 2]
     for kind in KINDS:
@@ -177,6 +193,8 @@ def _sweep(run: _Budget, k_values, n_tb_values, n_tb_keep: int, target: float, b
                 break
         run.add(-(len(k_values) - len(row)) * len(keep))
         table[kind] = row
+        bases.append(run(OFF, OFF, f"{kind} base after"))
+        kind_bases[kind] = (bases[-2] + bases[-1]) / 2
     return table
 
 
@@ -213,13 +231,15 @@ def tune(engine, target_slowdown: float = 0.025, mode: str = "approx", *, measur
     engine.set_decdec("off", [0] * len(KINDS), seed, [0] * len(KINDS))
     measure = measure or DecodeTimer(engine, mode, seed=seed)
     keep = min(n_tb_keep, len(n_tb_values))
-    run = _Budget(measure, len(KINDS) * (1 + len(n_tb_values) + (len(k_values) - 1) * keep) + 2 * verify_pairs,
+    run = _Budget(measure, 1 + len(KINDS) * (2 + len(n_tb_values) + (len(k_values) - 1) * keep) + 2 * verify_pairs,
                   time_budget, progress)
     try:
+        run(OFF, OFF, "warm-up")  # the first decode after loading runs slower (measured ~1 %): not a base
         bases: list[float] = []
-        table = _sweep(run, k_values, n_tb_values, keep, target_slowdown, bases)
+        kind_bases: dict = {}
+        table = _sweep(run, k_values, n_tb_values, keep, target_slowdown, bases, kind_bases)
         base_ms = statistics.median(bases)
-        costs = monotone_costs(table, base_ms)
+        costs = monotone_costs(table, kind_bases)
         values = {kind: {k: residual_bytes(engine.config, kind, k) for k in row} for kind, row in costs.items()}
         budget = target_slowdown * base_ms
         pick = choose(costs, values, budget)
@@ -260,8 +280,9 @@ def tune(engine, target_slowdown: float = 0.025, mode: str = "approx", *, measur
         "measured_slowdown": result[1] / result[0] - 1,
         "residual_bytes_per_token": sum(residual_bytes(engine.config, kind, k) for kind, k in zip(KINDS, result_k)),
         # per kind: [k_chunk, n_tb, ms per step, cost as a share of the sweep base]
-        "costs": {kind: [[k, n, ms, max(0.0, ms / base_ms - 1)] for k, (ms, n) in sorted(row.items())]
+        "costs": {kind: [[k, n, ms, max(0.0, ms / kind_bases[kind] - 1)] for k, (ms, n) in sorted(row.items())]
                   for kind, row in table.items()},
+        "kind_base_ms": kind_bases,
         "sweep_base_ms": base_ms,
         "verify": history,
         "measurements": run.count,

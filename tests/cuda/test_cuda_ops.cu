@@ -661,9 +661,14 @@ Timing time_matmuls(Backend& gpu, const std::vector<std::unique_ptr<Linear>>& Ws
 // launch, DecDEC off and approx (best n_tb), graph-timed per group call.
 void bench_groups(Backend& gpu) {
   struct G { const char* name; std::vector<int64_t> d_out; int64_t d_in; };
-  const G groups[] = {{"qkv", {4096, 1024, 1024}, 4096}, {"gate_up", {14336, 14336}, 4096}};
+  const char* only = std::getenv("DDRT_LAB_GROUP");  // "qkv" or "gate_up": that group alone
+  const G all[] = {{"qkv", {4096, 1024, 1024}, 4096}, {"gate_up", {14336, 14336}, 4096}};
+  std::vector<G> groups;
+  for (const G& g : all)
+    if (!only || std::string(only) == g.name) groups.push_back(g);
   std::printf("\nGroups: separate launches vs one fused launch (graph-timed us per group call); DecDEC\n"
               "approx with host residuals in the fused launch, comp %% against the fused base\n");
+  if (std::getenv("DDRT_LAB_COPIES")) std::printf("weight copies: %s\n", std::getenv("DDRT_LAB_COPIES"));
   std::printf("%-8s %-8s %12s %10s %10s | %s\n", "type", "group", "separate us", "fused us", "GB/s",
               "approx k_chunk: call us (comp %, n_tb)");
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128}) {
@@ -681,7 +686,10 @@ void bench_groups(Backend& gpu) {
         const int64_t shape[2] = {gr.d_out[m], gr.d_in};
         bytes += (double)tensor_bytes(t, 2, shape);
       }
-      const int copies = std::max(2, (int)std::ceil(200e6 / bytes));
+      // DDRT_LAB_COPIES: more copies, a residual working set like a whole model's (measured: 40
+      // copies, 2.3 GB of mapped residual rows, cost the same as 5)
+      const char* lc = std::getenv("DDRT_LAB_COPIES");
+      const int copies = lc ? std::max(2, std::atoi(lc)) : std::max(2, (int)std::ceil(200e6 / bytes));
       std::vector<std::vector<std::unique_ptr<Linear>>> Ws(copies);
       for (auto& c : Ws)
         for (int m = 0; m < n; ++m) c.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));

@@ -11,7 +11,8 @@ import decdec_rt
 from decdec_rt import _core
 from decdec_rt.cli import main
 from decdec_rt.ddrt import DdrtWriter, read_ddrt, update_metadata
-from decdec_rt.tune import N_TB_VALUES, K_VALUES, KINDS, choose, residual_bytes, tune, tune_key
+from decdec_rt.tune import (N_TB_VALUES, K_VALUES, KINDS, choose, isotonic, monotone_costs, residual_bytes, tune,
+                            tune_key)
 from decdec_rt.types import TType
 
 # ---- the choice on a fake cost model -------------------------------------------------------------
@@ -119,6 +120,35 @@ def test_sweep_prunes_n_tb_and_stops_past_the_budget():
     best_two = sorted(N_TB_VALUES, key=lambda n: (n != 8, n))[:2]
     assert {n for k, n in gate_up if k != 8} <= set(best_two)        # then only the best two
     assert max(k for k, n in gate_up) == 12                          # 0.04 ms > 2 x 0.015: stop
+
+
+def test_isotonic_and_monotone_costs():
+    assert isotonic([1, 2, 3]) == [1, 2, 3]
+    assert isotonic([3, 1, 2]) == [2, 2, 2]                     # pooled: least squares
+    assert isotonic([0, 5, 1, 1, 6]) == [0, 7 / 3, 7 / 3, 7 / 3, 6]
+    assert isotonic([]) == []
+    # one high reading at k=1 no longer lifts every larger k to its value (the running max did)
+    table = {"gate_up": {1: (10.25, 32), 2: (10.05, 32), 4: (10.06, 32), 6: (10.10, 32)}}
+    c = monotone_costs(table, {"gate_up": 10.0})["gate_up"]
+    assert all(c[k] == pytest.approx(0.115) for k in (1, 2, 4, 6))  # (0.25 + 0.05 + 0.06 + 0.10) / 4
+    assert monotone_costs({"o": {1: (9.0, 8)}}, 10.0) == {"o": {1: 0.0}}  # never below 0
+
+
+def test_costs_against_each_kinds_own_base():
+    """The GPU slows down by 2 % during the sweep: a kind's cost is taken against the base
+    measured around its own sweep, so the drift does not read as cost."""
+    calls = []
+    inner = fake_measure()
+
+    def measure(k_chunk, n_tb):
+        calls.append(1)
+        return inner(k_chunk, n_tb) * (1 + 0.02 * min(1.0, len(calls) / 120))
+    r = tune(FakeEngine(), 0.0015, measure=measure, progress=False)
+    assert set(r["kind_base_ms"]) == set(KINDS)
+    assert r["kind_base_ms"]["down"] > r["kind_base_ms"]["qkv"]
+    costs = {kind: {k: c for k, n, ms, c in rows} for kind, rows in r["costs"].items()}
+    # without the per-kind bases, down would carry ~1.5 % of drift on every k
+    assert min(costs["down"].values()) < 0.005
 
 
 def test_choose_exhaustive():
