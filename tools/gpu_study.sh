@@ -8,8 +8,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 tools/decdec_knee.py --shape llama3-8b --bits 3 4 --k-chunks 0 2 4 8 16 --reps 2 \
-  --out "$OUT/knee" 2>&1 | grep -v "it/s" | tail -30
+if [ "${STUDY_KNEE:-1}" != 0 ]; then  # STUDY_KNEE=0: the tuner alone
+  python3 tools/decdec_knee.py --shape llama3-8b --bits 3 4 --k-chunks 0 2 4 8 16 --reps 2 \
+    --out "$OUT/knee" 2>&1 | grep -v "it/s" | tail -30
+fi
 python3 - "$OUT" "$@" <<'PY'
 import json, sys, time
 from decdec_rt import _core

@@ -6,12 +6,14 @@ backend (docs/tuning.md).
     r = tune(engine, target_slowdown=0.025)   # -> {"k_chunk": {...}, "n_tb": {...}, ...}
 
 Steps:
-1. Sweep. Per kind, with the other kinds off: n_tb over `n_tb_values` at a middle k_chunk, then
-   k_chunk over `k_values` (ascending) with the best `n_tb_keep` n_tb values; a kind's sweep stops
-   once its cost exceeds twice the whole budget. cost = step time - base step time (DecDEC off;
-   the base is re-measured before every kind and its median used).
-2. Choice. Costs are made monotone in k (a larger k never counts as cheaper than a smaller one)
-   and the exhaustive search over the measured k of the four kinds picks the set with the most
+1. Sweep. Per kind, with the other kinds off: n_tb over `n_tb_values` at the smallest and at a
+   middle k_chunk (on the H100 the best n_tb differs: few rows hide best beside more base blocks),
+   then k_chunk over `k_values` (ascending), each with the best `n_tb_keep` n_tb values of the
+   nearer of the two sweeps; a kind's sweep stops once its cost exceeds twice the whole budget.
+   cost = step time - base step time (DecDEC off; the base is measured before and after every
+   kind and the kind's costs taken against their mean, so drift is not cost).
+2. Choice. Costs are fitted monotone in k (least squares: a larger k never counts as cheaper than
+   a smaller one, and one noisy reading is pooled with its neighbours) and the exhaustive search over the measured k of the four kinds picks the set with the most
    residual bytes fetched per token (the compensated share of the weights) whose summed cost fits
    target_slowdown * base.
 3. Verify. All chosen kinds on at once, `verify_pairs` interleaved base/config measurements;
@@ -181,17 +183,21 @@ def _sweep(run: _Budget, k_values, n_tb_values, n_tb_keep: int, target: float, b
             break
         bases.append(run(OFF, OFF, f"{kind} base"))
         limit = statistics.median(bases) * (1 + 2 * target)  # beyond twice the budget: stop
-        by_ntb = {n: run(_one_kind(kind, k_mid), _one_kind(kind, n), f"{kind} k={k_mid} n_tb={n}")
-                  for n in n_tb_values}
-        keep = sorted(by_ntb, key=by_ntb.get)[:n_tb_keep]
-        row = {k_mid: min((by_ntb[n], n) for n in keep)}
+        keeps, row = {}, {}
+        for k_s in dict.fromkeys((k_values[0], k_mid)):  # the n_tb sweeps
+            by_ntb = {n: run(_one_kind(kind, k_s), _one_kind(kind, n), f"{kind} k={k_s} n_tb={n}")
+                      for n in n_tb_values}
+            keeps[k_s] = sorted(by_ntb, key=by_ntb.get)[:n_tb_keep]
+            row[k_s] = min((by_ntb[n], n) for n in keeps[k_s])
         for k in k_values:
-            if k != k_mid:
+            if k not in row:
+                keep = keeps[k_values[0] if k < k_mid else k_mid]
                 row[k] = min((run(_one_kind(kind, k), _one_kind(kind, n), f"{kind} k={k} n_tb={n}"), n)
                              for n in keep)
             if row[k][0] > limit or run.over(0.75):
                 break
-        run.add(-(len(k_values) - len(row)) * len(keep))
+        run.add(-(len(k_values) - len(row)) * n_tb_keep)
+        row = dict(sorted(row.items()))
         table[kind] = row
         bases.append(run(OFF, OFF, f"{kind} base after"))
         kind_bases[kind] = (bases[-2] + bases[-1]) / 2
@@ -231,7 +237,9 @@ def tune(engine, target_slowdown: float = 0.025, mode: str = "approx", *, measur
     engine.set_decdec("off", [0] * len(KINDS), seed, [0] * len(KINDS))
     measure = measure or DecodeTimer(engine, mode, seed=seed)
     keep = min(n_tb_keep, len(n_tb_values))
-    run = _Budget(measure, 1 + len(KINDS) * (2 + len(n_tb_values) + (len(k_values) - 1) * keep) + 2 * verify_pairs,
+    n_sweeps = len({k_values[0], k_values[len(k_values) // 2]})
+    run = _Budget(measure, 1 + len(KINDS) * (2 + n_sweeps * len(n_tb_values) + (len(k_values) - n_sweeps) * keep)
+                  + 2 * verify_pairs,
                   time_budget, progress)
     try:
         run(OFF, OFF, "warm-up")  # the first decode after loading runs slower (measured ~1 %): not a base

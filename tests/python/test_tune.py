@@ -117,9 +117,25 @@ def test_sweep_prunes_n_tb_and_stops_past_the_budget():
     swept = [(k, n) for k, n in log if sum(1 for x in k if x) == 1]
     gate_up = {(k[2], n[2]) for k, n in swept if k[2]}
     assert {n for k, n in gate_up if k == 8} == set(N_TB_VALUES)     # n_tb swept at the middle k
+    assert {n for k, n in gate_up if k == 1} == set(N_TB_VALUES)     # and at the smallest
     best_two = sorted(N_TB_VALUES, key=lambda n: (n != 8, n))[:2]
-    assert {n for k, n in gate_up if k != 8} <= set(best_two)        # then only the best two
+    assert {n for k, n in gate_up if k not in (1, 8)} <= set(best_two)  # then only the best two
     assert max(k for k, n in gate_up) == 12                          # 0.04 ms > 2 x 0.015: stop
+
+
+def test_small_k_keeps_its_own_best_n_tb():
+    """Few rows hide best with few compensation blocks, many rows need more (as on the H100):
+    the small k_chunk use the n_tb swept at the smallest k, not at the middle one."""
+    def measure(k_chunk, n_tb):
+        ms = BASE_MS
+        for k, n in zip(k_chunk, n_tb):
+            if k:
+                best = 32 if k < 8 else 128
+                ms += 0.001 * k + (0 if n == best else 0.01)
+        return ms
+    r = tune(FakeEngine(), 0.05, measure=measure, progress=False)
+    picked = {kind: {k: n for k, n, ms, c in rows} for kind, rows in r["costs"].items()}
+    assert picked["down"][2] == 32 and picked["down"][4] == 32 and picked["down"][10] == 128
 
 
 def test_isotonic_and_monotone_costs():
