@@ -228,7 +228,6 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
 // group qualifies and not where it must fall back (a boundary not a multiple of 32, random mode,
 // members whose thresholds differ).
 void test_gemv_group(Backend& cpu, Backend& gpu) {
-  gpu::gemv_tc_force(true);  // 4-bit with DecDEC off too
   struct G { std::vector<int64_t> d_out; int64_t d_in; bool fusable; };
   const G groups[] = {{{96, 32, 70}, 2500, true}, {{256, 64, 64}, 4100, true}, {{2048, 2048}, 1024, true},
                       {{33, 64}, 300, false}};
@@ -301,7 +300,6 @@ void test_gemv_group(Backend& cpu, Backend& gpu) {
       report("gemv group, different thresholds, member 1",
              nmse(y1.get().data(), cpu_matmul(cpu, *Wo_c, x, 1, calls[1]).data(), (size_t)gr.d_out[1]), 1e-8);
     }
-  gpu::gemv_tc_force(false);
 }
 
 // T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
