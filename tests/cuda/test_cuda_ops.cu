@@ -1,6 +1,6 @@
 // CUDA backend vs the CPU reference, op by op (NMSE on fresh random inputs, outputs poisoned with
 // NaN before every run so an unwritten element fails). Exit code 77 (skip) without a GPU.
-//   test_cuda_ops           the tests
+//   test_cuda_ops           the tests (DDRT_TEST_ONLY=gemv_group,decdec: those alone; names in main)
 //   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV, groups and DecDEC timings (bench() below)
 //   test_cuda_ops --bench-groups the q/k/v and gate/up groups alone (bench_groups)
 //   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
@@ -919,17 +919,22 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--bench-stamps") return bench_stamps(*gpu);
     auto cpu = make_cpu_backend();
     std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
-    test_misc(*gpu);
-    test_elementwise(*cpu, *gpu);
-    test_rmsnorm_shapes(*cpu, *gpu);
-    test_argmax(*cpu, *gpu);
-    test_embed(*cpu, *gpu);
-    test_attention(*cpu, *gpu);
-    test_matmul(*cpu, *gpu);
-    test_gemv_tc_shapes(*cpu, *gpu);
-    test_gemv_group(*cpu, *gpu);
-    test_gemm(*cpu, *gpu);
-    test_decdec(*cpu, *gpu);
+    // DDRT_TEST_ONLY=name,name: those tests alone (e.g. under the slow racecheck tool)
+    const char* only = std::getenv("DDRT_TEST_ONLY");
+    auto want = [&](const char* name) {
+      return !only || ("," + std::string(only) + ",").find("," + std::string(name) + ",") != std::string::npos;
+    };
+    if (want("misc")) test_misc(*gpu);
+    if (want("elementwise")) test_elementwise(*cpu, *gpu);
+    if (want("rmsnorm")) test_rmsnorm_shapes(*cpu, *gpu);
+    if (want("argmax")) test_argmax(*cpu, *gpu);
+    if (want("embed")) test_embed(*cpu, *gpu);
+    if (want("attention")) test_attention(*cpu, *gpu);
+    if (want("matmul")) test_matmul(*cpu, *gpu);
+    if (want("gemv_tc")) test_gemv_tc_shapes(*cpu, *gpu);
+    if (want("gemv_group")) test_gemv_group(*cpu, *gpu);
+    if (want("gemm")) test_gemm(*cpu, *gpu);
+    if (want("decdec")) test_decdec(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
     ddrt_test::record(false, "no exception", __FILE__, __LINE__);
