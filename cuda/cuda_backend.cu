@@ -113,6 +113,18 @@ struct CudaLinear : Linear {
   mutable int plan_n_tb = -1;
   mutable int64_t plan_kmax = -1;
   mutable int64_t plan_d_out = -1;  // the launch's d_out (a group's total when this is its head)
+  // DecDEC's share of this linear's device bytes, counted in the backend's decdec counter while
+  // the linear lives
+  Counter decdec_counter;
+  size_t decdec_bytes = 0;
+  void count_decdec(const Counter& c, size_t bytes) {
+    decdec_counter = c;
+    decdec_bytes += bytes;
+    *c += bytes;
+  }
+  ~CudaLinear() override {
+    if (decdec_counter) *decdec_counter -= decdec_bytes;
+  }
 };
 
 struct CudaKVCache : KVCache {
@@ -488,7 +500,7 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
       r.rscale = static_cast<const float*>(W->pinned_rscale.dev());
     } else {
       r.rscale = put<float>(*W, held_, rs.data(), rs.size() * 4, st_, "residual scales");
-      *decdec_held_ += rs.size() * 4 + bytes;
+      W->count_decdec(decdec_held_, rs.size() * 4 + bytes);
     }
     DDRT_CHECK(cudaStreamSynchronize(st_));
   }
@@ -506,7 +518,7 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
       W->res.rank_pos = static_cast<const int32_t*>(W->pinned_rank.dev());
     } else {
       W->res.rank_pos = put<int32_t>(*W, held_, rank_pos.data(), d.d_in * 4, st_, "ranking");
-      *decdec_held_ += d.d_in * 4;
+      W->count_decdec(decdec_held_, (size_t)d.d_in * 4);
       DDRT_CHECK(cudaStreamSynchronize(st_));
     }
   }

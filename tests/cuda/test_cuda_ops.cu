@@ -590,6 +590,17 @@ void test_misc(Backend& gpu) {
     CHECK(gpu.device_bytes() >= before + 2 * 16 * 2 * 64 * 4);
   }
   CHECK(gpu.device_bytes() == before);
+  // DecDEC's share: residual rows, scales and rank positions on the device (placement Device),
+  // nothing with host residuals, and given back when the linear goes
+  const size_t dd_before = gpu.decdec_device_bytes();
+  {
+    auto L = make_linear(TensorType::UQ3_G128, 96, 300, true);
+    auto Wh = gpu.load_linear(L->desc, ResidualPlacement::Host);
+    CHECK(gpu.decdec_device_bytes() == dd_before);
+    auto Wd = gpu.load_linear(L->desc, ResidualPlacement::Device);
+    CHECK(gpu.decdec_device_bytes() >= dd_before + 300 * 48 + 96 * 4 + 300 * 4);
+  }
+  CHECK(gpu.decdec_device_bytes() == dd_before);
   CHECK(gpu.name().rfind("cuda:", 0) == 0);
 }
 
