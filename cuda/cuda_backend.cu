@@ -343,7 +343,7 @@ class CudaBackend : public Backend {
   // them 0). Returns false when the plan is not usable.
   bool tc_scratch(const gpu::TcPlan& plan, const char* what) {
     if (!plan.ok) return false;
-    const size_t part = gpu::tc_part_floats(plan) * 4, cnt = (size_t)(plan.n_tiles + 2) * 4;
+    const size_t part = gpu::tc_part_floats(plan) * 4, cnt = (size_t)gpu::tc_cnt_ints(plan.n_tiles) * 4;
     if (tc_part_.size() >= part && tc_cnt_.size() >= cnt) return true;
     if (capturing_)
       throw CudaError("CUDA: GEMV scratch would grow while capturing a decode graph (run the step once first)");

@@ -99,23 +99,39 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     p.seg_vecs = (nv + n_tb - 1) / n_tb;
     n_tb = (int)((nv + p.seg_vecs - 1) / p.seg_vecs);  // no block without outputs
   }
-  p.smem = tc_base_smem(W.d_in, W.bits, W.group);
-  if (n_tb > 0) p.smem = std::max(p.smem, tc_comp_smem(kmax, p.seg_vecs));
-  if (p.smem > (size_t)dev.max_smem) return p;
-  const int per_sm = W.bits == 3 ? blocks_per_sm<3>(W.group, p.smem) : blocks_per_sm<4>(W.group, p.smem);
-  if (per_sm <= 0) return p;
-  p.grid = dev.n_sm * per_sm;
-  n_tb = std::min(n_tb, p.grid / 4);
-  if (n_tb > 0 && n_tb * p.seg_vecs < nv) {  // the clamp left outputs uncovered: wider segments
-    p.seg_vecs = (nv + n_tb - 1) / n_tb;
-    n_tb = (int)((nv + p.seg_vecs - 1) / p.seg_vecs);
-    p.smem = std::max(tc_base_smem(W.d_in, W.bits, W.group), tc_comp_smem(kmax, p.seg_vecs));
+  const int64_t n_slabs = mma_slabs(W.d_in, W.bits);
+  const size_t comp_smem = n_tb > 0 ? tc_comp_smem(kmax, p.seg_vecs) : 0;
+  // Base blocks stage only the x slabs their units span (tc_split.h), which depends on the grid,
+  // which depends on the shared memory per block: start from a guess of 2 slabs and redo the
+  // split with the widest block's need until the occupancy it allows holds it.
+  const size_t ring = tc_ring_bytes(W.bits, W.group);
+  size_t smem = std::max(tc_base_smem(std::min<int64_t>(n_slabs, 2), W.bits, W.group) + ring, comp_smem);
+  int per_sm = 0;
+  for (int round = 0; round < 4; ++round) {
+    if (smem > (size_t)dev.max_smem) return p;
+    per_sm = W.bits == 3 ? blocks_per_sm<3>(W.group, smem) : blocks_per_sm<4>(W.group, smem);
+    if (per_sm <= 0) return p;
+    p.grid = dev.n_sm * per_sm;
+    int tb = std::min(n_tb, p.grid / 4);
+    p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? (nv + tb - 1) / tb : p.seg_vecs;  // wider segments
+    p.n_tb = tb > 0 ? (int)((nv + p.seg_vecs - 1) / p.seg_vecs) : 0;
+    const int64_t U = p.n_tiles * p.n_units;
+    p.wb = std::min<int64_t>((int64_t)(p.grid - p.n_tb) * kTcWarps, U);
+    int64_t widest = 0;
+    for (int64_t w0 = 0; w0 < p.wb; w0 += kTcWarps) {
+      int64_t s0, s1;
+      tc_block_slabs(w0, w0 + kTcWarps, p.n_tiles, U, p.wb, (int)uc, n_slabs, &s0, &s1);
+      widest = std::max(widest, s1 - s0);
+    }
+    p.ring_off = (int64_t)tc_base_smem(widest, W.bits, W.group) / 16;
+    p.smem = std::max((size_t)p.ring_off * 16 + ring, p.n_tb > 0 ? tc_comp_smem(kmax, p.seg_vecs) : 0);
     if (p.smem > (size_t)dev.max_smem) return p;
+    const int fits = W.bits == 3 ? blocks_per_sm<3>(W.group, p.smem) : blocks_per_sm<4>(W.group, p.smem);
+    if (fits >= per_sm) break;  // the grid is resident at once
+    smem = p.smem;
+    if (round == 3) return p;
   }
-  p.n_tb = n_tb;
-  const int64_t U = p.n_tiles * p.n_units;
-  p.wb = std::min<int64_t>((int64_t)(p.grid - n_tb) * kTcWarps, U);
-  p.max_s = (int)tc_max_slots(p.n_units, U, p.wb);
+  p.max_s = (int)p.n_units;
   p.ok = true;
   return p;
 }
@@ -162,6 +178,7 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   a.part = part;
   a.cnt = cnt;
   a.seg_vecs = plan.seg_vecs;
+  a.ring_off = plan.ring_off;
   a.stamps = g_tc_stamps;
   if (comp) {
     a.p = comp->p;

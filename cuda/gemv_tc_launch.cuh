@@ -10,8 +10,15 @@ namespace gpu {
 
 template <int B, int G>
 int tc_blocks_per_sm(size_t smem) {
-  if (smem > 48 * 1024 &&
-      cudaFuncSetAttribute(gemv_tc_kernel<B, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+  // The launch limit is set to the device's opt-in maximum, not to this plan's need: plans are
+  // cached per linear, and a limit lowered by a later, smaller plan failed an earlier plan's
+  // launches (invalid argument).
+  int dev = 0, max_smem = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return 0;
+  if (smem > (size_t)max_smem ||
+      cudaFuncSetAttribute(gemv_tc_kernel<B, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) != cudaSuccess)
     return 0;
   int n = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_tc_kernel<B, G>, kTcThreads, smem) != cudaSuccess) return 0;

@@ -10,6 +10,7 @@
 
 #include "decdec.h"
 #include "layout.h"
+#include "tc_split.h"
 #include "packed.cuh"
 
 namespace ddrt {
@@ -18,6 +19,19 @@ namespace gpu {
 // Programmatic dependent launch (sm_90): lets the next kernel, when it is launched with the PDL
 // attribute (the fused GEMV), start its prologue (weight loads) while this one finishes; that
 // kernel waits (griddepcontrol.wait) for this one's completion before reading its results.
+// cp.async: 16 bytes global -> shared (zero-filled when !valid), 4 bytes, groups.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -99,7 +113,8 @@ cudaError_t launch_comp_reduce(const DevLinear& W, const CompParams& p, float* y
 // ---- fused tensor-core GEMV with in-launch compensation, T = 1 (gemv_tc*.cu) ----------------
 // Uniform 3/4-bit, group 32/64/128. DecDEC compensation (TcComp) runs in n_tb blocks of the
 // same launch (gemv_tc.cuh says how and why it is race-free). Scratch: part (tc_part_floats
-// floats) and cnt (n_tiles + 2 ints, zero before the first launch; every launch leaves them 0).
+// floats) and cnt (tc_cnt_ints(n_tiles) ints, zero before the first launch; every launch leaves
+// them 0).
 //
 // One launch may run a group of up to kTcMaxMembers linears that read the same x (q/k/v, gate/up):
 // same type and d_in, outputs concatenated in order (member m owns the group's rows
@@ -118,6 +133,7 @@ struct TcComp {
 struct TcPlan {
   int grid = 0, n_tb = 0, max_s = 0;
   int64_t n_units = 0, n_tiles = 0, wb = 0, seg_vecs = 0;
+  int64_t ring_off = 0;  // uint4 offset of the base role's unit ring in shared memory
   size_t smem = 0;
   bool ok = false;  // false: the shape does not fit (shared memory); use the other kernels
 };

@@ -55,6 +55,14 @@ DDRT_HDC int64_t round_codes(int bits) { return 32 * (int64_t)step_codes(bits); 
 DDRT_HDC int64_t n_rounds(int64_t d_in, int bits) { return (d_in + round_codes(bits) - 1) / round_codes(bits); }
 // uint4 per row: whole rounds.
 DDRT_HDC int64_t row_vecs(int64_t d_in, int bits) { return n_rounds(d_in, bits) * 32 * step_vecs(bits); }
+
+// The fused GEMV (gemv_tc.cuh) works in slabs of x (a slab = 8 lane steps = 8 C codes; in shared
+// memory one uint4 per x float4: hi b0 b1, lo b0 b1), two chunks per slab.
+DDRT_HDC int64_t mma_slabs(int64_t d_in, int bits) { return (d_in + 8 * step_codes(bits) - 1) / (8 * step_codes(bits)); }
+// Lane-step chunks per unit (a unit's input codes per row: 512 at 3 and at 4 bits, 3 / 4 KB per
+// 16-row unit; one unit's codes take 24 / 32 registers per lane). Units of 256 4-bit codes made
+// the 4-bit launch ~30 % slower (twice the partial slots, atomics and finishing per byte).
+DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 1 : 4; }
 // uint4 index (within the row) of vector v of lane step s.
 DDRT_HD int64_t vec_index(int64_t s, int v, int bits) {
   return (s / 32) * 32 * step_vecs(bits) + (int64_t)v * 32 + (s % 32);

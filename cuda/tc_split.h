@@ -1,11 +1,14 @@
 // decdec_rt CUDA backend: how the fused GEMV (gemv_tc.cuh) splits its base work among warps, and
 // who merges each tile. Host and device (tests/cuda/test_cuda_layout.cpp checks it on the host).
 //
-// U units (unit u = tile * n_units + k) over wb warps (wb <= U): warp w takes the contiguous range
-// [tc_range_begin(w), tc_range_begin(w + 1)), floor(w U / wb) .. — at least one unit each.
-// A tile is met by the warp holding its first unit and by every warp starting inside it; warp w's
-// slot there is w - tc_first_warp(tile), and tc_e_base(tile) warps meet it (its base
-// contributors). No tile is met by more than tc_max_slots() warps.
+// U = n_tiles * n_units units; unit u is column k = u / n_tiles (one unit's input codes) of tile
+// u % n_tiles: k-major, so a warp's consecutive units are the same input codes of consecutive
+// tiles, and a block's range spans a column or two — it stages only that slice of x (staging all
+// of x in each of the grid's blocks took 4-7 us of a ~15 us launch: every block read the same L2
+// lines). Warp w takes the contiguous range [tc_range_begin(w), tc_range_begin(w + 1)),
+// floor(w U / wb) .. — at least one unit each (wb <= U).
+// Every unit is one contribution to its tile, in slot k: a tile has exactly n_units base
+// contributors, whoever holds them.
 #pragma once
 
 #include <cstdint>
@@ -15,17 +18,29 @@
 namespace ddrt {
 namespace gpu {
 
+// Tile t's arrival counter in the counter array: one per 128-byte line (t * 32 ints), so that the
+// burst of per-unit atomics at the end of a launch spreads over L2 slices instead of queueing on
+// a few lines (measured: a tail of some blocks finishing ~10 us late). Counters for tiles
+// 0..n_tiles - 1, then the selection's two at tc_cnt_at(n_tiles) and + 1.
+DDRT_HD int64_t tc_cnt_at(int64_t tile) { return tile * 32; }
+inline int64_t tc_cnt_ints(int64_t n_tiles) { return tc_cnt_at(n_tiles) + 2; }
+
 DDRT_HD int64_t tc_range_begin(int64_t w, int64_t U, int64_t wb) { return w * U / wb; }
-// The first warp whose range starts at or after unit u.
-DDRT_HD int64_t first_warp_at(int64_t u, int64_t U, int64_t wb) { return (u * wb + U - 1) / U; }
-DDRT_HD int64_t tc_first_warp(int64_t tile, int64_t n_units, int64_t U, int64_t wb) {
-  return first_warp_at(tile * n_units + 1, U, wb) - 1;
+
+// The slabs [*s0, *s1) of x that base warps [w0, w1) need (the units' chunks k * uc .. k * uc +
+// uc - 1, two chunks per slab); empty (*s0 == *s1) when the warps have no units.
+DDRT_HD void tc_block_slabs(int64_t w0, int64_t w1, int64_t n_tiles, int64_t U, int64_t wb, int uc,
+                            int64_t n_slabs, int64_t* s0, int64_t* s1) {
+  if (w1 > wb) w1 = wb;
+  const int64_t ub0 = w0 < w1 ? tc_range_begin(w0, U, wb) : 0, ub1 = w0 < w1 ? tc_range_begin(w1, U, wb) : 0;
+  if (ub1 <= ub0) {
+    *s0 = *s1 = 0;
+    return;
+  }
+  const int64_t ci0 = ub0 / n_tiles * uc, ci1 = ((ub1 - 1) / n_tiles + 1) * uc;
+  *s0 = ci0 / 2;
+  *s1 = (ci1 + 1) / 2 < n_slabs ? (ci1 + 1) / 2 : n_slabs;
 }
-DDRT_HD int64_t tc_e_base(int64_t tile, int64_t n_units, int64_t U, int64_t wb) {
-  return first_warp_at(tile * n_units + n_units, U, wb) - tc_first_warp(tile, n_units, U, wb);
-}
-// Slots per tile to allocate (an upper bound of tc_e_base over tiles).
-DDRT_HD int64_t tc_max_slots(int64_t n_units, int64_t U, int64_t wb) { return (n_units * wb + U - 1) / U + 1; }
 
 }  // namespace gpu
 }  // namespace ddrt

@@ -82,27 +82,29 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
 
 }  // namespace
 
-// The fused GEMV's work split and merge bookkeeping (tc_split.h), against a direct walk of every
-// warp's range: each tile is met by exactly tc_e_base warps, their slots are 0..E-1 (each once),
-// E never exceeds tc_max_slots, ranges cover every unit once and none is empty.
-bool check_split(int64_t n_tiles, int64_t n_units, int64_t warps) {
-  const int64_t U = n_tiles * n_units, wb = std::min(warps, U);
-  std::vector<std::vector<int64_t>> slots(n_tiles);
+// The fused GEMV's work split (tc_split.h), against a direct walk of every warp's range: ranges
+// cover every unit once and none is empty, so each tile gets exactly n_units contributions, one
+// per column (slot); and the x slabs a block of 8 warps stages cover every chunk of its units.
+bool check_split(int64_t n_tiles, int64_t n_slabs, int uc, int64_t warps) {
+  const int64_t n_units = (2 * n_slabs + uc - 1) / uc, U = n_tiles * n_units, wb = std::min(warps, U);
+  std::vector<std::vector<int>> seen(n_tiles, std::vector<int>(n_units, 0));
   int64_t next = 0;
   for (int64_t w = 0; w < wb; ++w) {
     const int64_t b = tc_range_begin(w, U, wb), e = tc_range_begin(w + 1, U, wb);
     if (b != next || e <= b) return false;
     next = e;
-    for (int64_t tile = b / n_units; tile <= (e - 1) / n_units; ++tile)
-      slots[tile].push_back(w - tc_first_warp(tile, n_units, U, wb));
+    int64_t s0, s1;
+    tc_block_slabs(w / 8 * 8, w / 8 * 8 + 8, n_tiles, U, wb, uc, n_slabs, &s0, &s1);
+    for (int64_t u = b; u < e; ++u) {
+      ++seen[u % n_tiles][u / n_tiles];
+      for (int64_t ci = u / n_tiles * uc; ci < (u / n_tiles + 1) * uc && ci < 2 * n_slabs; ++ci)
+        if (ci / 2 < s0 || ci / 2 >= s1) return false;
+    }
   }
   if (next != U) return false;
-  for (int64_t tile = 0; tile < n_tiles; ++tile) {
-    const int64_t E = tc_e_base(tile, n_units, U, wb);
-    if ((int64_t)slots[tile].size() != E || E > tc_max_slots(n_units, U, wb)) return false;
-    for (int64_t j = 0; j < E; ++j)
-      if (slots[tile][j] != j) return false;
-  }
+  for (auto& row : seen)
+    for (int c : row)
+      if (c != 1) return false;
   return true;
 }
 
@@ -110,13 +112,14 @@ int main() {
   std::mt19937 rng(7);
   bool split_ok = true;
   for (int64_t n_tiles : {1, 2, 3, 36, 64, 256, 384, 896})
-    for (int64_t n_units : {1, 2, 7, 8, 28, 56})
-      for (int64_t warps : {1, 5, 8, 100, 1056, 2112, 4000})
-        if (!check_split(n_tiles, n_units, warps)) {
-          std::fprintf(stderr, "  split n_tiles %lld n_units %lld warps %lld wrong\n", (long long)n_tiles,
-                       (long long)n_units, (long long)warps);
-          split_ok = false;
-        }
+    for (int64_t n_slabs : {1, 2, 7, 8, 14, 28})
+      for (int uc : {1, 2, 4})
+        for (int64_t warps : {1, 5, 8, 100, 1056, 2112, 4000})
+          if (!check_split(n_tiles, n_slabs, uc, warps)) {
+            std::fprintf(stderr, "  split n_tiles %lld n_slabs %lld uc %d warps %lld wrong\n", (long long)n_tiles,
+                         (long long)n_slabs, uc, (long long)warps);
+            split_ok = false;
+          }
   CHECK(split_ok);
   for (int64_t d_in : {1, 31, 32, 33, 100, 127, 128, 129, 1000, 4096, 4100, 4096 + 128 + 5}) {
     check_width<2>(3, d_in, rng);

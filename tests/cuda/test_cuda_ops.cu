@@ -220,6 +220,25 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
                nmse(yg.data(), yc.data(), yc.size()), 1e-8);
       }
     }
+  // plans are cached per linear: a plan needing more shared memory (wide compensation segments),
+  // then a smaller one, then the first again must still launch (the launch limit once followed
+  // the latest plan: invalid argument)
+  {
+    auto Lb = make_linear(TensorType::UQ4_G128, 28672, 512, true), Ls = make_linear(TensorType::UQ4_G128, 64, 512, true);
+    auto Bc = cpu.load_linear(Lb->desc, ResidualPlacement::Host), Bg = gpu.load_linear(Lb->desc, ResidualPlacement::Host);
+    auto Sc = cpu.load_linear(Ls->desc, ResidualPlacement::Host), Sg = gpu.load_linear(Ls->desc, ResidualPlacement::Host);
+    DecdecCall wide;
+    wide.mode = DecdecMode::Approx;
+    wide.k_chunk = 16;
+    wide.n_tb = 4;
+    const auto x = randn(512);
+    for (int rep = 0; rep < 2; ++rep) {
+      report("gemv tc plan cache, wide compensation rep " + std::to_string(rep),
+             nmse(gpu_matmul(gpu, *Bg, x, 1, wide).data(), cpu_matmul(cpu, *Bc, x, 1, wide).data(), 28672), 1e-8);
+      report("gemv tc plan cache, small rep " + std::to_string(rep),
+             nmse(gpu_matmul(gpu, *Sg, x, 1, {}).data(), cpu_matmul(cpu, *Sc, x, 1, {}).data(), 64), 1e-8);
+    }
+  }
   gpu::gemv_tc_force(false);
 }
 
@@ -762,6 +781,14 @@ void bench_gemv(Backend& gpu, int rows) {
       const double gbs = bytes / (tm.graph_us * 1e3);
       std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d\n", type_name(t), (long long)s[0],
                   (long long)s[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, copies);
+      if (rows == 0 && t == TensorType::UQ4_G128) {  // 4-bit default is the CUDA-core kernel: the fused one too
+        gpu::gemv_tc_force(true);
+        const Timing tf = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
+        gpu::gemv_tc_force(false);
+        const double gf = bytes / (tf.graph_us * 1e3);
+        std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (fused tensor-core)\n", type_name(t),
+                    (long long)s[0], (long long)s[1], tf.single_us, tf.graph_us, gf, 100.0 * gf / peak, copies);
+      }
     }
   gpu::gemv_q_force_rows(0);
   gpu::gemv_tc_enable(true);
@@ -812,8 +839,8 @@ int bench_stamps(Backend& gpu) {
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}, {1024, 4096}};
   std::printf("%s\nfused GEMV timeline, uq3_g128, approx, host residuals: us from the first block start "
               "(median / max over blocks)\n", gpu.name().c_str());
-  std::printf("%-13s %3s %4s | %-13s %-13s %-13s %-13s | %-13s %-13s\n", "d_out x d_in", "k", "n_tb",
-              "comp wait", "comp select", "comp gather", "comp end", "base x ready", "base end");
+  std::printf("%-13s %3s %4s | %-13s %-13s %-13s %-13s | %-13s %-13s %-13s\n", "d_out x d_in", "k", "n_tb",
+              "comp wait", "comp select", "comp gather", "comp end", "base wait", "base x ready", "base end");
   const int max_blocks = 8192;
   unsigned long long* d_st = nullptr;
   ck(cudaMalloc(&d_st, max_blocks * 5 * 8), "stamps");
@@ -854,9 +881,20 @@ int bench_stamps(Backend& gpu) {
       // compensation blocks: the grid's first, the ones with a gather stamp (slot 3)
       int ncomp = 0;
       while (kc && ncomp < nb && h[ncomp * 5 + 3] != 0) ++ncomp;
-      std::printf("%5lldx%-7lld %3d %4d | %-13s %-13s %-13s %-13s | %-13s %-13s\n", (long long)s[0], (long long)s[1],
-                  kc, ncomp, stat(0, ncomp, 1).c_str(), stat(0, ncomp, 2).c_str(), stat(0, ncomp, 3).c_str(),
-                  stat(0, ncomp, 4).c_str(), stat(ncomp, nb, 2).c_str(), stat(ncomp, nb, 4).c_str());
+      if (std::getenv("DDRT_STAMPS_DUMP") && kc == 0) {  // per 16 base blocks: latest start, latest end
+        for (int b0 = ncomp; b0 < nb; b0 += 16) {
+          double st = 0, en = 0;
+          for (int b = b0; b < std::min(nb, b0 + 16); ++b) {
+            st = std::max(st, (h[b * 5] - t0) / 1e3);
+            en = std::max(en, (h[b * 5 + 4] - t0) / 1e3);
+          }
+          std::printf("  blocks %3d..%3d: start <= %5.1f end <= %5.1f\n", b0, std::min(nb, b0 + 16) - 1, st, en);
+        }
+      }
+      std::printf("%5lldx%-7lld %3d %4d | %-13s %-13s %-13s %-13s | %-13s %-13s %-13s\n", (long long)s[0],
+                  (long long)s[1], kc, ncomp, stat(0, ncomp, 1).c_str(), stat(0, ncomp, 2).c_str(),
+                  stat(0, ncomp, 3).c_str(), stat(0, ncomp, 4).c_str(), stat(ncomp, nb, 1).c_str(),
+                  stat(ncomp, nb, 2).c_str(), stat(ncomp, nb, 4).c_str());
     }
   }
   cudaFree(d_st);
