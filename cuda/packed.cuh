@@ -62,7 +62,10 @@ DDRT_HDC int64_t mma_slabs(int64_t d_in, int bits) { return (d_in + 8 * step_cod
 // Lane-step chunks per unit (a unit's input codes per row: 512 at 3 and at 4 bits, 3 / 4 KB per
 // 16-row unit; one unit's codes take 24 / 32 registers per lane). Units of 256 4-bit codes made
 // the 4-bit launch ~30 % slower (twice the partial slots, atomics and finishing per byte).
-DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 1 : 4; }
+#ifndef DDRT_TC_UNIT_CHUNKS4  // lab override (-DDDRT_TC_UNIT_CHUNKS4=2)
+#define DDRT_TC_UNIT_CHUNKS4 4
+#endif
+DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 1 : DDRT_TC_UNIT_CHUNKS4; }
 // uint4 index (within the row) of vector v of lane step s.
 DDRT_HD int64_t vec_index(int64_t s, int v, int bits) {
   return (s / 32) * 32 * step_vecs(bits) + (int64_t)v * 32 + (s % 32);
