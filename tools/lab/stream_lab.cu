@@ -9,13 +9,15 @@
 //   unit    the unit-contiguous repack: unit u is one 3072-byte block, load q of the warp reads
 //           512 contiguous bytes (lane L: uint4 q * 32 + L)
 //   rowsKM  rows, with units numbered k-major (unit u = column u / n_tiles of tile u % n_tiles)
-// Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/stream_lab.cu -o /tmp/stream_lab && /tmp/stream_lab
+// Build and run:  nvcc -O3 -std=c++17 -arch=sm_90 -Icpp -Icuda tools/lab/stream_lab.cu -o /tmp/stream_lab && /tmp/stream_lab
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
+
+#include "gemv_q.cuh"
 
 #define CK(x)                                                                     \
   do {                                                                            \
@@ -26,13 +28,7 @@
     }                                                                             \
   } while (0)
 
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
+using ddrt::gpu::ld_stream;  // the kernels' streaming load (gemv_q.cuh)
 
 struct Shape {
   int64_t d_out, d_in, row_vecs, n_units, n_tiles;
