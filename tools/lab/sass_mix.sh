@@ -1,5 +1,7 @@
 # The instruction mix of the fused GEMV's unit loop (between the first and last HMMA of
-# gemv_tc_kernel<3,128>), from the SASS. Needs cuobjdump (the GPU machine has it).
+# gemv_tc_kernel<3,128>), from the SASS. Needs cuobjdump and nvdisasm: the GPU machine has them;
+# elsewhere the pip wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm carry both (unzip them
+# and put their nvidia/cu13/bin on PATH).
 nvcc -std=c++17 -O3 -arch=sm_90 -Icpp -Icuda -c cuda/gemv_tc3.cu -o /tmp/g3.o || exit 1
 cuobjdump -sass -fun '_ZN4ddrt3gpu14gemv_tc_kernelILi3ELi128EEEvNS0_6TcArgsE' /tmp/g3.o > /tmp/k3.sass
 echo "lines $(wc -l < /tmp/k3.sass), HMMA $(grep -c HMMA /tmp/k3.sass)"
