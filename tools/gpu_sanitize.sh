@@ -23,8 +23,9 @@ run memcheck_ops "${LIMIT_OPS:-260}" "$CS" --tool memcheck --leak-check full --e
 run memcheck_py "${LIMIT_PY:-150}" bash -c "cd tests && '$CS' --tool memcheck --error-exitcode 9 python3 -m pytest -q -x python/test_cuda.py"
 fi
 # racecheck is far slower (the whole test_cuda_ops did not finish in 530 s on the H100): the tests
-# of the kernels that share memory between threads, one run each
-for t in ${RACE_TESTS:-gemv_group rmsnorm argmax attention gemm}; do
-  run "racecheck_$t" "${LIMIT_RACE:-120}" env DDRT_TEST_ONLY=$t "$CS" --tool racecheck --error-exitcode 9 \
-    $BUILD/test_cuda_ops
+# of the kernels that share memory between threads, one run each, racecheck-sized (DDRT_TEST_RACE=1:
+# gemm and decdec on a few small shapes; the full ones did not finish in 90 / 330 s)
+for t in ${RACE_TESTS:-gemv_group rmsnorm argmax attention gemm decdec}; do
+  run "racecheck_$t" "${LIMIT_RACE:-120}" env DDRT_TEST_ONLY=$t DDRT_TEST_RACE=1 "$CS" --tool racecheck \
+    --error-exitcode 9 $BUILD/test_cuda_ops
 done

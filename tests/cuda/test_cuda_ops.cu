@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -324,14 +325,25 @@ void test_gemv_group(Backend& cpu, Backend& gpu) {
 // T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
 // sizes under one tile, every type; then the fast kernel vs its simple twin at a prefill size.
 // Tolerance 1e-8 as the GEMV: the kernel splits x into hi + lo halves and applies scales in fp32.
+// DDRT_TEST_RACE=1: the racecheck-sized variant of the slow tests (gemm, decdec): a few small
+// shapes and token counts, every kernel path still taken once (racecheck slows shared-memory
+// kernels so much that the full tests do not finish in a device call).
+bool race_sized() {
+  const char* e = std::getenv("DDRT_TEST_RACE");
+  return e && e[0] == '1';
+}
+
 void test_gemm(Backend& cpu, Backend& gpu) {
-  const int64_t shapes[][2] = {{37, 45}, {130, 4100}, {5, 33}, {300, 257}, {129, 1000}, {259, 672}};
+  using Shapes = std::vector<std::array<int64_t, 2>>;
+  const Shapes shapes = race_sized() ? Shapes{{37, 45}, {130, 300}}
+                                     : Shapes{{37, 45}, {130, 4100}, {5, 33}, {300, 257}, {129, 1000}, {259, 672}};
+  const std::vector<int> Ts = race_sized() ? std::vector<int>{2, 64} : std::vector<int>{2, 7, 64, 300};
   for (TensorType t : kAllTypes)
     for (auto& s : shapes) {
       auto L = make_linear(t, s[0], s[1], false);
       auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
       auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
-      for (int T : {2, 7, 64, 300}) {
+      for (int T : Ts) {
         const auto x = randn((size_t)T * s[1]);
         const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
         const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
@@ -341,8 +353,8 @@ void test_gemm(Backend& cpu, Backend& gpu) {
       }
     }
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::F16, TensorType::LUT4}) {
-    const int64_t d_out = 1000, d_in = 4096;
-    const int T = 512;
+    const int64_t d_out = race_sized() ? 200 : 1000, d_in = race_sized() ? 1024 : 4096;
+    const int T = race_sized() ? 96 : 512;
     auto L = make_linear(t, d_out, d_in, false);
     auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
     const auto x = randn((size_t)T * d_in, 3.0f);
@@ -350,7 +362,8 @@ void test_gemm(Backend& cpu, Backend& gpu) {
     gpu::gemm_force_simple(true);
     const auto slow = gpu_matmul(gpu, *Wg, x, T, {});
     gpu::gemm_force_simple(false);
-    report(std::string("gemm tensor cores vs simple twin ") + type_name(t) + " 1000x4096 T=512",
+    report(std::string("gemm tensor cores vs simple twin ") + type_name(t) + " " + std::to_string(d_out) + "x" +
+               std::to_string(d_in) + " T=" + std::to_string(T),
            nmse(fast.data(), slow.data(), slow.size()), 1e-8);
   }
 }
@@ -375,20 +388,26 @@ void test_embed(Backend& cpu, Backend& gpu) {
 // DecDEC vs the CPU: every mode, k_chunk, both placements; at T = 1 (the fused GEMV with the
 // compensation in the same launch) also several n_tb and the separate-kernel twin.
 void test_decdec(Backend& cpu, Backend& gpu) {
-  const int64_t shapes[][2] = {{300, 2500}, {67, 700}, {64, 1024}, {1100, 4100}};
+  using Shapes = std::vector<std::array<int64_t, 2>>;
+  const Shapes shapes = race_sized() ? Shapes{{67, 700}, {64, 1024}} : Shapes{{300, 2500}, {67, 700}, {64, 1024}, {1100, 4100}};
+  const std::vector<ResidualPlacement> places =
+      race_sized() ? std::vector<ResidualPlacement>{ResidualPlacement::Host}
+                   : std::vector<ResidualPlacement>{ResidualPlacement::Host, ResidualPlacement::Device};
+  const std::vector<int> Ts = race_sized() ? std::vector<int>{1, 40} : std::vector<int>{1, 7, 40};
+  const std::vector<int> kcs = race_sized() ? std::vector<int>{1, 64} : std::vector<int>{1, 8, 64, 1024};
   const DecdecMode modes[] = {DecdecMode::Exact, DecdecMode::Approx, DecdecMode::Static, DecdecMode::Random};
   for (auto& s : shapes)
-    for (ResidualPlacement where : {ResidualPlacement::Host, ResidualPlacement::Device}) {
+    for (ResidualPlacement where : places) {
       const TensorType type = s[0] == 67 ? TensorType::UQ4_G64 : s[0] == 1100 ? TensorType::UQ4_G128 : TensorType::UQ3_G128;
       auto L = make_linear(type, s[0], s[1], true);
       auto Wc = cpu.load_linear(L->desc, where);
       auto Wg = gpu.load_linear(L->desc, where);
-      for (int T : {1, 7, 40}) {  // 40: the wide gather (T >= 16), and slices when kmax is large
+      for (int T : Ts) {  // 40: the wide gather (T >= 16), and slices when kmax is large
         const auto x = randn((size_t)T * s[1]);
         const auto base_c = cpu_matmul(cpu, *Wc, x, T, {});
         const auto base_g = gpu_matmul(gpu, *Wg, x, T, {});
         for (DecdecMode m : modes)
-          for (int kc : {1, 8, 64, 1024}) {
+          for (int kc : kcs) {
             DecdecCall c;
             c.mode = m;
             c.k_chunk = kc;
