@@ -20,14 +20,17 @@ tail -15 "$OUT/ctest.log"
 tail -15 "$OUT/pytest.log"
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
+  : > "$OUT/bench_e2e.log"
   for args in "--shape smollm2-135m --bits 3" "--shape smollm2-135m --bits 3 --no-graphs" \
               "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" "--shape llama3-8b --bits 3 --no-graphs" \
               "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8"; do
-    echo "== decdec-rt bench $args"
+    echo "== decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
     python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
   done
-  echo "== DDRT_DECDEC_PARALLEL=1 decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8"
+  echo "== DDRT_DECDEC_PARALLEL=1 decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
+    | tee -a "$OUT/bench_e2e.log"
   DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
     | tee -a "$OUT/bench_e2e.log"
 fi
 echo "== summary: ctest rc=$CT pytest rc=$PT"
+[ "${1:-}" != "quick" ] && python3 tools/gpu_summary.py "$OUT"

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""The short table at the end of tools/gpu_check.sh: decode and prefill per benchmark run, and the
+GEMV lab's default-kernel lines, read back from the logs the check wrote.
+
+    python3 tools/gpu_summary.py OUT_DIR      # OUT_DIR holds bench_e2e.log and bench_gemv.log
+"""
+import re
+import sys
+from pathlib import Path
+
+
+def e2e_rows(text):
+    """(run, decode tok/s, ms/token, % of peak, prefill tok/s, DecDEC KB) per '== ' block."""
+    rows = []
+    for block in re.split(r"^== ", text, flags=re.M)[1:]:
+        run = block.splitlines()[0].replace("decdec-rt bench ", "").strip()
+        dec = re.search(r"decode\s+([\d.]+) tok/s\s+([\d.]+) ms/token", block)
+        peak = re.search(r"=\s*([\d.]+)% of", block)
+        pre = re.search(r"prefill\s+([\d.]+) tok/s", block)
+        dd = re.search(r"DecDEC\s+([\d.]+) KB on the device", block)
+        if not dec:
+            rows.append((run, "failed", "", "", "", ""))
+            continue
+        rows.append((run, dec.group(1), dec.group(2), peak.group(1) if peak else "", pre.group(1) if pre else "",
+                     dd.group(1) if dd else ""))
+    return rows
+
+
+def gemv_rows(text):
+    """(type, shape, graph us, GB/s, % of peak) of the default kernels, and the fused group calls."""
+    rows, default = [], False
+    for line in text.splitlines():
+        if "quantized rows/warp: default" in line:
+            default = True
+            continue
+        m = re.match(r"(\S+)\s+(\d+x\d+)\s+[\d.]+\s+([\d.]+)\s+(\d+)\s+([\d.]+)%\s+\d+(.*)$", line)
+        if default and m:
+            kind = m.group(1) + (" fused" if "fused" in m.group(6) else "")
+            rows.append((kind, m.group(2), m.group(3), m.group(4), m.group(5)))
+            continue
+        g = re.match(r"(uq\d_g\d+) (qkv|gate_up)\s+[\d.]+\s+([\d.]+)\s+(\d+)", line)
+        if g:
+            rows.append((g.group(1) + " group", g.group(2), g.group(3), g.group(4),
+                         f"{100 * int(g.group(4)) / 3000:.1f}"))
+        elif line.startswith("Groups"):
+            default = False
+    return rows
+
+
+def table(head, rows):
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main():
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu_logs")
+    e2e, gemv = out / "bench_e2e.log", out / "bench_gemv.log"
+    if e2e.exists():
+        print(table(["run", "decode tok/s", "ms/token", "% of peak", "prefill tok/s", "DecDEC KB"],
+                    e2e_rows(e2e.read_text())))
+    if gemv.exists():
+        print()
+        print(table(["GEMV", "shape", "us (graph)", "GB/s", "% of 3000"], gemv_rows(gemv.read_text())))
+
+
+if __name__ == "__main__":
+    main()
