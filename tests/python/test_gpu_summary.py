@@ -1,0 +1,62 @@
+"""tools/gpu_summary.py (the table at the end of tools/gpu_check.sh) on logs shaped like the check's."""
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "gpu_summary.py"
+
+E2E = """== decdec-rt bench --shape llama3-8b --bits 3
+shape llama3-8b  3-bit g128  on cuda:0 (GPU)  DecDEC off  graphs on
+  decode       284.7 tok/s  3.512 ms/token at context 512
+              1149.7 GB/s = 38.3% of 3000 GB/s  (roofline 743 tok/s; 4.038 GB/token)
+  prefill     3342.3 tok/s  (512 tokens)
+  memory        4.86 GiB on the device; DecDEC fetches 0.00 MB/token over PCIe; built in 12.9 s
+  DecDEC         0.0 KB on the device (0.0000 % of the device bytes)
+== decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8
+Traceback (most recent call last):
+RuntimeError: something went wrong
+"""
+
+GEMV = """cuda:0 (GPU)
+GEMV T=1: median of 200 event-timed single launches, and per launch in a graph of 32
+(copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: 1
+uq3_g128    4096x14336        30.00      20.00      1000     33.3%       9
+cuda:0 (GPU)
+(copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: default
+type       d_out x d_in   single us   graph us      GB/s     %3000  copies
+uq3_g128    4096x14336        26.27      16.34      1460     48.7%       9
+uq4_g128    4096x14336        37.66      19.02      1640     54.7%       7  (fused tensor-core)
+
+Groups: separate launches vs one fused launch (graph-timed us per group call); DecDEC
+type     group     separate us   fused us       GB/s | approx k_chunk: call us (comp %, n_tb)
+uq3_g128 gate_up         31.38      25.56       1866 | k2 27.65 (+8.2%, 32)
+"""
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("gpu_summary", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_e2e_rows_read_each_run_and_mark_a_failed_one():
+    rows = load_tool().e2e_rows(E2E)
+    assert rows == [("--shape llama3-8b --bits 3", "284.7", "3.512", "38.3", "3342.3", "0.0"),
+                    ("--shape llama3-8b --bits 3 --decdec approx --k-chunk 8", "failed", "", "", "", "")]
+
+
+def test_gemv_rows_take_the_default_kernels_and_the_groups_only():
+    rows = load_tool().gemv_rows(GEMV)
+    assert rows == [("uq3_g128", "4096x14336", "16.34", "1460", "48.7"),
+                    ("uq4_g128 fused", "4096x14336", "19.02", "1640", "54.7"),
+                    ("uq3_g128 group", "gate_up", "25.56", "1866", "62.2")]
+
+
+def test_command_prints_both_tables(tmp_path):
+    (tmp_path / "bench_e2e.log").write_text(E2E)
+    (tmp_path / "bench_gemv.log").write_text(GEMV)
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "| --shape llama3-8b --bits 3 | 284.7 | 3.512 | 38.3 | 3342.3 | 0.0 |" in out
+    assert "| uq3_g128 group | gate_up | 25.56 | 1866 | 62.2 |" in out
