@@ -131,7 +131,6 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     smem = p.smem;
     if (round == 3) return p;
   }
-  p.max_s = (int)p.n_units;
   p.ok = true;
   return p;
 }
@@ -174,7 +173,6 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   a.n_units = plan.n_units;
   a.n_tiles = plan.n_tiles;
   a.wb = plan.wb;
-  a.max_s = plan.max_s;
   a.part = part;
   a.cnt = cnt;
   a.seg_vecs = plan.seg_vecs;

@@ -88,8 +88,7 @@ struct TcArgs {
   int64_t n_units = 0;    // units per tile
   int64_t n_tiles = 0;
   int64_t wb = 0;         // base warps that get work (<= U)
-  int max_s = 0;          // base slots per tile in part (n_units: slot k = column k)
-  float* part = nullptr;  // [n_tiles][max_s][16]
+  float* part = nullptr;  // [n_tiles][n_units][16]: slot k of a tile = its column-k unit
   int* cnt = nullptr;     // tile t's counter at tc_cnt_at(t) (tc_split.h), all 0 between launches
   // compensation
   CompParams p;
@@ -152,7 +151,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
   const int64_t tile = lane < 16 ? ta : tb;
   if (tile >= 0) {
     const int r = lane & 15;
-    const float* slots = a.part + tile * a.max_s * 16 + r;
+    const float* slots = a.part + tile * a.n_units * 16 + r;
     float s = 0.0f;
     for (int64_t j0 = 0; j0 < e_base; j0 += 16) {
       float v[16];
@@ -593,7 +592,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         if (r < W.d_out) a.y[m][ra] = ya;  // ra, rb: unclamped where r, r + 8 < d_out
         if (r + 8 < W.d_out) a.y[m][rb] = yb;
       } else {
-        float* slot = a.part + ((int64_t)tl * a.max_s + k) * 16;
+        float* slot = a.part + ((int64_t)tl * a.n_units + k) * 16;
         slot[g] = ya;
         slot[g + 8] = yb;
       }

@@ -16,9 +16,6 @@
 namespace ddrt {
 namespace gpu {
 
-// Programmatic dependent launch (sm_90): lets the next kernel, when it is launched with the PDL
-// attribute (the fused GEMV), start its prologue (weight loads) while this one finishes; that
-// kernel waits (griddepcontrol.wait) for this one's completion before reading its results.
 // cp.async: 16 bytes global -> shared (zero-filled when !valid), 4 bytes, groups.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
@@ -32,6 +29,9 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Programmatic dependent launch (sm_90): lets the next kernel, when it is launched with the PDL
+// attribute (the fused GEMV), start its prologue (weight loads) while this one finishes; that
+// kernel waits (griddepcontrol.wait) for this one's completion before reading its results.
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -131,7 +131,7 @@ struct TcComp {
   float* cpart = nullptr;         // [sum of d_out] scratch
 };
 struct TcPlan {
-  int grid = 0, n_tb = 0, max_s = 0;
+  int grid = 0, n_tb = 0;
   int64_t n_units = 0, n_tiles = 0, wb = 0, seg_vecs = 0;
   int64_t ring_off = 0;  // uint4 offset of the base role's unit ring in shared memory
   size_t smem = 0;
@@ -152,7 +152,7 @@ void gemv_tc_stamps(unsigned long long* stamps);
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);
-inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.max_s * 16; }
+inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);
 // Whether W[0..n) can run as one launch (n <= kTcMaxMembers, each supported, same type, group
