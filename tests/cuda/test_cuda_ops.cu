@@ -168,22 +168,18 @@ void test_matmul(Backend& cpu, Backend& gpu) {
         const auto x = randn((size_t)T * s[1]);
         const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
         const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
-        report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
-                   " T=" + std::to_string(T),
-               nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+        const std::string what =
+            "matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]);
+        report(what + " T=" + std::to_string(T), nmse(yg.data(), yc.data(), yc.size()), 1e-8);
         if (T == 1) {  // the fused tensor-core GEMV (forced, for 4-bit too) vs its CUDA-core twin
           gpu::gemv_tc_force(true);
           const auto y_fused = gpu_matmul(gpu, *Wg, x, T, {});
           gpu::gemv_tc_force(false);
-          report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
-                     " T=1 fused vs CPU",
-                 nmse(y_fused.data(), yc.data(), yc.size()), 1e-8);
+          report(what + " T=1 fused vs CPU", nmse(y_fused.data(), yc.data(), yc.size()), 1e-8);
           gpu::gemv_tc_enable(false);
           const auto y_twin = gpu_matmul(gpu, *Wg, x, T, {});
           gpu::gemv_tc_enable(true);
-          report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
-                     " T=1 vs CUDA-core twin",
-                 nmse(y_fused.data(), y_twin.data(), yc.size()), 1e-8);
+          report(what + " T=1 vs CUDA-core twin", nmse(y_fused.data(), y_twin.data(), yc.size()), 1e-8);
         }
         if (T == 1) {  // x not 16-byte aligned
           Buf bx(gpu, x.size() + 1), by(gpu, W_rows(*Wg));
@@ -193,9 +189,7 @@ void test_matmul(Backend& cpu, Backend& gpu) {
           by.poison();
           gpu.matmul(*Wg, by.f(), bx.f() + 1, 1, {});
           const auto y1 = by.get();
-          report("matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
-                     " T=1 unaligned x",
-                 nmse(y1.data(), yc.data(), yc.size()), 1e-8);
+          report(what + " T=1 unaligned x", nmse(y1.data(), yc.data(), yc.size()), 1e-8);
         }
       }
     }
