@@ -339,6 +339,18 @@ class CudaBackend : public Backend {
     }
     return scratch_.get();
   }
+  // n zeroed counters for attention (grows like scratch(); every launch leaves them zero).
+  unsigned* attn_counters(int64_t n) {
+    if (attn_cnt_.size() < (size_t)n * sizeof(unsigned)) {
+      if (capturing_)
+        throw CudaError("CUDA: attention counters would grow while capturing a decode graph (run the step once first)");
+      DDRT_CHECK(cudaStreamSynchronize(st_), "before growing the attention counters");
+      attn_cnt_ = DevMem();
+      attn_cnt_ = DevMem((size_t)n * sizeof(unsigned), nullptr, "attention counters");
+      DDRT_CHECK(cudaMemsetAsync(attn_cnt_.get(), 0, attn_cnt_.size(), st_));
+    }
+    return static_cast<unsigned*>(attn_cnt_.get());
+  }
   // The fused GEMV's scratch for `plan` (grows; the counters start at 0 and every launch leaves
   // them 0). Returns false when the plan is not usable.
   bool tc_scratch(const gpu::TcPlan& plan, const char* what) {
@@ -407,6 +419,7 @@ class CudaBackend : public Backend {
   Counter held_;
   Counter decdec_held_;  // the part of held_ that DecDEC adds (decdec_device_bytes)
   DevMem scratch_;
+  DevMem attn_cnt_;  // attention: one counter per (query, kv-head slice), zero between launches
   DevMem tc_part_, tc_cnt_;  // the fused GEMV's partial slots and tile counters (all 0 between launches)
   DevMem slots_;
   PinnedMem h_slots_;
@@ -723,11 +736,10 @@ void CudaBackend::attention(KVCache& cache, int layer, float* out, const float* 
                           " do not fit a context of " + std::to_string(kv.max_seq));
   if (T <= 0) return;
   const int64_t* pos_dev = step_ ? step_pos() : nullptr;
-  DDRT_CHECK(gpu::launch_kv_store(kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), k, v, (int64_t)hkv * hd, T, pos0,
-                                  pos_dev, st_));
   const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
-  DDRT_CHECK(gpu::launch_attention(out, q, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr, st_));
+  DDRT_CHECK(gpu::launch_attention(out, q, k, v, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr,
+                                   attn_counters(gpu::attn_counters(s)), st_));
 }
 
 }  // namespace

@@ -83,6 +83,8 @@ struct EmbedIds {
 };
 
 __global__ void embed_kernel(DevLinear W, float* out, EmbedIds ids, const int32_t* id_dev) {
+  grid_dep_wait();
+  pdl_trigger();
   const int t = blockIdx.y;
   const int32_t id = id_dev ? id_dev[t] : ids.id[t];
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < W.d_in; i += (int64_t)gridDim.x * blockDim.x)
@@ -121,8 +123,7 @@ cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int
     EmbedIds e{};
     for (int k = 0; k < n; ++k) e.id[k] = ids[t0 + k];
     const int bx = (int)((W.d_in + 255) / 256 < 64 ? (W.d_in + 255) / 256 : 64);
-    embed_kernel<<<dim3(bx, n), 256, 0, st>>>(W, out + (int64_t)t0 * W.d_in, e, id_dev);
-    const cudaError_t err = cudaGetLastError();
+    const cudaError_t err = launch_pdl(embed_kernel, dim3(bx, n), 256, 0, st, W, out + (int64_t)t0 * W.d_in, e, id_dev);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -50,6 +50,8 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float* x, int64_t i0, in
 
 template <int TY>
 __global__ void __launch_bounds__(kGemvThreads) gemv_f_kernel(DevLinear W, float* y, const float* x) {
+  grid_dep_wait();
+  pdl_trigger();
   constexpr int E = elems_per_vec<TY>(), U = 4;
   const int lane = threadIdx.x & 31;
   const int64_t nvec = (W.d_in + E - 1) / E;
@@ -81,12 +83,11 @@ cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm
   const int64_t want = (W.d_out + kGemvWarps - 1) / kGemvWarps;
   const int blocks = (int)(want < (int64_t)n_sm * 8 ? want : (int64_t)n_sm * 8);
   switch (W.type) {
-    case TensorType::F32: gemv_f_kernel<(int)TensorType::F32><<<blocks, kGemvThreads, 0, st>>>(W, y, x); break;
-    case TensorType::F16: gemv_f_kernel<(int)TensorType::F16><<<blocks, kGemvThreads, 0, st>>>(W, y, x); break;
-    case TensorType::BF16: gemv_f_kernel<(int)TensorType::BF16><<<blocks, kGemvThreads, 0, st>>>(W, y, x); break;
+    case TensorType::F32: return launch_pdl(gemv_f_kernel<(int)TensorType::F32>, blocks, kGemvThreads, 0, st, W, y, x);
+    case TensorType::F16: return launch_pdl(gemv_f_kernel<(int)TensorType::F16>, blocks, kGemvThreads, 0, st, W, y, x);
+    case TensorType::BF16: return launch_pdl(gemv_f_kernel<(int)TensorType::BF16>, blocks, kGemvThreads, 0, st, W, y, x);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace gpu

@@ -107,6 +107,8 @@ __device__ __forceinline__ void round_math(const uint4 (&w)[R][step_vecs(B)], co
 
 template <int B, int GJ, int R>
 __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
+  grid_dep_wait();
+  pdl_trigger();
   constexpr int C = step_codes(B), V = step_vecs(B), G1 = GJ > 0 ? GJ : 1;
   constexpr bool LUT = GJ == 0;
   __shared__ float lut_s[kGemvWarps][LUT ? R << B : 1];
@@ -197,8 +199,7 @@ DDRT_GEMV_Q_DECLARE(8, 1) DDRT_GEMV_Q_DECLARE(8, 2) DDRT_GEMV_Q_DECLARE(8, 4)
   cudaError_t gemv_q_run<B, GJ, R>(const GemvArgs& a, cudaStream_t st) {                       \
     const int64_t warps = (a.W.d_out + R - 1) / R;                                             \
     const int64_t blocks = (warps + kGemvWarps - 1) / kGemvWarps;                              \
-    gemv_q_kernel<B, GJ, R><<<(unsigned)blocks, kGemvThreads, 0, st>>>(a);                     \
-    return cudaGetLastError();                                                                 \
+    return launch_pdl(gemv_q_kernel<B, GJ, R>, (unsigned)blocks, kGemvThreads, 0, st, a);       \
   }
 #define DDRT_GEMV_Q_INSTANTIATE(B, GJ) \
   DDRT_GEMV_Q_INSTANTIATE_R(B, GJ, 1)  \

@@ -15,27 +15,6 @@ cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, bool pdl, cudaStre
 
 namespace {
 
-struct DeviceInfo {
-  int n_sm = 0, max_smem = 0;
-  bool pdl = false;  // programmatic dependent launch (sm_90+)
-};
-const DeviceInfo& device_info() {
-  static thread_local int dev_cached = -1;
-  static thread_local DeviceInfo info;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return info;
-  if (dev != dev_cached) {
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
-      info.n_sm = prop.multiProcessorCount;
-      info.max_smem = (int)prop.sharedMemPerBlockOptin;
-      info.pdl = prop.major >= 9;
-      dev_cached = dev;
-    }
-  }
-  return info;
-}
-
 template <int B>
 int blocks_per_sm(int group, size_t smem) {
   switch (group) {

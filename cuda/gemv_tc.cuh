@@ -135,12 +135,6 @@ inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
          (2 * kBuckets + 2 * kTcWarps) * 4 + 64;
 }
 
-__device__ __forceinline__ void grid_dep_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 // The last contributor of a tile sums its slots (fixed order: k ascending, then the compensation)
 // into y and resets the counter. Called by a whole warp for up to two tiles: lanes 0..15 take
 // row lane of tile ta, lanes 16..31 of tile tb (tb < 0: none). Each lane issues its row's slot

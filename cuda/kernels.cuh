@@ -37,6 +37,40 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// Waits until the kernels this one depends on have finished and their writes are visible. Every
+// kernel started by launch_pdl calls it before it touches memory that earlier kernels write, and
+// calls it unconditionally: a kernel that exited without waiting would let its own dependents
+// run before the kernels it skipped waiting for (the chain of waits is what orders the stream).
+__device__ __forceinline__ void grid_dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// The current device's properties the launchers need (cached per thread and device).
+struct DeviceInfo {
+  int n_sm = 0, max_smem = 0;
+  bool pdl = false;  // programmatic dependent launch (sm_90+)
+};
+const DeviceInfo& device_info();
+
+// kernel<<<grid, block, smem, st>>>(args...) with programmatic dependent launch where the device
+// has it: the kernel may start while the previous one finishes (its launch latency hidden), so it
+// must begin with grid_dep_wait() (see above); pdl_trigger() in the previous kernel lets it start.
+template <typename... P, typename... A>
+cudaError_t launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = device_info().pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
 
 // A weight matrix on the GPU (device pointers), by value in kernel parameters.
 struct DevLinear {
@@ -188,14 +222,15 @@ struct AttnShape {
   int64_t pos0;
   const int64_t* pos_dev = nullptr;
 };
-// Stores k, v ([T][row] floats) at positions pos0.. of one layer's cache (K, V: [max_seq][row]).
-cudaError_t launch_kv_store(float* K, float* V, const float* k, const float* v, int64_t row, int T, int64_t pos0,
-                            const int64_t* pos_dev, cudaStream_t st);
-// Scratch floats for attention at this shape.
+// Scratch floats, splits, and zeroed counters (left zeroed by every launch) for attention.
 int attn_splits(const AttnShape& s);
 int64_t attn_scratch_floats(const AttnShape& s);
-cudaError_t launch_attention(float* out, const float* q, const float* K, const float* V, const AttnShape& s,
-                             float* scratch, cudaStream_t st);
+int64_t attn_counters(const AttnShape& s);
+// Stores k, v ([T][n_kv_heads * head_dim]) at positions pos0.. of one layer's cache (K, V:
+// [max_seq][n_kv_heads * head_dim]) and writes out ([T][n_heads * head_dim]): attention of q over
+// positions 0..pos0+t for query t, in one launch.
+cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+                             const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st);
 
 }  // namespace gpu
 }  // namespace ddrt

@@ -25,6 +25,7 @@ __device__ float block_sum(float v, float* red) {
 
 // one block per row: out = x / sqrt(mean(x^2) + eps) * w
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int dim, float eps) {
+  grid_dep_wait();
   pdl_trigger();
   __shared__ float red[32];
   const float* xt = x + (int64_t)blockIdx.x * dim;
@@ -39,6 +40,7 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d
 // The same for rows of whole float4s (dim % 4 == 0, 16-byte aligned rows): one load per thread
 // in flight per pass instead of a chain of scalar loads (decode: one row, latency-bound).
 __global__ void rmsnorm4_kernel(float* out, const float* x, const float* w, int dim, float eps) {
+  grid_dep_wait();
   pdl_trigger();
   __shared__ float red[32];
   const int n4 = dim / 4;
@@ -64,6 +66,8 @@ __global__ void rmsnorm4_kernel(float* out, const float* x, const float* w, int 
 // angle = (float)(pos0 + t) * inv_freq[i] in fp32, its sine/cosine as the CPU: in double.
 __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
                             const int64_t* pos_dev) {
+  grid_dep_wait();
+  pdl_trigger();
   if (pos_dev) pos0 = *pos_dev;
   const int half = head_dim / 2;
   const int64_t n = (int64_t)T * n_heads * half;
@@ -82,6 +86,7 @@ __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t 
 
 // x += y, then out = rmsnorm(x) * w, one block per row of float4s (see rmsnorm4_kernel).
 __global__ void add_rmsnorm4_kernel(float* out, float* x, const float* y, const float* w, int dim, float eps) {
+  grid_dep_wait();
   pdl_trigger();
   __shared__ float red[32];
   const int n4 = dim / 4;
@@ -111,6 +116,7 @@ __global__ void add_rmsnorm4_kernel(float* out, float* x, const float* y, const 
 // rope of q ([T][n_q heads]) and k ([T][n_k heads]) in one launch, as rope_kernel.
 __global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int head_dim, int64_t pos0,
                                const float* inv_freq, const int64_t* pos_dev) {
+  grid_dep_wait();
   pdl_trigger();
   if (pos_dev) pos0 = *pos_dev;
   const int half = head_dim / 2, nh = n_q + n_k;
@@ -129,12 +135,15 @@ __global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int 
 }
 
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, size_t n) {
+  grid_dep_wait();
   pdl_trigger();
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
 __global__ void add_kernel(float* x, const float* y, size_t n) {
+  grid_dep_wait();
+  pdl_trigger();
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     x[i] += y[i];
 }
@@ -145,112 +154,204 @@ unsigned grid_for(size_t n) {
 }
 
 // ---- attention -------------------------------------------------------------------------------
-// Split-sequence ("flash decoding") attention: block (split, head, t) runs an online softmax over
-// its positions (4 warps, one position per warp at a time, head_dim over the lanes) and writes
-// (max, sum, unnormalised output); combine_kernel merges the splits of each (t, head).
+// Split-sequence ("flash decoding") attention, one launch. Block (sp, y, t): query t, split sp of
+// its positions 0..pos0+t, the q heads of slice y (up to kAttnMaxG heads of one kv head: each key
+// and value row is loaded once for all of them). A warp takes every kAttnWarps-th position of the
+// split, kAttnU of them at a time (their key and value loads all in flight together), and keeps
+// an online softmax per head; the block merges its warps and writes (max, sum, unnormalised
+// output) per head to scratch, or, when the query has a single split, its output directly.
+// Otherwise the last block of (t, y) to finish merges the splits: each block's stores, then
+// __syncthreads, then a fence and an atomicAdd on the counter of (t, y); the block that takes it
+// to the split count sees every other block's stores (fence before the add, fence after seeing
+// it, L2 loads) and resets the counter for the next launch.
+// The chunk's own keys and values (positions pos0..pos0+T-1) are read from k/v, not from the
+// cache: split 0's blocks store them into the cache in this launch and no block reads those cache
+// rows in this launch, so the store needs no ordering (and replaces a kernel).
 constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;
-constexpr int kPerLane = kMaxHeadDim / 32;
+constexpr int kAttnMaxG = 8;        // q heads per block at most
+constexpr int kAttnMaxSplits = 64;
+constexpr int kAttnMinLen = 16;     // positions per split at least
+constexpr int kAttnTargetBlocks = 264;
 
-__host__ __device__ int64_t attn_split_len(const AttnShape& s, int splits) {
-  const int64_t n = s.pos0 + s.T;
-  return (n + splits - 1) / splits;
+struct AttnGeom {
+  int G, slices, gb;  // q heads per kv head, slices of them (one block each), heads per slice
+};
+__host__ __device__ inline AttnGeom attn_geom(const AttnShape& s) {
+  const int G = s.n_heads / s.n_kv_heads;
+  const int slices = (G + kAttnMaxG - 1) / kAttnMaxG;
+  return {G, slices, (G + slices - 1) / slices};
+}
+// Positions per split of a query that sees n positions; its active splits are ceil(n / len).
+__host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
+  const int64_t L = (n + splits - 1) / splits;
+  return L < kAttnMinLen ? kAttnMinLen : L;
 }
 
+// PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM).
+template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
-attn_partial_kernel(const float* q, const float* K, const float* V, AttnShape s, int splits, float* scratch) {
-  if (s.pos_dev) s.pos0 = *s.pos_dev;
-  __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
-  __shared__ float sm_o[kAttnWarps][kMaxHeadDim];
-  const int sp = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int hd = s.head_dim;
-  const int64_t n = s.pos0 + t + 1;
-  const int64_t L = attn_split_len(s, splits);
-  const int64_t p0 = sp * L, p1 = p0 + L < n ? p0 + L : n;
-  const int kvh = h / (s.n_heads / s.n_kv_heads);
-  const int64_t row = (int64_t)s.n_kv_heads * hd;
-  const float* qh = q + ((int64_t)t * s.n_heads + h) * hd;
-  const float inv_sqrt = 1.0f / sqrtf((float)hd);
-  float qr[kPerLane], o[kPerLane];
-#pragma unroll
-  for (int u = 0; u < kPerLane; ++u) {
-    qr[u] = lane + 32 * u < hd ? qh[lane + 32 * u] : 0.0f;
-    o[u] = 0;
-  }
-  float m = -INFINITY, l = 0;
-  for (int64_t p = p0 + warp; p < p1; p += kAttnWarps) {
-    const float* kp = K + p * row + (int64_t)kvh * hd;
-    const float* vp = V + p * row + (int64_t)kvh * hd;
-    float d = 0;
-#pragma unroll
-    for (int u = 0; u < kPerLane; ++u)
-      if (lane + 32 * u < hd) d = fmaf(qr[u], kp[lane + 32 * u], d);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-    const float sc = d * inv_sqrt;
-    const float mn = fmaxf(m, sc);
-    const float corr = expf(m - mn);  // m = -inf: 0
-    const float e = expf(sc - mn);
-    l = l * corr + e;
-#pragma unroll
-    for (int u = 0; u < kPerLane; ++u)
-      if (lane + 32 * u < hd) o[u] = o[u] * corr + e * vp[lane + 32 * u];
-    m = mn;
-  }
-  if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
-#pragma unroll
-  for (int u = 0; u < kPerLane; ++u)
-    if (lane + 32 * u < hd) sm_o[warp][lane + 32 * u] = o[u];
-  __syncthreads();
-  float M = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w]);
-  float* out = scratch + (((int64_t)t * s.n_heads + h) * splits + sp) * (hd + 2);
-  if (threadIdx.x == 0) {
-    float Ls = 0;
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (sm_m[w] != -INFINITY) Ls += sm_l[w] * expf(sm_m[w] - M);
-    out[0] = M;
-    out[1] = Ls;
-  }
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    float acc = 0;
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (sm_m[w] != -INFINITY) acc += sm_o[w][i] * expf(sm_m[w] - M);
-    out[2 + i] = acc;
-  }
-}
-
-__global__ void attn_combine_kernel(float* out, AttnShape s, int splits, const float* scratch) {
+attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
+            int splits, float* scratch, unsigned* counters) {
+  constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
+  __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
+  __shared__ float sm_o[kAttnWarps][GM][32 * PL];
+  __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
+  __shared__ bool last;
+  grid_dep_wait();
   pdl_trigger();
   if (s.pos_dev) s.pos0 = *s.pos_dev;
-  const int h = blockIdx.x, t = blockIdx.y, hd = s.head_dim;
-  const float* base = scratch + ((int64_t)t * s.n_heads + h) * splits * (hd + 2);
-  float M = -INFINITY;
-  for (int k = 0; k < splits; ++k) M = fmaxf(M, base[k * (hd + 2)]);
-  float L = 0;
-  for (int k = 0; k < splits; ++k) {
-    const float mk = base[k * (hd + 2)];
-    if (mk != -INFINITY) L += base[k * (hd + 2) + 1] * expf(mk - M);
-  }
-  float* oh = out + ((int64_t)t * s.n_heads + h) * hd;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    float acc = 0;
-    for (int k = 0; k < splits; ++k) {
-      const float mk = base[k * (hd + 2)];
-      if (mk != -INFINITY) acc += base[k * (hd + 2) + 2 + i] * expf(mk - M);
+  const int sp = blockIdx.x, y = blockIdx.y, t = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int hd = s.head_dim;
+  const AttnGeom geo = attn_geom(s);
+  const int kvh = y / geo.slices, h0 = kvh * geo.G + (y % geo.slices) * geo.gb;
+  const int nh = min(geo.gb, (kvh + 1) * geo.G - h0);
+  const int64_t row = (int64_t)s.n_kv_heads * hd, col = (int64_t)kvh * hd;
+  const int64_t n = s.pos0 + t + 1;
+  const int64_t L = attn_split_len(n, splits);
+  const int active = (int)((n + L - 1) / L);
+  if (sp >= active) return;
+  if (sp == 0 && y % geo.slices == 0)
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+      K[(s.pos0 + t) * row + col + i] = kin[t * row + col + i];
+      V[(s.pos0 + t) * row + col + i] = vin[t * row + col + i];
     }
-    oh[i] = acc / L;
+  const int64_t p0 = (int64_t)sp * L, p1 = p0 + L < n ? p0 + L : n;
+  const float inv_sqrt = 1.0f / sqrtf((float)hd);
+  float qr[GM][PL], o[GM][PL], m[GM], l[GM];
+#pragma unroll
+  for (int g = 0; g < GM; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0;
+#pragma unroll
+    for (int u = 0; u < PL; ++u) {
+      const int i = lane + 32 * u;
+      qr[g][u] = g < nh && i < hd ? q[((int64_t)t * s.n_heads + h0 + g) * hd + i] : 0.0f;
+      o[g][u] = 0;
+    }
   }
-}
-
-__global__ void kv_store_kernel(float* K, float* V, const float* k, const float* v, int64_t row, int T,
-                                int64_t pos0, const int64_t* pos_dev) {
-  if (pos_dev) pos0 = *pos_dev;
-  const int64_t n = (int64_t)T * row;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    K[pos0 * row + i] = k[i];
-    V[pos0 * row + i] = v[i];
+  for (int64_t pb = p0 + warp; pb < p1; pb += kAttnWarps * U) {
+    float kr[U][PL], vr[U][PL];
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const int64_t p = pb + j * kAttnWarps;
+      const float* kp = p < s.pos0 ? K + p * row + col : kin + (p - s.pos0) * row + col;
+      const float* vp = p < s.pos0 ? V + p * row + col : vin + (p - s.pos0) * row + col;
+#pragma unroll
+      for (int u = 0; u < PL; ++u) {
+        const bool in = p < p1 && lane + 32 * u < hd;
+        kr[j][u] = in ? kp[lane + 32 * u] : 0.0f;
+        vr[j][u] = in ? vp[lane + 32 * u] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+      if (g >= nh) break;
+      float sc[U];
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        float d = 0;
+#pragma unroll
+        for (int u = 0; u < PL; ++u) d = fmaf(qr[g][u], kr[j][u], d);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+        sc[j] = d * inv_sqrt;
+      }
+      float mn = m[g];
+#pragma unroll
+      for (int j = 0; j < U; ++j)
+        if (pb + j * kAttnWarps < p1) mn = fmaxf(mn, sc[j]);
+      const float corr = expf(m[g] - mn);  // m = -inf: 0
+      l[g] *= corr;
+#pragma unroll
+      for (int u = 0; u < PL; ++u) o[g][u] *= corr;
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        if (pb + j * kAttnWarps >= p1) break;
+        const float e = expf(sc[j] - mn);
+        l[g] += e;
+#pragma unroll
+        for (int u = 0; u < PL; ++u) o[g][u] = fmaf(e, vr[j][u], o[g][u]);
+      }
+      m[g] = mn;
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GM; ++g) {
+    if (lane == 0) {
+      sm_m[warp][g] = m[g];
+      sm_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int u = 0; u < PL; ++u) sm_o[warp][g][lane + 32 * u] = o[g][u];
+  }
+  __syncthreads();
+  auto part = [&](int g, int k) { return scratch + (((int64_t)t * s.n_heads + h0 + g) * splits + k) * (hd + 2); };
+  for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
+    const int g = e / hd, i = e - g * hd;
+    float M = -INFINITY;
+    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w][g]);
+    float Ls = 0, acc = 0;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w][g] != -INFINITY) {
+        const float c = expf(sm_m[w][g] - M);
+        Ls += sm_l[w][g] * c;
+        acc += sm_o[w][g][i] * c;
+      }
+    if (active == 1) {
+      out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / Ls;
+    } else {
+      float* pr = part(g, sp);
+      if (i == 0) {
+        pr[0] = M;
+        pr[1] = Ls;
+      }
+      pr[2 + i] = acc;
+    }
+  }
+  if (active == 1) return;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    unsigned* c = counters + (int64_t)t * gridDim.y + y;
+    last = atomicAdd(c, 1u) == (unsigned)active - 1;
+    if (last) *c = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int g = warp; g < nh; g += kAttnWarps) {  // split weights exp(m_k - M) and the sum L
+    float mk[kAttnMaxSplits / 32], M = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < kAttnMaxSplits / 32; ++r) {
+      const int k = lane + 32 * r;
+      mk[r] = k < active ? __ldcg(part(g, k)) : -INFINITY;
+      M = fmaxf(M, mk[r]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    float Ls = 0;
+#pragma unroll
+    for (int r = 0; r < kAttnMaxSplits / 32; ++r) {
+      const int k = lane + 32 * r;
+      if (k < active) {
+        const float w = expf(mk[r] - M);
+        sm_w[g][k] = w;
+        Ls += __ldcg(part(g, k) + 1) * w;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) Ls += __shfl_xor_sync(0xffffffffu, Ls, off);
+    if (lane == 0) sm_L[g] = Ls;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
+    const int g = e / hd, i = e - g * hd;
+    float acc = 0;
+#pragma unroll 8
+    for (int k = 0; k < active; ++k) acc = fmaf(__ldcg(part(g, k) + 2 + i), sm_w[g][k], acc);
+    out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / sm_L[g];
   }
 }
 
@@ -281,6 +382,8 @@ __device__ void block_argmax(float& v, int& idx, int n) {
 // graph replay) reduces the partials. NaN never wins; lowest index on ties.
 __global__ void argmax_kernel(const float* x, int n, int32_t* out, float* part_v, int* part_i,
                               unsigned* counter) {
+  grid_dep_wait();
+  pdl_trigger();
   float v = -INFINITY;
   int idx = n;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -311,11 +414,21 @@ __global__ void argmax_kernel(const float* x, int n, int32_t* out, float* part_v
 
 }  // namespace
 
-cudaError_t launch_kv_store(float* K, float* V, const float* k, const float* v, int64_t row, int T, int64_t pos0,
-                            const int64_t* pos_dev, cudaStream_t st) {
-  if (T <= 0) return cudaSuccess;
-  kv_store_kernel<<<grid_for((size_t)T * row), kThreads, 0, st>>>(K, V, k, v, row, T, pos0, pos_dev);
-  return cudaGetLastError();
+const DeviceInfo& device_info() {
+  static thread_local int dev_cached = -1;
+  static thread_local DeviceInfo info;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return info;
+  if (dev != dev_cached) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
+      info.n_sm = prop.multiProcessorCount;
+      info.max_smem = (int)prop.sharedMemPerBlockOptin;
+      info.pdl = prop.major >= 9;
+      dev_cached = dev;
+    }
+  }
+  return info;
 }
 
 cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cudaStream_t st) {
@@ -324,26 +437,22 @@ cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cu
   float* pv = static_cast<float*>(scratch);
   int* pi = reinterpret_cast<int*>(pv + kArgmaxBlocks);
   unsigned* counter = reinterpret_cast<unsigned*>(pi + kArgmaxBlocks);
-  argmax_kernel<<<blocks, 1024, 0, st>>>(x, n, out, pv, pi, counter);
-  return cudaGetLastError();
+  return launch_pdl(argmax_kernel, blocks, 1024, 0, st, x, n, out, pv, pi, counter);
 }
 
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st) {
   if (T <= 0) return cudaSuccess;
   const bool vec = dim % 4 == 0 && (((uintptr_t)out | (uintptr_t)x | (uintptr_t)w) & 15) == 0;
   if (vec)
-    rmsnorm4_kernel<<<T, dim >= 4096 ? 1024 : 256, 0, st>>>(out, x, w, dim, eps);
-  else
-    rmsnorm_kernel<<<T, kThreads, 0, st>>>(out, x, w, dim, eps);
-  return cudaGetLastError();
+    return launch_pdl(rmsnorm4_kernel, T, dim >= 4096 ? 1024 : 256, 0, st, out, x, w, dim, eps);
+  return launch_pdl(rmsnorm_kernel, T, kThreads, 0, st, out, x, w, dim, eps);
 }
 
 cudaError_t launch_rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
                         cudaStream_t st, const int64_t* pos_dev) {
   const size_t n = (size_t)T * n_heads * (head_dim / 2);
   if (n == 0) return cudaSuccess;
-  rope_kernel<<<grid_for(n), kThreads, 0, st>>>(x, T, n_heads, head_dim, pos0, inv_freq, pos_dev);
-  return cudaGetLastError();
+  return launch_pdl(rope_kernel, grid_for(n), kThreads, 0, st, x, T, n_heads, head_dim, pos0, inv_freq, pos_dev);
 }
 
 cudaError_t launch_add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps,
@@ -354,56 +463,70 @@ cudaError_t launch_add_rmsnorm(float* out, float* x, const float* y, const float
     const cudaError_t e = launch_add(x, y, (size_t)T * dim, st);
     return e != cudaSuccess ? e : launch_rmsnorm(out, x, w, T, dim, eps, st);
   }
-  add_rmsnorm4_kernel<<<T, dim >= 4096 ? 1024 : 256, 0, st>>>(out, x, y, w, dim, eps);
-  return cudaGetLastError();
+  return launch_pdl(add_rmsnorm4_kernel, T, dim >= 4096 ? 1024 : 256, 0, st, out, x, y, w, dim, eps);
 }
 
 cudaError_t launch_rope_qk(float* q, float* k, int T, int n_q, int n_k, int head_dim, int64_t pos0,
                            const float* inv_freq, cudaStream_t st, const int64_t* pos_dev) {
   const size_t n = (size_t)T * (n_q + n_k) * (head_dim / 2);
   if (n == 0) return cudaSuccess;
-  rope_qk_kernel<<<grid_for(n), kThreads, 0, st>>>(q, k, T, n_q, n_k, head_dim, pos0, inv_freq, pos_dev);
-  return cudaGetLastError();
+  return launch_pdl(rope_qk_kernel, grid_for(n), kThreads, 0, st, q, k, T, n_q, n_k, head_dim, pos0, inv_freq, pos_dev);
 }
 
 cudaError_t launch_swiglu(float* out, const float* gate, const float* up, size_t n, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  swiglu_kernel<<<grid_for(n), kThreads, 0, st>>>(out, gate, up, n);
-  return cudaGetLastError();
+  return launch_pdl(swiglu_kernel, grid_for(n), kThreads, 0, st, out, gate, up, n);
 }
 
 cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  add_kernel<<<grid_for(n), kThreads, 0, st>>>(x, y, n);
-  return cudaGetLastError();
+  return launch_pdl(add_kernel, grid_for(n), kThreads, 0, st, x, y, n);
 }
 
 int attn_splits(const AttnShape& s) {
-  // ~16 blocks per SM: short position ranges keep each warp's chain of dependent steps short;
-  // at most 64 splits, or the combine's pass over the splits costs more than it saves (SmolLM2's
-  // 9 heads would get 235: measured 452 vs 622 tok/s)
-  const int64_t by_grid = std::min<int64_t>(64, (2112 + (int64_t)s.T * s.n_heads - 1) / ((int64_t)s.T * s.n_heads));
-  if (s.pos_dev) return (int)(by_grid < 1 ? 1 : by_grid);  // position unknown on the host
-  const int64_t n = s.pos0 + s.T;
-  const int64_t by_len = (n + 7) / 8;                                          // >= 8 positions each
-  const int64_t k = by_len < by_grid ? by_len : by_grid;
+  // ~2 blocks per SM of an H100 when the position range allows (a split >= kAttnMinLen positions:
+  // shorter ones cost more in the merge than they save), at most kAttnMaxSplits; with pos_dev the
+  // position is not known here: the count is fixed and the split length follows the position.
+  const int64_t per_split = (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices;
+  int64_t k = std::min<int64_t>(kAttnMaxSplits, (kAttnTargetBlocks + per_split - 1) / per_split);
+  if (!s.pos_dev) k = std::min<int64_t>(k, (s.pos0 + s.T + kAttnMinLen - 1) / kAttnMinLen);
   return (int)(k < 1 ? 1 : k);
 }
 
 int64_t attn_scratch_floats(const AttnShape& s) {
   return (int64_t)s.T * s.n_heads * attn_splits(s) * (s.head_dim + 2);
 }
+int64_t attn_counters(const AttnShape& s) { return (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices; }
 
-cudaError_t launch_attention(float* out, const float* q, const float* K, const float* V, const AttnShape& s,
-                             float* scratch, cudaStream_t st) {
+namespace {
+template <int PL>
+cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
+                        const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
+                        unsigned* counters) {
+  const dim3 block(32 * kAttnWarps);
+  switch (gm) {
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
+  }
+}
+}  // namespace
+
+cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+                             const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st) {
   if (s.T <= 0) return cudaSuccess;
-  if (s.head_dim > kMaxHeadDim || s.head_dim <= 0) return cudaErrorInvalidValue;
+  if (s.head_dim > kMaxHeadDim || s.head_dim <= 0 || s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0)
+    return cudaErrorInvalidValue;
+  const AttnGeom geo = attn_geom(s);
   const int splits = attn_splits(s);
-  attn_partial_kernel<<<dim3(splits, s.n_heads, s.T), 32 * kAttnWarps, 0, st>>>(q, K, V, s, splits, scratch);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
-  attn_combine_kernel<<<dim3(s.n_heads, s.T), 128, 0, st>>>(out, s, splits, scratch);
-  return cudaGetLastError();
+  const dim3 grid(splits, s.n_kv_heads * geo.slices, s.T);
+  const int gm = geo.gb <= 1 ? 1 : geo.gb <= 2 ? 2 : geo.gb <= 4 ? 4 : 8;
+  const int pl = (s.head_dim + 31) / 32;
+  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
+  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
+  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
+  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
 }
 
 }  // namespace gpu

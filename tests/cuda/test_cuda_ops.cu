@@ -579,7 +579,11 @@ void test_argmax(Backend& cpu, Backend& gpu) {
 
 void test_attention(Backend& cpu, Backend& gpu) {
   struct Cfg { int n_heads, n_kv, hd, max_seq; std::vector<int> steps; };
-  const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}}};
+  // q heads per kv head 4, 1, 2, 3 (SmolLM2), 8 (70B), 16 (two slices of 8 per kv head); head_dim
+  // 64, 128, 32, 80 (not a multiple of 32), 256; single-split and many-split queries
+  const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
+                      {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
+                      {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}}};
   for (const Cfg& c : cfgs) {
     auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
     auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
