@@ -115,6 +115,12 @@ class Backend {
     rope(q, T, n_heads, head_dim, pos0, inv_freq);
     rope(k, T, n_kv_heads, head_dim, pos0, inv_freq);
   }
+  // rope_qk, then attention (q and k are scratch afterwards: rotated or not)
+  virtual void rope_attention(KVCache& kv, int layer, float* out, float* q, float* k, const float* v, int T,
+                              int n_heads, int64_t pos0, const float* inv_freq) {
+    rope_qk(q, k, T, n_heads, kv.n_kv_heads, kv.head_dim, pos0, inv_freq);
+    attention(kv, layer, out, q, k, v, T, n_heads, pos0);
+  }
   // out[0] = argmax of x[0..n) (backend memory; lowest index on ties, NaN never wins).
   virtual void argmax(const float* x, int n, int32_t* out) = 0;
 

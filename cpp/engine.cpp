@@ -422,8 +422,7 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
     if (capture_) emit(l, 0, xb_, T, c.dim);
     float* const qkv[3] = {q_, k_, v_};                         // q [T, n_heads*hd], k, v [T, n_kv*hd]
     linear_group(l, 0, 3, qkv, xb_, T, pos0);
-    be_->rope_qk(q_, k_, T, c.n_heads, c.n_kv_heads, c.head_dim, pos0, inv_freq_);
-    be_->attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0);  // att [T, n_heads*hd]
+    be_->rope_attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0, inv_freq_);  // att [T, n_heads*hd]
     if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
     linear(*L.w[3], l, 3, hb_, att_, T, pos0);                  // hb [T, dim]
     be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)

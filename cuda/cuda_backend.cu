@@ -256,7 +256,19 @@ class CudaBackend : public Backend {
     DDRT_CHECK(gpu::launch_rope(x, T, n_heads, head_dim, pos0, inv_freq, st_, step_ ? step_pos() : nullptr));
   }
   void attention(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
-                 int n_heads, int64_t pos0) override;
+                 int n_heads, int64_t pos0) override {
+    attention_rope(kv, layer, out, q, k, v, T, n_heads, pos0, nullptr);
+  }
+  // one launch where the kernel can rotate (decode), else rope_qk and attention
+  void rope_attention(KVCache& kv, int layer, float* out, float* q, float* k, const float* v, int T, int n_heads,
+                      int64_t pos0, const float* inv_freq) override {
+    if (gpu::attn_fuses_rope({T, n_heads, kv.n_kv_heads, kv.head_dim, pos0}))
+      attention_rope(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq);
+    else
+      Backend::rope_attention(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq);
+  }
+  void attention_rope(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
+                      int n_heads, int64_t pos0, const float* inv_freq);
   void add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps) override {
     use();
     DDRT_CHECK(gpu::launch_add_rmsnorm(out, x, y, w, T, dim, eps, st_));
@@ -721,8 +733,8 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   return job;
 }
 
-void CudaBackend::attention(KVCache& cache, int layer, float* out, const float* q, const float* k, const float* v,
-                            int T, int n_heads, int64_t pos0) {
+void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const float* q, const float* k,
+                                 const float* v, int T, int n_heads, int64_t pos0, const float* inv_freq) {
   use();
   auto& kv = static_cast<CudaKVCache&>(cache);
   const int hkv = kv.n_kv_heads, hd = kv.head_dim;
@@ -739,7 +751,7 @@ void CudaBackend::attention(KVCache& cache, int layer, float* out, const float* 
   const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
   DDRT_CHECK(gpu::launch_attention(out, q, k, v, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr,
-                                   attn_counters(gpu::attn_counters(s)), st_));
+                                   attn_counters(gpu::attn_counters(s)), st_, inv_freq));
 }
 
 }  // namespace

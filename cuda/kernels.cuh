@@ -228,9 +228,12 @@ int64_t attn_scratch_floats(const AttnShape& s);
 int64_t attn_counters(const AttnShape& s);
 // Stores k, v ([T][n_kv_heads * head_dim]) at positions pos0.. of one layer's cache (K, V:
 // [max_seq][n_kv_heads * head_dim]) and writes out ([T][n_heads * head_dim]): attention of q over
-// positions 0..pos0+t for query t, in one launch.
+// positions 0..pos0+t for query t, in one launch. inv_freq non-null: rope of q and k first (as
+// launch_rope_qk; only where attn_fuses_rope(s)).
+bool attn_fuses_rope(const AttnShape& s);
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
-                             const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st);
+                             const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
+                             const float* inv_freq = nullptr);
 
 }  // namespace gpu
 }  // namespace ddrt

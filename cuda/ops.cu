@@ -167,6 +167,9 @@ unsigned grid_for(size_t n) {
 // The chunk's own keys and values (positions pos0..pos0+T-1) are read from k/v, not from the
 // cache: split 0's blocks store them into the cache in this launch and no block reads those cache
 // rows in this launch, so the store needs no ordering (and replaces a kernel).
+// inv_freq non-null (T == 1, head_dim == 32 * PL, PL even; launch_attention checks): q and the new
+// k are rotated here, as rope_qk_kernel would (the same angle, formula and rounding): each lane
+// holds both halves of its pairs (element i = lane + 32u pairs with u + PL/2).
 constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;
 constexpr int kAttnMaxG = 8;        // q heads per block at most
@@ -192,15 +195,15 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
-            int splits, float* scratch, unsigned* counters) {
+            int splits, float* scratch, unsigned* counters, const float* inv_freq) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
+  if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
   grid_dep_wait();
   pdl_trigger();
-  if (s.pos_dev) s.pos0 = *s.pos_dev;
   const int sp = blockIdx.x, y = blockIdx.y, t = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int hd = s.head_dim;
@@ -212,11 +215,40 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int64_t L = attn_split_len(n, splits);
   const int active = (int)((n + L - 1) / L);
   if (sp >= active) return;
-  if (sp == 0 && y % geo.slices == 0)
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-      K[(s.pos0 + t) * row + col + i] = kin[t * row + col + i];
-      V[(s.pos0 + t) * row + col + i] = vin[t * row + col + i];
+  float rc[PL / 2 > 0 ? PL / 2 : 1], rs[PL / 2 > 0 ? PL / 2 : 1];  // rope: cos, sin of lane + 32u
+  auto rotate = [&](float (&x)[PL]) {
+    if constexpr (PL % 2 == 0) {
+#pragma unroll
+      for (int u = 0; u < PL / 2; ++u) {
+        const float a = x[u], b = x[u + PL / 2];
+        x[u] = a * rc[u] - b * rs[u];
+        x[u + PL / 2] = a * rs[u] + b * rc[u];
+      }
     }
+  };
+  if (inv_freq) {
+#pragma unroll
+    for (int u = 0; u < PL / 2; ++u) {
+      const float angle = (float)(s.pos0 + t) * inv_freq[lane + 32 * u];
+      rc[u] = (float)cos((double)angle);
+      rs[u] = (float)sin((double)angle);
+    }
+  }
+  if (sp == 0 && y % geo.slices == 0) {
+    if (inv_freq) {
+      if (warp == 0) {
+        float kr[PL];
+#pragma unroll
+        for (int u = 0; u < PL; ++u) kr[u] = kin[t * row + col + lane + 32 * u];
+        rotate(kr);
+#pragma unroll
+        for (int u = 0; u < PL; ++u) K[(s.pos0 + t) * row + col + lane + 32 * u] = kr[u];
+      }
+    } else {
+      for (int i = threadIdx.x; i < hd; i += blockDim.x) K[(s.pos0 + t) * row + col + i] = kin[t * row + col + i];
+    }
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) V[(s.pos0 + t) * row + col + i] = vin[t * row + col + i];
+  }
   const int64_t p0 = (int64_t)sp * L, p1 = p0 + L < n ? p0 + L : n;
   const float inv_sqrt = 1.0f / sqrtf((float)hd);
   float qr[GM][PL], o[GM][PL], m[GM], l[GM];
@@ -230,6 +262,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       qr[g][u] = g < nh && i < hd ? q[((int64_t)t * s.n_heads + h0 + g) * hd + i] : 0.0f;
       o[g][u] = 0;
     }
+    if (inv_freq) rotate(qr[g]);
   }
   for (int64_t pb = p0 + warp; pb < p1; pb += kAttnWarps * U) {
     float kr[U][PL], vr[U][PL];
@@ -244,6 +277,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
         kr[j][u] = in ? kp[lane + 32 * u] : 0.0f;
         vr[j][u] = in ? vp[lane + 32 * u] : 0.0f;
       }
+      if (inv_freq && p >= s.pos0 && p < p1) rotate(kr[j]);  // the new key (T == 1: p == pos0)
     }
 #pragma unroll
     for (int g = 0; g < GM; ++g) {
@@ -287,7 +321,10 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     for (int u = 0; u < PL; ++u) sm_o[warp][g][lane + 32 * u] = o[g][u];
   }
   __syncthreads();
-  auto part = [&](int g, int k) { return scratch + (((int64_t)t * s.n_heads + h0 + g) * splits + k) * (hd + 2); };
+  // scratch: unnormalised outputs [T][n_heads][splits][hd], then (max, sum) [T][n_heads][splits][2]
+  const int64_t ph = ((int64_t)t * s.n_heads + h0) * splits;  // (t, h0, split 0)
+  float* const po = scratch + ph * hd;
+  float* const pml = scratch + (int64_t)s.T * s.n_heads * splits * hd + ph * 2;
   for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
     const int g = e / hd, i = e - g * hd;
     float M = -INFINITY;
@@ -302,12 +339,11 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     if (active == 1) {
       out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / Ls;
     } else {
-      float* pr = part(g, sp);
       if (i == 0) {
-        pr[0] = M;
-        pr[1] = Ls;
+        pml[((int64_t)g * splits + sp) * 2] = M;
+        pml[((int64_t)g * splits + sp) * 2 + 1] = Ls;
       }
-      pr[2 + i] = acc;
+      po[((int64_t)g * splits + sp) * hd + i] = acc;
     }
   }
   if (active == 1) return;
@@ -326,7 +362,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
 #pragma unroll
     for (int r = 0; r < kAttnMaxSplits / 32; ++r) {
       const int k = lane + 32 * r;
-      mk[r] = k < active ? __ldcg(part(g, k)) : -INFINITY;
+      mk[r] = k < active ? __ldcg(pml + ((int64_t)g * splits + k) * 2) : -INFINITY;
       M = fmaxf(M, mk[r]);
     }
 #pragma unroll
@@ -338,7 +374,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       if (k < active) {
         const float w = expf(mk[r] - M);
         sm_w[g][k] = w;
-        Ls += __ldcg(part(g, k) + 1) * w;
+        Ls += __ldcg(pml + ((int64_t)g * splits + k) * 2 + 1) * w;
       }
     }
 #pragma unroll
@@ -346,12 +382,29 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     if (lane == 0) sm_L[g] = Ls;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
-    const int g = e / hd, i = e - g * hd;
-    float acc = 0;
-#pragma unroll 8
-    for (int k = 0; k < active; ++k) acc = fmaf(__ldcg(part(g, k) + 2 + i), sm_w[g][k], acc);
-    out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / sm_L[g];
+  float* const oh = out + ((int64_t)t * s.n_heads + h0) * hd;
+  if (hd % 4 == 0 && ((uintptr_t)out & 15) == 0) {  // 4 outputs per thread, one 16-byte load per split, all in flight together
+    for (int e = threadIdx.x; e < nh * hd / 4; e += blockDim.x) {
+      const int g = 4 * e / hd, i = 4 * e - g * hd;
+      const float4* src = reinterpret_cast<const float4*>(po + (int64_t)g * splits * hd + i);
+      float4 acc = make_float4(0, 0, 0, 0);
+#pragma unroll 16
+      for (int k = 0; k < active; ++k) {
+        const float4 v = __ldcg(src + (int64_t)k * (hd / 4));
+        const float w = sm_w[g][k];
+        acc = make_float4(fmaf(v.x, w, acc.x), fmaf(v.y, w, acc.y), fmaf(v.z, w, acc.z), fmaf(v.w, w, acc.w));
+      }
+      const float Lg = sm_L[g];
+      *reinterpret_cast<float4*>(oh + (int64_t)g * hd + i) = make_float4(acc.x / Lg, acc.y / Lg, acc.z / Lg, acc.w / Lg);
+    }
+  } else {
+    for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
+      const int g = e / hd, i = e - g * hd;
+      float acc = 0;
+#pragma unroll 16
+      for (int k = 0; k < active; ++k) acc = fmaf(__ldcg(po + ((int64_t)g * splits + k) * hd + i), sm_w[g][k], acc);
+      oh[(int64_t)g * hd + i] = acc / sm_L[g];
+    }
   }
 }
 
@@ -502,31 +555,37 @@ namespace {
 template <int PL>
 cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                         const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
-                        unsigned* counters) {
+                        unsigned* counters, const float* inv_freq) {
   const dim3 block(32 * kAttnWarps);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
   }
 }
 }  // namespace
 
+bool attn_fuses_rope(const AttnShape& s) {
+  return s.T == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);
+}
+
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
-                             const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st) {
+                             const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
+                             const float* inv_freq) {
   if (s.T <= 0) return cudaSuccess;
-  if (s.head_dim > kMaxHeadDim || s.head_dim <= 0 || s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0)
+  if (s.head_dim > kMaxHeadDim || s.head_dim <= 0 || s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 ||
+      (inv_freq && !attn_fuses_rope(s)))
     return cudaErrorInvalidValue;
   const AttnGeom geo = attn_geom(s);
   const int splits = attn_splits(s);
   const dim3 grid(splits, s.n_kv_heads * geo.slices, s.T);
   const int gm = geo.gb <= 1 ? 1 : geo.gb <= 2 ? 2 : geo.gb <= 4 ? 4 : 8;
   const int pl = (s.head_dim + 31) / 32;
-  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
-  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
-  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
-  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters);
+  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
 }
 
 }  // namespace gpu

@@ -584,33 +584,43 @@ void test_attention(Backend& cpu, Backend& gpu) {
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
                       {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}}};
-  for (const Cfg& c : cfgs) {
-    auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
-    auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
-    int64_t pos = 0;
-    for (int T : c.steps) {
-      for (int layer : {1, 0}) {
-        const auto q = randn((size_t)T * c.n_heads * c.hd), k = randn((size_t)T * c.n_kv * c.hd),
-                   v = randn((size_t)T * c.n_kv * c.hd);
-        std::vector<float> oc(q.size());
-        cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
-        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
-        bq.put(q);
-        bk.put(k);
-        bv.put(v);
-        bo.poison();
-        gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
-        const auto o = bo.get();
-        report("attention heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv) + " hd " +
-                   std::to_string(c.hd) + " pos0 " + std::to_string(pos) + " T " + std::to_string(T) + " layer " +
-                   std::to_string(layer),
-               nmse(o.data(), oc.data(), oc.size()), 1e-10);
+  for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
+    for (const Cfg& c : cfgs) {
+      auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
+      auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
+      std::vector<float> inv(c.hd / 2);
+      for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
+      Buf bi(gpu, inv.size());
+      bi.put(inv);
+      int64_t pos = 0;
+      for (int T : c.steps) {
+        for (int layer : {1, 0}) {
+          auto q = randn((size_t)T * c.n_heads * c.hd), k = randn((size_t)T * c.n_kv * c.hd),
+               v = randn((size_t)T * c.n_kv * c.hd);
+          std::vector<float> oc(q.size());
+          Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+          bq.put(q);
+          bk.put(k);
+          bv.put(v);
+          bo.poison();
+          if (rope) {
+            cpu.rope_attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos, inv.data());
+            gpu.rope_attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos, bi.f());
+          } else {
+            cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
+            gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
+          }
+          const auto o = bo.get();
+          report(std::string(rope ? "rope_attention" : "attention") + " heads " + std::to_string(c.n_heads) + "/" +
+                     std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
+                     " T " + std::to_string(T) + " layer " + std::to_string(layer),
+                 nmse(o.data(), oc.data(), oc.size()), 1e-10);
+        }
+        pos += T;
       }
-      pos += T;
+      Buf b(gpu, (size_t)c.n_heads * c.hd);
+      CHECK_THROWS(gpu.attention(*kg, 0, b.f(), b.f(), b.f(), b.f(), 1, c.n_heads, c.max_seq), ContextOverflow);
     }
-    Buf b(gpu, (size_t)c.n_heads * c.hd);
-    CHECK_THROWS(gpu.attention(*kg, 0, b.f(), b.f(), b.f(), b.f(), 1, c.n_heads, c.max_seq), ContextOverflow);
-  }
 }
 
 void test_misc(Backend& gpu) {
