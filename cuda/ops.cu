@@ -191,31 +191,6 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
   return L < kAttnMinLen ? kAttnMinLen : L;
 }
 
-// Sums N values (a power of two <= 32) over the warp at once: each butterfly step halves the values
-// a lane carries (the lanes with the step's bit set keep the upper half), so N sums cost
-// N - 1 + 5 - log2(N) shuffles instead of 5 N. Returns, in each lane, the full sum of value
-// lane >> (5 - log2 N); warp_sum_many_at(i) is the lane holding value i.
-template <int N>
-__device__ __forceinline__ float warp_sum_many(float (&v)[N], int lane) {
-  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "N: a power of two <= 32");
-  int o = 16;
-#pragma unroll
-  for (int h = N / 2; h >= 1; h /= 2, o >>= 1) {
-    const bool up = lane & o;
-#pragma unroll
-    for (int i = 0; i < h; ++i) {
-      const float send = up ? v[i] : v[i + h];
-      const float keep = up ? v[i + h] : v[i];
-      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-    }
-  }
-  float r = v[0];
-  for (; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
-  return r;
-}
-template <int N>
-__device__ __forceinline__ int warp_sum_many_at(int i) { return i * (32 / N); }
-
 // PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM).
 template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
@@ -225,8 +200,6 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
-  __shared__ float sm_rc[16 * PL], sm_rs[16 * PL];  // rope: cos, sin of pair i (< head_dim / 2)
-  __shared__ float sm_c[kAttnWarps][GM], sm_Lw[GM];  // warp merge: weights, sums
   __shared__ bool last;
   if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
   grid_dep_wait();
@@ -242,24 +215,24 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int64_t L = attn_split_len(n, splits);
   const int active = (int)((n + L - 1) / L);
   if (sp >= active) return;
+  float rc[PL / 2 > 0 ? PL / 2 : 1], rs[PL / 2 > 0 ? PL / 2 : 1];  // rope: cos, sin of lane + 32u
   auto rotate = [&](float (&x)[PL]) {
     if constexpr (PL % 2 == 0) {
 #pragma unroll
       for (int u = 0; u < PL / 2; ++u) {
-        const float c = sm_rc[lane + 32 * u], sn = sm_rs[lane + 32 * u];
         const float a = x[u], b = x[u + PL / 2];
-        x[u] = a * c - b * sn;
-        x[u + PL / 2] = a * sn + b * c;
+        x[u] = a * rc[u] - b * rs[u];
+        x[u + PL / 2] = a * rs[u] + b * rc[u];
       }
     }
   };
-  if (inv_freq) {  // one angle per thread (the double sine and cosine are the costly part)
-    for (int i = threadIdx.x; i < hd / 2; i += blockDim.x) {
-      const float angle = (float)(s.pos0 + t) * inv_freq[i];
-      sm_rc[i] = (float)cos((double)angle);
-      sm_rs[i] = (float)sin((double)angle);
+  if (inv_freq) {
+#pragma unroll
+    for (int u = 0; u < PL / 2; ++u) {
+      const float angle = (float)(s.pos0 + t) * inv_freq[lane + 32 * u];
+      rc[u] = (float)cos((double)angle);
+      rs[u] = (float)sin((double)angle);
     }
-    __syncthreads();
   }
   if (sp == 0 && y % geo.slices == 0) {
     if (inv_freq) {
@@ -306,24 +279,19 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       }
       if (inv_freq && p >= s.pos0 && p < p1) rotate(kr[j]);  // the new key (T == 1: p == pos0)
     }
-    float dots[GM * U];  // all heads x positions reduced together
-#pragma unroll
-    for (int g = 0; g < GM; ++g)
-#pragma unroll
-      for (int j = 0; j < U; ++j) {
-        float d = 0;
-#pragma unroll
-        for (int u = 0; u < PL; ++u) d = fmaf(qr[g][u], kr[j][u], d);
-        dots[g * U + j] = d;
-      }
-    const float dsum = warp_sum_many<GM * U>(dots, lane);
 #pragma unroll
     for (int g = 0; g < GM; ++g) {
       if (g >= nh) break;
       float sc[U];
 #pragma unroll
-      for (int j = 0; j < U; ++j)
-        sc[j] = __shfl_sync(0xffffffffu, dsum, warp_sum_many_at<GM * U>(g * U + j)) * inv_sqrt;
+      for (int j = 0; j < U; ++j) {
+        float d = 0;
+#pragma unroll
+        for (int u = 0; u < PL; ++u) d = fmaf(qr[g][u], kr[j][u], d);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+        sc[j] = d * inv_sqrt;
+      }
       float mn = m[g];
 #pragma unroll
       for (int j = 0; j < U; ++j)
@@ -353,29 +321,21 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     for (int u = 0; u < PL; ++u) sm_o[warp][g][lane + 32 * u] = o[g][u];
   }
   __syncthreads();
-  if (threadIdx.x < nh) {  // per head: the max over warps, each warp's weight, the sum
-    const int g = threadIdx.x;
-    float M = -INFINITY, Ls = 0;
-    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w][g]);
-    for (int w = 0; w < kAttnWarps; ++w) {
-      const float c = sm_m[w][g] != -INFINITY ? expf(sm_m[w][g] - M) : 0.0f;
-      sm_c[w][g] = c;
-      Ls += sm_l[w][g] * c;
-    }
-    sm_m[0][g] = M;  // the block's max, read below (column g is read only by this thread above)
-    sm_Lw[g] = Ls;
-  }
-  __syncthreads();
   // scratch: unnormalised outputs [T][n_heads][splits][hd], then (max, sum) [T][n_heads][splits][2]
   const int64_t ph = ((int64_t)t * s.n_heads + h0) * splits;  // (t, h0, split 0)
   float* const po = scratch + ph * hd;
   float* const pml = scratch + (int64_t)s.T * s.n_heads * splits * hd + ph * 2;
   for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
     const int g = e / hd, i = e - g * hd;
-    const float M = sm_m[0][g], Ls = sm_Lw[g];
-    float acc = 0;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) acc += sm_o[w][g][i] * sm_c[w][g];
+    float M = -INFINITY;
+    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w][g]);
+    float Ls = 0, acc = 0;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm_m[w][g] != -INFINITY) {
+        const float c = expf(sm_m[w][g] - M);
+        Ls += sm_l[w][g] * c;
+        acc += sm_o[w][g][i] * c;
+      }
     if (active == 1) {
       out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / Ls;
     } else {
