@@ -110,6 +110,9 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     smem = p.smem;
     if (round == 3) return p;
   }
+  // a small matrix has fewer units than the grid has warps (wb == U): launch only the blocks that
+  // hold one (every block costs its launch and its shared-memory setup)
+  p.grid = (int)std::min<int64_t>(p.grid, p.n_tb + (p.wb + kTcWarps - 1) / kTcWarps);
   p.ok = true;
   return p;
 }
