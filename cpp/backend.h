@@ -115,6 +115,12 @@ class Backend {
     rope(q, T, n_heads, head_dim, pos0, inv_freq);
     rope(k, T, n_kv_heads, head_dim, pos0, inv_freq);
   }
+  // gate = swiglu(gate, up), then y = W gate (+ compensation): the down projection of a gated MLP
+  // (gate, up: [T, W.d_in]; gate is scratch afterwards: swiglu'd or not)
+  virtual void matmul_swiglu(const Linear& W, float* y, float* gate, const float* up, int T, const DecdecCall& call) {
+    swiglu(gate, gate, up, (size_t)T * W.d_in);
+    matmul(W, y, gate, T, call);
+  }
   // rope_qk, then attention (q and k are scratch afterwards: rotated or not)
   virtual void rope_attention(KVCache& kv, int layer, float* out, float* q, float* k, const float* v, int T,
                               int n_heads, int64_t pos0, const float* inv_freq) {

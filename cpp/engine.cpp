@@ -430,9 +430,13 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
     if (capture_) emit(l, 4, xb_, T, c.dim);
     float* const gate_up[2] = {gate_, up_};                     // gate, up [T, hidden]
     linear_group(l, 4, 2, gate_up, xb_, T, pos0);
-    be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);   // gate = silu(gate) * up
-    if (capture_) emit(l, 6, gate_, T, c.hidden_dim);
-    linear(*L.w[6], l, 6, hb_, gate_, T, pos0);                 // hb [T, dim]
+    if (capture_) {                                             // the capture needs silu(gate) * up itself
+      be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);
+      emit(l, 6, gate_, T, c.hidden_dim);
+      linear(*L.w[6], l, 6, hb_, gate_, T, pos0);
+    } else {                                                    // hb = down(silu(gate) * up)  [T, dim]
+      be_->matmul_swiglu(*L.w[6], hb_, gate_, up_, T, decdec_call(l, 6, pos0));
+    }
     if (l + 1 < c.n_layers)                                     // x += ffn; xb = next attn_norm(x)
       be_->add_rmsnorm(xb_, x_, hb_, layers_[l + 1]->attn_norm, T, c.dim, c.norm_eps);
     else

@@ -401,7 +401,26 @@ class CudaBackend : public Backend {
   // x (a group: gemv_tc_groupable, one DecDEC call for all); false: not possible for this shape /
   // setting, nothing was launched.
   bool matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x, const DecdecCall& call,
-                    const std::string& what);
+                    const std::string& what, const float* up = nullptr);
+  // T = 1 with the fused GEMV (as matmul decides): one launch computes swiglu(gate, up) as it
+  // reads its input; otherwise the two ops
+  void matmul_swiglu(const Linear& lin, float* y, float* gate, const float* up, int T,
+                     const DecdecCall& call) override {
+    use();
+    const auto& W = static_cast<const CudaLinear&>(lin);
+    if (T == 1 && fused_first(W, call)) {
+      const CudaLinear* Ws[1] = {&W};
+      float* ys[1] = {y};
+      if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", up)) return;
+    }
+    Backend::matmul_swiglu(lin, y, gate, up, T, call);
+  }
+  // Whether a T = 1 call of W goes to the fused GEMV first.
+  bool fused_first(const CudaLinear& W, const DecdecCall& call) const {
+    const bool comp_on = call.mode != DecdecMode::Off && call.k_chunk > 0;
+    return !is_float(W.type) && !comp_parallel_ && gpu::gemv_tc_enabled() && gpu::gemv_tc_supports(W.dev) &&
+           (comp_on || W.dev.bits == 3 || gpu::gemv_tc_forced());
+  }
   // Whether a group's calls can share one fused launch (same DecDEC setting and selection).
   bool group_fusable(const CudaLinear* const* Ws, int n, const DecdecCall* calls) const;
   // select + gather of job: y += the compensation (add) or partial = it
@@ -578,9 +597,7 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   // T = 1: the fused tensor-core GEMV carries the compensation in its own launch; with DecDEC off
   // it is the default for 3-bit, while 4-bit stays on the CUDA-core kernel, which measured faster
   // there (BENCHMARKS.md, 2026-11-22)
-  const bool comp_on = call.mode != DecdecMode::Off && call.k_chunk > 0;
-  if (T == 1 && !is_float(W.type) && !comp_parallel_ && gpu::gemv_tc_enabled() && gpu::gemv_tc_supports(g) &&
-      (comp_on || g.bits == 3 || gpu::gemv_tc_forced())) {
+  if (T == 1 && fused_first(W, call)) {
     const CudaLinear* Ws[1] = {&W};
     float* ys[1] = {y};
     if (matmul_fused(Ws, ys, 1, x, call, what)) return;
@@ -658,7 +675,7 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
 }
 
 bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x,
-                               const DecdecCall& call, const std::string& what) {
+                               const DecdecCall& call, const std::string& what, const float* up) {
   const gpu::DevLinear* devs[gpu::kTcMaxMembers];
   for (int m = 0; m < n; ++m) devs[m] = &Ws[m]->dev;
   gpu::DevLinear shape;
@@ -686,10 +703,11 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     bool monotone = call.mode == DecdecMode::Approx;
     for (int j = 1; monotone && j < kBuckets; ++j) monotone = job.p.floors[j] <= job.p.floors[j - 1];
     comp.select_here = monotone;
+    if (!monotone && up) return false;  // the pre-kernel reads x as it is: the caller runs swiglu first
     if (!monotone) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
   DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, static_cast<float*>(tc_part_.get()),
-                                 static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_),
+                                 static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_, up),
              what);
   return true;
 }

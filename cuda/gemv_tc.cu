@@ -138,10 +138,11 @@ int64_t g_group_launches = 0;
 int64_t gemv_tc_group_launches() { return g_group_launches; }
 
 cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
-                           float* part, int* cnt, const TcComp* comp, cudaStream_t st) {
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const float* up) {
   TcArgs a;
   if (!plan.ok || !gemv_tc_groupable(W, n, &a.W)) return cudaErrorInvalidValue;
   a.x = x;
+  a.up = up;
   int64_t r = 0;
   for (int m = 0; m < kTcMaxMembers; ++m) {
     a.row0[m] = m == 0 ? 0 : m < n ? r : INT64_MAX;

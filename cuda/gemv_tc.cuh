@@ -77,6 +77,7 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1,
 struct TcArgs {
   DevLinear W;     // the launch's shape: d_out = the group's total; codes/sm are per member below
   const float* x;  // [d_in]
+  const float* up;  // null, or [d_in]: the input is swiglu1(x, up) (the down projection's)
   // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
   int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
   const uint4* codes[kTcMaxMembers];
@@ -115,6 +116,9 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
 
 // The member owning group row `row` (boundaries are multiples of 32: a tile or a 32-output vector
 // lies in one member).
+// Input channel i as the math sees it.
+__device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i) { return a.up ? swiglu1(a.x[i], a.up[i]) : a.x[i]; }
+
 __device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
   return (row >= a.row0[1] ? 1 : 0) + (row >= a.row0[2] ? 1 : 0);
 }
@@ -217,7 +221,7 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int i = 4 * tid + e;
-    b[e] = i < len ? tc_bucket(floors, fabsf(a.x[c0 + i])) : kBuckets;
+    b[e] = i < len ? tc_bucket(floors, fabsf(tc_x(a, c0 + i))) : kBuckets;
     // one shared atomic per distinct bucket of the warp (not per channel: they would collide)
     const unsigned peers = __match_any_sync(0xffffffffu, b[e]);
     if (b[e] < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + b[e], __popc(peers));
@@ -314,7 +318,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int64_t s = tid; s < kmax; s += kTcThreads) {
     const int32_t j = __ldcg(a.sel + s);
     s_sel[s] = j;
-    s_xs[s] = j >= 0 ? a.x[j] : 0.0f;
+    s_xs[s] = j >= 0 ? tc_x(a, j) : 0.0f;
   }
   __syncthreads();
   if (nvs == 0) return;  // no outputs: nothing to count in (segments past d_out own no tile)
@@ -490,7 +494,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   uint4* xs = smem;
   const int64_t f4_lo = s0 * 2 * C, f4_hi = s1 * 2 * C;  // float4 slots of the staged slabs
   float* sx = reinterpret_cast<float*>(smem + (f4_hi - f4_lo));
-  const bool x_al = (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
+  const bool x_al = ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up)) & 15) == 0;
   constexpr int XB = 4;
   for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
     float4 xv[XB];
@@ -498,6 +502,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     for (int q = 0; q < XB; ++q) {
       const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
       xv[q] = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.x, i0, W.d_in) : load_x4<false>(a.x, i0, W.d_in);
+    }
+    if (a.up) {
+#pragma unroll
+      for (int q = 0; q < XB; ++q) {
+        const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
+        const float4 u = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.up, i0, W.d_in) : load_x4<false>(a.up, i0, W.d_in);
+        xv[q] = make_float4(swiglu1(xv[q].x, u.x), swiglu1(xv[q].y, u.y), swiglu1(xv[q].z, u.z), swiglu1(xv[q].w, u.w));
+      }
     }
 #pragma unroll
     for (int q = 0; q < XB; ++q) {

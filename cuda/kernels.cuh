@@ -47,6 +47,10 @@ __device__ __forceinline__ void grid_dep_wait() {
 #endif
 }
 
+// silu(g) * u, the one formula of swiglu_kernel and of the GEMV that takes its input as (gate, up)
+// (IEEE division and expf, no contraction possible: the same bits wherever it is computed).
+__device__ __forceinline__ float swiglu1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 // The current device's properties the launchers need (cached per thread and device).
 struct DeviceInfo {
   int n_sm = 0, max_smem = 0;
@@ -195,8 +199,9 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape);
 // Test counter: launches of groups (n >= 2) so far.
 int64_t gemv_tc_group_launches();
 // y[m] = W[m] x (+ compensation) for the n members; n = 1 is the plain GEMV.
+// up non-null: the input is swiglu1(x, up) (x the gate), computed where x is read.
 cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
-                           float* part, int* cnt, const TcComp* comp, cudaStream_t st);
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const float* up = nullptr);
 // The selection alone (sel [kmax]; the non-approx modes' pre-kernel of launch_gemv_tc).
 cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x,
                                int32_t* sel, cudaStream_t st);

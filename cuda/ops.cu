@@ -138,7 +138,7 @@ __global__ void swiglu_kernel(float* out, const float* gate, const float* up, si
   grid_dep_wait();
   pdl_trigger();
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    out[i] = swiglu1(gate[i], up[i]);
 }
 
 __global__ void add_kernel(float* x, const float* y, size_t n) {

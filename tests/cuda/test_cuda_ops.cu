@@ -457,6 +457,47 @@ void test_decdec(Backend& cpu, Backend& gpu) {
   CHECK_THROWS(gpu.matmul(*Wg, by.f(), bx.f(), 1, c), InvalidArgument);
 }
 
+// The down projection with swiglu in its input: matmul_swiglu (one launch where the fused GEMV
+// takes it) against the CPU's swiglu + matmul, and against the GPU's own two ops.
+void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
+  struct S { TensorType type; int64_t d_out, d_in; };
+  const S shapes[] = {{TensorType::UQ3_G128, 300, 2500}, {TensorType::UQ4_G64, 67, 700},
+                      {TensorType::UQ3_G64, 1100, 4100}, {TensorType::UQ4_G128, 64, 1026}};
+  for (const S& s : shapes) {
+    auto L = make_linear(s.type, s.d_out, s.d_in, true);
+    auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+    auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+    for (int T : {1, 3})
+      for (DecdecMode m : {DecdecMode::Off, DecdecMode::Approx, DecdecMode::Exact}) {
+        DecdecCall c;
+        c.mode = m;
+        c.k_chunk = m == DecdecMode::Off ? 0 : 8;
+        auto gate = randn((size_t)T * s.d_in), up = randn((size_t)T * s.d_in);
+        for (float& v : gate) v *= 3.0f;  // the sigmoid's whole range
+        std::vector<float> yc((size_t)T * s.d_out);
+        {
+          auto g2 = gate;
+          cpu.matmul_swiglu(*Wc, yc.data(), g2.data(), up.data(), T, c);
+        }
+        Buf bg(gpu, gate.size()), bu(gpu, up.size()), by(gpu, yc.size()), by2(gpu, yc.size());
+        bg.put(gate);
+        bu.put(up);
+        by.poison();
+        gpu.matmul_swiglu(*Wg, by.f(), bg.f(), bu.f(), T, c);
+        const auto yg = by.get();
+        bg.put(gate);
+        by2.poison();
+        gpu.swiglu(bg.f(), bg.f(), bu.f(), gate.size());
+        gpu.matmul(*Wg, by2.f(), bg.f(), T, c);
+        const auto y2 = by2.get();
+        const std::string what = std::string("matmul_swiglu ") + type_name(s.type) + " " + std::to_string(s.d_out) +
+                                 "x" + std::to_string(s.d_in) + " T=" + std::to_string(T) + " " + mode_name(m);
+        report(what + " vs cpu", nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+        report(what + " vs swiglu + matmul", nmse(yg.data(), y2.data(), y2.size()), 1e-12);
+      }
+  }
+}
+
 void test_elementwise(Backend& cpu, Backend& gpu) {
   const int T = 7, dim = 1000;
   const auto x = randn((size_t)T * dim), w = randn(dim), y = randn((size_t)T * dim);
@@ -1011,6 +1052,7 @@ int main(int argc, char** argv) {
     if (want("gemv_group")) test_gemv_group(*cpu, *gpu);
     if (want("gemm")) test_gemm(*cpu, *gpu);
     if (want("decdec")) test_decdec(*cpu, *gpu);
+    if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
     ddrt_test::record(false, "no exception", __FILE__, __LINE__);
