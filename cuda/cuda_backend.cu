@@ -408,7 +408,8 @@ class CudaBackend : public Backend {
                      const DecdecCall& call) override {
     use();
     const auto& W = static_cast<const CudaLinear&>(lin);
-    if (T == 1 && fused_first(W, call)) {
+    static const bool fuse = !std::getenv("DDRT_FUSE_SWIGLU") || std::getenv("DDRT_FUSE_SWIGLU")[0] != '0';
+    if (T == 1 && fuse && fused_first(W, call)) {  // env DDRT_FUSE_SWIGLU=0: the two ops (lab A/B)
       const CudaLinear* Ws[1] = {&W};
       float* ys[1] = {y};
       if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", up)) return;
