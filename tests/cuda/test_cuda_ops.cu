@@ -12,6 +12,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -460,6 +461,7 @@ void test_decdec(Backend& cpu, Backend& gpu) {
 // The down projection with swiglu in its input: matmul_swiglu (one launch where the fused GEMV
 // takes it) against the CPU's swiglu + matmul, and against the GPU's own two ops.
 void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
+  setenv("DDRT_FUSE_SWIGLU", "1", 1);  // every size (by default only large matrices fuse)
   struct S { TensorType type; int64_t d_out, d_in; };
   const S shapes[] = {{TensorType::UQ3_G128, 300, 2500}, {TensorType::UQ4_G64, 67, 700},
                       {TensorType::UQ3_G64, 1100, 4100}, {TensorType::UQ4_G128, 64, 1026}};
@@ -496,6 +498,7 @@ void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
         report(what + " vs swiglu + matmul", nmse(yg.data(), y2.data(), y2.size()), 1e-12);
       }
   }
+  unsetenv("DDRT_FUSE_SWIGLU");
 }
 
 void test_elementwise(Backend& cpu, Backend& gpu) {
