@@ -410,13 +410,9 @@ class CudaBackend : public Backend {
     const auto& W = static_cast<const CudaLinear&>(lin);
     // measured (H100, same-machine A/B): +2.1 % decode on the Llama-3-8B shape (down 4096x14336),
     // -3 % on SmolLM2-135M's (576x1536, latency-bound: the input staging is its critical path), so
-    // only large matrices take it; and only without compensation: with it, the tuner measured down's
-    // cost at k_chunk 1 / 8 rise from 1.2 / 2.8 % to 2.0 / 6.7 % (the selection, on the launch's
-    // critical path, then reads and combines two inputs). Env DDRT_FUSE_SWIGLU=0 runs the two ops,
-    // =1 fuses every call (tests)
+    // only large matrices take it; env DDRT_FUSE_SWIGLU=0 runs the two ops, =1 fuses every size
     const char* env = std::getenv("DDRT_FUSE_SWIGLU");  // read per call (host side only: graphs replay)
-    const bool comp_on = call.mode != DecdecMode::Off && call.k_chunk > 0;
-    const bool fuse = env ? env[0] != '0' : !comp_on && W.d_out * W.d_in >= (int64_t)8 << 20;
+    const bool fuse = env ? env[0] != '0' : W.d_out * W.d_in >= (int64_t)8 << 20;
     if (T == 1 && fuse && fused_first(W, call)) {
       const CudaLinear* Ws[1] = {&W};
       float* ys[1] = {y};
