@@ -10,7 +10,9 @@ head = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
 cols = rows[head]
 name_c, t_c = cols.index("Kernel Name"), cols.index("gpu__time_duration.sum")
 unit = rows[head + 1][t_c]  # the units row
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1.0)
+scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}.get(unit)
+if scale is None:
+    sys.exit(f"{sys.argv[1]}: unknown time unit {unit!r}")
 ks = [(r[name_c], float(r[t_c].replace(",", "")) * scale) for r in rows[head + 2:] if len(r) > t_c and r[t_c]]
 arg = [i for i, (n, _) in enumerate(ks) if "argmax" in n]
 if len(arg) < 2:
