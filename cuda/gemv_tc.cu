@@ -11,7 +11,7 @@ namespace gpu {
 template <int B, int G>
 int tc_blocks_per_sm(size_t smem);
 template <int B, int G>
-cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, bool pdl, cudaStream_t st);
+cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st);
 
 namespace {
 
@@ -25,11 +25,11 @@ int blocks_per_sm(int group, size_t smem) {
   return 0;
 }
 template <int B>
-cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, bool pdl, cudaStream_t st) {
+cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
   switch (group) {
-    case 32: return tc_launch<B, 32>(a, grid, smem, pdl, st);
-    case 64: return tc_launch<B, 64>(a, grid, smem, pdl, st);
-    case 128: return tc_launch<B, 128>(a, grid, smem, pdl, st);
+    case 32: return tc_launch<B, 32>(a, grid, smem, st);
+    case 64: return tc_launch<B, 64>(a, grid, smem, st);
+    case 128: return tc_launch<B, 128>(a, grid, smem, st);
   }
   return cudaErrorInvalidValue;
 }
@@ -169,10 +169,9 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   } else if (plan.n_tb > 0) {
     return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation
   }
-  const bool pdl = device_info().pdl;
   if (n > 1) ++g_group_launches;
-  return a.W.bits == 3 ? launch<3>(a.W.group, a, plan.grid, plan.smem, pdl, st)
-                       : launch<4>(a.W.group, a, plan.grid, plan.smem, pdl, st);
+  return a.W.bits == 3 ? launch<3>(a.W.group, a, plan.grid, plan.smem, st)
+                       : launch<4>(a.W.group, a, plan.grid, plan.smem, st);
 }
 
 }  // namespace gpu

@@ -26,23 +26,13 @@ int tc_blocks_per_sm(size_t smem) {
 }
 
 template <int B, int G>
-cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, bool pdl, cudaStream_t st) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)grid);
-  cfg.blockDim = dim3(kTcThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, gemv_tc_kernel<B, G>, a);
+cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
+  return launch_pdl(gemv_tc_kernel<B, G>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
 }
 
 #define DDRT_GEMV_TC_INSTANTIATE(B, G)                                                        \
   template int tc_blocks_per_sm<B, G>(size_t);                                                \
-  template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, bool, cudaStream_t);
+  template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, cudaStream_t);
 
 }  // namespace gpu
 }  // namespace ddrt
