@@ -63,22 +63,7 @@ __global__ void rmsnorm4_kernel(float* out, const float* x, const float* w, int 
   }
 }
 
-// Rope of one pair at position pos: angle = (float)pos * inv_freq_i in fp32, its sine and cosine as
-// the CPU computes them (in double), (a, b) -> (a c - b s, a s + b c). The one formula of every
-// kernel that rotates (rope, rope_qk, attention): the same bits wherever it runs.
-struct RopeCS {
-  float c, s;
-};
-__device__ __forceinline__ RopeCS rope_cs(int64_t pos, float inv_freq_i) {
-  const float angle = (float)pos * inv_freq_i;
-  return {(float)cos((double)angle), (float)sin((double)angle)};
-}
-__device__ __forceinline__ void rope_pair(float& a, float& b, RopeCS r) {
-  const float x = a, y = b;
-  a = x * r.c - y * r.s;
-  b = x * r.s + y * r.c;
-}
-
+// angle = (float)(pos0 + t) * inv_freq[i] in fp32, its sine/cosine as the CPU: in double.
 __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
                             const int64_t* pos_dev) {
   grid_dep_wait();
@@ -90,8 +75,12 @@ __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t 
     const int i = (int)(k % half);
     const int64_t th = k / half;  // t * n_heads + h
     const int t = (int)(th / n_heads);
+    const float angle = (float)(pos0 + t) * inv_freq[i];
+    const float c = (float)cos((double)angle), s = (float)sin((double)angle);
     float* xh = x + th * head_dim;
-    rope_pair(xh[i], xh[i + half], rope_cs(pos0 + t, inv_freq[i]));
+    const float a = xh[i], b = xh[i + half];
+    xh[i] = a * c - b * s;
+    xh[i + half] = a * s + b * c;
   }
 }
 
@@ -137,7 +126,11 @@ __global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int 
     const int64_t th = e / half;  // t * nh + h
     const int t = (int)(th / nh), h = (int)(th % nh);
     float* xh = h < n_q ? q + ((int64_t)t * n_q + h) * head_dim : k + ((int64_t)t * n_k + (h - n_q)) * head_dim;
-    rope_pair(xh[i], xh[i + half], rope_cs(pos0 + t, inv_freq[i]));
+    const float angle = (float)(pos0 + t) * inv_freq[i];
+    const float c = (float)cos((double)angle), s = (float)sin((double)angle);
+    const float a = xh[i], b = xh[i + half];
+    xh[i] = a * c - b * s;
+    xh[i + half] = a * s + b * c;
   }
 }
 
@@ -164,7 +157,7 @@ unsigned grid_for(size_t n) {
 // Split-sequence ("flash decoding") attention, one launch. Block (sp, y, t): query t, split sp of
 // its positions 0..pos0+t, the q heads of slice y (up to kAttnMaxG heads of one kv head: each key
 // and value row is loaded once for all of them). A warp takes every kAttnWarps-th position of the
-// split, U of them at a time (their key and value loads all in flight together), and keeps
+// split, kAttnU of them at a time (their key and value loads all in flight together), and keeps
 // an online softmax per head; the block merges its warps and writes (max, sum, unnormalised
 // output) per head to scratch, or, when the query has a single split, its output directly.
 // Otherwise the last block of (t, y) to finish merges the splits: each block's stores, then
@@ -222,16 +215,24 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int64_t L = attn_split_len(n, splits);
   const int active = (int)((n + L - 1) / L);
   if (sp >= active) return;
-  RopeCS rcs[PL / 2 > 0 ? PL / 2 : 1];  // rope: pair lane + 32u
+  float rc[PL / 2 > 0 ? PL / 2 : 1], rs[PL / 2 > 0 ? PL / 2 : 1];  // rope: cos, sin of lane + 32u
   auto rotate = [&](float (&x)[PL]) {
     if constexpr (PL % 2 == 0) {
 #pragma unroll
-      for (int u = 0; u < PL / 2; ++u) rope_pair(x[u], x[u + PL / 2], rcs[u]);
+      for (int u = 0; u < PL / 2; ++u) {
+        const float a = x[u], b = x[u + PL / 2];
+        x[u] = a * rc[u] - b * rs[u];
+        x[u + PL / 2] = a * rs[u] + b * rc[u];
+      }
     }
   };
   if (inv_freq) {
 #pragma unroll
-    for (int u = 0; u < PL / 2; ++u) rcs[u] = rope_cs(s.pos0 + t, inv_freq[lane + 32 * u]);
+    for (int u = 0; u < PL / 2; ++u) {
+      const float angle = (float)(s.pos0 + t) * inv_freq[lane + 32 * u];
+      rc[u] = (float)cos((double)angle);
+      rs[u] = (float)sin((double)angle);
+    }
   }
   if (sp == 0 && y % geo.slices == 0) {
     if (inv_freq) {
