@@ -157,7 +157,7 @@ unsigned grid_for(size_t n) {
 // Split-sequence ("flash decoding") attention, one launch. Block (sp, y, t): query t, split sp of
 // its positions 0..pos0+t, the q heads of slice y (up to kAttnMaxG heads of one kv head: each key
 // and value row is loaded once for all of them). A warp takes every kAttnWarps-th position of the
-// split, kAttnU of them at a time (their key and value loads all in flight together), and keeps
+// split, U of them at a time (their key and value loads all in flight together), and keeps
 // an online softmax per head; the block merges its warps and writes (max, sum, unnormalised
 // output) per head to scratch, or, when the query has a single split, its output directly.
 // Otherwise the last block of (t, y) to finish merges the splits: each block's stores, then
