@@ -46,14 +46,17 @@ namespace {
 unsigned long long* g_tc_stamps = nullptr;
 }
 void gemv_tc_stamps(unsigned long long* stamps) { g_tc_stamps = stamps; }
-bool gemv_tc_forced() { return g_tc_forced; }
+// DDRT_GEMV_TC=0: never the fused GEMV; =2: also where the CUDA-core kernel is the default
+// (4-bit, DecDEC off): for A/B runs
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) {
     const char* e = std::getenv("DDRT_GEMV_TC");
     g_tc_enabled = e && e[0] == '0' ? 0 : 1;
+    if (e && e[0] == '2') g_tc_forced = true;
   }
   return g_tc_enabled == 1;
 }
+bool gemv_tc_forced() { return gemv_tc_enabled() && g_tc_forced; }
 
 bool gemv_tc_supports(const DevLinear& W) {
   return !is_lut(W.type) && (W.bits == 3 || W.bits == 4) && (W.group == 32 || W.group == 64 || W.group == 128);

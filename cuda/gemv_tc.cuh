@@ -3,10 +3,15 @@
 //
 //   y = W x + rscale ⊙ (R[:, S] x[S])        (the second term only when DecDEC is on)
 //
-// Base math (as the first tensor-core GEMV, see packed.cuh for the decoder): codes become the A
-// fragments of mma.m16n8k16 (exact fp16 subnormals), x the B fragments as fp16 hi + lo (columns
-// 0 and 1, ~22 bits of x; |x| < 65504), fp32 accumulation, the group's scale applied to each
-// group's mma chain, the min term from per-group sums of x.
+// Base math (int8 tensor cores): a unit's quads decode to u8 A fragments of mma.m16n8k32
+// (quad_i8, packed.cuh: 4 codes per register, shifted left by their quad's class); each mma pairs
+// quad j of a slab's first chunk (k 0..15) with quad j of its second (k 16..31): 32 inputs of one
+// group and one class. x is quantized per slab to X = round(x * 32512 / max|x|) (~15 bits,
+// |X| <= 32512) and split X = 256 hi + lo, both int8; the B columns 2c, 2c + 1 hold hi and lo for
+// the quads of class c (zero elsewhere), so one int32 chain per group accumulates every class,
+// lane t of a row holding class t. Per group: 256 d_hi + d_lo (exact in int32), times the group
+// scale in fp32; per slab: times the x scale; per unit: each lane's class divided out, the 4
+// lanes summed; the min term from per-group fp32 sums of x.
 //
 // Work and its split (persistent, one wave): the grid is the GPU's resident capacity. Blocks
 // [0, n_tb) take the compensation role, the others the base role. The base work is U units,
@@ -51,9 +56,9 @@ namespace gpu {
 constexpr int kTcThreads = 256, kTcWarps = kTcThreads / 32;
 // The base role's unit pipeline (tc_base_block): slots per warp in shared memory, and a slot's
 // size in uint4: the unit's codes (16 rows x the unit's chunks) + its rows' (scale, min) words
-// (16 rows x the unit's groups). 3 slots, 2 for g32 (whose slots are 5 KB), so that two blocks
-// fit an SM.
-DDRT_HDC int tc_ring_slots(int bits, int group) { return group == 32 ? 2 : 3; }
+// (16 rows x the unit's groups). 3 slots for 4 bits, 2 for 3 bits and g32 (6.5 KB slots), so that
+// two blocks fit an SM (g32 3-bit: one).
+DDRT_HDC int tc_ring_slots(int bits, int group) { return bits == 3 || group == 32 ? 2 : 3; }
 DDRT_HDC int tc_slab_groups(int bits, int group) { return 8 * step_codes(bits) / group; }
 // groups of a unit's row: its slabs' (a 3-bit unit is half a slab: that slab's)
 DDRT_HDC int tc_unit_groups(int bits, int group) {
@@ -63,15 +68,16 @@ DDRT_HDC int tc_slot_vecs(int bits, int group) {
   return tc_unit_chunks(bits) * 2 * step_vecs(bits) * 32 + (16 * tc_unit_groups(bits, group) + 3) / 4;
 }
 
-__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1) {
+// d += a b: A 16x32 unsigned bytes (row), B 32x8 signed bytes (col), int32 accumulation.
+__device__ __forceinline__ void mma_i8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
   asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-
+constexpr float kXq = 32512.0f;  // 127 * 256: |X| <= kXq keeps hi within int8
 
 // Everything one launch needs; the host fills it (gemv_tc.cu) from the shape and the grid.
 struct TcArgs {
@@ -123,11 +129,11 @@ __device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
   return (row >= a.row0[1] ? 1 : 0) + (row >= a.row0[2] ? 1 : 0);
 }
 
-// Shared memory bytes of the base role (x fragments + group sums of n_slabs slabs) and of the
-// compensation role.
+// Shared memory bytes of the base role for n_slabs slabs of x: the B fragments (per slab, quad,
+// lane t, hi / lo: the words of both chunks), the per-group sums of x and the slab's max |x|.
 inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
-  const int64_t f4 = n_slabs * 2 * step_codes(bits);
-  return (size_t)(f4 * 16 + f4 * 4 / group * 4 + 15) / 16 * 16;
+  const int64_t per = (int64_t)step_codes(bits) / 4 * 64 + 8 * step_codes(bits) / group * 4 + 4;
+  return (size_t)(n_slabs * per + 15) / 16 * 16;
 }
 // The base role's unit ring (after the x slabs).
 inline size_t tc_ring_bytes(int bits, int group) {
@@ -489,15 +495,19 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   grid_dep_wait();  // x (and the scratch) belong to the previous kernels until here
   tc_stamp(a, 1);
 
-  // x slabs [s0, s1) -> B fragments (hi, lo) and group sums, block-local; each thread issues a
-  // batch of float4 loads before converting any
-  uint4* xs = smem;
+  // x slabs [s0, s1) -> int8 B fragments, group sums and the slab's max |x|, block-local: a first
+  // pass sums groups and takes each slab's max (a warp's 32 float4 lie in one slab), a second
+  // quantizes (from registers when each thread holds one batch, else reloading from L1)
+  const int64_t ns = s1 - s0;
+  uint32_t* xw = reinterpret_cast<uint32_t*>(smem);
+  float* sx = reinterpret_cast<float*>(xw + ns * NQ * 16);  // [ns][NG] group sums
+  int* amx = reinterpret_cast<int*>(sx + ns * NG);           // [ns] max |x| (float bits)
+  for (int64_t i = threadIdx.x; i < ns; i += kTcThreads) amx[i] = 0;
+  __syncthreads();
   const int64_t f4_lo = s0 * 2 * C, f4_hi = s1 * 2 * C;  // float4 slots of the staged slabs
-  float* sx = reinterpret_cast<float*>(smem + (f4_hi - f4_lo));
   const bool x_al = ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up)) & 15) == 0;
   constexpr int XB = 4;
-  for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
-    float4 xv[XB];
+  auto load_batch = [&](int64_t f0, float4 (&xv)[XB]) {
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
       const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
@@ -511,87 +521,123 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         xv[q] = make_float4(swiglu1(xv[q].x, u.x), swiglu1(xv[q].y, u.y), swiglu1(xv[q].z, u.z), swiglu1(xv[q].w, u.w));
       }
     }
+  };
+  auto sum_batch = [&](int64_t f0, const float4 (&xv)[XB]) {
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
       const int64_t f = f0 + (int64_t)q * kTcThreads;
       if (f >= f4_hi) break;  // uniform across the warp (slabs are whole multiples of 32 slots)
-      const float xq[4] = {xv[q].x, xv[q].y, xv[q].z, xv[q].w};
-      const int64_t i0 = 4 * f, slab = i0 / (8 * C), r = i0 % (8 * C);
-      const int j = (int)(r / 32), b = (int)(r % 32) / 4;
-      const int64_t ent = (((slab - s0) * 2 + b / 4) * NQ + j) * 4 + (b & 3);
-      __half hi[4], lo[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        hi[e] = __float2half_rn(xq[e]);
-        lo[e] = __float2half_rn(xq[e] - __half2float(hi[e]));
-      }
-      const int c00 = quad_code<B>(0, 0), c01 = quad_code<B>(0, 1), c10 = quad_code<B>(1, 0), c11 = quad_code<B>(1, 1);
-      uint4 en;
-      en.x = (uint32_t)__half_as_ushort(hi[c00]) | (uint32_t)__half_as_ushort(hi[c01]) << 16;
-      en.y = (uint32_t)__half_as_ushort(hi[c10]) | (uint32_t)__half_as_ushort(hi[c11]) << 16;
-      en.z = (uint32_t)__half_as_ushort(lo[c00]) | (uint32_t)__half_as_ushort(lo[c01]) << 16;
-      en.w = (uint32_t)__half_as_ushort(lo[c10]) | (uint32_t)__half_as_ushort(lo[c11]) << 16;
-      xs[ent] = en;
-      float s = (xq[0] + xq[1]) + (xq[2] + xq[3]);
+      const int64_t i0 = 4 * f;
+      float s = (xv[q].x + xv[q].y) + (xv[q].z + xv[q].w);
 #pragma unroll
       for (int o = 1; o < G / 4; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
       if ((lane & (G / 4 - 1)) == 0) sx[(i0 - s0 * 8 * C) / G] = s;
+      float m = fmaxf(fmaxf(fabsf(xv[q].x), fabsf(xv[q].y)), fmaxf(fabsf(xv[q].z), fabsf(xv[q].w)));
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      if (lane == 0) atomicMax(amx + (i0 / (8 * C) - s0), __float_as_int(m));
+    }
+  };
+  auto quant_batch = [&](int64_t f0, const float4 (&xv)[XB]) {
+#pragma unroll
+    for (int q = 0; q < XB; ++q) {
+      const int64_t f = f0 + (int64_t)q * kTcThreads;
+      if (f >= f4_hi) break;
+      const int64_t i0 = 4 * f, sl = i0 / (8 * C) - s0, r = i0 % (8 * C);
+      const int j = (int)(r / 32), b = (int)(r % 32) / 4;  // quad j, lane-in-octet b = 4 h + t
+      const float am = __int_as_float(amx[sl]), inv = am > 0.0f ? kXq / am : 0.0f;
+      const float xq[4] = {xv[q].x, xv[q].y, xv[q].z, xv[q].w};
+      uint32_t hw = 0, lw = 0;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int X = __float2int_rn(xq[e] * inv), hi = (X + 128) >> 8, lo = X - hi * 256;
+        hw |= (uint32_t)(hi & 255) << (8 * e);
+        lw |= (uint32_t)(lo & 255) << (8 * e);
+      }
+      uint32_t* ent = xw + (((sl * NQ + j) * 4 + (b & 3)) * 2) * 2 + (b >> 2);  // [.][t][hi, lo][h]
+      ent[0] = hw;
+      ent[2] = lw;
+    }
+  };
+  {
+    float4 xk[XB];
+    const bool one = f4_hi - f4_lo <= XB * kTcThreads;  // every thread's slots in one batch
+    for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
+      load_batch(f0, xk);
+      sum_batch(f0, xk);
+    }
+    __syncthreads();
+    for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
+      if (!one) load_batch(f0, xk);
+      quant_batch(f0, xk);
     }
   }
   __syncthreads();
   tc_stamp(a, 2);
   if (!active) return;
 
-  const uint2* xs2 = reinterpret_cast<const uint2*>(xs);
-  constexpr float k0 = 16777216.0f, k1 = (float)(1 << (24 - class_shift<B>()));
+  const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
   // otherwise to the unit's slot (tile, k) of part, counted in after the warp's last unit
   const bool direct = a.n_units == 1 && a.n_tb == 0;
-  auto compute = [&](uint32_t tl, uint32_t k, const uint4 (&v)[UC][2][V], const __half2* ss) {
-    float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [class][row g, g+8]
-    float accm[2] = {0.0f, 0.0f};                      // min term
+  const int my_cls = g >> 1;  // the class whose B columns this lane holds (g 2c: hi, 2c + 1: lo)
+  const float cls_f = 1.0f / (float)(1 << class_shift<B>(t));  // lane t's accumulators: class t
+  constexpr int P = UC / 2;  // slabs per unit
+  auto compute = [&](uint32_t tl, uint32_t k, const uint4* slot) {
+    const __half2* ss = reinterpret_cast<const __half2*>(slot + UV);
+    float acc[2] = {0.0f, 0.0f};   // rows g, g + 8: lane t's class, times the x scale
+    float accm[2] = {0.0f, 0.0f};  // min term
     int64_t ra, rb;
     const int m = rows_of(tl, ra, rb);
 #pragma unroll
-    for (int c = 0; c < UC; ++c) {
-      const int64_t ci = (int64_t)k * UC + c, slab = ci >> 1;
+    for (int p = 0; p < P; ++p) {
+      const int64_t ci = (int64_t)k * UC + 2 * p, slab = ci >> 1;
       if (ci >= n_chunks) continue;
-      uint32_t w0[NW], w1[NW];
+      uint32_t w[2][2][NW];  // [chunk of the slab][row g, g + 8][word]
 #pragma unroll
-      for (int q = 0; q < V; ++q) {
-        w0[4 * q] = v[c][0][q].x; w0[4 * q + 1] = v[c][0][q].y; w0[4 * q + 2] = v[c][0][q].z; w0[4 * q + 3] = v[c][0][q].w;
-        w1[4 * q] = v[c][1][q].x; w1[4 * q + 1] = v[c][1][q].y; w1[4 * q + 2] = v[c][1][q].z; w1[4 * q + 3] = v[c][1][q].w;
-      }
-      const uint2* xe = xs2 + ((ci - 2 * s0) * NQ * 4 + t) * 2 + g;
-      const float first = (ci & 1) == 0 ? 1.0f : 0.0f;
+      for (int c = 0; c < 2; ++c)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int q = 0; q < V; ++q) {
+            const uint4 u = slot[(((2 * p + c) * 2 + h) * V + q) * 32 + lane];
+            w[c][h][4 * q] = u.x; w[c][h][4 * q + 1] = u.y; w[c][h][4 * q + 2] = u.z; w[c][h][4 * q + 3] = u.w;
+          }
+      const uint2* xe = xs2 + ((slab - s0) * NQ * 4 + t) * 2 + (g & 1);
       const int64_t su = (slab - (int64_t)k * UC / 2) * NG;  // the slab's groups within the unit's
       const __half2* sga = ss + g * NU + su;                 // the slot's scale words: rows g, g + 8
       const __half2* sgb = ss + (g + 8) * NU + su;
       const float* sxs = sx + (slab - s0) * NG;
+      float sa = 0.0f, sb = 0.0f;
 #pragma unroll
       for (int gg = 0; gg < NG; ++gg) {
-        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int d[4] = {0, 0, 0, 0};
 #pragma unroll
         for (int q = 0; q < QG; ++q) {
           const int j = gg * QG + q;
-          uint32_t a0, a1, a2, a3;
-          quad_frag<B>(w0, j, a0, a2);
-          quad_frag<B>(w1, j, a1, a3);
           uint2 bv = make_uint2(0u, 0u);
-          if (g < 2) bv = xe[j * 8];
-          mma_f16(d, a0, a1, a2, a3, bv.x, bv.y);
+          if (my_cls == quad_class<B>(j)) bv = xe[j * 8];
+          mma_i8(d, quad_i8<B>(w[0][0], j), quad_i8<B>(w[0][1], j), quad_i8<B>(w[1][0], j), quad_i8<B>(w[1][1], j),
+                 bv.x, bv.y);
         }
         const float2 fa = __half22float2(sga[gg]), fb = __half22float2(sgb[gg]);
-        const int cls = quad_class<B>(gg * QG);
-        acc[cls][0] = fmaf(fa.x, d[0] + d[1], acc[cls][0]);
-        acc[cls][1] = fmaf(fb.x, d[2] + d[3], acc[cls][1]);
-        const float sg = first * sxs[gg];
-        accm[0] = fmaf(fa.y, sg, accm[0]);
-        accm[1] = fmaf(fb.y, sg, accm[1]);
+        sa = fmaf(fa.x, (float)(d[0] * 256 + d[1]), sa);
+        sb = fmaf(fb.x, (float)(d[2] * 256 + d[3]), sb);
+        accm[0] = fmaf(fa.y, sxs[gg], accm[0]);
+        accm[1] = fmaf(fb.y, sxs[gg], accm[1]);
       }
+      const float sq = __int_as_float(amx[slab - s0]) * (1.0f / kXq);
+      acc[0] = fmaf(sa, sq, acc[0]);
+      acc[1] = fmaf(sb, sq, acc[1]);
     }
-    const float ya = fmaf(acc[0][0], k0, fmaf(acc[1][0], k1, accm[0]));
-    const float yb = fmaf(acc[0][1], k0, fmaf(acc[1][1], k1, accm[1]));
+    // the 4 lanes of a row hold its 4 classes: scale each to code units and sum them
+    float ya = acc[0] * cls_f, yb = acc[1] * cls_f;
+    ya += __shfl_xor_sync(0xffffffffu, ya, 1);
+    yb += __shfl_xor_sync(0xffffffffu, yb, 1);
+    ya += __shfl_xor_sync(0xffffffffu, ya, 2);
+    yb += __shfl_xor_sync(0xffffffffu, yb, 2);
+    ya += accm[0];
+    yb += accm[1];
     if (t == 0) {
       const int64_t r = (int64_t)tl * 16 + g;
       if (direct) {
@@ -608,21 +654,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   for (int i = 0; i < n_mine; ++i) {
     cp_wait<R - 2>();  // unit i's group has landed (this lane's copies)
     __syncwarp();      // every lane's copies of unit i visible; every lane done with unit i - 1
-    const uint4* slot = ring + (i % R) * SLOT;
-    uint4 v[UC][2][V];
-#pragma unroll
-    for (int c = 0; c < UC; ++c)
-#pragma unroll
-      for (int q = 0; q < V; ++q) {
-        v[c][0][q] = slot[((c * 2) * V + q) * 32 + lane];
-        v[c][1][q] = slot[((c * 2 + 1) * V + q) * 32 + lane];
-      }
+    const uint4* slot = ring + (i % R) * SLOT;  // read by compute in place (R >= 2: the refill below
+                                                // goes to another slot)
     if (i + R - 1 < n_mine) {  // refill the slot unit i - 1 used
       issue(lt, lk, (i + R - 1) % R);
       advance(lt, lk);
     }
     cp_commit();
-    compute(ct, ck, v, reinterpret_cast<const __half2*>(slot + UV));
+    compute(ct, ck, slot);
     advance(ct, ck);
   }
   if (direct) return;

@@ -21,20 +21,19 @@
 //   bits 2: file block layout, two blocks (8 bytes each) per step
 //   bits 8: byte c
 //   bits 3: per 32-code slice sl (3 words w0 w1 w2 = words 3sl..3sl+2), arranged for the
-//           tensor-core GEMV (gemv_tc.cuh): each 16-bit half of a word holds 5 codes at bits
-//           0,3,6,9,12 and one bit of a split code at bit 15. Quad q (codes cc = 4q..4q+3) is two
-//           "slots" (a0: cc 4q, 4q+1; a2: cc 4q+2, 4q+3), a slot being one field position in both
-//           halves of one word (low half: the even code, high half: the odd one); kQuad3 lists
-//           (word, bit) of each slot. Codes 14 and 15 (slot a2 of quad 3) are split: bit j of
-//           code 14 is bit 15 of w_j, of code 15 bit 31 of w_j.
+//           tensor-core GEMV (gemv_tc.cuh): quad q of the slice (codes 4q..4q+3, whose inputs are
+//           4 consecutive x) has code 4q + i in byte i of its word(s): quads 0..5 are whole
+//           fields, quad q at bits 3 (q % 2) .. +2 of each byte of w[q / 2]; quads 6 and 7 are
+//           split: their low 2 bits at bits 6-7 of each byte of w0 (quad 6) / w1 (quad 7), their
+//           bit 2 at bit 6 (quad 6) / 7 (quad 7) of each byte of w2.
 // Every field of a word that ends at or below bit 22 is decoded in place; the others from the
 // word shifted right by 16 (kShift), which brings each of them below bit 23 too.
 //
-// Tensor-core view (quad_frag): for bits 3 and 4, quad j of a lane step (codes 4j..4j+3, whose
-// inputs are 4 consecutive x) decodes with one LOP3 (and shared shifts) per slot into two
-// __half2 whose halves are fp16 SUBNORMALS q * 2^(p - 24), p = the field's bit within its half
-// after the shift (0, or kClassShift for "class 1" quads). Every quad is of one class, and the
-// quads of one 32..128 group share it, so the GEMV scales a group's product once.
+// Tensor-core view (quad_i8): for bits 3 and 4, quad j of a lane step (codes 4j..4j+3) decodes
+// with one LOP3 (bits 4; bits 3 quads 0..5) or a shift and two LOP3 (bits 3 quads 6, 7) into one
+// register of 4 unsigned bytes, byte i = code 4j + i << s, s = the quad's class shift: the A
+// fragment register of an int8 mma (mma.m16n8k32 u8 x s8). The GEMV keeps each class apart and
+// divides by 2^s once per unit.
 #pragma once
 
 #include <cstdint>
@@ -59,13 +58,14 @@ DDRT_HDC int64_t row_vecs(int64_t d_in, int bits) { return n_rounds(d_in, bits) 
 // The fused GEMV (gemv_tc.cuh) works in slabs of x (a slab = 8 lane steps = 8 C codes; in shared
 // memory one uint4 per x float4: hi b0 b1, lo b0 b1), two chunks per slab.
 DDRT_HDC int64_t mma_slabs(int64_t d_in, int bits) { return (d_in + 8 * step_codes(bits) - 1) / (8 * step_codes(bits)); }
-// Lane-step chunks per unit (a unit's input codes per row: 512 at 3 and at 4 bits, 3 / 4 KB per
-// 16-row unit; one unit's codes take 24 / 32 registers per lane). Units of 256 4-bit codes made
+// Lane-step chunks per unit (a unit's input codes per row: 1024 at 3 bits, 512 at 4: one or two
+// whole slabs, so that the int8 mma pairs each quad of a slab's first chunk with the same quad of
+// its second: same class, same group; 6 / 4 KB per 16-row unit). Units of 256 4-bit codes made
 // the 4-bit launch ~30 % slower (twice the partial slots, atomics and finishing per byte).
 #ifndef DDRT_TC_UNIT_CHUNKS4  // lab override (-DDDRT_TC_UNIT_CHUNKS4=2)
 #define DDRT_TC_UNIT_CHUNKS4 4
 #endif
-DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 1 : DDRT_TC_UNIT_CHUNKS4; }
+DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 2 : DDRT_TC_UNIT_CHUNKS4; }
 // uint4 index (within the row) of vector v of lane step s.
 DDRT_HD int64_t vec_index(int64_t s, int v, int bits) {
   return (s / 32) * 32 * step_vecs(bits) + (int64_t)v * 32 + (s % 32);
@@ -90,34 +90,25 @@ DDRT_HDC int64_t sm_row_groups(int64_t d_in, int bits, int group) {
 struct Pos {
   int word, bit;
 };
-// bits 3: (word within the slice, bit within the half) of slot a0 and a2 of quad q; -1: split.
-DDRT_HDC int quad3_word(int q, int slot) {
-  return slot == 0 ? (q == 0 ? 0 : q == 1 ? 0 : q == 2 ? 1 : q == 3 ? 2 : q == 4 ? 0 : q == 5 ? 1 : q == 6 ? 1 : 2)
-                   : (q == 0 ? 0 : q == 1 ? 1 : q == 2 ? 2 : q == 3 ? -1 : q == 4 ? 0 : q == 5 ? 1 : q == 6 ? 2 : 2);
-}
-DDRT_HDC int quad3_bit(int q, int slot) {
-  return slot == 0 ? (q == 0 ? 0 : q == 1 ? 12 : q == 2 ? 6 : q == 3 ? 6 : q == 4 ? 3 : q == 5 ? 3 : q == 6 ? 12 : 9)
-                   : (q == 0 ? 6 : q == 1 ? 0 : q == 2 ? 0 : q == 3 ? 15 : q == 4 ? 9 : q == 5 ? 9 : q == 6 ? 3 : 12);
-}
-// bits 3: codes 14 and 15 of a slice are split over its three words (bit 15 / 31 of each).
-DDRT_HDC bool split3(int bits, int c) { return bits == 3 && ((c % 32) == 14 || (c % 32) == 15); }
+// bits 3: codes of quads 6 and 7 of a slice (codes 24..31) are split (see above).
+DDRT_HDC bool split3(int bits, int c) { return bits == 3 && (c % 32) >= 24; }
+// bits 3, a split code: the position of its bit 2 (packed_pos gives that of its low 2 bits).
+DDRT_HDC Pos split3_hi(int c) { return Pos{3 * (c / 32) + 2, 8 * (c % 4) + 6 + ((c % 32) / 4 - 6)}; }
 
 DDRT_HDC Pos packed_pos(int bits, int c) {
   return bits == 4 ? Pos{(c % 16) / 4, 8 * ((c % 16) % 4) + 4 * (c / 16)}
        : bits == 2 ? Pos{2 * (c / 32) + ((c % 32) % 8) / 4, 8 * (((c % 32) % 8) % 4) + 2 * ((c % 32) / 8)}
        : bits == 8 ? Pos{c / 4, 8 * (c % 4)}
-       : split3(bits, c) ? Pos{3 * (c / 32), 15 + 16 * ((c % 32) - 14)}
-                         : Pos{3 * (c / 32) + quad3_word((c % 32) / 4, (c % 4) / 2),
-                               quad3_bit((c % 32) / 4, (c % 4) / 2) + 16 * (c % 2)};
+       : split3(bits, c) ? Pos{3 * (c / 32) + (c % 32) / 4 - 6, 8 * (c % 4) + 6}
+                         : Pos{3 * (c / 32) + (c % 32) / 8, 8 * (c % 4) + 3 * (((c % 32) / 4) % 2)};
 }
 
 // Code c (0..C-1) of one lane step given its words: the slow, obviously correct reader.
 DDRT_HD int step_code(const uint32_t* w, int bits, int c) {
   const Pos p = packed_pos(bits, c);
   if (split3(bits, c)) {
-    int q = 0;
-    for (int j = 0; j < 3; ++j) q |= (int)((w[p.word + j] >> p.bit) & 1) << j;
-    return q;
+    const Pos h = split3_hi(c);
+    return (int)((w[p.word] >> p.bit) & 3u) | (int)((w[h.word] >> h.bit) & 1u) << 2;
   }
   return (int)((w[p.word] >> p.bit) & ((1u << bits) - 1));
 }
@@ -125,7 +116,9 @@ DDRT_HD int step_code(const uint32_t* w, int bits, int c) {
 inline void step_put(uint32_t* w, int bits, int c, int q) {
   const Pos p = packed_pos(bits, c);
   if (split3(bits, c)) {
-    for (int j = 0; j < 3; ++j) w[p.word + j] |= (uint32_t)((q >> j) & 1) << p.bit;
+    const Pos h = split3_hi(c);
+    w[p.word] |= (uint32_t)(q & 3) << p.bit;
+    w[h.word] |= (uint32_t)((q >> 2) & 1) << h.bit;
     return;
   }
   w[p.word] |= (uint32_t)q << p.bit;
@@ -139,12 +132,10 @@ DDRT_HD int packed_code(const uint32_t* row, int bits, int64_t i) {
   code_place(i, bits, &s, &c);
   const Pos p = packed_pos(bits, c);
   if (split3(bits, c)) {
-    int q = 0;
-    for (int j = 0; j < 3; ++j) {
-      const int wj = p.word + j;
-      q |= (int)((row[4 * vec_index(s, wj / 4, bits) + wj % 4] >> p.bit) & 1) << j;
-    }
-    return q;
+    const Pos h = split3_hi(c);
+    const uint32_t wl = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
+    const uint32_t wh = row[4 * vec_index(s, h.word / 4, bits) + h.word % 4];
+    return (int)((wl >> p.bit) & 3u) | (int)((wh >> h.bit) & 1u) << 2;
   }
   const uint32_t wa = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
   return (int)((wa >> p.bit) & ((1u << bits) - 1));
@@ -169,46 +160,40 @@ template <int B>
 DDRT_HD float code_f(const uint32_t* wd, const uint32_t* wsh, int c) {
   const Pos p = packed_pos(B, c);
   if (split3(B, c)) {
-    const uint32_t v = ((wd[p.word] >> p.bit) & 1u) | ((wd[p.word + 1] >> (p.bit - 1)) & 2u) |
-                       ((wd[p.word + 2] >> (p.bit - 2)) & 4u);
+    const Pos h = split3_hi(c);
+    const uint32_t v = ((wd[p.word] >> p.bit) & 3u) | (((wd[h.word] >> h.bit) & 1u) << 2);
     return bits_f(v | 0x4B000000u) - 8388608.0f;
   }
   return p.bit + B <= 23 ? field_f<B>(wd[p.word], p.bit) : field_f<B>(wsh[p.word], p.bit - kShift);
 }
 
 // ---- the tensor-core GEMV's decoder (gemv_tc.cuh; also run by test_cuda_layout) -----------
-// Class of quad j (see the top): 0 or 1; a class-1 field decodes to q * 2^(kClassShift - 24).
+// Class of quad j of a lane step (0..3; bits 4: 0..1): the quads of one class decode to the same
+// shift, class_shift. The GEMV gives each class its own pair of mma columns.
 template <int B>
-DDRT_HDC int quad_class(int j) { return B == 4 ? (j % 8) / 4 : (j % 8) / 4; }
+DDRT_HDC int quad_class(int j) {
+  return B == 4 ? (j % 8) / 4 : (j % 8) < 6 ? (j % 8) % 2 : (j % 8) - 4;
+}
 template <int B>
-DDRT_HDC int class_shift() { return B == 4 ? 4 : 3; }
-// Which code of the quad (0..3) sits in (slot, half): bits 3: 2*slot + half; bits 4: slot + 2*half.
+DDRT_HDC int class_shift(int cls) {
+  return B == 4 ? 4 * cls : cls == 0 ? 0 : cls + 2;
+}
+constexpr int kClasses = 4;  // the most classes of any width (bits 3)
+// Quad j (a compile-time constant after unrolling) of a lane step whose words are w: 4 unsigned
+// bytes, byte i = code 4j + i << class_shift(quad_class(j)).
 template <int B>
-DDRT_HDC int quad_code(int slot, int half) { return B == 3 ? 2 * slot + half : slot + 2 * half; }
-// The two A-fragment words of quad j (j a compile-time constant after unrolling) of a lane step
-// whose words are w: slot 0 (a0) and slot 1 (a2), each a __half2 of subnormals.
-template <int B>
-DDRT_HD void quad_frag(const uint32_t* w, int j, uint32_t& a0, uint32_t& a2) {
-  constexpr uint32_t m0 = B == 4 ? 0x000F000Fu : 0x00070007u, m1 = m0 << class_shift<B>();
-  if (B == 4) {
-    const uint32_t m = quad_class<4>(j) ? m1 : m0, v = w[j % 4];
-    a0 = v & m;
-    a2 = (v >> 8) & m;
-    return;
-  }
+DDRT_HD uint32_t quad_i8(const uint32_t* w, int j) {
+  if (B == 4) return w[j % 4] & ((j % 8) < 4 ? 0x0F0F0F0Fu : 0xF0F0F0F0u);
   const uint32_t* s = w + 3 * (j / 8);
   switch (j % 8) {
-    case 0: a0 = s[0] & m0; a2 = (s[0] >> 6) & m0; break;
-    case 1: a0 = (s[0] >> 12) & m0; a2 = s[1] & m0; break;
-    case 2: a0 = (s[1] >> 6) & m0; a2 = s[2] & m0; break;
-    case 3:
-      a0 = (s[2] >> 6) & m0;
-      a2 = ((s[0] >> 15) & 0x00010001u) | ((s[1] >> 14) & 0x00020002u) | ((s[2] >> 13) & 0x00040004u);
-      break;
-    case 4: a0 = s[0] & m1; a2 = (s[0] >> 6) & m1; break;
-    case 5: a0 = s[1] & m1; a2 = (s[1] >> 6) & m1; break;
-    case 6: a0 = (s[1] >> 9) & m1; a2 = s[2] & m1; break;
-    default: a0 = (s[2] >> 6) & m1; a2 = (s[2] >> 9) & m1; break;
+    case 0: return s[0] & 0x07070707u;
+    case 1: return s[0] & 0x38383838u;
+    case 2: return s[1] & 0x07070707u;
+    case 3: return s[1] & 0x38383838u;
+    case 4: return s[2] & 0x07070707u;
+    case 5: return s[2] & 0x38383838u;
+    case 6: return ((s[0] >> 2) & 0x30303030u) | (s[2] & 0x40404040u);
+    default: return ((s[1] >> 1) & 0x60606060u) | (s[2] & 0x80808080u);
   }
 }
 

@@ -18,20 +18,15 @@ using namespace ddrt::gpu;
 
 namespace {
 
-// quad_frag of every quad of one lane step: each half is exactly code << (class shift), i.e. the
-// fp16 subnormal code * 2^(shift - 24). Returns the number of wrong halves.
+// quad_i8 of every quad of one lane step: byte i is exactly code 4j + i << the class shift (the
+// unsigned int8 A fragment of the tensor-core GEMV). Returns the number of wrong bytes.
 template <int B, class F>
 int check_frags(const uint32_t* wd, F code) {
   int bad = 0;
   for (int j = 0; j < step_codes(B) / 4; ++j) {
-    uint32_t a[2];
-    quad_frag<B>(wd, j, a[0], a[1]);
-    const int sh = quad_class<B>(j) ? class_shift<B>() : 0;
-    for (int slot = 0; slot < 2; ++slot)
-      for (int half = 0; half < 2; ++half) {
-        const uint32_t hv = (a[slot] >> (16 * half)) & 0xFFFFu;
-        bad += hv != (uint32_t)code(4 * j + quad_code<B>(slot, half)) << sh;
-      }
+    const uint32_t a = quad_i8<B>(wd, j);
+    const int sh = class_shift<B>(quad_class<B>(j));
+    for (int i = 0; i < 4; ++i) bad += ((a >> (8 * i)) & 0xFFu) != (uint32_t)code(4 * j + i) << sh;
   }
   return bad;
 }
@@ -75,7 +70,7 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
   const std::string what = "bits " + std::to_string(B) + " d_in " + std::to_string(d_in);
   CHECK_MSG(bad_slow == 0, what + ": packed_code mismatches " + std::to_string(bad_slow));
   CHECK_MSG(bad_fast == 0, what + ": code_f mismatches " + std::to_string(bad_fast));
-  CHECK_MSG(bad_frag == 0, what + ": quad_frag mismatches " + std::to_string(bad_frag));
+  CHECK_MSG(bad_frag == 0, what + ": quad_i8 mismatches " + std::to_string(bad_frag));
   CHECK_MSG(bad_place == 0, what + ": code_place is not the inverse of code_index " + std::to_string(bad_place));
   CHECK_MSG(bad_pad == 0, what + ": padding codes not zero " + std::to_string(bad_pad));
 }

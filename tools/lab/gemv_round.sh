@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call for GEMV work: build (sm_90), the layout test, the CUDA op tests (DDRT_TEST_ONLY
+# selects; empty: all), the GEMV and group lab, then decode benchmarks (BENCH: decdec-rt bench
+# argument sets separated by ';', each optionally prefixed by environment assignments).
+# Usage on the GPU machine: ONLY=gemv,gemv_group BENCH="--shape llama3-8b --bits 3" bash tools/lab/gemv_round.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+BUILD=/tmp/ddrt_build
+t0=$(date +%s)
+python3 -m pip install -q --no-build-isolation --no-deps . -C build-dir=$BUILD \
+  -C cmake.define.DECDEC_TESTS=ON -C cmake.define.DECDEC_CUDA=ON \
+  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1 \
+  || { tail -50 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+$BUILD/test_cuda_layout 2>&1 | tail -3
+[ -n "${ONLY:-}" ] && export DDRT_TEST_ONLY=$ONLY
+$BUILD/test_cuda_ops > "$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"
+grep -v "^  ok" "$OUT/ops.log" | tail -${FAILTAIL:-25}
+if [ "${LAB:-1}" = 1 ]; then
+  $BUILD/test_cuda_ops --bench-gemv > "$OUT/bench_gemv.log" 2>&1; tail -${LABTAIL:-14} "$OUT/bench_gemv.log"
+  $BUILD/test_cuda_ops --bench-groups > "$OUT/bench_groups.log" 2>&1; tail -12 "$OUT/bench_groups.log"
+fi
+IFS=';' read -ra SETS <<< "${BENCH:-}"
+for s in "${SETS[@]}"; do
+  [ -z "${s// }" ] && continue
+  echo "== $s"
+  env -u DDRT_TEST_ONLY $s python3 -m decdec_rt bench 2>&1 | grep -iE "decode|prefill|error" | head -4
+done
