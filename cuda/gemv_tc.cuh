@@ -4,14 +4,14 @@
 //   y = W x + rscale ⊙ (R[:, S] x[S])        (the second term only when DecDEC is on)
 //
 // Base math (int8 tensor cores): a unit's quads decode to u8 A fragments of mma.m16n8k32
-// (quad_i8, packed.cuh: 4 codes per register, shifted left by their quad's class); each mma pairs
-// quad j of a slab's first chunk (k 0..15) with quad j of its second (k 16..31): 32 inputs of one
-// group and one class. x is quantized per slab to X = round(x * 32512 / max|x|) (~15 bits,
-// |X| <= 32512) and split X = 256 hi + lo, both int8; the B columns 2c, 2c + 1 hold hi and lo for
-// the quads of class c (zero elsewhere), so one int32 chain per group accumulates every class,
-// lane t of a row holding class t. Per group: 256 d_hi + d_lo (exact in int32), times the group
-// scale in fp32; per slab: times the x scale; per unit: each lane's class divided out, the 4
-// lanes summed; the min term from per-group fp32 sums of x.
+// (quad_i8, packed.cuh: 4 codes per register, shifted left by their quad's class, 0 or 1); each
+// mma pairs quad j of a slab's first chunk (k 0..15) with quad j of its second (k 16..31): 32
+// inputs of one group and one class. x is quantized per group to X = round(x * kXq / max|x|)
+// (~24 bits) and split into three int8 limbs X = 65536 hi + 256 mid + lo; B column 3c + l holds
+// limb l for the quads of class c (zero elsewhere), so one int32 chain per group accumulates both
+// classes (columns 6, 7 stay 0). Per group each lane weighs its two columns (limb, class, x
+// scale) in fp32 and the 4 lanes of a row are summed once per unit; the min term comes from
+// per-group fp32 sums of x.
 //
 // Work and its split (persistent, one wave): the grid is the GPU's resident capacity. Blocks
 // [0, n_tb) take the compensation role, the others the base role. The base work is U units,
@@ -77,7 +77,7 @@ __device__ __forceinline__ void mma_i8(int (&d)[4], uint32_t a0, uint32_t a1, ui
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-constexpr float kXq = 32512.0f;  // 127 * 256: |X| <= kXq keeps hi within int8
+constexpr float kXq = 8.0e6f;  // |X| <= kXq keeps each limb of X within int8 (hi <= 123)
 
 // Everything one launch needs; the host fills it (gemv_tc.cu) from the shape and the grid.
 struct TcArgs {
@@ -130,9 +130,9 @@ __device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
 }
 
 // Shared memory bytes of the base role for n_slabs slabs of x: the B fragments (per slab, quad,
-// lane t, hi / lo: the words of both chunks), the per-group sums of x and the slab's max |x|.
+// lane t, limb: the words of both chunks), the per-group sums of x and the groups' max |x|.
 inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
-  const int64_t per = (int64_t)step_codes(bits) / 4 * 64 + 8 * step_codes(bits) / group * 4 + 4;
+  const int64_t per = (int64_t)step_codes(bits) / 4 * 96 + 8 * step_codes(bits) / group * 8;
   return (size_t)(n_slabs * per + 15) / 16 * 16;
 }
 // The base role's unit ring (after the x slabs).
@@ -440,7 +440,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // the math never waits on a global load. Lane L copies and reads back only its own 16-byte code
   // pieces (slot position ((c * 2 + h) * V + q) * 32 + L); the scale words are shared by the
   // warp's lanes, so each slot is read after a __syncwarp that follows the copy's wait (its words
-  // are visible to all lanes) and refilled after the next one (all lanes are done with it).
+  // are visible to all lanes) and refilled after one that follows its compute (all lanes done).
   constexpr int R = tc_ring_slots(B, G), UV = UC * 2 * V * 32, NU = tc_unit_groups(B, G), SW = 16 * NU,
                 SLOT = tc_slot_vecs(B, G);
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
@@ -479,12 +479,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int n_mine = (int)(u_end - u_begin);
   uint32_t lt = (uint32_t)(u_begin % a.n_tiles), lk = (uint32_t)(u_begin / a.n_tiles);  // issue cursor
   const uint32_t t_begin = lt, k_begin = lk;
-  // Units 0 .. R - 2, one commit group each (empty past the last unit: the group count stays
-  // uniform, so "all but the newest R - 2 groups done" always means "unit i has landed"), issued
+  // Units 0 .. R - 1, one commit group each (empty past the last unit: the group count stays
+  // uniform, so "all but the newest R - 1 groups done" always means "unit i has landed"), issued
   // before the dependency wait (the weights do not depend on the previous kernel; measured ~10 %
-  // faster than issuing them after x is staged).
+  // faster than issuing them after x is staged). Every slot is in flight from the start: most
+  // warps hold only 1-4 units, so the first refill would come too late to matter.
 #pragma unroll
-  for (int p = 0; p < R - 1; ++p) {
+  for (int p = 0; p < R; ++p) {
     if (p < n_mine) {
       issue(lt, lk, p);
       advance(lt, lk);
@@ -495,16 +496,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   grid_dep_wait();  // x (and the scratch) belong to the previous kernels until here
   tc_stamp(a, 1);
 
-  // x slabs [s0, s1) -> int8 B fragments, group sums and the slab's max |x|, block-local: a first
-  // pass sums groups and takes each slab's max (a warp's 32 float4 lie in one slab), a second
+  // x slabs [s0, s1) -> int8 B fragments, group sums and the groups' max |x|, block-local: a
+  // first pass sums each group and takes its max (a group's float4 lie in one warp), a second
   // quantizes (from registers when each thread holds one batch, else reloading from L1)
   const int64_t ns = s1 - s0;
   uint32_t* xw = reinterpret_cast<uint32_t*>(smem);
-  float* sx = reinterpret_cast<float*>(xw + ns * NQ * 16);  // [ns][NG] group sums
-  int* amx = reinterpret_cast<int*>(sx + ns * NG);           // [ns] max |x| (float bits)
-  for (int64_t i = threadIdx.x; i < ns; i += kTcThreads) amx[i] = 0;
-  __syncthreads();
-  const int64_t f4_lo = s0 * 2 * C, f4_hi = s1 * 2 * C;  // float4 slots of the staged slabs
+  float* sx = reinterpret_cast<float*>(xw + ns * NQ * 24);  // [ns][NG] group sums
+  float* amx = sx + ns * NG;                                 // [ns][NG] max |x|
+  const int64_t f4_lo = s0 * 2 * C, f4_hi = s1 * 2 * C;      // float4 slots of the staged slabs
   const bool x_al = ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up)) & 15) == 0;
   constexpr int XB = 4;
   auto load_batch = [&](int64_t f0, float4 (&xv)[XB]) {
@@ -527,15 +526,18 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     for (int q = 0; q < XB; ++q) {
       const int64_t f = f0 + (int64_t)q * kTcThreads;
       if (f >= f4_hi) break;  // uniform across the warp (slabs are whole multiples of 32 slots)
-      const int64_t i0 = 4 * f;
       float s = (xv[q].x + xv[q].y) + (xv[q].z + xv[q].w);
-#pragma unroll
-      for (int o = 1; o < G / 4; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if ((lane & (G / 4 - 1)) == 0) sx[(i0 - s0 * 8 * C) / G] = s;
       float m = fmaxf(fmaxf(fabsf(xv[q].x), fabsf(xv[q].y)), fmaxf(fabsf(xv[q].z), fabsf(xv[q].w)));
 #pragma unroll
-      for (int o = 1; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      if (lane == 0) atomicMax(amx + (i0 / (8 * C) - s0), __float_as_int(m));
+      for (int o = 1; o < G / 4; o <<= 1) {
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      }
+      if ((lane & (G / 4 - 1)) == 0) {
+        const int64_t gi = (4 * f - s0 * 8 * C) / G;
+        sx[gi] = s;
+        amx[gi] = m;
+      }
     }
   };
   auto quant_batch = [&](int64_t f0, const float4 (&xv)[XB]) {
@@ -545,18 +547,22 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       if (f >= f4_hi) break;
       const int64_t i0 = 4 * f, sl = i0 / (8 * C) - s0, r = i0 % (8 * C);
       const int j = (int)(r / 32), b = (int)(r % 32) / 4;  // quad j, lane-in-octet b = 4 h + t
-      const float am = __int_as_float(amx[sl]), inv = am > 0.0f ? kXq / am : 0.0f;
+      const float am = amx[(i0 - s0 * 8 * C) / G], inv = am > 0.0f ? kXq / am : 0.0f;
       const float xq[4] = {xv[q].x, xv[q].y, xv[q].z, xv[q].w};
-      uint32_t hw = 0, lw = 0;
+      uint32_t lw[3] = {0u, 0u, 0u};  // hi, mid, lo
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int X = __float2int_rn(xq[e] * inv), hi = (X + 128) >> 8, lo = X - hi * 256;
-        hw |= (uint32_t)(hi & 255) << (8 * e);
-        lw |= (uint32_t)(lo & 255) << (8 * e);
+        // balanced base-256 digits, each in [-128, 127]
+        const int X = __float2int_rn(xq[e] * inv);
+        const int lo = ((X + 128) & 255) - 128, X1 = (X - lo) >> 8;
+        const int mid = ((X1 + 128) & 255) - 128, hi = (X1 - mid) >> 8;
+        lw[0] |= (uint32_t)(hi & 255) << (8 * e);
+        lw[1] |= (uint32_t)(mid & 255) << (8 * e);
+        lw[2] |= (uint32_t)(lo & 255) << (8 * e);
       }
-      uint32_t* ent = xw + (((sl * NQ + j) * 4 + (b & 3)) * 2) * 2 + (b >> 2);  // [.][t][hi, lo][h]
-      ent[0] = hw;
-      ent[2] = lw;
+      uint32_t* ent = xw + (((sl * NQ + j) * 4 + (b & 3)) * 3) * 2 + (b >> 2);  // [.][t][limb][h]
+#pragma unroll
+      for (int l = 0; l < 3; ++l) ent[2 * l] = lw[l];
     }
   };
   {
@@ -580,12 +586,17 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
   // otherwise to the unit's slot (tile, k) of part, counted in after the warp's last unit
   const bool direct = a.n_units == 1 && a.n_tb == 0;
-  const int my_cls = g >> 1;  // the class whose B columns this lane holds (g 2c: hi, 2c + 1: lo)
-  const float cls_f = 1.0f / (float)(1 << class_shift<B>(t));  // lane t's accumulators: class t
+  // B columns: lane g holds column g = 3 class + limb (g < 6); its D columns are 2t, 2t + 1,
+  // weighed by limb factor / 2^class shift
+  const int my_cls = g < 6 ? g / 3 : -1, my_limb = g % 3;
+  auto col_f = [](int n) {
+    return n >= 6 ? 0.0f : (n % 3 == 0 ? 65536.0f : n % 3 == 1 ? 256.0f : 1.0f) / (float)(1 << class_shift<B>(n / 3));
+  };
+  const float f0 = col_f(2 * t), f1 = col_f(2 * t + 1);
   constexpr int P = UC / 2;  // slabs per unit
   auto compute = [&](uint32_t tl, uint32_t k, const uint4* slot) {
     const __half2* ss = reinterpret_cast<const __half2*>(slot + UV);
-    float acc[2] = {0.0f, 0.0f};   // rows g, g + 8: lane t's class, times the x scale
+    float acc[2] = {0.0f, 0.0f};   // rows g, g + 8: lane t's columns, weighed
     float accm[2] = {0.0f, 0.0f};  // min term
     int64_t ra, rb;
     const int m = rows_of(tl, ra, rb);
@@ -603,12 +614,12 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
             const uint4 u = slot[(((2 * p + c) * 2 + h) * V + q) * 32 + lane];
             w[c][h][4 * q] = u.x; w[c][h][4 * q + 1] = u.y; w[c][h][4 * q + 2] = u.z; w[c][h][4 * q + 3] = u.w;
           }
-      const uint2* xe = xs2 + ((slab - s0) * NQ * 4 + t) * 2 + (g & 1);
+      const uint2* xe = xs2 + ((slab - s0) * NQ * 4 + t) * 3 + my_limb;
       const int64_t su = (slab - (int64_t)k * UC / 2) * NG;  // the slab's groups within the unit's
       const __half2* sga = ss + g * NU + su;                 // the slot's scale words: rows g, g + 8
       const __half2* sgb = ss + (g + 8) * NU + su;
       const float* sxs = sx + (slab - s0) * NG;
-      float sa = 0.0f, sb = 0.0f;
+      const float* sam = amx + (slab - s0) * NG;
 #pragma unroll
       for (int gg = 0; gg < NG; ++gg) {
         int d[4] = {0, 0, 0, 0};
@@ -616,22 +627,20 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         for (int q = 0; q < QG; ++q) {
           const int j = gg * QG + q;
           uint2 bv = make_uint2(0u, 0u);
-          if (my_cls == quad_class<B>(j)) bv = xe[j * 8];
+          if (my_cls == quad_class<B>(j)) bv = xe[j * 12];
           mma_i8(d, quad_i8<B>(w[0][0], j), quad_i8<B>(w[0][1], j), quad_i8<B>(w[1][0], j), quad_i8<B>(w[1][1], j),
                  bv.x, bv.y);
         }
         const float2 fa = __half22float2(sga[gg]), fb = __half22float2(sgb[gg]);
-        sa = fmaf(fa.x, (float)(d[0] * 256 + d[1]), sa);
-        sb = fmaf(fb.x, (float)(d[2] * 256 + d[3]), sb);
+        const float sq = sam[gg] * (1.0f / kXq);  // the group's x scale
+        acc[0] = fmaf(fa.x * sq, fmaf((float)d[0], f0, (float)d[1] * f1), acc[0]);
+        acc[1] = fmaf(fb.x * sq, fmaf((float)d[2], f0, (float)d[3] * f1), acc[1]);
         accm[0] = fmaf(fa.y, sxs[gg], accm[0]);
         accm[1] = fmaf(fb.y, sxs[gg], accm[1]);
       }
-      const float sq = __int_as_float(amx[slab - s0]) * (1.0f / kXq);
-      acc[0] = fmaf(sa, sq, acc[0]);
-      acc[1] = fmaf(sb, sq, acc[1]);
     }
-    // the 4 lanes of a row hold its 4 classes: scale each to code units and sum them
-    float ya = acc[0] * cls_f, yb = acc[1] * cls_f;
+    // the 4 lanes of a row hold its columns, weighed: sum them
+    float ya = acc[0], yb = acc[1];
     ya += __shfl_xor_sync(0xffffffffu, ya, 1);
     yb += __shfl_xor_sync(0xffffffffu, yb, 1);
     ya += __shfl_xor_sync(0xffffffffu, ya, 2);
@@ -652,17 +661,16 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   };
   uint32_t ct = t_begin, ck = k_begin;  // compute cursor
   for (int i = 0; i < n_mine; ++i) {
-    cp_wait<R - 2>();  // unit i's group has landed (this lane's copies)
-    __syncwarp();      // every lane's copies of unit i visible; every lane done with unit i - 1
-    const uint4* slot = ring + (i % R) * SLOT;  // read by compute in place (R >= 2: the refill below
-                                                // goes to another slot)
-    if (i + R - 1 < n_mine) {  // refill the slot unit i - 1 used
-      issue(lt, lk, (i + R - 1) % R);
+    cp_wait<R - 1>();  // unit i's group has landed (this lane's copies)
+    __syncwarp();      // every lane's copies of unit i visible
+    compute(ct, ck, ring + (i % R) * SLOT);  // read in place
+    advance(ct, ck);
+    __syncwarp();  // every lane done with the slot: refill it with unit i + R
+    if (i + R < n_mine) {
+      issue(lt, lk, i % R);
       advance(lt, lk);
     }
     cp_commit();
-    compute(ct, ck, slot);
-    advance(ct, ck);
   }
   if (direct) return;
   // Count the warp's units in on their tiles: one fence for all its slot writes, then one atomic

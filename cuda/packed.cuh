@@ -30,10 +30,10 @@
 // word shifted right by 16 (kShift), which brings each of them below bit 23 too.
 //
 // Tensor-core view (quad_i8): for bits 3 and 4, quad j of a lane step (codes 4j..4j+3) decodes
-// with one LOP3 (bits 4; bits 3 quads 0..5) or a shift and two LOP3 (bits 3 quads 6, 7) into one
-// register of 4 unsigned bytes, byte i = code 4j + i << s, s = the quad's class shift: the A
-// fragment register of an int8 mma (mma.m16n8k32 u8 x s8). The GEMV keeps each class apart and
-// divides by 2^s once per unit.
+// with one LOP3 (bits 4; bits 3 quads 0..5) or two shifts and two LOP3 (bits 3 quads 6, 7) into
+// one register of 4 unsigned bytes, byte i = code 4j + i << s, s = the quad's class shift (two
+// classes): the A fragment register of an int8 mma (mma.m16n8k32 u8 x s8). The GEMV keeps the
+// classes apart and divides each by 2^s once per group.
 #pragma once
 
 #include <cstdint>
@@ -168,17 +168,16 @@ DDRT_HD float code_f(const uint32_t* wd, const uint32_t* wsh, int c) {
 }
 
 // ---- the tensor-core GEMV's decoder (gemv_tc.cuh; also run by test_cuda_layout) -----------
-// Class of quad j of a lane step (0..3; bits 4: 0..1): the quads of one class decode to the same
-// shift, class_shift. The GEMV gives each class its own pair of mma columns.
+// Class of quad j of a lane step (0 or 1): the quads of one class decode to the same shift,
+// class_shift. The GEMV gives each class its own mma columns.
 template <int B>
 DDRT_HDC int quad_class(int j) {
-  return B == 4 ? (j % 8) / 4 : (j % 8) < 6 ? (j % 8) % 2 : (j % 8) - 4;
+  return B == 4 ? (j % 8) / 4 : (j % 8) < 6 ? (j % 8) % 2 : 1;
 }
 template <int B>
 DDRT_HDC int class_shift(int cls) {
-  return B == 4 ? 4 * cls : cls == 0 ? 0 : cls + 2;
+  return cls == 0 ? 0 : B == 4 ? 4 : 3;
 }
-constexpr int kClasses = 4;  // the most classes of any width (bits 3)
 // Quad j (a compile-time constant after unrolling) of a lane step whose words are w: 4 unsigned
 // bytes, byte i = code 4j + i << class_shift(quad_class(j)).
 template <int B>
@@ -192,8 +191,8 @@ DDRT_HD uint32_t quad_i8(const uint32_t* w, int j) {
     case 3: return s[1] & 0x38383838u;
     case 4: return s[2] & 0x07070707u;
     case 5: return s[2] & 0x38383838u;
-    case 6: return ((s[0] >> 2) & 0x30303030u) | (s[2] & 0x40404040u);
-    default: return ((s[1] >> 1) & 0x60606060u) | (s[2] & 0x80808080u);
+    case 6: return ((s[0] >> 3) & 0x18181818u) | ((s[2] >> 1) & 0x20202020u);
+    default: return ((s[1] >> 3) & 0x18181818u) | ((s[2] >> 2) & 0x20202020u);
   }
 }
 

@@ -21,9 +21,12 @@ if [ "${LAB:-1}" = 1 ]; then
   $BUILD/test_cuda_ops --bench-gemv > "$OUT/bench_gemv.log" 2>&1; tail -${LABTAIL:-14} "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-groups > "$OUT/bench_groups.log" 2>&1; tail -12 "$OUT/bench_groups.log"
 fi
+[ "${STAMPS:-0}" = 1 ] && $BUILD/test_cuda_ops --bench-stamps 2>&1 | head -24
 IFS=';' read -ra SETS <<< "${BENCH:-}"
 for s in "${SETS[@]}"; do
   [ -z "${s// }" ] && continue
   echo "== $s"
-  env -u DDRT_TEST_ONLY $s python3 -m decdec_rt bench 2>&1 | grep -iE "decode|prefill|error" | head -4
+  vars=(); args=()
+  for w in $s; do if [[ $w == *=* && $w != -* ]]; then vars+=("$w"); else args+=("$w"); fi; done
+  env -u DDRT_TEST_ONLY "${vars[@]}" python3 -m decdec_rt bench "${args[@]}" 2>&1 | grep -iE "decode|prefill|error" | head -4
 done
