@@ -39,24 +39,17 @@ int g_tc_enabled = -1;  // -1: from the environment on first use
 
 void gemv_tc_enable(bool on) { g_tc_enabled = on ? 1 : 0; }
 namespace {
-bool g_tc_forced = false;
-}
-void gemv_tc_force(bool on) { g_tc_forced = on; }
-namespace {
 unsigned long long* g_tc_stamps = nullptr;
 }
 void gemv_tc_stamps(unsigned long long* stamps) { g_tc_stamps = stamps; }
-// DDRT_GEMV_TC=0: never the fused GEMV; =2: also where the CUDA-core kernel is the default
-// (4-bit, DecDEC off): for A/B runs
+// DDRT_GEMV_TC=0: never the fused GEMV (the CUDA-core kernel and the separate DecDEC kernels)
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) {
     const char* e = std::getenv("DDRT_GEMV_TC");
     g_tc_enabled = e && e[0] == '0' ? 0 : 1;
-    if (e && e[0] == '2') g_tc_forced = true;
   }
   return g_tc_enabled == 1;
 }
-bool gemv_tc_forced() { return gemv_tc_enabled() && g_tc_forced; }
 
 bool gemv_tc_supports(const DevLinear& W) {
   return !is_lut(W.type) && (W.bits == 3 || W.bits == 4) && (W.group == 32 || W.group == 64 || W.group == 128);
@@ -164,6 +157,11 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   a.seg_vecs = plan.seg_vecs;
   a.ring_off = plan.ring_off;
   a.stamps = g_tc_stamps;
+  static const int pre = [] {
+    const char* e = std::getenv("DDRT_TC_PRE");
+    return e && *e ? std::atoi(e) : 8;
+  }();
+  a.pre = pre;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;

@@ -107,6 +107,7 @@ struct TcArgs {
   // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
   unsigned long long* stamps = nullptr;
   int64_t ring_off = 0;  // uint4 offset of the unit ring in shared memory (after the x slabs)
+  int pre = 8;           // ring slots issued before the dependency wait (all: >= the ring's size)
 };
 
 // Timeline stamps of a block (thread 0): 0 start, 1 after the dependency wait, 2 base: x ready /
@@ -484,8 +485,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // before the dependency wait (the weights do not depend on the previous kernel; measured ~10 %
   // faster than issuing them after x is staged). Every slot is in flight from the start: most
   // warps hold only 1-4 units, so the first refill would come too late to matter.
+  // (a.pre of them: the rest after x is staged, the lab's knob DDRT_TC_PRE)
 #pragma unroll
   for (int p = 0; p < R; ++p) {
+    if (p >= a.pre) continue;
     if (p < n_mine) {
       issue(lt, lk, p);
       advance(lt, lk);
@@ -496,9 +499,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   grid_dep_wait();  // x (and the scratch) belong to the previous kernels until here
   tc_stamp(a, 1);
 
-  // x slabs [s0, s1) -> int8 B fragments, group sums and the groups' max |x|, block-local: a
-  // first pass sums each group and takes its max (a group's float4 lie in one warp), a second
-  // quantizes (from registers when each thread holds one batch, else reloading from L1)
+  // x slabs [s0, s1) -> int8 B fragments, group sums and the groups' max |x|, block-local, in one
+  // pass: a group's float4 lie in one warp, whose shuffles give every lane the group's sum and max
   const int64_t ns = s1 - s0;
   uint32_t* xw = reinterpret_cast<uint32_t*>(smem);
   float* sx = reinterpret_cast<float*>(xw + ns * NQ * 24);  // [ns][NG] group sums
@@ -521,33 +523,25 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       }
     }
   };
-  auto sum_batch = [&](int64_t f0, const float4 (&xv)[XB]) {
+  auto stage_batch = [&](int64_t f0, const float4 (&xv)[XB]) {
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
       const int64_t f = f0 + (int64_t)q * kTcThreads;
       if (f >= f4_hi) break;  // uniform across the warp (slabs are whole multiples of 32 slots)
+      const int64_t i0 = 4 * f, sl = i0 / (8 * C) - s0, r = i0 % (8 * C), gi = (i0 - s0 * 8 * C) / G;
       float s = (xv[q].x + xv[q].y) + (xv[q].z + xv[q].w);
-      float m = fmaxf(fmaxf(fabsf(xv[q].x), fabsf(xv[q].y)), fmaxf(fabsf(xv[q].z), fabsf(xv[q].w)));
+      float am = fmaxf(fmaxf(fabsf(xv[q].x), fabsf(xv[q].y)), fmaxf(fabsf(xv[q].z), fabsf(xv[q].w)));
 #pragma unroll
-      for (int o = 1; o < G / 4; o <<= 1) {
+      for (int o = 1; o < G / 4; o <<= 1) {  // the group's lanes (G / 4 of the warp)
         s += __shfl_xor_sync(0xffffffffu, s, o);
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
       }
       if ((lane & (G / 4 - 1)) == 0) {
-        const int64_t gi = (4 * f - s0 * 8 * C) / G;
         sx[gi] = s;
-        amx[gi] = m;
+        amx[gi] = am;
       }
-    }
-  };
-  auto quant_batch = [&](int64_t f0, const float4 (&xv)[XB]) {
-#pragma unroll
-    for (int q = 0; q < XB; ++q) {
-      const int64_t f = f0 + (int64_t)q * kTcThreads;
-      if (f >= f4_hi) break;
-      const int64_t i0 = 4 * f, sl = i0 / (8 * C) - s0, r = i0 % (8 * C);
       const int j = (int)(r / 32), b = (int)(r % 32) / 4;  // quad j, lane-in-octet b = 4 h + t
-      const float am = amx[(i0 - s0 * 8 * C) / G], inv = am > 0.0f ? kXq / am : 0.0f;
+      const float inv = am > 0.0f ? kXq / am : 0.0f;
       const float xq[4] = {xv[q].x, xv[q].y, xv[q].z, xv[q].w};
       uint32_t lw[3] = {0u, 0u, 0u};  // hi, mid, lo
 #pragma unroll
@@ -565,18 +559,19 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       for (int l = 0; l < 3; ++l) ent[2 * l] = lw[l];
     }
   };
-  {
-    float4 xk[XB];
-    const bool one = f4_hi - f4_lo <= XB * kTcThreads;  // every thread's slots in one batch
-    for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
-      load_batch(f0, xk);
-      sum_batch(f0, xk);
+  for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
+    float4 xv[XB];
+    load_batch(f0, xv);
+    stage_batch(f0, xv);
+  }
+#pragma unroll
+  for (int p = 0; p < R; ++p) {
+    if (p < a.pre) continue;
+    if (p < n_mine) {
+      issue(lt, lk, p);
+      advance(lt, lk);
     }
-    __syncthreads();
-    for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
-      if (!one) load_batch(f0, xk);
-      quant_batch(f0, xk);
-    }
+    cp_commit();
   }
   __syncthreads();
   tc_stamp(a, 2);

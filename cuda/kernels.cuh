@@ -180,10 +180,6 @@ bool gemv_tc_supports(const DevLinear& W);
 // compensation kernels (the twins); true (default) restores. Env DDRT_GEMV_TC=0 starts false.
 void gemv_tc_enable(bool on);
 bool gemv_tc_enabled();
-// Test knob: true sends every supported T = 1 call to the fused GEMV, also where the CUDA-core
-// kernel is the default (4-bit with DecDEC off, where it measured faster).
-void gemv_tc_force(bool on);
-bool gemv_tc_forced();
 // The timeline lab: later launches write %globaltimer stamps (gemv_tc.cuh, kTcStamps per block)
 // to `stamps` (device memory, grid * 5 entries); null stops it.
 void gemv_tc_stamps(unsigned long long* stamps);

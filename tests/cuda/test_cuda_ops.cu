@@ -172,10 +172,8 @@ void test_matmul(Backend& cpu, Backend& gpu) {
         const std::string what =
             "matmul " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]);
         report(what + " T=" + std::to_string(T), nmse(yg.data(), yc.data(), yc.size()), 1e-8);
-        if (T == 1) {  // the fused tensor-core GEMV (forced, for 4-bit too) vs its CUDA-core twin
-          gpu::gemv_tc_force(true);
+        if (T == 1) {  // the fused tensor-core GEMV (the default) vs its CUDA-core twin
           const auto y_fused = gpu_matmul(gpu, *Wg, x, T, {});
-          gpu::gemv_tc_force(false);
           report(what + " T=1 fused vs CPU", nmse(y_fused.data(), yc.data(), yc.size()), 1e-8);
           gpu::gemv_tc_enable(false);
           const auto y_twin = gpu_matmul(gpu, *Wg, x, T, {});
@@ -200,7 +198,6 @@ void test_matmul(Backend& cpu, Backend& gpu) {
 // many warps, one warp over many tiles, tall and wide; repeated launches (the tile counters must
 // come back to 0 after each).
 void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
-  gpu::gemv_tc_force(true);  // 4-bit too (its default with DecDEC off is the CUDA-core kernel)
   const int64_t shapes[][2] = {{64, 14400}, {4100, 300}, {16, 4096}, {6144, 4096}, {33, 28672}};
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128, TensorType::UQ3_G32, TensorType::UQ4_G64})
     for (auto& s : shapes) {
@@ -235,7 +232,6 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
              nmse(gpu_matmul(gpu, *Sg, x, 1, {}).data(), cpu_matmul(cpu, *Sc, x, 1, {}).data(), 64), 1e-8);
     }
   }
-  gpu::gemv_tc_force(false);
 }
 
 // Groups (q/k/v, gate/up): matmul_group vs the CPU reference member by member, DecDEC off and on
@@ -771,7 +767,6 @@ void bench_groups(Backend& gpu) {
   std::printf("%-8s %-8s %12s %10s %10s | %s\n", "type", "group", "separate us", "fused us", "GB/s",
               "approx k_chunk: call us (comp %, n_tb)");
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128}) {
-    gpu::gemv_tc_force(true);
     for (const G& gr : groups) {
       const int n = (int)gr.d_out.size();
       std::vector<std::unique_ptr<HostLinear>> L;
@@ -821,7 +816,6 @@ void bench_groups(Backend& gpu) {
       }
       std::printf("\n");
     }
-    gpu::gemv_tc_force(false);
   }
 }
 
@@ -852,12 +846,12 @@ void bench_gemv(Backend& gpu, int rows) {
       const double gbs = bytes / (tm.graph_us * 1e3);
       std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d\n", type_name(t), (long long)s[0],
                   (long long)s[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, copies);
-      if (rows == 0 && t == TensorType::UQ4_G128) {  // 4-bit default is the CUDA-core kernel: the fused one too
-        gpu::gemv_tc_force(true);
+      if (rows == 0 && t == TensorType::UQ4_G128) {  // the CUDA-core twin's default beside it
+        gpu::gemv_tc_enable(false);
         const Timing tf = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
-        gpu::gemv_tc_force(false);
+        gpu::gemv_tc_enable(true);
         const double gf = bytes / (tf.graph_us * 1e3);
-        std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (fused tensor-core)\n", type_name(t),
+        std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (CUDA-core twin)\n", type_name(t),
                     (long long)s[0], (long long)s[1], tf.single_us, tf.graph_us, gf, 100.0 * gf / peak, copies);
       }
     }
@@ -924,7 +918,6 @@ int bench_stamps(Backend& gpu) {
       DecdecCall c;
       c.mode = kc ? DecdecMode::Approx : DecdecMode::Off;
       c.k_chunk = kc;
-      gpu::gemv_tc_force(true);
       for (int i = 0; i < 5; ++i) gpu.matmul(*W, by.f(), bx.f(), 1, c);
       ck(cudaMemset(d_st, 0, max_blocks * 5 * 8), "stamps");
       gpu.synchronize();
@@ -932,7 +925,6 @@ int bench_stamps(Backend& gpu) {
       gpu.matmul(*W, by.f(), bx.f(), 1, c);
       gpu.synchronize();
       gpu::gemv_tc_stamps(nullptr);
-      gpu::gemv_tc_force(false);
       std::vector<unsigned long long> h(max_blocks * 5);
       ck(cudaMemcpy(h.data(), d_st, h.size() * 8, cudaMemcpyDeviceToHost), "stamps");
       int nb = 0;
