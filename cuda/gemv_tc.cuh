@@ -107,7 +107,7 @@ struct TcArgs {
   // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
   unsigned long long* stamps = nullptr;
   int64_t ring_off = 0;  // uint4 offset of the unit ring in shared memory (after the x slabs)
-  int pre = 8;           // ring slots issued before the dependency wait (all: >= the ring's size)
+  int pre = 1;           // ring slots issued before the dependency wait, the rest after x is staged
 };
 
 // Timeline stamps of a block (thread 0): 0 start, 1 after the dependency wait, 2 base: x ready /
@@ -483,9 +483,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // Units 0 .. R - 1, one commit group each (empty past the last unit: the group count stays
   // uniform, so "all but the newest R - 1 groups done" always means "unit i has landed"), issued
   // before the dependency wait (the weights do not depend on the previous kernel; measured ~10 %
-  // faster than issuing them after x is staged). Every slot is in flight from the start: most
-  // warps hold only 1-4 units, so the first refill would come too late to matter.
-  // (a.pre of them: the rest after x is staged, the lab's knob DDRT_TC_PRE)
+  // faster than issuing them after x is staged): a.pre of them (default R - 1; all R were slower:
+  // 347 vs 356 tok/s llama3-8b 3-bit, the x loads queue behind them; none: 334), the others
+  // right after x is staged, so that every slot is in flight before the first unit's math: most
+  // warps hold only 1-4 units, a refill after the first unit would come too late to matter.
 #pragma unroll
   for (int p = 0; p < R; ++p) {
     if (p >= a.pre) continue;
