@@ -161,7 +161,7 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
     const char* e = std::getenv("DDRT_TC_PRE");
     return e && *e ? std::atoi(e) : -1;
   }();
-  a.pre = pre >= 0 ? pre : tc_ring_slots(a.W.bits, a.W.group) - 1;
+  a.pre = pre >= 0 ? pre : 1;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;

@@ -483,8 +483,9 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // Units 0 .. R - 1, one commit group each (empty past the last unit: the group count stays
   // uniform, so "all but the newest R - 1 groups done" always means "unit i has landed"), issued
   // before the dependency wait (the weights do not depend on the previous kernel; measured ~10 %
-  // faster than issuing them after x is staged): a.pre of them (default R - 1; all R were slower:
-  // 347 vs 356 tok/s llama3-8b 3-bit, the x loads queue behind them; none: 334), the others
+  // faster than issuing them after x is staged): a.pre of them (default 1; all were slower: 347
+  // vs 356 tok/s llama3-8b 3-bit, the x loads queue behind them; none: 334; 4-bit, 3 slots: 1
+  // 324, 2 320, 3 318), the others
   // right after x is staged, so that every slot is in flight before the first unit's math: most
   // warps hold only 1-4 units, a refill after the first unit would come too late to matter.
 #pragma unroll
