@@ -63,7 +63,22 @@ __global__ void rmsnorm4_kernel(float* out, const float* x, const float* w, int 
   }
 }
 
-// angle = (float)(pos0 + t) * inv_freq[i] in fp32, its sine/cosine as the CPU: in double.
+// Rope of one pair at position pos: angle = (float)pos * inv_freq_i in fp32, its sine and cosine as
+// the CPU computes them (in double), (a, b) -> (a c - b s, a s + b c). The one formula of every
+// kernel that rotates (rope, rope_qk, attention): the same bits wherever it runs.
+struct RopeCS {
+  float c, s;
+};
+__device__ __forceinline__ RopeCS rope_cs(int64_t pos, float inv_freq_i) {
+  const float angle = (float)pos * inv_freq_i;
+  return {(float)cos((double)angle), (float)sin((double)angle)};
+}
+__device__ __forceinline__ void rope_pair(float& a, float& b, RopeCS r) {
+  const float x = a, y = b;
+  a = x * r.c - y * r.s;
+  b = x * r.s + y * r.c;
+}
+
 __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq,
                             const int64_t* pos_dev) {
   grid_dep_wait();
@@ -75,12 +90,8 @@ __global__ void rope_kernel(float* x, int T, int n_heads, int head_dim, int64_t 
     const int i = (int)(k % half);
     const int64_t th = k / half;  // t * n_heads + h
     const int t = (int)(th / n_heads);
-    const float angle = (float)(pos0 + t) * inv_freq[i];
-    const float c = (float)cos((double)angle), s = (float)sin((double)angle);
     float* xh = x + th * head_dim;
-    const float a = xh[i], b = xh[i + half];
-    xh[i] = a * c - b * s;
-    xh[i + half] = a * s + b * c;
+    rope_pair(xh[i], xh[i + half], rope_cs(pos0 + t, inv_freq[i]));
   }
 }
 
@@ -126,11 +137,7 @@ __global__ void rope_qk_kernel(float* q, float* k, int T, int n_q, int n_k, int 
     const int64_t th = e / half;  // t * nh + h
     const int t = (int)(th / nh), h = (int)(th % nh);
     float* xh = h < n_q ? q + ((int64_t)t * n_q + h) * head_dim : k + ((int64_t)t * n_k + (h - n_q)) * head_dim;
-    const float angle = (float)(pos0 + t) * inv_freq[i];
-    const float c = (float)cos((double)angle), s = (float)sin((double)angle);
-    const float a = xh[i], b = xh[i + half];
-    xh[i] = a * c - b * s;
-    xh[i + half] = a * s + b * c;
+    rope_pair(xh[i], xh[i + half], rope_cs(pos0 + t, inv_freq[i]));
   }
 }
 
@@ -215,24 +222,16 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int64_t L = attn_split_len(n, splits);
   const int active = (int)((n + L - 1) / L);
   if (sp >= active) return;
-  float rc[PL / 2 > 0 ? PL / 2 : 1], rs[PL / 2 > 0 ? PL / 2 : 1];  // rope: cos, sin of lane + 32u
+  RopeCS rcs[PL / 2 > 0 ? PL / 2 : 1];  // rope: pair lane + 32u
   auto rotate = [&](float (&x)[PL]) {
     if constexpr (PL % 2 == 0) {
 #pragma unroll
-      for (int u = 0; u < PL / 2; ++u) {
-        const float a = x[u], b = x[u + PL / 2];
-        x[u] = a * rc[u] - b * rs[u];
-        x[u + PL / 2] = a * rs[u] + b * rc[u];
-      }
+      for (int u = 0; u < PL / 2; ++u) rope_pair(x[u], x[u + PL / 2], rcs[u]);
     }
   };
   if (inv_freq) {
 #pragma unroll
-    for (int u = 0; u < PL / 2; ++u) {
-      const float angle = (float)(s.pos0 + t) * inv_freq[lane + 32 * u];
-      rc[u] = (float)cos((double)angle);
-      rs[u] = (float)sin((double)angle);
-    }
+    for (int u = 0; u < PL / 2; ++u) rcs[u] = rope_cs(s.pos0 + t, inv_freq[lane + 32 * u]);
   }
   if (sp == 0 && y % geo.slices == 0) {
     if (inv_freq) {
