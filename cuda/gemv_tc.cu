@@ -157,11 +157,17 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   a.seg_vecs = plan.seg_vecs;
   a.ring_off = plan.ring_off;
   a.stamps = g_tc_stamps;
+  // ring slots each base warp issues before the dependency wait (lab knobs DDRT_TC_PRE, and
+  // DDRT_TC_PRE_COMP for launches with compensation blocks)
   static const int pre = [] {
     const char* e = std::getenv("DDRT_TC_PRE");
-    return e && *e ? std::atoi(e) : -1;
+    return e && *e ? std::atoi(e) : 1;
   }();
-  a.pre = pre >= 0 ? pre : 1;
+  static const int pre_comp = [] {
+    const char* e = std::getenv("DDRT_TC_PRE_COMP");
+    return e && *e ? std::atoi(e) : pre;
+  }();
+  a.pre = comp ? pre_comp : pre;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;
