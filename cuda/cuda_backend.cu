@@ -391,7 +391,6 @@ class CudaBackend : public Backend {
     const float* x = nullptr;
     int T = 0;
     int32_t* sel = nullptr;
-    float* xsel = nullptr;  // [T][kmax] the selected channels' x, where the selection writes it
     float* partial = nullptr;
     std::string what;
   };
@@ -706,7 +705,6 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     comp.p = job.p;
     comp.cpart = job.partial;
     comp.sel = job.sel;
-    comp.xsel = job.xsel;
     // approx selects inside the launch (when its binary search equals the reference's scan:
     // non-increasing floors); the other modes sort first, in a pre-kernel
     bool monotone = call.mode == DecdecMode::Approx;
@@ -748,15 +746,14 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   if (call.mode == DecdecMode::Approx) reference_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
   const size_t part_bytes = (size_t)part_floats * 4;
-  uint8_t* s = static_cast<uint8_t*>(comp_scratch(2 * sel_bytes + part_bytes));
+  uint8_t* s = static_cast<uint8_t*>(comp_scratch(sel_bytes + part_bytes));
   job.active = true;
   job.p = p;
   job.W = &W;
   job.x = x;
   job.T = T;
   job.sel = reinterpret_cast<int32_t*>(s);
-  job.xsel = reinterpret_cast<float*>(s + sel_bytes);
-  job.partial = reinterpret_cast<float*>(s + 2 * sel_bytes);
+  job.partial = reinterpret_cast<float*>(s + sel_bytes);
   job.what = what;
   return job;
 }

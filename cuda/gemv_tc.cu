@@ -172,7 +172,6 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
     a.p = comp->p;
     a.sel = comp->sel;
     a.select_here = comp->select_here;
-    a.xsel = comp->xsel;
     a.cpart = comp->cpart;
   } else if (plan.n_tb > 0) {
     return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation

@@ -102,8 +102,6 @@ struct TcArgs {
   int32_t* sel = nullptr;         // [kmax] the selection (global): from a pre-kernel, or made here
   bool select_here = false;       // approx: the compensation blocks select (chunk c: block
                                   // c % n_tb, warp c / n_tb), publish sel and wait for each other
-  float* xsel = nullptr;          // select_here: [kmax] x of the selected channels (0: unused slot),
-                                  // published with sel, so that a block reads both in one round trip
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
   // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
@@ -227,12 +225,10 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   if (tid < kBuckets) cnt[tid] = 0;
   __syncthreads();
   int b[4];
-  float xv[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int i = 4 * tid + e;
-    xv[e] = i < len ? tc_x(a, c0 + i) : 0.0f;
-    b[e] = i < len ? tc_bucket(floors, fabsf(xv[e])) : kBuckets;
+    b[e] = i < len ? tc_bucket(floors, fabsf(tc_x(a, c0 + i))) : kBuckets;
     // one shared atomic per distinct bucket of the warp (not per channel: they would collide)
     const unsigned peers = __match_any_sync(0xffffffffu, b[e]);
     if (b[e] < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + b[e], __popc(peers));
@@ -257,17 +253,10 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   }
   int at = tc_block_scan(n_c, wsum + kTcWarps, &n_sel);
   int32_t* out = sel + c * a.p.k_full;
-  float* xout = a.xsel + c * a.p.k_full;
 #pragma unroll
   for (int e = 0; e < 4; ++e)
-    if (chosen[e]) {
-      xout[at] = xv[e];
-      out[at++] = (int32_t)(c0 + 4 * tid + e);
-    }
-  for (int j = n_sel + tid; j < kc; j += kTcThreads) {
-    out[j] = -1;
-    xout[j] = 0.0f;
-  }
+    if (chosen[e]) out[at++] = (int32_t)(c0 + 4 * tid + e);
+  for (int j = n_sel + tid; j < kc; j += kTcThreads) out[j] = -1;
   __syncthreads();  // cnt and wsum are reused by the next chunk
 }
 
@@ -336,7 +325,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int64_t s = tid; s < kmax; s += kTcThreads) {
     const int32_t j = __ldcg(a.sel + s);
     s_sel[s] = j;
-    s_xs[s] = a.select_here ? __ldcg(a.xsel + s) : j >= 0 ? tc_x(a, j) : 0.0f;  // one round trip
+    s_xs[s] = j >= 0 ? tc_x(a, j) : 0.0f;
   }
   __syncthreads();
   if (nvs == 0) return;  // no outputs: nothing to count in (segments past d_out own no tile)

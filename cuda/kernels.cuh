@@ -166,7 +166,6 @@ struct TcComp {
   int32_t* sel = nullptr;         // [kmax] global: written by launch_comp_select before the launch
                                   // (select_here false) or by the launch's own blocks (true)
   bool select_here = false;       // approx with non-increasing floors: select inside the launch
-  float* xsel = nullptr;          // [kmax] select_here: the selected channels' x, written with sel
   float* cpart = nullptr;         // [sum of d_out] scratch
 };
 struct TcPlan {
