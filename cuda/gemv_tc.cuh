@@ -110,9 +110,7 @@ struct TcArgs {
   int pre = 1;           // ring slots issued before the dependency wait, the rest after x is staged
 };
 
-// Timeline stamps of a block (thread 0): 0 start, 1 after the dependency wait, 2 base: x ready /
-// compensation: selection published, 3 compensation: gather + reduce done, 4 end.
-constexpr int kTcStamps = 5;
+// Timeline stamps of a block (thread 0), kTcStamps (kernels.cuh) per block.
 __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   if (a.stamps != nullptr && threadIdx.x == 0) {
     unsigned long long t;
@@ -304,6 +302,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       tc_select_chunk_approx(a, c, floors, a.sel, sel_smem);
       ++mine;
     }
+    tc_stamp(a, 5);
     __threadfence();
     __syncthreads();
     if (tid == 0 && mine > 0) atomicAdd(done, mine);
@@ -328,6 +327,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     s_xs[s] = j >= 0 ? tc_x(a, j) : 0.0f;
   }
   __syncthreads();
+  tc_stamp(a, 6);
   if (nvs == 0) return;  // no outputs: nothing to count in (segments past d_out own no tile)
   // thread -> (vector v, row split rs); vectors beyond 256 loop
   const int64_t nve = nvs < kTcThreads ? nvs : kTcThreads;

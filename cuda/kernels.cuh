@@ -180,8 +180,11 @@ bool gemv_tc_supports(const DevLinear& W);
 // compensation kernels (the twins); true (default) restores. Env DDRT_GEMV_TC=0 starts false.
 void gemv_tc_enable(bool on);
 bool gemv_tc_enabled();
-// The timeline lab: later launches write %globaltimer stamps (gemv_tc.cuh, kTcStamps per block)
-// to `stamps` (device memory, grid * 5 entries); null stops it.
+// The timeline lab: later launches write %globaltimer stamps (gemv_tc.cuh) to `stamps` (device
+// memory, grid * kTcStamps entries); null stops it. Per block (thread 0): 0 start, 1 after the
+// dependency wait, 2 base: x ready / compensation: selection published, 3 compensation: gather +
+// reduce done, 4 end; compensation: 5 its own chunks selected, 6 the selection (and x) read back.
+constexpr int kTcStamps = 7;
 void gemv_tc_stamps(unsigned long long* stamps);
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).

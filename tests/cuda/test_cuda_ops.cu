@@ -904,11 +904,12 @@ int bench_stamps(Backend& gpu) {
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}, {1024, 4096}};
   std::printf("%s\nfused GEMV timeline, uq3_g128, approx, host residuals: us from the first block start "
               "(median / max over blocks)\n", gpu.name().c_str());
-  std::printf("%-13s %3s %4s | %-13s %-13s %-13s %-13s | %-13s %-13s %-13s\n", "d_out x d_in", "k", "n_tb",
-              "comp wait", "comp select", "comp gather", "comp end", "base wait", "base x ready", "base end");
+  std::printf("%-13s %3s %4s | %-13s %-13s %-13s %-13s %-13s %-13s | %-13s %-13s %-13s\n", "d_out x d_in", "k",
+              "n_tb", "comp wait", "comp selected", "comp published", "comp sel read", "comp gather", "comp end",
+              "base wait", "base x ready", "base end");
   const int max_blocks = 8192;
   unsigned long long* d_st = nullptr;
-  ck(cudaMalloc(&d_st, max_blocks * 5 * 8), "stamps");
+  ck(cudaMalloc(&d_st, max_blocks * gpu::kTcStamps * 8), "stamps");
   for (auto& s : shapes) {
     auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
@@ -919,22 +920,23 @@ int bench_stamps(Backend& gpu) {
       c.mode = kc ? DecdecMode::Approx : DecdecMode::Off;
       c.k_chunk = kc;
       for (int i = 0; i < 5; ++i) gpu.matmul(*W, by.f(), bx.f(), 1, c);
-      ck(cudaMemset(d_st, 0, max_blocks * 5 * 8), "stamps");
+      ck(cudaMemset(d_st, 0, max_blocks * gpu::kTcStamps * 8), "stamps");
       gpu.synchronize();
       gpu::gemv_tc_stamps(d_st);
       gpu.matmul(*W, by.f(), bx.f(), 1, c);
       gpu.synchronize();
       gpu::gemv_tc_stamps(nullptr);
-      std::vector<unsigned long long> h(max_blocks * 5);
+      std::vector<unsigned long long> h(max_blocks * gpu::kTcStamps);
+      const int K = gpu::kTcStamps;
       ck(cudaMemcpy(h.data(), d_st, h.size() * 8, cudaMemcpyDeviceToHost), "stamps");
       int nb = 0;
       while (nb < max_blocks && h[nb * 5] != 0) ++nb;
       unsigned long long t0 = ~0ull;
-      for (int b = 0; b < nb; ++b) t0 = std::min(t0, h[b * 5]);
+      for (int b = 0; b < nb; ++b) t0 = std::min(t0, h[b * K]);
       auto stat = [&](int lo, int hi, int slot) {
         std::vector<double> v;
         for (int b = lo; b < hi; ++b)
-          if (h[b * 5 + slot]) v.push_back((h[b * 5 + slot] - t0) / 1e3);
+          if (h[b * K + slot]) v.push_back((h[b * K + slot] - t0) / 1e3);
         if (v.empty()) return std::string("-");
         std::sort(v.begin(), v.end());
         char buf[64];
@@ -943,20 +945,21 @@ int bench_stamps(Backend& gpu) {
       };
       // compensation blocks: the grid's first, the ones with a gather stamp (slot 3)
       int ncomp = 0;
-      while (kc && ncomp < nb && h[ncomp * 5 + 3] != 0) ++ncomp;
+      while (kc && ncomp < nb && h[ncomp * K + 3] != 0) ++ncomp;
       if (std::getenv("DDRT_STAMPS_DUMP") && kc == 0) {  // per 16 base blocks: latest start, latest end
         for (int b0 = ncomp; b0 < nb; b0 += 16) {
           double st = 0, en = 0;
           for (int b = b0; b < std::min(nb, b0 + 16); ++b) {
-            st = std::max(st, (h[b * 5] - t0) / 1e3);
-            en = std::max(en, (h[b * 5 + 4] - t0) / 1e3);
+            st = std::max(st, (h[b * K] - t0) / 1e3);
+            en = std::max(en, (h[b * K + 4] - t0) / 1e3);
           }
           std::printf("  blocks %3d..%3d: start <= %5.1f end <= %5.1f\n", b0, std::min(nb, b0 + 16) - 1, st, en);
         }
       }
-      std::printf("%5lldx%-7lld %3d %4d | %-13s %-13s %-13s %-13s | %-13s %-13s %-13s\n", (long long)s[0],
-                  (long long)s[1], kc, ncomp, stat(0, ncomp, 1).c_str(), stat(0, ncomp, 2).c_str(),
-                  stat(0, ncomp, 3).c_str(), stat(0, ncomp, 4).c_str(), stat(ncomp, nb, 1).c_str(),
+      std::printf("%5lldx%-7lld %3d %4d | %-13s %-13s %-13s %-13s %-13s %-13s | %-13s %-13s %-13s\n", (long long)s[0],
+                  (long long)s[1], kc, ncomp, stat(0, ncomp, 1).c_str(), stat(0, ncomp, 5).c_str(),
+                  stat(0, ncomp, 2).c_str(), stat(0, ncomp, 6).c_str(), stat(0, ncomp, 3).c_str(),
+                  stat(0, ncomp, 4).c_str(), stat(ncomp, nb, 1).c_str(),
                   stat(ncomp, nb, 2).c_str(), stat(ncomp, nb, 4).c_str());
     }
   }
