@@ -232,8 +232,16 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
     if (b[e] < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + b[e], __popc(peers));
   }
   __syncthreads();
-  int full = 0, taken = 0;
-  while (full < kBuckets && taken + cnt[full] <= kc) taken += cnt[full++];
+  // whole buckets from the top while they fit: a warp scan of the 32 counts (each warp its own)
+  static_assert(kBuckets == 32, "one bucket per lane");
+  int incl = cnt[lane];
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  const int full = __popc(__ballot_sync(0xffffffffu, incl <= kc));  // counts >= 0: a prefix of lanes
+  const int taken = full > 0 ? __shfl_sync(0xffffffffu, incl, full - 1) : 0;
   const int rest = full < kBuckets ? kc - taken : 0;
   int n_b = 0;
 #pragma unroll
@@ -293,9 +301,9 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
     // are the grid's first and the grid fits the GPU at once, so they are all resident: the
-    // wait ends. The last block past the wait (passed == n_tb) resets both counters.
+    // wait ends. The last block past the wait (its ticket on the second counter, taken after the
+    // selection is read back, n_tb - 1) resets both counters after its gather, off the chain.
     int* done = a.cnt + tc_cnt_at(a.n_tiles);
-    int* passed = done + 1;
     __syncthreads();  // floors
     int mine = 0;
     for (int64_t c = blockIdx.x; c < n_ch; c += a.n_tb) {
@@ -309,10 +317,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     if (tid == 0) {
       while (*reinterpret_cast<volatile int*>(done) < (int)n_ch) __nanosleep(64);
       __threadfence();
-      if (atomicAdd(passed, 1) == a.n_tb - 1) {
-        *done = 0;
-        *passed = 0;
-      }
     }
     __syncthreads();
   }
@@ -328,7 +332,19 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   }
   __syncthreads();
   tc_stamp(a, 6);
-  if (nvs == 0) return;  // no outputs: nothing to count in (segments past d_out own no tile)
+  int ticket = -1;  // this block's arrival past the selection wait (select_here)
+  if (a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
+  auto reset_if_last = [&] {
+    if (ticket == a.n_tb - 1) {  // every block has read the selection: reset for the next launch
+      int* done = a.cnt + tc_cnt_at(a.n_tiles);
+      done[0] = 0;
+      done[1] = 0;
+    }
+  };
+  if (nvs == 0) {  // no outputs: nothing to count in (segments past d_out own no tile)
+    reset_if_last();
+    return;
+  }
   // thread -> (vector v, row split rs); vectors beyond 256 loop
   const int64_t nve = nvs < kTcThreads ? nvs : kTcThreads;
   const int n_rs = (int)(kTcThreads / nve), rs = (int)(tid / nve);
@@ -365,21 +381,35 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
         }
       }
     }
-    // reduce the row splits (fixed order) and write the scaled slice
+    // reduce the row splits (fixed order) and write the scaled slice. Thread t = rs * nve + vt
+    // stores its 32 sums at red[t * 32 + (e + t) % 32]: rotated, so that a warp's 32 stores of one
+    // e hit 32 banks (unrotated, each store was a 32-way conflict: ~4 us per block). Each output
+    // is then summed by P lanes (strided row splits, then a shuffle tree: a fixed order).
     if (rs < n_rs) {
+      const int t = rs * (int)nve + (int)vt;
 #pragma unroll
-      for (int e = 0; e < 32; ++e) red[(rs * nve + vt) * 32 + e] = acc[e];
+      for (int e = 0; e < 32; ++e) red[t * 32 + ((e + t) & 31)] = acc[e];
     }
     __syncthreads();
-    const int64_t nv_here = nvs - vb < nve ? nvs - vb : nve;
-    for (int64_t k = tid; k < nv_here * 32; k += kTcThreads) {
+    const int64_t nv_here = nvs - vb < nve ? nvs - vb : nve, n_o = nv_here * 32;
+    int P = 1;  // lanes per output
+    while (P < 32 && 2 * P * n_o <= kTcThreads) P *= 2;
+    for (int64_t k0 = 0; k0 < n_o; k0 += kTcThreads / P) {
+      const int64_t k = k0 + tid / P;
+      const int p = tid % P, kv = (int)(k / 32), ke = (int)(k % 32);
       float s = 0.0f;
-      for (int q = 0; q < n_rs; ++q) s += red[q * nve * 32 + k];
+      if (k < n_o)
+        for (int q = p; q < n_rs; q += P) {
+          const int t = q * (int)nve + kv;
+          s += red[t * 32 + ((ke + t) & 31)];
+        }
+      for (int o = P / 2; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
       const int64_t o = (v0 + vb) * 32 + k;
-      if (o < d_out) a.cpart[o] = s_rs[vb * 32 + k] * s;
+      if (p == 0 && k < n_o && o < d_out) a.cpart[o] = s_rs[vb * 32 + k] * s;
     }
     __syncthreads();
   }
+  reset_if_last();
   __threadfence();
   __syncthreads();
   tc_stamp(a, 3);
