@@ -222,11 +222,15 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   int* wsum = s + kBuckets;        // [2][kTcWarps]
   if (tid < kBuckets) cnt[tid] = 0;
   __syncthreads();
+  // the 4 x loads first, all in flight (beside the match below, one L2 round trip each in turn)
+  float xv[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e) : 0.0f;
   int b[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int i = 4 * tid + e;
-    b[e] = i < len ? tc_bucket(floors, fabsf(tc_x(a, c0 + i))) : kBuckets;
+    b[e] = i < len ? tc_bucket(floors, fabsf(xv[e])) : kBuckets;
     // one shared atomic per distinct bucket of the warp (not per channel: they would collide)
     const unsigned peers = __match_any_sync(0xffffffffu, b[e]);
     if (b[e] < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + b[e], __popc(peers));
