@@ -7,13 +7,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-BUILD=/tmp/ddrt_build
-t0=$(date +%s)
-python3 -m pip install -q --no-build-isolation --no-deps . -C build-dir=$BUILD \
-  -C cmake.define.DECDEC_TESTS=ON -C cmake.define.DECDEC_CUDA=ON \
-  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
+. tools/gpu_build.sh
+gpu_build
 ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1; CT=$?
 tail -15 "$OUT/ctest.log"
 (cd tests && python3 -m pytest -q -x python/test_cuda.py python/test_runtime.py) > "$OUT/pytest.log" 2>&1; PT=$?

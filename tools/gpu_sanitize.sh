@@ -6,10 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
-BUILD=/tmp/ddrt_build
-python3 -m pip install -q --no-build-isolation --no-deps . -C build-dir=$BUILD \
-  -C cmake.define.DECDEC_TESTS=ON -C cmake.define.DECDEC_CUDA=ON \
-  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+. tools/gpu_build.sh
+gpu_build
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 run() {  # name, limit in s, command...
   local name=$1 limit=$2; shift 2

@@ -6,13 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
-BUILD=/tmp/ddrt_build
-t0=$(date +%s)
-python3 -m pip install -q --no-build-isolation --no-deps . -C build-dir=$BUILD \
-  -C cmake.define.DECDEC_TESTS=ON -C cmake.define.DECDEC_CUDA=ON \
-  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
+. tools/gpu_build.sh
+gpu_build
 $BUILD/test_cuda_layout 2>&1 | tail -3
 [ -n "${ONLY:-}" ] && export DDRT_TEST_ONLY=$ONLY
 $BUILD/test_cuda_ops > "$OUT/ops.log" 2>&1; echo "test_cuda_ops rc=$?"

@@ -2,10 +2,10 @@
 # close to what they take in the graph), for the shapes given, plus the sum per token against the
 # graph's ms/token from decdec-rt bench. Usage on the GPU machine:
 #   bash tools/lab/step_kernels.sh ["llama3-8b smollm2-135m"]   (results in $OUT)
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/step_out}; mkdir -p $OUT
-BUILD=/tmp/ddrt_build
-python3 -m pip install -q --no-build-isolation --no-deps . -C build-dir=$BUILD -C cmake.define.DECDEC_CUDA=ON -C cmake.define.DECDEC_TESTS=ON \
-  -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }
+. tools/gpu_build.sh
+gpu_build
 for shape in ${1:-llama3-8b smollm2-135m}; do
   # 2 layers, 1 profiled step after a warm one: the per-layer kernels appear twice per step
   ncu --cache-control none --clock-control none --launch-skip ${SKIP:-0} \
