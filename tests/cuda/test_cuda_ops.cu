@@ -315,7 +315,8 @@ void test_gemv_group(Backend& cpu, Backend& gpu) {
 
 // T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
 // sizes under one tile, every type; then the fast kernel vs its simple twin at a prefill size.
-// Tolerance 1e-8 as the GEMV: the kernel splits x into hi + lo halves and applies scales in fp32.
+// Tolerance 1e-8 as the GEMV's: this kernel splits x into fp16 hi + lo halves (the GEMV: three int8
+// limbs per group) and applies scales in fp32.
 // DDRT_TEST_RACE=1: the racecheck-sized variant of the slow tests (gemm, decdec): a few small
 // shapes and token counts, every kernel path still taken once (racecheck slows shared-memory
 // kernels so much that the full tests do not finish in a device call).
