@@ -415,7 +415,7 @@ class CudaBackend : public Backend {
     // it +0.057 ms. Env DDRT_FUSE_SWIGLU=0 runs the two ops, =1 fuses every size
     const char* env = std::getenv("DDRT_FUSE_SWIGLU");  // read per call (host side only: graphs replay)
     const bool fuse = env ? env[0] != '0' : W.d_out * W.d_in >= (int64_t)8 << 20;
-    if (T == 1 && fuse && fused_first(W, call)) {
+    if (T == 1 && fuse && fused_first(W)) {
       const CudaLinear* Ws[1] = {&W};
       float* ys[1] = {y};
       if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", up)) return;
@@ -425,7 +425,7 @@ class CudaBackend : public Backend {
   // Whether a T = 1 call of W goes to the fused GEMV first: every uniform 3/4-bit matrix (since
   // the int8 tensor-core version, 4-bit too: llama3-8b 4-bit decode 313 vs 295 tok/s with the
   // CUDA-core kernel, same machine), unless the compensation runs on the side stream.
-  bool fused_first(const CudaLinear& W, const DecdecCall&) const {
+  bool fused_first(const CudaLinear& W) const {
     return !is_float(W.type) && !comp_parallel_ && gpu::gemv_tc_enabled() && gpu::gemv_tc_supports(W.dev);
   }
   // Whether a group's calls can share one fused launch (same DecDEC setting and selection).
@@ -604,7 +604,7 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   // T = 1: the fused tensor-core GEMV carries the compensation in its own launch; with DecDEC off
   // it is the default for 3-bit, while 4-bit stays on the CUDA-core kernel, which measured faster
   // there (BENCHMARKS.md, 2026-11-22)
-  if (T == 1 && fused_first(W, call)) {
+  if (T == 1 && fused_first(W)) {
     const CudaLinear* Ws[1] = {&W};
     float* ys[1] = {y};
     if (matmul_fused(Ws, ys, 1, x, call, what)) return;

@@ -157,17 +157,13 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   a.seg_vecs = plan.seg_vecs;
   a.ring_off = plan.ring_off;
   a.stamps = g_tc_stamps;
-  // ring slots each base warp issues before the dependency wait (lab knobs DDRT_TC_PRE, and
-  // DDRT_TC_PRE_COMP for launches with compensation blocks)
+  // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
+  // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = [] {
     const char* e = std::getenv("DDRT_TC_PRE");
     return e && *e ? std::atoi(e) : 1;
   }();
-  static const int pre_comp = [] {
-    const char* e = std::getenv("DDRT_TC_PRE_COMP");
-    return e && *e ? std::atoi(e) : pre;
-  }();
-  a.pre = comp ? pre_comp : pre;
+  a.pre = pre;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;
