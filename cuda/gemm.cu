@@ -1,10 +1,13 @@
 // decdec_rt CUDA backend: the T > 1 matmul's dispatch, its simple twin, and embed.
-// launch_gemm sends every type but F32 to the tensor-core kernel (gemm_tc.cu).
+// launch_gemm sends uniform 2/3/4-bit weights to the int8 tensor-core kernel (gemm_i8.cu) where the
+// device has its shared memory, every other type but F32 to the bf16 tensor-core kernel (gemm_tc.cu).
 // The simple kernel (launch_gemm_simple: F32 weights, and the slow, obviously correct twin the
 // tests and the bench compare with): each block dequantizes a 64-row x 32-column tile of W into
 // shared memory with the slow reader (dequant_at), loads 32 tokens x 32 columns of x, and
 // accumulates a 64 x 32 output tile in fp32 (4 rows x 2 tokens per thread).
 #include <cuda_bf16.h>
+
+#include <algorithm>
 
 #include "kernels.cuh"
 
@@ -100,10 +103,13 @@ bool g_force_simple = false;
 void gemm_force_simple(bool on) { g_force_simple = on; }
 
 size_t gemm_scratch_bytes(const DevLinear& W, int T) {
-  return gemm_tc_supports(W.type) ? gemm_tc_scratch_bytes(W, T) : 0;
+  size_t n = gemm_tc_supports(W.type) ? gemm_tc_scratch_bytes(W, T) : 0;
+  if (gemm_i8_supported(W)) n = std::max(n, gemm_i8_scratch_bytes(W, T));
+  return n;
 }
 
 cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+  if (!g_force_simple && gemm_i8_enabled() && gemm_i8_supported(W)) return launch_gemm_i8(W, y, x, T, scratch, st);
   if (!g_force_simple && gemm_tc_supports(W.type)) return launch_gemm_tc(W, y, x, T, scratch, st);
   return launch_gemm_simple(W, y, x, T, st);
 }

@@ -68,15 +68,6 @@ DDRT_HDC int tc_slot_vecs(int bits, int group) {
   return tc_unit_chunks(bits) * 2 * step_vecs(bits) * 32 + (16 * tc_unit_groups(bits, group) + 3) / 4;
 }
 
-// d += a b: A 16x32 unsigned bytes (row), B 32x8 signed bytes (col), int32 accumulation.
-__device__ __forceinline__ void mma_i8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                       uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 constexpr float kXq = 8.0e6f;  // |X| <= kXq keeps each limb of X within int8 (hi <= 123)
 
 // Everything one launch needs; the host fills it (gemv_tc.cu) from the shape and the grid.

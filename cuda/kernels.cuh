@@ -25,9 +25,51 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src));
 }
+// 8 / 4 bytes, zero-filled when !valid (src is not read then; pass any valid address)
+__device__ __forceinline__ void cp_async8z(void* dst, const void* src, bool valid) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 8 : 0));
+}
+__device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool valid) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// d += a b: A 16x32 unsigned bytes (row), B 32x8 signed bytes (col), int32 accumulation.
+// kOrdered (asm volatile): the MMAs keep their program order against other volatile asm (the
+// GEMV relies on its issue order); otherwise the compiler may schedule them freely (pure register
+// operations), which lets the prefill GEMM overlap them with its other work.
+#define DDRT_MMA_I8 "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+template <bool kOrdered = true>
+__device__ __forceinline__ void mma_i8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+  if constexpr (kOrdered)
+    asm volatile(DDRT_MMA_I8 "{%0,%1,%2,%3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  else
+    asm(DDRT_MMA_I8 "{%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// d = a b (accumulating from zero), unordered.
+__device__ __forceinline__ void mma_i8_z(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm(DDRT_MMA_I8 "{%10,%10,%10,%10};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+#undef DDRT_MMA_I8
+// ldmatrix x4: four 8x8 matrices of 16-bit elements (8 rows of 16 bytes each) from shared memory.
+__device__ __forceinline__ void ldsm4(uint32_t* r, const void* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 
 // Programmatic dependent launch (sm_90): lets the next kernel, when it is launched with the PDL
 // attribute (the fused GEMV), start its prologue (weight loads) while this one finishes; that
@@ -120,6 +162,14 @@ size_t gemm_tc_scratch_bytes(const DevLinear& W, int T);
 cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
 // Test/bench knob: true sends every later launch_gemm to the simple kernel; false restores.
 void gemm_force_simple(bool on);
+// Uniform 2/3/4-bit weights on int8 tensor cores (gemm_i8.cu): the default for those types where
+// the device has the shared memory (gemm_i8_supported); the tensor-core kernel above is its twin.
+bool gemm_i8_supported(const DevLinear& W);
+size_t gemm_i8_scratch_bytes(const DevLinear& W, int T);
+cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
+// Test/bench knob: false sends uniform types to the bf16 tensor-core kernel (gemm_tc.cu); true restores.
+void gemm_i8_enable(bool on);
+bool gemm_i8_enabled();
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
 cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,

@@ -313,10 +313,10 @@ void test_gemv_group(Backend& cpu, Backend& gpu) {
     }
 }
 
-// T > 1 (the tensor-core kernel, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
+// T > 1 (the tensor-core kernels: int8 for uniform types, gemm_i8.cu; bf16 for the rest, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
 // sizes under one tile, every type; then the fast kernel vs its simple twin at a prefill size.
-// Tolerance 1e-8 as the GEMV's: this kernel splits x into fp16 hi + lo halves (the GEMV: three int8
-// limbs per group) and applies scales in fp32.
+// Tolerance 1e-8 as the GEMV's: gemm_tc splits x into bf16/fp16 hi + lo halves, gemm_i8 quantizes it
+// per group to ~15 bits (two int8 limbs; the GEMV: three) and both apply scales in fp32.
 // DDRT_TEST_RACE=1: the racecheck-sized variant of the slow tests (gemm, decdec): a few small
 // shapes and token counts, every kernel path still taken once (racecheck slows shared-memory
 // kernels so much that the full tests do not finish in a device call).
@@ -357,6 +357,13 @@ void test_gemm(Backend& cpu, Backend& gpu) {
     report(std::string("gemm tensor cores vs simple twin ") + type_name(t) + " " + std::to_string(d_out) + "x" +
                std::to_string(d_in) + " T=" + std::to_string(T),
            nmse(fast.data(), slow.data(), slow.size()), 1e-8);
+    if (!is_uniform(t)) continue;
+    gpu::gemm_i8_enable(false);  // uniform types: the int8 kernel (default) vs the bf16 hi + lo one
+    const auto bf = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_i8_enable(true);
+    report(std::string("gemm int8 vs bf16 tensor cores ") + type_name(t) + " " + std::to_string(d_out) + "x" +
+               std::to_string(d_in) + " T=" + std::to_string(T),
+           nmse(fast.data(), bf.data(), bf.size()), 1e-8);
   }
 }
 
@@ -997,12 +1004,14 @@ int bench_gemm(Backend& gpu) {
   const int T = 512;
   struct Case { int64_t d_out, d_in; TensorType t; };
   const Case cases[] = {{4096, 4096, TensorType::UQ3_G128},   {4096, 4096, TensorType::UQ4_G128},
-                        {14336, 4096, TensorType::UQ3_G128},  {14336, 4096, TensorType::UQ4_G128},
-                        {4096, 14336, TensorType::UQ3_G128},  {4096, 14336, TensorType::UQ4_G128},
-                        {128256, 4096, TensorType::F16}};
-  std::printf("%s\nmatmul T=%d: median event-timed us (20 launches tensor cores, 3 simple twin)\n", gpu.name().c_str(), T);
-  std::printf("%-10s %-14s %10s %8s %12s %8s %7s\n", "type", "d_out x d_in", "tc us", "TFLOP/s", "simple us",
-              "TFLOP/s", "speedup");
+                        {1024, 4096, TensorType::UQ3_G128},   {14336, 4096, TensorType::UQ3_G128},
+                        {14336, 4096, TensorType::UQ4_G128},  {4096, 14336, TensorType::UQ3_G128},
+                        {4096, 14336, TensorType::UQ4_G128},  {128256, 4096, TensorType::F16}};
+  std::printf("%s\nmatmul T=%d: median event-timed us (20 launches; 3 for the simple twin); default = int8 kernel for\n"
+              "uniform types (gemm_i8.cu), bf16 = the bf16 hi + lo tensor-core kernel (gemm_tc.cu)\n",
+              gpu.name().c_str(), T);
+  std::printf("%-10s %-14s %10s %8s %10s %8s %12s %8s\n", "type", "d_out x d_in", "default us", "TFLOP/s", "bf16 us",
+              "TFLOP/s", "simple us", "TFLOP/s");
   for (const Case& c : cases) {
     auto L = make_linear(c.t, c.d_out, c.d_in, false);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
@@ -1010,11 +1019,14 @@ int bench_gemm(Backend& gpu) {
     bx.put(randn((size_t)T * c.d_in));
     const double flop = 2.0 * T * c.d_out * c.d_in;
     const double fast = time_gemm(gpu, *W, by.f(), bx.f(), T, 20);
+    gpu::gemm_i8_enable(false);
+    const double bf = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
+    gpu::gemm_i8_enable(true);
     gpu::gemm_force_simple(true);
     const double slow = time_gemm(gpu, *W, by.f(), bx.f(), T, 3);
     gpu::gemm_force_simple(false);
-    std::printf("%-10s %6lldx%-7lld %10.1f %8.1f %12.1f %8.2f %6.1fx\n", type_name(c.t), (long long)c.d_out,
-                (long long)c.d_in, fast, flop / (fast * 1e6), slow, flop / (slow * 1e6), slow / fast);
+    std::printf("%-10s %6lldx%-7lld %10.1f %8.1f %10.1f %8.1f %12.1f %8.2f\n", type_name(c.t), (long long)c.d_out,
+                (long long)c.d_in, fast, flop / (fast * 1e6), bf, flop / (bf * 1e6), slow, flop / (slow * 1e6));
   }
   return 0;
 }

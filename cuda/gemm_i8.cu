@@ -1,0 +1,326 @@
+// decdec_rt CUDA backend: the T > 1 matmul (prefill) for uniform 2/3/4-bit weights on int8 tensor
+// cores, y[T][d_out] = x[T][d_in] W^T.
+//
+// Math. W[o][i] = s_og q_oi + m_og (g: the group of input i). x is quantized once per call, per
+// (token t, group g), to X_ti = round(x_ti / sx_tg) with |X| <= kX2 (sx_tg = max_g |x_t| / kX2, ~15
+// bits) and split into two int8 limbs X = 256 hi + lo (hi in [-127, 127], lo in [-128, 127]):
+//   y[t][o] = sum_g ( s_og sx_tg P_otg + m_og sum_{i in g} x_ti ),   P_otg = sum_{i in g} q_oi X_ti.
+// mma.m16n8k32 (u8 codes x s8 limbs, int32) with the limbs as adjacent B columns (column 2u + l =
+// token u's limb l): a thread's C fragment holds a (lo, hi) pair of one row and token, and both
+// run as MMA chains through a group; when the group ends, P = 256 hi + lo (exact: |P| <= 255 *
+// 32512 * 128 < 2^31) and its term is applied in fp32. The only error is x's rounding (|dx| <=
+// sx / 2): NMSE ~1e-9 for Gaussian x, under the op tests' 1e-8 against the fp32 CPU reference (the
+// bf16 hi + lo kernel, gemm_tc.cu, is this kernel's twin in the tests and takes the other types).
+//
+// Block: 128 rows x 64 tokens, 8 warps of 64 rows x 16 tokens (32 limb columns); K tiles of 64
+// inputs (two k32 steps). Tile kt covers inputs k0 = 64 kt .. k0 + 63, which are quads j, j + 1
+// (j even) of the 8 lane steps b of one octet slab of every row (packed.cuh: quad j of step b =
+// inputs 32 j + 4 b .. + 3 of the slab), so a k32 step is quad j of steps 0..7: 32 consecutive
+// inputs, A's natural k order. A ring of kStages stages, filled by cp.async, holds per K tile both
+// x limb tiles ([token][limb][k]) and, for each k32 step's group, the tokens' (sx, sum x) and the
+// rows' (scale, min). The raw words of the codes change every kPeriod tiles (256 inputs: a 3-bit
+// slice's 3 words, a 4-bit lane step's vector, a 2-bit step's word pair), so they are copied once
+// per period into one of two raw buffers, with the stage of the period's first tile. Iteration kt:
+// wait for stage kt + 1, one barrier, issue stage kt + kStages - 1 (into the slot of tile kt - 1,
+// which everyone has finished), decode tile kt + 1's quads into the unsigned-byte A tile not in use
+// (two A buffers), then the MMAs of tile kt.
+#include "kernels.cuh"
+
+namespace ddrt {
+namespace gpu {
+namespace {
+
+constexpr int kBM = 128, kBN = 64, kBK = 64, kThreads = 256, kStages = 4, kPeriod = 4;
+constexpr int kLd = kBK + 16;  // bytes per row of the A and x tiles: 80 (ldmatrix conflict free)
+constexpr int kX2 = 32512;     // |X| <= 127 * 256: hi = (X + 128) >> 8 stays within int8
+
+// Raw bytes per (row, lane step) and period: 3-bit 3 words, 4-bit 4, 2-bit 2.
+template <int B>
+DDRT_HDC int raw_words() {
+  return B == 3 ? 3 : B == 4 ? 4 : 2;
+}
+// Shared memory: the ring's stages, two raw buffers, two A tiles (byte offsets).
+constexpr int kXTile = 2 * kBN * kLd;            // [token][limb][k]
+constexpr int kOffXq = kXTile;                   // float2 (sx, sum x) [2 k32 steps][kBN]
+constexpr int kOffSm = kOffXq + 2 * kBN * 8;     // __half2 (scale, min) [2][kBM]
+constexpr int kStage = kOffSm + 2 * kBM * 4;
+constexpr int kRawUnits = kBM * 8;               // (row, lane step b)
+constexpr int kRaw = kRawUnits * 16;             // one raw buffer: a uint4 slot per unit
+constexpr int kATile = kBM * kLd;
+constexpr int kSmem = kStages * kStage + 2 * kRaw + 2 * kATile;
+
+// The quantized x: limbs lo, hi [T][kp] (int8, zero past d_in), q [n_xgroups][T] (sx, sum x).
+struct XQ {
+  int8_t *lo, *hi;
+  float2* q;
+  int64_t kp;  // K tiles * 64
+  int64_t n_xg;
+  int gshift;  // log2 of the group size (32, 64 or 128)
+};
+__host__ __device__ constexpr int64_t k_tiles(int64_t d_in) { return (d_in + kBK - 1) / kBK; }
+XQ carve(void* scratch, int64_t d_in, int group, int T) {
+  XQ p;
+  p.kp = k_tiles(d_in) * kBK;
+  p.n_xg = (p.kp + group - 1) / group;
+  p.gshift = group == 32 ? 5 : group == 64 ? 6 : 7;
+  p.lo = static_cast<int8_t*>(scratch);
+  p.hi = p.lo + (int64_t)T * p.kp;
+  p.q = reinterpret_cast<float2*>(p.hi + (int64_t)T * p.kp);
+  return p;
+}
+
+// One warp per (token, group): max |x| and sum over the group, then the limbs.
+__global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int group) {
+  const int lane = threadIdx.x % 32;
+  const int64_t unit = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (unit >= p.n_xg * T) return;
+  const int t = (int)(unit / p.n_xg);
+  const int64_t g = unit % p.n_xg, i0 = g * group;
+  const float* xt = x + (int64_t)t * d_in;
+  float mx = 0.0f, sum = 0.0f;
+  for (int c = lane; c < group; c += 32) {
+    const float v = i0 + c < d_in ? xt[i0 + c] : 0.0f;
+    mx = fmaxf(mx, fabsf(v));
+    sum += v;
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) {
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+    sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  }
+  const float inv = mx > 0.0f ? (float)kX2 / mx : 0.0f;
+  for (int c = lane; c < group && i0 + c < p.kp; c += 32) {
+    const float v = i0 + c < d_in ? xt[i0 + c] : 0.0f;
+    const int X = max(-kX2, min(kX2, __float2int_rn(v * inv)));
+    const int hi = (X + 128) >> 8;  // floor: X = 256 hi + lo with lo in [-128, 127]
+    p.hi[(int64_t)t * p.kp + i0 + c] = (int8_t)hi;
+    p.lo[(int64_t)t * p.kp + i0 + c] = (int8_t)(X - 256 * hi);
+  }
+  if (lane == 0) p.q[g * T + t] = make_float2(mx / (float)kX2, sum);
+}
+
+// Quads j and j + 1 (j even, uniform over the block) of a lane step as 4 unsigned bytes each
+// (byte i = code 4 quad + i), from the raw words of its period (w).
+template <int J>
+__device__ __forceinline__ void quads3(const uint32_t* w, uint32_t* q0, uint32_t* q1) {
+  *q0 = quad_i8<3>(w, J) >> class_shift<3>(quad_class<3>(J));
+  *q1 = quad_i8<3>(w, J + 1) >> class_shift<3>(quad_class<3>(J + 1));
+}
+template <int B>
+__device__ __forceinline__ void quad_pair(const uint32_t* w, int j, uint32_t* q0, uint32_t* q1) {
+  if (B == 3) {
+    switch (j % 8) {  // uniform: constant shifts in each case
+      case 0: quads3<0>(w, q0, q1); break;
+      case 2: quads3<2>(w, q0, q1); break;
+      case 4: quads3<4>(w, q0, q1); break;
+      default: quads3<6>(w, q0, q1); break;
+    }
+  } else if (B == 4) {  // quad j in word j % 4, high nibbles for j % 8 >= 4
+    const int sh = 4 * ((j % 8) / 4);
+    const bool up = j % 4 != 0;  // words 2, 3 (j % 4 is 0 or 2)
+    *q0 = ((up ? w[2] : w[0]) >> sh) & 0x0F0F0F0Fu;
+    *q1 = ((up ? w[3] : w[1]) >> sh) & 0x0F0F0F0Fu;
+  } else {  // bits 2: quad j in word 2 (j / 8) + j % 2 (the period's pair), field 2 ((j % 8) / 2)
+    const int sh = 2 * ((j % 8) / 2);
+    *q0 = (w[0] >> sh) & 0x03030303u;
+    *q1 = (w[1] >> sh) & 0x03030303u;
+  }
+}
+
+template <int B>
+__global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, float* y, XQ xq, int T) {
+  constexpr int64_t C = step_codes(B);
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*16..
+  const int t0 = blockIdx.x * kBN;
+  const int64_t o0 = (int64_t)blockIdx.y * kBM;
+  const int nk = (int)(xq.kp / kBK);
+  const uint32_t* codes = reinterpret_cast<const uint32_t*>(W.codes);
+  unsigned char* const R0 = smem + kStages * kStage;  // raw buffers
+  unsigned char* const A0 = R0 + 2 * kRaw;           // A tiles
+
+  // cp.async of K tile kt into ring slot `slot` (and of its period's raw words at a period's start)
+  auto issue = [&](int kt, int slot) {
+    unsigned char* S = smem + slot * kStage;
+    const int k0 = kt * kBK;  // d_in < 2^31 (layout.h)
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {  // x limbs: 64 tokens x 2 limbs x 4 chunks of 16 bytes
+      const int e = tid + u * kThreads, n = e / 4, q = e % 4;  // n = 2 token + limb
+      const int t = min(t0 + n / 2, T - 1);  // tokens past T: any valid row, their outputs are not stored
+      const int8_t* src = (n % 2 ? xq.hi : xq.lo) + (int64_t)t * xq.kp + k0 + 16 * q;
+      cp_async16(S + n * kLd + 16 * q, src, true);
+    }
+    {
+      const int h = tid / 128, r = tid % 128;  // k32 step h: its group's (sx, sum x), (scale, min)
+      const int g = (k0 + 32 * h) >> xq.gshift;
+      if (r < kBN) cp_async8z(S + kOffXq + (h * kBN + r) * 8, xq.q + (int64_t)g * T + min(t0 + r, T - 1), true);
+      const int64_t o = o0 + r;
+      const bool ok = o < W.d_out;
+      cp_async4z(S + kOffSm + (h * kBM + r) * 4, W.sm + (ok ? o * W.n_groups + g : 0), ok);
+    }
+    if (kt % kPeriod != 0) return;
+    // the period's raw words: lane step s of round rr, octet a; first word fw
+    const int rr = k0 / (32 * (int)C), a = (k0 % (32 * (int)C)) / (8 * (int)C);
+    const int j = (k0 % (8 * (int)C)) / 32;
+    const int fw = B == 3 ? 3 * (j / 8) : B == 4 ? 0 : 2 * (j / 8);
+    uint32_t* raw = reinterpret_cast<uint32_t*>(R0 + ((kt / kPeriod) % 2) * kRaw);
+#pragma unroll
+    for (int u = 0; u < kRawUnits / kThreads; ++u) {  // 128 rows x 8 lane steps
+      const int e = tid + u * kThreads, row = e / 8, b = e % 8;
+      const int64_t o = o0 + row, s = (int64_t)rr * 32 + 8 * a + b;
+      const bool ok = o < W.d_out;
+      const uint32_t* rp = codes + (ok ? o : 0) * W.row_vecs * 4;
+      if (B == 3) {
+#pragma unroll
+        for (int i = 0; i < 3; ++i)
+          cp_async4z(raw + 4 * e + i, rp + 4 * vec_index(s, (fw + i) / 4, B) + (fw + i) % 4, ok);
+      } else if (B == 4) {
+        cp_async16(raw + 4 * e, rp + 4 * vec_index(s, 0, B), ok);
+      } else {
+        cp_async8z(raw + 4 * e, rp + 4 * vec_index(s, fw / 4, B) + fw % 4, ok);
+      }
+    }
+  };
+  // the raw words of tile kt -> unsigned-byte A tile [row][k]
+  auto decode = [&](int kt, unsigned char* A) {
+    const int j = (kt * kBK % (8 * (int)C)) / 32;
+    const uint32_t* raw = reinterpret_cast<const uint32_t*>(R0 + ((kt / kPeriod) % 2) * kRaw);
+#pragma unroll
+    for (int u = 0; u < kRawUnits / kThreads; ++u) {
+      const int e = tid + u * kThreads, row = e / 8, b = e % 8;
+      uint32_t w[4], q0, q1;
+#pragma unroll
+      for (int i = 0; i < raw_words<B>(); ++i) w[i] = raw[4 * e + i];
+      quad_pair<B>(w, j, &q0, &q1);
+      *reinterpret_cast<uint32_t*>(A + row * kLd + 4 * b) = q0;
+      *reinterpret_cast<uint32_t*>(A + row * kLd + 32 + 4 * b) = q1;
+    }
+  };
+
+  // P[mi][nt]: rows (lane / 4, + 8) of m16 tile mi x token wn*16 + 4 nt + lane % 4: (lo, hi, lo, hi)
+  int P[4][4][4];
+  float acc[4][4][2] = {};  // [mi][nt][row half]
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nk) issue(s, s);
+    cp_commit();
+  }
+  cp_wait<kStages - 2>();
+  __syncthreads();
+  decode(0, A0);
+  bool fresh = true;  // the next k32 step starts a group
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_wait<kStages - 3>();  // tile kt + 1 has landed (this thread's copies)
+    __syncthreads();         // ... everyone's; and everyone is done with tile kt - 1
+    if (kt + kStages - 1 < nk) issue(kt + kStages - 1, (kt + kStages - 1) % kStages);
+    cp_commit();
+    if (kt + 1 < nk) decode(kt + 1, A0 + ((kt + 1) % 2) * kATile);
+    const unsigned char* S = smem + (kt % kStages) * kStage;
+    const unsigned char* A = A0 + (kt % 2) * kATile;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t af[4][4], bf[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) ldsm4(af[mi], A + (wm * 64 + mi * 16 + lane % 16) * kLd + 32 * h + (lane / 16) * 16);
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {  // limb columns wn*32 + 16 np .. + 15: n8 tiles 2 np, 2 np + 1
+        const int n = wn * 32 + np * 16 + lane % 8 + (lane / 16) * 8;
+        uint32_t r[4];
+        ldsm4(r, S + n * kLd + 32 * h + ((lane / 8) % 2) * 16);
+        bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
+      }
+      if (fresh) {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+            mma_i8_z(P[mi][nt], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[nt][0], bf[nt][1]);
+      } else {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+            mma_i8<false>(P[mi][nt], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[nt][0], bf[nt][1]);
+      }
+      const int kend = kt * kBK + 32 * (h + 1);
+      fresh = (kend & ((1 << xq.gshift) - 1)) == 0 || kend == (int)xq.kp;
+      if (fresh) {  // the group ends: acc += s sx (256 hi + lo) + m sum x
+        const __half2* sm = reinterpret_cast<const __half2*>(S + kOffSm) + h * kBM;
+        const float2* xs = reinterpret_cast<const float2*>(S + kOffXq) + h * kBN;
+        float2 v[4];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) v[nt] = xs[wn * 16 + 4 * nt + lane % 4];
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const float2 f = __half22float2(sm[wm * 64 + mi * 16 + lane / 4 + 8 * hr]);
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+              const int p = P[mi][nt][2 * hr + 1] * 256 + P[mi][nt][2 * hr];
+              float& c = acc[mi][nt][hr];
+              c = fmaf(f.x * v[nt].x, (float)p, fmaf(f.y, v[nt].y, c));
+            }
+          }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int64_t o = o0 + wm * 64 + mi * 16 + lane / 4 + 8 * hr;
+        const int t = t0 + wn * 16 + 4 * nt + lane % 4;
+        if (o < W.d_out && t < T) y[(int64_t)t * W.d_out + o] = acc[mi][nt][hr];
+      }
+}
+
+template <int B>
+cudaError_t launch_bits(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+  const XQ xq = carve(scratch, W.d_in, W.group, T);
+  const int64_t units = xq.n_xg * T;
+  xq_prep_kernel<<<(unsigned)((units + 7) / 8), 256, 0, st>>>(xq, x, W.d_in, T, W.group);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(gemm_i8_kernel<B>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  // token tiles fastest: the blocks that share a row tile run together and share its codes in L2
+  const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)((W.d_out + kBM - 1) / kBM));
+  gemm_i8_kernel<B><<<grid, kThreads, kSmem, st>>>(W, y, xq, T);
+  return cudaGetLastError();
+}
+
+bool g_i8_on = true;
+
+}  // namespace
+
+void gemm_i8_enable(bool on) { g_i8_on = on; }
+bool gemm_i8_enabled() { return g_i8_on; }
+
+bool gemm_i8_supported(const DevLinear& W) {
+  if (!is_uniform(W.type) || (W.bits != 2 && W.bits != 3 && W.bits != 4)) return false;
+  if ((W.group != 32 && W.group != 64 && W.group != 128) || (W.d_out + kBM - 1) / kBM > 65535) return false;
+  return device_info().max_smem >= kSmem;
+}
+
+size_t gemm_i8_scratch_bytes(const DevLinear& W, int T) {
+  const int64_t kp = k_tiles(W.d_in) * kBK, n_xg = (kp + W.group - 1) / W.group;
+  return (size_t)T * (2 * kp + n_xg * sizeof(float2));
+}
+
+cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+  switch (W.bits) {
+    case 2: return launch_bits<2>(W, y, x, T, scratch, st);
+    case 3: return launch_bits<3>(W, y, x, T, scratch, st);
+    case 4: return launch_bits<4>(W, y, x, T, scratch, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace gpu
+}  // namespace ddrt
