@@ -316,7 +316,7 @@ void test_gemv_group(Backend& cpu, Backend& gpu) {
 // T > 1 (the tensor-core kernels: int8 for uniform types, gemm_i8.cu; bf16 for the rest, gemm_tc.cu) vs the CPU: odd sizes, group tails (d_in % g != 0),
 // sizes under one tile, every type; then the fast kernel vs its simple twin at a prefill size.
 // Tolerance 1e-8 as the GEMV's: gemm_tc splits x into bf16/fp16 hi + lo halves, gemm_i8 quantizes it
-// per group to ~15 bits (two int8 limbs; the GEMV: three) and both apply scales in fp32.
+// per group to ~24 bits (three int8 limbs, as the GEMV) and both apply scales in fp32.
 // DDRT_TEST_RACE=1: the racecheck-sized variant of the slow tests (gemm, decdec): a few small
 // shapes and token counts, every kernel path still taken once (racecheck slows shared-memory
 // kernels so much that the full tests do not finish in a device call).
