@@ -19,9 +19,9 @@
 // inputs (two k32 steps). Tile kt covers inputs k0 = 64 kt .. k0 + 63, which are quads j, j + 1
 // (j even) of the 8 lane steps b of one octet slab of every row (packed.cuh: quad j of step b =
 // inputs 32 j + 4 b .. + 3 of the slab), so a k32 step is quad j of steps 0..7: 32 consecutive
-// inputs, A's natural k order. A ring of kStages stages, filled by cp.async, holds per K tile both
-// x limb tiles ([token][lo, hi][k], then the mid rows) and, for each k32 step's group, the tokens' (sx, sum x) and the
-// rows' (scale, min). The raw words of the codes change every kPeriod tiles (256 inputs: a 3-bit
+// inputs, A's natural k order. A ring of kStages stages, filled by cp.async, holds per K tile the x
+// limb tiles ([token][lo, hi][k], then the mid rows) and, for each k32 step's group, the tokens'
+// (sx, sum x) and the rows' (scale, min). The raw words of the codes change every kPeriod tiles (256 inputs: a 3-bit
 // slice's 3 words, a 4-bit lane step's vector, a 2-bit step's word pair), so they are copied once
 // per period into one of two raw buffers, with the stage of the period's first tile. Iteration kt:
 // wait for stage kt + 1, one barrier, issue stage kt + kStages - 1 (into the slot of tile kt - 1,
