@@ -25,8 +25,9 @@
 // slice's 3 words, a 4-bit lane step's vector, a 2-bit step's word pair), so they are copied once
 // per period into one of two raw buffers, with the stage of the period's first tile. Iteration kt:
 // wait for stage kt + 1, one barrier, issue stage kt + kStages - 1 (into the slot of tile kt - 1,
-// which everyone has finished), decode tile kt + 1's quads into the unsigned-byte A tile not in use
-// (two A buffers), then the MMAs of tile kt.
+// which everyone has finished), then the MMAs of tile kt, with tile kt + 1's quads decoded into the
+// unsigned-byte A tile not in use (two A buffers) between the first k32 step's fragment loads and
+// its MMAs.
 #include "kernels.cuh"
 
 namespace ddrt {
@@ -37,18 +38,14 @@ constexpr int kBM = 128, kBN = 64, kBK = 64, kThreads = 256, kStages = 4, kPerio
 constexpr int kLd = kBK + 16;  // bytes per row of the A and x tiles: 80 (ldmatrix conflict free)
 constexpr float kX3 = 8.0e6f;  // |X| <= kX3 keeps the balanced top limb within int8 (|hi| <= 123)
 
-// Raw bytes per (row, lane step) and period: 3-bit 3 words, 4-bit 4, 2-bit 2.
-template <int B>
-DDRT_HDC int raw_words() {
-  return B == 3 ? 3 : B == 4 ? 4 : 2;
-}
 // Shared memory: the ring's stages, two raw buffers, two A tiles (byte offsets).
 constexpr int kXTile = 3 * kBN * kLd;            // rows 2 u + l: token u's lo / hi; 2 kBN + m: mid
 constexpr int kOffXq = kXTile;                   // float2 (sx, sum x) [2 k32 steps][kBN]
 constexpr int kOffSm = kOffXq + 2 * kBN * 8;     // __half2 (scale, min) [2][kBM]
 constexpr int kStage = kOffSm + 2 * kBM * 4;
 constexpr int kRawUnits = kBM * 8;               // (row, lane step b)
-constexpr int kRaw = kRawUnits * 16;             // one raw buffer: a uint4 slot per unit
+constexpr int kRaw = kRawUnits * 16;             // one raw buffer: a uint4 slot per unit (3-bit: 3
+                                                 // words of it, 4-bit 4, 2-bit 2)
 constexpr int kATile = kBM * kLd;
 constexpr int kSmem = kStages * kStage + 2 * kRaw + 2 * kATile;
 
@@ -106,31 +103,39 @@ __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int gr
   if (lane == 0) p.q[g * T + t] = make_float2(mx / kX3, sum);
 }
 
-// Quads j and j + 1 (j even, uniform over the block) of a lane step as 4 unsigned bytes each
-// (byte i = code 4 quad + i), from the raw words of its period (w).
-template <int J>
-__device__ __forceinline__ void quads3(const uint32_t* w, uint32_t* q0, uint32_t* q1) {
-  *q0 = quad_i8<3>(w, J) >> class_shift<3>(quad_class<3>(J));
-  *q1 = quad_i8<3>(w, J + 1) >> class_shift<3>(quad_class<3>(J + 1));
-}
-template <int B>
-__device__ __forceinline__ void quad_pair(const uint32_t* w, int j, uint32_t* q0, uint32_t* q1) {
+// Quads j and j + 1 (j even; J8 = j % 8, uniform over the block, a constant here) of a lane step
+// as 4 unsigned bytes each (byte i = code 4 quad + i), from the raw words of its period (w).
+template <int B, int J8>
+__device__ __forceinline__ void quad_pair(const uint4& v, uint32_t* q0, uint32_t* q1) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
   if (B == 3) {
-    switch (j % 8) {  // uniform: constant shifts in each case
-      case 0: quads3<0>(w, q0, q1); break;
-      case 2: quads3<2>(w, q0, q1); break;
-      case 4: quads3<4>(w, q0, q1); break;
-      default: quads3<6>(w, q0, q1); break;
-    }
+    *q0 = quad_i8<3>(w, J8) >> class_shift<3>(quad_class<3>(J8));
+    *q1 = quad_i8<3>(w, J8 + 1) >> class_shift<3>(quad_class<3>(J8 + 1));
   } else if (B == 4) {  // quad j in word j % 4, high nibbles for j % 8 >= 4
-    const int sh = 4 * ((j % 8) / 4);
-    const bool up = j % 4 != 0;  // words 2, 3 (j % 4 is 0 or 2)
-    *q0 = ((up ? w[2] : w[0]) >> sh) & 0x0F0F0F0Fu;
-    *q1 = ((up ? w[3] : w[1]) >> sh) & 0x0F0F0F0Fu;
+    constexpr int sh = 4 * (J8 / 4), lo = J8 % 4;
+    *q0 = (w[lo] >> sh) & 0x0F0F0F0Fu;
+    *q1 = (w[lo + 1] >> sh) & 0x0F0F0F0Fu;
   } else {  // bits 2: quad j in word 2 (j / 8) + j % 2 (the period's pair), field 2 ((j % 8) / 2)
-    const int sh = 2 * ((j % 8) / 2);
+    constexpr int sh = 2 * (J8 / 2);
     *q0 = (w[0] >> sh) & 0x03030303u;
     *q1 = (w[1] >> sh) & 0x03030303u;
+  }
+}
+// A thread's units of a tile's decode: every raw slot loaded first (one 16-byte load each), then
+// the quads extracted and stored into the A tile [row][k].
+template <int B, int J8>
+__device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A, int tid) {
+  constexpr int U = kRawUnits / kThreads;
+  uint4 v[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) v[u] = raw[tid + u * kThreads];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int e = tid + u * kThreads, row = e / 8, b = e % 8;
+    uint32_t q0, q1;
+    quad_pair<B, J8>(v[u], &q0, &q1);
+    *reinterpret_cast<uint32_t*>(A + row * kLd + 4 * b) = q0;
+    *reinterpret_cast<uint32_t*>(A + row * kLd + 32 + 4 * b) = q1;
   }
 }
 
@@ -200,17 +205,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, float
   };
   // the raw words of tile kt -> unsigned-byte A tile [row][k]
   auto decode = [&](int kt, unsigned char* A) {
-    const int j = (kt * kBK % (8 * (int)C)) / 32;
-    const uint32_t* raw = reinterpret_cast<const uint32_t*>(R0 + ((kt / kPeriod) % 2) * kRaw);
-#pragma unroll
-    for (int u = 0; u < kRawUnits / kThreads; ++u) {
-      const int e = tid + u * kThreads, row = e / 8, b = e % 8;
-      uint32_t w[4], q0, q1;
-#pragma unroll
-      for (int i = 0; i < raw_words<B>(); ++i) w[i] = raw[4 * e + i];
-      quad_pair<B>(w, j, &q0, &q1);
-      *reinterpret_cast<uint32_t*>(A + row * kLd + 4 * b) = q0;
-      *reinterpret_cast<uint32_t*>(A + row * kLd + 32 + 4 * b) = q1;
+    const uint4* raw = reinterpret_cast<const uint4*>(R0 + ((kt / kPeriod) % 2) * kRaw);
+    switch ((kt * kBK % (8 * (int)C)) / 32 % 8) {  // j % 8: uniform over the block
+      case 0: decode_units<B, 0>(raw, A, tid); break;
+      case 2: decode_units<B, 2>(raw, A, tid); break;
+      case 4: decode_units<B, 4>(raw, A, tid); break;
+      default: decode_units<B, 6>(raw, A, tid); break;
     }
   };
 
@@ -233,7 +233,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, float
     __syncthreads();         // ... everyone's; and everyone is done with tile kt - 1
     if (kt + kStages - 1 < nk) issue(kt + kStages - 1, (kt + kStages - 1) % kStages);
     cp_commit();
-    if (kt + 1 < nk) decode(kt + 1, A0 + ((kt + 1) % 2) * kATile);
     const unsigned char* S = smem + (kt % kStages) * kStage;
     const unsigned char* A = A0 + (kt % 2) * kATile;
 #pragma unroll
@@ -254,6 +253,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, float
         ldsm4(r, S + n * kLd + 32 * h + ((lane / 8) % 2) * 16);
         bm[0][0] = r[0], bm[0][1] = r[1], bm[1][0] = r[2], bm[1][1] = r[3];
       }
+      // tile kt + 1's decode (the other A buffer) while this step's fragments arrive
+      if (h == 0 && kt + 1 < nk) decode(kt + 1, A0 + ((kt + 1) % 2) * kATile);
       if (fresh) {
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi) {
