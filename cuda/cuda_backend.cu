@@ -3,6 +3,7 @@
 // call (cudaMalloc failure: OutOfMemory). Weights are repacked once at load (packed.cuh).
 #include "cuda_backend.cuh"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -677,6 +678,17 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
       what += (m ? ", '" : " '") + cw[m]->name + "'";
     }
     if (!is_float(cw[0]->type) && group_fusable(cw, n, calls) && matmul_fused(cw, ys, n, x, calls[0], what)) return;
+  }
+  // T > 1 with DecDEC off: one int8 tensor-core launch for the group, one preparation of x
+  auto off = [](const DecdecCall& c) { return c.mode == DecdecMode::Off || c.k_chunk <= 0; };
+  if (T > 1 && n >= 2 && n <= gpu::kTcMaxMembers && std::all_of(calls, calls + n, off)) {
+    const gpu::DevLinear* devs[gpu::kTcMaxMembers];
+    for (int m = 0; m < n; ++m) devs[m] = &static_cast<const CudaLinear*>(Ws[m])->dev;
+    if (gpu::gemm_group_fusable(devs, n)) {
+      DDRT_CHECK(gpu::launch_gemm_i8_group(devs, ys, n, x, T, scratch(gpu::gemm_i8_scratch_bytes(*devs[0], T)), st_),
+                 "matmul group (prefill)");
+      return;
+    }
   }
   for (int m = 0; m < n; ++m) matmul(*Ws[m], ys[m], x, T, calls[m]);
 }

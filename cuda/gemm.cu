@@ -114,6 +114,10 @@ cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, voi
   return launch_gemm_simple(W, y, x, T, st);
 }
 
+bool gemm_group_fusable(const DevLinear* const* Ws, int n) {
+  return !g_force_simple && gemm_i8_enabled() && n >= 2 && gemm_i8_groupable(Ws, n);
+}
+
 cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
   const dim3 grid((unsigned)((W.d_out + kBM - 1) / kBM), (unsigned)((T + kBT - 1) / kBT));
   gemm_kernel<<<grid, kThreads, 0, st>>>(W, y, x, T);

@@ -139,14 +139,29 @@ __device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A,
   }
 }
 
+// The matrices of one launch (a q/k/v or gate/up group, or one matrix): the same input x, shape
+// d_in, type; member m owns row tiles [tile0[m], tile0[m + 1]) of the grid.
+struct I8Members {
+  const uint4* codes[kTcMaxMembers];
+  const __half2* sm[kTcMaxMembers];
+  float* y[kTcMaxMembers];
+  int64_t d_out[kTcMaxMembers];
+  int tile0[kTcMaxMembers + 1];
+  int n;
+};
+
 template <int B>
-__global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, float* y, XQ xq, int T) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Members G, XQ xq, int T) {
   constexpr int64_t C = step_codes(B);
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*16..
   const int t0 = blockIdx.x * kBN;
-  const int64_t o0 = (int64_t)blockIdx.y * kBM;
+  int m = 0;  // this block's member; W below: its codes, scales and rows
+  while (m + 1 < G.n && (int)blockIdx.y >= G.tile0[m + 1]) ++m;
+  W.codes = G.codes[m], W.sm = G.sm[m], W.d_out = G.d_out[m];
+  float* const y = G.y[m];
+  const int64_t o0 = (int64_t)(blockIdx.y - G.tile0[m]) * kBM;
   const int nk = (int)(xq.kp / kBK);
   const uint32_t* codes = reinterpret_cast<const uint32_t*>(W.codes);
   unsigned char* const R0 = smem + kStages * kStage;  // raw buffers
@@ -314,7 +329,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, float
 }
 
 template <int B>
-cudaError_t launch_bits(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+cudaError_t launch_bits(const DevLinear& W, const I8Members& G, const float* x, int T, void* scratch,
+                        cudaStream_t st) {
   const XQ xq = carve(scratch, W.d_in, W.group, T);
   const int64_t units = xq.n_xg * T;
   xq_prep_kernel<<<(unsigned)((units + 7) / 8), 256, 0, st>>>(xq, x, W.d_in, T, W.group);
@@ -323,12 +339,13 @@ cudaError_t launch_bits(const DevLinear& W, float* y, const float* x, int T, voi
   err = cudaFuncSetAttribute(gemm_i8_kernel<B>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   // token tiles fastest: the blocks that share a row tile run together and share its codes in L2
-  const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)((W.d_out + kBM - 1) / kBM));
-  gemm_i8_kernel<B><<<grid, kThreads, kSmem, st>>>(W, y, xq, T);
+  const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)G.tile0[G.n]);
+  gemm_i8_kernel<B><<<grid, kThreads, kSmem, st>>>(W, G, xq, T);
   return cudaGetLastError();
 }
 
 bool g_i8_on = true;
+int64_t g_i8_group_launches = 0;
 
 }  // namespace
 
@@ -346,13 +363,43 @@ size_t gemm_i8_scratch_bytes(const DevLinear& W, int T) {
   return (size_t)T * (3 * kp + n_xg * sizeof(float2));
 }
 
-cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+bool gemm_i8_groupable(const DevLinear* const* Ws, int n) {
+  if (n < 1 || n > kTcMaxMembers) return false;
+  int64_t tiles = 0;
+  for (int m = 0; m < n; ++m) {
+    const DevLinear& W = *Ws[m];
+    if (!gemm_i8_supported(W) || W.type != Ws[0]->type || W.d_in != Ws[0]->d_in || W.row_vecs != Ws[0]->row_vecs ||
+        W.n_groups != Ws[0]->n_groups)
+      return false;
+    tiles += (W.d_out + kBM - 1) / kBM;
+  }
+  return tiles <= 65535;
+}
+
+int64_t gemm_i8_group_launches() { return g_i8_group_launches; }
+
+cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, int n, const float* x, int T,
+                                 void* scratch, cudaStream_t st) {
+  if (!gemm_i8_groupable(Ws, n)) return cudaErrorInvalidValue;
+  I8Members G{};
+  G.n = n;
+  for (int m = 0; m < n; ++m) {
+    G.codes[m] = Ws[m]->codes, G.sm[m] = Ws[m]->sm, G.y[m] = ys[m], G.d_out[m] = Ws[m]->d_out;
+    G.tile0[m + 1] = G.tile0[m] + (int)((Ws[m]->d_out + kBM - 1) / kBM);
+  }
+  if (n > 1) ++g_i8_group_launches;
+  const DevLinear& W = *Ws[0];
   switch (W.bits) {
-    case 2: return launch_bits<2>(W, y, x, T, scratch, st);
-    case 3: return launch_bits<3>(W, y, x, T, scratch, st);
-    case 4: return launch_bits<4>(W, y, x, T, scratch, st);
+    case 2: return launch_bits<2>(W, G, x, T, scratch, st);
+    case 3: return launch_bits<3>(W, G, x, T, scratch, st);
+    case 4: return launch_bits<4>(W, G, x, T, scratch, st);
     default: return cudaErrorInvalidValue;
   }
+}
+
+cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+  const DevLinear* Ws[1] = {&W};
+  return launch_gemm_i8_group(Ws, &y, 1, x, T, scratch, st);
 }
 
 }  // namespace gpu

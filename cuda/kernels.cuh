@@ -160,6 +160,8 @@ cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int
 bool gemm_tc_supports(TensorType t);
 size_t gemm_tc_scratch_bytes(const DevLinear& W, int T);
 cudaError_t launch_gemm_tc(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
+// T > 1, a q/k/v or gate/up group: whether launch_gemm_i8_group takes it (not while forced simple).
+bool gemm_group_fusable(const DevLinear* const* Ws, int n);
 // Test/bench knob: true sends every later launch_gemm to the simple kernel; false restores.
 void gemm_force_simple(bool on);
 // Uniform 2/3/4-bit weights on int8 tensor cores (gemm_i8.cu): the default for those types where
@@ -167,6 +169,12 @@ void gemm_force_simple(bool on);
 bool gemm_i8_supported(const DevLinear& W);
 size_t gemm_i8_scratch_bytes(const DevLinear& W, int T);
 cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
+// Matrices that share x (q/k/v, gate/up: same type, d_in and layout), in one launch with one
+// preparation of x; the count of group launches (n >= 2) made so far, for the tests.
+bool gemm_i8_groupable(const DevLinear* const* Ws, int n);
+cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, int n, const float* x, int T,
+                                 void* scratch, cudaStream_t st);
+int64_t gemm_i8_group_launches();
 // Test/bench knob: false sends uniform types to the bf16 tensor-core kernel (gemm_tc.cu); true restores.
 void gemm_i8_enable(bool on);
 bool gemm_i8_enabled();

@@ -367,6 +367,47 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   }
 }
 
+// T > 1 groups (q/k/v, gate/up shapes) with DecDEC off: one int8 launch for the members where
+// they qualify (counted), per-member launches otherwise; every member vs the CPU.
+void test_gemm_group(Backend& cpu, Backend& gpu) {
+  struct G { std::vector<int64_t> d_out; int64_t d_in; };
+  const G groups[] = {{{256, 64, 64}, 1000}, {{200, 72, 130}, 4100}, {{2048, 2048}, 1024}};
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::UQ2_G32, TensorType::LUT3})
+    for (const G& gr : groups)
+      for (int T : race_sized() ? std::vector<int>{7} : std::vector<int>{7, 70}) {
+        const int n = (int)gr.d_out.size();
+        std::vector<std::unique_ptr<HostLinear>> L;
+        std::vector<std::unique_ptr<Linear>> Wc, Wg;
+        const Linear* wg[3];
+        std::vector<std::unique_ptr<Buf>> ys;
+        float* yp[3];
+        DecdecCall calls[3];
+        for (int m = 0; m < n; ++m) {
+          L.push_back(make_linear(t, gr.d_out[m], gr.d_in, false));
+          Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+          Wg.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+          wg[m] = Wg[m].get();
+          ys.push_back(std::make_unique<Buf>(gpu, (size_t)T * gr.d_out[m]));
+          ys[m]->poison();
+          yp[m] = ys[m]->f();
+        }
+        const auto x = randn((size_t)T * gr.d_in);
+        Buf bx(gpu, x.size());
+        bx.put(x);
+        const int64_t before = gpu::gemm_i8_group_launches();
+        gpu.matmul_group(wg, yp, n, bx.f(), T, calls);
+        const bool fused = gpu::gemm_i8_group_launches() > before;
+        const std::string what = std::string("gemm group ") + type_name(t) + " d_in " + std::to_string(gr.d_in) +
+                                 " members " + std::to_string(n) + " T=" + std::to_string(T);
+        CHECK_MSG(fused == is_uniform(t), what + ": group launch " + (fused ? "ran" : "did not run"));
+        for (int m = 0; m < n; ++m) {
+          const auto yc = cpu_matmul(cpu, *Wc[m], x, T, calls[m]);
+          const auto yg = ys[m]->get();
+          report(what + " member " + std::to_string(m), nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+        }
+      }
+}
+
 void test_embed(Backend& cpu, Backend& gpu) {
   for (TensorType t : kAllTypes) {
     auto L = make_linear(t, 50, 77, false);
@@ -1061,7 +1102,7 @@ int main(int argc, char** argv) {
     if (want("matmul")) test_matmul(*cpu, *gpu);
     if (want("gemv_tc")) test_gemv_tc_shapes(*cpu, *gpu);
     if (want("gemv_group")) test_gemv_group(*cpu, *gpu);
-    if (want("gemm")) test_gemm(*cpu, *gpu);
+    if (want("gemm")) test_gemm(*cpu, *gpu), test_gemm_group(*cpu, *gpu);
     if (want("decdec")) test_decdec(*cpu, *gpu);
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
   } catch (const std::exception& e) {
