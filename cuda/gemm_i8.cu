@@ -15,34 +15,39 @@
 // error is x's rounding (|dx| <= sx / 2) and fp32's; the bf16 hi + lo kernel, gemm_tc.cu, is this
 // kernel's twin in the tests and takes the other types.
 //
-// Block: 128 rows x 64 tokens, 8 warps of 64 rows x 16 tokens (48 limb columns); K tiles of 64
-// inputs (two k32 steps). Tile kt covers inputs k0 = 64 kt .. k0 + 63, which are quads j, j + 1
-// (j even) of the 8 lane steps b of one octet slab of every row (packed.cuh: quad j of step b =
-// inputs 32 j + 4 b .. + 3 of the slab), so a k32 step is quad j of steps 0..7: 32 consecutive
-// inputs, A's natural k order. A ring of kStages stages, filled by cp.async, holds per K tile the x
-// limb tiles ([token][lo, hi][k], then the mid rows) and, for each k32 step's group, the tokens'
-// (sx, sum x) and the rows' (scale, min). The raw words of the codes change every kPeriod tiles (256 inputs: a 3-bit
-// slice's 3 words, a 4-bit lane step's vector, a 2-bit step's word pair), so they are copied once
-// per period into one of two raw buffers, with the stage of the period's first tile. Iteration kt:
-// wait for stage kt + 1, one barrier, issue stage kt + kStages - 1 (into the slot of tile kt - 1,
-// which everyone has finished), then the MMAs of tile kt, with tile kt + 1's quads decoded into the
-// unsigned-byte A tile not in use (two A buffers) between the first k32 step's fragment loads and
-// its MMAs.
+// Block: 128 rows x 64 tokens, 8 warps of 64 rows x 16 tokens (48 limb columns); K tiles of 128
+// inputs (kSteps = 4 k32 steps; H100 A/B: 5-11 % faster than tiles of 64, which need 120 instead
+// of 192 KB of shared memory: DDRT_I8_STEPS=2). Tile kt covers inputs k0 = 128 kt .. k0 + 127, which
+// are quads j .. j + 3 (4 | j) of the 8 lane steps b of one octet slab of every row (packed.cuh:
+// quad j of step b = inputs 32 j + 4 b .. + 3 of the slab), so a k32 step is quad j of steps 0..7:
+// 32 consecutive inputs, A's natural k order. A ring of kStages stages, filled by cp.async, holds
+// per K tile the x limb tiles ([token][lo, hi][k], then the mid rows) and, for each k32 step's
+// group, the tokens' (sx, sum x) and the rows' (scale, min). The raw words of the codes change
+// every 256 inputs (kPeriod tiles: a 3-bit slice's 3 words, a 4-bit lane step's vector, a 2-bit
+// step's word pair), so they are copied once per period into one of two raw buffers, with the
+// stage of the period's first tile. Iteration kt: wait for stage kt + 1, one barrier, issue stage
+// kt + kStages - 1 (into the slot of tile kt - 1, which everyone has finished), then the MMAs of
+// tile kt, with tile kt + 1's quads decoded into the unsigned-byte A tile not in use (two A
+// buffers) between the first k32 step's fragment loads and its MMAs.
 #include "kernels.cuh"
 
 namespace ddrt {
 namespace gpu {
 namespace {
 
-constexpr int kBM = 128, kBN = 64, kBK = 64, kThreads = 256, kStages = 4, kPeriod = 4;
-constexpr int kLd = kBK + 16;  // bytes per row of the A and x tiles: 80 (ldmatrix conflict free)
+#ifndef DDRT_I8_STEPS  // k32 steps per K tile: 4 (192 KB of shared memory), 2 (120 KB; a lab build)
+#define DDRT_I8_STEPS 4
+#endif
+constexpr int kSteps = DDRT_I8_STEPS;
+constexpr int kBM = 128, kBN = 64, kBK = 32 * kSteps, kThreads = 256, kStages = 4, kPeriod = 256 / kBK;
+constexpr int kLd = kBK + 16;  // bytes per row of the A and x tiles (80 / 144: ldmatrix conflict free)
 constexpr float kX3 = 8.0e6f;  // |X| <= kX3 keeps the balanced top limb within int8 (|hi| <= 123)
 
 // Shared memory: the ring's stages, two raw buffers, two A tiles (byte offsets).
 constexpr int kXTile = 3 * kBN * kLd;            // rows 2 u + l: token u's lo / hi; 2 kBN + m: mid
-constexpr int kOffXq = kXTile;                   // float2 (sx, sum x) [2 k32 steps][kBN]
-constexpr int kOffSm = kOffXq + 2 * kBN * 8;     // __half2 (scale, min) [2][kBM]
-constexpr int kStage = kOffSm + 2 * kBM * 4;
+constexpr int kOffXq = kXTile;                   // float2 (sx, sum x) [kSteps k32 steps][kBN]
+constexpr int kOffSm = kOffXq + kSteps * kBN * 8;  // __half2 (scale, min) [kSteps][kBM]
+constexpr int kStage = kOffSm + kSteps * kBM * 4;
 constexpr int kRawUnits = kBM * 8;               // (row, lane step b)
 constexpr int kRaw = kRawUnits * 16;             // one raw buffer: a uint4 slot per unit (3-bit: 3
                                                  // words of it, 4-bit 4, 2-bit 2)
@@ -103,26 +108,18 @@ __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int gr
   if (lane == 0) p.q[g * T + t] = make_float2(mx / kX3, sum);
 }
 
-// Quads j and j + 1 (j even; J8 = j % 8, uniform over the block, a constant here) of a lane step
-// as 4 unsigned bytes each (byte i = code 4 quad + i), from the raw words of its period (w).
-template <int B, int J8>
-__device__ __forceinline__ void quad_pair(const uint4& v, uint32_t* q0, uint32_t* q1) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  if (B == 3) {
-    *q0 = quad_i8<3>(w, J8) >> class_shift<3>(quad_class<3>(J8));
-    *q1 = quad_i8<3>(w, J8 + 1) >> class_shift<3>(quad_class<3>(J8 + 1));
-  } else if (B == 4) {  // quad j in word j % 4, high nibbles for j % 8 >= 4
-    constexpr int sh = 4 * (J8 / 4), lo = J8 % 4;
-    *q0 = (w[lo] >> sh) & 0x0F0F0F0Fu;
-    *q1 = (w[lo + 1] >> sh) & 0x0F0F0F0Fu;
-  } else {  // bits 2: quad j in word 2 (j / 8) + j % 2 (the period's pair), field 2 ((j % 8) / 2)
-    constexpr int sh = 2 * (J8 / 2);
-    *q0 = (w[0] >> sh) & 0x03030303u;
-    *q1 = (w[1] >> sh) & 0x03030303u;
-  }
+// Quad JJ (0..7, a constant here: the quad's position in its slice / nibble / field cycle) of a
+// lane step as 4 unsigned bytes (byte i = code 4 quad + i), from the raw words of its period (w).
+template <int B, int JJ>
+__device__ __forceinline__ uint32_t quad_u8(const uint32_t* w) {
+  if (B == 3) return quad_i8<3>(w, JJ) >> class_shift<3>(quad_class<3>(JJ));
+  if (B == 4) return (w[JJ % 4] >> (4 * (JJ / 4))) & 0x0F0F0F0Fu;  // word j % 4, high nibbles for j % 8 >= 4
+  // bits 2: quad j in word 2 (j / 8) + j % 2 (the period's pair: w[j % 2]), field 2 ((j % 8) / 2)
+  return (w[JJ % 2] >> (2 * (JJ / 2))) & 0x03030303u;
 }
-// A thread's units of a tile's decode: every raw slot loaded first (one 16-byte load each), then
-// the quads extracted and stored into the A tile [row][k].
+// A thread's units of a tile's decode (quads j .. j + kSteps - 1 of every (row, lane step), J8 = j %
+// 8 uniform over the block): every raw slot loaded first (one 16-byte load each), then the quads
+// extracted and stored into the A tile [row][k] (quad j + i at k 32 i + 4 b).
 template <int B, int J8>
 __device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A, int tid) {
   constexpr int U = kRawUnits / kThreads;
@@ -132,10 +129,14 @@ __device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A,
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int e = tid + u * kThreads, row = e / 8, b = e % 8;
-    uint32_t q0, q1;
-    quad_pair<B, J8>(v[u], &q0, &q1);
-    *reinterpret_cast<uint32_t*>(A + row * kLd + 4 * b) = q0;
-    *reinterpret_cast<uint32_t*>(A + row * kLd + 32 + 4 * b) = q1;
+    const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+    uint32_t* dst = reinterpret_cast<uint32_t*>(A + row * kLd + 4 * b);
+    dst[0] = quad_u8<B, J8>(w);
+    dst[8] = quad_u8<B, J8 + 1>(w);
+    if (kSteps == 4) {
+      dst[16] = quad_u8<B, (J8 + 2) % 8>(w);
+      dst[24] = quad_u8<B, (J8 + 3) % 8>(w);
+    }
   }
 }
 
@@ -157,11 +158,16 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*16..
   const int t0 = blockIdx.x * kBN;
-  int m = 0;  // this block's member; W below: its codes, scales and rows
-  while (m + 1 < G.n && (int)blockIdx.y >= G.tile0[m + 1]) ++m;
-  W.codes = G.codes[m], W.sm = G.sm[m], W.d_out = G.d_out[m];
-  float* const y = G.y[m];
-  const int64_t o0 = (int64_t)(blockIdx.y - G.tile0[m]) * kBM;
+  // this block's member (selects with constant indices: no copy of G to local memory); W below:
+  // its codes, scales and rows
+  const int by = (int)blockIdx.y;
+  const int m = (G.n > 1 && by >= G.tile0[1]) + (G.n > 2 && by >= G.tile0[2]);
+  static_assert(kTcMaxMembers == 3, "member selection below");
+  W.codes = m == 0 ? G.codes[0] : m == 1 ? G.codes[1] : G.codes[2];
+  W.sm = m == 0 ? G.sm[0] : m == 1 ? G.sm[1] : G.sm[2];
+  W.d_out = m == 0 ? G.d_out[0] : m == 1 ? G.d_out[1] : G.d_out[2];
+  float* const y = m == 0 ? G.y[0] : m == 1 ? G.y[1] : G.y[2];
+  const int64_t o0 = (int64_t)(by - (m == 0 ? 0 : m == 1 ? G.tile0[1] : G.tile0[2])) * kBM;
   const int nk = (int)(xq.kp / kBK);
   const uint32_t* codes = reinterpret_cast<const uint32_t*>(W.codes);
   unsigned char* const R0 = smem + kStages * kStage;  // raw buffers
@@ -172,9 +178,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
     unsigned char* S = smem + slot * kStage;
     const int k0 = kt * kBK;  // d_in < 2^31 (layout.h)
 #pragma unroll
-    for (int u = 0; u < 3; ++u) {  // x limbs: 64 tokens x 3 limbs x 4 chunks of 16 bytes
-      const int e = tid + u * kThreads, q = e % 4;
-      int n = e / 4, tok;  // n: the tile row
+    for (int u = 0; u < 3 * kSteps / 2; ++u) {  // x limbs: 64 tokens x 3 limbs x kBK / 16 chunks
+      const int e = tid + u * kThreads, q = e % (kBK / 16);
+      int n = e / (kBK / 16), tok;  // n: the tile row
       const int8_t* base;
       if (n < 2 * kBN) {  // (lo, hi) rows 2 u + l
         tok = n / 2;
@@ -187,8 +193,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       const int t = min(t0 + tok, T - 1);  // tokens past T: any valid row, their outputs are not stored
       cp_async16(S + n * kLd + 16 * q, base + (int64_t)t * xq.kp + k0 + 16 * q, true);
     }
-    {
-      const int h = tid / 128, r = tid % 128;  // k32 step h: its group's (sx, sum x), (scale, min)
+#pragma unroll
+    for (int u = 0; u < kSteps / 2; ++u) {
+      const int e = tid + u * kThreads, h = e / 128, r = e % 128;  // k32 step h: (sx, sum x), (scale, min)
       const int g = (k0 + 32 * h) >> xq.gshift;
       if (r < kBN) cp_async8z(S + kOffXq + (h * kBN + r) * 8, xq.q + (int64_t)g * T + min(t0 + r, T - 1), true);
       const int64_t o = o0 + r;
@@ -221,11 +228,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
   // the raw words of tile kt -> unsigned-byte A tile [row][k]
   auto decode = [&](int kt, unsigned char* A) {
     const uint4* raw = reinterpret_cast<const uint4*>(R0 + ((kt / kPeriod) % 2) * kRaw);
-    switch ((kt * kBK % (8 * (int)C)) / 32 % 8) {  // j % 8: uniform over the block
+    switch ((kt * kBK % (8 * (int)C)) / 32 % 8) {  // j % 8: uniform over the block (kSteps | j)
       case 0: decode_units<B, 0>(raw, A, tid); break;
-      case 2: decode_units<B, 2>(raw, A, tid); break;
+      case 2: decode_units<B, kSteps == 2 ? 2 : 0>(raw, A, tid); break;
       case 4: decode_units<B, 4>(raw, A, tid); break;
-      default: decode_units<B, 6>(raw, A, tid); break;
+      default: decode_units<B, kSteps == 2 ? 6 : 4>(raw, A, tid); break;
     }
   };
 
@@ -251,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
     const unsigned char* S = smem + (kt % kStages) * kStage;
     const unsigned char* A = A0 + (kt % 2) * kATile;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < kSteps; ++h) {
       uint32_t af[4][4], bf[4][2], bm[2][2];
 #pragma unroll
       for (int mi = 0; mi < 4; ++mi) ldsm4(af[mi], A + (wm * 64 + mi * 16 + lane % 16) * kLd + 32 * h + (lane / 16) * 16);
