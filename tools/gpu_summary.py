@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The short table at the end of tools/gpu_check.sh: decode and prefill per benchmark run, and the
-GEMV lab's default-kernel lines, read back from the logs the check wrote.
+"""The short table at the end of tools/gpu_check.sh: decode and prefill per benchmark run, the
+GEMV lab's default-kernel lines and the prefill matmuls, read back from the logs the check wrote.
 
-    python3 tools/gpu_summary.py OUT_DIR      # OUT_DIR holds bench_e2e.log and bench_gemv.log
+    python3 tools/gpu_summary.py OUT_DIR   # OUT_DIR holds bench_e2e.log, bench_gemv.log, bench_gemm.log
 """
 import re
 import sys
@@ -47,6 +47,19 @@ def gemv_rows(text):
     return rows
 
 
+def gemm_rows(text):
+    """(type, shape, default us, TFLOP/s, bf16 twin us, TFLOP/s) of `test_cuda_ops --bench-gemm`."""
+    rows, on = [], False
+    for line in text.splitlines():
+        if line.startswith("type") and "default us" in line:
+            on = True
+            continue
+        m = re.match(r"(\S+)\s+(\d+x\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+$", line)
+        if on and m:
+            rows.append(m.groups())
+    return rows
+
+
 def table(head, rows):
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -55,13 +68,16 @@ def table(head, rows):
 
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu_logs")
-    e2e, gemv = out / "bench_e2e.log", out / "bench_gemv.log"
+    e2e, gemv, gemm = out / "bench_e2e.log", out / "bench_gemv.log", out / "bench_gemm.log"
     if e2e.exists():
         print(table(["run", "decode tok/s", "ms/token", "% of peak", "prefill tok/s", "DecDEC KB"],
                     e2e_rows(e2e.read_text())))
     if gemv.exists():
         print()
         print(table(["GEMV", "shape", "us (graph)", "GB/s", "% of 3000"], gemv_rows(gemv.read_text())))
+    if gemm.exists():
+        print()
+        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "bf16 twin us", "TFLOP/s"], gemm_rows(gemm.read_text())))
 
 
 if __name__ == "__main__":
