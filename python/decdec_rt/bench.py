@@ -13,8 +13,20 @@ from . import _core
 from .errors import InvalidArgumentError
 from .types import LINEAR_SLOTS, tensor_bytes, uniform_type, TType
 
-# Measured HBM read bandwidth of the lent H100 (DESIGN.md §5): the "fraction of peak" base.
+# HBM read bandwidth measured on the lent H100 (DESIGN.md §5): the "fraction of peak" base where
+# nothing is measured (CPU runs). On a CUDA device bench() measures the GPU's own (peak_gbs=None).
 PEAK_GBS = 3000.0
+_measured_peak: dict = {}
+
+
+def measured_peak_gbs(device: str) -> float | None:
+    """HBM streaming-read GB/s of a CUDA device (the bandwidth probe, once per process), else None."""
+    idx = 0 if device == "cuda" else int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+    if idx is None:
+        return None
+    if idx not in _measured_peak:
+        _measured_peak[idx] = float(_core.measure_bandwidth(idx)["hbm_read_gbs"])
+    return _measured_peak[idx]
 
 
 def _linear_shapes(c: dict):
@@ -37,11 +49,13 @@ def bytes_per_token(c: dict, bits: int, group: int, context: int) -> dict:
 def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context: int = 512,
           n_decode: int = 128, prefill: int = 512, decdec: str = "off", k_chunk: int | dict = 8, n_tb: int | dict = 0,
           group: int = 128, residual: str = "host", graphs: bool = True, reps: int = 3,
-          n_layers: int = 0, seed: int = 0, peak_gbs: float = PEAK_GBS) -> dict:
+          n_layers: int = 0, seed: int = 0, peak_gbs: float | None = None) -> dict:
     """Decode and prefill speed of a synthetic model of `shape` (see decdec_rt._core.synth_shapes()).
 
     Decode: greedy tokens after a `context`-token prompt (median of `reps` runs of `n_decode`).
-    Prefill: one prompt of `prefill` tokens (median of `reps`). Returns a dict of the numbers."""
+    Prefill: one prompt of `prefill` tokens (median of `reps`). `peak_gbs` (the "fraction of peak"
+    base): None measures the CUDA device's HBM read bandwidth, or takes PEAK_GBS on the CPU.
+    Returns a dict of the numbers."""
     if shape not in _core.synth_shapes():
         raise InvalidArgumentError(f"unknown shape {shape!r}; known: {', '.join(_core.synth_shapes())}")
     if context < 1 or n_decode < 1 or prefill < 1 or reps < 1:
@@ -79,6 +93,8 @@ def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context
         eng.decode_greedy(1, n_decode)
         dec.append(n_decode / (time.perf_counter() - t0))
     tok_s = statistics.median(dec)
+    if peak_gbs is None:
+        peak_gbs = measured_peak_gbs(device) or PEAK_GBS
     b = bytes_per_token(c, bits, group, context + 4 + n_decode // 2)
     gbs = b["total"] * tok_s / 1e9
     return {
