@@ -2,7 +2,7 @@
 // cores, y[T][d_out] = x[T][d_in] W^T.
 //
 // Math. W[o][i] = s_og q_oi + m_og (g: the group of input i). x is quantized once per call, per
-// (token t, group g), to X_ti = round(x_ti / sx_tg) with |X| <= kX3 (sx_tg = max_g |x_t| / kX3, ~24
+// (token t, group g), to X_ti = round(x_ti / sx_tg) with |X| <= kXq (sx_tg = max_g |x_t| / kXq, ~24
 // bits, as the batch-1 GEMV's) and split into three balanced int8 limbs X = 65536 hi + 256 mid + lo:
 //   y[t][o] = sum_g ( s_og sx_tg P_otg + m_og sum_{i in g} x_ti ),   P_otg = sum_{i in g} q_oi X_ti.
 // mma.m16n8k32 (u8 codes x s8 limbs, int32). B columns: per warp, 4 n8 tiles of (lo, hi) pairs
@@ -41,7 +41,6 @@ namespace {
 constexpr int kSteps = DDRT_I8_STEPS;
 constexpr int kBM = 128, kBN = 64, kBK = 32 * kSteps, kThreads = 256, kStages = 4, kPeriod = 256 / kBK;
 constexpr int kLd = kBK + 16;  // bytes per row of the A and x tiles (80 / 144: ldmatrix conflict free)
-constexpr float kX3 = 8.0e6f;  // |X| <= kX3 keeps the balanced top limb within int8 (|hi| <= 123)
 
 // Shared memory: the ring's stages, two raw buffers, two A tiles (byte offsets).
 constexpr int kXTile = 3 * kBN * kLd;            // rows 2 u + l: token u's lo / hi; 2 kBN + m: mid
@@ -94,18 +93,16 @@ __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int gr
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
     sum += __shfl_xor_sync(0xffffffffu, sum, m);
   }
-  const float inv = mx > 0.0f ? kX3 / mx : 0.0f;
+  const float inv = mx > 0.0f ? kXq / mx : 0.0f;
   for (int c = lane; c < group && i0 + c < p.kp; c += 32) {
     const float v = i0 + c < d_in ? xt[i0 + c] : 0.0f;
-    const int X = max(-(int)kX3, min((int)kX3, __float2int_rn(v * inv)));
-    const int lo = ((X + 128) & 255) - 128, X1 = (X - lo) >> 8;  // balanced base-256 digits
-    const int mid = ((X1 + 128) & 255) - 128, hi = (X1 - mid) >> 8;
+    const XLimbs l = x_limbs(v, inv);
     const int64_t at = (int64_t)t * p.kp + i0 + c;
-    p.lo[at] = (int8_t)lo;
-    p.mid[at] = (int8_t)mid;
-    p.hi[at] = (int8_t)hi;
+    p.lo[at] = (int8_t)l.lo;
+    p.mid[at] = (int8_t)l.mid;
+    p.hi[at] = (int8_t)l.hi;
   }
-  if (lane == 0) p.q[g * T + t] = make_float2(mx / kX3, sum);
+  if (lane == 0) p.q[g * T + t] = make_float2(mx / kXq, sum);
 }
 
 // Quad JJ (0..7, a constant here: the quad's position in its slice / nibble / field cycle) of a

@@ -68,8 +68,6 @@ DDRT_HDC int tc_slot_vecs(int bits, int group) {
   return tc_unit_chunks(bits) * 2 * step_vecs(bits) * 32 + (16 * tc_unit_groups(bits, group) + 3) / 4;
 }
 
-constexpr float kXq = 8.0e6f;  // |X| <= kXq keeps each limb of X within int8 (hi <= 123)
-
 // Everything one launch needs; the host fills it (gemv_tc.cu) from the shape and the grid.
 struct TcArgs {
   DevLinear W;     // the launch's shape: d_out = the group's total; codes/sm are per member below
@@ -573,13 +571,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       uint32_t lw[3] = {0u, 0u, 0u};  // hi, mid, lo
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        // balanced base-256 digits, each in [-128, 127]
-        const int X = __float2int_rn(xq[e] * inv);
-        const int lo = ((X + 128) & 255) - 128, X1 = (X - lo) >> 8;
-        const int mid = ((X1 + 128) & 255) - 128, hi = (X1 - mid) >> 8;
-        lw[0] |= (uint32_t)(hi & 255) << (8 * e);
-        lw[1] |= (uint32_t)(mid & 255) << (8 * e);
-        lw[2] |= (uint32_t)(lo & 255) << (8 * e);
+        const XLimbs l = x_limbs(xq[e], inv);
+        lw[0] |= (uint32_t)(l.hi & 255) << (8 * e);
+        lw[1] |= (uint32_t)(l.mid & 255) << (8 * e);
+        lw[2] |= (uint32_t)(l.lo & 255) << (8 * e);
       }
       uint32_t* ent = xw + (((sl * NQ + j) * 4 + (b & 3)) * 3) * 2 + (b >> 2);  // [.][t][limb][h]
 #pragma unroll

@@ -38,6 +38,19 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// x on the int8 tensor cores (the batch-1 GEMV, gemv_tc.cuh, and the T > 1 matmul, gemm_i8.cu):
+// per group, X = round(x * kXq / max|x|) (~24 bits), split into three balanced base-256 digits
+// (limbs) in [-128, 127] with X = 65536 hi + 256 mid + lo; |X| <= kXq keeps |hi| <= 123.
+constexpr float kXq = 8.0e6f;
+struct XLimbs { int hi, mid, lo; };
+// inv = kXq / max|x| of the group (0 for an all-zero group)
+__device__ __forceinline__ XLimbs x_limbs(float v, float inv) {
+  const int X = max(-(int)kXq, min((int)kXq, __float2int_rn(v * inv)));
+  const int lo = ((X + 128) & 255) - 128, X1 = (X - lo) >> 8;
+  const int mid = ((X1 + 128) & 255) - 128;
+  return {(X1 - mid) >> 8, mid, lo};
+}
+
 // d += a b: A 16x32 unsigned bytes (row), B 32x8 signed bytes (col), int32 accumulation.
 // kOrdered (asm volatile): the MMAs keep their program order against other volatile asm (the
 // GEMV relies on its issue order); otherwise the compiler may schedule them freely (pure register
