@@ -121,6 +121,34 @@ class Backend {
     swiglu(gate, gate, up, (size_t)T * W.d_in);
     matmul(W, y, gate, T, call);
   }
+  // y += W x (+ compensation): a projection added into the residual stream y ([T, W.d_out]).
+  // tmp: [T, W.d_out] scratch for the default (matmul into tmp, then add).
+  virtual void matmul_add(const Linear& W, float* y, float* tmp, const float* x, int T, const DecdecCall& call) {
+    matmul(W, tmp, x, T, call);
+    add(y, tmp, (size_t)T * W.d_out);
+  }
+  // matmul_swiglu's result added into y likewise (tmp as above)
+  virtual void matmul_swiglu_add(const Linear& W, float* y, float* tmp, float* gate, const float* up, int T,
+                                 const DecdecCall& call) {
+    matmul_swiglu(W, tmp, gate, up, T, call);
+    add(y, tmp, (size_t)T * W.d_out);
+  }
+  // xb = rmsnorm(x) * w, then matmul_group(Ws, ys, n, xb, calls): a group that reads the
+  // normalized residual stream (x, xb: [T, Ws[0]->d_in]; xb is scratch: written or not)
+  virtual void rmsnorm_matmul_group(const Linear* const* Ws, float* const* ys, int n, float* xb, const float* x,
+                                    const float* w, float eps, int T, const DecdecCall* calls) {
+    rmsnorm(xb, x, w, T, (int)Ws[0]->d_in, eps);
+    matmul_group(Ws, ys, n, xb, T, calls);
+  }
+  // Whether the residual add and the next norm can live inside the linears around them: each of
+  // matmul_add / matmul_swiglu_add of `producer` and rmsnorm_matmul_group of `consumers` (none
+  // when n = 0: the last layer's) runs as one launch for these calls. The engine then takes them
+  // instead of matmul, add_rmsnorm, matmul_group (which cost one launch more); false: it takes
+  // those. Default: false.
+  virtual bool fuses_add_norm(const Linear& producer, const DecdecCall& pcall, const Linear* const* consumers, int n,
+                              const DecdecCall* ccalls, int T) const {
+    return false;
+  }
   // rope_qk, then attention (q and k are scratch afterwards: rotated or not)
   virtual void rope_attention(KVCache& kv, int layer, float* out, float* q, float* k, const float* v, int T,
                               int n_heads, int64_t pos0, const float* inv_freq) {

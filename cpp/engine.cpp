@@ -360,14 +360,26 @@ void Engine::linear(const Linear& w, int layer, int slot, float* y, const float*
   be_->matmul(w, y, x, T, decdec_call(layer, slot, pos0));
 }
 
-void Engine::linear_group(int layer, int slot0, int n, float* const* ys, const float* x, int T, int64_t pos0) {
-  const Linear* ws[3];
-  DecdecCall calls[3];
+void Engine::group_args(int layer, int slot0, int n, int64_t pos0, const Linear** ws, DecdecCall* calls) const {
   for (int m = 0; m < n; ++m) {
     ws[m] = layers_[layer]->w[slot0 + m].get();
     calls[m] = decdec_call(layer, slot0 + m, pos0);
   }
+}
+
+void Engine::linear_group(int layer, int slot0, int n, float* const* ys, const float* x, int T, int64_t pos0) {
+  const Linear* ws[3];
+  DecdecCall calls[3];
+  group_args(layer, slot0, n, pos0, ws, calls);
   be_->matmul_group(ws, ys, n, x, T, calls);
+}
+
+void Engine::linear_group_rmsnorm(int layer, int slot0, int n, float* const* ys, const float* x, const float* w,
+                                  int T, int64_t pos0) {
+  const Linear* ws[3];
+  DecdecCall calls[3];
+  group_args(layer, slot0, n, pos0, ws, calls);
+  be_->rmsnorm_matmul_group(ws, ys, n, xb_, x, w, cfg_.norm_eps, T, calls);
 }
 
 void Engine::check_tokens(const int32_t* ids, int T) const {
@@ -416,28 +428,54 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
   const size_t dim = c.dim;
   be_->embed(*embd_, x_, ids, T);                                      // x [T, dim]
   be_->rmsnorm(xb_, x_, layers_[0]->attn_norm, T, c.dim, c.norm_eps);   // xb [T, dim]
+  // Around each residual add: either matmul, add_rmsnorm (x += y; xb = norm(x)), matmul_group(xb),
+  // or, where the backend runs them as single launches (fuses_add_norm), the producer adding into
+  // x itself and the consumers normalizing x where they read it: one launch fewer per add.
+  // normed: xb holds this layer's attn_norm(x) (else the qkv group normalizes x itself).
+  bool normed = true;
+  const Linear* next[3];
+  DecdecCall next_calls[3];
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = *layers_[l];
-    // attention block (xb = attn_norm(x) on entry)
+    // attention block
     if (capture_) emit(l, 0, xb_, T, c.dim);
     float* const qkv[3] = {q_, k_, v_};                         // q [T, n_heads*hd], k, v [T, n_kv*hd]
-    linear_group(l, 0, 3, qkv, xb_, T, pos0);
+    if (normed)
+      linear_group(l, 0, 3, qkv, xb_, T, pos0);
+    else
+      linear_group_rmsnorm(l, 0, 3, qkv, x_, L.attn_norm, T, pos0);
     be_->rope_attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0, inv_freq_);  // att [T, n_heads*hd]
     if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
-    linear(*L.w[3], l, 3, hb_, att_, T, pos0);                  // hb [T, dim]
-    be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
-    // feed-forward block
-    if (capture_) emit(l, 4, xb_, T, c.dim);
+    const DecdecCall o_call = decdec_call(l, 3, pos0);
+    group_args(l, 4, 2, pos0, next, next_calls);
     float* const gate_up[2] = {gate_, up_};                     // gate, up [T, hidden]
-    linear_group(l, 4, 2, gate_up, xb_, T, pos0);
+    if (!capture_ && be_->fuses_add_norm(*L.w[3], o_call, next, 2, next_calls, T)) {
+      be_->matmul_add(*L.w[3], x_, hb_, att_, T, o_call);       // x += o(att)
+      be_->rmsnorm_matmul_group(next, gate_up, 2, xb_, x_, L.ffn_norm, c.norm_eps, T, next_calls);
+    } else {
+      be_->matmul(*L.w[3], hb_, att_, T, o_call);               // hb [T, dim]
+      be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
+      if (capture_) emit(l, 4, xb_, T, c.dim);
+      be_->matmul_group(next, gate_up, 2, xb_, T, next_calls);
+    }
+    // feed-forward block: hb = down(silu(gate) * up)  [T, dim], added into x
+    const DecdecCall d_call = decdec_call(l, 6, pos0);
+    const bool last = l + 1 == c.n_layers;
+    if (!last) group_args(l + 1, 0, 3, pos0, next, next_calls);
     if (capture_) {                                             // the capture needs silu(gate) * up itself
       be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);
       emit(l, 6, gate_, T, c.hidden_dim);
       linear(*L.w[6], l, 6, hb_, gate_, T, pos0);
-    } else {                                                    // hb = down(silu(gate) * up)  [T, dim]
-      be_->matmul_swiglu(*L.w[6], hb_, gate_, up_, T, decdec_call(l, 6, pos0));
+      normed = true;
+    } else if (be_->fuses_add_norm(*L.w[6], d_call, next, last ? 0 : 3, next_calls, T)) {
+      be_->matmul_swiglu_add(*L.w[6], x_, hb_, gate_, up_, T, d_call);  // x += ffn
+      normed = false;
+      continue;
+    } else {
+      be_->matmul_swiglu(*L.w[6], hb_, gate_, up_, T, d_call);
+      normed = true;
     }
-    if (l + 1 < c.n_layers)                                     // x += ffn; xb = next attn_norm(x)
+    if (!last)                                                  // x += ffn; xb = next attn_norm(x)
       be_->add_rmsnorm(xb_, x_, hb_, layers_[l + 1]->attn_norm, T, c.dim, c.norm_eps);
     else
       be_->add(x_, hb_, T * dim);                               // x += ffn (the head norms it)

@@ -170,6 +170,11 @@ class Engine {
   // The linears of slots [slot0, slot0 + n) of a layer, all reading x (q/k/v, gate/up): one
   // matmul_group, which a backend may run as one launch.
   void linear_group(int layer, int slot0, int n, float* const* ys, const float* x, int T, int64_t pos0);
+  // The same group reading rmsnorm(x) * w (xb: the backend's scratch for it)
+  void linear_group_rmsnorm(int layer, int slot0, int n, float* const* ys, const float* x, const float* w, int T,
+                            int64_t pos0);
+  // The group's linears and calls (n <= 3)
+  void group_args(int layer, int slot0, int n, int64_t pos0, const Linear** ws, DecdecCall* calls) const;
   DecdecCall decdec_call(int layer, int slot, int64_t pos0) const;
 };
 

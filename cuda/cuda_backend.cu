@@ -401,8 +401,9 @@ class CudaBackend : public Backend {
   // T = 1 on the fused tensor-core GEMV (compensation in the same launch) for n linears reading
   // x (a group: gemv_tc_groupable, one DecDEC call for all); false: not possible for this shape /
   // setting, nothing was launched.
+  // io: the input's swiglu or rmsnorm, and y = or y += (kernels.cuh)
   bool matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x, const DecdecCall& call,
-                    const std::string& what, const float* up = nullptr);
+                    const std::string& what, const gpu::TcIo& io = {});
   // T = 1 with the fused GEMV (as matmul decides): one launch computes swiglu(gate, up) as it
   // reads its input; otherwise the two ops
   void matmul_swiglu(const Linear& lin, float* y, float* gate, const float* up, int T,
@@ -414,14 +415,93 @@ class CudaBackend : public Backend {
     // only large matrices take it. With compensation too: without the fusion there, the tuner
     // measured down's k_chunk 1 at +0.107 ms per token over the fused base (the swiglu launch), with
     // it +0.057 ms. Env DDRT_FUSE_SWIGLU=0 runs the two ops, =1 fuses every size
-    const char* env = std::getenv("DDRT_FUSE_SWIGLU");  // read per call (host side only: graphs replay)
-    const bool fuse = env ? env[0] != '0' : W.d_out * W.d_in >= (int64_t)8 << 20;
-    if (T == 1 && fuse && fused_first(W)) {
+    if (T == 1 && fuse_swiglu(W) && fused_first(W)) {
       const CudaLinear* Ws[1] = {&W};
       float* ys[1] = {y};
-      if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", up)) return;
+      gpu::TcIo io;
+      io.up = up;
+      if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", io)) return;
     }
     Backend::matmul_swiglu(lin, y, gate, up, T, call);
+  }
+  static bool fuse_swiglu(const CudaLinear& W) {
+    const char* env = std::getenv("DDRT_FUSE_SWIGLU");  // read per call (host side only: graphs replay)
+    return env ? env[0] != '0' : W.d_out * W.d_in >= (int64_t)8 << 20;
+  }
+  // T = 1 with the fused GEMV: it adds its result into y itself (y += as it writes a tile)
+  void matmul_add(const Linear& lin, float* y, float* tmp, const float* x, int T, const DecdecCall& call) override {
+    use();
+    const auto& W = static_cast<const CudaLinear&>(lin);
+    if (T == 1 && fused_first(W)) {
+      const CudaLinear* Ws[1] = {&W};
+      float* ys[1] = {y};
+      gpu::TcIo io;
+      io.accumulate = true;
+      if (matmul_fused(Ws, ys, 1, x, call, "matmul '" + W.name + "'", io)) return;
+    }
+    Backend::matmul_add(lin, y, tmp, x, T, call);
+  }
+  void matmul_swiglu_add(const Linear& lin, float* y, float* tmp, float* gate, const float* up, int T,
+                         const DecdecCall& call) override {
+    use();
+    const auto& W = static_cast<const CudaLinear&>(lin);
+    if (T == 1 && fused_first(W)) {
+      if (!fuse_swiglu(W)) {  // the swiglu launch, then the adding GEMV
+        swiglu(gate, gate, up, (size_t)W.d_in);
+        matmul_add(lin, y, tmp, gate, T, call);
+        return;
+      }
+      const CudaLinear* Ws[1] = {&W};
+      float* ys[1] = {y};
+      gpu::TcIo io;
+      io.up = up;
+      io.accumulate = true;
+      if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", io)) return;
+    }
+    Backend::matmul_swiglu_add(lin, y, tmp, gate, up, T, call);
+  }
+  // T = 1 with the fused GEMV: its blocks normalize x where they read it (rmsnorm_matmul_group's
+  // xb is not written)
+  void rmsnorm_matmul_group(const Linear* const* Ws, float* const* ys, int n, float* xb, const float* x,
+                            const float* w, float eps, int T, const DecdecCall* calls) override {
+    use();
+    const CudaLinear* cw[gpu::kTcMaxMembers];
+    if (T == 1 && consumers_fusable(Ws, n, calls, cw)) {
+      std::string what = "matmul group";
+      for (int m = 0; m < n; ++m) what += (m ? ", '" : " '") + cw[m]->name + "'";
+      gpu::TcIo io;
+      io.nw = w;
+      io.eps = eps;
+      if (matmul_fused(cw, ys, n, x, calls[0], what, io)) return;
+    }
+    Backend::rmsnorm_matmul_group(Ws, ys, n, xb, x, w, eps, T, calls);
+  }
+  // Whether the fused GEMV can read rmsnorm(x) for these linears and calls (one launch; cw: them)
+  bool consumers_fusable(const Linear* const* Ws, int n, const DecdecCall* calls, const CudaLinear** cw) const {
+    if (n < 1 || n > gpu::kTcMaxMembers) return false;
+    const gpu::DevLinear* devs[gpu::kTcMaxMembers];
+    for (int m = 0; m < n; ++m) {
+      cw[m] = static_cast<const CudaLinear*>(Ws[m]);
+      devs[m] = &cw[m]->dev;
+      if (!fused_first(*cw[m])) return false;
+      // the other modes select in a pre-kernel that reads x as it is, not normalized
+      if (calls[m].mode != DecdecMode::Off && calls[m].k_chunk > 0 && calls[m].mode != DecdecMode::Approx) return false;
+    }
+    gpu::DevLinear shape;
+    return (n == 1 || group_fusable(cw, n, calls)) && gpu::gemv_tc_groupable(devs, n, &shape);
+  }
+  // The residual add inside the producer and the norm inside the consumers, each one fused GEMV
+  // launch (env DDRT_FUSE_NORM=0: never, for A/B)
+  bool fuses_add_norm(const Linear& producer, const DecdecCall& pcall, const Linear* const* consumers, int n,
+                      const DecdecCall* ccalls, int T) const override {
+    const char* env = std::getenv("DDRT_FUSE_NORM");
+    if ((env && env[0] == '0') || T != 1) return false;
+    const auto& P = static_cast<const CudaLinear&>(producer);
+    const gpu::DevLinear* pd[1] = {&P.dev};
+    gpu::DevLinear shape;
+    if (!fused_first(P) || !gpu::gemv_tc_groupable(pd, 1, &shape)) return false;
+    const CudaLinear* cw[gpu::kTcMaxMembers];
+    return n == 0 || consumers_fusable(consumers, n, ccalls, cw);
   }
   // Whether a T = 1 call of W goes to the fused GEMV first: every uniform 3/4-bit matrix (since
   // the int8 tensor-core version, 4-bit too: llama3-8b 4-bit decode 313 vs 295 tok/s with the
@@ -694,7 +774,7 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
 }
 
 bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x,
-                               const DecdecCall& call, const std::string& what, const float* up) {
+                               const DecdecCall& call, const std::string& what, const gpu::TcIo& io) {
   const gpu::DevLinear* devs[gpu::kTcMaxMembers];
   for (int m = 0; m < n; ++m) devs[m] = &Ws[m]->dev;
   gpu::DevLinear shape;
@@ -722,11 +802,12 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     bool monotone = call.mode == DecdecMode::Approx;
     for (int j = 1; monotone && j < kBuckets; ++j) monotone = job.p.floors[j] <= job.p.floors[j - 1];
     comp.select_here = monotone;
-    if (!monotone && up) return false;  // the pre-kernel reads x as it is: the caller runs swiglu first
+    // the pre-kernel reads x as it is: the caller runs swiglu / rmsnorm first
+    if (!monotone && (io.up || io.nw)) return false;
     if (!monotone) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
   DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, static_cast<float*>(tc_part_.get()),
-                                 static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_, up),
+                                 static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_, io),
              what);
   return true;
 }

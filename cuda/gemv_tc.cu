@@ -129,16 +129,20 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_group_launches = 0;
+int64_t g_group_launches = 0, g_io_launches = 0;
 }
 int64_t gemv_tc_group_launches() { return g_group_launches; }
+int64_t gemv_tc_io_launches() { return g_io_launches; }
 
 cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
-                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const float* up) {
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io) {
   TcArgs a;
-  if (!plan.ok || !gemv_tc_groupable(W, n, &a.W)) return cudaErrorInvalidValue;
+  if (!plan.ok || !gemv_tc_groupable(W, n, &a.W) || (io.up && io.nw)) return cudaErrorInvalidValue;
   a.x = x;
-  a.up = up;
+  a.up = io.up;
+  a.nw = io.nw;
+  a.eps = io.eps;
+  a.accumulate = io.accumulate;
   int64_t r = 0;
   for (int m = 0; m < kTcMaxMembers; ++m) {
     a.row0[m] = m == 0 ? 0 : m < n ? r : INT64_MAX;
@@ -173,6 +177,7 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
     return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation
   }
   if (n > 1) ++g_group_launches;
+  if (io.nw || io.accumulate) ++g_io_launches;
   return a.W.bits == 3 ? launch<3>(a.W.group, a, plan.grid, plan.smem, st)
                        : launch<4>(a.W.group, a, plan.grid, plan.smem, st);
 }

@@ -33,6 +33,14 @@
 //    compensation), writes y and resets the counter for the next launch. Nobody else writes y;
 //    nobody reads a slot before its writer's fence; the sum order does not depend on timing, so
 //    results are bitwise repeatable.
+//  - accumulate (y += W x: y is the residual stream, engine.cpp): the one writer of a row reads
+//    its old value and writes the sum; no block of the launch reads y otherwise (x never aliases y).
+//
+// Inputs (TcArgs::up / nw): swiglu1(x, up) or rmsnorm(x) * nw computed where x is read, so the
+// swiglu and the norm need no launch of their own. For the norm, each block sums x^2 over all of
+// d_in itself (16 KB of L2 reads at d_in 4096, issued beside the staging's loads); the base role
+// quantizes x * nw per group (the factor r = 1 / sqrt(mean(x^2) + eps) is common to all groups,
+// so the limbs do not see it) and scales each unit's result by r.
 //
 // Groups (kernels.cuh): the members' rows are concatenated into one output space; tiles,
 // units, slots and compensation segments are counted over it, and only the loads, the scale
@@ -73,6 +81,12 @@ struct TcArgs {
   DevLinear W;     // the launch's shape: d_out = the group's total; codes/sm are per member below
   const float* x;  // [d_in]
   const float* up;  // null, or [d_in]: the input is swiglu1(x, up) (the down projection's)
+  // null, or [d_in]: the input is rmsnorm(x) * nw = x * r * nw, r = 1 / sqrt(mean(x^2) + eps)
+  // (each block sums x^2 itself; the base role stages x * nw and scales its sums by r, which the
+  // per-group quantization of x does not see; the compensation reads x * r * nw as rmsnorm writes it)
+  const float* nw = nullptr;
+  float eps = 0.0f;
+  bool accumulate = false;  // y += the result (y is the residual stream), not y =
   // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
   int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
   const uint4* codes[kTcMaxMembers];
@@ -111,17 +125,53 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
 // The member owning group row `row` (boundaries are multiples of 32: a tile or a 32-output vector
 // lies in one member).
 // Input channel i as the math sees it.
-__device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i) { return a.up ? swiglu1(a.x[i], a.up[i]) : a.x[i]; }
+// r: the rmsnorm factor (a.nw only)
+__device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i, float r) {
+  return a.up ? swiglu1(a.x[i], a.up[i]) : a.nw ? a.x[i] * r * a.nw[i] : a.x[i];
+}
+
+// This thread's share of sum(x^2) over x[0, d_in) (a.nw launches): float4 loads, all in flight
+// (d_in <= 16 K at 256 threads), in a fixed order.
+__device__ __forceinline__ float tc_sumsq_part(const TcArgs& a) {
+  const int64_t n = a.W.d_in;
+  float s = 0.0f;
+  if (n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0) {
+    const float4* x4 = reinterpret_cast<const float4*>(a.x);
+    for (int64_t i0 = threadIdx.x; i0 < n / 4; i0 += 16 * kTcThreads) {
+      float4 v[16];
+#pragma unroll
+      for (int q = 0; q < 16; ++q) {
+        const int64_t i = i0 + (int64_t)q * kTcThreads;
+        v[q] = i < n / 4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int q = 0; q < 16; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += kTcThreads) s = fmaf(a.x[i], a.x[i], s);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;  // the warp's sum, in every lane
+}
+// r from the warps' sums in red[kTcWarps] (after a barrier), the same order in every thread
+__device__ __forceinline__ float tc_rms_factor(const TcArgs& a, const float* red) {
+  float s = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kTcWarps; ++w) s += red[w];
+  return 1.0f / sqrtf(s / (float)a.W.d_in + a.eps);
+}
 
 __device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
   return (row >= a.row0[1] ? 1 : 0) + (row >= a.row0[2] ? 1 : 0);
 }
 
 // Shared memory bytes of the base role for n_slabs slabs of x: the B fragments (per slab, quad,
-// lane t, limb: the words of both chunks), the per-group sums of x and the groups' max |x|.
+// lane t, limb: the words of both chunks), the per-group sums of x and the groups' max |x|, and
+// the warps' sums of x^2 (rmsnorm input).
 inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
   const int64_t per = (int64_t)step_codes(bits) / 4 * 96 + 8 * step_codes(bits) / group * 8;
-  return (size_t)(n_slabs * per + 15) / 16 * 16;
+  return (size_t)(n_slabs * per + 4 * kTcWarps + 15) / 16 * 16;
 }
 // The base role's unit ring (after the x slabs).
 inline size_t tc_ring_bytes(int bits, int group) {
@@ -156,7 +206,8 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     if (row < a.W.d_out) {
       if (a.n_tb > 0) s += __ldcg(a.cpart + row);
       const int m = tc_member(a, row);
-      a.y[m][row - a.row0[m]] = s;
+      float* yr = a.y[m] + (row - a.row0[m]);
+      *yr = a.accumulate ? *yr + s : s;
     }
     if (r == 0) a.cnt[tc_cnt_at(tile)] = 0;
   }
@@ -202,7 +253,7 @@ __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
 // boundary bucket's members in ascending index order; written ascending to sel[c * k_full ...]
 // (-1 in unused slots). s: shared ints, kBuckets + 2 * kTcWarps.
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
-                                                       int32_t* sel, int* s) {
+                                                       int32_t* sel, int* s, float rn) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
@@ -214,7 +265,7 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   // the 4 x loads first, all in flight (beside the match below, one L2 round trip each in turn)
   float xv[4];
 #pragma unroll
-  for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e) : 0.0f;
+  for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e, rn) : 0.0f;
   int b[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
@@ -289,6 +340,16 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   grid_dep_wait();
   tc_stamp(a, 1);
+  float r = 1.0f;  // the rmsnorm factor of x (a.nw)
+  if (a.nw) {
+    const float ws = tc_sumsq_part(a);
+    float* wred = reinterpret_cast<float*>(sel_smem);  // free until the selection
+    __syncthreads();
+    if (lane == 0) wred[warp] = ws;
+    __syncthreads();
+    r = tc_rms_factor(a, wred);
+    __syncthreads();
+  }
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
   if (a.select_here) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
@@ -300,7 +361,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();  // floors
     int mine = 0;
     for (int64_t c = blockIdx.x; c < n_ch; c += a.n_tb) {
-      tc_select_chunk_approx(a, c, floors, a.sel, sel_smem);
+      tc_select_chunk_approx(a, c, floors, a.sel, sel_smem, r);
       ++mine;
     }
     tc_stamp(a, 5);
@@ -321,7 +382,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int64_t s = tid; s < kmax; s += kTcThreads) {
     const int32_t j = __ldcg(a.sel + s);
     s_sel[s] = j;
-    s_xs[s] = j >= 0 ? tc_x(a, j) : 0.0f;
+    s_xs[s] = j >= 0 ? tc_x(a, j, r) : 0.0f;
   }
   __syncthreads();
   tc_stamp(a, 6);
@@ -531,13 +592,34 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   float* sx = reinterpret_cast<float*>(xw + ns * NQ * 24);  // [ns][NG] group sums
   float* amx = sx + ns * NG;                                 // [ns][NG] max |x|
   const int64_t f4_lo = s0 * 2 * C, f4_hi = s1 * 2 * C;      // float4 slots of the staged slabs
-  const bool x_al = ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up)) & 15) == 0;
+  const bool x_al =
+      ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up) | reinterpret_cast<uintptr_t>(a.nw)) & 15) == 0;
   constexpr int XB = 4;
+  // rmsnorm input (a.nw): the loads of this thread's first x^2 terms go out before the staging's
+  // and are summed after it (r is needed only when a unit's result is written)
+  constexpr int kSq = 4;  // float4 per thread in flight: all of x up to d_in 4096
+  const bool sq4 = a.nw && W.d_in % 4 == 0 && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
+  float4 sqv[kSq];
+  if (sq4) {
+#pragma unroll
+    for (int q = 0; q < kSq; ++q) {
+      const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
+      sqv[q] = i < W.d_in / 4 ? reinterpret_cast<const float4*>(a.x)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
   auto load_batch = [&](int64_t f0, float4 (&xv)[XB]) {
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
       const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
       xv[q] = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.x, i0, W.d_in) : load_x4<false>(a.x, i0, W.d_in);
+    }
+    if (a.nw) {  // x * nw (rows of nw are as aligned as x's: the host checks)
+#pragma unroll
+      for (int q = 0; q < XB; ++q) {
+        const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
+        const float4 u = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.nw, i0, W.d_in) : load_x4<false>(a.nw, i0, W.d_in);
+        xv[q] = make_float4(xv[q].x * u.x, xv[q].y * u.y, xv[q].z * u.z, xv[q].w * u.w);
+      }
     }
     if (a.up) {
 #pragma unroll
@@ -595,9 +677,28 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
     cp_commit();
   }
+  float* ssq_red = amx + ns * NG;  // [kTcWarps] the warps' sums of x^2 (a.nw)
+  if (a.nw) {
+    float ss = 0.0f;
+    if (sq4) {
+#pragma unroll
+      for (int q = 0; q < kSq; ++q)
+        ss = fmaf(sqv[q].x, sqv[q].x, fmaf(sqv[q].y, sqv[q].y, fmaf(sqv[q].z, sqv[q].z, fmaf(sqv[q].w, sqv[q].w, ss))));
+      for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < W.d_in / 4; i += kTcThreads) {
+        const float4 v = reinterpret_cast<const float4*>(a.x)[i];
+        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < W.d_in; i += kTcThreads) ss = fmaf(a.x[i], a.x[i], ss);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0) ssq_red[warp] = ss;
+  }
   __syncthreads();
   tc_stamp(a, 2);
   if (!active) return;
+  const float rn = a.nw ? tc_rms_factor(a, ssq_red) : 1.0f;  // the rmsnorm factor of x
 
   const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
@@ -662,13 +763,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     yb += __shfl_xor_sync(0xffffffffu, yb, 1);
     ya += __shfl_xor_sync(0xffffffffu, ya, 2);
     yb += __shfl_xor_sync(0xffffffffu, yb, 2);
-    ya += accm[0];
-    yb += accm[1];
+    ya = (ya + accm[0]) * rn;
+    yb = (yb + accm[1]) * rn;
     if (t == 0) {
       const int64_t r = (int64_t)tl * 16 + g;
-      if (direct) {
-        if (r < W.d_out) a.y[m][ra] = ya;  // ra, rb: unclamped where r, r + 8 < d_out
-        if (r + 8 < W.d_out) a.y[m][rb] = yb;
+      if (direct) {  // ra, rb: unclamped where r, r + 8 < d_out
+        if (r < W.d_out) a.y[m][ra] = a.accumulate ? a.y[m][ra] + ya : ya;
+        if (r + 8 < W.d_out) a.y[m][rb] = a.accumulate ? a.y[m][rb] + yb : yb;
       } else {
         float* slot = a.part + ((int64_t)tl * a.n_units + k) * 16;
         slot[g] = ya;

@@ -266,12 +266,19 @@ int tc_default_n_tb(const DevLinear& W);
 // Whether W[0..n) can run as one launch (n <= kTcMaxMembers, each supported, same type, group
 // and d_in, every member but the last with d_out % 32 == 0); the group's shape in *shape.
 bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape);
-// Test counter: launches of groups (n >= 2) so far.
+// Test counters: launches of groups (n >= 2) so far; launches with an rmsnorm input or y +=.
 int64_t gemv_tc_group_launches();
+int64_t gemv_tc_io_launches();
+// How a fused GEMV reads its input and writes its result (at most one of up and nw):
+struct TcIo {
+  const float* up = nullptr;  // non-null: the input is swiglu1(x, up) (x the gate), computed where x is read
+  const float* nw = nullptr;  // non-null: the input is rmsnorm(x) * nw with eps (x: the residual stream)
+  float eps = 0.0f;
+  bool accumulate = false;    // y[m] += the result (y: the residual stream), not y[m] =
+};
 // y[m] = W[m] x (+ compensation) for the n members; n = 1 is the plain GEMV.
-// up non-null: the input is swiglu1(x, up) (x the gate), computed where x is read.
 cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
-                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const float* up = nullptr);
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io = {});
 // The selection alone (sel [kmax]; the non-approx modes' pre-kernel of launch_gemv_tc).
 cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x,
                                int32_t* sel, cudaStream_t st);

@@ -547,6 +547,109 @@ void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
   unsetenv("DDRT_FUSE_SWIGLU");
 }
 
+// The residual add and the next RMSNorm inside the fused GEMVs around them (engine.cpp's decode
+// step): matmul_add / matmul_swiglu_add (y += W x) and rmsnorm_matmul_group (ys = W rmsnorm(x))
+// vs the CPU's defaults (the ops in sequence), DecDEC off and on, singles and groups, T = 1
+// (fused: the launch counted) and T = 3 (the fallback); fuses_add_norm says so exactly where
+// both ends fuse.
+void test_fused_add_norm(Backend& cpu, Backend& gpu) {
+  struct G { std::vector<int64_t> d_out; int64_t d_in; };
+  const G groups[] = {{{96, 32, 70}, 2500}, {{2048, 2048}, 1024}, {{300}, 4100}, {{1100}, 4096}, {{64, 64}, 16384}};
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::F16})
+    for (const G& gr : groups) {
+      const int n = (int)gr.d_out.size();
+      std::vector<std::unique_ptr<HostLinear>> L;
+      std::vector<std::unique_ptr<Linear>> Wc, Wg;
+      for (int m = 0; m < n; ++m) {
+        L.push_back(make_linear(t, gr.d_out[m], gr.d_in, t != TensorType::F16));
+        if (m > 0 && t != TensorType::F16) {  // one selection for the group
+          L[m]->thresholds = L[0]->thresholds;
+          L[m]->desc.thresholds = L[m]->thresholds.data();
+        }
+        Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+        Wg.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      }
+      const Linear *wc[3], *wg[3];
+      for (int m = 0; m < n; ++m) wc[m] = Wc[m].get(), wg[m] = Wg[m].get();
+      const auto nw = randn((size_t)gr.d_in);
+      Buf bw(gpu, nw.size());
+      bw.put(nw);
+      for (DecdecMode mode : {DecdecMode::Off, DecdecMode::Approx, DecdecMode::Exact})
+        for (int T : {1, 3}) {
+          if (t == TensorType::F16 && mode != DecdecMode::Off) continue;
+          DecdecCall calls[3];
+          for (int m = 0; m < n; ++m) {
+            calls[m].mode = mode;
+            calls[m].k_chunk = mode == DecdecMode::Off ? 0 : 8;
+            calls[m].n_tb = mode == DecdecMode::Approx ? 3 : 0;
+            calls[m].pos0 = 5;
+          }
+          const std::string what = std::string(type_name(t)) + " d_in " + std::to_string(gr.d_in) + " members " +
+                                   std::to_string(n) + " " + mode_name(mode) + " T=" + std::to_string(T);
+          const bool want_fused = T == 1 && t != TensorType::F16 && mode != DecdecMode::Exact;
+          // rmsnorm_matmul_group
+          auto x = randn((size_t)T * gr.d_in);
+          for (float& v : x) v *= 7.0f;  // rmsnorm's scale matters
+          std::vector<std::vector<float>> yc(n);
+          std::vector<float*> ycp(n);
+          for (int m = 0; m < n; ++m) yc[m].assign((size_t)T * gr.d_out[m], NAN), ycp[m] = yc[m].data();
+          std::vector<float> xbc(x.size());
+          cpu.rmsnorm_matmul_group(wc, ycp.data(), n, xbc.data(), x.data(), nw.data(), 1e-5f, T, calls);
+          Buf bx(gpu, x.size()), bxb(gpu, x.size());
+          bx.put(x);
+          std::vector<std::unique_ptr<Buf>> ys;
+          float* yp[3];
+          for (int m = 0; m < n; ++m) {
+            ys.push_back(std::make_unique<Buf>(gpu, (size_t)T * gr.d_out[m]));
+            ys[m]->poison();
+            yp[m] = ys[m]->f();
+          }
+          const int64_t before = gpu::gemv_tc_io_launches();
+          gpu.rmsnorm_matmul_group(wg, yp, n, bxb.f(), bx.f(), bw.f(), 1e-5f, T, calls);
+          const bool fused = gpu::gemv_tc_io_launches() > before;
+          CHECK_MSG(fused == want_fused, "rmsnorm_matmul_group " + what + ": fused launch " + (fused ? "ran" : "did not run"));
+          for (int m = 0; m < n; ++m)
+            report("rmsnorm_matmul_group " + what + " member " + std::to_string(m),
+                   nmse(ys[m]->get().data(), yc[m].data(), yc[m].size()), 1e-8);
+          // fuses_add_norm: the first member as producer (d_in as the consumers' d_out would be
+          // in a model does not matter here), the group as consumers
+          const bool says = gpu.fuses_add_norm(*wg[0], calls[0], wg, n, calls, T);
+          CHECK_MSG(says == want_fused, "fuses_add_norm " + what);
+          CHECK_MSG(!cpu.fuses_add_norm(*wc[0], calls[0], wc, n, calls, T), "cpu fuses_add_norm " + what);
+          // matmul_add and matmul_swiglu_add of member 0 (swiglu fused at every size and at none)
+          for (int variant = 0; variant < 3; ++variant) {
+            const int64_t d_out = gr.d_out[0];
+            const auto y0 = randn((size_t)T * d_out);
+            const auto up = randn((size_t)T * gr.d_in);
+            std::vector<float> ref = y0, tmp((size_t)T * d_out), gate = x;
+            if (variant == 0) {
+              cpu.matmul_add(*wc[0], ref.data(), tmp.data(), x.data(), T, calls[0]);
+            } else {
+              cpu.matmul_swiglu_add(*wc[0], ref.data(), tmp.data(), gate.data(), up.data(), T, calls[0]);
+              setenv("DDRT_FUSE_SWIGLU", variant == 1 ? "1" : "0", 1);
+            }
+            Buf by(gpu, y0.size()), bt(gpu, y0.size()), bu(gpu, up.size());
+            by.put(y0);
+            bt.poison();
+            bu.put(up);
+            bx.put(x);
+            const int64_t b2 = gpu::gemv_tc_io_launches();
+            if (variant == 0)
+              gpu.matmul_add(*wg[0], by.f(), bt.f(), bx.f(), T, calls[0]);
+            else
+              gpu.matmul_swiglu_add(*wg[0], by.f(), bt.f(), bx.f(), bu.f(), T, calls[0]);
+            unsetenv("DDRT_FUSE_SWIGLU");
+            const bool f2 = gpu::gemv_tc_io_launches() > b2;
+            // exact selects in a pre-kernel that reads x as it is: not with swiglu inside
+            const bool want2 = T == 1 && t != TensorType::F16 && (mode != DecdecMode::Exact || variant != 1);
+            const char* names[] = {"matmul_add ", "matmul_swiglu_add (fused) ", "matmul_swiglu_add (swiglu apart) "};
+            CHECK_MSG(f2 == want2, std::string(names[variant]) + what + ": adding launch " + (f2 ? "ran" : "did not run"));
+            report(names[variant] + what, nmse(by.get().data(), ref.data(), ref.size()), 1e-8);
+          }
+        }
+    }
+}
+
 void test_elementwise(Backend& cpu, Backend& gpu) {
   const int T = 7, dim = 1000;
   const auto x = randn((size_t)T * dim), w = randn(dim), y = randn((size_t)T * dim);
@@ -1116,6 +1219,7 @@ int main(int argc, char** argv) {
     if (want("gemm")) test_gemm(*cpu, *gpu), test_gemm_group(*cpu, *gpu);
     if (want("decdec")) test_decdec(*cpu, *gpu);
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
+    if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
     ddrt_test::record(false, "no exception", __FILE__, __LINE__);
