@@ -613,7 +613,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
       xv[q] = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.x, i0, W.d_in) : load_x4<false>(a.x, i0, W.d_in);
     }
-    if (a.nw) {  // x * nw (rows of nw are as aligned as x's: the host checks)
+    if (a.nw) {  // x * nw
 #pragma unroll
       for (int q = 0; q < XB; ++q) {
         const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);

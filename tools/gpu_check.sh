@@ -13,6 +13,10 @@ ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1; CT=$?
 tail -15 "$OUT/ctest.log"
 (cd tests && python3 -m pytest -q -x python/test_cuda.py python/test_runtime.py) > "$OUT/pytest.log" 2>&1; PT=$?
 tail -15 "$OUT/pytest.log"
+# the CPU-vs-CUDA decode tests again with the residual add and the norm inside the GEMVs (the
+# DDRT_FUSE_NORM=1 switch, off by default until measured)
+(cd tests && DDRT_FUSE_NORM=1 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_fuse_norm.log" 2>&1 || PT=$?
+echo "DDRT_FUSE_NORM=1: $(tail -1 "$OUT/pytest_fuse_norm.log")"
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
@@ -27,6 +31,11 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
     | tee -a "$OUT/bench_e2e.log"
+  for args in "--shape smollm2-135m --bits 3" "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" \
+              "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8"; do  # the A/B of the DDRT_FUSE_NORM switch
+    echo "== DDRT_FUSE_NORM=1 decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
+    DDRT_FUSE_NORM=1 python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
+  done
 fi
 echo "== summary: ctest rc=$CT pytest rc=$PT"
 [ "${1:-}" != "quick" ] && python3 tools/gpu_summary.py "$OUT"

@@ -553,6 +553,7 @@ void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
 // (fused: the launch counted) and T = 3 (the fallback); fuses_add_norm says so exactly where
 // both ends fuse.
 void test_fused_add_norm(Backend& cpu, Backend& gpu) {
+  setenv("DDRT_FUSE_NORM", "1", 1);  // fuses_add_norm's switch (off by default until measured)
   struct G { std::vector<int64_t> d_out; int64_t d_in; };
   const G groups[] = {{{96, 32, 70}, 2500}, {{2048, 2048}, 1024}, {{300}, 4100}, {{1100}, 4096}, {{64, 64}, 16384}};
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::F16})
@@ -648,6 +649,7 @@ void test_fused_add_norm(Backend& cpu, Backend& gpu) {
           }
         }
     }
+  unsetenv("DDRT_FUSE_NORM");
 }
 
 void test_elementwise(Backend& cpu, Backend& gpu) {
