@@ -71,3 +71,16 @@ def test_decdec_improves_3bit_perplexity(smollm2):
     approx = rt.perplexity(ids)
     fp = Runtime(smollm2["f16"]).perplexity(ids)
     assert fp < approx < off
+
+
+@pytest.mark.skipif(not __import__("decdec_rt").cuda_available(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize("mode", ["off", "approx"])
+def test_cuda_perplexity_equals_cpu(smollm2, mode):
+    """SmolLM2-135M 3-bit (+ DecDEC approx) perplexity on the GPU within 0.5 % of the CPU's."""
+    ppl = {}
+    for device in ("cpu", "cuda"):
+        rt = Runtime(smollm2["w3"], device=device)
+        if mode != "off":
+            rt.set_decdec(mode, 32)
+        ppl[device] = rt.perplexity(rt.tokenize(EVAL_TEXT))
+    assert abs(ppl["cuda"] / ppl["cpu"] - 1.0) <= 0.005, ppl

@@ -19,12 +19,13 @@ RuntimeError: something went wrong
 """
 
 GEMV = """cuda:0 (GPU)
+peak HBM read: 3000 GB/s (measured by the bandwidth probe)
 GEMV T=1: median of 200 event-timed single launches, and per launch in a graph of 32
 (copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: 1
 uq3_g128    4096x14336        30.00      20.00      1000     33.3%       9
 cuda:0 (GPU)
 (copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: default
-type       d_out x d_in   single us   graph us      GB/s     %3000  copies
+type       d_out x d_in   single us   graph us      GB/s     %peak  copies
 uq3_g128    4096x14336        26.27      16.34      1460     48.7%       9
 uq4_g128    4096x14336        37.66      19.02      1640     54.7%       7  (fused tensor-core)
 
@@ -75,4 +76,5 @@ def test_command_prints_every_table(tmp_path):
     out = subprocess.run([sys.executable, str(TOOL), str(tmp_path)], capture_output=True, text=True, check=True).stdout
     assert "| --shape llama3-8b --bits 3 | 284.7 | 3.512 | 38.3 | 3342.3 | 0.0 |" in out
     assert "| uq3_g128 group | gate_up | 25.56 | 1866 | 62.2 |" in out
+    assert "| GEMV | shape | us (graph) | GB/s | % of 3000 |" in out  # the measured peak
     assert "| uq3_g128 | 4096x4096 | 185.3 | 92.7 | 276.3 | 62.2 |" in out
