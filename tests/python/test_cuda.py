@@ -87,7 +87,7 @@ def smollm2_shape3(model_dir):
     from decdec_rt.tiny import make_tiny_model
     path = model_dir / "smollm2_shape3.ddrt"
     if not path.exists():
-        make_tiny_model(str(path), tokenizer="bpe", bits=3, shape="smollm2-135m", seed=5, margin=4.0,
+        make_tiny_model(str(path), tokenizer="bpe", bits=3, shape="smollm2-135m", seed=5,
                         progress=False)
     return str(path)
 
