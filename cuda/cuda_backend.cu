@@ -404,6 +404,12 @@ class CudaBackend : public Backend {
   // io: the input's swiglu or rmsnorm, and y = or y += (kernels.cuh)
   bool matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x, const DecdecCall& call,
                     const std::string& what, const gpu::TcIo& io = {});
+  // matmul_fused of one linear
+  bool matmul_fused1(const CudaLinear& W, float* y, const float* x, const DecdecCall& call, const gpu::TcIo& io) {
+    const CudaLinear* Ws[1] = {&W};
+    float* ys[1] = {y};
+    return matmul_fused(Ws, ys, 1, x, call, "matmul '" + W.name + "'", io);
+  }
   // T = 1 with the fused GEMV (as matmul decides): one launch computes swiglu(gate, up) as it
   // reads its input; otherwise the two ops
   void matmul_swiglu(const Linear& lin, float* y, float* gate, const float* up, int T,
@@ -416,11 +422,9 @@ class CudaBackend : public Backend {
     // measured down's k_chunk 1 at +0.107 ms per token over the fused base (the swiglu launch), with
     // it +0.057 ms. Env DDRT_FUSE_SWIGLU=0 runs the two ops, =1 fuses every size
     if (T == 1 && fuse_swiglu(W) && fused_first(W)) {
-      const CudaLinear* Ws[1] = {&W};
-      float* ys[1] = {y};
       gpu::TcIo io;
       io.up = up;
-      if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", io)) return;
+      if (matmul_fused1(W, y, gate, call, io)) return;
     }
     Backend::matmul_swiglu(lin, y, gate, up, T, call);
   }
@@ -433,11 +437,9 @@ class CudaBackend : public Backend {
     use();
     const auto& W = static_cast<const CudaLinear&>(lin);
     if (T == 1 && fused_first(W)) {
-      const CudaLinear* Ws[1] = {&W};
-      float* ys[1] = {y};
       gpu::TcIo io;
       io.accumulate = true;
-      if (matmul_fused(Ws, ys, 1, x, call, "matmul '" + W.name + "'", io)) return;
+      if (matmul_fused1(W, y, x, call, io)) return;
     }
     Backend::matmul_add(lin, y, tmp, x, T, call);
   }
@@ -451,12 +453,10 @@ class CudaBackend : public Backend {
         matmul_add(lin, y, tmp, gate, T, call);
         return;
       }
-      const CudaLinear* Ws[1] = {&W};
-      float* ys[1] = {y};
       gpu::TcIo io;
       io.up = up;
       io.accumulate = true;
-      if (matmul_fused(Ws, ys, 1, gate, call, "matmul '" + W.name + "'", io)) return;
+      if (matmul_fused1(W, y, gate, call, io)) return;
     }
     Backend::matmul_swiglu_add(lin, y, tmp, gate, up, T, call);
   }
@@ -684,14 +684,9 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   if (T <= 0) return;
   const std::string what = "matmul '" + W.name + "'";
   const gpu::DevLinear& g = W.dev;
-  // T = 1: the fused tensor-core GEMV carries the compensation in its own launch; with DecDEC off
-  // it is the default for 3-bit, while 4-bit stays on the CUDA-core kernel, which measured faster
-  // there (BENCHMARKS.md, 2026-11-22)
-  if (T == 1 && fused_first(W)) {
-    const CudaLinear* Ws[1] = {&W};
-    float* ys[1] = {y};
-    if (matmul_fused(Ws, ys, 1, x, call, what)) return;
-  }
+  // T = 1: the fused tensor-core GEMV (uniform 3/4-bit, fused_first) carries the compensation in
+  // its own launch
+  if (T == 1 && fused_first(W) && matmul_fused1(W, y, x, call, {})) return;
   // DecDEC in separate kernels. Side stream (the paper's design, DDRT_DECDEC_PARALLEL=1): select +
   // gather into partial [T][d_out] beside the base GEMV; only the final reduce touches y, on the
   // main stream after both (race-free by stream order). One stream: after the base GEMV, select +
