@@ -1,7 +1,10 @@
 // decdec_rt CUDA backend: batch-1 GEMV for float weights (F32, F16, BF16; e.g. an fp16 lm_head).
-// One warp per row at a time, 16-byte streaming loads, four of them in flight per lane, x read
-// through L1 (it is small and every warp reads it), fp32 accumulation.
+// One warp per row (or two: gemv_f_force_rows / DDRT_GEMV_F_ROWS) at a time, 16-byte streaming
+// loads, four per row in flight per lane, x read through L1 (it is small and every warp reads
+// it) once per row group, fp32 accumulation.
 #include <cuda_bf16.h>
+
+#include <cstdlib>
 
 #include "gemv_q.cuh"
 
@@ -13,11 +16,10 @@ namespace {
 template <int TY>
 constexpr int elems_per_vec() { return TY == (int)TensorType::F32 ? 4 : 8; }
 
-// w . x over the E elements of one 16-byte vector starting at element i0 (n valid elements).
+// The E x values of one 16-byte weight vector starting at element i0 (n valid elements).
 template <int TY>
-__device__ __forceinline__ float vec_dot(uint4 w, const float* x, int64_t i0, int64_t n) {
+__device__ __forceinline__ void load_xe(const float* x, int64_t i0, int64_t n, float (&xe)[elems_per_vec<TY>()]) {
   constexpr int E = elems_per_vec<TY>();
-  float xe[E];
   if (n >= E) {
 #pragma unroll
     for (int k = 0; k < E / 4; ++k) {
@@ -28,6 +30,11 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float* x, int64_t i0, in
 #pragma unroll
     for (int k = 0; k < E; ++k) xe[k] = k < n ? x[i0 + k] : 0.0f;
   }
+}
+
+// w . xe over the E elements of one 16-byte vector
+template <int TY>
+__device__ __forceinline__ float vec_dot(uint4 w, const float (&xe)[elems_per_vec<TY>()]) {
   const uint32_t wd[4] = {w.x, w.y, w.z, w.w};
   float acc = 0;
 #pragma unroll
@@ -48,7 +55,10 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float* x, int64_t i0, in
   return acc;
 }
 
-template <int TY>
+// R rows per warp at a time: each x vector is read once (through L1) for R weight vectors. R = 1
+// read 32 bytes of x per 16 bytes of fp16 weights, which on the H200 (4.5 TB/s) may be what holds
+// the fp16 GEMV at ~68 % of HBM bandwidth (93 % on the H100); R = 2 halves that.
+template <int TY, int R>
 __global__ void __launch_bounds__(kGemvThreads) gemv_f_kernel(DevLinear W, float* y, const float* x) {
   grid_dep_wait();
   pdl_trigger();
@@ -57,35 +67,67 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_f_kernel(DevLinear W, float
   const int64_t nvec = (W.d_in + E - 1) / E;
   const int64_t row_u4 = W.row_stride * (TY == (int)TensorType::F32 ? 4 : 2) / 16;
   const int64_t nwt = (int64_t)gridDim.x * kGemvWarps;
-  for (int64_t row = (int64_t)blockIdx.x * kGemvWarps + threadIdx.x / 32; row < W.d_out; row += nwt) {
-    const uint4* rp = static_cast<const uint4*>(W.fdata) + row * row_u4;
-    float acc = 0;
+  for (int64_t row0 = ((int64_t)blockIdx.x * kGemvWarps + threadIdx.x / 32) * R; row0 < W.d_out; row0 += nwt * R) {
+    const uint4* rp[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)  // rows past d_out read the last row again (not stored)
+      rp[r] = static_cast<const uint4*>(W.fdata) + (row0 + r < W.d_out ? row0 + r : W.d_out - 1) * row_u4;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0;
     for (int64_t v0 = lane; v0 < nvec; v0 += 32 * U) {
-      uint4 w[U];
+      uint4 w[R][U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (v0 + 32 * u < nvec) w[u] = ld_stream(rp + v0 + 32 * u);
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          if (v0 + 32 * u < nvec) w[r][u] = ld_stream(rp[r] + v0 + 32 * u);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t v = v0 + 32 * u;
-        if (v < nvec) acc += vec_dot<TY>(w[u], x, v * E, W.d_in - v * E);
+        if (v < nvec) {
+          float xe[E];
+          load_xe<TY>(x, v * E, W.d_in - v * E, xe);
+#pragma unroll
+          for (int r = 0; r < R; ++r) acc[r] += vec_dot<TY>(w[r][u], xe);
+        }
       }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) y[row] = acc;
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+      if (lane == 0 && row0 + r < W.d_out) y[row0 + r] = acc[r];
+    }
   }
+}
+
+int g_rows = 0;  // gemv_f_force_rows; 0: the default
+
+template <int TY>
+cudaError_t launch_rows(int R, const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
+  const int64_t want = (W.d_out + (int64_t)kGemvWarps * R - 1) / ((int64_t)kGemvWarps * R);
+  const int blocks = (int)(want < (int64_t)n_sm * 8 ? want : (int64_t)n_sm * 8);
+  return R == 2 ? launch_pdl(gemv_f_kernel<TY, 2>, blocks, kGemvThreads, 0, st, W, y, x)
+                : launch_pdl(gemv_f_kernel<TY, 1>, blocks, kGemvThreads, 0, st, W, y, x);
 }
 
 }  // namespace
 
+void gemv_f_force_rows(int rows_per_warp) { g_rows = rows_per_warp; }
+
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
-  const int64_t want = (W.d_out + kGemvWarps - 1) / kGemvWarps;
-  const int blocks = (int)(want < (int64_t)n_sm * 8 ? want : (int64_t)n_sm * 8);
+  // default 1 row per warp (measured on the H100: 93 % of HBM bandwidth); 2 is the H200 candidate
+  // (env DDRT_GEMV_F_ROWS=2), to become the default once measured there
+  static const int env_rows = [] {
+    const char* e = std::getenv("DDRT_GEMV_F_ROWS");
+    return e && *e == '2' ? 2 : 1;
+  }();
+  const int R = g_rows ? g_rows : env_rows;
   switch (W.type) {
-    case TensorType::F32: return launch_pdl(gemv_f_kernel<(int)TensorType::F32>, blocks, kGemvThreads, 0, st, W, y, x);
-    case TensorType::F16: return launch_pdl(gemv_f_kernel<(int)TensorType::F16>, blocks, kGemvThreads, 0, st, W, y, x);
-    case TensorType::BF16: return launch_pdl(gemv_f_kernel<(int)TensorType::BF16>, blocks, kGemvThreads, 0, st, W, y, x);
+    case TensorType::F32: return launch_rows<(int)TensorType::F32>(R, W, y, x, n_sm, st);
+    case TensorType::F16: return launch_rows<(int)TensorType::F16>(R, W, y, x, n_sm, st);
+    case TensorType::BF16: return launch_rows<(int)TensorType::BF16>(R, W, y, x, n_sm, st);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -41,7 +41,10 @@ def gemv_rows(text):
             continue
         m = re.match(r"(\S+)\s+(\d+x\d+)\s+[\d.]+\s+([\d.]+)\s+(\d+)\s+([\d.]+)%\s+\d+(.*)$", line)
         if default and m:
-            kind = m.group(1) + (" fused" if "fused" in m.group(6) else "")
+            note = m.group(6)
+            kind = m.group(1) + (" fused" if "fused" in note else " twin" if "twin" in note else
+                                 " lm head" if "lm head" in note else "")
+            kind += " 2 rows/warp" if "2 rows" in note or "two rows" in note else ""
             rows.append((kind, m.group(2), m.group(3), m.group(4), m.group(5)))
             continue
         g = re.match(r"(uq\d_g\d+) (qkv|gate_up)\s+[\d.]+\s+([\d.]+)\s+(\d+)", line)

@@ -191,6 +191,12 @@ void test_matmul(Backend& cpu, Backend& gpu) {
           const auto y1 = by.get();
           report(what + " T=1 unaligned x", nmse(y1.data(), yc.data(), yc.size()), 1e-8);
         }
+        if (T == 1 && is_float(t)) {  // the float GEMV two rows per warp (odd row counts: a half pair)
+          gpu::gemv_f_force_rows(2);
+          const auto y2 = gpu_matmul(gpu, *Wg, x, T, {});
+          gpu::gemv_f_force_rows(0);
+          report(what + " T=1 two rows per warp", nmse(y2.data(), yc.data(), yc.size()), 1e-8);
+        }
       }
     }
 }
@@ -1011,6 +1017,14 @@ void bench_gemv(Backend& gpu, int rows) {
       const double gbs = bytes / (tm.graph_us * 1e3);
       std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d\n", type_name(t), (long long)s[0],
                   (long long)s[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, copies);
+      if (rows == 0 && t == TensorType::F16) {  // two rows per warp beside it
+        gpu::gemv_f_force_rows(2);
+        const Timing t2 = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
+        gpu::gemv_f_force_rows(0);
+        const double g2 = bytes / (t2.graph_us * 1e3);
+        std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (two rows per warp)\n", type_name(t),
+                    (long long)s[0], (long long)s[1], t2.single_us, t2.graph_us, g2, 100.0 * g2 / peak, copies);
+      }
       if (rows == 0 && t == TensorType::UQ4_G128) {  // the CUDA-core twin's default beside it
         gpu::gemv_tc_enable(false);
         const Timing tf = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
@@ -1020,6 +1034,25 @@ void bench_gemv(Backend& gpu, int rows) {
                     (long long)s[0], (long long)s[1], tf.single_us, tf.graph_us, gf, 100.0 * gf / peak, copies);
       }
     }
+  if (rows == 0) {  // the fp16 lm head of the Llama-3 shapes (1.05 GB): default, two rows per warp
+    const TensorType t = TensorType::F16;
+    const int64_t shape[2] = {128256, 4096};
+    const double bytes = (double)tensor_bytes(t, 2, shape);
+    auto L = make_linear(t, shape[0], shape[1], false);
+    std::vector<std::unique_ptr<Linear>> Ws;
+    for (int i = 0; i < 2; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
+    Buf bx(gpu, shape[1]), by(gpu, shape[0]);
+    bx.put(randn(shape[1]));
+    for (int r : {1, 2}) {
+      gpu::gemv_f_force_rows(r);
+      const Timing tm = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
+      const double gbs = bytes / (tm.graph_us * 1e3);
+      std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (lm head, %d row%s per warp)\n", type_name(t),
+                  (long long)shape[0], (long long)shape[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, 2, r,
+                  r > 1 ? "s" : "");
+    }
+    gpu::gemv_f_force_rows(0);
+  }
   gpu::gemv_q_force_rows(0);
   gpu::gemv_tc_enable(true);
 }

@@ -28,6 +28,7 @@ cuda:0 (GPU)
 type       d_out x d_in   single us   graph us      GB/s     %peak  copies
 uq3_g128    4096x14336        26.27      16.34      1460     48.7%       9
 uq4_g128    4096x14336        37.66      19.02      1640     54.7%       7  (fused tensor-core)
+f16        128256x4096       300.00     290.00      3622     80.5%       2  (lm head, 2 rows per warp)
 
 Groups: separate launches vs one fused launch (graph-timed us per group call); DecDEC
 type     group     separate us   fused us       GB/s | approx k_chunk: call us (comp %, n_tb)
@@ -60,6 +61,7 @@ def test_gemv_rows_take_the_default_kernels_and_the_groups_only():
     rows = load_tool().gemv_rows(GEMV)
     assert rows == [("uq3_g128", "4096x14336", "16.34", "1460", "48.7"),
                     ("uq4_g128 fused", "4096x14336", "19.02", "1640", "54.7"),
+                    ("f16 lm head 2 rows/warp", "128256x4096", "290.00", "3622", "80.5"),
                     ("uq3_g128 group", "gate_up", "25.56", "1866", "62.2")]
 
 
