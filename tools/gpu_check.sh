@@ -31,10 +31,14 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
     | tee -a "$OUT/bench_e2e.log"
-  for args in "--shape smollm2-135m --bits 3" "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" \
-              "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8"; do  # the A/B of the DDRT_FUSE_NORM switch
-    echo "== DDRT_FUSE_NORM=1 decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
-    DDRT_FUSE_NORM=1 python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
+  # A/B of switches that are off by default until measured (each beside its default run above)
+  for ab in "DDRT_FUSE_NORM=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3" \
+            "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 4" \
+            "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
+            "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3"; do
+    envs=${ab%%|*}; args=${ab#*|}
+    echo "== $envs decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
+    env $envs python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
   done
 fi
 echo "== summary: ctest rc=$CT pytest rc=$PT"
