@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Same-machine A/B of decode switches in one device call: builds, then runs `decdec-rt bench`
+# (decode only: --prefill 16) for each setting on each shape, two rounds in alternating order
+# (drift shows as a round-to-round difference), and prints a table last.
+# Usage on the GPU machine: bash tools/gpu_ab.sh ["SETTING" ...]   (a setting: env assignments,
+# or "default"); shapes from AB_SHAPES (default "llama3-8b smollm2-135m"), bits from AB_BITS (3).
+# Logs in $OUT (the device tool brings them back) or ./gpu_logs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+. tools/gpu_build.sh
+gpu_build
+settings=("$@")
+[ ${#settings[@]} -eq 0 ] && settings=("default" "DDRT_FUSE_NORM=1" "DDRT_GEMV_F_ROWS=2" "DDRT_TC_PRE=0" "DDRT_TC_PRE=2"
+                                       "DDRT_FUSE_SWIGLU=0" "DDRT_FUSE_NORM=1 DDRT_GEMV_F_ROWS=2")
+: > "$OUT/ab.tsv"
+for round in 1 2; do
+  order=("${settings[@]}")
+  if [ $round = 2 ]; then order=(); for ((i = ${#settings[@]} - 1; i >= 0; i--)); do order+=("${settings[i]}"); done; fi
+  for s in "${order[@]}"; do
+    for shape in ${AB_SHAPES:-llama3-8b smollm2-135m}; do
+      envs=$([ "$s" = default ] && echo "" || echo "$s")
+      tok=$(env $envs python3 -m decdec_rt bench --shape $shape --bits ${AB_BITS:-3} --prefill 16 2>&1 \
+            | tee -a "$OUT/ab.log" | sed -n 's/^  decode *\([0-9.]*\) tok\/s.*/\1/p')
+      printf '%s\t%s\t%s\t%s\n' "$round" "$s" "$shape" "${tok:-failed}" | tee -a "$OUT/ab.tsv"
+    done
+  done
+done
+python3 - "$OUT/ab.tsv" <<'PY'
+import collections, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+shapes = list(dict.fromkeys(r[2] for r in rows))
+cell = collections.defaultdict(list)
+for rnd, s, shape, tok in rows:
+    cell[(s, shape)].append(tok)
+print("| setting | " + " | ".join(f"{sh} tok/s (round 1 / 2)" for sh in shapes) + " |")
+print("|---" * (len(shapes) + 1) + "|")
+for s in dict.fromkeys(r[1] for r in rows):
+    print(f"| {s} | " + " | ".join(" / ".join(cell[(s, sh)]) for sh in shapes) + " |")
+PY
