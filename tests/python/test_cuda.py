@@ -106,3 +106,19 @@ def test_smollm2_shape_perplexity_cpu_vs_cuda(smollm2_shape3, mode):
         ppl[device] = rt.perplexity(ids)
     assert np.isfinite(ppl["cpu"]) and ppl["cpu"] > 1.0
     assert abs(ppl["cuda"] / ppl["cpu"] - 1.0) <= 0.005, ppl
+
+
+@pytest.mark.parametrize("mode", ["off", "approx"])
+def test_smollm2_shape_decode_logits_cpu_vs_cuda(smollm2_shape3, mode):
+    """Decode steps (T = 1: the fused GEMVs, the decode graph) at the SmolLM2-135M shape: logits as
+    the CPU's after a prompt, step by step (gpu_check also runs this under DDRT_FUSE_NORM=1)."""
+    cpu, gpu = decdec_rt.Runtime(smollm2_shape3), decdec_rt.Runtime(smollm2_shape3, device="cuda")
+    ids = np.random.default_rng(3).integers(0, cpu.n_vocab, 24).astype(np.int32)
+    for rt in (cpu, gpu):
+        if mode != "off":
+            rt.set_decdec(mode, 32)
+        rt._engine.reset()
+        rt._engine.forward(ids[:16], False)
+    for t in ids[16:]:
+        a = np.array([t], np.int32)
+        assert rel_err(gpu._engine.forward(a, False), cpu._engine.forward(a, False)) <= 1e-4
