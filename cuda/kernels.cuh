@@ -315,6 +315,17 @@ int64_t attn_counters(const AttnShape& s);
 // positions 0..pos0+t for query t, in one launch. inv_freq non-null: rope of q and k first (as
 // launch_rope_qk; only where attn_fuses_rope(s)).
 bool attn_fuses_rope(const AttnShape& s);
+// Prefill attention over query tiles (attn_tiled.cu): each key / value row read once per 64 query
+// rows instead of once per query. Applies (attn_tiled_applies) to T >= kAttnTiledMinT, head_dim
+// 64 or 128, no rope inside, 16-byte aligned pointers, when switched on: attn_tiled_force(1), or
+// env DDRT_ATTN_TILED=1 (off by default until measured on a GPU); attn_tiled_force(0) off, -1 the
+// environment. launch_attention takes it where it applies. attn_tiled_launches: a test counter.
+constexpr int kAttnTiledMinT = 32;
+void attn_tiled_force(int mode);
+int64_t attn_tiled_launches();
+bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs);
+cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+                                   const AttnShape& s, cudaStream_t st);
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
                              const float* inv_freq = nullptr);

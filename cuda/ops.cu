@@ -576,6 +576,8 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
   if (s.head_dim > kMaxHeadDim || s.head_dim <= 0 || s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 ||
       (inv_freq && !attn_fuses_rope(s)))
     return cudaErrorInvalidValue;
+  const void* ptrs[6] = {out, q, k, v, K, V};
+  if (!inv_freq && attn_tiled_applies(s, ptrs, 6)) return launch_attention_tiled(out, q, k, v, K, V, s, st);
   const AttnGeom geo = attn_geom(s);
   const int splits = attn_splits(s);
   const dim3 grid(splits, s.n_kv_heads * geo.slices, s.T);

@@ -35,7 +35,8 @@ if [ "${1:-}" != "quick" ]; then
   for ab in "DDRT_FUSE_NORM=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 4" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
-            "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3"; do
+            "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3" "DDRT_ATTN_TILED=1|--shape llama3-8b --bits 3" \
+            "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3"; do
     envs=${ab%%|*}; args=${ab#*|}
     echo "== $envs decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
     env $envs python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"

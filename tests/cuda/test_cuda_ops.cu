@@ -781,12 +781,17 @@ void test_argmax(Backend& cpu, Backend& gpu) {
 void test_attention(Backend& cpu, Backend& gpu) {
   struct Cfg { int n_heads, n_kv, hd, max_seq; std::vector<int> steps; };
   // q heads per kv head 4, 1, 2, 3 (SmolLM2), 8 (70B), 16 (two slices of 8 per kv head); head_dim
-  // 64, 128, 32, 80 (not a multiple of 32), 256; single-split and many-split queries
+  // 64, 128, 32, 80 (not a multiple of 32), 256; single-split and many-split queries; prefill
+  // chunks (T >= 32) for the tiled kernel at G 1, 3, 4, 8, 16 and head_dim 64, 128
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
-                      {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}}};
+                      {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}},
+                      {16, 1, 128, 100, {70}},             {4, 4, 64, 120, {1, 90, 1}}};  // tiled: G 16, G 1
+  const int64_t tiled_before = gpu::attn_tiled_launches();
+  for (const int tiled : {0, 1})  // the split kernel alone, then the tiled prefill kernel where it applies
   for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
     for (const Cfg& c : cfgs) {
+      gpu::attn_tiled_force(tiled);
       auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       std::vector<float> inv(c.hd / 2);
@@ -812,7 +817,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
             gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
           }
           const auto o = bo.get();
-          report(std::string(rope ? "rope_attention" : "attention") + " heads " + std::to_string(c.n_heads) + "/" +
+          report(std::string(rope ? "rope_attention" : "attention") + (tiled ? " (tiled on)" : "") + " heads " +
+                     std::to_string(c.n_heads) + "/" +
                      std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
                      " T " + std::to_string(T) + " layer " + std::to_string(layer),
                  nmse(o.data(), oc.data(), oc.size()), 1e-10);
@@ -822,6 +828,9 @@ void test_attention(Backend& cpu, Backend& gpu) {
       Buf b(gpu, (size_t)c.n_heads * c.hd);
       CHECK_THROWS(gpu.attention(*kg, 0, b.f(), b.f(), b.f(), b.f(), 1, c.n_heads, c.max_seq), ContextOverflow);
     }
+  gpu::attn_tiled_force(-1);
+  // T >= kAttnTiledMinT at head_dim 64 / 128 occurs above (T 600, 513, 250, 150, 60, 40): it ran
+  CHECK_MSG(gpu::attn_tiled_launches() > tiled_before, "the tiled prefill attention never ran");
 }
 
 void test_misc(Backend& gpu) {
