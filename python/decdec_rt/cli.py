@@ -78,9 +78,10 @@ def cmd_ppl(args) -> int:
     with open(args.file, encoding="utf-8") as f:
         text = f.read()
     t0 = time.perf_counter()
-    ppl = rt.perplexity(text, context=args.context)
+    context = args.context or min(512, rt.max_seq_len)
+    ppl = rt.perplexity(text, context=context)
     dt = time.perf_counter() - t0
-    print(f"perplexity {ppl:.4f}  (context {args.context}, DecDEC {rt.decdec['mode']}, {dt:.1f} s)")
+    print(f"perplexity {ppl:.4f}  (context {context}, DecDEC {rt.decdec['mode']}, {dt:.1f} s)")
     return 0
 
 
@@ -203,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ppl", help="perplexity of a text file")
     _add_model_args(p)
     p.add_argument("-f", "--file", required=True, help="text file to score")
-    p.add_argument("--context", type=int, default=512, help="window length in tokens (default 512)")
+    p.add_argument("--context", type=int, default=0,
+                   help="window length in tokens (default 512, or the context window when shorter)")
     p.set_defaults(fn=cmd_ppl)
 
     i = sub.add_parser("inspect", help="print a model file's metadata and tensors")

@@ -127,10 +127,13 @@ class Runtime:
         self._engine.reset()
         return self._engine.forward(arr, True)
 
-    def perplexity(self, text_or_ids: str | Sequence[int], context: int = 512) -> float:
-        """Perplexity over non-overlapping windows of `context` tokens. In each window every
-        token after the first is predicted from its prefix; ppl = exp(total NLL / tokens scored).
-        A list of ids is scored as given; text is tokenized as the model expects."""
+    def perplexity(self, text_or_ids: str | Sequence[int], context: int | None = None) -> float:
+        """Perplexity over non-overlapping windows of `context` tokens (default: 512, or the
+        context window when it is shorter). In each window every token after the first is
+        predicted from its prefix; ppl = exp(total NLL / tokens scored). A list of ids is scored
+        as given; text is tokenized as the model expects."""
+        if context is None:
+            context = min(512, self.max_seq_len)
         if isinstance(text_or_ids, str):
             if not text_or_ids:
                 raise InvalidArgumentError("perplexity of an empty text")

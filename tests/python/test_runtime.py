@@ -67,6 +67,16 @@ def test_prefill_equals_decode(tiny3):
     assert rel_err(steps, prefill) <= 1e-5
 
 
+def test_perplexity_default_window_fits_the_model(tiny3):
+    """The default window is 512 tokens or the model's context window when shorter (tiny: 256)."""
+    rt = decdec_rt.Runtime(tiny3)
+    assert rt.max_seq_len < 512
+    ids = random_ids(rt, 300)
+    assert rt.perplexity(ids) == rt.perplexity(ids, context=rt.max_seq_len)
+    with pytest.raises(decdec_rt.ContextOverflowError):
+        rt.perplexity(ids, context=rt.max_seq_len + 1)
+
+
 def test_perplexity_definition(tiny3):
     rt = decdec_rt.Runtime(tiny3)
     ids = random_ids(rt, 50)
