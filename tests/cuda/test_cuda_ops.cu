@@ -868,27 +868,34 @@ void ck(cudaError_t e, const char* what) {
 // Median microseconds of one matmul (one event pair each), and per matmul in a graph of n.
 struct Timing { double single_us, graph_us; };
 
-// op(i): the i-th call, rotating over copies of the weights so L2 does not hold them.
-Timing time_ops(Backend& gpu, const std::function<void(size_t)>& op) {
-  cudaStream_t st = cuda_stream_of(gpu);
+// Median milliseconds of reps calls of op() on st, one event pair around each.
+double median_event_ms(cudaStream_t st, int reps, const std::function<void()>& op) {
   cudaEvent_t e0, e1;
   ck(cudaEventCreate(&e0), "event");
   ck(cudaEventCreate(&e1), "event");
-  size_t r = 0;
-  for (int i = 0; i < 20; ++i) op(r++);  // warm-up
-  gpu.synchronize();
   std::vector<float> ms;
-  for (int i = 0; i < 200; ++i) {
+  for (int i = 0; i < reps; ++i) {
     ck(cudaEventRecord(e0, st), "record");
-    op(r++);
+    op();
     ck(cudaEventRecord(e1, st), "record");
     ck(cudaEventSynchronize(e1), "sync");
     float t;
     ck(cudaEventElapsedTime(&t, e0, e1), "elapsed");
     ms.push_back(t);
   }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
   std::sort(ms.begin(), ms.end());
-  const double single = 1000.0 * ms[ms.size() / 2];
+  return ms[ms.size() / 2];
+}
+
+// op(i): the i-th call, rotating over copies of the weights so L2 does not hold them.
+Timing time_ops(Backend& gpu, const std::function<void(size_t)>& op) {
+  cudaStream_t st = cuda_stream_of(gpu);
+  size_t r = 0;
+  for (int i = 0; i < 20; ++i) op(r++);  // warm-up
+  gpu.synchronize();
+  const double single = 1000.0 * median_event_ms(st, 200, [&] { op(r++); });
   // graph of n calls
   const int n = 32;
   cudaGraph_t g;
@@ -898,22 +905,10 @@ Timing time_ops(Backend& gpu, const std::function<void(size_t)>& op) {
   ck(cudaStreamEndCapture(st, &g), "end capture");
   ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
   for (int i = 0; i < 3; ++i) ck(cudaGraphLaunch(ge, st), "launch");
-  ms.clear();
-  for (int i = 0; i < 100; ++i) {
-    ck(cudaEventRecord(e0, st), "record");
-    ck(cudaGraphLaunch(ge, st), "launch");
-    ck(cudaEventRecord(e1, st), "record");
-    ck(cudaEventSynchronize(e1), "sync");
-    float t;
-    ck(cudaEventElapsedTime(&t, e0, e1), "elapsed");
-    ms.push_back(t / n);
-  }
-  std::sort(ms.begin(), ms.end());
+  const double graph = 1000.0 * median_event_ms(st, 100, [&] { ck(cudaGraphLaunch(ge, st), "launch"); }) / n;
   cudaGraphExecDestroy(ge);
   cudaGraphDestroy(g);
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return {single, 1000.0 * ms[ms.size() / 2]};
+  return {single, graph};
 }
 
 // Median microseconds of one matmul (one event pair each), and per matmul in a graph of n.
@@ -1177,26 +1172,9 @@ int bench_stamps(Backend& gpu) {
 // T = 512 prefill matmuls: median event-timed microseconds (20 launches; 3 for the slow twin),
 // TFLOP/s = 2 T d_out d_in / time.
 double time_gemm(Backend& gpu, const Linear& W, float* y, const float* x, int T, int reps) {
-  cudaStream_t st = cuda_stream_of(gpu);
-  cudaEvent_t e0, e1;
-  ck(cudaEventCreate(&e0), "event");
-  ck(cudaEventCreate(&e1), "event");
   gpu.matmul(W, y, x, T, {});  // warm-up
   gpu.synchronize();
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    ck(cudaEventRecord(e0, st), "record");
-    gpu.matmul(W, y, x, T, {});
-    ck(cudaEventRecord(e1, st), "record");
-    ck(cudaEventSynchronize(e1), "sync");
-    float t;
-    ck(cudaEventElapsedTime(&t, e0, e1), "elapsed");
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 1000.0 * ms[ms.size() / 2];
+  return 1000.0 * median_event_ms(cuda_stream_of(gpu), reps, [&] { gpu.matmul(W, y, x, T, {}); });
 }
 
 int bench_gemm(Backend& gpu) {
