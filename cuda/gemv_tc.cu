@@ -86,6 +86,13 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     if (smem > (size_t)dev.max_smem) return p;
     per_sm = W.bits == 3 ? blocks_per_sm<3>(W.group, smem) : blocks_per_sm<4>(W.group, smem);
     if (per_sm <= 0) return p;
+    // lab knob DDRT_TC_BLOCKS_PER_SM=N: at most N blocks per SM (a grid below the resident capacity
+    // leaves room for the next kernel's blocks, launched early by PDL, to start streaming beside it)
+    static const int cap = [] {
+      const char* e = std::getenv("DDRT_TC_BLOCKS_PER_SM");
+      return e && *e ? std::atoi(e) : 0;
+    }();
+    if (cap > 0) per_sm = std::min(per_sm, cap);
     p.grid = dev.n_sm * per_sm;
     int tb = std::min(n_tb, p.grid / 4);
     p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? (nv + tb - 1) / tb : p.seg_vecs;  // wider segments
