@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const
     *reinterpret_cast<float4*>(Qs + r * (HD + 4) + d) =
         *reinterpret_cast<const float4*>(q + ((int64_t)row_query(r) * s.n_heads + h) * HD + d);
   }
-  const int64_t qpos[2] = {s.pos0 + row_query(2 * ty), s.pos0 + row_query(2 * ty + 1)};
+  const int64_t qpos0 = s.pos0 + row_query(2 * ty), qpos1 = s.pos0 + row_query(2 * ty + 1);
   const float inv_sqrt = 1.0f / sqrtf((float)HD);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float o[2][DC][4];
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int64_t p = k0 + tx + 8 * i;
-        sc[rr][i] = p <= qpos[rr] ? sc[rr][i] * inv_sqrt : -INFINITY;  // causal (and p < kend)
+        sc[rr][i] = p <= (rr ? qpos1 : qpos0) ? sc[rr][i] * inv_sqrt : -INFINITY;  // causal (and p < kend)
         mx = fmaxf(mx, sc[rr][i]);
       }
 #pragma unroll
@@ -158,13 +158,14 @@ __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     const int r = 2 * ty + rr;
-    if (r >= QT * G || r / G >= tq) continue;
-    const int64_t t = t0 + r / G, h = (int64_t)kvh * G + r % G;
-    float* const dst = out + (t * s.n_heads + h) * HD + 4 * tx;
+    if (r < QT * G && r / G < tq) {
+      const int64_t t = t0 + r / G, h = (int64_t)kvh * G + r % G;
+      float* const dst = out + (t * s.n_heads + h) * HD + 4 * tx;
 #pragma unroll
-    for (int c = 0; c < DC; ++c)
-      *reinterpret_cast<float4*>(dst + 32 * c) =
-          make_float4(o[rr][c][0] / l[rr], o[rr][c][1] / l[rr], o[rr][c][2] / l[rr], o[rr][c][3] / l[rr]);
+      for (int c = 0; c < DC; ++c)
+        *reinterpret_cast<float4*>(dst + 32 * c) =
+            make_float4(o[rr][c][0] / l[rr], o[rr][c][1] / l[rr], o[rr][c][2] / l[rr], o[rr][c][3] / l[rr]);
+    }
   }
 }
 
