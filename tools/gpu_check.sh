@@ -31,8 +31,9 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
     | tee -a "$OUT/bench_e2e.log"
-  # A/B of switches that are off by default until measured (each beside its default run above)
-  for ab in "DDRT_FUSE_NORM=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3" \
+  # A/B of switches that are off by default until measured (each beside its default run above;
+  # AB=0 skips them: ~2 min of the ~8)
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_FUSE_NORM=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 4" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3" "DDRT_ATTN_TILED=1|--shape llama3-8b --bits 3" \
