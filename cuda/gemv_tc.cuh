@@ -130,30 +130,40 @@ __device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i, float r) {
   return a.up ? swiglu1(a.x[i], a.up[i]) : a.nw ? a.x[i] * r * a.nw[i] : a.x[i];
 }
 
-// This thread's share of sum(x^2) over x[0, d_in) (a.nw launches): float4 loads, all in flight
-// (d_in <= 16 K at 256 threads), in a fixed order.
-__device__ __forceinline__ float tc_sumsq_part(const TcArgs& a) {
-  const int64_t n = a.W.d_in;
-  float s = 0.0f;
-  if (n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0) {
-    const float4* x4 = reinterpret_cast<const float4*>(a.x);
-    for (int64_t i0 = threadIdx.x; i0 < n / 4; i0 += 16 * kTcThreads) {
-      float4 v[16];
+// sum(x^2) over x[0, d_in) for the rmsnorm input (a.nw), in two steps so that the base role can
+// have the loads in flight while it stages its slabs: begin() issues this thread's first kSq float4
+// loads (all of x up to d_in 4096 at 256 threads), warp_sum() adds them and the rest, in a fixed
+// order, and returns the warp's sum in every lane.
+struct TcSumSq {
+  static constexpr int kSq = 4;
+  float4 v[kSq];
+  bool vec = false;  // float4 path (d_in % 4 == 0, x 16-byte aligned)
+  __device__ __forceinline__ void begin(const TcArgs& a) {
+    vec = a.W.d_in % 4 == 0 && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
 #pragma unroll
-      for (int q = 0; q < 16; ++q) {
-        const int64_t i = i0 + (int64_t)q * kTcThreads;
-        v[q] = i < n / 4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-#pragma unroll
-      for (int q = 0; q < 16; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
+    for (int q = 0; q < kSq; ++q) {
+      const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
+      v[q] = vec && i < a.W.d_in / 4 ? reinterpret_cast<const float4*>(a.x)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-  } else {
-    for (int64_t i = threadIdx.x; i < n; i += kTcThreads) s = fmaf(a.x[i], a.x[i], s);
   }
+  __device__ __forceinline__ float warp_sum(const TcArgs& a) const {
+    const int64_t n = a.W.d_in;
+    float s = 0.0f;
+    if (vec) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;  // the warp's sum, in every lane
-}
+      for (int q = 0; q < kSq; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
+      for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < n / 4; i += kTcThreads) {
+        const float4 u = reinterpret_cast<const float4*>(a.x)[i];
+        s = fmaf(u.x, u.x, fmaf(u.y, u.y, fmaf(u.z, u.z, fmaf(u.w, u.w, s))));
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < n; i += kTcThreads) s = fmaf(a.x[i], a.x[i], s);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+  }
+};
 // r from the warps' sums in red[kTcWarps] (after a barrier), the same order in every thread
 __device__ __forceinline__ float tc_rms_factor(const TcArgs& a, const float* red) {
   float s = 0.0f;
@@ -342,7 +352,9 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   tc_stamp(a, 1);
   float r = 1.0f;  // the rmsnorm factor of x (a.nw)
   if (a.nw) {
-    const float ws = tc_sumsq_part(a);
+    TcSumSq sq;
+    sq.begin(a);
+    const float ws = sq.warp_sum(a);
     float* wred = reinterpret_cast<float*>(sel_smem);  // free until the selection
     __syncthreads();
     if (lane == 0) wred[warp] = ws;
@@ -597,16 +609,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   constexpr int XB = 4;
   // rmsnorm input (a.nw): the loads of this thread's first x^2 terms go out before the staging's
   // and are summed after it (r is needed only when a unit's result is written)
-  constexpr int kSq = 4;  // float4 per thread in flight: all of x up to d_in 4096
-  const bool sq4 = a.nw && W.d_in % 4 == 0 && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
-  float4 sqv[kSq];
-  if (sq4) {
-#pragma unroll
-    for (int q = 0; q < kSq; ++q) {
-      const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
-      sqv[q] = i < W.d_in / 4 ? reinterpret_cast<const float4*>(a.x)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  }
+  TcSumSq sq;
+  if (a.nw) sq.begin(a);
   auto load_batch = [&](int64_t f0, float4 (&xv)[XB]) {
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
@@ -679,20 +683,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
   float* ssq_red = amx + ns * NG;  // [kTcWarps] the warps' sums of x^2 (a.nw)
   if (a.nw) {
-    float ss = 0.0f;
-    if (sq4) {
-#pragma unroll
-      for (int q = 0; q < kSq; ++q)
-        ss = fmaf(sqv[q].x, sqv[q].x, fmaf(sqv[q].y, sqv[q].y, fmaf(sqv[q].z, sqv[q].z, fmaf(sqv[q].w, sqv[q].w, ss))));
-      for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < W.d_in / 4; i += kTcThreads) {
-        const float4 v = reinterpret_cast<const float4*>(a.x)[i];
-        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
-      }
-    } else {
-      for (int64_t i = threadIdx.x; i < W.d_in; i += kTcThreads) ss = fmaf(a.x[i], a.x[i], ss);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float ss = sq.warp_sum(a);
     if (lane == 0) ssq_red[warp] = ss;
   }
   __syncthreads();
