@@ -71,18 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---- bandwidths and the knee model -------------------------------------------------------------
-def cuda_index(device: str):
-    """The CUDA device index of "cuda" / "cuda:N", None for other devices."""
-    if device == "cuda":
-        return 0
-    if device.startswith("cuda:"):
-        return int(device.split(":", 1)[1])
-    return None
-
-
 def probe_bandwidths(device: str):
     """(bandwidth dict, None) on a CUDA device, (None, reason) elsewhere."""
     from decdec_rt import _core
+    from decdec_rt.bench import cuda_index
     idx = cuda_index(device)
     if idx is None:
         return None, f"device {device!r} is not a CUDA device: bandwidth probe skipped"
@@ -309,6 +301,7 @@ def main(argv=None) -> int:
         studies.append(study(bits, a, bw, bar))
     bar.close()
     from decdec_rt import _core
+    from decdec_rt.bench import cuda_index
     gpu = bw["gpu"] if bw else (_core.cuda_info() if cuda_index(a.device) is not None else
                                 f"no GPU (device {a.device}, {platform.processor() or platform.machine()})")
     res = {"command": " ".join(shlex.quote(x) for x in ["python", "tools/decdec_knee.py"] +

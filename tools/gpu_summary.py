@@ -34,7 +34,7 @@ def peak_gbs(text):
 
 def gemv_rows(text):
     """(type, shape, graph us, GB/s, % of peak) of the default kernels, and the fused group calls."""
-    rows, default = [], False
+    rows, default, peak = [], False, peak_gbs(text)
     for line in text.splitlines():
         if "quantized rows/warp: default" in line:
             default = True
@@ -50,7 +50,7 @@ def gemv_rows(text):
         g = re.match(r"(uq\d_g\d+) (qkv|gate_up)\s+[\d.]+\s+([\d.]+)\s+(\d+)", line)
         if g:
             rows.append((g.group(1) + " group", g.group(2), g.group(3), g.group(4),
-                         f"{100 * int(g.group(4)) / peak_gbs(text):.1f}"))
+                         f"{100 * int(g.group(4)) / peak:.1f}"))
         elif line.startswith("Groups"):
             default = False
     return rows

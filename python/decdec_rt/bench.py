@@ -19,9 +19,18 @@ PEAK_GBS = 3000.0
 _measured_peak: dict = {}
 
 
+def cuda_index(device: str) -> int | None:
+    """The CUDA device index of "cuda" / "cuda:N", None for other devices."""
+    if device == "cuda":
+        return 0
+    if device.startswith("cuda:"):
+        return int(device.split(":", 1)[1])
+    return None
+
+
 def measured_peak_gbs(device: str) -> float | None:
     """HBM streaming-read GB/s of a CUDA device (the bandwidth probe, once per process), else None."""
-    idx = 0 if device == "cuda" else int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+    idx = cuda_index(device)
     if idx is None:
         return None
     if idx not in _measured_peak:
