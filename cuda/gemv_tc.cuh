@@ -122,8 +122,6 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   }
 }
 
-// The member owning group row `row` (boundaries are multiples of 32: a tile or a 32-output vector
-// lies in one member).
 // Input channel i as the math sees it.
 // r: the rmsnorm factor (a.nw only)
 __device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i, float r) {
@@ -172,6 +170,8 @@ __device__ __forceinline__ float tc_rms_factor(const TcArgs& a, const float* red
   return 1.0f / sqrtf(s / (float)a.W.d_in + a.eps);
 }
 
+// The member owning group row `row` (boundaries are multiples of 32: a tile or a 32-output vector
+// lies in one member).
 __device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
   return (row >= a.row0[1] ? 1 : 0) + (row >= a.row0[2] ? 1 : 0);
 }
