@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdlib>
+#include <string>
 
 #include "gemv_q.cuh"
 
@@ -58,8 +59,11 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float (&xe)[elems_per_ve
 // R rows per warp at a time: each x vector is read once (through L1) for R weight vectors. R = 1
 // read 32 bytes of x per 16 bytes of fp16 weights, which on the H200 (4.5 TB/s) may be what holds
 // the fp16 GEMV at ~68 % of HBM bandwidth (93 % on the H100); R = 2 halves that.
+// kGemvBlocksPerSm blocks per SM (the grid's cap below) must fit: R = 2 needed 68 registers
+// unbounded (7 blocks of 128 threads per SM), which left an eighth of the grid to a second wave.
+constexpr int kGemvBlocksPerSm = 8;
 template <int TY, int R>
-__global__ void __launch_bounds__(kGemvThreads) gemv_f_kernel(DevLinear W, float* y, const float* x) {
+__global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(DevLinear W, float* y, const float* x) {
   grid_dep_wait();
   pdl_trigger();
   constexpr int E = elems_per_vec<TY>(), U = 4;
@@ -107,21 +111,22 @@ int g_rows = 0;  // gemv_f_force_rows; 0: the default
 template <int TY>
 cudaError_t launch_rows(int R, const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
   const int64_t want = (W.d_out + (int64_t)kGemvWarps * R - 1) / ((int64_t)kGemvWarps * R);
-  const int blocks = (int)(want < (int64_t)n_sm * 8 ? want : (int64_t)n_sm * 8);
+  const int64_t cap = (int64_t)n_sm * kGemvBlocksPerSm;
+  const int blocks = (int)(want < cap ? want : cap);
   return R == 2 ? launch_pdl(gemv_f_kernel<TY, 2>, blocks, kGemvThreads, 0, st, W, y, x)
                 : launch_pdl(gemv_f_kernel<TY, 1>, blocks, kGemvThreads, 0, st, W, y, x);
 }
 
 }  // namespace
 
-void gemv_f_force_rows(int rows_per_warp) { g_rows = rows_per_warp; }
+void gemv_f_force_rows(int rows_per_warp) { g_rows = rows_per_warp == 2 ? 2 : rows_per_warp == 1 ? 1 : 0; }
 
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
   // default 1 row per warp (measured on the H100: 93 % of HBM bandwidth); 2 is the H200 candidate
   // (env DDRT_GEMV_F_ROWS=2), to become the default once measured there
   static const int env_rows = [] {
     const char* e = std::getenv("DDRT_GEMV_F_ROWS");
-    return e && *e == '2' ? 2 : 1;
+    return e && std::string(e) == "2" ? 2 : 1;
   }();
   const int R = g_rows ? g_rows : env_rows;
   switch (W.type) {

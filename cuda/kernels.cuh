@@ -161,7 +161,8 @@ int gemv_q_rows(const DevLinear& W);
 void gemv_q_force_rows(int rows_per_warp);
 // y[d_out] = W x[d_in] for F32/F16/BF16 W; x must be 16-byte aligned.
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st);
-// Rows per warp of the float GEMV (1 or 2; 0: the default, env DDRT_GEMV_F_ROWS or 1): lab, tests.
+// Rows per warp of the float GEMV (1 or 2; anything else: the default, env DDRT_GEMV_F_ROWS or 1):
+// lab, tests.
 void gemv_f_force_rows(int rows_per_warp);
 
 // ---- tiled matmul, any T, any type (gemm.cu, gemm_tc.cu) -------------------------------------
