@@ -25,7 +25,7 @@ namespace gpu {
 
 namespace {
 
-constexpr int kRows = 64, kKeys = 32, kThreadsT = 256;
+constexpr int kRows = kAttnTiledRows, kKeys = 32, kThreadsT = 256;
 
 template <int HD>
 constexpr size_t tiled_smem_bytes() {
@@ -198,6 +198,9 @@ bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs)
   if (s.T < kAttnTiledMinT || s.pos_dev || (s.head_dim != 64 && s.head_dim != 128) || s.n_kv_heads <= 0 ||
       s.n_heads % s.n_kv_heads != 0 || s.n_heads / s.n_kv_heads > kRows)
     return false;
+  const int QT = kRows / (s.n_heads / s.n_kv_heads);
+  const int64_t blocks = ((int64_t)s.T + QT - 1) / QT * s.n_kv_heads;
+  if (blocks < kAttnTiledMinBlocks && s.pos0 > (int64_t)kAttnTiledMaxPrefix * s.T) return false;
   for (int i = 0; i < n_ptrs; ++i)
     if (reinterpret_cast<uintptr_t>(ptrs[i]) & 15) return false;
   return true;
@@ -205,8 +208,10 @@ bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs)
 
 cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                                    const AttnShape& s, cudaStream_t st) {
-  ++g_launches;
-  return s.head_dim == 64 ? launch_hd<64>(out, q, k, v, K, V, s, st) : launch_hd<128>(out, q, k, v, K, V, s, st);
+  const cudaError_t e =
+      s.head_dim == 64 ? launch_hd<64>(out, q, k, v, K, V, s, st) : launch_hd<128>(out, q, k, v, K, V, s, st);
+  if (e == cudaSuccess) ++g_launches;
+  return e;
 }
 
 }  // namespace gpu

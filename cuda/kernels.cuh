@@ -321,7 +321,10 @@ bool attn_fuses_rope(const AttnShape& s);
 // 64 or 128, no rope inside, 16-byte aligned pointers, when switched on: attn_tiled_force(1), or
 // env DDRT_ATTN_TILED=1 (off by default until measured on a GPU); attn_tiled_force(0) off, -1 the
 // environment. launch_attention takes it where it applies. attn_tiled_launches: a test counter.
-constexpr int kAttnTiledMinT = 32;
+// It has no split over keys: a short chunk after a long prefix (few tiles, each walking every key)
+// stays on the split kernel, i.e. it applies when the grid has kAttnTiledMinBlocks blocks or the
+// prefix is at most kAttnTiledMaxPrefix * T positions.
+constexpr int kAttnTiledMinT = 32, kAttnTiledRows = 64, kAttnTiledMinBlocks = 128, kAttnTiledMaxPrefix = 4;
 void attn_tiled_force(int mode);
 int64_t attn_tiled_launches();
 bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs);

@@ -17,6 +17,10 @@ tail -15 "$OUT/pytest.log"
 # DDRT_FUSE_NORM=1 switch, off by default until measured)
 (cd tests && DDRT_FUSE_NORM=1 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_fuse_norm.log" 2>&1 || PT=$?
 echo "DDRT_FUSE_NORM=1: $(tail -1 "$OUT/pytest_fuse_norm.log")"
+# and with the tiled prefill attention and the two-row fp16 GEMV (the other off-by-default switches)
+(cd tests && DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2 python3 -m pytest -q -x python/test_cuda.py) \
+  > "$OUT/pytest_tiled_rows.log" 2>&1 || PT=$?
+echo "DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2: $(tail -1 "$OUT/pytest_tiled_rows.log")"
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"

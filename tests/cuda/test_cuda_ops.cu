@@ -788,12 +788,24 @@ void test_attention(Backend& cpu, Backend& gpu) {
   struct Cfg { int n_heads, n_kv, hd, max_seq; std::vector<int> steps; };
   // q heads per kv head 4, 1, 2, 3 (SmolLM2), 8 (70B), 16 (two slices of 8 per kv head); head_dim
   // 64, 128, 32, 80 (not a multiple of 32), 256; single-split and many-split queries; prefill
-  // chunks (T >= 32) for the tiled kernel at G 1, 3, 4, 8, 16 and head_dim 64, 128
+  // chunks (T >= 32) for the tiled kernel at G 1, 3, 4, 8, 16 and head_dim 64, 128, some after a
+  // prefix of several 32-key tiles in the cache (pos0 101, 41), one short chunk after a long prefix
+  // (the split kernel's: pos0 301, T 40)
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
                       {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}},
-                      {16, 1, 128, 100, {70}},             {4, 4, 64, 120, {1, 90, 1}}};  // tiled: G 16, G 1
+                      {16, 1, 128, 100, {70}},             {4, 4, 64, 120, {1, 90, 1}},
+                      {12, 4, 128, 420, {100, 1, 200, 1}}, {16, 1, 64, 300, {40, 1, 90, 1}},
+                      {8, 2, 64, 400, {300, 1, 40, 1}}};
+  // where the tiled kernel must run (kernels.cuh's rule, stated again): one launch per such call
+  auto tiled_applies = [](const Cfg& c, int T, int64_t pos0) {
+    const int G = c.n_heads / c.n_kv, QT = gpu::kAttnTiledRows / G;
+    const int64_t blocks = ((int64_t)T + QT - 1) / QT * c.n_kv;
+    return T >= gpu::kAttnTiledMinT && (c.hd == 64 || c.hd == 128) && G <= gpu::kAttnTiledRows &&
+           (blocks >= gpu::kAttnTiledMinBlocks || pos0 <= (int64_t)gpu::kAttnTiledMaxPrefix * T);
+  };
   const int64_t tiled_before = gpu::attn_tiled_launches();
+  int64_t tiled_want = 0;
   for (const int tiled : {0, 1})  // the split kernel alone, then the tiled prefill kernel where it applies
   for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
     for (const Cfg& c : cfgs) {
@@ -822,6 +834,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
             cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
             gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
           }
+          if (tiled && tiled_applies(c, T, pos)) ++tiled_want;
           const auto o = bo.get();
           report(std::string(rope ? "rope_attention" : "attention") + (tiled ? " (tiled on)" : "") + " heads " +
                      std::to_string(c.n_heads) + "/" +
@@ -835,8 +848,10 @@ void test_attention(Backend& cpu, Backend& gpu) {
       CHECK_THROWS(gpu.attention(*kg, 0, b.f(), b.f(), b.f(), b.f(), 1, c.n_heads, c.max_seq), ContextOverflow);
     }
   gpu::attn_tiled_force(-1);
-  // T >= kAttnTiledMinT at head_dim 64 / 128 occurs above (T 600, 513, 250, 150, 60, 40): it ran
-  CHECK_MSG(gpu::attn_tiled_launches() > tiled_before, "the tiled prefill attention never ran");
+  // exactly the calls where it applies took it (tiled_want > 0: T 600, 513, 250, 70, 90, 100, 200, 40)
+  const int64_t tiled_ran = gpu::attn_tiled_launches() - tiled_before;
+  CHECK_MSG(tiled_want > 0 && tiled_ran == tiled_want, "the tiled prefill attention ran " + std::to_string(tiled_ran) +
+                                                           " times, expected " + std::to_string(tiled_want));
 }
 
 void test_misc(Backend& gpu) {
