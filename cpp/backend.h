@@ -142,8 +142,9 @@ class Backend {
   }
   // Whether the residual add and the next norm can live inside the linears around them: each of
   // matmul_add / matmul_swiglu_add of `producer` and rmsnorm_matmul_group of `consumers` (none
-  // when n = 0: the last layer's) runs as one launch for these calls. The engine then takes them
-  // instead of matmul, add_rmsnorm, matmul_group (which cost one launch more); false: it takes
+  // when n = 0: the last layer's) runs as one launch for these calls (matmul_swiglu_add: two
+  // where the swiglu cannot be read inside, never more than the unfused sequence). The engine then
+  // takes them instead of matmul, add_rmsnorm, matmul_group (one launch more); false: it takes
   // those. Default: false.
   virtual bool fuses_add_norm(const Linear& producer, const DecdecCall& pcall, const Linear* const* consumers, int n,
                               const DecdecCall* ccalls, int T) const {

@@ -448,15 +448,17 @@ class CudaBackend : public Backend {
     use();
     const auto& W = static_cast<const CudaLinear&>(lin);
     if (T == 1 && fused_first(W)) {
-      if (!fuse_swiglu(W)) {  // the swiglu launch, then the adding GEMV
-        swiglu(gate, gate, up, (size_t)W.d_in);
-        matmul_add(lin, y, tmp, gate, T, call);
-        return;
+      if (fuse_swiglu(W)) {
+        gpu::TcIo io;
+        io.up = up;
+        io.accumulate = true;
+        if (matmul_fused1(W, y, gate, call, io)) return;
       }
-      gpu::TcIo io;
-      io.up = up;
-      io.accumulate = true;
-      if (matmul_fused1(W, y, gate, call, io)) return;
+      // the swiglu launch, then the adding GEMV (also where the swiglu cannot be read inside: a
+      // selection by pre-kernel ranks the input as it is)
+      swiglu(gate, gate, up, (size_t)W.d_in);
+      matmul_add(lin, y, tmp, gate, T, call);
+      return;
     }
     Backend::matmul_swiglu_add(lin, y, tmp, gate, up, T, call);
   }
@@ -775,7 +777,7 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   const gpu::DevLinear* devs[gpu::kTcMaxMembers];
   for (int m = 0; m < n; ++m) devs[m] = &Ws[m]->dev;
   gpu::DevLinear shape;
-  if (!gpu::gemv_tc_groupable(devs, n, &shape)) return false;
+  if (!gpu::gemv_tc_groupable(devs, n, &shape) || gpu::tc_io_aliases(devs, ys, n, x, shape.d_in, io)) return false;
   const CudaLinear& W = *Ws[0];  // the head: its plan cache, its selection inputs
   CompJob job = prepare_comp(W, x, 1, call, shape.d_out);
   const int n_tb = job.active ? (call.n_tb > 0 ? call.n_tb : gpu::tc_default_n_tb(shape)) : 0;

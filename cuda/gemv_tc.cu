@@ -138,6 +138,18 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 namespace {
 int64_t g_group_launches = 0, g_io_launches = 0;
 }
+
+bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io) {
+  if (!io.accumulate) return false;
+  const auto overlaps = [](const float* p, int64_t np, const float* q, int64_t nq) {
+    return p && q && p < q + nq && q < p + np;
+  };
+  for (int m = 0; m < n; ++m)
+    if (overlaps(y[m], W[m]->d_out, x, d_in) || overlaps(y[m], W[m]->d_out, io.up, d_in) ||
+        overlaps(y[m], W[m]->d_out, io.nw, d_in))
+      return true;
+  return false;
+}
 int64_t gemv_tc_group_launches() { return g_group_launches; }
 int64_t gemv_tc_io_launches() { return g_io_launches; }
 
@@ -145,6 +157,10 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
                            float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io) {
   TcArgs a;
   if (!plan.ok || !gemv_tc_groupable(W, n, &a.W) || (io.up && io.nw)) return cudaErrorInvalidValue;
+  // A pre-kernel's selection (comp without select_here) ranks x as it is, not swiglu(x, up) or
+  // rmsnorm(x) * nw as the compensation reads it.
+  if ((io.up || io.nw) && comp && !comp->select_here) return cudaErrorInvalidValue;
+  if (tc_io_aliases(W, y, n, x, a.W.d_in, io)) return cudaErrorInvalidValue;
   a.x = x;
   a.up = io.up;
   a.nw = io.nw;

@@ -279,6 +279,10 @@ struct TcIo {
   float eps = 0.0f;
   bool accumulate = false;    // y[m] += the result (y: the residual stream), not y[m] =
 };
+// Whether an accumulating launch's outputs overlap its inputs (x, up, nw over d_in): every block
+// reads the inputs while the tiles' finishers add into y, so launch_gemv_tc refuses that (the
+// backend then runs the ops in sequence).
+bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io);
 // y[m] = W[m] x (+ compensation) for the n members; n = 1 is the plain GEMV.
 cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
                            float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io = {});
