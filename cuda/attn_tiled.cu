@@ -190,10 +190,7 @@ void attn_tiled_force(int mode) { g_forced = mode; }
 int64_t attn_tiled_launches() { return g_launches; }
 
 bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs) {
-  static const bool env_on = [] {
-    const char* e = std::getenv("DDRT_ATTN_TILED");
-    return e && e[0] == '1';
-  }();
+  static const bool env_on = env_int("DDRT_ATTN_TILED", 0) == 1;
   if (!(g_forced < 0 ? env_on : g_forced == 1)) return false;
   if (s.T < kAttnTiledMinT || s.pos_dev || (s.head_dim != 64 && s.head_dim != 128) || s.n_kv_heads <= 0 ||
       s.n_heads % s.n_kv_heads != 0 || s.n_heads / s.n_kv_heads > kRows)

@@ -170,8 +170,7 @@ class CudaBackend : public Backend {
     // Measured on the H100 (BENCHMARKS.md): the side stream is slower than one stream while the
     // base GEMV fills the GPU (llama3-8b 3-bit, approx k_chunk 8: 94 vs 118 tok/s), so one
     // stream is the default; DDRT_DECDEC_PARALLEL=1 selects the side stream.
-    const char* par = std::getenv("DDRT_DECDEC_PARALLEL");
-    comp_parallel_ = par && par[0] == '1';
+    comp_parallel_ = gpu::env_int("DDRT_DECDEC_PARALLEL", 0) == 1;
     h_slots_ = PinnedMem(kSlotBytes, "decode step slots");
   }
   ~CudaBackend() override {
@@ -429,8 +428,8 @@ class CudaBackend : public Backend {
     Backend::matmul_swiglu(lin, y, gate, up, T, call);
   }
   static bool fuse_swiglu(const CudaLinear& W) {
-    const char* env = std::getenv("DDRT_FUSE_SWIGLU");  // read per call (host side only: graphs replay)
-    return env ? env[0] != '0' : W.d_out * W.d_in >= (int64_t)8 << 20;
+    const int env = gpu::env_int("DDRT_FUSE_SWIGLU", -1);  // read per call (host side only: graphs replay)
+    return env >= 0 ? env != 0 : W.d_out * W.d_in >= (int64_t)8 << 20;
   }
   // T = 1 with the fused GEMV: it adds its result into y itself (y += as it writes a tile)
   void matmul_add(const Linear& lin, float* y, float* tmp, const float* x, int T, const DecdecCall& call) override {
@@ -498,8 +497,7 @@ class CudaBackend : public Backend {
   // decode A/B are in tools/gpu_check.sh); the default turns on once they pass and it measures faster
   bool fuses_add_norm(const Linear& producer, const DecdecCall& pcall, const Linear* const* consumers, int n,
                       const DecdecCall* ccalls, int T) const override {
-    const char* env = std::getenv("DDRT_FUSE_NORM");
-    if (!(env && env[0] == '1') || T != 1) return false;
+    if (gpu::env_int("DDRT_FUSE_NORM", 0) != 1 || T != 1) return false;
     const auto& P = static_cast<const CudaLinear&>(producer);
     const gpu::DevLinear* pd[1] = {&P.dev};
     gpu::DevLinear shape;

@@ -4,8 +4,6 @@
 // it) once per row group, fp32 accumulation.
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-#include <string>
 
 #include "gemv_q.cuh"
 
@@ -124,10 +122,7 @@ void gemv_f_force_rows(int rows_per_warp) { g_rows = rows_per_warp == 2 ? 2 : ro
 cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
   // default 1 row per warp (measured on the H100: 93 % of HBM bandwidth); 2 is the H200 candidate
   // (env DDRT_GEMV_F_ROWS=2), to become the default once measured there
-  static const int env_rows = [] {
-    const char* e = std::getenv("DDRT_GEMV_F_ROWS");
-    return e && std::string(e) == "2" ? 2 : 1;
-  }();
+  static const int env_rows = env_int("DDRT_GEMV_F_ROWS", 1) == 2 ? 2 : 1;
   const int R = g_rows ? g_rows : env_rows;
   switch (W.type) {
     case TensorType::F32: return launch_rows<(int)TensorType::F32>(R, W, y, x, n_sm, st);

@@ -44,10 +44,7 @@ unsigned long long* g_tc_stamps = nullptr;
 void gemv_tc_stamps(unsigned long long* stamps) { g_tc_stamps = stamps; }
 // DDRT_GEMV_TC=0: never the fused GEMV (the CUDA-core kernel and the separate DecDEC kernels)
 bool gemv_tc_enabled() {
-  if (g_tc_enabled < 0) {
-    const char* e = std::getenv("DDRT_GEMV_TC");
-    g_tc_enabled = e && e[0] == '0' ? 0 : 1;
-  }
+  if (g_tc_enabled < 0) g_tc_enabled = env_int("DDRT_GEMV_TC", 1) == 0 ? 0 : 1;
   return g_tc_enabled == 1;
 }
 
@@ -88,10 +85,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     if (per_sm <= 0) return p;
     // lab knob DDRT_TC_BLOCKS_PER_SM=N: at most N blocks per SM (a grid below the resident capacity
     // leaves room for the next kernel's blocks, launched early by PDL, to start streaming beside it)
-    static const int cap = [] {
-      const char* e = std::getenv("DDRT_TC_BLOCKS_PER_SM");
-      return e && *e ? std::atoi(e) : 0;
-    }();
+    static const int cap = env_int("DDRT_TC_BLOCKS_PER_SM", 0);
     if (cap > 0) per_sm = std::min(per_sm, cap);
     p.grid = dev.n_sm * per_sm;
     int tb = std::min(n_tb, p.grid / 4);
@@ -186,10 +180,7 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
   a.stamps = g_tc_stamps;
   // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
-  static const int pre = [] {
-    const char* e = std::getenv("DDRT_TC_PRE");
-    return e && *e ? std::atoi(e) : 1;
-  }();
+  static const int pre = env_int("DDRT_TC_PRE", 1);
   a.pre = pre;
   if (comp) {
     a.p = comp->p;

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "decdec.h"
 #include "layout.h"
@@ -15,6 +16,16 @@
 
 namespace ddrt {
 namespace gpu {
+
+// A switch or lab knob from the environment (host side): its integer value, dflt when unset or
+// not a number. Callers read it once (static) where a graph replays what it chose.
+inline int env_int(const char* name, int dflt) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  return end == e ? dflt : (int)v;
+}
 
 // cp.async: 16 bytes global -> shared (zero-filled when !valid), 4 bytes, groups.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {

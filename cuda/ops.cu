@@ -539,8 +539,11 @@ int attn_splits(const AttnShape& s) {
   // ~2 blocks per SM of an H100 when the position range allows (a split >= kAttnMinLen positions:
   // shorter ones cost more in the merge than they save), at most kAttnMaxSplits; with pos_dev the
   // position is not known here: the count is fixed and the split length follows the position.
+  // lab knob DDRT_ATTN_BLOCKS=N: aim at N blocks instead (fewer: longer splits, a cheaper merge;
+  // 1: no split, no merge, wherever one block per query and head slice)
+  static const int target = std::max(1, env_int("DDRT_ATTN_BLOCKS", kAttnTargetBlocks));
   const int64_t per_split = (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices;
-  int64_t k = std::min<int64_t>(kAttnMaxSplits, (kAttnTargetBlocks + per_split - 1) / per_split);
+  int64_t k = std::min<int64_t>(kAttnMaxSplits, (target + per_split - 1) / per_split);
   if (!s.pos_dev) k = std::min<int64_t>(k, (s.pos0 + s.T + kAttnMinLen - 1) / kAttnMinLen);
   return (int)(k < 1 ? 1 : k);
 }

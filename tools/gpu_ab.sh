@@ -14,7 +14,8 @@ gpu_build
 settings=("$@")
 [ ${#settings[@]} -eq 0 ] && settings=("default" "DDRT_FUSE_NORM=1" "DDRT_GEMV_F_ROWS=2" "DDRT_TC_PRE=0" "DDRT_TC_PRE=2"
                                        "DDRT_FUSE_SWIGLU=0" "DDRT_FUSE_NORM=1 DDRT_FUSE_SWIGLU=1"
-                                       "DDRT_FUSE_NORM=1 DDRT_GEMV_F_ROWS=2" "DDRT_TC_BLOCKS_PER_SM=1")
+                                       "DDRT_FUSE_NORM=1 DDRT_GEMV_F_ROWS=2" "DDRT_TC_BLOCKS_PER_SM=1"
+                                       "DDRT_ATTN_BLOCKS=132" "DDRT_ATTN_BLOCKS=66")
 : > "$OUT/ab.tsv"
 for round in 1 2; do
   order=("${settings[@]}")
