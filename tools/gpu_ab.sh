@@ -17,11 +17,15 @@ settings=("$@")
                                        "DDRT_FUSE_NORM=1 DDRT_GEMV_F_ROWS=2" "DDRT_TC_BLOCKS_PER_SM=1"
                                        "DDRT_ATTN_BLOCKS=132" "DDRT_ATTN_BLOCKS=66")
 : > "$OUT/ab.tsv"
+# a device call may run 600 s: no new run starts AB_DEADLINE s (default 550) after this script
+# started (the build included), and the table below shows what ran
+t_end=${AB_DEADLINE:-550}
 for round in 1 2; do
   order=("${settings[@]}")
   if [ $round = 2 ]; then order=(); for ((i = ${#settings[@]} - 1; i >= 0; i--)); do order+=("${settings[i]}"); done; fi
   for s in "${order[@]}"; do
     for shape in ${AB_SHAPES:-llama3-8b smollm2-135m}; do
+      [ $SECONDS -lt $t_end ] || { echo "AB_DEADLINE reached: $s $shape round $round not run"; continue; }
       envs=$([ "$s" = default ] && echo "" || echo "$s")
       tok=$(env $envs python3 -m decdec_rt bench --shape $shape --bits ${AB_BITS:-3} --prefill 16 2>&1 \
             | tee -a "$OUT/ab.log" | sed -n 's/^  decode *\([0-9.]*\) tok\/s.*/\1/p')
