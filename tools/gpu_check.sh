@@ -43,6 +43,8 @@ if [ "${1:-}" != "quick" ]; then
             "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3" "DDRT_ATTN_TILED=1|--shape llama3-8b --bits 3" \
             "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3"; do
     envs=${ab%%|*}; args=${ab#*|}
+    # a device call may run 600 s: no A/B run starts past CHECK_DEADLINE s (default 540) of this script
+    [ $SECONDS -lt ${CHECK_DEADLINE:-540} ] || { echo "== CHECK_DEADLINE reached: $envs $args not run"; continue; }
     echo "== $envs decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
     env $envs python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
   done
