@@ -331,6 +331,10 @@ int64_t attn_counters(const AttnShape& s);
 // positions 0..pos0+t for query t, in one launch. inv_freq non-null: rope of q and k first (as
 // launch_rope_qk; only where attn_fuses_rope(s)).
 bool attn_fuses_rope(const AttnShape& s);
+// The decode / split kernel loads each warp's first cached key and value rows before its
+// dependency wait: attn_prefetch_force(1) on, 0 off, -1 env DDRT_ATTN_PREFETCH=1 (off by default
+// until measured on a GPU).
+void attn_prefetch_force(int mode);
 // Prefill attention over query tiles (attn_tiled.cu): each key / value row read once per 64 query
 // rows instead of once per query. Applies (attn_tiled_applies) to T >= kAttnTiledMinT, head_dim
 // 64 or 128, no rope inside, 16-byte aligned pointers, when switched on: attn_tiled_force(1), or

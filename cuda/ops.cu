@@ -177,6 +177,12 @@ unsigned grid_for(size_t n) {
 // inv_freq non-null (T == 1, head_dim == 32 * PL, PL even; launch_attention checks): q and the new
 // k are rotated here, as rope_qk_kernel would (the same angle, formula and rounding): each lane
 // holds both halves of its pairs (element i = lane + 32u pairs with u + PL/2).
+// prefetch (attn_prefetch_force / env DDRT_ATTN_PREFETCH=1; off until measured): each warp loads
+// the cached rows (positions < pos0) of its first U positions before the dependency wait. No
+// kernel of this launch's stream writes them any more: the attention launch that stored them
+// (an earlier step or chunk) has completed, as every kernel between it and this one passed its
+// own wait, and at least one of those (the previous layer's attention, or the embedding) only
+// lets its dependents start after its wait. So the loads overlap the previous kernel's tail.
 constexpr int kAttnWarps = 4;
 constexpr int kMaxHeadDim = 256;
 constexpr int kAttnMaxG = 8;        // q heads per block at most
@@ -202,15 +208,13 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
-            int splits, float* scratch, unsigned* counters, const float* inv_freq) {
+            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
   if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
-  grid_dep_wait();
-  pdl_trigger();
   const int sp = blockIdx.x, y = blockIdx.y, t = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int hd = s.head_dim;
@@ -221,6 +225,29 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int64_t n = s.pos0 + t + 1;
   const int64_t L = attn_split_len(n, splits);
   const int active = (int)((n + L - 1) / L);
+  const int64_t p0 = (int64_t)sp * L, p1 = p0 + L < n ? p0 + L : n;
+  // The key and value rows of U positions (pb + j * kAttnWarps) of this warp: those below `from`
+  // (cached, < pos0) or at and above it (this chunk's, from k / v) are left as they are.
+  float kr[U][PL], vr[U][PL];
+  auto load_rows = [&](int64_t pb, int64_t lo, int64_t hi) {
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const int64_t p = pb + j * kAttnWarps;
+      if (p < lo || p >= hi) continue;
+      const float* kp = p < s.pos0 ? K + p * row + col : kin + (p - s.pos0) * row + col;
+      const float* vp = p < s.pos0 ? V + p * row + col : vin + (p - s.pos0) * row + col;
+#pragma unroll
+      for (int u = 0; u < PL; ++u) {
+        const bool in = p < p1 && lane + 32 * u < hd;
+        kr[j][u] = in ? kp[lane + 32 * u] : 0.0f;
+        vr[j][u] = in ? vp[lane + 32 * u] : 0.0f;
+      }
+    }
+  };
+  const int64_t pfirst = p0 + warp;  // this warp's first batch
+  if (prefetch && sp < active) load_rows(pfirst, 0, s.pos0);  // cached rows only, before the wait
+  grid_dep_wait();
+  pdl_trigger();
   if (sp >= active) return;
   RopeCS rcs[PL / 2 > 0 ? PL / 2 : 1];  // rope: pair lane + 32u
   auto rotate = [&](float (&x)[PL]) {
@@ -248,7 +275,6 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     }
     for (int i = threadIdx.x; i < hd; i += blockDim.x) V[(s.pos0 + t) * row + col + i] = vin[t * row + col + i];
   }
-  const int64_t p0 = (int64_t)sp * L, p1 = p0 + L < n ? p0 + L : n;
   const float inv_sqrt = 1.0f / sqrtf((float)hd);
   float qr[GM][PL], o[GM][PL], m[GM], l[GM];
 #pragma unroll
@@ -263,19 +289,12 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     }
     if (inv_freq) rotate(qr[g]);
   }
-  for (int64_t pb = p0 + warp; pb < p1; pb += kAttnWarps * U) {
-    float kr[U][PL], vr[U][PL];
+  for (int64_t pb = pfirst; pb < p1; pb += kAttnWarps * U) {
+    // every row of the batch; the first batch's cached rows came before the wait when prefetching
+    load_rows(pb, prefetch && pb == pfirst ? s.pos0 : 0, INT64_MAX);
 #pragma unroll
     for (int j = 0; j < U; ++j) {
       const int64_t p = pb + j * kAttnWarps;
-      const float* kp = p < s.pos0 ? K + p * row + col : kin + (p - s.pos0) * row + col;
-      const float* vp = p < s.pos0 ? V + p * row + col : vin + (p - s.pos0) * row + col;
-#pragma unroll
-      for (int u = 0; u < PL; ++u) {
-        const bool in = p < p1 && lane + 32 * u < hd;
-        kr[j][u] = in ? kp[lane + 32 * u] : 0.0f;
-        vr[j][u] = in ? vp[lane + 32 * u] : 0.0f;
-      }
       if (inv_freq && p >= s.pos0 && p < p1) rotate(kr[j]);  // the new key (T == 1: p == pos0)
     }
 #pragma unroll
@@ -554,19 +573,27 @@ int64_t attn_scratch_floats(const AttnShape& s) {
 int64_t attn_counters(const AttnShape& s) { return (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices; }
 
 namespace {
+int g_attn_prefetch = -1;  // attn_prefetch_force; -1: the environment
+bool attn_prefetch() {
+  static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 0) == 1;
+  return g_attn_prefetch < 0 ? env_on : g_attn_prefetch == 1;
+}
 template <int PL>
 cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                         const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
                         unsigned* counters, const float* inv_freq) {
   const dim3 block(32 * kAttnWarps);
+  const bool prefetch = attn_prefetch();
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
   }
 }
 }  // namespace
+
+void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode == 1 ? 1 : 0; }
 
 bool attn_fuses_rope(const AttnShape& s) {
   return s.T == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);

@@ -823,10 +823,14 @@ void test_attention(Backend& cpu, Backend& gpu) {
   };
   const int64_t tiled_before = gpu::attn_tiled_launches();
   int64_t tiled_want = 0;
-  for (const int tiled : {0, 1})  // the split kernel alone, then the tiled prefill kernel where it applies
+  // the split kernel alone; the tiled prefill kernel where it applies; the split kernel loading its
+  // first cached rows before the dependency wait
+  for (const int variant : {0, 1, 2})
   for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
     for (const Cfg& c : cfgs) {
+      const int tiled = variant == 1;
       gpu::attn_tiled_force(tiled);
+      gpu::attn_prefetch_force(variant == 2);
       auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       std::vector<float> inv(c.hd / 2);
@@ -853,7 +857,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
           }
           if (tiled && tiled_applies(c, T, pos)) ++tiled_want;
           const auto o = bo.get();
-          report(std::string(rope ? "rope_attention" : "attention") + (tiled ? " (tiled on)" : "") + " heads " +
+          report(std::string(rope ? "rope_attention" : "attention") + (tiled ? " (tiled on)" : "") +
+                     (variant == 2 ? " (prefetch)" : "") + " heads " +
                      std::to_string(c.n_heads) + "/" +
                      std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
                      " T " + std::to_string(T) + " layer " + std::to_string(layer),
@@ -865,6 +870,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
       CHECK_THROWS(gpu.attention(*kg, 0, b.f(), b.f(), b.f(), b.f(), 1, c.n_heads, c.max_seq), ContextOverflow);
     }
   gpu::attn_tiled_force(-1);
+  gpu::attn_prefetch_force(-1);
   // exactly the calls where it applies took it (tiled_want > 0: T 600, 513, 250, 70, 90, 100, 200, 40)
   const int64_t tiled_ran = gpu::attn_tiled_launches() - tiled_before;
   CHECK_MSG(tiled_want > 0 && tiled_ran == tiled_want, "the tiled prefill attention ran " + std::to_string(tiled_ran) +
