@@ -41,7 +41,8 @@ if [ "${1:-}" != "quick" ]; then
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 4" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3" "DDRT_ATTN_TILED=1|--shape llama3-8b --bits 3" \
-            "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3"; do
+            "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3" "DDRT_ATTN_PREFETCH=1|--shape smollm2-135m --bits 3" \
+            "DDRT_ATTN_PREFETCH=1|--shape llama3-8b --bits 3"; do
     envs=${ab%%|*}; args=${ab#*|}
     # a device call may run 600 s: no A/B run starts past CHECK_DEADLINE s (default 540) of this script
     [ $SECONDS -lt ${CHECK_DEADLINE:-540} ] || { echo "== CHECK_DEADLINE reached: $envs $args not run"; continue; }
