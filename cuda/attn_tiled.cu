@@ -39,7 +39,7 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
 template <int HD>
 __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const float* q, const float* kin,
                                                               const float* vin, float* K, float* V, AttnShape s) {
-  extern __shared__ float4 tiled_smem4[];
+  DDRT_DYN_SMEM(float4, tiled_smem4);
   float* const Qs = reinterpret_cast<float*>(tiled_smem4);  // [kRows][HD + 4]
   float* const Ks = Qs + kRows * (HD + 4);                   // [kKeys][HD + 4]
   float* const Vs = Ks + kKeys * (HD + 4);                   // [kKeys][HD]

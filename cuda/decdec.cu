@@ -225,10 +225,8 @@ cudaError_t select_rows(const DevLinear& W, const DevResidual& R, const CompPara
                         int32_t* sel, cudaStream_t st) {
   const int64_t n_chunks = (W.d_in + kChunk - 1) / kChunk;
   if (p.call.mode == DecdecMode::Approx)
-    approx_select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, x, W.d_in, sel);
-  else
-    select_kernel<<<dim3((unsigned)n_chunks, T), kSelThreads, 0, st>>>(p, R.rank_pos, x, W.d_in, sel);
-  return cudaGetLastError();
+    return launch_plain(approx_select_kernel, dim3((unsigned)n_chunks, T), kSelThreads, 0, st, p, x, W.d_in, sel);
+  return launch_plain(select_kernel, dim3((unsigned)n_chunks, T), kSelThreads, 0, st, p, R.rank_pos, x, W.d_in, sel);
 }
 }  // namespace
 
@@ -245,20 +243,17 @@ cudaError_t launch_comp_select_gather(const DevLinear& W, const DevResidual& R, 
   if (e != cudaSuccess) return e;
   const int64_t nv = (W.d_out + 31) / 32;
   if (T >= 16)
-    gather_kernel<64><<<dim3((unsigned)((nv + 63) / 64), T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax,
-                                                                                       sel, x, out, add);
-  else
-    gather_kernel<8><<<dim3((unsigned)((nv + 7) / 8), T), kGatherThreads, 0, st>>>(R, W.d_out, W.d_in, p.kmax, sel,
-                                                                                     x, out, add);
-  return cudaGetLastError();
+    return launch_plain(gather_kernel<64>, dim3((unsigned)((nv + 63) / 64), T), kGatherThreads, 0, st, R, W.d_out,
+                        W.d_in, p.kmax, sel, x, out, add);
+  return launch_plain(gather_kernel<8>, dim3((unsigned)((nv + 7) / 8), T), kGatherThreads, 0, st, R, W.d_out, W.d_in,
+                      p.kmax, sel, x, out, add);
 }
 
 cudaError_t launch_comp_reduce(const DevLinear& W, const CompParams& p, float* y, int T, const float* partial,
                                cudaStream_t st) {
   if (p.kmax <= 0 || T <= 0) return cudaSuccess;
   const unsigned rb = (unsigned)((W.d_out + 255) / 256 < 1024 ? (W.d_out + 255) / 256 : 1024);
-  reduce_kernel<<<dim3(rb, T), 256, 0, st>>>(W.d_out, partial, y);
-  return cudaGetLastError();
+  return launch_plain(reduce_kernel, dim3(rb, T), 256, 0, st, W.d_out, partial, y);
 }
 
 }  // namespace gpu

@@ -120,8 +120,7 @@ bool gemm_group_fusable(const DevLinear* const* Ws, int n) {
 
 cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st) {
   const dim3 grid((unsigned)((W.d_out + kBM - 1) / kBM), (unsigned)((T + kBT - 1) / kBT));
-  gemm_kernel<<<grid, kThreads, 0, st>>>(W, y, x, T);
-  return cudaGetLastError();
+  return launch_plain(gemm_kernel, grid, kThreads, 0, st, W, y, x, T);
 }
 
 // ids: host ints, passed by value (64 per launch), so the launch can be captured in a graph.

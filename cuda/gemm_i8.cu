@@ -151,7 +151,7 @@ struct I8Members {
 template <int B>
 __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Members G, XQ xq, int T) {
   constexpr int64_t C = step_codes(B);
-  extern __shared__ __align__(16) unsigned char smem[];
+  DDRT_DYN_SMEM(unsigned char, smem);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*16..
   const int t0 = blockIdx.x * kBN;
@@ -337,15 +337,13 @@ cudaError_t launch_bits(const DevLinear& W, const I8Members& G, const float* x, 
                         cudaStream_t st) {
   const XQ xq = carve(scratch, W.d_in, W.group, T);
   const int64_t units = xq.n_xg * T;
-  xq_prep_kernel<<<(unsigned)((units + 7) / 8), 256, 0, st>>>(xq, x, W.d_in, T, W.group);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = launch_plain(xq_prep_kernel, (unsigned)((units + 7) / 8), 256, 0, st, xq, x, W.d_in, T, W.group);
   if (err != cudaSuccess) return err;
   err = cudaFuncSetAttribute(gemm_i8_kernel<B>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   // token tiles fastest: the blocks that share a row tile run together and share its codes in L2
   const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)G.tile0[G.n]);
-  gemm_i8_kernel<B><<<grid, kThreads, kSmem, st>>>(W, G, xq, T);
-  return cudaGetLastError();
+  return launch_plain(gemm_i8_kernel<B>, grid, kThreads, kSmem, st, W, G, xq, T);
 }
 
 bool g_i8_on = true;

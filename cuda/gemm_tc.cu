@@ -168,6 +168,9 @@ struct Codes {
 };
 
 __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint32_t* b, bool bf) {
+#ifdef DDRT_CUDA_EMU
+  ::ddrt_emu::mma_m16n8k16_f32(c, a, b, bf);
+#else
   if (bf)
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -180,6 +183,7 @@ __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 // What one thread carries from a K tile's global loads to its shared-memory stores.
 template <int K>
@@ -212,7 +216,7 @@ template <int K>
 __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float* y, XPrep xp, int T) {
   constexpr int B = kind_bits(K);
   constexpr bool BF = is_bf(K);
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  DDRT_DYN_SMEM(unsigned char, smem_raw);
   Smem& S = *reinterpret_cast<Smem*>(smem_raw);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*32..
@@ -382,15 +386,14 @@ template <int K>
 cudaError_t launch_kind(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
   const XPrep xp = carve(scratch, W.d_in, T);
   const int64_t units = k_tiles(W.d_in) * T;
-  x_prep_kernel<is_bf(K), !is_fk(K)><<<(unsigned)((units + 7) / 8), 256, 0, st>>>(xp, x, W.d_in, T);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err =
+      launch_plain(x_prep_kernel<is_bf(K), !is_fk(K)>, (unsigned)((units + 7) / 8), 256, 0, st, xp, x, W.d_in, T);
   if (err != cudaSuccess) return err;
   const size_t smem = sizeof(Smem);
   err = cudaFuncSetAttribute(gemm_tc_kernel<K>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   const dim3 grid((unsigned)((W.d_out + kBM - 1) / kBM), (unsigned)((T + kBN - 1) / kBN));
-  gemm_tc_kernel<K><<<grid, kThreads, smem, st>>>(W, y, xp, T);
-  return cudaGetLastError();
+  return launch_plain(gemm_tc_kernel<K>, grid, kThreads, smem, st, W, y, xp, T);
 }
 
 }  // namespace

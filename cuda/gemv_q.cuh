@@ -34,13 +34,21 @@ struct GemvArgs {
 
 // Streaming 16-byte load that does not allocate in L1 (keeps L1 for x and the scales).
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+#ifdef DDRT_CUDA_EMU
+  return *p;
+#else
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
+#endif
 }
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+#ifndef DDRT_CUDA_EMU
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+#endif
+}
 
 // The 4 x values of float4 slot `i0` (i0 % 4 == 0); FULL: in range and x 16-byte aligned.
 template <bool FULL>

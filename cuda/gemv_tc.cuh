@@ -117,7 +117,11 @@ struct TcArgs {
 __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   if (a.stamps != nullptr && threadIdx.x == 0) {
     unsigned long long t;
+#ifdef DDRT_CUDA_EMU
+    t = ::ddrt_emu::globaltimer_ns();
+#else
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+#endif
     a.stamps[blockIdx.x * kTcStamps + slot] = t;
   }
 }
@@ -812,7 +816,7 @@ template <int B, int G>
 __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_constant__ TcArgs a) {
   // __grid_constant__: the roles read the arguments in place (a reference to a plain kernel
   // parameter would copy all of them to local memory)
-  extern __shared__ uint4 tc_smem[];
+  DDRT_DYN_SMEM(uint4, tc_smem);
   pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
   tc_stamp(a, 0);
   if ((int)blockIdx.x < a.n_tb)

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "decdec.h"
 #include "layout.h"
@@ -27,6 +28,29 @@ inline int env_int(const char* name, int dflt) {
   return end == e ? dflt : (int)v;
 }
 
+// Dynamic shared memory of a kernel: DDRT_DYN_SMEM(uint4, smem) declares uint4* smem (16-byte
+// aligned). The CPU emulator (tests/emu) gives each running block its own.
+#ifdef DDRT_CUDA_EMU
+#define DDRT_DYN_SMEM(type, name) type* const name = static_cast<type*>(::ddrt_emu::dyn_smem())
+#else
+#define DDRT_DYN_SMEM(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
+#ifdef DDRT_CUDA_EMU  // the emulator copies at issue (a stronger order than cp.async's)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  if (valid) std::memcpy(dst, src, 16); else std::memset(dst, 0, 16);
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) { std::memcpy(dst, src, 4); }
+__device__ __forceinline__ void cp_async8z(void* dst, const void* src, bool valid) {
+  if (valid) std::memcpy(dst, src, 8); else std::memset(dst, 0, 8);
+}
+__device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool valid) {
+  if (valid) std::memcpy(dst, src, 4); else std::memset(dst, 0, 4);
+}
+__device__ __forceinline__ void cp_commit() {}
+template <int N>
+__device__ __forceinline__ void cp_wait() {}
+#else
 // cp.async: 16 bytes global -> shared (zero-filled when !valid), 4 bytes, groups.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
@@ -48,6 +72,7 @@ __device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+#endif
 
 // x on the int8 tensor cores (the batch-1 GEMV, gemv_tc.cuh, and the T > 1 matmul, gemm_i8.cu):
 // per group, X = round(x * kXq / max|x|) (~24 bits), split into three balanced base-256 digits
@@ -66,6 +91,19 @@ __device__ __forceinline__ XLimbs x_limbs(float v, float inv) {
 // kOrdered (asm volatile): the MMAs keep their program order against other volatile asm (the
 // GEMV relies on its issue order); otherwise the compiler may schedule them freely (pure register
 // operations), which lets the prefill GEMM overlap them with its other work.
+#ifdef DDRT_CUDA_EMU
+template <bool kOrdered = true>
+__device__ __forceinline__ void mma_i8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+  ::ddrt_emu::mma_m16n8k32_u8s8(d, {a0, a1, a2, a3}, {b0, b1});
+}
+__device__ __forceinline__ void mma_i8_z(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  d[0] = d[1] = d[2] = d[3] = 0;
+  ::ddrt_emu::mma_m16n8k32_u8s8(d, {a0, a1, a2, a3}, {b0, b1});
+}
+__device__ __forceinline__ void ldsm4(uint32_t* r, const void* p) { ::ddrt_emu::ldmatrix_x4(r, p); }
+#else
 #define DDRT_MMA_I8 "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
 template <bool kOrdered = true>
 __device__ __forceinline__ void mma_i8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
@@ -94,6 +132,7 @@ __device__ __forceinline__ void ldsm4(uint32_t* r, const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
+#endif
 
 // Programmatic dependent launch (sm_90): lets the next kernel, when it is launched with the PDL
 // attribute (the fused GEMV), start its prologue (weight loads) while this one finishes; that
@@ -129,6 +168,9 @@ const DeviceInfo& device_info();
 // must begin with grid_dep_wait() (see above); pdl_trigger() in the previous kernel lets it start.
 template <typename... P, typename... A>
 cudaError_t launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
+#ifdef DDRT_CUDA_EMU
+  return ::ddrt_emu::launch(grid, block, smem, st, [=] { kernel(args...); });
+#else
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -140,6 +182,17 @@ cudaError_t launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
   cfg.attrs = attr;
   cfg.numAttrs = device_info().pdl ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, args...);
+#endif
+}
+// kernel<<<grid, block, smem, st>>>(args...), without PDL (its first loads wait for the previous kernel)
+template <typename... P, typename... A>
+cudaError_t launch_plain(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
+#ifdef DDRT_CUDA_EMU
+  return ::ddrt_emu::launch(grid, block, smem, st, [=] { kernel(args...); });
+#else
+  kernel<<<grid, block, smem, st>>>(args...);
+  return cudaGetLastError();
+#endif
 }
 
 // A weight matrix on the GPU (device pointers), by value in kernel parameters.

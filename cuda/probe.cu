@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common.h"
+#include "kernels.cuh"
 #include "probe.h"
 
 namespace ddrt {
@@ -172,7 +173,7 @@ int stream_grid() {
 double stream_read_gbs(StreamAndEvents& se, const void* p, size_t bytes, unsigned* sink) {
   const int grid = stream_grid();
   const double ms = median_ms(se, [&](int) {
-    read_stream<<<grid, kThreads, 0, se.st>>>((const uint4*)p, bytes / sizeof(uint4), sink);
+    DDRT_PROBE_CHECK(gpu::launch_plain(read_stream, grid, kThreads, 0, se.st, (const uint4*)p, bytes / sizeof(uint4), sink));
   });
   return gbs((double)bytes, ms);
 }
@@ -202,7 +203,8 @@ double gather_us(StreamAndEvents& se, const MappedHostBuf& host, unsigned* sink)
   const double ms = median_ms(se, [&](int run) {
     const int32_t* r = (const int32_t*)d_rows.p + run * per_run;
     for (int g = 0; g < kGathersPerRun; ++g)
-      gather_rows<<<kGatherRows, row_vec, 0, se.st>>>((const uint4*)host.dev, r + g * kGatherRows, row_vec, sink);
+      DDRT_PROBE_CHECK(gpu::launch_plain(gather_rows, kGatherRows, row_vec, 0, se.st, (const uint4*)host.dev,
+                                         r + g * kGatherRows, row_vec, sink));
   });
   return ms * 1e3 / kGathersPerRun;
 }
