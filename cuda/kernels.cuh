@@ -36,20 +36,20 @@ inline int env_int(const char* name, int dflt) {
 #define DDRT_DYN_SMEM(type, name) extern __shared__ __align__(16) type name[]
 #endif
 
-#ifdef DDRT_CUDA_EMU  // the emulator copies at issue (a stronger order than cp.async's)
+#ifdef DDRT_CUDA_EMU  // the emulator lands a copy only when a wait_group covers it (the latest allowed)
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  if (valid) std::memcpy(dst, src, 16); else std::memset(dst, 0, 16);
+  ::ddrt_emu::cp_async(dst, src, 16, valid);
 }
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) { std::memcpy(dst, src, 4); }
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) { ::ddrt_emu::cp_async(dst, src, 4, true); }
 __device__ __forceinline__ void cp_async8z(void* dst, const void* src, bool valid) {
-  if (valid) std::memcpy(dst, src, 8); else std::memset(dst, 0, 8);
+  ::ddrt_emu::cp_async(dst, src, 8, valid);
 }
 __device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool valid) {
-  if (valid) std::memcpy(dst, src, 4); else std::memset(dst, 0, 4);
+  ::ddrt_emu::cp_async(dst, src, 4, valid);
 }
-__device__ __forceinline__ void cp_commit() {}
+__device__ __forceinline__ void cp_commit() { ::ddrt_emu::cp_commit(); }
 template <int N>
-__device__ __forceinline__ void cp_wait() {}
+__device__ __forceinline__ void cp_wait() { ::ddrt_emu::cp_wait(N); }
 #else
 // cp.async: 16 bytes global -> shared (zero-filled when !valid), 4 bytes, groups.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {

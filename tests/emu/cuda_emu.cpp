@@ -67,6 +67,14 @@ struct Fiber {
   int lin = 0, lane = 0, warp = 0;
   St st = St::Ready;
   int coll = 0;  // collectives this lane has entered
+  // cp.async: copies issued and not landed, and the end of each committed group in them
+  struct Copy {
+    void* dst;
+    unsigned char data[16];
+    int bytes;
+  };
+  std::vector<Copy> copies;
+  std::vector<size_t> group_end;
 };
 
 // A warp's collectives alternate between two sets of slots: a lane reads collective c's values
@@ -350,6 +358,23 @@ const unsigned char* warp_collect(unsigned mask, const void* mine, size_t bytes,
 }
 
 void syncwarp(unsigned mask) { warp_collect(mask, nullptr, 0); }
+
+void cp_async(void* dst, const void* src, int bytes, bool valid) {
+  Fiber::Copy c{dst, {}, bytes};
+  if (valid) std::memcpy(c.data, src, bytes);
+  tw->cur->copies.push_back(c);
+}
+void cp_commit() { tw->cur->group_end.push_back(tw->cur->copies.size()); }
+void cp_wait(int n) {
+  Fiber& f = *tw->cur;
+  const int groups = (int)f.group_end.size();
+  if (groups <= n) return;
+  const size_t land = f.group_end[groups - 1 - n];  // copies [0, land) are in the older groups
+  for (size_t i = 0; i < land; ++i) std::memcpy(f.copies[i].dst, f.copies[i].data, f.copies[i].bytes);
+  f.copies.erase(f.copies.begin(), f.copies.begin() + land);
+  f.group_end.erase(f.group_end.begin(), f.group_end.begin() + (groups - n));
+  for (size_t& e : f.group_end) e -= land;
+}
 
 void yield() {
   tw->spun = true;

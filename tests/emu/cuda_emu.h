@@ -51,6 +51,13 @@ void yield();
 // stream captures a graph, it is recorded instead).
 cudaError_t launch(dim3 grid, dim3 block, size_t smem, cudaStream_t st, std::function<void()> body);
 
+// cp.async of this thread: the source is read at issue; the bytes land in shared memory when a
+// cp_wait(n) leaves at most n newer committed groups pending (so reading them earlier sees the old
+// contents, as it may on a GPU).
+void cp_async(void* dst, const void* src, int bytes, bool valid);
+void cp_commit();
+void cp_wait(int n);
+
 // Warp-level matrix operations, as the PTX instructions define their fragments.
 void mma_m16n8k32_u8s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 void mma_m16n8k16_f32(float* c, const uint32_t* a, const uint32_t* b, bool bf16);
