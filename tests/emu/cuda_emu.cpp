@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #if !defined(__x86_64__)
@@ -105,14 +106,27 @@ struct Worker {
   Fiber* cur = nullptr;
   uint3 bidx{};
   dim3 bdim, gdim;
-  std::vector<unsigned char> smem_store;
+  unsigned char* smem_map = nullptr;  // dynamic shared memory, its end at an inaccessible page
   unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
   int alive = 0, bar_arrived = 0;
   bool spun = false;
   const std::function<void()>* body = nullptr;
 
+  static constexpr size_t kSmemMap = (232448 + 4095) / 4096 * 4096 + 4096;
   ~Worker() {
     if (stacks) munmap(stacks, n_stacks * kStack);
+    if (smem_map) munmap(smem_map, kSmemMap);
+  }
+  void set_smem(size_t bytes) {
+    if (!smem_map) {
+      void* p = mmap(nullptr, kSmemMap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) die("no memory for shared memory");
+      smem_map = static_cast<unsigned char*>(p);
+      mprotect(smem_map + kSmemMap - 4096, 4096, PROT_NONE);
+    }
+    smem_bytes = (bytes + 15) / 16 * 16;
+    smem = smem_map + kSmemMap - 4096 - smem_bytes;
   }
   void ensure_stacks(size_t n) {
     if (n <= n_stacks) return;
@@ -211,6 +225,7 @@ void Worker::run_block(int64_t b) {
     makecontext(&f.uc, fiber_entry, 0);
 #endif
   }
+  std::memset(smem, 0xff, smem_bytes);  // shared memory starts undefined: NaN / -1 shows a read of it
   alive = n;
   bar_arrived = 0;
   while (alive > 0) {
@@ -283,8 +298,7 @@ class Pool {
       w.bdim = g->block;
       w.gdim = g->grid;
       w.body = g->body;
-      if (w.smem_store.size() < g->smem + 128) w.smem_store.resize(g->smem + 128);
-      w.smem = w.smem_store.data() + (128 - reinterpret_cast<uintptr_t>(w.smem_store.data()) % 128) % 128;
+      w.set_smem(g->smem);
       for (int64_t b; (b = g->next++) < g->total;) w.run_block(b);
       if (--g->running == 0) {
         std::lock_guard<std::mutex> lk(mu_);
@@ -497,10 +511,30 @@ struct CUgraphExec_st {
 namespace {
 constexpr int kEmuSms = 4;
 constexpr size_t kEmuSmemOptin = 232448, kEmuSmemPerSm = 233472;
-void* aligned(size_t n) {
-  void* p = nullptr;
-  if (posix_memalign(&p, 256, n ? (n + 255) / 256 * 256 : 256) != 0) return nullptr;
+// Device and mapped host buffers end (to 16 bytes) at an inaccessible page, so that a kernel
+// reading or writing past a buffer's end faults at once (what compute-sanitizer's memcheck reports
+// on a GPU); the bytes before the buffer are the rest of its first page.
+constexpr size_t kPage = 4096;
+std::mutex g_alloc_mu;
+std::unordered_map<void*, std::pair<void*, size_t>> g_allocs;  // buffer -> (mapping, mapping bytes)
+void* guarded(size_t n) {
+  const size_t body = (std::max<size_t>(n, 1) + 15) / 16 * 16, map = (body + kPage - 1) / kPage * kPage + kPage;
+  void* m = mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  char* guard = static_cast<char*>(m) + map - kPage;
+  mprotect(guard, kPage, PROT_NONE);
+  void* p = guard - body;
+  std::lock_guard<std::mutex> lk(g_alloc_mu);
+  g_allocs[p] = {m, map};
   return p;
+}
+void unguard(void* p) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lk(g_alloc_mu);
+  auto it = g_allocs.find(p);
+  if (it == g_allocs.end()) return;
+  munmap(it->second.first, it->second.second);
+  g_allocs.erase(it);
 }
 }  // namespace
 
@@ -578,21 +612,21 @@ cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total) {
 }
 
 cudaError_t cudaMalloc(void** p, size_t n) {
-  *p = aligned(n);
+  *p = guarded(n);
   if (!*p) return fail(cudaErrorMemoryAllocation);
   std::memset(*p, 0xff, n);  // device memory is not cleared: NaN / -1 shows a read of what nobody wrote
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
-  std::free(p);
+  unguard(p);
   return cudaSuccess;
 }
 cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) {
-  *p = aligned(n);
+  *p = guarded(n);
   return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
 }
 cudaError_t cudaFreeHost(void* p) {
-  std::free(p);
+  unguard(p);
   return cudaSuccess;
 }
 cudaError_t cudaHostGetDevicePointer(void** d, void* h, unsigned int) {
