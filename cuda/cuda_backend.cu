@@ -162,6 +162,9 @@ class CudaBackend : public Backend {
     slots_ = DevMem(kSlotBytes, nullptr, "decode step slots");
     argmax_scratch_ = DevMem(gpu::kArgmaxScratch, nullptr, "argmax scratch");
     DDRT_CHECK(cudaMemsetAsync(argmax_scratch_.get(), 0, gpu::kArgmaxScratch, st_));
+    chain_bar_ = DevMem(2 * sizeof(unsigned), nullptr, "GEMV chain barrier");
+    DDRT_CHECK(cudaMemsetAsync(chain_bar_.get(), 0, 2 * sizeof(unsigned), st_));
+    chain_ = gpu::tc_chain_new();
     int lo = 0, hi = 0;  // the side stream gets the higher priority: it is latency-bound
     DDRT_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
     DDRT_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, hi));
@@ -187,6 +190,7 @@ class CudaBackend : public Backend {
     if (fork_) cudaEventDestroy(fork_);
     if (join_) cudaEventDestroy(join_);
     scratch_ = DevMem();
+    if (chain_) gpu::tc_chain_free(chain_);
   }
 
   cudaStream_t stream() const { return st_; }
@@ -329,7 +333,21 @@ class CudaBackend : public Backend {
   }
 
  private:
-  void use() const { DDRT_CHECK(cudaSetDevice(dev_)); }
+  // Every op starts here: the device, and the queued chain of fused GEMVs launched first (so the
+  // stream's order is the calls' order). The fused-GEMV entry points call use_keep() instead and
+  // queue themselves (matmul_fused) or flush before anything else they launch.
+  void use() const {
+    DDRT_CHECK(cudaSetDevice(dev_));
+    flush_chain();
+  }
+  void use_keep() const { DDRT_CHECK(cudaSetDevice(dev_)); }
+  void flush_chain() const {
+    if (chain_ && gpu::tc_chain_size(chain_) > 0)
+      DDRT_CHECK(gpu::tc_chain_flush(chain_, static_cast<unsigned*>(chain_bar_.get()), st_), "fused GEMV chain");
+  }
+  // env DDRT_TC_CHAIN=1: T = 1 fused GEMVs without compensation queue up and run as one launch
+  // (gemv_tc.cuh); off until measured on a GPU. Read per call (host side only: graphs replay).
+  static bool chain_on() { return gpu::env_int("DDRT_TC_CHAIN", 0) == 1; }
   static constexpr size_t kSlotBytes = 16;
   const int64_t* step_pos() const { return static_cast<const int64_t*>(slots_.get()); }
   const int32_t* step_id() const { return reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(slots_.get()) + 8); }
@@ -371,6 +389,7 @@ class CudaBackend : public Backend {
     if (tc_part_.size() >= part && tc_cnt_.size() >= cnt) return true;
     if (capturing_)
       throw CudaError("CUDA: GEMV scratch would grow while capturing a decode graph (run the step once first)");
+    flush_chain();  // the queued launches point at the buffers about to be replaced
     DDRT_CHECK(cudaStreamSynchronize(st_), what);
     if (tc_part_.size() < part) {
       tc_part_ = DevMem();
@@ -413,7 +432,7 @@ class CudaBackend : public Backend {
   // reads its input; otherwise the two ops
   void matmul_swiglu(const Linear& lin, float* y, float* gate, const float* up, int T,
                      const DecdecCall& call) override {
-    use();
+    use_keep();
     const auto& W = static_cast<const CudaLinear&>(lin);
     // measured (H100, same-machine A/B): +2.1 % decode on the Llama-3-8B shape (down 4096x14336),
     // -3 % on SmolLM2-135M's (576x1536, latency-bound: the input staging is its critical path), so
@@ -433,7 +452,7 @@ class CudaBackend : public Backend {
   }
   // T = 1 with the fused GEMV: it adds its result into y itself (y += as it writes a tile)
   void matmul_add(const Linear& lin, float* y, float* tmp, const float* x, int T, const DecdecCall& call) override {
-    use();
+    use_keep();
     const auto& W = static_cast<const CudaLinear&>(lin);
     if (T == 1 && fused_first(W)) {
       gpu::TcIo io;
@@ -444,7 +463,7 @@ class CudaBackend : public Backend {
   }
   void matmul_swiglu_add(const Linear& lin, float* y, float* tmp, float* gate, const float* up, int T,
                          const DecdecCall& call) override {
-    use();
+    use_keep();
     const auto& W = static_cast<const CudaLinear&>(lin);
     if (T == 1 && fused_first(W)) {
       if (fuse_swiglu(W)) {
@@ -465,7 +484,7 @@ class CudaBackend : public Backend {
   // xb is not written)
   void rmsnorm_matmul_group(const Linear* const* Ws, float* const* ys, int n, float* xb, const float* x,
                             const float* w, float eps, int T, const DecdecCall* calls) override {
-    use();
+    use_keep();
     const CudaLinear* cw[gpu::kTcMaxMembers];
     if (T == 1 && consumers_fusable(Ws, n, calls, cw)) {
       std::string what = "matmul group";
@@ -551,6 +570,8 @@ class CudaBackend : public Backend {
   bool comp_parallel_ = false;        // env DDRT_DECDEC_PARALLEL=1: select + gather on side_
   bool step_ = false, capturing_ = false;
   cudaGraphExec_t exec_ = nullptr;
+  gpu::TcChainQueue* chain_ = nullptr;  // queued fused GEMV launches (DDRT_TC_CHAIN)
+  DevMem chain_bar_;                    // their grid barrier's two counters, zero between launches
 };
 
 // Uploads `bytes` of host data into a new DevMem of W.
@@ -679,7 +700,7 @@ std::unique_ptr<KVCache> CudaBackend::create_kv_cache(int n_layers, int max_seq,
 }
 
 void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, const DecdecCall& call) {
-  use();
+  use_keep();
   const auto& W = static_cast<const CudaLinear&>(lin);
   if (T <= 0) return;
   const std::string what = "matmul '" + W.name + "'";
@@ -687,6 +708,7 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   // T = 1: the fused tensor-core GEMV (uniform 3/4-bit, fused_first) carries the compensation in
   // its own launch
   if (T == 1 && fused_first(W) && matmul_fused1(W, y, x, call, {})) return;
+  flush_chain();
   // DecDEC in separate kernels. Side stream (the paper's design, DDRT_DECDEC_PARALLEL=1): select +
   // gather into partial [T][d_out] beside the base GEMV; only the final reduce touches y, on the
   // main stream after both (race-free by stream order). One stream: after the base GEMV, select +
@@ -746,7 +768,7 @@ bool CudaBackend::group_fusable(const CudaLinear* const* Ws, int n, const Decdec
 
 void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n, const float* x, int T,
                                const DecdecCall* calls) {
-  use();
+  use_keep();
   if (T == 1 && n >= 2 && n <= gpu::kTcMaxMembers) {
     const CudaLinear* cw[gpu::kTcMaxMembers];
     std::string what = "matmul group";
@@ -756,6 +778,7 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
     }
     if (!is_float(cw[0]->type) && group_fusable(cw, n, calls) && matmul_fused(cw, ys, n, x, calls[0], what)) return;
   }
+  flush_chain();
   // T > 1 with DecDEC off: one int8 tensor-core launch for the group, one preparation of x
   auto off = [](const DecdecCall& c) { return c.mode == DecdecMode::Off || c.k_chunk <= 0; };
   if (T > 1 && n >= 2 && n <= gpu::kTcMaxMembers && std::all_of(calls, calls + n, off)) {
@@ -788,6 +811,14 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   }
   const gpu::TcPlan& plan = W.plan;
   if (!plan.ok || (job.active && plan.n_tb == 0) || !tc_scratch(plan, what.c_str())) return false;
+  float* const part = static_cast<float*>(tc_part_.get());
+  int* const cnt = static_cast<int*>(tc_cnt_.get());
+  if (!job.active && chain_on()) {  // a stage of the queued chain (launched by the next other op)
+    if (gpu::tc_chain_add(chain_, devs, ys, n, x, plan, part, cnt, io)) return true;
+    flush_chain();
+    if (gpu::tc_chain_add(chain_, devs, ys, n, x, plan, part, cnt, io)) return true;
+  }
+  flush_chain();
   gpu::TcComp comp;
   if (job.active) {
     for (int m = 0; m < n; ++m) comp.R[m] = Ws[m]->res;
@@ -803,9 +834,7 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     if (!monotone && (io.up || io.nw)) return false;
     if (!monotone) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
-  DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, static_cast<float*>(tc_part_.get()),
-                                 static_cast<int*>(tc_cnt_.get()), job.active ? &comp : nullptr, st_, io),
-             what);
+  DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, part, cnt, job.active ? &comp : nullptr, st_, io), what);
   return true;
 }
 

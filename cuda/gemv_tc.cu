@@ -12,6 +12,10 @@ template <int B, int G>
 int tc_blocks_per_sm(size_t smem);
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st);
+template <int B, int G>
+int tc_chain_blocks_per_sm(size_t smem);
+template <int B, int G>
+cudaError_t tc_chain_launch(const TcChainArgs& c, int grid, size_t smem, cudaStream_t st);
 
 namespace {
 
@@ -30,6 +34,25 @@ cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, cudaStream
     case 32: return tc_launch<B, 32>(a, grid, smem, st);
     case 64: return tc_launch<B, 64>(a, grid, smem, st);
     case 128: return tc_launch<B, 128>(a, grid, smem, st);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int B>
+int chain_blocks_per_sm(int group, size_t smem) {
+  switch (group) {
+    case 32: return tc_chain_blocks_per_sm<B, 32>(smem);
+    case 64: return tc_chain_blocks_per_sm<B, 64>(smem);
+    case 128: return tc_chain_blocks_per_sm<B, 128>(smem);
+  }
+  return 0;
+}
+template <int B>
+cudaError_t chain_launch(int group, const TcChainArgs& c, int grid, size_t smem, cudaStream_t st) {
+  switch (group) {
+    case 32: return tc_chain_launch<B, 32>(c, grid, smem, st);
+    case 64: return tc_chain_launch<B, 64>(c, grid, smem, st);
+    case 128: return tc_chain_launch<B, 128>(c, grid, smem, st);
   }
   return cudaErrorInvalidValue;
 }
@@ -88,6 +111,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     static const int cap = env_int("DDRT_TC_BLOCKS_PER_SM", 0);
     if (cap > 0) per_sm = std::min(per_sm, cap);
     p.grid = dev.n_sm * per_sm;
+    p.resident = p.grid;
     int tb = std::min(n_tb, p.grid / 4);
     p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? (nv + tb - 1) / tb : p.seg_vecs;  // wider segments
     p.n_tb = tb > 0 ? (int)((nv + p.seg_vecs - 1) / p.seg_vecs) : 0;
@@ -130,8 +154,9 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_group_launches = 0, g_io_launches = 0;
+int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0;
 }
+int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
 bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io) {
   if (!io.accumulate) return false;
@@ -147,14 +172,15 @@ bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const floa
 int64_t gemv_tc_group_launches() { return g_group_launches; }
 int64_t gemv_tc_io_launches() { return g_io_launches; }
 
-cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
-                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io) {
-  TcArgs a;
-  if (!plan.ok || !gemv_tc_groupable(W, n, &a.W) || (io.up && io.nw)) return cudaErrorInvalidValue;
+namespace {
+// A launch's arguments from the caller's (launch_gemv_tc's checks); false: invalid.
+bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
+             float* part, int* cnt, const TcComp* comp, const TcIo& io) {
+  if (!plan.ok || !gemv_tc_groupable(W, n, &a.W) || (io.up && io.nw)) return false;
   // A pre-kernel's selection (comp without select_here) ranks x as it is, not swiglu(x, up) or
   // rmsnorm(x) * nw as the compensation reads it.
-  if ((io.up || io.nw) && comp && !comp->select_here) return cudaErrorInvalidValue;
-  if (tc_io_aliases(W, y, n, x, a.W.d_in, io)) return cudaErrorInvalidValue;
+  if ((io.up || io.nw) && comp && !comp->select_here) return false;
+  if (tc_io_aliases(W, y, n, x, a.W.d_in, io)) return false;
   a.x = x;
   a.up = io.up;
   a.nw = io.nw;
@@ -188,12 +214,83 @@ cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, co
     a.select_here = comp->select_here;
     a.cpart = comp->cpart;
   } else if (plan.n_tb > 0) {
-    return cudaErrorInvalidValue;  // a plan with compensation blocks needs the compensation
+    return false;  // a plan with compensation blocks needs the compensation
   }
   if (n > 1) ++g_group_launches;
   if (io.nw || io.accumulate) ++g_io_launches;
+  return true;
+}
+cudaError_t launch_one(const TcArgs& a, const TcPlan& plan, cudaStream_t st) {
   return a.W.bits == 3 ? launch<3>(a.W.group, a, plan.grid, plan.smem, st)
                        : launch<4>(a.W.group, a, plan.grid, plan.smem, st);
+}
+}  // namespace
+
+cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
+                           float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io) {
+  TcArgs a;
+  if (!tc_fill(a, W, y, n, x, plan, part, cnt, comp, io)) return cudaErrorInvalidValue;
+  return launch_one(a, plan, st);
+}
+
+struct TcChainQueue {
+  TcArgs a[kTcChainMax];
+  TcPlan plan[kTcChainMax];
+  int n = 0;
+};
+TcChainQueue* tc_chain_new() { return new TcChainQueue; }
+void tc_chain_free(TcChainQueue* q) { delete q; }
+int tc_chain_size(const TcChainQueue* q) { return q->n; }
+
+bool tc_chain_add(TcChainQueue* q, const DevLinear* const* W, float* const* y, int n, const float* x,
+                  const TcPlan& plan, float* part, int* cnt, const TcIo& io) {
+  if (q->n == kTcChainMax || !plan.ok || plan.n_tb > 0) return false;
+  if (q->n > 0) {
+    const TcArgs& h = q->a[0];
+    DevLinear shape;
+    if (!gemv_tc_groupable(W, n, &shape) || shape.bits != h.W.bits || shape.group != h.W.group ||
+        plan.resident != q->plan[0].resident)
+      return false;
+  }
+  TcArgs a;
+  if (!tc_fill(a, W, y, n, x, plan, part, cnt, nullptr, io)) return false;
+  q->a[q->n] = a;
+  q->plan[q->n] = plan;
+  ++q->n;
+  return true;
+}
+
+cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st) {
+  const int n = q->n;
+  q->n = 0;
+  if (n == 0) return cudaSuccess;
+  const int bits = q->a[0].W.bits, group = q->a[0].W.group, grid = q->plan[0].resident;
+  // one layout for every stage: the widest x-slab area of them, then the rings
+  int64_t ring_off = 0;
+  for (int s = 0; s < n; ++s) ring_off = std::max(ring_off, q->plan[s].ring_off);
+  const size_t smem = (size_t)ring_off * 16 + tc_ring_bytes(bits, group);
+  const DeviceInfo& dev = device_info();
+  const int fits = n < 2 || dev.n_sm == 0 ? 0
+                   : bits == 3           ? chain_blocks_per_sm<3>(group, smem)
+                                         : chain_blocks_per_sm<4>(group, smem);
+  if (n < 2 || bar == nullptr || (int64_t)fits * dev.n_sm < grid) {
+    for (int s = 0; s < n; ++s) {
+      const cudaError_t e = launch_one(q->a[s], q->plan[s], st);
+      if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+  }
+  TcChainArgs c;
+  for (int s = 0; s < n; ++s) {
+    c.s[s] = q->a[s];
+    c.s[s].ring_off = ring_off;
+    c.s[s].bar = s > 0 ? bar : nullptr;
+    c.s[s].bar_target = (unsigned)(s * grid);
+  }
+  c.n = n;
+  c.bar = bar;
+  ++g_chain_launches;
+  return bits == 3 ? chain_launch<3>(group, c, grid, smem, st) : chain_launch<4>(group, c, grid, smem, st);
 }
 
 }  // namespace gpu

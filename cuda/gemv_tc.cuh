@@ -111,7 +111,45 @@ struct TcArgs {
   unsigned long long* stamps = nullptr;
   int64_t ring_off = 0;  // uint4 offset of the unit ring in shared memory (after the x slabs)
   int pre = 1;           // ring slots issued before the dependency wait, the rest after x is staged
+  // a stage of a chain launch past the first (gemv_tc_chain_kernel): the dependency wait is the
+  // grid barrier on *bar reaching bar_target instead of griddepcontrol.wait
+  unsigned* bar = nullptr;
+  unsigned bar_target = 0;
 };
+
+// Chained launches (DDRT_TC_CHAIN): consecutive fused GEMVs without compensation (o, gate/up, down,
+// the next layer's q/k/v) as stages of one persistent launch. Between stages a grid barrier takes
+// the place of the kernel boundary: every block arrives when all its warps are done with the
+// stage (a block barrier, then a fence and one atomic), and leaves when the count reaches
+// (stage) x (grid); so a stage reads what the previous one wrote (x += ..., tiles finished by
+// other blocks) only after all of it is written and fenced. Before arriving, a warp already issues
+// its first weight copies of the next stage into its own ring (every stage of a chain has the same
+// ring offset, so no warp's ring overlaps another warp's or the x slabs that the barrier protects).
+// The grid is the resident capacity (all blocks run at once, as a single launch's), so the barrier
+// cannot wait on a block that has not started.
+constexpr int kTcChainMax = 4;
+struct TcChainArgs {
+  TcArgs s[kTcChainMax];
+  int n = 0;
+  unsigned* bar = nullptr;  // [2]: arrivals, blocks done (the last block out resets both)
+};
+
+// The dependency wait of a stage: griddepcontrol.wait (a launch's first stage) or the chain's grid
+// barrier.
+__device__ __forceinline__ void tc_wait(const TcArgs& a) {
+  if (a.bar == nullptr) {
+    grid_dep_wait();
+    return;
+  }
+  __syncthreads();  // every warp of this block is done with the previous stage
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(a.bar, 1u);
+    while (*reinterpret_cast<volatile unsigned*>(a.bar) < a.bar_target) __nanosleep(32);
+    __threadfence();
+  }
+  __syncthreads();
+}
 
 // Timeline stamps of a block (thread 0), kTcStamps (kernels.cuh) per block.
 __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
@@ -598,7 +636,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     cp_commit();
   }
 
-  grid_dep_wait();  // x (and the scratch) belong to the previous kernels until here
+  tc_wait(a);  // x (and the scratch) belong to the previous kernels (or stage) until here
   tc_stamp(a, 1);
 
   // x slabs [s0, s1) -> int8 B fragments, group sums and the groups' max |x|, block-local, in one
@@ -824,6 +862,18 @@ __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_con
   else
     tc_base_block<B, G>(a, tc_smem);
   tc_stamp(a, 4);
+}
+
+template <int B, int G>
+__global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_chain_kernel(const __grid_constant__ TcChainArgs c) {
+  DDRT_DYN_SMEM(uint4, tc_smem);
+  pdl_trigger();
+  for (int s = 0; s < c.n; ++s) tc_base_block<B, G>(c.s[s], tc_smem);
+  __syncthreads();
+  if (threadIdx.x == 0 && atomicAdd(c.bar + 1, 1u) == gridDim.x - 1) {  // every block is past every barrier
+    c.bar[0] = 0;
+    c.bar[1] = 0;
+  }
 }
 
 }  // namespace gpu

@@ -30,9 +30,30 @@ cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
   return launch_pdl(gemv_tc_kernel<B, G>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
 }
 
+// the chain kernel's resident blocks per SM at this shared memory (0: it cannot launch)
+template <int B, int G>
+int tc_chain_blocks_per_sm(size_t smem) {
+  int dev = 0, max_smem = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      smem > (size_t)max_smem ||
+      cudaFuncSetAttribute(gemv_tc_chain_kernel<B, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_tc_chain_kernel<B, G>, kTcThreads, smem) != cudaSuccess)
+    return 0;
+  return n;
+}
+
+template <int B, int G>
+cudaError_t tc_chain_launch(const TcChainArgs& c, int grid, size_t smem, cudaStream_t st) {
+  return launch_pdl(gemv_tc_chain_kernel<B, G>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, c);
+}
+
 #define DDRT_GEMV_TC_INSTANTIATE(B, G)                                                        \
   template int tc_blocks_per_sm<B, G>(size_t);                                                \
-  template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, cudaStream_t);
+  template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, cudaStream_t);             \
+  template int tc_chain_blocks_per_sm<B, G>(size_t);                                          \
+  template cudaError_t tc_chain_launch<B, G>(const TcChainArgs&, int, size_t, cudaStream_t);
 
 }  // namespace gpu
 }  // namespace ddrt

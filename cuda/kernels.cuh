@@ -311,6 +311,7 @@ struct TcPlan {
   int64_t n_units = 0, n_tiles = 0, wb = 0, seg_vecs = 0;
   int64_t ring_off = 0;  // uint4 offset of the base role's unit ring in shared memory
   size_t smem = 0;
+  int resident = 0;  // the resident capacity (blocks) the split was made for; grid <= resident
   bool ok = false;  // false: the shape does not fit (shared memory); use the other kernels
 };
 bool gemv_tc_supports(const DevLinear& W);
@@ -350,6 +351,20 @@ bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const floa
 // y[m] = W[m] x (+ compensation) for the n members; n = 1 is the plain GEMV.
 cudaError_t launch_gemv_tc(const DevLinear* const* W, float* const* y, int n, const float* x, const TcPlan& plan,
                            float* part, int* cnt, const TcComp* comp, cudaStream_t st, const TcIo& io = {});
+// Chained launches (env DDRT_TC_CHAIN=1, off until measured on a GPU; gemv_tc.cuh says how): the
+// backend queues consecutive fused GEMV launches without compensation and flushes them before any
+// other work on its stream. tc_chain_add queues one as the next stage (false: it cannot join the
+// queued ones: full, compensation, another code width or group size, another resident grid);
+// tc_chain_flush launches the queue: one stage as the plain kernel, more as one chain launch (each
+// alone where the chain kernel does not hold the grid); bar: 2 unsigned, zero, left zero.
+struct TcChainQueue;
+TcChainQueue* tc_chain_new();
+void tc_chain_free(TcChainQueue* q);
+int tc_chain_size(const TcChainQueue* q);
+bool tc_chain_add(TcChainQueue* q, const DevLinear* const* W, float* const* y, int n, const float* x,
+                  const TcPlan& plan, float* part, int* cnt, const TcIo& io);
+cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st);
+int64_t gemv_tc_chain_launches();  // test counter: chain launches of 2 or more stages
 // The selection alone (sel [kmax]; the non-approx modes' pre-kernel of launch_gemv_tc).
 cudaError_t launch_comp_select(const DevLinear& W, const DevResidual& R, const CompParams& p, const float* x,
                                int32_t* sel, cudaStream_t st);

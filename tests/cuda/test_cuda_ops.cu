@@ -683,6 +683,72 @@ void test_fused_add_norm(Backend& cpu, Backend& gpu) {
   unsetenv("DDRT_FUSE_NORM");
 }
 
+// Chained fused GEMVs (DDRT_TC_CHAIN=1, with the add+norm fusion): a decode step's o, gate/up,
+// down and the next q/k/v queue up and run as one launch with grid barriers between them. The
+// sequence against the CPU's, twice (the barrier's counters must come back to 0), with swiglu fused
+// (one chain of 4) and apart (its launch splits the chain in two).
+void test_chain(Backend& cpu, Backend& gpu) {
+  setenv("DDRT_FUSE_NORM", "1", 1);
+  setenv("DDRT_TC_CHAIN", "1", 1);
+  const int64_t d = 512, h = 1536, kvd = 128;
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64}) {
+    const int64_t shapes[7][2] = {{d, d}, {h, d}, {h, d}, {d, h}, {d, d}, {kvd, d}, {kvd, d}};  // o gate up down q k v
+    std::vector<std::unique_ptr<HostLinear>> L;  // the CPU's linears read these
+    std::vector<std::unique_ptr<Linear>> Wc, Wg;
+    for (auto& s : shapes) {
+      L.push_back(make_linear(t, s[0], s[1], false));
+      Wc.push_back(cpu.load_linear(L.back()->desc, ResidualPlacement::Host));
+      Wg.push_back(gpu.load_linear(L.back()->desc, ResidualPlacement::Host));
+    }
+    for (const char* swiglu : {"1", "0"}) {
+      setenv("DDRT_FUSE_SWIGLU", swiglu, 1);
+      const auto x0 = randn(d), att = randn(d), nw1 = randn(d), nw2 = randn(d);
+      // CPU
+      std::vector<float> x = x0, tmp(h), xb(d), g(h), u(h), q(d), k(kvd), v(kvd);
+      DecdecCall off[3];
+      const Linear* gu_c[2] = {Wc[1].get(), Wc[2].get()};
+      const Linear* qkv_c[3] = {Wc[4].get(), Wc[5].get(), Wc[6].get()};
+      float* gu_y[2] = {g.data(), u.data()};
+      float* qkv_y[3] = {q.data(), k.data(), v.data()};
+      cpu.matmul_add(*Wc[0], x.data(), tmp.data(), att.data(), 1, off[0]);
+      cpu.rmsnorm_matmul_group(gu_c, gu_y, 2, xb.data(), x.data(), nw1.data(), 1e-5f, 1, off);
+      cpu.matmul_swiglu_add(*Wc[3], x.data(), tmp.data(), g.data(), u.data(), 1, off[0]);
+      cpu.rmsnorm_matmul_group(qkv_c, qkv_y, 3, xb.data(), x.data(), nw2.data(), 1e-5f, 1, off);
+      // GPU, twice
+      Buf bx(gpu, d), batt(gpu, d), bn1(gpu, d), bn2(gpu, d), bt(gpu, h), bxb(gpu, d), bg(gpu, h), bu(gpu, h),
+          bq(gpu, d), bk(gpu, kvd), bv(gpu, kvd);
+      batt.put(att);
+      bn1.put(nw1);
+      bn2.put(nw2);
+      const Linear* gu_g[2] = {Wg[1].get(), Wg[2].get()};
+      const Linear* qkv_g[3] = {Wg[4].get(), Wg[5].get(), Wg[6].get()};
+      float* gu_gy[2] = {bg.f(), bu.f()};
+      float* qkv_gy[3] = {bq.f(), bk.f(), bv.f()};
+      for (int rep = 0; rep < 2; ++rep) {
+        bx.put(x0);
+        for (Buf* b : {&bq, &bk, &bv}) b->poison();
+        const int64_t chains = gpu::gemv_tc_chain_launches();
+        gpu.matmul_add(*Wg[0], bx.f(), bt.f(), batt.f(), 1, off[0]);
+        gpu.rmsnorm_matmul_group(gu_g, gu_gy, 2, bxb.f(), bx.f(), bn1.f(), 1e-5f, 1, off);
+        gpu.matmul_swiglu_add(*Wg[3], bx.f(), bt.f(), bg.f(), bu.f(), 1, off[0]);
+        gpu.rmsnorm_matmul_group(qkv_g, qkv_gy, 3, bxb.f(), bx.f(), bn2.f(), 1e-5f, 1, off);
+        gpu.synchronize();
+        const std::string what = std::string("chain ") + type_name(t) + (swiglu[0] == '1' ? " swiglu fused" : " swiglu apart") +
+                                 " rep " + std::to_string(rep);
+        const int64_t ran = gpu::gemv_tc_chain_launches() - chains, want = swiglu[0] == '1' ? 1 : 2;
+        CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " chain launches, expected " + std::to_string(want));
+        report(what + " x", nmse(bx.get().data(), x.data(), d), 1e-8);
+        report(what + " q", nmse(bq.get().data(), q.data(), d), 1e-8);
+        report(what + " k", nmse(bk.get().data(), k.data(), kvd), 1e-8);
+        report(what + " v", nmse(bv.get().data(), v.data(), kvd), 1e-8);
+      }
+      unsetenv("DDRT_FUSE_SWIGLU");
+    }
+  }
+  unsetenv("DDRT_TC_CHAIN");
+  unsetenv("DDRT_FUSE_NORM");
+}
+
 void test_elementwise(Backend& cpu, Backend& gpu) {
   const int T = 7, dim = 1000;
   const auto x = randn((size_t)T * dim), w = randn(dim), y = randn((size_t)T * dim);
@@ -1289,6 +1355,7 @@ int main(int argc, char** argv) {
     if (want("decdec")) test_decdec(*cpu, *gpu);
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
     if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);
+    if (want("chain")) test_chain(*cpu, *gpu);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
     ddrt_test::record(false, "no exception", __FILE__, __LINE__);
