@@ -12,7 +12,8 @@ export PYTHONUNBUFFERED=1
 . tools/gpu_build.sh
 gpu_build
 settings=("$@")
-[ ${#settings[@]} -eq 0 ] && settings=("default" "DDRT_FUSE_NORM=1" "DDRT_GEMV_F_ROWS=2" "DDRT_TC_PRE=0" "DDRT_TC_PRE=2"
+[ ${#settings[@]} -eq 0 ] && settings=("default" "DDRT_FUSE_NORM=1" "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1" "DDRT_TC_CHAIN=1"
+                                       "DDRT_GEMV_F_ROWS=2" "DDRT_TC_PRE=0" "DDRT_TC_PRE=2"
                                        "DDRT_FUSE_SWIGLU=0" "DDRT_FUSE_NORM=1 DDRT_FUSE_SWIGLU=1"
                                        "DDRT_FUSE_NORM=1 DDRT_GEMV_F_ROWS=2" "DDRT_TC_BLOCKS_PER_SM=1"
                                        "DDRT_ATTN_BLOCKS=132" "DDRT_ATTN_BLOCKS=66" "DDRT_ATTN_PREFETCH=1")

@@ -17,6 +17,8 @@ tail -15 "$OUT/pytest.log"
 # DDRT_FUSE_NORM=1 switch, off by default until measured)
 (cd tests && DDRT_FUSE_NORM=1 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_fuse_norm.log" 2>&1 || PT=$?
 echo "DDRT_FUSE_NORM=1: $(tail -1 "$OUT/pytest_fuse_norm.log")"
+(cd tests && DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_chain.log" 2>&1 || PT=$?
+echo "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1: $(tail -1 "$OUT/pytest_chain.log")"
 # and with the tiled prefill attention and the two-row fp16 GEMV (the other off-by-default switches)
 (cd tests && DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2 python3 -m pytest -q -x python/test_cuda.py) \
   > "$OUT/pytest_tiled_rows.log" 2>&1 || PT=$?
@@ -38,6 +40,7 @@ if [ "${1:-}" != "quick" ]; then
   # A/B of switches that are off by default until measured (each beside its default run above;
   # AB=0 skips them: ~2 min of the ~8)
   [ "${AB:-1}" = 0 ] || for ab in "DDRT_FUSE_NORM=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3" \
+            "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 4" \
             "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3" "DDRT_ATTN_TILED=1|--shape llama3-8b --bits 3" \

@@ -20,7 +20,7 @@ if [ "${DDRT_EMU_TESTS:-1}" != 0 ]; then
     # on it, as built and with the off-by-default switches on (the SmolLM2-sized ones: GPU only)
     "$PY" -m pip install -q ${PIP_FLAGS:-} --no-deps --upgrade --target "$EMU/py" . -C build-dir="$EMU/pybuild" \
       -C cmake.define.DECDEC_CUDA_EMU=ON -C cmake.define.DECDEC_TESTS=OFF
-    for switches in "" "DDRT_FUSE_NORM=1 DDRT_ATTN_PREFETCH=1 DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2"; do
+    for switches in "" "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1 DDRT_ATTN_PREFETCH=1 DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2"; do
       echo "CUDA pytest cases on the emulator${switches:+ with $switches}"
       (cd tests && env $switches PYTHONPATH="$OLDPWD/$EMU/py" "$PY" -m pytest -q python/test_cuda.py \
          -k "not smollm2_shape and not synthetic_bench")
