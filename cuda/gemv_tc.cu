@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "gemv_tc.cuh"
 
@@ -19,42 +20,32 @@ cudaError_t tc_chain_launch(const TcChainArgs& c, int grid, size_t smem, cudaStr
 
 namespace {
 
+// f(std::integral_constant<int, G>{}) for the group size's instantiation; dflt where there is none
+template <class R, class F>
+R by_group(int group, R dflt, F&& f) {
+  switch (group) {
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+  }
+  return dflt;
+}
 template <int B>
 int blocks_per_sm(int group, size_t smem) {
-  switch (group) {
-    case 32: return tc_blocks_per_sm<B, 32>(smem);
-    case 64: return tc_blocks_per_sm<B, 64>(smem);
-    case 128: return tc_blocks_per_sm<B, 128>(smem);
-  }
-  return 0;
+  return by_group(group, 0, [&](auto G) { return tc_blocks_per_sm<B, decltype(G)::value>(smem); });
 }
 template <int B>
 cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
-  switch (group) {
-    case 32: return tc_launch<B, 32>(a, grid, smem, st);
-    case 64: return tc_launch<B, 64>(a, grid, smem, st);
-    case 128: return tc_launch<B, 128>(a, grid, smem, st);
-  }
-  return cudaErrorInvalidValue;
+  return by_group(group, cudaErrorInvalidValue, [&](auto G) { return tc_launch<B, decltype(G)::value>(a, grid, smem, st); });
 }
-
 template <int B>
 int chain_blocks_per_sm(int group, size_t smem) {
-  switch (group) {
-    case 32: return tc_chain_blocks_per_sm<B, 32>(smem);
-    case 64: return tc_chain_blocks_per_sm<B, 64>(smem);
-    case 128: return tc_chain_blocks_per_sm<B, 128>(smem);
-  }
-  return 0;
+  return by_group(group, 0, [&](auto G) { return tc_chain_blocks_per_sm<B, decltype(G)::value>(smem); });
 }
 template <int B>
 cudaError_t chain_launch(int group, const TcChainArgs& c, int grid, size_t smem, cudaStream_t st) {
-  switch (group) {
-    case 32: return tc_chain_launch<B, 32>(c, grid, smem, st);
-    case 64: return tc_chain_launch<B, 64>(c, grid, smem, st);
-    case 128: return tc_chain_launch<B, 128>(c, grid, smem, st);
-  }
-  return cudaErrorInvalidValue;
+  return by_group(group, cudaErrorInvalidValue,
+                  [&](auto G) { return tc_chain_launch<B, decltype(G)::value>(c, grid, smem, st); });
 }
 
 int g_tc_enabled = -1;  // -1: from the environment on first use

@@ -118,29 +118,26 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
   const int l = ::ddrt_emu::lane_id(), end = (l & ~(width - 1)) + width;
   return ::ddrt_emu::shfl_idx(mask, v, l + (int)d < end ? l + (int)d : l);
 }
-inline unsigned __ballot_sync(unsigned mask, int pred) {
-  const int mine = pred != 0;
-  unsigned arrived = 0;
-  const unsigned char* s = ::ddrt_emu::warp_collect(mask, &mine, sizeof(int), &arrived);
-  unsigned b = 0;
+namespace ddrt_emu {
+// The lanes of the collective whose value satisfies keep(value), as a mask.
+template <class T, class F>
+unsigned lanes_where(unsigned mask, T v, F keep) {
+  unsigned arrived = 0, b = 0;
+  const unsigned char* s = warp_collect(mask, &v, sizeof(T), &arrived);
   for (int i = 0; i < 32; ++i) {
-    int p;
-    std::memcpy(&p, s + i * ::ddrt_emu::kSlot, sizeof(int));
-    b |= (unsigned)((arrived >> i & 1) && p) << i;
+    T o;
+    std::memcpy(&o, s + i * kSlot, sizeof(T));
+    b |= (unsigned)((arrived >> i & 1) && keep(o)) << i;
   }
   return b;
 }
+}  // namespace ddrt_emu
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  return ::ddrt_emu::lanes_where(mask, (int)(pred != 0), [](int p) { return p != 0; });
+}
 template <class T>
 inline unsigned __match_any_sync(unsigned mask, T v) {
-  unsigned arrived = 0;
-  const unsigned char* s = ::ddrt_emu::warp_collect(mask, &v, sizeof(T), &arrived);
-  unsigned b = 0;
-  for (int i = 0; i < 32; ++i) {
-    T o;
-    std::memcpy(&o, s + i * ::ddrt_emu::kSlot, sizeof(T));
-    b |= (unsigned)((arrived >> i & 1) && o == v) << i;
-  }
-  return b;
+  return ::ddrt_emu::lanes_where(mask, v, [&](const T& o) { return o == v; });
 }
 
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
