@@ -108,10 +108,16 @@ def test_smollm2_shape_perplexity_cpu_vs_cuda(smollm2_shape3, mode):
     assert abs(ppl["cuda"] / ppl["cpu"] - 1.0) <= 0.005, ppl
 
 
-@pytest.mark.parametrize("mode", ["off", "approx"])
+@pytest.mark.parametrize("mode", ["off", "static"])
 def test_smollm2_shape_decode_logits_cpu_vs_cuda(smollm2_shape3, mode):
     """Decode steps (T = 1: the fused GEMVs, the decode graph) at the SmolLM2-135M shape: logits as
-    the CPU's after a prompt, step by step (gpu_check also runs this under DDRT_FUSE_NORM=1)."""
+    the CPU's after a prompt, step by step (gpu_check also runs this under DDRT_FUSE_NORM=1).
+    DecDEC here in static mode, whose selection does not depend on the activations: in approx mode
+    the two backends' inputs differ by fp32 rounding (~5e-6 relative), and over 30 layers a channel
+    that close to a bucket floor is selected by one and not the other (seen on the CUDA emulator:
+    layer 11, token 8 of the prompt, channels 26 / 338 by the reference rule itself), which moves
+    the logits by a few percent. Approx selection of identical inputs is checked per op
+    (test_cuda_ops decdec); approx end to end by perplexity, below."""
     cpu, gpu = decdec_rt.Runtime(smollm2_shape3), decdec_rt.Runtime(smollm2_shape3, device="cuda")
     ids = np.random.default_rng(3).integers(0, cpu.n_vocab, 24).astype(np.int32)
     for rt in (cpu, gpu):
