@@ -13,16 +13,11 @@ ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1; CT=$?
 tail -15 "$OUT/ctest.log"
 (cd tests && python3 -m pytest -q -x python/test_cuda.py python/test_runtime.py) > "$OUT/pytest.log" 2>&1; PT=$?
 tail -15 "$OUT/pytest.log"
-# the CPU-vs-CUDA decode tests again with the residual add and the norm inside the GEMVs (the
-# DDRT_FUSE_NORM=1 switch, off by default until measured)
-(cd tests && DDRT_FUSE_NORM=1 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_fuse_norm.log" 2>&1 || PT=$?
-echo "DDRT_FUSE_NORM=1: $(tail -1 "$OUT/pytest_fuse_norm.log")"
-(cd tests && DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_chain.log" 2>&1 || PT=$?
-echo "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1: $(tail -1 "$OUT/pytest_chain.log")"
-# and with the tiled prefill attention and the two-row fp16 GEMV (the other off-by-default switches)
-(cd tests && DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2 python3 -m pytest -q -x python/test_cuda.py) \
-  > "$OUT/pytest_tiled_rows.log" 2>&1 || PT=$?
-echo "DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2: $(tail -1 "$OUT/pytest_tiled_rows.log")"
+# the CPU-vs-CUDA tests again with every off-by-default switch on (each is checked alone on the
+# CPU emulator by the test command; a failure here: bisect with one switch per run)
+SWITCHES="DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2 DDRT_ATTN_PREFETCH=1"
+(cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_switches.log" 2>&1 || PT=$?
+echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
