@@ -51,14 +51,19 @@ __device__ __forceinline__ void prefetch_l1(const void* p) {
 }
 
 // The 4 x values of float4 slot `i0` (i0 % 4 == 0); FULL: in range and x 16-byte aligned.
-template <bool FULL>
+// CG: through L2 only (ld.global.cg), for data that other blocks of the same launch wrote (a chained
+// GEMV's stage reads the previous stage's output: the non-coherent path of __ldg may hold a line
+// from before it was written).
+template <bool FULL, bool CG = false>
 __device__ __forceinline__ float4 load_x4(const float* x, int64_t i0, int64_t d_in) {
-  if (FULL) return __ldg(reinterpret_cast<const float4*>(x + i0));
+  auto ld = [](const float* p) { return CG ? __ldcg(p) : __ldg(p); };
+  if (FULL)
+    return CG ? __ldcg(reinterpret_cast<const float4*>(x + i0)) : __ldg(reinterpret_cast<const float4*>(x + i0));
   float4 v;
-  v.x = i0 < d_in ? __ldg(x + i0) : 0.0f;
-  v.y = i0 + 1 < d_in ? __ldg(x + i0 + 1) : 0.0f;
-  v.z = i0 + 2 < d_in ? __ldg(x + i0 + 2) : 0.0f;
-  v.w = i0 + 3 < d_in ? __ldg(x + i0 + 3) : 0.0f;
+  v.x = i0 < d_in ? ld(x + i0) : 0.0f;
+  v.y = i0 + 1 < d_in ? ld(x + i0 + 1) : 0.0f;
+  v.z = i0 + 2 < d_in ? ld(x + i0 + 2) : 0.0f;
+  v.w = i0 + 3 < d_in ? ld(x + i0 + 3) : 0.0f;
   return v;
 }
 

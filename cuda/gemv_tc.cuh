@@ -126,7 +126,9 @@ struct TcArgs {
 // its first weight copies of the next stage into its own ring (every stage of a chain has the same
 // ring offset, so no warp's ring overlaps another warp's or the x slabs that the barrier protects).
 // The grid is the resident capacity (all blocks run at once, as a single launch's), so the barrier
-// cannot wait on a block that has not started.
+// cannot wait on a block that has not started. What a stage reads that an earlier stage of the
+// same launch wrote (x, up, the accumulated y, x^2 for the norm) it loads through L2 (ld.global.cg),
+// never by __ldg, whose non-coherent path may still hold the line from before the write.
 constexpr int kTcChainMax = 4;
 struct TcChainArgs {
   TcArgs s[kTcChainMax];
@@ -170,7 +172,7 @@ __device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i, float r) {
   return a.up ? swiglu1(a.x[i], a.up[i]) : a.nw ? a.x[i] * r * a.nw[i] : a.x[i];
 }
 
-// sum(x^2) over x[0, d_in) for the rmsnorm input (a.nw), in two steps so that the base role can
+// sum(x^2) over x[0, d_in) for the rmsnorm input (a.nw; loads through L2, see the chain), in two steps so that the base role can
 // have the loads in flight while it stages its slabs: begin() issues this thread's first kSq float4
 // loads (all of x up to d_in 4096 at 256 threads), warp_sum() adds them and the rest, in a fixed
 // order, and returns the warp's sum in every lane.
@@ -183,7 +185,7 @@ struct TcSumSq {
 #pragma unroll
     for (int q = 0; q < kSq; ++q) {
       const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
-      v[q] = vec && i < a.W.d_in / 4 ? reinterpret_cast<const float4*>(a.x)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      v[q] = vec && i < a.W.d_in / 4 ? __ldcg(reinterpret_cast<const float4*>(a.x) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
   }
   __device__ __forceinline__ float warp_sum(const TcArgs& a) const {
@@ -193,11 +195,14 @@ struct TcSumSq {
 #pragma unroll
       for (int q = 0; q < kSq; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
       for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < n / 4; i += kTcThreads) {
-        const float4 u = reinterpret_cast<const float4*>(a.x)[i];
+        const float4 u = __ldcg(reinterpret_cast<const float4*>(a.x) + i);
         s = fmaf(u.x, u.x, fmaf(u.y, u.y, fmaf(u.z, u.z, fmaf(u.w, u.w, s))));
       }
     } else {
-      for (int64_t i = threadIdx.x; i < n; i += kTcThreads) s = fmaf(a.x[i], a.x[i], s);
+      for (int64_t i = threadIdx.x; i < n; i += kTcThreads) {
+        const float u = __ldcg(a.x + i);
+        s = fmaf(u, u, s);
+      }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -259,7 +264,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
       if (a.n_tb > 0) s += __ldcg(a.cpart + row);
       const int m = tc_member(a, row);
       float* yr = a.y[m] + (row - a.row0[m]);
-      *yr = a.accumulate ? *yr + s : s;
+      *yr = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
     }
     if (r == 0) a.cnt[tc_cnt_at(tile)] = 0;
   }
@@ -653,11 +658,17 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // and are summed after it (r is needed only when a unit's result is written)
   TcSumSq sq;
   if (a.nw) sq.begin(a);
+  // x and up of a chained stage past the first were written in this launch: loaded through L2
+  const bool cg = a.bar != nullptr;
+  auto load_in = [&](const float* p, int64_t i0) {
+    if (cg) return x_al && i0 + 4 <= W.d_in ? load_x4<true, true>(p, i0, W.d_in) : load_x4<false, true>(p, i0, W.d_in);
+    return x_al && i0 + 4 <= W.d_in ? load_x4<true>(p, i0, W.d_in) : load_x4<false>(p, i0, W.d_in);
+  };
   auto load_batch = [&](int64_t f0, float4 (&xv)[XB]) {
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
       const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
-      xv[q] = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.x, i0, W.d_in) : load_x4<false>(a.x, i0, W.d_in);
+      xv[q] = load_in(a.x, i0);
     }
     if (a.nw) {  // x * nw
 #pragma unroll
@@ -671,7 +682,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
 #pragma unroll
       for (int q = 0; q < XB; ++q) {
         const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);
-        const float4 u = x_al && i0 + 4 <= W.d_in ? load_x4<true>(a.up, i0, W.d_in) : load_x4<false>(a.up, i0, W.d_in);
+        const float4 u = load_in(a.up, i0);
         xv[q] = make_float4(swiglu1(xv[q].x, u.x), swiglu1(xv[q].y, u.y), swiglu1(xv[q].z, u.z), swiglu1(xv[q].w, u.w));
       }
     }
