@@ -812,8 +812,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     if (t == 0) {
       const int64_t r = (int64_t)tl * 16 + g;
       if (direct) {  // ra, rb: unclamped where r, r + 8 < d_out
-        if (r < W.d_out) a.y[m][ra] = a.accumulate ? a.y[m][ra] + ya : ya;
-        if (r + 8 < W.d_out) a.y[m][rb] = a.accumulate ? a.y[m][rb] + yb : yb;
+        if (r < W.d_out) a.y[m][ra] = a.accumulate ? __ldcg(a.y[m] + ra) + ya : ya;  // L2: see the chain
+        if (r + 8 < W.d_out) a.y[m][rb] = a.accumulate ? __ldcg(a.y[m] + rb) + yb : yb;
       } else {
         float* slot = a.part + ((int64_t)tl * a.n_units + k) * 16;
         slot[g] = ya;
