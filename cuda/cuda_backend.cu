@@ -164,7 +164,7 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaMemsetAsync(argmax_scratch_.get(), 0, gpu::kArgmaxScratch, st_));
     chain_bar_ = DevMem(2 * sizeof(unsigned), nullptr, "GEMV chain barrier");
     DDRT_CHECK(cudaMemsetAsync(chain_bar_.get(), 0, 2 * sizeof(unsigned), st_));
-    chain_ = gpu::tc_chain_new();
+    chain_.reset(gpu::tc_chain_new());
     int lo = 0, hi = 0;  // the side stream gets the higher priority: it is latency-bound
     DDRT_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
     DDRT_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, hi));
@@ -190,7 +190,6 @@ class CudaBackend : public Backend {
     if (fork_) cudaEventDestroy(fork_);
     if (join_) cudaEventDestroy(join_);
     scratch_ = DevMem();
-    if (chain_) gpu::tc_chain_free(chain_);
   }
 
   cudaStream_t stream() const { return st_; }
@@ -342,8 +341,8 @@ class CudaBackend : public Backend {
   }
   void use_keep() const { DDRT_CHECK(cudaSetDevice(dev_)); }
   void flush_chain() const {
-    if (chain_ && gpu::tc_chain_size(chain_) > 0)
-      DDRT_CHECK(gpu::tc_chain_flush(chain_, static_cast<unsigned*>(chain_bar_.get()), st_), "fused GEMV chain");
+    if (chain_ && gpu::tc_chain_size(chain_.get()) > 0)
+      DDRT_CHECK(gpu::tc_chain_flush(chain_.get(), static_cast<unsigned*>(chain_bar_.get()), st_), "fused GEMV chain");
   }
   // env DDRT_TC_CHAIN=1: T = 1 fused GEMVs without compensation queue up and run as one launch
   // (gemv_tc.cuh); off until measured on a GPU. Read per call (host side only: graphs replay).
@@ -570,7 +569,7 @@ class CudaBackend : public Backend {
   bool comp_parallel_ = false;        // env DDRT_DECDEC_PARALLEL=1: select + gather on side_
   bool step_ = false, capturing_ = false;
   cudaGraphExec_t exec_ = nullptr;
-  gpu::TcChainQueue* chain_ = nullptr;  // queued fused GEMV launches (DDRT_TC_CHAIN)
+  std::unique_ptr<gpu::TcChainQueue, void (*)(gpu::TcChainQueue*)> chain_{nullptr, gpu::tc_chain_free};  // DDRT_TC_CHAIN's queue
   DevMem chain_bar_;                    // their grid barrier's two counters, zero between launches
 };
 
@@ -814,9 +813,9 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   float* const part = static_cast<float*>(tc_part_.get());
   int* const cnt = static_cast<int*>(tc_cnt_.get());
   if (!job.active && chain_on()) {  // a stage of the queued chain (launched by the next other op)
-    if (gpu::tc_chain_add(chain_, devs, ys, n, x, plan, part, cnt, io)) return true;
+    if (gpu::tc_chain_add(chain_.get(), devs, ys, n, x, plan, part, cnt, io)) return true;
     flush_chain();
-    if (gpu::tc_chain_add(chain_, devs, ys, n, x, plan, part, cnt, io)) return true;
+    if (gpu::tc_chain_add(chain_.get(), devs, ys, n, x, plan, part, cnt, io)) return true;
   }
   flush_chain();
   gpu::TcComp comp;
