@@ -181,7 +181,7 @@ cudaError_t launch_hd(float* out, const float* q, const float* k, const float* v
   return launch_pdl(attn_tiled_kernel<HD>, grid, dim3(kThreadsT), tiled_smem_bytes<HD>(), st, out, q, k, v, K, V, s);
 }
 
-int g_forced = -1;  // attn_tiled_force; -1: the environment decides
+int g_forced = -1;  // attn_tiled_force: 0 off, 1 on, 2 auto; -1: the environment decides
 int64_t g_launches = 0;
 
 }  // namespace
@@ -190,14 +190,15 @@ void attn_tiled_force(int mode) { g_forced = mode; }
 int64_t attn_tiled_launches() { return g_launches; }
 
 bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs) {
-  static const bool env_on = env_int("DDRT_ATTN_TILED", 0) == 1;
-  if (!(g_forced < 0 ? env_on : g_forced == 1)) return false;
+  static const int env_mode = env_int("DDRT_ATTN_TILED", 2);  // 1 on, 0 off, else auto (2)
+  const int mode = g_forced >= 0 ? g_forced : env_mode == 0 || env_mode == 1 ? env_mode : 2;
+  if (mode == 0) return false;
   if (s.T < kAttnTiledMinT || s.pos_dev || (s.head_dim != 64 && s.head_dim != 128) || s.n_kv_heads <= 0 ||
       s.n_heads % s.n_kv_heads != 0 || s.n_heads / s.n_kv_heads > kRows)
     return false;
   const int QT = kRows / (s.n_heads / s.n_kv_heads);
   const int64_t blocks = ((int64_t)s.T + QT - 1) / QT * s.n_kv_heads;
-  if (blocks < kAttnTiledMinBlocks && s.pos0 > (int64_t)kAttnTiledMaxPrefix * s.T) return false;
+  if (blocks < kAttnTiledMinBlocks && (mode == 2 || s.pos0 > (int64_t)kAttnTiledMaxPrefix * s.T)) return false;
   for (int i = 0; i < n_ptrs; ++i)
     if (reinterpret_cast<uintptr_t>(ptrs[i]) & 15) return false;
   return true;

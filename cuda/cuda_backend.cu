@@ -510,12 +510,11 @@ class CudaBackend : public Backend {
     return (n == 1 || group_fusable(cw, n, calls)) && gpu::gemv_tc_groupable(devs, n, &shape);
   }
   // The residual add inside the producer and the norm inside the consumers, each one fused GEMV
-  // launch. Off unless env DDRT_FUSE_NORM=1: written in a session without a GPU, not yet run on
-  // one (its tests, test_fused_add_norm and the CUDA pytest cases under DDRT_FUSE_NORM=1, and the
-  // decode A/B are in tools/gpu_check.sh); the default turns on once they pass and it measures faster
+  // launch. On by default (H100 A/B, two rounds: llama3-8b 3-bit decode 347 -> 356.5 tok/s,
+  // smollm2-135m 969 -> 1002); env DDRT_FUSE_NORM=0 keeps the op sequence (the tests' twin)
   bool fuses_add_norm(const Linear& producer, const DecdecCall& pcall, const Linear* const* consumers, int n,
                       const DecdecCall* ccalls, int T) const override {
-    if (gpu::env_int("DDRT_FUSE_NORM", 0) != 1 || T != 1) return false;
+    if (gpu::env_int("DDRT_FUSE_NORM", 1) != 1 || T != 1) return false;
     const auto& P = static_cast<const CudaLinear&>(producer);
     const gpu::DevLinear* pd[1] = {&P.dev};
     gpu::DevLinear shape;

@@ -177,7 +177,7 @@ unsigned grid_for(size_t n) {
 // inv_freq non-null (T == 1, head_dim == 32 * PL, PL even; launch_attention checks): q and the new
 // k are rotated here, as rope_qk_kernel would (the same angle, formula and rounding): each lane
 // holds both halves of its pairs (element i = lane + 32u pairs with u + PL/2).
-// prefetch (attn_prefetch_force / env DDRT_ATTN_PREFETCH=1; off until measured): each warp loads
+// prefetch (attn_prefetch_force; on by default, env DDRT_ATTN_PREFETCH=0 off): each warp loads
 // the cached rows (positions < pos0) of its first U positions before the dependency wait. No
 // kernel of this launch's stream writes them any more: the attention launch that stored them
 // (an earlier step or chunk) has completed, as every kernel between it and this one passed its
@@ -575,7 +575,7 @@ int64_t attn_counters(const AttnShape& s) { return (int64_t)s.T * s.n_kv_heads *
 namespace {
 int g_attn_prefetch = -1;  // attn_prefetch_force; -1: the environment
 bool attn_prefetch() {
-  static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 0) == 1;
+  static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 1) == 1;
   return g_attn_prefetch < 0 ? env_on : g_attn_prefetch == 1;
 }
 template <int PL>

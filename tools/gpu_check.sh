@@ -13,11 +13,13 @@ ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1; CT=$?
 tail -15 "$OUT/ctest.log"
 (cd tests && python3 -m pytest -q -x python/test_cuda.py python/test_runtime.py) > "$OUT/pytest.log" 2>&1; PT=$?
 tail -15 "$OUT/pytest.log"
-# the CPU-vs-CUDA tests again with every off-by-default switch on (each is checked alone on the
-# CPU emulator by the test command; a failure here: bisect with one switch per run)
-SWITCHES="DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_GEMV_F_ROWS=2 DDRT_ATTN_PREFETCH=1"
-(cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_switches.log" 2>&1 || PT=$?
-echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
+# the CPU-vs-CUDA tests again with the off-by-default switches on, and with the defaults' twins
+# (the CPU emulator runs the same in the test command; a failure here: bisect one switch per run)
+for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1" \
+                "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1"; do
+  (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1 || PT=$?
+  echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
+done
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
@@ -34,13 +36,11 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   # A/B of switches that are off by default until measured (each beside its default run above;
   # AB=0 skips them: ~2 min of the ~8)
-  [ "${AB:-1}" = 0 ] || for ab in "DDRT_FUSE_NORM=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3" \
-            "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=1 DDRT_TC_CHAIN=1|--shape llama3-8b --bits 3" \
-            "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 4" \
-            "DDRT_FUSE_NORM=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
-            "DDRT_GEMV_F_ROWS=2|--shape llama3-8b --bits 3" "DDRT_ATTN_TILED=1|--shape llama3-8b --bits 3" \
-            "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3" "DDRT_ATTN_PREFETCH=1|--shape smollm2-135m --bits 3" \
-            "DDRT_ATTN_PREFETCH=1|--shape llama3-8b --bits 3"; do
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
+            "DDRT_TC_CHAIN=1|--shape smollm2-135m --bits 3" "DDRT_TC_CHAIN=1|--shape llama3-8b --bits 3" \
+            "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape llama3-8b --bits 3" \
+            "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape smollm2-135m --bits 3" \
+            "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3" "DDRT_ATTN_PREFETCH=0|--shape smollm2-135m --bits 3"; do
     envs=${ab%%|*}; args=${ab#*|}
     # a device call may run 600 s: no A/B run starts past CHECK_DEADLINE s (default 540) of this script
     [ $SECONDS -lt ${CHECK_DEADLINE:-540} ] || { echo "== CHECK_DEADLINE reached: $envs $args not run"; continue; }

@@ -565,7 +565,7 @@ void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
 // (fused: the launch counted) and T = 3 (the fallback); fuses_add_norm says so exactly where
 // both ends fuse.
 void test_fused_add_norm(Backend& cpu, Backend& gpu) {
-  setenv("DDRT_FUSE_NORM", "1", 1);  // fuses_add_norm's switch (off by default until measured)
+  setenv("DDRT_FUSE_NORM", "1", 1);  // fuses_add_norm's switch (on by default; =0 turns it off)
   struct G { std::vector<int64_t> d_out; int64_t d_in; };
   const std::vector<G> groups =
       race_sized() ? std::vector<G>{{{96, 32, 70}, 2500}, {{300}, 4100}}
@@ -875,28 +875,29 @@ void test_attention(Backend& cpu, Backend& gpu) {
   // 64, 128, 32, 80 (not a multiple of 32), 256; single-split and many-split queries; prefill
   // chunks (T >= 32) for the tiled kernel at G 1, 3, 4, 8, 16 and head_dim 64, 128, some after a
   // prefix of several 32-key tiles in the cache (pos0 101, 41), one short chunk after a long prefix
-  // (the split kernel's: pos0 301, T 40)
+  // (the split kernel's: pos0 301, T 40), one grid of 128 tiles (64 kv heads: the default's rule)
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
                       {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}},
                       {16, 1, 128, 100, {70}},             {4, 4, 64, 120, {1, 90, 1}},
                       {12, 4, 128, 420, {100, 1, 200, 1}}, {16, 1, 64, 300, {40, 1, 90, 1}},
-                      {8, 2, 64, 400, {300, 1, 40, 1}}};
+                      {8, 2, 64, 400, {300, 1, 40, 1}},    {64, 64, 64, 140, {128, 1}}};
   // where the tiled kernel must run (kernels.cuh's rule, stated again): one launch per such call
-  auto tiled_applies = [](const Cfg& c, int T, int64_t pos0) {
+  // (auto, the default: only grids of kAttnTiledMinBlocks blocks)
+  auto tiled_applies = [](const Cfg& c, int T, int64_t pos0, bool autom) {
     const int G = c.n_heads / c.n_kv, QT = gpu::kAttnTiledRows / G;
     const int64_t blocks = ((int64_t)T + QT - 1) / QT * c.n_kv;
     return T >= gpu::kAttnTiledMinT && (c.hd == 64 || c.hd == 128) && G <= gpu::kAttnTiledRows &&
-           (blocks >= gpu::kAttnTiledMinBlocks || pos0 <= (int64_t)gpu::kAttnTiledMaxPrefix * T);
+           (blocks >= gpu::kAttnTiledMinBlocks || (!autom && pos0 <= (int64_t)gpu::kAttnTiledMaxPrefix * T));
   };
   const int64_t tiled_before = gpu::attn_tiled_launches();
   int64_t tiled_want = 0;
-  // the split kernel alone; the tiled prefill kernel where it applies; the split kernel loading its
-  // first cached rows before the dependency wait
+  // the split kernel alone; the tiled prefill kernel wherever it applies; the defaults: the split
+  // kernel loading its first cached rows before the dependency wait, the tiled one on large grids
   for (const int variant : {0, 1, 2})
   for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
     for (const Cfg& c : cfgs) {
-      const int tiled = variant == 1;
+      const int tiled = variant;  // attn_tiled_force: 0 off, 1 on, 2 auto
       gpu::attn_tiled_force(tiled);
       gpu::attn_prefetch_force(variant == 2);
       auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
@@ -924,10 +925,10 @@ void test_attention(Backend& cpu, Backend& gpu) {
             cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
             gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
           }
-          if (tiled && tiled_applies(c, T, pos)) ++tiled_want;
+          if (tiled && tiled_applies(c, T, pos, tiled == 2)) ++tiled_want;
           const auto o = bo.get();
-          report(std::string(rope ? "rope_attention" : "attention") + (tiled ? " (tiled on)" : "") +
-                     (variant == 2 ? " (prefetch)" : "") + " heads " +
+          report(std::string(rope ? "rope_attention" : "attention") + (tiled == 1 ? " (tiled on)" : "") +
+                     (variant == 2 ? " (defaults: tiled auto, prefetch)" : "") + " heads " +
                      std::to_string(c.n_heads) + "/" +
                      std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
                      " T " + std::to_string(T) + " layer " + std::to_string(layer),
@@ -940,7 +941,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
     }
   gpu::attn_tiled_force(-1);
   gpu::attn_prefetch_force(-1);
-  // exactly the calls where it applies took it (tiled_want > 0: T 600, 513, 250, 70, 90, 100, 200, 40)
+  // exactly the calls where it applies took it (tiled_want > 0: T 600, 513, 250, 70, 90, 100, 200, 40,
+  // 128; by default only the T 128 of 64 kv heads)
   const int64_t tiled_ran = gpu::attn_tiled_launches() - tiled_before;
   CHECK_MSG(tiled_want > 0 && tiled_ran == tiled_want, "the tiled prefill attention ran " + std::to_string(tiled_ran) +
                                                            " times, expected " + std::to_string(tiled_want));

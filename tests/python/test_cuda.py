@@ -111,7 +111,7 @@ def test_smollm2_shape_perplexity_cpu_vs_cuda(smollm2_shape3, mode):
 @pytest.mark.parametrize("mode", ["off", "static"])
 def test_smollm2_shape_decode_logits_cpu_vs_cuda(smollm2_shape3, mode):
     """Decode steps (T = 1: the fused GEMVs, the decode graph) at the SmolLM2-135M shape: logits as
-    the CPU's after a prompt, step by step (gpu_check also runs this under DDRT_FUSE_NORM=1).
+    the CPU's after a prompt, step by step (gpu_check also runs this with the switches on / off).
     DecDEC here in static mode, whose selection does not depend on the activations: in approx mode
     the two backends' inputs differ by fp32 rounding (~5e-6 relative), and over 30 layers a channel
     that close to a bucket floor is selected by one and not the other (seen on the CUDA emulator:
