@@ -54,8 +54,12 @@ int g_tc_enabled = -1;  // -1: from the environment on first use
 void gemv_tc_enable(bool on) { g_tc_enabled = on ? 1 : 0; }
 namespace {
 unsigned long long* g_tc_stamps = nullptr;
+int64_t g_tc_stamp_stride = 0;
 }
-void gemv_tc_stamps(unsigned long long* stamps) { g_tc_stamps = stamps; }
+void gemv_tc_stamps(unsigned long long* stamps, int64_t stride) {
+  g_tc_stamps = stamps;
+  g_tc_stamp_stride = stamps ? stride : 0;
+}
 // DDRT_GEMV_TC=0: never the fused GEMV (the CUDA-core kernel and the separate DecDEC kernels)
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) g_tc_enabled = env_int("DDRT_GEMV_TC", 1) == 0 ? 0 : 1;
@@ -195,6 +199,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.seg_vecs = plan.seg_vecs;
   a.ring_off = plan.ring_off;
   a.stamps = g_tc_stamps;
+  g_tc_stamps += g_tc_stamp_stride;  // the next launch (or chain stage) writes the next region
   // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = env_int("DDRT_TC_PRE", 1);

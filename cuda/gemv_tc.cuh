@@ -879,7 +879,11 @@ template <int B, int G>
 __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_chain_kernel(const __grid_constant__ TcChainArgs c) {
   DDRT_DYN_SMEM(uint4, tc_smem);
   pdl_trigger();
-  for (int s = 0; s < c.n; ++s) tc_base_block<B, G>(c.s[s], tc_smem);
+  for (int s = 0; s < c.n; ++s) {
+    tc_stamp(c.s[s], 0);
+    tc_base_block<B, G>(c.s[s], tc_smem);
+    tc_stamp(c.s[s], 4);
+  }
   __syncthreads();
   if (threadIdx.x == 0 && atomicAdd(c.bar + 1, 1u) == gridDim.x - 1) {  // every block is past every barrier
     c.bar[0] = 0;

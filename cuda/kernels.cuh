@@ -323,8 +323,10 @@ bool gemv_tc_enabled();
 // memory, grid * kTcStamps entries); null stops it. Per block (thread 0): 0 start, 1 after the
 // dependency wait, 2 base: x ready / compensation: selection published, 3 compensation: gather +
 // reduce done, 4 end; compensation: 5 its own chunks selected, 6 the selection (and x) read back.
+// stride > 0: each later launch, and each stage of a chain launch (its slots 0 and 4: the stage's
+// start and end), writes the region after the previous one's (stamps + i * stride).
 constexpr int kTcStamps = 7;
-void gemv_tc_stamps(unsigned long long* stamps);
+void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0);
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);

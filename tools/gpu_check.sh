@@ -23,6 +23,7 @@ done
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
+  $BUILD/test_cuda_ops --bench-chain > "$OUT/bench_chain.log" 2>&1; cat "$OUT/bench_chain.log"
   : > "$OUT/bench_e2e.log"
   for args in "--shape smollm2-135m --bits 3" "--shape smollm2-135m --bits 3 --no-graphs" \
               "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" "--shape llama3-8b --bits 3 --no-graphs" \

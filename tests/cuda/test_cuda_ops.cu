@@ -6,6 +6,7 @@
 //   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
 //   test_cuda_ops --bench-gemm   the T > 1 matmul: tensor-core kernel vs its simple twin (bench_gemm)
 //   test_cuda_ops --bench-stamps the fused GEMV's timeline per role (bench_stamps)
+//   test_cuda_ops --bench-chain  a decode layer's GEMVs as separate launches vs one chain (bench_chain)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1284,6 +1285,108 @@ int bench_stamps(Backend& gpu) {
   return 0;
 }
 
+// The chain lab (--bench-chain): a decode layer's fused GEMVs (o += W_o att, gate/up of the norm,
+// down += W_d swiglu, the next q/k/v of the norm; DDRT_FUSE_NORM's sequence) at the Llama-3-8B
+// shape, as separate launches (PDL) and as one chain launch (DDRT_TC_CHAIN=1): median us of the
+// sequence (event pair; in a graph of 16), then one sequence with stamps: per launch or stage,
+// us from the first block start (median / max over blocks) of start, dependency wait or barrier
+// passed, x ready, end. Shows whether the grid barrier or the stages' work is what costs.
+int bench_chain(Backend& gpu) {
+  const int64_t d = 4096, h = 14336, kvd = 1024;
+  const char* names[4] = {"o", "gate/up", "down", "q/k/v"};
+  std::printf("%s\nchain lab: llama3-8b layer, DecDEC off, add+norm fused\n", gpu.name().c_str());
+  setenv("DDRT_FUSE_NORM", "1", 1);
+  // DDRT_LAB_REPS=N: N timed sequences (default 100; 1 to try the lab on the CPU emulator)
+  const int reps = std::max(1, gpu::env_int("DDRT_LAB_REPS", 100)), warm = std::min(reps, 10);
+  const int max_blocks = 8192, K = gpu::kTcStamps, R = 8;  // R stamp regions (4 are used)
+  unsigned long long* d_st = nullptr;
+  ck(cudaMalloc(&d_st, (size_t)R * max_blocks * K * 8), "stamps");
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G128}) {
+    const int64_t shapes[7][2] = {{d, d}, {h, d}, {h, d}, {d, h}, {d, d}, {kvd, d}, {kvd, d}};  // o gate up down q k v
+    std::vector<std::unique_ptr<Linear>> W;
+    for (auto& sh : shapes) W.push_back(gpu.load_linear(make_linear(t, sh[0], sh[1], false)->desc, ResidualPlacement::Host));
+    Buf bx(gpu, d), batt(gpu, d), bn1(gpu, d), bn2(gpu, d), bt(gpu, h), bxb(gpu, d), bg(gpu, h), bu(gpu, h), bq(gpu, d),
+        bk(gpu, kvd), bv(gpu, kvd), bf(gpu, 4);
+    bx.put(randn(d));
+    batt.put(randn(d));
+    bn1.put(randn(d));
+    bn2.put(randn(d));
+    bf.put(std::vector<float>(4, 0.0f));
+    const Linear* gu[2] = {W[1].get(), W[2].get()};
+    const Linear* qkv[3] = {W[4].get(), W[5].get(), W[6].get()};
+    float* gu_y[2] = {bg.f(), bu.f()};
+    float* qkv_y[3] = {bq.f(), bk.f(), bv.f()};
+    DecdecCall off[3];
+    auto seq = [&] {
+      gpu.matmul_add(*W[0], bx.f(), bt.f(), batt.f(), 1, off[0]);
+      gpu.rmsnorm_matmul_group(gu, gu_y, 2, bxb.f(), bx.f(), bn1.f(), 1e-5f, 1, off);
+      gpu.matmul_swiglu_add(*W[3], bx.f(), bt.f(), bg.f(), bu.f(), 1, off[0]);
+      gpu.rmsnorm_matmul_group(qkv, qkv_y, 3, bxb.f(), bx.f(), bn2.f(), 1e-5f, 1, off);
+      gpu.add(bf.f(), bf.f(), 4);  // any other op launches the queued chain
+    };
+    cudaStream_t st = cuda_stream_of(gpu);
+    for (const char* chain : {"0", "1"}) {
+      setenv("DDRT_TC_CHAIN", chain, 1);
+      for (int i = 0; i < warm; ++i) seq();
+      gpu.synchronize();
+      const int64_t chains0 = gpu::gemv_tc_chain_launches();
+      const double single = 1000.0 * median_event_ms(st, reps, seq);
+      const int64_t chains = gpu::gemv_tc_chain_launches() - chains0;
+      const int n = std::min(reps, 16);
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      ck(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed), "capture");
+      for (int i = 0; i < n; ++i) seq();
+      ck(cudaStreamEndCapture(st, &g), "end capture");
+      ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
+      ck(cudaGraphLaunch(ge, st), "launch");
+      const double graph =
+          1000.0 * median_event_ms(st, std::max(1, reps / 2), [&] { ck(cudaGraphLaunch(ge, st), "launch"); }) / n;
+      cudaGraphExecDestroy(ge);
+      cudaGraphDestroy(g);
+      std::printf("%s %s: %.2f us per layer sequence (%.2f in a graph; %lld chain launches in %d sequences)\n",
+                  type_name(t), chain[0] == '1' ? "chain" : "separate launches", single, graph, (long long)chains, reps);
+      ck(cudaMemset(d_st, 0, (size_t)R * max_blocks * K * 8), "stamps");
+      gpu.synchronize();
+      gpu::gemv_tc_stamps(d_st, (int64_t)max_blocks * K);
+      seq();
+      gpu.synchronize();
+      gpu::gemv_tc_stamps(nullptr);
+      std::vector<unsigned long long> hs((size_t)R * max_blocks * K);
+      ck(cudaMemcpy(hs.data(), d_st, hs.size() * 8, cudaMemcpyDeviceToHost), "stamps");
+      unsigned long long t0 = ~0ull;
+      for (size_t i = 0; i < hs.size(); i += K)
+        if (hs[i]) t0 = std::min(t0, hs[i]);
+      std::printf("  %-8s %-13s %-13s %-13s %-13s (us from the first start: median / max over blocks)\n", "stage",
+                  "start", "wait passed", "x ready", "end");
+      int shown = 0;  // the launches (stages) in order: o, gate/up, down, q/k/v
+      for (int r = 0; r < R; ++r) {
+        const unsigned long long* base = hs.data() + (size_t)r * max_blocks * K;
+        bool any = false;
+        for (int b = 0; b < max_blocks && !any; ++b) any = base[(size_t)b * K] != 0;
+        if (!any) continue;
+        auto stat = [&](int slot) {
+          std::vector<double> v;
+          for (int b = 0; b < max_blocks; ++b)
+            if (base[(size_t)b * K + slot]) v.push_back((base[(size_t)b * K + slot] - t0) / 1e3);
+          if (v.empty()) return std::string("-");
+          std::sort(v.begin(), v.end());
+          char buf[64];
+          std::snprintf(buf, sizeof buf, "%5.1f / %5.1f", v[v.size() / 2], v.back());
+          return std::string(buf);
+        };
+        std::printf("  %-8s %-13s %-13s %-13s %-13s\n", shown < 4 ? names[shown] : "?", stat(0).c_str(), stat(1).c_str(), stat(2).c_str(),
+                    stat(4).c_str());
+        ++shown;
+      }
+    }
+  }
+  unsetenv("DDRT_TC_CHAIN");
+  unsetenv("DDRT_FUSE_NORM");
+  cudaFree(d_st);
+  return 0;
+}
+
 // T = 512 prefill matmuls: median event-timed microseconds (20 launches; 3 for the slow twin),
 // TFLOP/s = 2 T d_out d_in / time.
 double time_gemm(Backend& gpu, const Linear& W, float* y, const float* x, int T, int reps) {
@@ -1337,6 +1440,7 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--bench-groups") return bench_groups(*gpu), 0;
     if (argc > 1 && std::string(argv[1]) == "--bench-gemm") return bench_gemm(*gpu);
     if (argc > 1 && std::string(argv[1]) == "--bench-stamps") return bench_stamps(*gpu);
+    if (argc > 1 && std::string(argv[1]) == "--bench-chain") return bench_chain(*gpu);
     auto cpu = make_cpu_backend();
     std::printf("%s vs %s\n", gpu->name().c_str(), cpu->name().c_str());
     // DDRT_TEST_ONLY=name,name: those tests alone (e.g. under the slow racecheck tool)
