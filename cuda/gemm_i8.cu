@@ -11,7 +11,8 @@
 // tokens 8 v + {0, 4, 1, 5, 2, 6, 3, 7}). So each thread's C fragments hold a token's three limb
 // sums, all run as MMA chains through a group (each exact in int32: |sum| <= 255 * 128 * 128), and
 // when the group ends P = 65536 hi + 256 mid + lo is formed in fp32 and its term applied. (Two limbs,
-// ~15 bits, kept the op tests' NMSE but moved a tiny model's logits 3e-4 from the CPU's.) The only
+// ~15 bits, kept the op tests' NMSE but moved a tiny model's logits 3e-4 from the CPU's: they stay as
+// a knob, DDRT_I8_LIMBS=2, X = 256 hi + lo with |X| <= kXq2, no mid tiles.) The only
 // error is x's rounding (|dx| <= sx / 2) and fp32's; the bf16 hi + lo kernel, gemm_tc.cu, is this
 // kernel's twin in the tests and takes the other types.
 //
@@ -74,8 +75,10 @@ XQ carve(void* scratch, int64_t d_in, int group, int T) {
   return p;
 }
 
-// One warp per (token, group): max |x| and sum over the group, then the limbs.
+// One warp per (token, group): max |x| and sum over the group, then the limbs (L = 2: no mid).
+template <int L>
 __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int group) {
+  constexpr float kQ = L == 3 ? kXq : kXq2;
   const int lane = threadIdx.x % 32;
   const int64_t unit = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (unit >= p.n_xg * T) return;
@@ -93,16 +96,16 @@ __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int gr
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
     sum += __shfl_xor_sync(0xffffffffu, sum, m);
   }
-  const float inv = mx > 0.0f ? kXq / mx : 0.0f;
+  const float inv = mx > 0.0f ? kQ / mx : 0.0f;
   for (int c = lane; c < group && i0 + c < p.kp; c += 32) {
     const float v = i0 + c < d_in ? xt[i0 + c] : 0.0f;
-    const XLimbs l = x_limbs(v, inv);
+    const XLimbs l = L == 3 ? x_limbs(v, inv) : x_limbs2(v, inv);
     const int64_t at = (int64_t)t * p.kp + i0 + c;
     p.lo[at] = (int8_t)l.lo;
-    p.mid[at] = (int8_t)l.mid;
+    if (L == 3) p.mid[at] = (int8_t)l.mid;
     p.hi[at] = (int8_t)l.hi;
   }
-  if (lane == 0) p.q[g * T + t] = make_float2(mx / kXq, sum);
+  if (lane == 0) p.q[g * T + t] = make_float2(mx / kQ, sum);
 }
 
 // Quad JJ (0..7, a constant here: the quad's position in its slice / nibble / field cycle) of a
@@ -148,7 +151,8 @@ struct I8Members {
   int n;
 };
 
-template <int B>
+// L = 3 limbs of x (lo, hi pairs and mid tiles), or 2 (no mid rows, tiles or MMAs; X = 256 hi + lo)
+template <int B, int L>
 __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Members G, XQ xq, int T) {
   constexpr int64_t C = step_codes(B);
   DDRT_DYN_SMEM(unsigned char, smem);
@@ -175,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
     unsigned char* S = smem + slot * kStage;
     const int k0 = kt * kBK;  // d_in < 2^31 (layout.h)
 #pragma unroll
-    for (int u = 0; u < 3 * kSteps / 2; ++u) {  // x limbs: 64 tokens x 3 limbs x kBK / 16 chunks
+    for (int u = 0; u < L * kSteps / 2; ++u) {  // x limbs: 64 tokens x L limbs x kBK / 16 chunks
       const int e = tid + u * kThreads, q = e % (kBK / 16);
       int n = e / (kBK / 16), tok;  // n: the tile row
       const int8_t* base;
@@ -266,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
         ldsm4(r, S + n * kLd + 32 * h + ((lane / 8) % 2) * 16);
         bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
       }
-      {  // mid rows 2 kBN + 16 wn ..: n8 tiles v = 0, 1
+      if (L == 3) {  // mid rows 2 kBN + 16 wn ..: n8 tiles v = 0, 1
         const int n = 2 * kBN + wn * 16 + lane % 8 + (lane / 16) * 8;
         uint32_t r[4];
         ldsm4(r, S + n * kLd + 32 * h + ((lane / 8) % 2) * 16);
@@ -282,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
             mma_i8_z(P[mi][nt], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[nt][0], bf[nt][1]);
 #pragma unroll
           for (int v = 0; v < 2; ++v)
-            mma_i8_z(M[mi][v], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bm[v][0], bm[v][1]);
+            if (L == 3) mma_i8_z(M[mi][v], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bm[v][0], bm[v][1]);
         }
       } else {
 #pragma unroll
@@ -292,12 +296,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
             mma_i8<false>(P[mi][nt], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[nt][0], bf[nt][1]);
 #pragma unroll
           for (int v = 0; v < 2; ++v)
-            mma_i8<false>(M[mi][v], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bm[v][0], bm[v][1]);
+            if (L == 3) mma_i8<false>(M[mi][v], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bm[v][0], bm[v][1]);
         }
       }
       const int kend = kt * kBK + 32 * (h + 1);
       fresh = (kend & ((1 << xq.gshift) - 1)) == 0 || kend == (int)xq.kp;
-      if (fresh) {  // the group ends: acc += s sx (65536 hi + 256 mid + lo) + m sum x
+      if (fresh) {  // the group ends: acc += s sx (65536 hi + 256 mid + lo, or 256 hi + lo) + m sum x
         const __half2* sm = reinterpret_cast<const __half2*>(S + kOffSm) + h * kBM;
         const float2* xs = reinterpret_cast<const float2*>(S + kOffXq) + h * kBN;
         float2 v[4];
@@ -310,8 +314,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
             const float2 f = __half22float2(sm[wm * 64 + mi * 16 + lane / 4 + 8 * hr]);
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
-              const float p = fmaf(65536.0f, (float)P[mi][nt][2 * hr + 1],
-                                   fmaf(256.0f, (float)M[mi][nt / 2][2 * hr + nt % 2], (float)P[mi][nt][2 * hr]));
+              const float p =
+                  L == 3 ? fmaf(65536.0f, (float)P[mi][nt][2 * hr + 1],
+                                fmaf(256.0f, (float)M[mi][nt / 2][2 * hr + nt % 2], (float)P[mi][nt][2 * hr]))
+                         : fmaf(256.0f, (float)P[mi][nt][2 * hr + 1], (float)P[mi][nt][2 * hr]);
               float& c = acc[mi][nt][hr];
               c = fmaf(f.x * v[nt].x, p, fmaf(f.y, v[nt].y, c));
             }
@@ -332,18 +338,30 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       }
 }
 
-template <int B>
-cudaError_t launch_bits(const DevLinear& W, const I8Members& G, const float* x, int T, void* scratch,
-                        cudaStream_t st) {
+template <int B, int L>
+cudaError_t launch_limbs(const DevLinear& W, const I8Members& G, const float* x, int T, void* scratch,
+                         cudaStream_t st) {
   const XQ xq = carve(scratch, W.d_in, W.group, T);
   const int64_t units = xq.n_xg * T;
-  cudaError_t err = launch_plain(xq_prep_kernel, (unsigned)((units + 7) / 8), 256, 0, st, xq, x, W.d_in, T, W.group);
+  cudaError_t err =
+      launch_plain(xq_prep_kernel<L>, (unsigned)((units + 7) / 8), 256, 0, st, xq, x, W.d_in, T, W.group);
   if (err != cudaSuccess) return err;
-  err = cudaFuncSetAttribute(gemm_i8_kernel<B>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  err = cudaFuncSetAttribute(gemm_i8_kernel<B, L>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   // token tiles fastest: the blocks that share a row tile run together and share its codes in L2
   const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)G.tile0[G.n]);
-  return launch_plain(gemm_i8_kernel<B>, grid, kThreads, kSmem, st, W, G, xq, T);
+  return launch_plain(gemm_i8_kernel<B, L>, grid, kThreads, kSmem, st, W, G, xq, T);
+}
+
+int g_i8_limbs = 0;  // gemm_i8_force_limbs; 0: the environment
+int i8_limbs() {
+  static const int env = env_int("DDRT_I8_LIMBS", 3) == 2 ? 2 : 3;
+  return g_i8_limbs ? g_i8_limbs : env;
+}
+template <int B>
+cudaError_t launch_bits(const DevLinear& W, const I8Members& G, const float* x, int T, void* scratch,
+                        cudaStream_t st) {
+  return i8_limbs() == 2 ? launch_limbs<B, 2>(W, G, x, T, scratch, st) : launch_limbs<B, 3>(W, G, x, T, scratch, st);
 }
 
 bool g_i8_on = true;
@@ -352,6 +370,7 @@ int64_t g_i8_group_launches = 0;
 }  // namespace
 
 void gemm_i8_enable(bool on) { g_i8_on = on; }
+void gemm_i8_force_limbs(int limbs) { g_i8_limbs = limbs == 2 || limbs == 3 ? limbs : 0; }
 bool gemm_i8_enabled() { return g_i8_on; }
 
 bool gemm_i8_supported(const DevLinear& W) {

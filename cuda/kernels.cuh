@@ -86,6 +86,14 @@ __device__ __forceinline__ XLimbs x_limbs(float v, float inv) {
   const int mid = ((X1 + 128) & 255) - 128;
   return {(X1 - mid) >> 8, mid, lo};
 }
+// Two limbs (the prefill matmul's DDRT_I8_LIMBS=2): X = round(x * kXq2 / max|x|) (~16 bits: still
+// 16 times finer than an fp16 x) = 256 hi + lo, |X| <= kXq2 keeps |hi| <= 125; mid is 0.
+constexpr float kXq2 = 32000.0f;
+__device__ __forceinline__ XLimbs x_limbs2(float v, float inv) {
+  const int X = max(-(int)kXq2, min((int)kXq2, __float2int_rn(v * inv)));
+  const int lo = ((X + 128) & 255) - 128;
+  return {(X - lo) >> 8, 0, lo};
+}
 
 // d += a b: A 16x32 unsigned bytes (row), B 32x8 signed bytes (col), int32 accumulation.
 // kOrdered (asm volatile): the MMAs keep their program order against other volatile asm (the
@@ -258,6 +266,10 @@ int64_t gemm_i8_group_launches();
 // Test/bench knob: false sends uniform types to the bf16 tensor-core kernel (gemm_tc.cu); true restores.
 void gemm_i8_enable(bool on);
 bool gemm_i8_enabled();
+// The int8 matmul's x limbs: 3 (~24 bits, the default: a tiny model's prefill logits within 1e-4 of
+// the CPU's) or 2 (~16 bits, a third fewer MMAs; env DDRT_I8_LIMBS=2, off until measured);
+// gemm_i8_force_limbs(2 or 3) for the tests, 0: the environment.
+void gemm_i8_force_limbs(int limbs);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
 cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,

@@ -378,7 +378,34 @@ void test_gemm(Backend& cpu, Backend& gpu) {
     report(std::string("gemm int8 vs bf16 tensor cores ") + type_name(t) + " " + std::to_string(d_out) + "x" +
                std::to_string(d_in) + " T=" + std::to_string(T),
            nmse(fast.data(), bf.data(), bf.size()), 1e-8);
+    // two limbs of x (DDRT_I8_LIMBS=2, ~16 bits): its own rounding, NMSE ~1e-9 against the twin
+    gpu::gemm_i8_force_limbs(3);
+    const auto three = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_i8_force_limbs(2);
+    const auto two = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_i8_force_limbs(0);
+    const std::string what = std::string(type_name(t)) + " " + std::to_string(d_out) + "x" + std::to_string(d_in) +
+                             " T=" + std::to_string(T);
+    report("gemm int8 two limbs vs bf16 tensor cores " + what, nmse(two.data(), bf.data(), bf.size()), 1e-7);
+    CHECK_MSG(two != three, "gemm int8 two limbs: the same bits as three " + what);
   }
+  // the two-limb kernel on the odd shapes and group tails, against the CPU
+  gpu::gemm_i8_force_limbs(2);
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ2_G64})
+    for (auto& s : shapes) {
+      auto L = make_linear(t, s[0], s[1], false);
+      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+      for (int T : Ts) {
+        const auto x = randn((size_t)T * s[1]);
+        const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
+        const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
+        report("gemm int8 two limbs " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" +
+                   std::to_string(s[1]) + " T=" + std::to_string(T),
+               nmse(yg.data(), yc.data(), yc.size()), 1e-7);
+      }
+    }
+  gpu::gemm_i8_force_limbs(0);
 }
 
 // T > 1 groups (q/k/v, gate/up shapes) with DecDEC off: one int8 launch for the members where
