@@ -37,7 +37,7 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   # A/B of switches that are off by default until measured (each beside its default run above;
   # AB=0 skips them: ~2 min of the ~8)
-  [ "${AB:-1}" = 0 ] || for ab in "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_I8_LIMBS=2|--shape llama3-8b --bits 3" "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
             "DDRT_TC_CHAIN=1|--shape smollm2-135m --bits 3" "DDRT_TC_CHAIN=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape smollm2-135m --bits 3" \

@@ -57,13 +57,14 @@ def gemv_rows(text):
 
 
 def gemm_rows(text):
-    """(type, shape, default us, TFLOP/s, bf16 twin us, TFLOP/s) of `test_cuda_ops --bench-gemm`."""
+    """(type, shape, default us, TFLOP/s, 2-limb us, TFLOP/s, bf16 twin us, TFLOP/s) of
+    `test_cuda_ops --bench-gemm`."""
     rows, on = [], False
     for line in text.splitlines():
         if line.startswith("type") and "default us" in line:
             on = True
             continue
-        m = re.match(r"(\S+)\s+(\d+x\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+$", line)
+        m = re.match(r"(\S+)\s+(\d+x\d+)" + r"\s+([\d.]+)" * 6 + r"\s+[\d.]+\s+[\d.]+$", line)
         if on and m:
             rows.append(m.groups())
     return rows
@@ -87,7 +88,8 @@ def main():
         print(table(["GEMV", "shape", "us (graph)", "GB/s", f"% of {peak_gbs(text):.0f}"], gemv_rows(text)))
     if gemm.exists():
         print()
-        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "bf16 twin us", "TFLOP/s"], gemm_rows(gemm.read_text())))
+        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "2 limbs us", "TFLOP/s", "bf16 twin us", "TFLOP/s"],
+                    gemm_rows(gemm.read_text())))
 
 
 if __name__ == "__main__":
