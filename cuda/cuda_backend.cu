@@ -112,6 +112,7 @@ struct CudaLinear : Linear {
   // the fused GEMV's last plan (compensation blocks, kmax): planning queries the occupancy
   mutable gpu::TcPlan plan;
   mutable int plan_n_tb = -1;
+  mutable bool plan_chunks = false;  // the plan's compensation is chunk-major
   mutable int64_t plan_kmax = -1;
   mutable int64_t plan_d_out = -1;  // the launch's d_out (a group's total when this is its head)
   // DecDEC's share of this linear's device bytes, counted in the backend's decdec counter while
@@ -798,14 +799,17 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   gpu::DevLinear shape;
   if (!gpu::gemv_tc_groupable(devs, n, &shape) || gpu::tc_io_aliases(devs, ys, n, x, shape.d_in, io)) return false;
   const CudaLinear& W = *Ws[0];  // the head: its plan cache, its selection inputs
-  CompJob job = prepare_comp(W, x, 1, call, shape.d_out);
+  // chunk-major compensation (DDRT_COMP_CHUNKS=1): one term per chunk of d_in in cpart
+  const bool chunks = gpu::gemv_tc_comp_chunks();
+  CompJob job = prepare_comp(W, x, 1, call, shape.d_out * (chunks ? (shape.d_in + kChunk - 1) / kChunk : 1));
   const int n_tb = job.active ? (call.n_tb > 0 ? call.n_tb : gpu::tc_default_n_tb(shape)) : 0;
   const int64_t kmax = job.active ? job.p.kmax : 0;
-  if (W.plan_n_tb != n_tb || W.plan_kmax != kmax || W.plan_d_out != shape.d_out) {
-    W.plan = gpu::gemv_tc_plan(shape, n_tb, kmax);
+  if (W.plan_n_tb != n_tb || W.plan_kmax != kmax || W.plan_d_out != shape.d_out || W.plan_chunks != chunks) {
+    W.plan = gpu::gemv_tc_plan(shape, n_tb, kmax, chunks);
     W.plan_n_tb = n_tb;
     W.plan_kmax = kmax;
     W.plan_d_out = shape.d_out;
+    W.plan_chunks = chunks;
   }
   const gpu::TcPlan& plan = W.plan;
   if (!plan.ok || (job.active && plan.n_tb == 0) || !tc_scratch(plan, what.c_str())) return false;

@@ -75,7 +75,13 @@ int tc_default_n_tb(const DevLinear& W) {
   return (int)std::min<int64_t>(32, nv);
 }
 
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
+namespace {
+int g_comp_chunks = -1;
+}
+void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
+bool gemv_tc_comp_chunks() { return g_comp_chunks >= 0 ? g_comp_chunks == 1 : env_int("DDRT_COMP_CHUNKS", 0) == 1; }
+
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major) {
   TcPlan p;
   const DeviceInfo& dev = device_info();
   if (!gemv_tc_supports(W) || dev.n_sm == 0) return p;
@@ -83,7 +89,21 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
   p.n_tiles = (W.d_out + 15) / 16;
   const int64_t n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
   p.n_units = (n_chunks + uc - 1) / uc;
-  if (n_tb > 0) {
+  const int64_t n_ch = (W.d_in + kChunk - 1) / kChunk;
+  // chunk-major: n_tb blocks = comp_cb (chunks at a time: all of them where the blocks allow) x
+  // segments of seg_vecs vectors (at least one segment)
+  auto chunk_split = [&](int64_t blocks) {
+    p.comp_cb = std::max<int64_t>(1, std::min<int64_t>(n_ch, blocks));
+    int64_t segs = std::max<int64_t>(1, std::min<int64_t>(blocks / p.comp_cb, nv));
+    segs = std::max(segs, (nv + 3999) / 4000);
+    p.seg_vecs = (nv + segs - 1) / segs;
+    segs = (nv + p.seg_vecs - 1) / p.seg_vecs;  // no segment without outputs
+    return (int)(p.comp_cb * segs);
+  };
+  if (n_tb > 0 && chunk_major) {
+    p.comp_ch = n_ch;
+    n_tb = chunk_split(n_tb);
+  } else if (n_tb > 0) {
     // a segment's tile list lives in the block's reduction buffer: at most 4000 vectors each
     n_tb = (int)std::min<int64_t>(std::max<int64_t>(n_tb, (nv + 3999) / 4000), nv);
     p.seg_vecs = (nv + n_tb - 1) / n_tb;
@@ -108,8 +128,13 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax) {
     p.grid = dev.n_sm * per_sm;
     p.resident = p.grid;
     int tb = std::min(n_tb, p.grid / 4);
-    p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? (nv + tb - 1) / tb : p.seg_vecs;  // wider segments
-    p.n_tb = tb > 0 ? (int)((nv + p.seg_vecs - 1) / p.seg_vecs) : 0;
+    if (p.comp_ch > 0) {  // chunk-major: fewer segments, then fewer chunks at a time
+      if (tb > 0 && tb < n_tb) tb = chunk_split(tb);
+      p.n_tb = tb;
+    } else {
+      p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? (nv + tb - 1) / tb : p.seg_vecs;  // wider segments
+      p.n_tb = tb > 0 ? (int)((nv + p.seg_vecs - 1) / p.seg_vecs) : 0;
+    }
     const int64_t U = p.n_tiles * p.n_units;
     p.wb = std::min<int64_t>((int64_t)(p.grid - p.n_tb) * kTcWarps, U);
     int64_t widest = 0;
@@ -149,8 +174,9 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0;
+int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0;
 }
+int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
 bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io) {
@@ -197,6 +223,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.part = part;
   a.cnt = cnt;
   a.seg_vecs = plan.seg_vecs;
+  a.comp_ch = comp ? plan.comp_ch : 0;
+  a.comp_cb = plan.comp_cb;
   a.ring_off = plan.ring_off;
   a.stamps = g_tc_stamps;
   g_tc_stamps += g_tc_stamp_stride;  // the next launch (or chain stage) writes the next region
@@ -214,6 +242,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   }
   if (n > 1) ++g_group_launches;
   if (io.nw || io.accumulate) ++g_io_launches;
+  if (a.comp_ch > 0) ++g_chunk_launches;
   return true;
 }
 cudaError_t launch_one(const TcArgs& a, const TcPlan& plan, cudaStream_t st) {

@@ -105,8 +105,13 @@ struct TcArgs {
   int32_t* sel = nullptr;         // [kmax] the selection (global): from a pre-kernel, or made here
   bool select_here = false;       // approx: the compensation blocks select (chunk c: block
                                   // c % n_tb, warp c / n_tb), publish sel and wait for each other
-  float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows
+  float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
+                                  // chunk-major, chunk c's term in row c)
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
+  // 0: segment-major compensation (block b: output segment b, all chunks); > 0: chunk-major (block
+  // b: chunk b % comp_ch, the segment b / comp_ch; DDRT_COMP_CHUNKS=1): comp_ch = the chunks of d_in
+  int64_t comp_ch = 0;
+  int64_t comp_cb = 0;  // chunk-major: blocks per segment (chunk b % comp_cb + i comp_cb: min(comp_ch, ...))
   // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
   unsigned long long* stamps = nullptr;
   int64_t ring_off = 0;  // uint4 offset of the unit ring in shared memory (after the x slabs)
@@ -223,6 +228,11 @@ __device__ __forceinline__ int tc_member(const TcArgs& a, int64_t row) {
   return (row >= a.row0[1] ? 1 : 0) + (row >= a.row0[2] ? 1 : 0);
 }
 
+// Contributors of a tile: its units, and the compensation (one, or one per chunk: chunk-major).
+__device__ __forceinline__ int64_t tc_tile_contributors(const TcArgs& a) {
+  return a.n_units + (a.n_tb > 0 ? (a.comp_ch > 0 ? a.comp_ch : 1) : 0);
+}
+
 // Shared memory bytes of the base role for n_slabs slabs of x: the B fragments (per slab, quad,
 // lane t, limb: the words of both chunks), the per-group sums of x and the groups' max |x|, and
 // the warps' sums of x^2 (rmsnorm input).
@@ -261,7 +271,8 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     }
     const int64_t row = tile * 16 + r;
     if (row < a.W.d_out) {
-      if (a.n_tb > 0) s += __ldcg(a.cpart + row);
+      if (a.n_tb > 0)  // the compensation's terms (chunk-major: one per chunk, in chunk order)
+        for (int64_t c = 0; c < (a.comp_ch > 0 ? a.comp_ch : 1); ++c) s += __ldcg(a.cpart + c * a.W.d_out + row);
       const int m = tc_member(a, row);
       float* yr = a.y[m] + (row - a.row0[m]);
       *yr = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
@@ -307,10 +318,11 @@ __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
 
 // approx selection of chunk c by the whole block (thread t: channels c0 + 4t .. 4t + 3): the same
 // set as select_channels (decdec.cpp): whole buckets from the top while they fit, then the
-// boundary bucket's members in ascending index order; written ascending to sel[c * k_full ...]
-// (-1 in unused slots). s: shared ints, kBuckets + 2 * kTcWarps.
+// boundary bucket's members in ascending index order; written ascending to out[0 .. k_c) (the
+// chunk's slots: sel + c * k_full, or a block's own; -1 in unused slots). s: shared ints,
+// kBuckets + 2 * kTcWarps.
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
-                                                       int32_t* sel, int* s, float rn) {
+                                                       int32_t* out, int* s, float rn) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
@@ -359,7 +371,6 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
     n_c += chosen[e];
   }
   int at = tc_block_scan(n_c, wsum + kTcWarps, &n_sel);
-  int32_t* out = sel + c * a.p.k_full;
 #pragma unroll
   for (int e = 0; e < 4; ++e)
     if (chosen[e]) out[at++] = (int32_t)(c0 + 4 * tid + e);
@@ -369,8 +380,14 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
 
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t kmax = a.p.kmax, d_out = a.W.d_out, nv_all = (d_out + 31) / 32;
-  const int64_t v0 = (int64_t)blockIdx.x * a.seg_vecs;
+  const int64_t d_out = a.W.d_out, nv_all = (d_out + 31) / 32;
+  // segment-major (comp_ch == 0): block b owns output segment b and gathers every chunk's
+  // selection; chunk-major: block b owns segment b / comp_cb and chunks b % comp_cb + i comp_cb
+  const bool chunked = a.comp_ch > 0;
+  const int64_t cb = chunked ? blockIdx.x % a.comp_cb : 0, seg = chunked ? blockIdx.x / a.comp_cb : blockIdx.x;
+  // selection slots in shared memory: all of them, or one chunk's (at most k_full)
+  const int64_t kmax = chunked ? a.p.k_full : a.p.kmax;
+  const int64_t v0 = seg * a.seg_vecs;
   const int64_t nvs = v0 >= nv_all ? 0 : (nv_all - v0 < a.seg_vecs ? nv_all - v0 : a.seg_vecs);
   int32_t* s_sel = reinterpret_cast<int32_t*>(smem);                    // [kmax]
   float* s_xs = reinterpret_cast<float*>(s_sel + kmax);                 // [kmax]
@@ -410,7 +427,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();
   }
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
-  if (a.select_here) {
+  if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
     // are the grid's first and the grid fits the GPU at once, so they are all resident: the
@@ -420,7 +437,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();  // floors
     int mine = 0;
     for (int64_t c = blockIdx.x; c < n_ch; c += a.n_tb) {
-      tc_select_chunk_approx(a, c, floors, a.sel, sel_smem, r);
+      tc_select_chunk_approx(a, c, floors, a.sel + c * a.p.k_full, sel_smem, r);
       ++mine;
     }
     tc_stamp(a, 5);
@@ -438,15 +455,22 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int q = 0; q < kRsRegs; ++q)
     if (tid + (int64_t)q * kTcThreads < nvs * 32) s_rs[tid + q * kTcThreads] = rsr[q];
   for (int64_t o = tid + (int64_t)kRsRegs * kTcThreads; o < nvs * 32; o += kTcThreads) s_rs[o] = rs_at(o);
-  for (int64_t s = tid; s < kmax; s += kTcThreads) {
-    const int32_t j = __ldcg(a.sel + s);
-    s_sel[s] = j;
-    s_xs[s] = j >= 0 ? tc_x(a, j, r) : 0.0f;
+  // the slots [0, kn) of a selection into s_sel and their x values into s_xs: from the global sel
+  // (from, or null: this block's own selection, already in s_sel)
+  auto take_sel = [&](const int32_t* from, int64_t kn) {
+    for (int64_t s = tid; s < kn; s += kTcThreads) {
+      const int32_t j = from ? __ldcg(from + s) : s_sel[s];
+      s_sel[s] = j;
+      s_xs[s] = j >= 0 ? tc_x(a, j, r) : 0.0f;
+    }
+    __syncthreads();
+    tc_stamp(a, 6);
+  };
+  int ticket = -1;  // this block's arrival past the selection wait (select_here, segment-major)
+  if (!chunked) {
+    take_sel(a.sel, kmax);
+    if (a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
   }
-  __syncthreads();
-  tc_stamp(a, 6);
-  int ticket = -1;  // this block's arrival past the selection wait (select_here)
-  if (a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
   auto reset_if_last = [&] {
     if (ticket == a.n_tb - 1) {  // every block has read the selection: reset for the next launch
       int* done = a.cnt + tc_cnt_at(a.n_tiles);
@@ -458,69 +482,93 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     reset_if_last();
     return;
   }
-  // thread -> (vector v, row split rs); vectors beyond 256 loop
+  // the gather of the slots [0, kn) for the segment's outputs, reduced, scaled by rscale, into
+  // cpart row crow. thread -> (vector v, row split rs); vectors beyond 256 loop
   const int64_t nve = nvs < kTcThreads ? nvs : kTcThreads;
   const int n_rs = (int)(kTcThreads / nve), rs = (int)(tid / nve);
   const int64_t vt = tid % nve;
-  for (int64_t vb = 0; vb < nvs; vb += nve) {
-    const int64_t v = vb + vt;
-    float acc[32];
+  auto gather = [&](int64_t kn, int64_t crow) {
+    for (int64_t vb = 0; vb < nvs; vb += nve) {
+      const int64_t v = vb + vt;
+      float acc[32];
 #pragma unroll
-    for (int e = 0; e < 32; ++e) acc[e] = 0.0f;
-    if (rs < n_rs && v < nvs) {
-      const int m = tc_member(a, 32 * (v0 + v));
-      const uint8_t* col = a.R[m].rows + 16 * (v0 + v - a.row0[m] / 32);
-      const int64_t pitch = a.R[m].row_pitch;
-      for (int64_t s0 = rs; s0 < kmax; s0 += 4 * (int64_t)n_rs) {
-        int32_t j[4];
-        uint4 r[4];
+      for (int e = 0; e < 32; ++e) acc[e] = 0.0f;
+      if (rs < n_rs && v < nvs) {
+        const int m = tc_member(a, 32 * (v0 + v));
+        const uint8_t* col = a.R[m].rows + 16 * (v0 + v - a.row0[m] / 32);
+        const int64_t pitch = a.R[m].row_pitch;
+        for (int64_t s0 = rs; s0 < kn; s0 += 4 * (int64_t)n_rs) {
+          int32_t j[4];
+          uint4 rv[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int64_t s = s0 + (int64_t)u * n_rs;
-          j[u] = s < kmax ? s_sel[s] : -1;
-          if (j[u] >= 0) r[u] = *reinterpret_cast<const uint4*>(col + (int64_t)j[u] * pitch);
-        }
+          for (int u = 0; u < 4; ++u) {
+            const int64_t s = s0 + (int64_t)u * n_rs;
+            j[u] = s < kn ? s_sel[s] : -1;
+            if (j[u] >= 0) rv[u] = *reinterpret_cast<const uint4*>(col + (int64_t)j[u] * pitch);
+          }
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          if (j[u] < 0) continue;
-          const float xj = s_xs[s0 + (int64_t)u * n_rs];
-          const uint32_t w[4] = {r[u].x, r[u].y, r[u].z, r[u].w};
+          for (int u = 0; u < 4; ++u) {
+            if (j[u] < 0) continue;
+            const float xj = s_xs[s0 + (int64_t)u * n_rs];
+            const uint32_t w[4] = {rv[u].x, rv[u].y, rv[u].z, rv[u].w};
 #pragma unroll
-          for (int e = 0; e < 32; ++e) {
-            // output 32 v + e: byte e / 2 of the vector, nibble e % 2; nibble - 8 exactly via 2^23
-            const uint32_t nib = (w[e / 8] >> (4 * (e % 8))) & 15u;
-            acc[e] = fmaf(__uint_as_float(nib | 0x4B000000u) - 8388616.0f, xj, acc[e]);
+            for (int e = 0; e < 32; ++e) {
+              // output 32 v + e: byte e / 2 of the vector, nibble e % 2; nibble - 8 exactly via 2^23
+              const uint32_t nib = (w[e / 8] >> (4 * (e % 8))) & 15u;
+              acc[e] = fmaf(__uint_as_float(nib | 0x4B000000u) - 8388616.0f, xj, acc[e]);
+            }
           }
         }
       }
-    }
-    // reduce the row splits (fixed order) and write the scaled slice. Thread t = rs * nve + vt
-    // stores its 32 sums at red[t * 32 + (e + t) % 32]: rotated, so that a warp's 32 stores of one
-    // e hit 32 banks (unrotated, each store was a 32-way conflict: ~4 us per block). Each output
-    // is then summed by P lanes (strided row splits, then a shuffle tree: a fixed order).
-    if (rs < n_rs) {
-      const int t = rs * (int)nve + (int)vt;
+      // reduce the row splits (fixed order) and write the scaled slice. Thread t = rs * nve + vt
+      // stores its 32 sums at red[t * 32 + (e + t) % 32]: rotated, so that a warp's 32 stores of one
+      // e hit 32 banks (unrotated, each store was a 32-way conflict: ~4 us per block). Each output
+      // is then summed by P lanes (strided row splits, then a shuffle tree: a fixed order).
+      if (rs < n_rs) {
+        const int t = rs * (int)nve + (int)vt;
 #pragma unroll
-      for (int e = 0; e < 32; ++e) red[t * 32 + ((e + t) & 31)] = acc[e];
+        for (int e = 0; e < 32; ++e) red[t * 32 + ((e + t) & 31)] = acc[e];
+      }
+      __syncthreads();
+      const int64_t nv_here = nvs - vb < nve ? nvs - vb : nve, n_o = nv_here * 32;
+      int P = 1;  // lanes per output
+      while (P < 32 && 2 * P * n_o <= kTcThreads) P *= 2;
+      for (int64_t k0 = 0; k0 < n_o; k0 += kTcThreads / P) {
+        const int64_t k = k0 + tid / P;
+        const int p = tid % P, kv = (int)(k / 32), ke = (int)(k % 32);
+        float s = 0.0f;
+        if (k < n_o)
+          for (int q = p; q < n_rs; q += P) {
+            const int t = q * (int)nve + kv;
+            s += red[t * 32 + ((ke + t) & 31)];
+          }
+        for (int o = P / 2; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const int64_t o = (v0 + vb) * 32 + k;
+        if (p == 0 && k < n_o && o < d_out) a.cpart[crow * d_out + o] = s_rs[vb * 32 + k] * s;
+      }
+      __syncthreads();
     }
-    __syncthreads();
-    const int64_t nv_here = nvs - vb < nve ? nvs - vb : nve, n_o = nv_here * 32;
-    int P = 1;  // lanes per output
-    while (P < 32 && 2 * P * n_o <= kTcThreads) P *= 2;
-    for (int64_t k0 = 0; k0 < n_o; k0 += kTcThreads / P) {
-      const int64_t k = k0 + tid / P;
-      const int p = tid % P, kv = (int)(k / 32), ke = (int)(k % 32);
-      float s = 0.0f;
-      if (k < n_o)
-        for (int q = p; q < n_rs; q += P) {
-          const int t = q * (int)nve + kv;
-          s += red[t * 32 + ((ke + t) & 31)];
-        }
-      for (int o = P / 2; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      const int64_t o = (v0 + vb) * 32 + k;
-      if (p == 0 && k < n_o && o < d_out) a.cpart[o] = s_rs[vb * 32 + k] * s;
+  };
+  int n_mine = 0;  // the terms this block contributes to each tile of its segment
+  if (!chunked) {
+    gather(kmax, 0);
+    n_mine = 1;
+  } else {
+    // chunk-major: each of the block's chunks selected here (approx; into shared memory) or read
+    // from the pre-kernel's selection, gathered as whole-row slices of the segment, its term
+    // written to cpart row c. No block waits for another's selection.
+    for (int64_t c = cb; c < a.comp_ch; c += a.comp_cb) {
+      const int64_t c0 = c * kChunk, len = a.W.d_in - c0 < kChunk ? a.W.d_in - c0 : kChunk;
+      const int kc = chunk_k(a.p.call.k_chunk, (int)len);
+      if (a.select_here) {
+        __syncthreads();  // floors; the previous chunk's s_sel reads
+        tc_select_chunk_approx(a, c, floors, s_sel, sel_smem, r);
+        tc_stamp(a, 5);
+      }
+      take_sel(a.select_here ? nullptr : a.sel + c * a.p.k_full, kc);
+      gather(kc, c);
+      ++n_mine;
     }
-    __syncthreads();
   }
   reset_if_last();
   __threadfence();
@@ -533,8 +581,9 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   if (tid == 0) *s_nfin = 0;
   __syncthreads();
   const int64_t t0 = v0 * 2, t1 = (v0 + nvs) * 2 < a.n_tiles ? (v0 + nvs) * 2 : a.n_tiles;
+  const int64_t e_total = tc_tile_contributors(a);
   for (int64_t tile = t0 + tid; tile < t1; tile += kTcThreads)
-    if (atomicAdd(a.cnt + tc_cnt_at(tile), 1) == a.n_units)  // the last of n_units + 1 contributors
+    if (atomicAdd(a.cnt + tc_cnt_at(tile), n_mine) + n_mine == e_total)  // the last contributions
       s_fin[atomicAdd(s_nfin, 1)] = (int)(tile - t0);
   __syncthreads();
   const int n_fin = *s_nfin;
@@ -838,7 +887,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // Count the warp's units in on their tiles: one fence for all its slot writes, then one atomic
   // per unit (lane-parallel); a unit whose add completes its tile's count has its tile finished
   // by this warp.
-  const int64_t e_total = a.n_units + (a.n_tb > 0 ? 1 : 0);
+  const int64_t e_total = tc_tile_contributors(a);
   __threadfence();
   __syncwarp();
   for (int i0 = 0; i0 < n_mine; i0 += 32) {

@@ -320,6 +320,9 @@ struct TcComp {
 };
 struct TcPlan {
   int grid = 0, n_tb = 0;
+  // chunk-major compensation: the chunks of d_in, and the blocks per segment (n_tb = comp_cb x
+  // segments; block b takes chunks b % comp_cb + i comp_cb); comp_ch 0: segment-major
+  int64_t comp_ch = 0, comp_cb = 0;
   int64_t n_units = 0, n_tiles = 0, wb = 0, seg_vecs = 0;
   int64_t ring_off = 0;  // uint4 offset of the base role's unit ring in shared memory
   size_t smem = 0;
@@ -341,7 +344,15 @@ constexpr int kTcStamps = 7;
 void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0);
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax);
+// chunk_major: compensation block b selects chunk b % n_ch itself and gathers its rows for the
+// segment b / n_ch (whole-row slices, no exchange of selections between blocks); n_tb is then
+// rounded to a multiple of the chunk count. Its cpart holds one term per chunk: n_ch x d_out floats.
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false);
+// DDRT_COMP_CHUNKS=1 (off until measured): the fused GEMV's compensation chunk-major; force 1 / 0,
+// -1: the environment (read per call).
+bool gemv_tc_comp_chunks();
+void gemv_tc_comp_chunks_force(int mode);
+int64_t gemv_tc_chunk_launches();  // launches with chunk-major compensation so far (the tests)
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);

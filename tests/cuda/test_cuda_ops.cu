@@ -1494,6 +1494,14 @@ int main(int argc, char** argv) {
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
     if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);
     if (want("chain")) test_chain(*cpu, *gpu);
+    if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
+      gpu::gemv_tc_comp_chunks_force(1);
+      const int64_t before = gpu::gemv_tc_chunk_launches();
+      test_gemv_group(*cpu, *gpu);
+      test_decdec(*cpu, *gpu);
+      CHECK_MSG(gpu::gemv_tc_chunk_launches() > before, "decdec_chunks: no chunk-major launch ran");
+      gpu::gemv_tc_comp_chunks_force(-1);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL: exception: %s\n", e.what());
     ddrt_test::record(false, "no exception", __FILE__, __LINE__);
