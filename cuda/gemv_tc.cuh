@@ -466,25 +466,9 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();
     tc_stamp(a, 6);
   };
-  int ticket = -1;  // this block's arrival past the selection wait (select_here, segment-major)
-  if (!chunked) {
-    take_sel(a.sel, kmax);
-    if (a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
-  }
-  auto reset_if_last = [&] {
-    if (ticket == a.n_tb - 1) {  // every block has read the selection: reset for the next launch
-      int* done = a.cnt + tc_cnt_at(a.n_tiles);
-      done[0] = 0;
-      done[1] = 0;
-    }
-  };
-  if (nvs == 0) {  // no outputs: nothing to count in (segments past d_out own no tile)
-    reset_if_last();
-    return;
-  }
   // the gather of the slots [0, kn) for the segment's outputs, reduced, scaled by rscale, into
   // cpart row crow. thread -> (vector v, row split rs); vectors beyond 256 loop
-  const int64_t nve = nvs < kTcThreads ? nvs : kTcThreads;
+  const int64_t nve = nvs == 0 ? 1 : nvs < kTcThreads ? nvs : kTcThreads;  // (nvs == 0: no gather)
   const int n_rs = (int)(kTcThreads / nve), rs = (int)(tid / nve);
   const int64_t vt = tid % nve;
   auto gather = [&](int64_t kn, int64_t crow) {
@@ -549,28 +533,40 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       __syncthreads();
     }
   };
-  int n_mine = 0;  // the terms this block contributes to each tile of its segment
-  if (!chunked) {
-    gather(kmax, 0);
-    n_mine = 1;
-  } else {
-    // chunk-major: each of the block's chunks selected here (approx; into shared memory) or read
-    // from the pre-kernel's selection, gathered as whole-row slices of the segment, its term
-    // written to cpart row c. No block waits for another's selection.
-    for (int64_t c = cb; c < a.comp_ch; c += a.comp_cb) {
+  // The selections this block gathers: segment-major, all chunks' at once (the global sel, read
+  // back after the exchange above); chunk-major, each of its chunks (b % comp_cb + i comp_cb) in
+  // turn: selected here (approx; into shared memory) or read from the pre-kernel's selection,
+  // gathered as whole-row slices of the segment, its term written to cpart row c. In chunk-major
+  // no block waits for another's selection. (One loop, one gather site: a second inlined copy of
+  // the gather made the kernel spill.)
+  int ticket = -1;  // this block's arrival past the selection wait (select_here, segment-major)
+  int n_mine = 0;   // the terms this block contributes to each tile of its segment
+  const int64_t n_iter = chunked ? (a.comp_ch - cb + a.comp_cb - 1) / a.comp_cb : 1;
+  for (int64_t it = 0; it < n_iter; ++it) {
+    const int64_t c = chunked ? cb + it * a.comp_cb : 0;
+    int64_t kn = kmax;
+    const int32_t* from = a.sel;
+    if (chunked) {
       const int64_t c0 = c * kChunk, len = a.W.d_in - c0 < kChunk ? a.W.d_in - c0 : kChunk;
-      const int kc = chunk_k(a.p.call.k_chunk, (int)len);
+      kn = chunk_k(a.p.call.k_chunk, (int)len);
+      from = a.select_here ? nullptr : a.sel + c * a.p.k_full;
       if (a.select_here) {
         __syncthreads();  // floors; the previous chunk's s_sel reads
         tc_select_chunk_approx(a, c, floors, s_sel, sel_smem, r);
         tc_stamp(a, 5);
       }
-      take_sel(a.select_here ? nullptr : a.sel + c * a.p.k_full, kc);
-      gather(kc, c);
-      ++n_mine;
     }
+    take_sel(from, kn);
+    if (!chunked && a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
+    if (nvs > 0) gather(kn, c);  // no outputs: nothing to gather or count in (segments past d_out)
+    ++n_mine;
   }
-  reset_if_last();
+  if (ticket == a.n_tb - 1) {  // every block has read the selection: reset for the next launch
+    int* done = a.cnt + tc_cnt_at(a.n_tiles);
+    done[0] = 0;
+    done[1] = 0;
+  }
+  if (nvs == 0) return;
   __threadfence();
   __syncthreads();
   tc_stamp(a, 3);
