@@ -29,8 +29,8 @@
 //    part[tile][k][16]; the compensation: cpart[row], already scaled by rscale), makes it visible
 //    (__threadfence: a base warp once, after its last unit), then counts itself in on cnt[tile]
 //    (atomicAdd, one per unit). The contributor whose add completes the expected count
-//    (n_units, + 1 with compensation) sums the slots in a fixed order (k ascending, then the
-//    compensation), writes y and resets the counter for the next launch. Nobody else writes y;
+//    (n_units, + 1 with compensation, + comp_ch chunk-major) sums the slots in a fixed order (k
+//    ascending, then the compensation), writes y and resets the counter for the next launch. Nobody else writes y;
 //    nobody reads a slot before its writer's fence; the sum order does not depend on timing, so
 //    results are bitwise repeatable.
 //  - accumulate (y += W x: y is the residual stream, engine.cpp): the one writer of a row reads
@@ -53,6 +53,12 @@
 // flight per thread), reduces over its threads in shared memory, scales by rscale and writes
 // cpart, then counts itself in on each tile of its segment. Its PCIe traffic overlaps the base
 // warps' HBM streaming: both are in flight in the same launch, on the same SMs.
+// Chunk-major (comp_ch > 0, DDRT_COMP_CHUNKS=1): block b takes chunks b % comp_cb (+ i comp_cb)
+// and the output segment b / comp_cb; it selects its chunk itself (approx) or reads the
+// pre-kernel's, gathers the chunk's rows for its segment and writes the chunk's term to cpart
+// row c (already scaled by rscale). A tile then has n_units + comp_ch contributors; whoever
+// arrives last adds the slots, then the chunks' terms in chunk order (still a fixed order). No
+// block waits for another block's selection, and the row slices are comp_cb times wider.
 #pragma once
 
 #include "gemv_q.cuh"

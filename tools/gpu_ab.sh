@@ -16,6 +16,7 @@ settings=("$@")
                                        "DDRT_GEMV_F_ROWS=1" "DDRT_TC_PRE=0" "DDRT_TC_PRE=2"
                                        "DDRT_FUSE_SWIGLU=0" "DDRT_FUSE_SWIGLU=1" "DDRT_TC_BLOCKS_PER_SM=1"
                                        "DDRT_ATTN_BLOCKS=132" "DDRT_ATTN_BLOCKS=66" "DDRT_ATTN_PREFETCH=0")
+# AB_ARGS: extra bench arguments, e.g. "--decdec approx --k-chunk 8" (with DDRT_COMP_CHUNKS=1 as a setting)
 : > "$OUT/ab.tsv"
 # a device call may run 600 s: no new run starts AB_DEADLINE s (default 550) after this script
 # started (the build included), and the table below shows what ran
@@ -27,7 +28,7 @@ for round in 1 2; do
     for shape in ${AB_SHAPES:-llama3-8b smollm2-135m}; do
       [ $SECONDS -lt $t_end ] || { echo "AB_DEADLINE reached: $s $shape round $round not run"; continue; }
       envs=$([ "$s" = default ] && echo "" || echo "$s")
-      tok=$(env $envs python3 -m decdec_rt bench --shape $shape --bits ${AB_BITS:-3} --prefill 16 2>&1 \
+      tok=$(env $envs python3 -m decdec_rt bench --shape $shape --bits ${AB_BITS:-3} --prefill 16 ${AB_ARGS:-} 2>&1 \
             | tee -a "$OUT/ab.log" | sed -n 's/^  decode *\([0-9.]*\) tok\/s.*/\1/p')
       printf '%s\t%s\t%s\t%s\n' "$round" "$s" "$shape" "${tok:-failed}" | tee -a "$OUT/ab.tsv"
     done

@@ -6,7 +6,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+# (at most 8 files come back from a device call: build, ctest, pytest, pytest_switches, bench_gemv,
+# bench_gemm, bench_labs, bench_e2e)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 . tools/gpu_build.sh
 gpu_build
 ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1; CT=$?
@@ -15,7 +17,7 @@ tail -15 "$OUT/ctest.log"
 tail -15 "$OUT/pytest.log"
 # the CPU-vs-CUDA tests again with the off-by-default switches on, and with the defaults' twins
 # (the CPU emulator runs the same in the test command; a failure here: bisect one switch per run)
-for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1" \
+for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1" \
                 "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1"; do
   (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1 || PT=$?
   echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
@@ -23,11 +25,17 @@ done
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
-  $BUILD/test_cuda_ops --bench-chain > "$OUT/bench_chain.log" 2>&1; cat "$OUT/bench_chain.log"
+  # the labs: the chain's timeline; the GEMV lab again with the chunk-major compensation
+  # (DDRT_COMP_CHUNKS=1: its DecDEC tables against bench_gemv.log's)
+  $BUILD/test_cuda_ops --bench-chain > "$OUT/bench_labs.log" 2>&1
+  echo "== DDRT_COMP_CHUNKS=1 test_cuda_ops --bench" >> "$OUT/bench_labs.log"
+  DDRT_COMP_CHUNKS=1 $BUILD/test_cuda_ops --bench >> "$OUT/bench_labs.log" 2>&1
+  sed -n '1,/^== DDRT_COMP_CHUNKS/p' "$OUT/bench_labs.log"
+  sed -n '/^== DDRT_COMP_CHUNKS/,$p' "$OUT/bench_labs.log" | grep -A40 "^Groups:"
   : > "$OUT/bench_e2e.log"
   for args in "--shape smollm2-135m --bits 3" "--shape smollm2-135m --bits 3 --no-graphs" \
               "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" "--shape llama3-8b --bits 3 --no-graphs" \
-              "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8"; do
+              "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" "--shape llama3-8b --bits 3 --decdec approx --k-chunk 2"; do
     echo "== decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
     python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
   done
@@ -37,7 +45,10 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   # A/B of switches that are off by default until measured (each beside its default run above;
   # AB=0 skips them: ~2 min of the ~8)
-  [ "${AB:-1}" = 0 ] || for ab in "DDRT_I8_LIMBS=2|--shape llama3-8b --bits 3" "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_I8_LIMBS=2|--shape llama3-8b --bits 3" \
+            "DDRT_COMP_CHUNKS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
+            "DDRT_COMP_CHUNKS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 2" \
+            "DDRT_GEMV_TC=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
             "DDRT_TC_CHAIN=1|--shape smollm2-135m --bits 3" "DDRT_TC_CHAIN=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape smollm2-135m --bits 3" \
