@@ -344,20 +344,23 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   const Shapes shapes = race_sized() ? Shapes{{37, 45}, {130, 300}}
                                      : Shapes{{37, 45}, {130, 4100}, {5, 33}, {300, 257}, {129, 1000}, {259, 672}};
   const std::vector<int> Ts = race_sized() ? std::vector<int>{2, 64} : std::vector<int>{2, 7, 64, 300};
-  for (TensorType t : kAllTypes)
-    for (auto& s : shapes) {
-      auto L = make_linear(t, s[0], s[1], false);
-      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
-      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
-      for (int T : Ts) {
-        const auto x = randn((size_t)T * s[1]);
-        const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
-        const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
-        report("gemm " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) +
-                   " T=" + std::to_string(T),
-               nmse(yg.data(), yc.data(), yc.size()), 1e-8);
+  auto vs_cpu = [&](const std::vector<TensorType>& types, const std::string& label, double tol) {
+    for (TensorType t : types)
+      for (auto& s : shapes) {
+        auto L = make_linear(t, s[0], s[1], false);
+        auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+        auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+        for (int T : Ts) {
+          const auto x = randn((size_t)T * s[1]);
+          const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
+          const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
+          report(label + type_name(t) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]) + " T=" +
+                     std::to_string(T),
+                 nmse(yg.data(), yc.data(), yc.size()), tol);
+        }
       }
-    }
+  };
+  vs_cpu(std::vector<TensorType>(std::begin(kAllTypes), std::end(kAllTypes)), "gemm ", 1e-8);
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::F16, TensorType::LUT4}) {
     const int64_t d_out = race_sized() ? 200 : 1000, d_in = race_sized() ? 1024 : 4096;
     const int T = race_sized() ? 96 : 512;
@@ -391,20 +394,7 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   }
   // the two-limb kernel on the odd shapes and group tails, against the CPU
   gpu::gemm_i8_force_limbs(2);
-  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ2_G64})
-    for (auto& s : shapes) {
-      auto L = make_linear(t, s[0], s[1], false);
-      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
-      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
-      for (int T : Ts) {
-        const auto x = randn((size_t)T * s[1]);
-        const auto yc = cpu_matmul(cpu, *Wc, x, T, {});
-        const auto yg = gpu_matmul(gpu, *Wg, x, T, {});
-        report("gemm int8 two limbs " + std::string(type_name(t)) + " " + std::to_string(s[0]) + "x" +
-                   std::to_string(s[1]) + " T=" + std::to_string(T),
-               nmse(yg.data(), yc.data(), yc.size()), 1e-7);
-      }
-    }
+  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ2_G64}, "gemm int8 two limbs ", 1e-7);
   gpu::gemm_i8_force_limbs(0);
 }
 
