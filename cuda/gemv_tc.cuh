@@ -328,7 +328,7 @@ __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
 // chunk's slots: sel + c * k_full, or a block's own; -1 in unused slots). s: shared ints,
 // kBuckets + 2 * kTcWarps.
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
-                                                       int32_t* out, int* s, float rn) {
+                                                       int32_t* out, int* s, float rn, float* xs_out = nullptr) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
@@ -379,8 +379,14 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   int at = tc_block_scan(n_c, wsum + kTcWarps, &n_sel);
 #pragma unroll
   for (int e = 0; e < 4; ++e)
-    if (chosen[e]) out[at++] = (int32_t)(c0 + 4 * tid + e);
-  for (int j = n_sel + tid; j < kc; j += kTcThreads) out[j] = -1;
+    if (chosen[e]) {
+      if (xs_out) xs_out[at] = xv[e];
+      out[at++] = (int32_t)(c0 + 4 * tid + e);
+    }
+  for (int j = n_sel + tid; j < kc; j += kTcThreads) {
+    out[j] = -1;
+    if (xs_out) xs_out[j] = 0.0f;
+  }
   __syncthreads();  // cnt and wsum are reused by the next chunk
 }
 
@@ -461,14 +467,15 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int q = 0; q < kRsRegs; ++q)
     if (tid + (int64_t)q * kTcThreads < nvs * 32) s_rs[tid + q * kTcThreads] = rsr[q];
   for (int64_t o = tid + (int64_t)kRsRegs * kTcThreads; o < nvs * 32; o += kTcThreads) s_rs[o] = rs_at(o);
-  // the slots [0, kn) of a selection into s_sel and their x values into s_xs: from the global sel
-  // (from, or null: this block's own selection, already in s_sel)
+  // the slots [0, kn) of a selection into s_sel and their x values into s_xs, from the global sel
+  // (from; null: this block's own selection, already in s_sel and s_xs)
   auto take_sel = [&](const int32_t* from, int64_t kn) {
-    for (int64_t s = tid; s < kn; s += kTcThreads) {
-      const int32_t j = from ? __ldcg(from + s) : s_sel[s];
-      s_sel[s] = j;
-      s_xs[s] = j >= 0 ? tc_x(a, j, r) : 0.0f;
-    }
+    if (from)
+      for (int64_t s = tid; s < kn; s += kTcThreads) {
+        const int32_t j = __ldcg(from + s);
+        s_sel[s] = j;
+        s_xs[s] = j >= 0 ? tc_x(a, j, r) : 0.0f;
+      }
     __syncthreads();
     tc_stamp(a, 6);
   };
@@ -558,7 +565,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       from = a.select_here ? nullptr : a.sel + c * a.p.k_full;
       if (a.select_here) {
         __syncthreads();  // floors; the previous chunk's s_sel reads
-        tc_select_chunk_approx(a, c, floors, s_sel, sel_smem, r);
+        tc_select_chunk_approx(a, c, floors, s_sel, sel_smem, r, s_xs);  // x values with it: no re-read
         tc_stamp(a, 5);
       }
     }
