@@ -277,8 +277,18 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     }
     const int64_t row = tile * 16 + r;
     if (row < a.W.d_out) {
-      if (a.n_tb > 0)  // the compensation's terms (chunk-major: one per chunk, in chunk order)
-        for (int64_t c = 0; c < (a.comp_ch > 0 ? a.comp_ch : 1); ++c) s += __ldcg(a.cpart + c * a.W.d_out + row);
+      if (a.n_tb > 0) {  // the compensation's terms (chunk-major: one per chunk, in chunk order),
+        // loaded 16 at a time before adding, as the slots: one at a time, a chunk-major tile took a
+        // round trip per chunk (H100: comp blocks of 4096x14336 ending ~10 us after their median)
+        const int64_t nc = a.comp_ch > 0 ? a.comp_ch : 1;
+        for (int64_t c0 = 0; c0 < nc; c0 += 16) {
+          float v[16];
+#pragma unroll
+          for (int q = 0; q < 16; ++q) v[q] = c0 + q < nc ? __ldcg(a.cpart + (c0 + q) * a.W.d_out + row) : 0.0f;
+#pragma unroll
+          for (int q = 0; q < 16; ++q) s += v[q];
+        }
+      }
       const int m = tc_member(a, row);
       float* yr = a.y[m] + (row - a.row0[m]);
       *yr = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
