@@ -25,13 +25,17 @@ done
 if [ "${1:-}" != "quick" ]; then
   $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
   $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
-  # the labs: the chain's timeline; the GEMV lab again with the chunk-major compensation
-  # (DDRT_COMP_CHUNKS=1: its DecDEC tables against bench_gemv.log's)
+  # the labs: the chain's timeline; the compensation's timeline both ways; the GEMV lab again with
+  # the chunk-major compensation (DDRT_COMP_CHUNKS=1: its DecDEC tables against bench_gemv.log's)
   $BUILD/test_cuda_ops --bench-chain > "$OUT/bench_labs.log" 2>&1
+  for chunks in 0 1; do  # the compensation's timeline, segment-major and chunk-major
+    echo "== DDRT_COMP_CHUNKS=$chunks test_cuda_ops --bench-stamps" >> "$OUT/bench_labs.log"
+    DDRT_COMP_CHUNKS=$chunks $BUILD/test_cuda_ops --bench-stamps >> "$OUT/bench_labs.log" 2>&1
+  done
   echo "== DDRT_COMP_CHUNKS=1 test_cuda_ops --bench" >> "$OUT/bench_labs.log"
   DDRT_COMP_CHUNKS=1 $BUILD/test_cuda_ops --bench >> "$OUT/bench_labs.log" 2>&1
-  sed -n '1,/^== DDRT_COMP_CHUNKS/p' "$OUT/bench_labs.log"
-  sed -n '/^== DDRT_COMP_CHUNKS/,$p' "$OUT/bench_labs.log" | grep -A40 "^Groups:"
+  sed -n '1,/^== DDRT_COMP_CHUNKS=1 test_cuda_ops --bench$/p' "$OUT/bench_labs.log"
+  sed -n '/^== DDRT_COMP_CHUNKS=1 test_cuda_ops --bench$/,$p' "$OUT/bench_labs.log" | grep -A40 "^Groups:"
   : > "$OUT/bench_e2e.log"
   for args in "--shape smollm2-135m --bits 3" "--shape smollm2-135m --bits 3 --no-graphs" \
               "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" "--shape llama3-8b --bits 3 --no-graphs" \
