@@ -30,7 +30,8 @@
 //    (__threadfence: a base warp once, after its last unit), then counts itself in on cnt[tile]
 //    (atomicAdd, one per unit). The contributor whose add completes the expected count
 //    (n_units, + 1 with compensation, + comp_ch chunk-major) sums the slots in a fixed order (k
-//    ascending, then the compensation), writes y and resets the counter for the next launch. Nobody else writes y;
+//    ascending, then the compensation), writes y and resets the counter for the next launch.
+//    Nobody else writes y;
 //    nobody reads a slot before its writer's fence; the sum order does not depend on timing, so
 //    results are bitwise repeatable.
 //  - accumulate (y += W x: y is the residual stream, engine.cpp): the one writer of a row reads
@@ -114,10 +115,11 @@ struct TcArgs {
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
                                   // chunk-major, chunk c's term in row c)
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
-  // 0: segment-major compensation (block b: output segment b, all chunks); > 0: chunk-major (block
-  // b: chunk b % comp_ch, the segment b / comp_ch; DDRT_COMP_CHUNKS=1): comp_ch = the chunks of d_in
+  // 0: segment-major compensation (block b: output segment b, all chunks); > 0: chunk-major
+  // (DDRT_COMP_CHUNKS=1), comp_ch = the chunks of d_in, comp_cb = blocks per segment (<= comp_ch):
+  // block b takes chunks b % comp_cb + i comp_cb of the segment b / comp_cb
   int64_t comp_ch = 0;
-  int64_t comp_cb = 0;  // chunk-major: blocks per segment (chunk b % comp_cb + i comp_cb: min(comp_ch, ...))
+  int64_t comp_cb = 0;
   // the timeline lab (test_cuda_ops --bench-stamps): [grid][kTcStamps] %globaltimer ns, or null
   unsigned long long* stamps = nullptr;
   int64_t ring_off = 0;  // uint4 offset of the unit ring in shared memory (after the x slabs)
@@ -278,8 +280,9 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     const int64_t row = tile * 16 + r;
     if (row < a.W.d_out) {
       if (a.n_tb > 0) {  // the compensation's terms (chunk-major: one per chunk, in chunk order),
-        // loaded 16 at a time before adding, as the slots: one at a time, a chunk-major tile took a
-        // round trip per chunk (H100: comp blocks of 4096x14336 ending ~10 us after their median)
+        // loaded 16 at a time before adding, as the slots (one at a time, a chunk-major tile waited
+        // a round trip per chunk: the likely cause of the H100 stamps' ~10 us between the median and
+        // the last compensation block's end on 4096x14336; not yet measured after this change)
         const int64_t nc = a.comp_ch > 0 ? a.comp_ch : 1;
         for (int64_t c0 = 0; c0 < nc; c0 += 16) {
           float v[16];
