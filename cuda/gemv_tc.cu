@@ -232,6 +232,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = env_int("DDRT_TC_PRE", 1);
   a.pre = pre;
+  static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
+  a.rs_pre = rs_pre;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;

@@ -124,6 +124,11 @@ struct TcArgs {
   unsigned long long* stamps = nullptr;
   int64_t ring_off = 0;  // uint4 offset of the unit ring in shared memory (after the x slabs)
   int pre = 1;           // ring slots issued before the dependency wait, the rest after x is staged
+  // the compensation blocks' rscale loads (lab knob DDRT_RS_PRE): 0 the first kRsRegs rows per
+  // thread into registers before the dependency wait; 1 all rows by cp.async into shared memory
+  // before the wait (nothing in a register's load queue ahead of the selection's x loads); 2 none
+  // before: all rows loaded where the first reduce needs them
+  int rs_pre = 0;
   // a stage of a chain launch past the first (gemv_tc_chain_kernel): the dependency wait is the
   // grid barrier on *bar reaching bar_target instead of griddepcontrol.wait
   unsigned* bar = nullptr;
@@ -425,16 +430,22 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   // shared memory only after the selection: waiting for them here put a ~2-4 us zero-copy round
   // trip before the selection
   constexpr int kRsRegs = 4;
-  auto rs_at = [&](int64_t o) {
+  const int rs_pre = a.rs_pre;
+  auto rs_src = [&](int64_t o) {  // row v0 * 32 + o < d_out of the segment: its rscale (host memory)
     const int64_t row = v0 * 32 + o;
     const int m = tc_member(a, row);
-    return row < d_out ? a.R[m].rscale[row - a.row0[m]] : 0.0f;
+    return a.R[m].rscale + (row - a.row0[m]);
   };
+  auto rs_at = [&](int64_t o) { return v0 * 32 + o < d_out ? *rs_src(o) : 0.0f; };
   float rsr[kRsRegs];
 #pragma unroll
   for (int q = 0; q < kRsRegs; ++q) {
     const int64_t o = tid + (int64_t)q * kTcThreads;
-    rsr[q] = o < nvs * 32 ? rs_at(o) : 0.0f;
+    rsr[q] = rs_pre == 0 && o < nvs * 32 ? rs_at(o) : 0.0f;
+  }
+  if (rs_pre == 1) {  // rows past d_out are never read (the reduce writes only o < d_out)
+    for (int64_t o = tid; o < nvs * 32 && v0 * 32 + o < d_out; o += kTcThreads) cp_async4(s_rs + o, rs_src(o));
+    cp_commit();
   }
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   grid_dep_wait();
@@ -484,10 +495,16 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   auto fill_rs = [&] {
     if (rs_filled) return;
     rs_filled = true;
+    if (rs_pre == 1) {  // this thread's copies landed; the barrier after the caller's stores shows all
+      cp_wait<0>();
+      return;
+    }
+    if (rs_pre == 0)
 #pragma unroll
-    for (int q = 0; q < kRsRegs; ++q)
-      if (tid + (int64_t)q * kTcThreads < nvs * 32) s_rs[tid + q * kTcThreads] = rsr[q];
-    for (int64_t o = tid + (int64_t)kRsRegs * kTcThreads; o < nvs * 32; o += kTcThreads) s_rs[o] = rs_at(o);
+      for (int q = 0; q < kRsRegs; ++q)
+        if (tid + (int64_t)q * kTcThreads < nvs * 32) s_rs[tid + q * kTcThreads] = rsr[q];
+    for (int64_t o = tid + (rs_pre == 0 ? (int64_t)kRsRegs * kTcThreads : 0); o < nvs * 32; o += kTcThreads)
+      s_rs[o] = rs_at(o);
   };
   // the slots [0, kn) of a selection into s_sel and their x values into s_xs, from the global sel
   // (from; null: this block's own selection, already in s_sel and s_xs)

@@ -4,6 +4,7 @@
 //   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV, groups and DecDEC timings (bench() below)
 //   test_cuda_ops --bench-groups the q/k/v and gate/up groups alone (bench_groups)
 //   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
+//   test_cuda_ops --bench-decdec the DecDEC table alone (compensation in the GEMV launch, per k_chunk)
 //   test_cuda_ops --bench-gemm   the T > 1 matmul: tensor-core kernel vs its simple twin (bench_gemm)
 //   test_cuda_ops --bench-stamps the fused GEMV's timeline per role (bench_stamps)
 //   test_cuda_ops --bench-chain  a decode layer's GEMVs as separate launches vs one chain (bench_chain)
@@ -1194,11 +1195,8 @@ void bench_gemv(Backend& gpu, int rows) {
   gpu::gemv_tc_enable(true);
 }
 
-int bench(Backend& gpu, bool gemv_only) {
-  for (int rows : {1, 2, 4}) bench_gemv(gpu, rows);
-  bench_gemv(gpu, 0);
-  if (gemv_only) return 0;
-  bench_groups(gpu);
+// The DecDEC table: compensation inside the GEMV launch, best n_tb per k_chunk (--bench-decdec alone).
+int bench_decdec(Backend& gpu) {
   const int64_t shapes[][2] = {{4096, 14336}, {14336, 4096}, {4096, 6144}};
   std::printf("\nDecDEC approx, host (zero-copy) residuals, compensation inside the GEMV launch: graph-timed\n"
               "per call; comp = call - base; zero-copy GB/s = (residual rows + rscale) bytes / call time\n");
@@ -1229,6 +1227,14 @@ int bench(Backend& gpu, bool gemv_only) {
       }
     }
   return 0;
+}
+
+int bench(Backend& gpu, bool gemv_only) {
+  for (int rows : {1, 2, 4}) bench_gemv(gpu, rows);
+  bench_gemv(gpu, 0);
+  if (gemv_only) return 0;
+  bench_groups(gpu);
+  return bench_decdec(gpu);
 }
 
 // The fused GEMV's timeline (--bench-stamps): one launch with %globaltimer stamps per block, after
@@ -1461,6 +1467,7 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--bench-gemv") return bench(*gpu, true);
     if (argc > 1 && std::string(argv[1]) == "--bench-groups") return bench_groups(*gpu), 0;
     if (argc > 1 && std::string(argv[1]) == "--bench-gemm") return bench_gemm(*gpu);
+    if (argc > 1 && std::string(argv[1]) == "--bench-decdec") return bench_decdec(*gpu);
     if (argc > 1 && std::string(argv[1]) == "--bench-stamps") return bench_stamps(*gpu);
     if (argc > 1 && std::string(argv[1]) == "--bench-chain") return bench_chain(*gpu);
     auto cpu = make_cpu_backend();
