@@ -234,6 +234,9 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.pre = pre;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
+  static const int pair = env_int("DDRT_COMP_PAIR", 0);  // lab knob: TcArgs::comp_pair
+  const int n_sm = device_info().n_sm;
+  a.comp_pair = pair == 1 && a.n_tb > 1 && plan.grid >= n_sm + a.n_tb ? n_sm : 0;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;

@@ -129,6 +129,11 @@ struct TcArgs {
   // before the wait (nothing in a register's load queue ahead of the selection's x loads); 2 none
   // before: all rows loaded where the first reduce needs them
   int rs_pre = 0;
+  // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
+  // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair = the SM count: the first wave
+  // puts block i and block i + n_sm on one SM, so the compensation shares no SM with a base block
+  // (the stamps' slot 7 shows where the blocks ran); 0: the grid's first n_tb blocks
+  int comp_pair = 0;
   // a stage of a chain launch past the first (gemv_tc_chain_kernel): the dependency wait is the
   // grid barrier on *bar reaching bar_target instead of griddepcontrol.wait
   unsigned* bar = nullptr;
@@ -171,6 +176,16 @@ __device__ __forceinline__ void tc_wait(const TcArgs& a) {
   __syncthreads();
 }
 
+// The block's index in role order: compensation blocks [0, n_tb), then base blocks (see comp_pair).
+__device__ __forceinline__ int tc_block(const TcArgs& a) {
+  const int b = (int)blockIdx.x;
+  if (a.comp_pair <= 0) return b;
+  const int h = (a.n_tb + 1) / 2, S = a.comp_pair;
+  if (b < h) return b;
+  if (b >= S && b < S + a.n_tb - h) return h + (b - S);
+  return a.n_tb + (b < S ? b - h : b - a.n_tb);
+}
+
 // Timeline stamps of a block (thread 0), kTcStamps (kernels.cuh) per block.
 __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   if (a.stamps != nullptr && threadIdx.x == 0) {
@@ -180,7 +195,14 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
 #else
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
 #endif
-    a.stamps[blockIdx.x * kTcStamps + slot] = t;
+    a.stamps[tc_block(a) * kTcStamps + slot] = t;
+    if (slot == 0) {
+      unsigned sm = 0;
+#ifndef DDRT_CUDA_EMU
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+#endif
+      a.stamps[tc_block(a) * kTcStamps + 7] = sm + 1;
+    }
   }
 }
 
@@ -414,7 +436,8 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   // segment-major (comp_ch == 0): block b owns output segment b and gathers every chunk's
   // selection; chunk-major: block b owns segment b / comp_cb and chunks b % comp_cb + i comp_cb
   const bool chunked = a.comp_ch > 0;
-  const int64_t cb = chunked ? blockIdx.x % a.comp_cb : 0, seg = chunked ? blockIdx.x / a.comp_cb : blockIdx.x;
+  const int64_t blk = tc_block(a);
+  const int64_t cb = chunked ? blk % a.comp_cb : 0, seg = chunked ? blk / a.comp_cb : blk;
   // selection slots in shared memory: all of them, or one chunk's (at most k_full)
   const int64_t kmax = chunked ? a.p.k_full : a.p.kmax;
   const int64_t v0 = seg * a.seg_vecs;
@@ -472,7 +495,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     int* done = a.cnt + tc_cnt_at(a.n_tiles);
     __syncthreads();  // floors
     int mine = 0;
-    for (int64_t c = blockIdx.x; c < n_ch; c += a.n_tb) {
+    for (int64_t c = blk; c < n_ch; c += a.n_tb) {
       tc_select_chunk_approx(a, c, floors, a.sel + c * a.p.k_full, sel_smem, r);
       ++mine;
     }
@@ -649,7 +672,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   constexpr int UC = tc_unit_chunks(B);
   const DevLinear& W = a.W;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t w0 = (int64_t)(blockIdx.x - a.n_tb) * kTcWarps, w = w0 + warp;
+  const int64_t w0 = (int64_t)(tc_block(a) - a.n_tb) * kTcWarps, w = w0 + warp;
   const int64_t U = a.n_tiles * a.n_units;
   const bool active = w < a.wb;
   const int64_t u_begin = active ? tc_range_begin(w, U, a.wb) : 0, u_end = active ? tc_range_begin(w + 1, U, a.wb) : 0;
@@ -966,7 +989,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_con
   DDRT_DYN_SMEM(uint4, tc_smem);
   pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
   tc_stamp(a, 0);
-  if ((int)blockIdx.x < a.n_tb)
+  if (tc_block(a) < a.n_tb)
     tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
   else
     tc_base_block<B, G>(a, tc_smem);

@@ -1271,7 +1271,7 @@ int bench_stamps(Backend& gpu) {
       const int K = gpu::kTcStamps;
       ck(cudaMemcpy(h.data(), d_st, h.size() * 8, cudaMemcpyDeviceToHost), "stamps");
       int nb = 0;
-      while (nb < max_blocks && h[nb * 5] != 0) ++nb;
+      while (nb < max_blocks && h[nb * K] != 0) ++nb;
       unsigned long long t0 = ~0ull;
       for (int b = 0; b < nb; ++b) t0 = std::min(t0, h[b * K]);
       auto stat = [&](int lo, int hi, int slot) {
@@ -1302,6 +1302,14 @@ int bench_stamps(Backend& gpu) {
                   stat(0, ncomp, 2).c_str(), stat(0, ncomp, 6).c_str(), stat(0, ncomp, 3).c_str(),
                   stat(0, ncomp, 4).c_str(), stat(ncomp, nb, 1).c_str(),
                   stat(ncomp, nb, 2).c_str(), stat(ncomp, nb, 4).c_str());
+      if (ncomp > 0) {  // where the compensation ran: its blocks on an SM that also ran a base block
+        std::vector<char> base_sm(4096, 0);
+        for (int b = ncomp; b < nb; ++b)
+          if (h[b * K + 7] > 0 && h[b * K + 7] <= base_sm.size()) base_sm[h[b * K + 7] - 1] = 1;
+        int shared = 0;
+        for (int b = 0; b < ncomp; ++b) shared += h[b * K + 7] > 0 && h[b * K + 7] <= base_sm.size() && base_sm[h[b * K + 7] - 1];
+        std::printf("%22s compensation blocks on an SM with a base block: %d of %d\n", "", shared, ncomp);
+      }
     }
   }
   cudaFree(d_st);
