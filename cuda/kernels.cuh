@@ -86,7 +86,7 @@ __device__ __forceinline__ XLimbs x_limbs(float v, float inv) {
   const int mid = ((X1 + 128) & 255) - 128;
   return {(X1 - mid) >> 8, mid, lo};
 }
-// Two limbs (the prefill matmul's DDRT_I8_LIMBS=2): X = round(x * kXq2 / max|x|) (~16 bits: still
+// Two limbs (the prefill matmul's default; DDRT_I8_LIMBS=3 for three): X = round(x * kXq2 / max|x|) (~16 bits: still
 // 16 times finer than an fp16 x) = 256 hi + lo, |X| <= kXq2 keeps |hi| <= 125; mid is 0.
 constexpr float kXq2 = 32000.0f;
 __device__ __forceinline__ XLimbs x_limbs2(float v, float inv) {
@@ -266,8 +266,8 @@ int64_t gemm_i8_group_launches();
 // Test/bench knob: false sends uniform types to the bf16 tensor-core kernel (gemm_tc.cu); true restores.
 void gemm_i8_enable(bool on);
 bool gemm_i8_enabled();
-// The int8 matmul's x limbs: 3 (~24 bits, the default: a tiny model's prefill logits within 1e-4 of
-// the CPU's) or 2 (~16 bits, a third fewer MMAs; env DDRT_I8_LIMBS=2, off until measured);
+// The int8 matmul's x limbs: 2 (~16 bits, the default: a third fewer MMAs, 15-18 % faster on the
+// H100) or 3 (~24 bits, env DDRT_I8_LIMBS=3: a tiny model's prefill logits within 1e-4 of the CPU's);
 // gemm_i8_force_limbs(2 or 3) for the tests, 0: the environment.
 void gemm_i8_force_limbs(int limbs);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).

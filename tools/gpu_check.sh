@@ -18,7 +18,7 @@ tail -15 "$OUT/pytest.log"
 # the CPU-vs-CUDA tests again with the off-by-default switches on, and with the defaults' twins
 # (the CPU emulator runs the same in the test command; a failure here: bisect one switch per run)
 for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1" \
-                "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1"; do
+                "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3"; do
   (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1 || PT=$?
   echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
 done
@@ -49,13 +49,13 @@ if [ "${1:-}" != "quick" ]; then
     | tee -a "$OUT/bench_e2e.log"
   # A/B of switches that are off by default until measured (each beside its default run above;
   # AB=0 skips them: ~2 min of the ~8)
-  [ "${AB:-1}" = 0 ] || for ab in "DDRT_I8_LIMBS=2|--shape llama3-8b --bits 3" \
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_I8_LIMBS=3|--shape llama3-8b --bits 3" \
             "DDRT_COMP_CHUNKS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_COMP_CHUNKS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 2" \
             "DDRT_GEMV_TC=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
             "DDRT_TC_CHAIN=1|--shape smollm2-135m --bits 3" "DDRT_TC_CHAIN=1|--shape llama3-8b --bits 3" \
-            "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape llama3-8b --bits 3" \
-            "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1|--shape smollm2-135m --bits 3" \
+            "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3|--shape llama3-8b --bits 3" \
+            "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_TILED=1|--shape smollm2-135m --bits 3" "DDRT_ATTN_PREFETCH=0|--shape smollm2-135m --bits 3"; do
     envs=${ab%%|*}; args=${ab#*|}
     # a device call may run 600 s: no A/B run starts past CHECK_DEADLINE s (default 540) of this script

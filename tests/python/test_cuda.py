@@ -1,4 +1,6 @@
 """CUDA backend against the CPU reference, end to end (skipped without a GPU)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,13 @@ pytestmark = pytest.mark.skipif(not decdec_rt.cuda_available(), reason="no CUDA 
 
 def rel_err(a, b):
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+# Prefill (T > 1) logits: the int8 matmul quantizes x per token and group to ~16 bits in two limbs
+# by default (~5e-4 from the CPU's fp32 on the tiny models' logits, finer than an fp16 x);
+# DDRT_I8_LIMBS=3 (~24 bits, the defaults-off test configuration) holds them to 1e-4. A wrong
+# kernel is off by O(1) either way.
+PREFILL_TOL = 1e-4 if os.environ.get("DDRT_I8_LIMBS") == "3" else 2e-3
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def test_logits_cpu_vs_cuda(fixture, request):
     path = request.getfixturevalue(fixture)
     cpu, gpu = decdec_rt.Runtime(path), decdec_rt.Runtime(path, device="cuda")
     ids = np.random.default_rng(0).integers(0, cpu.n_vocab, 37).tolist()
-    assert rel_err(gpu.forward(ids), cpu.forward(ids)) <= 1e-4
+    assert rel_err(gpu.forward(ids), cpu.forward(ids)) <= PREFILL_TOL
     # decode steps too (the T=1 kernels)
     cpu._engine.reset()
     gpu._engine.reset()
@@ -41,7 +50,7 @@ def test_decdec_cpu_vs_cuda(tiny3, mode, residual):
     for rt in (cpu, gpu):
         rt.set_decdec(mode, {"qkv": 16, "o": 64, "gate_up": 8, "down": 1024}, seed=3)
     ids = np.random.default_rng(1).integers(0, cpu.n_vocab, 21).tolist()
-    assert rel_err(gpu.forward(ids), cpu.forward(ids)) <= 1e-4
+    assert rel_err(gpu.forward(ids), cpu.forward(ids)) <= PREFILL_TOL
 
 
 def test_greedy_decode_token_for_token(margin_model):
@@ -125,6 +134,6 @@ def test_smollm2_shape_decode_logits_cpu_vs_cuda(smollm2_shape3, mode):
             rt.set_decdec(mode, 32)
         rt._engine.reset()
         rt._engine.forward(ids[:16], False)
-    for t in ids[16:]:
+    for t in ids[16:]:  # (the KV cache came from the prefill: its tolerance)
         a = np.array([t], np.int32)
-        assert rel_err(gpu._engine.forward(a, False), cpu._engine.forward(a, False)) <= 1e-4
+        assert rel_err(gpu._engine.forward(a, False), cpu._engine.forward(a, False)) <= PREFILL_TOL
