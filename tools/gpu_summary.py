@@ -88,7 +88,7 @@ def main():
         print(table(["GEMV", "shape", "us (graph)", "GB/s", f"% of {peak_gbs(text):.0f}"], gemv_rows(text)))
     if gemm.exists():
         print()
-        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "2 limbs us", "TFLOP/s", "bf16 twin us", "TFLOP/s"],
+        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 twin us", "TFLOP/s"],
                     gemm_rows(gemm.read_text())))
 
 

@@ -1442,11 +1442,11 @@ int bench_gemm(Backend& gpu) {
                         {14336, 4096, TensorType::UQ4_G128},  {4096, 14336, TensorType::UQ3_G128},
                         {4096, 14336, TensorType::UQ4_G128},  {128256, 4096, TensorType::F16}};
   std::printf("%s\nmatmul T=%d: median event-timed us (20 launches; 3 for the simple twin); default = int8 kernel for\n"
-              "uniform types (gemm_i8.cu), 2 limbs = its DDRT_I8_LIMBS=2 variant, bf16 = the bf16 hi + lo\n"
+              "uniform types (gemm_i8.cu, two limbs of x), 3 limbs = its DDRT_I8_LIMBS=3 twin, bf16 = the bf16 hi + lo\n"
               "tensor-core kernel (gemm_tc.cu)\n",
               gpu.name().c_str(), T);
   std::printf("%-10s %-14s %10s %8s %10s %8s %10s %8s %12s %8s\n", "type", "d_out x d_in", "default us", "TFLOP/s",
-              "2 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s", "simple us", "TFLOP/s");
+              "3 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s", "simple us", "TFLOP/s");
   for (const Case& c : cases) {
     auto L = make_linear(c.t, c.d_out, c.d_in, false);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
@@ -1454,8 +1454,8 @@ int bench_gemm(Backend& gpu) {
     bx.put(randn((size_t)T * c.d_in));
     const double flop = 2.0 * T * c.d_out * c.d_in;
     const double fast = time_gemm(gpu, *W, by.f(), bx.f(), T, 20);
-    gpu::gemm_i8_force_limbs(2);
-    const double two = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
+    gpu::gemm_i8_force_limbs(3);
+    const double three = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
     gpu::gemm_i8_force_limbs(0);
     gpu::gemm_i8_enable(false);
     const double bf = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
@@ -1464,7 +1464,7 @@ int bench_gemm(Backend& gpu) {
     const double slow = time_gemm(gpu, *W, by.f(), bx.f(), T, 3);
     gpu::gemm_force_simple(false);
     std::printf("%-10s %6lldx%-7lld %10.1f %8.1f %10.1f %8.1f %10.1f %8.1f %12.1f %8.2f\n", type_name(c.t),
-                (long long)c.d_out, (long long)c.d_in, fast, flop / (fast * 1e6), two, flop / (two * 1e6), bf,
+                (long long)c.d_out, (long long)c.d_in, fast, flop / (fast * 1e6), three, flop / (three * 1e6), bf,
                 flop / (bf * 1e6), slow, flop / (slow * 1e6));
   }
   return 0;
