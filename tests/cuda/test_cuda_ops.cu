@@ -3,7 +3,8 @@
 //   test_cuda_ops           the tests (DDRT_TEST_ONLY=gemv_group,decdec: those alone; names in main)
 //   test_cuda_ops --bench        the GEMV lab: batch-1 GEMV, groups and DecDEC timings (bench() below)
 //   test_cuda_ops --bench-groups the q/k/v and gate/up groups alone (bench_groups)
-//   test_cuda_ops --bench-gemv   the GEMV timings alone (each rows-per-warp variant, then the default)
+//   test_cuda_ops --bench-gemv   the GEMV timings alone (the default kernels)
+//   test_cuda_ops --bench-rows   the same after the CUDA-core GEMV's rows-per-warp variants (1, 2, 4)
 //   test_cuda_ops --bench-decdec the DecDEC table alone (compensation in the GEMV launch, per k_chunk)
 //   test_cuda_ops --bench-gemm   the T > 1 matmul: tensor-core kernel vs its simple twin (bench_gemm)
 //   test_cuda_ops --bench-stamps the fused GEMV's timeline per role (bench_stamps)
@@ -1237,8 +1238,11 @@ int bench_decdec(Backend& gpu) {
   return 0;
 }
 
-int bench(Backend& gpu, bool gemv_only) {
-  for (int rows : {1, 2, 4}) bench_gemv(gpu, rows);
+// rows: also the CUDA-core GEMV's rows-per-warp variants (--bench-rows); gemv_only: no groups or
+// DecDEC table (--bench-gemv, --bench-rows)
+int bench(Backend& gpu, bool gemv_only, bool rows = false) {
+  if (rows)
+    for (int r : {1, 2, 4}) bench_gemv(gpu, r);
   bench_gemv(gpu, 0);
   if (gemv_only) return 0;
   bench_groups(gpu);
@@ -1481,6 +1485,7 @@ int main(int argc, char** argv) {
     auto gpu = make_cuda_backend(0);
     if (argc > 1 && std::string(argv[1]) == "--bench") return bench(*gpu, false);
     if (argc > 1 && std::string(argv[1]) == "--bench-gemv") return bench(*gpu, true);
+    if (argc > 1 && std::string(argv[1]) == "--bench-rows") return bench(*gpu, true, true);
     if (argc > 1 && std::string(argv[1]) == "--bench-groups") return bench_groups(*gpu), 0;
     if (argc > 1 && std::string(argv[1]) == "--bench-gemm") return bench_gemm(*gpu);
     if (argc > 1 && std::string(argv[1]) == "--bench-decdec") return bench_decdec(*gpu);
