@@ -1263,7 +1263,13 @@ int bench_stamps(Backend& gpu) {
   const int max_blocks = 8192;
   unsigned long long* d_st = nullptr;
   ck(cudaMalloc(&d_st, max_blocks * gpu::kTcStamps * 8), "stamps");
+  // DDRT_STAMPS_CSV=path: every block's stamps as CSV too (tools/plot_stamps.py draws and reads them)
+  FILE* csv = std::getenv("DDRT_STAMPS_CSV") ? std::fopen(std::getenv("DDRT_STAMPS_CSV"), "w") : nullptr;
+  if (csv)
+    std::fprintf(csv, "shape,k_chunk,block,role,sm,start,wait,ready,gather,end,selected,sel_read\n");
+  const char* only = std::getenv("DDRT_LAB_SHAPE");  // e.g. 1024x4096: that shape alone (the emulator)
   for (auto& s : shapes) {
+    if (only && std::to_string(s[0]) + "x" + std::to_string(s[1]) != only) continue;
     auto L = make_linear(TensorType::UQ3_G128, s[0], s[1], true);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
     Buf bx(gpu, s[1]), by(gpu, s[0]);
@@ -1299,6 +1305,15 @@ int bench_stamps(Backend& gpu) {
       // compensation blocks: the grid's first, the ones with a gather stamp (slot 3)
       int ncomp = 0;
       while (kc && ncomp < nb && h[ncomp * K + 3] != 0) ++ncomp;
+      if (csv) {  // every block: its role, SM and stamps (us from t0; empty: not stamped)
+        for (int b = 0; b < nb; ++b) {
+          std::fprintf(csv, "%lldx%lld,%d,%d,%s,%llu", (long long)s[0], (long long)s[1], kc, b, b < ncomp ? "comp" : "base",
+                       h[b * K + 7] ? h[b * K + 7] - 1 : 0ull);
+          for (int slot = 0; slot < 7; ++slot)
+            h[b * K + slot] ? std::fprintf(csv, ",%.3f", (h[b * K + slot] - t0) / 1e3) : std::fprintf(csv, ",");
+          std::fprintf(csv, "\n");
+        }
+      }
       if (std::getenv("DDRT_STAMPS_DUMP") && kc == 0) {  // per 16 base blocks: latest start, latest end
         for (int b0 = ncomp; b0 < nb; b0 += 16) {
           double st = 0, en = 0;
@@ -1324,6 +1339,7 @@ int bench_stamps(Backend& gpu) {
       }
     }
   }
+  if (csv) std::fclose(csv);
   cudaFree(d_st);
   return 0;
 }

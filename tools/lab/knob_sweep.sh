@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call that sweeps a kernel knob: builds test_cuda_ops alone (~15 s), then per value of
 # the knob runs the DecDEC tests, the fused GEMV's timeline both ways (segment- and chunk-major
-# compensation) and the DecDEC table. Usage on the GPU machine:
+# compensation, every block's stamps read by tools/plot_stamps.py: the latest base blocks in the log,
+# a PNG per value) and the DecDEC table. Usage on the GPU machine:
 #   KNOB=DDRT_RS_PRE VALUES="0 1 2" bash tools/lab/knob_sweep.sh     (EXTRA: more env for every run)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,8 +16,12 @@ for v in ${VALUES:?}; do
   env ${EXTRA:-} "$KNOB=$v" DDRT_TEST_ONLY=${TESTS:-decdec,decdec_chunks,gemv_group} /tmp/bs/test_cuda_ops >> "$log" 2>&1
   echo "tests rc=$?" | tee -a "$log"; grep -E "FAIL" "$log" | head -5
   for chunks in 0 1; do
-    env ${EXTRA:-} "$KNOB=$v" DDRT_COMP_CHUNKS=$chunks /tmp/bs/test_cuda_ops --bench-stamps > "$OUT/stamps.tmp" 2>&1
-    echo "-- DDRT_COMP_CHUNKS=$chunks stamps" | tee -a "$log"; grep -E "x[0-9]+ +(0|2|8|16) |compensation blocks on" "$OUT/stamps.tmp" | tee -a "$log"
+    csv=/tmp/knob_stamps_${v}_$chunks.csv
+    env ${EXTRA:-} "$KNOB=$v" DDRT_COMP_CHUNKS=$chunks DDRT_STAMPS_CSV=$csv /tmp/bs/test_cuda_ops --bench-stamps \
+      > /tmp/knob_stamps.txt 2>&1
+    echo "-- DDRT_COMP_CHUNKS=$chunks stamps" | tee -a "$log"; grep -E "x[0-9]+ +(0|2|8|16) |compensation blocks on" /tmp/knob_stamps.txt | tee -a "$log"
+    # every block: the latest base blocks per case in the log, a drawing of the segment-major run
+    python3 tools/plot_stamps.py $csv --late 3 $([ $chunks = 0 ] && echo --png "$OUT/stamps_${KNOB}_$v.png") >> "$log" 2>&1
   done
   [ "${DECDEC_TABLE:-1}" = 1 ] && env ${EXTRA:-} "$KNOB=$v" /tmp/bs/test_cuda_ops --bench-decdec 2>&1 | grep uq | tee -a "$log"
 done
