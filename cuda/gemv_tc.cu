@@ -234,9 +234,11 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.pre = pre;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
-  static const int pair = env_int("DDRT_COMP_PAIR", 0);  // lab knob: TcArgs::comp_pair
-  const int n_sm = device_info().n_sm;
-  a.comp_pair = pair == 1 && a.n_tb > 1 && plan.grid >= n_sm + a.n_tb ? n_sm : 0;
+  // lab knob DDRT_COMP_PAIR (TcArgs::comp_pair): 1 pairs at the SM count; S > 1 at S (the tests:
+  // the emulator's grids are too small for its 4 SMs); only where both halves fit the grid
+  static const int pair = env_int("DDRT_COMP_PAIR", 0);
+  const int S = pair == 1 ? device_info().n_sm : pair, h = (a.n_tb + 1) / 2;
+  a.comp_pair = pair > 0 && a.n_tb > 1 && S >= h && plan.grid >= S + (a.n_tb - h) ? S : 0;
   if (comp) {
     a.p = comp->p;
     a.sel = comp->sel;

@@ -130,9 +130,9 @@ struct TcArgs {
   // before: all rows loaded where the first reduce needs them
   int rs_pre = 0;
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
-  // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair = the SM count: the first wave
-  // puts block i and block i + n_sm on one SM, so the compensation shares no SM with a base block
-  // (the stamps' slot 7 shows where the blocks ran); 0: the grid's first n_tb blocks
+  // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
+  // first wave puts block i and block i + n_sm on one SM, so the compensation shares no SM with a
+  // base block (the stamps' slot 7 shows where the blocks ran); 0: the grid's first n_tb blocks
   int comp_pair = 0;
   // a stage of a chain launch past the first (gemv_tc_chain_kernel): the dependency wait is the
   // grid barrier on *bar reaching bar_target instead of griddepcontrol.wait
