@@ -828,13 +828,17 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     comp.cpart = job.partial;
     comp.sel = job.sel;
     // approx selects inside the launch (when its binary search equals the reference's scan:
-    // non-increasing floors); the other modes sort first, in a pre-kernel
-    bool monotone = call.mode == DecdecMode::Approx;
-    for (int j = 1; monotone && j < kBuckets; ++j) monotone = job.p.floors[j] <= job.p.floors[j - 1];
-    comp.select_here = monotone;
+    // non-increasing floors); the other modes sort first, in a pre-kernel. Lab knob
+    // DDRT_SEL_PRE=1: approx in the pre-kernel too, so that the launch's compensation blocks
+    // start gathering at the dependency wait (what a selection made by the producer kernel
+    // would give, plus one launch)
+    static const bool sel_pre = gpu::env_int("DDRT_SEL_PRE", 0) == 1;
+    bool here = call.mode == DecdecMode::Approx && !sel_pre;
+    for (int j = 1; here && j < kBuckets; ++j) here = job.p.floors[j] <= job.p.floors[j - 1];
+    comp.select_here = here;
     // the pre-kernel reads x as it is: the caller runs swiglu / rmsnorm first
-    if (!monotone && (io.up || io.nw)) return false;
-    if (!monotone) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
+    if (!here && (io.up || io.nw)) return false;
+    if (!here) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
   DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, part, cnt, job.active ? &comp : nullptr, st_, io), what);
   return true;
