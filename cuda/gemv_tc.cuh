@@ -186,6 +186,11 @@ __device__ __forceinline__ int tc_block(const TcArgs& a) {
   return a.n_tb + (b < S ? b - h : b - a.n_tb);
 }
 
+// A value instead of a time in a block's stamp slot (slot 7: the SM; 8: what a base block holds).
+__device__ __forceinline__ void tc_stamp_value(const TcArgs& a, int slot, unsigned long long v) {
+  if (a.stamps != nullptr && threadIdx.x == 0) a.stamps[tc_block(a) * kTcStamps + slot] = v;
+}
+
 // Timeline stamps of a block (thread 0), kTcStamps (kernels.cuh) per block.
 __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   if (a.stamps != nullptr && threadIdx.x == 0) {
@@ -201,7 +206,7 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
 #ifndef DDRT_CUDA_EMU
       asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
 #endif
-      a.stamps[tc_block(a) * kTcStamps + 7] = sm + 1;
+      tc_stamp_value(a, 7, sm + 1);
     }
   }
 }
@@ -679,6 +684,11 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int64_t n_slabs = mma_slabs(W.d_in, B), n_chunks = 2 * n_slabs;
   int64_t s0, s1;  // the x slabs this block stages
   tc_block_slabs(w0, w0 + kTcWarps, a.n_tiles, U, a.wb, UC, n_slabs, &s0, &s1);
+  if (a.stamps != nullptr) {  // the lab: (slabs staged + 1) << 32 | units of the block's warps
+    const int64_t w1 = w0 + kTcWarps < a.wb ? w0 + kTcWarps : a.wb;
+    const int64_t units = w0 < w1 ? tc_range_begin(w1, U, a.wb) - tc_range_begin(w0, U, a.wb) : 0;
+    tc_stamp_value(a, 8, (unsigned long long)(s1 - s0 + 1) << 32 | (unsigned long long)units);
+  }
 
   // a unit as (tile, column k), k-major: cursors advance one unit at a time (no 64-bit divisions
   // in the loop)

@@ -338,10 +338,11 @@ bool gemv_tc_enabled();
 // memory, grid * kTcStamps entries); null stops it. Per block (thread 0): 0 start, 1 after the
 // dependency wait, 2 base: x ready / compensation: selection published, 3 compensation: gather +
 // reduce done, 4 end; compensation: 5 its own chunks selected, 6 the selection (and x) read back;
-// 7: the SM the block ran on, plus 1. Blocks in role order (compensation blocks first, tc_block).
+// 7: the SM the block ran on, plus 1; 8 (base blocks): (x slabs staged + 1) << 32 | units held.
+// Blocks in role order (compensation blocks first, tc_block).
 // stride > 0: each later launch, and each stage of a chain launch (its slots 0 and 4: the stage's
 // start and end), writes the region after the previous one's (stamps + i * stride).
-constexpr int kTcStamps = 8;
+constexpr int kTcStamps = 9;
 void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0);
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).

@@ -6,9 +6,9 @@
 
 The lab's medians and maxima (test_cuda_ops --bench-stamps) say that some blocks end ~2-3 us after
 the median; this says which: per case (shape, k_chunk) the latest base blocks with their SM, start,
-dependency wait, x staged and end, how much of the end's spread the start and the staging explain
-(correlations over the base blocks), and whether the late ones share an SM with a compensation
-block. Times are us from the earliest block start. --png draws one panel per case: a bar per block
+dependency wait, x staged, end, x slabs staged and units held, how much of the end's spread the
+start, the staging, the slabs and the units explain (correlations over the base blocks), and
+whether the late ones share an SM with a compensation block. Times are us from the earliest block start. --png draws one panel per case: a bar per block
 (compensation blocks first), grey until the wait passes, orange while x is staged (compensation:
 until its selection is read back), blue to the end (matplotlib, the `plots` extra).
 """
@@ -32,6 +32,8 @@ def read_stamps(path):
         for row in csv.DictReader(f):
             b = {"block": int(row["block"]), "role": row["role"], "sm": int(row["sm"])}
             b.update({s: _num(row[s]) for s in STAMPS})
+            # base blocks: x slabs staged and units held (columns absent in older CSVs: nan)
+            b.update({s: _num(row.get(s)) for s in ("slabs", "units")})
             cases[(row["shape"], int(row["k_chunk"]))].append(b)
     for blocks in cases.values():
         blocks.sort(key=lambda b: b["block"])
@@ -67,12 +69,20 @@ def case_report(blocks, late=5):
         v = [b[s] for b in base]
         lines.append(f"  base {s:<6} median {_median(v):6.2f}  max {max(x for x in v if not math.isnan(x)):6.2f}")
     ends = [b["end"] for b in base]
-    lines.append("  end vs start: r = %.2f, end vs staging (ready - wait): r = %.2f" % (
-        _corr([b["start"] for b in base], ends), _corr([b["ready"] - b["wait"] for b in base], ends)))
-    lines.append(f"  latest {late} base blocks (block, sm, start, wait, ready, end, shares an SM with compensation):")
+    lines.append("  end vs start: r = %.2f, end vs staging (ready - wait): r = %.2f, end vs slabs staged: r = %.2f,"
+                 " end vs units: r = %.2f" % (
+                     _corr([b["start"] for b in base], ends), _corr([b["ready"] - b["wait"] for b in base], ends),
+                     _corr([b["slabs"] for b in base], ends), _corr([b["units"] for b in base], ends)))
+    lines.append(f"  latest {late} base blocks (block, sm, start, wait, ready, end, slabs, units, shares an SM with"
+                 " compensation):")
+
+    def held(v):
+        return "-" if math.isnan(v) else str(int(v))
+
     for b in sorted(base, key=lambda b: -b["end"])[:late]:
-        lines.append("    %5d %4d %7.2f %7.2f %7.2f %7.2f  %s" % (b["block"], b["sm"], b["start"], b["wait"], b["ready"],
-                                                               b["end"], "yes" if b["sm"] in comp_sms else "no"))
+        lines.append("    %5d %4d %7.2f %7.2f %7.2f %7.2f %5s %5s  %s" % (
+            b["block"], b["sm"], b["start"], b["wait"], b["ready"], b["end"], held(b["slabs"]), held(b["units"]),
+            "yes" if b["sm"] in comp_sms else "no"))
     return lines
 
 

@@ -1266,7 +1266,7 @@ int bench_stamps(Backend& gpu) {
   // DDRT_STAMPS_CSV=path: every block's stamps as CSV too (tools/plot_stamps.py draws and reads them)
   FILE* csv = std::getenv("DDRT_STAMPS_CSV") ? std::fopen(std::getenv("DDRT_STAMPS_CSV"), "w") : nullptr;
   if (csv)
-    std::fprintf(csv, "shape,k_chunk,block,role,sm,start,wait,ready,gather,end,selected,sel_read\n");
+    std::fprintf(csv, "shape,k_chunk,block,role,sm,start,wait,ready,gather,end,selected,sel_read,slabs,units\n");
   const char* only = std::getenv("DDRT_LAB_SHAPE");  // e.g. 1024x4096: that shape alone (the emulator)
   for (auto& s : shapes) {
     if (only && std::to_string(s[0]) + "x" + std::to_string(s[1]) != only) continue;
@@ -1311,7 +1311,8 @@ int bench_stamps(Backend& gpu) {
                        h[b * K + 7] ? h[b * K + 7] - 1 : 0ull);
           for (int slot = 0; slot < 7; ++slot)
             h[b * K + slot] ? std::fprintf(csv, ",%.3f", (h[b * K + slot] - t0) / 1e3) : std::fprintf(csv, ",");
-          std::fprintf(csv, "\n");
+          const unsigned long long held = h[b * K + 8];  // base blocks: slabs staged, units
+          held ? std::fprintf(csv, ",%llu,%llu\n", (held >> 32) - 1, held & 0xffffffffull) : std::fprintf(csv, ",,\n");
         }
       }
       if (std::getenv("DDRT_STAMPS_DUMP") && kc == 0) {  // per 16 base blocks: latest start, latest end
