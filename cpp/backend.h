@@ -158,6 +158,10 @@ class Backend {
   }
   // out[0] = argmax of x[0..n) (backend memory; lowest index on ties, NaN never wins).
   virtual void argmax(const float* x, int n, int32_t* out) = 0;
+  // The linears the engine will run after the next op (attention), in their order: a backend may
+  // start bringing their weights closer while that op runs (CUDA: into L2 during attention, whose
+  // own loads leave HBM mostly idle). A hint only: no result depends on it. Default: nothing.
+  virtual void prefetch_hint(const Linear* const* Ws, int n) {}
 
   // ---- decode steps as replayable graphs (optional; the CUDA backend has them) ----
   // Between step_begin(pos, id) and step_end() the engine issues the ops of one T=1 decode step

@@ -444,6 +444,8 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
       linear_group(l, 0, 3, qkv, xb_, T, pos0);
     else
       linear_group_rmsnorm(l, 0, 3, qkv, x_, L.attn_norm, T, pos0);
+    const Linear* const after_attn[3] = {L.w[3].get(), L.w[4].get(), L.w[5].get()};  // o, gate, up
+    be_->prefetch_hint(after_attn, 3);
     be_->rope_attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0, inv_freq_);  // att [T, n_heads*hd]
     if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
     const DecdecCall o_call = decdec_call(l, 3, pos0);

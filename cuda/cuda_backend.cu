@@ -295,6 +295,13 @@ class CudaBackend : public Backend {
     use();
     DDRT_CHECK(gpu::launch_argmax(x, n, out, argmax_scratch_.get(), st_));
   }
+  // The next attention launch prefetches these linears' weights into L2 (l2_hint_for, up to
+  // l2_budget() bytes); the attention consumes the hint.
+  void prefetch_hint(const Linear* const* Ws, int n) override {
+    std::vector<const gpu::DevLinear*> ds;
+    for (int i = 0; i < n; ++i) ds.push_back(&static_cast<const CudaLinear&>(*Ws[i]).dev);
+    l2_next_ = gpu::l2_hint_for(ds.data(), n, l2_budget());
+  }
 
   // ---- decode steps as CUDA graphs ----
   // The slots (device: int64 position at byte 0, int32 token id at byte 8) are written by an
@@ -554,6 +561,14 @@ class CudaBackend : public Backend {
 
   int dev_;
   cudaDeviceProp prop_{};
+  gpu::L2Hint l2_next_;  // prefetch_hint's ranges for the next attention launch
+  // Bytes the attention brings into L2 for the linears after it: env DDRT_L2_PF_MB (0: off),
+  // by default 2/5 of the L2 (H100: 20 MB of 50; the rest holds the layer's activations, the KV
+  // rows and the next GEMV's own stream).
+  int64_t l2_budget() const {
+    static const int mb = gpu::env_int("DDRT_L2_PF_MB", -1);
+    return mb >= 0 ? (int64_t)mb << 20 : (int64_t)prop_.l2CacheSize * 2 / 5;
+  }
   cudaStream_t st_ = nullptr;
   Counter held_;
   Counter decdec_held_;  // the part of held_ that DecDEC adds (decdec_device_bytes)
@@ -900,8 +915,10 @@ void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const fl
   const int64_t* pos_dev = step_ ? step_pos() : nullptr;
   const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
+  const gpu::L2Hint hint = l2_next_;
+  l2_next_ = gpu::L2Hint();
   DDRT_CHECK(gpu::launch_attention(out, q, k, v, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr,
-                                   attn_counters(gpu::attn_counters(s)), st_, inv_freq));
+                                   attn_counters(gpu::attn_counters(s)), st_, inv_freq, hint));
 }
 
 }  // namespace

@@ -234,6 +234,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.pre = pre;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
+  static const bool evict_first = env_int("DDRT_W_EVICT", 0) == 1;  // TcArgs::evict_first
+  a.evict_first = evict_first;
   // lab knob DDRT_COMP_PAIR (TcArgs::comp_pair): 1 pairs at the SM count; S > 1 at S (the tests:
   // the emulator's grids are too small for its 4 SMs); only where both halves fit the grid
   static const int pair = env_int("DDRT_COMP_PAIR", 0);

@@ -129,6 +129,10 @@ struct TcArgs {
   // before the wait (nothing in a register's load queue ahead of the selection's x loads); 2 none
   // before: all rows loaded where the first reduce needs them
   int rs_pre = 0;
+  // the weight copies' L2 policy (env DDRT_W_EVICT): evict_first (the weights are read once per
+  // token; the lines an L2 prefetch brought in for the next GEMV, and the activations, stay) or
+  // evict_normal, a load's default
+  bool evict_first = false;
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
   // first wave puts block i and block i + n_sm on one SM, so the compensation shares no SM with a
@@ -733,8 +737,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       const int64_t off = ok ? vec_off(ci) : 0;
 #pragma unroll
       for (int q = 0; q < V; ++q) {
-        cp_async16(dst + ((c * 2) * V + q) * 32 + lane, wa + off + 32 * q, ok);
-        cp_async16(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok);
+        cp_async16_pol(dst + ((c * 2) * V + q) * 32 + lane, wa + off + 32 * q, ok, l2_policy(a.evict_first));
+        cp_async16_pol(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok, l2_policy(a.evict_first));
       }
     }
     // scale words of rows 0..15 of the tile (clamped like the codes): the NU groups from the

@@ -50,6 +50,10 @@ __device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_commit() { ::ddrt_emu::cp_commit(); }
 template <int N>
 __device__ __forceinline__ void cp_wait() { ::ddrt_emu::cp_wait(N); }
+__device__ __forceinline__ uint64_t l2_policy(bool evict_first) { return evict_first ? 1 : 0; }
+__device__ __forceinline__ void cp_async16_pol(void* dst, const void* src, bool valid, uint64_t) {
+  ::ddrt_emu::cp_async(dst, src, 16, valid);
+}
 #else
 // cp.async: 16 bytes global -> shared (zero-filled when !valid), 4 bytes, groups.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
@@ -72,7 +76,56 @@ __device__ __forceinline__ void cp_async4z(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+// An L2 cache policy for the loads of data read once (a GEMV's weights): evict_first, so that a
+// weight stream does not push out what is still to be read (activations, lines an L2 prefetch
+// brought in ahead of their kernel); else evict_normal, the default of a load without a hint.
+__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
+  uint64_t p;
+  if (evict_first)
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+  else
+    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(p));
+  return p;
+}
+// cp_async16 with an L2 cache policy (l2_policy)
+__device__ __forceinline__ void cp_async16_pol(void* dst, const void* src, bool valid, uint64_t pol) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(d), "l"(src),
+               "r"(valid ? 16 : 0), "l"(pol));
+}
 #endif
+
+// Weights that kernels after this one will stream, to be brought into L2 while this one runs
+// (its own loads leave HBM idle: attention at decode moves a few MB in ~12 us). A hint: nothing
+// reads the lines it brings, and nothing waits for them, so it can never change a result.
+struct L2Hint {
+  static constexpr int kMax = 6;
+  const char* p[kMax] = {};
+  int64_t bytes[kMax] = {};  // p 16-byte aligned, bytes a multiple of 16
+  int n = 0;
+  int64_t total() const {
+    int64_t t = 0;
+    for (int i = 0; i < n; ++i) t += bytes[i];
+    return t;
+  }
+};
+constexpr int64_t kL2Piece = 16384;  // bytes per prefetch instruction
+// Thread i of n issues its pieces of the hint's ranges (piece j goes to thread j % n): on sm_90 by
+// cp.async.bulk.prefetch.L2 (the copy engine moves it, the thread goes on at once); before sm_90
+// (and on the emulator) nothing.
+__device__ __forceinline__ void l2_prefetch(const L2Hint& h, int64_t i, int64_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  for (int r = 0; r < h.n; ++r) {
+    const int64_t pieces = (h.bytes[r] + kL2Piece - 1) / kL2Piece;
+    for (int64_t j = i; j < pieces; j += n) {
+      const int64_t off = j * kL2Piece;
+      const int64_t left = h.bytes[r] - off;
+      const uint32_t sz = (uint32_t)(left < kL2Piece ? left : kL2Piece);
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(h.p[r] + off), "r"(sz) : "memory");
+    }
+  }
+#endif
+}
 
 // x on the int8 tensor cores (the batch-1 GEMV, gemv_tc.cuh, and the T > 1 matmul, gemm_i8.cu):
 // per group, X = round(x * kXq / max|x|) (~24 bits), split into three balanced base-256 digits
@@ -224,6 +277,11 @@ struct DevResidual {
   const float* rscale = nullptr;  // [d_out]
   const int32_t* rank_pos = nullptr;  // [d_in] or null
 };
+
+// The L2 prefetch hint (L2Hint) for these weights: their ranges, in order (per matrix: weights or codes, then scales or table),
+// cut at `budget` bytes in all, each a multiple of 16 bytes; unaligned buffers and any past
+// L2Hint::kMax ranges are left out.
+L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget);
 
 // ---- GEMV, T = 1 (gemv_q*.cu, gemv_f.cu) ------------------------------------------------------
 // y[d_out] = W x[d_in] for a quantized W (gemv_q.cuh): one warp per gemv_q_rows(W) rows.
@@ -450,7 +508,7 @@ cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, c
                                    const AttnShape& s, cudaStream_t st);
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
-                             const float* inv_freq = nullptr);
+                             const float* inv_freq = nullptr, const L2Hint& hint = L2Hint());
 
 }  // namespace gpu
 }  // namespace ddrt

@@ -208,7 +208,7 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
-            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch) {
+            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, L2Hint hint) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
@@ -245,6 +245,11 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     }
   };
   const int64_t pfirst = p0 + warp;  // this warp's first batch
+  if (hint.n) {  // the next linears' weights into L2 (pieces dealt block-first over the grid)
+    const int64_t nb = (int64_t)gridDim.x * gridDim.y * gridDim.z;
+    const int64_t b = ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    l2_prefetch(hint, b + nb * threadIdx.x, nb * blockDim.x);
+  }
   if (prefetch && sp < active) load_rows(pfirst, 0, s.pos0);  // cached rows only, before the wait
   grid_dep_wait();
   pdl_trigger();
@@ -581,17 +586,37 @@ bool attn_prefetch() {
 template <int PL>
 cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                         const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
-                        unsigned* counters, const float* inv_freq) {
+                        unsigned* counters, const float* inv_freq, const L2Hint& hint) {
   const dim3 block(32 * kAttnWarps);
   const bool prefetch = attn_prefetch();
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
   }
 }
 }  // namespace
+
+L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget) {
+  L2Hint h;
+  int64_t left = budget;
+  auto add = [&](const void* p, int64_t bytes) {
+    bytes = (bytes < left ? bytes : left) / 16 * 16;
+    if (!p || bytes <= 0 || h.n == L2Hint::kMax || reinterpret_cast<uintptr_t>(p) % 16) return;
+    h.p[h.n] = static_cast<const char*>(p);
+    h.bytes[h.n++] = bytes;
+    left -= bytes;
+  };
+  for (int i = 0; i < n && left > 0; ++i) {
+    const DevLinear& d = *Ws[i];
+    if (d.fdata) add(d.fdata, d.d_out * d.row_stride * (d.type == TensorType::F32 ? 4 : 2));
+    if (d.codes) add(d.codes, d.d_out * d.row_vecs * (int64_t)sizeof(uint4));
+    if (d.sm) add(d.sm, d.d_out * d.n_groups * (int64_t)sizeof(__half2));
+    if (d.lut) add(d.lut, (d.d_out << d.bits) * (int64_t)sizeof(float));
+  }
+  return h;
+}
 
 void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode == 1 ? 1 : 0; }
 
@@ -601,7 +626,7 @@ bool attn_fuses_rope(const AttnShape& s) {
 
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
-                             const float* inv_freq) {
+                             const float* inv_freq, const L2Hint& hint) {
   if (s.T <= 0) return cudaSuccess;
   if (s.head_dim > kMaxHeadDim || s.head_dim <= 0 || s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 ||
       (inv_freq && !attn_fuses_rope(s)))
@@ -613,10 +638,10 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
   const dim3 grid(splits, s.n_kv_heads * geo.slices, s.T);
   const int gm = geo.gb <= 1 ? 1 : geo.gb <= 2 ? 2 : geo.gb <= 4 ? 4 : 8;
   const int pl = (s.head_dim + 31) / 32;
-  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
-  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
-  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
-  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq);
+  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
+  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
+  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
+  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
 }
 
 }  // namespace gpu

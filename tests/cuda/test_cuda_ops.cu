@@ -920,6 +920,11 @@ void test_attention(Backend& cpu, Backend& gpu) {
   };
   const int64_t tiled_before = gpu::attn_tiled_launches();
   int64_t tiled_want = 0;
+  // the defaults' rope_attention prefetches the next linears into L2 (prefetch_hint; one past a
+  // 16-byte multiple in its rows: the cut and the ranges' ends)
+  auto Lh1 = make_linear(TensorType::UQ3_G128, 96, 300, false), Lh2 = make_linear(TensorType::LUT4, 40, 520, false);
+  auto Wh1 = gpu.load_linear(Lh1->desc, ResidualPlacement::Device), Wh2 = gpu.load_linear(Lh2->desc, ResidualPlacement::Device);
+  const Linear* const hinted[2] = {Wh1.get(), Wh2.get()};
   // the split kernel alone; the tiled prefill kernel wherever it applies; the defaults: the split
   // kernel loading its first cached rows before the dependency wait, the tiled one on large grids
   for (const int variant : {0, 1, 2})
@@ -948,6 +953,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
           bo.poison();
           if (rope) {
             cpu.rope_attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos, inv.data());
+            if (variant == 2) gpu.prefetch_hint(hinted, 2);
             gpu.rope_attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos, bi.f());
           } else {
             cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
@@ -976,7 +982,40 @@ void test_attention(Backend& cpu, Backend& gpu) {
                                                            " times, expected " + std::to_string(tiled_want));
 }
 
+// The L2 prefetch hint's ranges (l2_hint_for): each matrix's buffers in order, cut at the budget,
+// multiples of 16 bytes, unaligned buffers left out. (The prefetch itself cannot change a result:
+// the attention tests run it, rope_attention after a prefetch_hint, against the CPU.)
+void test_l2_hint() {
+  alignas(16) static char buf[1 << 16];
+  gpu::DevLinear a, b, f;
+  a.type = TensorType::UQ3_G128, a.bits = 3, a.d_out = 64, a.row_vecs = 3, a.n_groups = 2;
+  a.codes = reinterpret_cast<const uint4*>(buf);              // 64 * 3 * 16 = 3072 bytes
+  a.sm = reinterpret_cast<const __half2*>(buf + 4096);        // 64 * 2 * 4 = 512
+  b = a;
+  b.type = TensorType::LUT4, b.bits = 4, b.sm = nullptr;
+  b.codes = reinterpret_cast<const uint4*>(buf + 8192);
+  b.lut = reinterpret_cast<const float*>(buf + 16384);        // 64 * 16 * 4 = 4096
+  f.type = TensorType::F16, f.d_out = 10, f.row_stride = 24;
+  f.fdata = buf + 32768;                                      // 10 * 24 * 2 = 480
+  const gpu::DevLinear* ws[3] = {&a, &b, &f};
+  gpu::L2Hint h = gpu::l2_hint_for(ws, 3, 1 << 20);
+  CHECK(h.n == 5);
+  CHECK(h.total() == 3072 + 512 + 3072 + 4096 + 480);
+  CHECK(h.p[0] == buf && h.bytes[0] == 3072 && h.p[1] == buf + 4096 && h.bytes[1] == 512);
+  CHECK(h.p[3] == buf + 16384 && h.bytes[3] == 4096 && h.p[4] == buf + 32768 && h.bytes[4] == 480);
+  h = gpu::l2_hint_for(ws, 3, 3072 + 100);  // cut inside a's scales, at a multiple of 16
+  CHECK(h.n == 2 && h.bytes[1] == 96 && h.total() == 3168);
+  CHECK(gpu::l2_hint_for(ws, 3, 0).n == 0);
+  a.sm = reinterpret_cast<const __half2*>(buf + 4100);        // unaligned: left out
+  h = gpu::l2_hint_for(ws, 1, 1 << 20);
+  CHECK(h.n == 1 && h.total() == 3072);
+  const gpu::DevLinear* many[4] = {&b, &b, &b, &b};            // 8 ranges: the first kMax kept
+  h = gpu::l2_hint_for(many, 4, 1 << 20);
+  CHECK(h.n == gpu::L2Hint::kMax && h.total() == 3 * (3072 + 4096));
+}
+
 void test_misc(Backend& gpu) {
+  test_l2_hint();
   CHECK_THROWS(make_cuda_backend(1 << 20), CudaError);
   CHECK(cuda_built());
   CHECK(!cuda_info().empty());
