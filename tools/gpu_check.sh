@@ -26,8 +26,11 @@ for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1 DDRT_W_EVI
   echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
 done
 if [ "${1:-}" != "quick" ]; then
-  $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
-  $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
+  # GEMV=0: no GEMV and matmul labs (~160 s); E2E="args|args": these decode rows instead of the list
+  if [ "${GEMV:-1}" = 1 ]; then
+    $BUILD/test_cuda_ops --bench > "$OUT/bench_gemv.log" 2>&1; tail -40 "$OUT/bench_gemv.log"
+    $BUILD/test_cuda_ops --bench-gemm > "$OUT/bench_gemm.log" 2>&1; tail -12 "$OUT/bench_gemm.log"
+  fi
   # the labs (LABS=1; ~2 min, which the 600 s call limit does not leave beside the A/B rows): the
   # chain's timeline; the compensation's timeline both ways; the chunk-major DecDEC table
   if [ "${LABS:-0}" = 1 ]; then
@@ -41,21 +44,26 @@ if [ "${1:-}" != "quick" ]; then
     cat "$OUT/bench_labs.log"
   fi
   : > "$OUT/bench_e2e.log"
-  for args in "--shape smollm2-135m --bits 3" "--shape smollm2-135m --bits 3 --no-graphs" \
-              "--shape llama3-8b --bits 3" "--shape llama3-8b --bits 4" "--shape llama3-8b --bits 3 --no-graphs" \
-              "--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" "--shape llama3-8b --bits 3 --decdec approx --k-chunk 2"; do
+  ROWS="--shape smollm2-135m --bits 3|--shape smollm2-135m --bits 3 --no-graphs|--shape llama3-8b --bits 3"
+  ROWS+="|--shape llama3-8b --bits 4|--shape llama3-8b --bits 3 --no-graphs"
+  ROWS+="|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8|--shape llama3-8b --bits 3 --decdec approx --k-chunk 2"
+  IFS='|' read -r -a ROWS <<< "${E2E:-$ROWS}"
+  for args in "${ROWS[@]}"; do
     [ $SECONDS -lt ${CHECK_DEADLINE:-540} ] || { echo "== CHECK_DEADLINE reached: $args not run"; continue; }
     echo "== decdec-rt bench $args" | tee -a "$OUT/bench_e2e.log"
     python3 -m decdec_rt bench $args 2>&1 | tee -a "$OUT/bench_e2e.log"
   done
-  echo "== DDRT_DECDEC_PARALLEL=1 decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
-    | tee -a "$OUT/bench_e2e.log"
-  DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
-    | tee -a "$OUT/bench_e2e.log"
+  if [ -z "${E2E:-}" ]; then
+    echo "== DDRT_DECDEC_PARALLEL=1 decdec-rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
+      | tee -a "$OUT/bench_e2e.log"
+    DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
+      | tee -a "$OUT/bench_e2e.log"
+  fi
   # A/B of switches against their defaults (each beside its default run above; AB=0 skips them).
   # Measured and left off, not rerun each round: DDRT_COMP_CHUNKS=1, DDRT_TC_CHAIN=1 (gpu_ab.sh)
   [ "${AB:-1}" = 0 ] || for ab in "DDRT_L2_PF_MB=0|--shape llama3-8b --bits 3" "DDRT_W_EVICT=1|--shape llama3-8b --bits 3" \
-            "DDRT_L2_PF_MB=32 DDRT_W_EVICT=1|--shape llama3-8b --bits 3" "DDRT_I8_LIMBS=3|--shape llama3-8b --bits 3" \
+            "DDRT_L2_PF_MB=32 DDRT_W_EVICT=1|--shape llama3-8b --bits 3" "DDRT_L2_PF_MB=0|--shape smollm2-135m --bits 3" \
+            "DDRT_I8_LIMBS=3|--shape llama3-8b --bits 3" \
             "DDRT_GEMV_TC=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape smollm2-135m --bits 3" "DDRT_FUSE_NORM=0|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3|--shape llama3-8b --bits 3" \
             "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3|--shape smollm2-135m --bits 3" \
