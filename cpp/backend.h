@@ -158,9 +158,10 @@ class Backend {
   }
   // out[0] = argmax of x[0..n) (backend memory; lowest index on ties, NaN never wins).
   virtual void argmax(const float* x, int n, int32_t* out) = 0;
-  // The linears the engine will run after the next op (attention), in their order: a backend may
-  // start bringing their weights closer while that op runs (CUDA: into L2 during attention, whose
-  // own loads leave HBM mostly idle). A hint only: no result depends on it. Default: nothing.
+  // The linears the engine will run after the next op, in their order: a backend may start
+  // bringing their weights closer while that op runs (CUDA: into L2 during attention, whose own
+  // loads leave HBM mostly idle, or a GEMV's tail). A hint only: no result depends on it.
+  // Default: nothing.
   virtual void prefetch_hint(const Linear* const* Ws, int n) {}
 
   // ---- decode steps as replayable graphs (optional; the CUDA backend has them) ----

@@ -451,19 +451,23 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
     const DecdecCall o_call = decdec_call(l, 3, pos0);
     group_args(l, 4, 2, pos0, next, next_calls);
     float* const gate_up[2] = {gate_, up_};                     // gate, up [T, hidden]
+    const Linear* const after_gate_up = L.w[6].get();           // down
     if (!capture_ && be_->fuses_add_norm(*L.w[3], o_call, next, 2, next_calls, T)) {
       be_->matmul_add(*L.w[3], x_, hb_, att_, T, o_call);       // x += o(att)
+      be_->prefetch_hint(&after_gate_up, 1);
       be_->rmsnorm_matmul_group(next, gate_up, 2, xb_, x_, L.ffn_norm, c.norm_eps, T, next_calls);
     } else {
       be_->matmul(*L.w[3], hb_, att_, T, o_call);               // hb [T, dim]
       be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
       if (capture_) emit(l, 4, xb_, T, c.dim);
+      be_->prefetch_hint(&after_gate_up, 1);
       be_->matmul_group(next, gate_up, 2, xb_, T, next_calls);
     }
     // feed-forward block: hb = down(silu(gate) * up)  [T, dim], added into x
     const DecdecCall d_call = decdec_call(l, 6, pos0);
     const bool last = l + 1 == c.n_layers;
     if (!last) group_args(l + 1, 0, 3, pos0, next, next_calls);
+    be_->prefetch_hint(next, last ? 0 : 3);                     // during down: the next q, k, v
     if (capture_) {                                             // the capture needs silu(gate) * up itself
       be_->swiglu(gate_, gate_, up_, (size_t)T * c.hidden_dim);
       emit(l, 6, gate_, T, c.hidden_dim);

@@ -295,8 +295,8 @@ class CudaBackend : public Backend {
     use();
     DDRT_CHECK(gpu::launch_argmax(x, n, out, argmax_scratch_.get(), st_));
   }
-  // The next attention launch prefetches these linears' weights into L2 (l2_hint_for, up to
-  // l2_budget() bytes); the attention consumes the hint.
+  // The next attention or fused GEMV launch prefetches these linears' weights into L2
+  // (l2_hint_for, up to l2_budget() bytes) and consumes the hint.
   void prefetch_hint(const Linear* const* Ws, int n) override {
     std::vector<const gpu::DevLinear*> ds;
     for (int i = 0; i < n; ++i) ds.push_back(&static_cast<const CudaLinear&>(*Ws[i]).dev);
@@ -808,7 +808,13 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
 }
 
 bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x,
-                               const DecdecCall& call, const std::string& what, const gpu::TcIo& io) {
+                               const DecdecCall& call, const std::string& what, const gpu::TcIo& io_in) {
+  // the pending prefetch hint is this launch's (lab knob DDRT_L2_NEXT=1: its base warps prefetch
+  // the next linears once their units are done; off: dropped)
+  static const bool l2_next_on = gpu::env_int("DDRT_L2_NEXT", 0) == 1;
+  gpu::TcIo io = io_in;
+  if (l2_next_on) io.next = l2_next_;
+  l2_next_ = gpu::L2Hint();
   const gpu::DevLinear* devs[gpu::kTcMaxMembers];
   for (int m = 0; m < n; ++m) devs[m] = &Ws[m]->dev;
   gpu::DevLinear shape;

@@ -207,6 +207,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.nw = io.nw;
   a.eps = io.eps;
   a.accumulate = io.accumulate;
+  a.next = io.next;
   int64_t r = 0;
   for (int m = 0; m < kTcMaxMembers; ++m) {
     a.row0[m] = m == 0 ? 0 : m < n ? r : INT64_MAX;

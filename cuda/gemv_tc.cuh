@@ -133,6 +133,7 @@ struct TcArgs {
   // token; the lines an L2 prefetch brought in for the next GEMV, and the activations, stay) or
   // evict_normal, a load's default
   bool evict_first = false;
+  L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
   // first wave puts block i and block i + n_sm on one SM, so the compensation shares no SM with a
@@ -969,6 +970,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
     cp_commit();
   }
+  // the next linears' weights into L2 (TcArgs::next), once this warp's units are done: they fill
+  // the HBM time the launch's tail leaves idle (other warps' last units, the merge, the
+  // compensation) instead of competing with its stream (pieces dealt warp-first)
+  if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
   if (direct) return;
   // Count the warp's units in on their tiles: one fence for all its slot writes, then one atomic
   // per unit (lane-parallel); a unit whose add completes its tile's count has its tile finished

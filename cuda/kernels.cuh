@@ -428,6 +428,9 @@ struct TcIo {
   const float* nw = nullptr;  // non-null: the input is rmsnorm(x) * nw with eps (x: the residual stream)
   float eps = 0.0f;
   bool accumulate = false;    // y[m] += the result (y: the residual stream), not y[m] =
+  // the weights of the linears after this one: the base warps prefetch them into L2 once their
+  // units are done (a hint: no result depends on it)
+  L2Hint next;
 };
 // Whether an accumulating launch's outputs overlap its inputs (x, up, nw over d_in): every block
 // reads the inputs while the tiles' finishers add into y, so launch_gemv_tc refuses that (the
