@@ -108,8 +108,9 @@ size_t gemm_scratch_bytes(const DevLinear& W, int T) {
   return n;
 }
 
-cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
-  if (!g_force_simple && gemm_i8_enabled() && gemm_i8_supported(W)) return launch_gemm_i8(W, y, x, T, scratch, st);
+cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st,
+                        int limbs) {
+  if (!g_force_simple && gemm_i8_enabled() && gemm_i8_supported(W)) return launch_gemm_i8(W, y, x, T, scratch, st, limbs);
   if (!g_force_simple && gemm_tc_supports(W.type)) return launch_gemm_tc(W, y, x, T, scratch, st);
   return launch_gemm_simple(W, y, x, T, st);
 }

@@ -364,8 +364,8 @@ int i8_limbs() {
 }
 template <int B>
 cudaError_t launch_bits(const DevLinear& W, const I8Members& G, const float* x, int T, void* scratch,
-                        cudaStream_t st) {
-  return i8_limbs() == 2 ? launch_limbs<B, 2>(W, G, x, T, scratch, st) : launch_limbs<B, 3>(W, G, x, T, scratch, st);
+                        cudaStream_t st, int limbs) {
+  return (limbs ? limbs : i8_limbs()) == 2 ? launch_limbs<B, 2>(W, G, x, T, scratch, st) : launch_limbs<B, 3>(W, G, x, T, scratch, st);
 }
 
 bool g_i8_on = true;
@@ -404,7 +404,8 @@ bool gemm_i8_groupable(const DevLinear* const* Ws, int n) {
 int64_t gemm_i8_group_launches() { return g_i8_group_launches; }
 
 cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, int n, const float* x, int T,
-                                 void* scratch, cudaStream_t st) {
+                                 void* scratch, cudaStream_t st, int limbs) {
+  if (limbs != 0 && limbs != 2 && limbs != 3) return cudaErrorInvalidValue;
   if (!gemm_i8_groupable(Ws, n)) return cudaErrorInvalidValue;
   I8Members G{};
   G.n = n;
@@ -415,16 +416,17 @@ cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, i
   if (n > 1) ++g_i8_group_launches;
   const DevLinear& W = *Ws[0];
   switch (W.bits) {
-    case 2: return launch_bits<2>(W, G, x, T, scratch, st);
-    case 3: return launch_bits<3>(W, G, x, T, scratch, st);
-    case 4: return launch_bits<4>(W, G, x, T, scratch, st);
+    case 2: return launch_bits<2>(W, G, x, T, scratch, st, limbs);
+    case 3: return launch_bits<3>(W, G, x, T, scratch, st, limbs);
+    case 4: return launch_bits<4>(W, G, x, T, scratch, st, limbs);
     default: return cudaErrorInvalidValue;
   }
 }
 
-cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st) {
+cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st,
+                           int limbs) {
   const DevLinear* Ws[1] = {&W};
-  return launch_gemm_i8_group(Ws, &y, 1, x, T, scratch, st);
+  return launch_gemm_i8_group(Ws, &y, 1, x, T, scratch, st, limbs);
 }
 
 }  // namespace gpu

@@ -298,8 +298,10 @@ void gemv_f_force_rows(int rows_per_warp);
 // ---- tiled matmul, any T, any type (gemm.cu, gemm_tc.cu) -------------------------------------
 // y[T][d_out] = x[T][d_in] W^T: the tensor-core kernel where it supports the type, else the simple
 // one. scratch: gemm_scratch_bytes(W, T) bytes of device memory, 16-byte aligned (the split x).
+// limbs: the int8 kernel's limbs of x (2 or 3; 0: the default, gemm_i8.cu's i8_limbs).
 size_t gemm_scratch_bytes(const DevLinear& W, int T);
-cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
+cudaError_t launch_gemm(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st,
+                        int limbs = 0);
 // The simple fp32 kernel (any type): F32 weights, and the twin the tests and the bench compare with.
 cudaError_t launch_gemm_simple(const DevLinear& W, float* y, const float* x, int T, cudaStream_t st);
 // Tensor cores (mma.sync, near-fp32 precision, see gemm_tc.cu): every matrix type but F32.
@@ -314,12 +316,13 @@ void gemm_force_simple(bool on);
 // the device has the shared memory (gemm_i8_supported); the tensor-core kernel above is its twin.
 bool gemm_i8_supported(const DevLinear& W);
 size_t gemm_i8_scratch_bytes(const DevLinear& W, int T);
-cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st);
+cudaError_t launch_gemm_i8(const DevLinear& W, float* y, const float* x, int T, void* scratch, cudaStream_t st,
+                           int limbs = 0);
 // Matrices that share x (q/k/v, gate/up: same type, d_in and layout), in one launch with one
 // preparation of x; the count of group launches (n >= 2) made so far, for the tests.
 bool gemm_i8_groupable(const DevLinear* const* Ws, int n);
 cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, int n, const float* x, int T,
-                                 void* scratch, cudaStream_t st);
+                                 void* scratch, cudaStream_t st, int limbs = 0);
 int64_t gemm_i8_group_launches();
 // Test/bench knob: false sends uniform types to the bf16 tensor-core kernel (gemm_tc.cu); true restores.
 void gemm_i8_enable(bool on);
