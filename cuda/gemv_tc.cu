@@ -235,7 +235,9 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.pre = pre;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
-  static const bool evict_first = env_int("DDRT_W_EVICT", 0) == 1;  // TcArgs::evict_first
+  // TcArgs::evict_first, on by default since its H100 A/B (BENCHMARKS 2026-12-05 fifth session:
+  // llama3-8b 3-bit 324.8 -> 349.0 tok/s with the attention's L2 prefetch); DDRT_W_EVICT=0 off
+  static const bool evict_first = env_int("DDRT_W_EVICT", 1) == 1;
   a.evict_first = evict_first;
   // lab knob DDRT_COMP_PAIR (TcArgs::comp_pair): 1 pairs at the SM count; S > 1 at S (the tests:
   // the emulator's grids are too small for its 4 SMs); only where both halves fit the grid

@@ -129,9 +129,9 @@ struct TcArgs {
   // before the wait (nothing in a register's load queue ahead of the selection's x loads); 2 none
   // before: all rows loaded where the first reduce needs them
   int rs_pre = 0;
-  // the weight copies' L2 policy (env DDRT_W_EVICT): evict_first (the weights are read once per
-  // token; the lines an L2 prefetch brought in for the next GEMV, and the activations, stay) or
-  // evict_normal, a load's default
+  // the weight copies' L2 policy (env DDRT_W_EVICT, default 1): evict_first (the weights are read
+  // once per token; the lines an L2 prefetch brought in for the next GEMV, and the activations,
+  // stay) or evict_normal, a load's default
   bool evict_first = false;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
