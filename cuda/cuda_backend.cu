@@ -562,11 +562,12 @@ class CudaBackend : public Backend {
   int dev_;
   cudaDeviceProp prop_{};
   gpu::L2Hint l2_next_;  // prefetch_hint's ranges for the next attention launch
-  // Bytes the attention brings into L2 for the linears after it: env DDRT_L2_PF_MB (0: off),
-  // by default 2/5 of the L2 (H100: 20 MB of 50; the rest holds the layer's activations, the KV
-  // rows and the next GEMV's own stream).
+  // Bytes the attention brings into L2 for the linears after it: lab knob DDRT_L2_PF_MB=N (MB;
+  // -1: 2/5 of the L2, H100: 20 MB of 50). Off by default: measured neutral on llama3-8b 3-bit
+  // (349.5 vs 350.4 tok/s) and 3 % slower on smollm2-135m (893 vs 924), H100, two rounds
+  // (BENCHMARKS 2026-12-05 fifth session).
   int64_t l2_budget() const {
-    static const int mb = gpu::env_int("DDRT_L2_PF_MB", -1);
+    static const int mb = gpu::env_int("DDRT_L2_PF_MB", 0);
     return mb >= 0 ? (int64_t)mb << 20 : (int64_t)prop_.l2CacheSize * 2 / 5;
   }
   cudaStream_t st_ = nullptr;

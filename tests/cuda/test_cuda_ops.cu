@@ -922,8 +922,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
   };
   const int64_t tiled_before = gpu::attn_tiled_launches();
   int64_t tiled_want = 0;
-  // the defaults' rope_attention prefetches the next linears into L2 (prefetch_hint; one past a
-  // 16-byte multiple in its rows: the cut and the ranges' ends)
+  // the defaults' rope_attention runs after a prefetch_hint (the next linears into L2 when
+  // DDRT_L2_PF_MB is set: one past a 16-byte multiple in its rows, the cut and the ranges' ends)
   auto Lh1 = make_linear(TensorType::UQ3_G128, 96, 300, false), Lh2 = make_linear(TensorType::LUT4, 40, 520, false);
   auto Wh1 = gpu.load_linear(Lh1->desc, ResidualPlacement::Device), Wh2 = gpu.load_linear(Lh2->desc, ResidualPlacement::Device);
   const Linear* const hinted[2] = {Wh1.get(), Wh2.get()};
