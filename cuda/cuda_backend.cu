@@ -295,12 +295,11 @@ class CudaBackend : public Backend {
     use();
     DDRT_CHECK(gpu::launch_argmax(x, n, out, argmax_scratch_.get(), st_));
   }
-  // The next attention or fused GEMV launch prefetches these linears' weights into L2
-  // (l2_hint_for, up to l2_budget() bytes) and consumes the hint.
+  // The next attention or fused GEMV launch takes these linears as its L2 prefetch hint
+  // (take_hint: their ranges up to that consumer's budget, l2_hint_for).
   void prefetch_hint(const Linear* const* Ws, int n) override {
-    std::vector<const gpu::DevLinear*> ds;
-    for (int i = 0; i < n; ++i) ds.push_back(&static_cast<const CudaLinear&>(*Ws[i]).dev);
-    l2_next_ = gpu::l2_hint_for(ds.data(), n, l2_budget());
+    hinted_n_ = 0;
+    for (int i = 0; i < n && hinted_n_ < kHinted; ++i) hinted_[hinted_n_++] = &static_cast<const CudaLinear&>(*Ws[i]).dev;
   }
 
   // ---- decode steps as CUDA graphs ----
@@ -561,14 +560,29 @@ class CudaBackend : public Backend {
 
   int dev_;
   cudaDeviceProp prop_{};
-  gpu::L2Hint l2_next_;  // prefetch_hint's ranges for the next attention launch
+  // prefetch_hint's linears, pending until the next attention or fused GEMV launch takes them
+  static constexpr int kHinted = 4;
+  const gpu::DevLinear* hinted_[kHinted] = {};
+  int hinted_n_ = 0;
+  // The pending hint's ranges up to `bytes` (none when 0), and no hint pending afterwards.
+  gpu::L2Hint take_hint(int64_t bytes) {
+    const int n = hinted_n_;
+    hinted_n_ = 0;
+    return bytes > 0 && n > 0 ? gpu::l2_hint_for(hinted_, n, bytes) : gpu::L2Hint();
+  }
   // Bytes the attention brings into L2 for the linears after it: lab knob DDRT_L2_PF_MB=N (MB;
   // -1: 2/5 of the L2, H100: 20 MB of 50). Off by default: measured neutral on llama3-8b 3-bit
   // (349.5 vs 350.4 tok/s) and 3 % slower on smollm2-135m (893 vs 924), H100, two rounds
   // (BENCHMARKS 2026-12-05 fifth session).
-  int64_t l2_budget() const {
+  int64_t l2_attn_bytes() const {
     static const int mb = gpu::env_int("DDRT_L2_PF_MB", 0);
     return mb >= 0 ? (int64_t)mb << 20 : (int64_t)prop_.l2CacheSize * 2 / 5;
+  }
+  // Bytes a fused GEMV's warps prefetch for the linears after it: lab knob DDRT_L2_NEXT=1, 2/5 of
+  // the L2 (measured 2-4 % slower on the H100, same session); 0 by default.
+  int64_t l2_next_bytes() const {
+    static const bool on = gpu::env_int("DDRT_L2_NEXT", 0) == 1;
+    return on ? (int64_t)prop_.l2CacheSize * 2 / 5 : 0;
   }
   cudaStream_t st_ = nullptr;
   Counter held_;
@@ -815,12 +829,10 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
 
 bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x,
                                const DecdecCall& call, const std::string& what, const gpu::TcIo& io_in) {
-  // the pending prefetch hint is this launch's (lab knob DDRT_L2_NEXT=1: its base warps prefetch
-  // the next linears once their units are done; off: dropped)
-  static const bool l2_next_on = gpu::env_int("DDRT_L2_NEXT", 0) == 1;
+  // the pending prefetch hint is this launch's (its base warps prefetch the next linears once
+  // their units are done; lab knob DDRT_L2_NEXT=1, else dropped)
   gpu::TcIo io = io_in;
-  if (l2_next_on) io.next = l2_next_;
-  l2_next_ = gpu::L2Hint();
+  io.next = take_hint(l2_next_bytes());
   const gpu::DevLinear* devs[gpu::kTcMaxMembers];
   for (int m = 0; m < n; ++m) devs[m] = &Ws[m]->dev;
   gpu::DevLinear shape;
@@ -927,8 +939,7 @@ void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const fl
   const int64_t* pos_dev = step_ ? step_pos() : nullptr;
   const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
-  const gpu::L2Hint hint = l2_next_;
-  l2_next_ = gpu::L2Hint();
+  const gpu::L2Hint hint = take_hint(l2_attn_bytes());
   DDRT_CHECK(gpu::launch_attention(out, q, k, v, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr,
                                    attn_counters(gpu::attn_counters(s)), st_, inv_freq, hint));
 }
