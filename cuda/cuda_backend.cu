@@ -194,6 +194,7 @@ class CudaBackend : public Backend {
   }
 
   cudaStream_t stream() const { return st_; }
+  void set_l2_attn_bytes(int64_t bytes) { l2_attn_force_ = bytes; }
   void set_decdec_parallel(bool on) {
     synchronize();
     comp_parallel_ = on;
@@ -574,7 +575,9 @@ class CudaBackend : public Backend {
   // -1: 2/5 of the L2, H100: 20 MB of 50). Off by default: measured neutral on llama3-8b 3-bit
   // (349.5 vs 350.4 tok/s) and 3 % slower on smollm2-135m (893 vs 924), H100, two rounds
   // (BENCHMARKS 2026-12-05 fifth session).
+  int64_t l2_attn_force_ = -1;  // cuda_set_l2_prefetch; < 0: the environment
   int64_t l2_attn_bytes() const {
+    if (l2_attn_force_ >= 0) return l2_attn_force_;
     static const int mb = gpu::env_int("DDRT_L2_PF_MB", 0);
     return mb >= 0 ? (int64_t)mb << 20 : (int64_t)prop_.l2CacheSize * 2 / 5;
   }
@@ -950,6 +953,12 @@ cudaStream_t cuda_stream_of(Backend& b) {
   auto* c = dynamic_cast<CudaBackend*>(&b);
   if (!c) throw InvalidArgument("cuda_stream_of: backend '" + b.name() + "' is not a CUDA backend");
   return c->stream();
+}
+
+void cuda_set_l2_prefetch(Backend& b, int64_t attn_bytes) {
+  auto* c = dynamic_cast<CudaBackend*>(&b);
+  if (!c) throw InvalidArgument("cuda_set_l2_prefetch: backend '" + b.name() + "' is not a CUDA backend");
+  c->set_l2_attn_bytes(attn_bytes);
 }
 
 void cuda_set_decdec_parallel(Backend& b, bool on) {

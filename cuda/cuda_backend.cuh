@@ -12,5 +12,8 @@ namespace ddrt {
 cudaStream_t cuda_stream_of(Backend& b);
 // The side-stream DecDEC twin (env DDRT_DECDEC_PARALLEL=1 at construction) on or off, for tests.
 void cuda_set_decdec_parallel(Backend& b, bool on);
+// The bytes the attention prefetches into L2 for the hinted linears (DDRT_L2_PF_MB), for tests;
+// a negative value restores the environment's.
+void cuda_set_l2_prefetch(Backend& b, int64_t attn_bytes);
 
 }  // namespace ddrt

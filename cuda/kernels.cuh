@@ -278,9 +278,9 @@ struct DevResidual {
   const int32_t* rank_pos = nullptr;  // [d_in] or null
 };
 
-// The L2 prefetch hint (L2Hint) for these weights: their ranges, in order (per matrix: weights or codes, then scales or table),
-// cut at `budget` bytes in all, each a multiple of 16 bytes; unaligned buffers and any past
-// L2Hint::kMax ranges are left out.
+// The L2 prefetch hint (L2Hint) for these weights: their ranges in order (per matrix: weights or
+// codes, then scales or table), cut at `budget` bytes in all, each a multiple of 16 bytes;
+// unaligned buffers and any past L2Hint::kMax ranges are left out.
 L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget);
 
 // ---- GEMV, T = 1 (gemv_q*.cu, gemv_f.cu) ------------------------------------------------------

@@ -922,8 +922,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
   };
   const int64_t tiled_before = gpu::attn_tiled_launches();
   int64_t tiled_want = 0;
-  // the defaults' rope_attention runs after a prefetch_hint (the next linears into L2 when
-  // DDRT_L2_PF_MB is set: one past a 16-byte multiple in its rows, the cut and the ranges' ends)
+  // the defaults' rope_attention runs after a prefetch_hint with a 20000-byte budget (the L2
+  // prefetch, off by default: the cut inside a range, one past a 16-byte multiple in its rows)
   auto Lh1 = make_linear(TensorType::UQ3_G128, 96, 300, false), Lh2 = make_linear(TensorType::LUT4, 40, 520, false);
   auto Wh1 = gpu.load_linear(Lh1->desc, ResidualPlacement::Device), Wh2 = gpu.load_linear(Lh2->desc, ResidualPlacement::Device);
   const Linear* const hinted[2] = {Wh1.get(), Wh2.get()};
@@ -956,7 +956,9 @@ void test_attention(Backend& cpu, Backend& gpu) {
           if (rope) {
             cpu.rope_attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos, inv.data());
             if (variant == 2) gpu.prefetch_hint(hinted, 2);
+            cuda_set_l2_prefetch(gpu, variant == 2 ? 20000 : -1);
             gpu.rope_attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos, bi.f());
+            cuda_set_l2_prefetch(gpu, -1);
           } else {
             cpu.attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos);
             gpu.attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos);
@@ -986,7 +988,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
 
 // The L2 prefetch hint's ranges (l2_hint_for): each matrix's buffers in order, cut at the budget,
 // multiples of 16 bytes, unaligned buffers left out. (The prefetch itself cannot change a result:
-// the attention tests run it, rope_attention after a prefetch_hint, against the CPU.)
+// test_attention runs it, rope_attention after a prefetch_hint, against the CPU.)
 void test_l2_hint() {
   alignas(16) static char buf[1 << 16];
   gpu::DevLinear a, b, f;
