@@ -239,6 +239,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // llama3-8b 3-bit 324.8 -> 349.0 tok/s with the attention's L2 prefetch); DDRT_W_EVICT=0 off
   static const bool evict_first = env_int("DDRT_W_EVICT", 1) == 1;
   a.evict_first = evict_first;
+  static const bool early = env_int("DDRT_TC_EARLY", 0) == 1;  // TcArgs::early_issue
+  a.early_issue = early;
   // lab knob DDRT_COMP_PAIR (TcArgs::comp_pair): 1 pairs at the SM count; S > 1 at S (the tests:
   // the emulator's grids are too small for its 4 SMs); only where both halves fit the grid
   static const int pair = env_int("DDRT_COMP_PAIR", 0);

@@ -133,6 +133,10 @@ struct TcArgs {
   // once per token; the lines an L2 prefetch brought in for the next GEMV, and the activations,
   // stay) or evict_normal, a load's default
   bool evict_first = false;
+  // lab knob DDRT_TC_EARLY=1: the slots after a.pre are issued right after the first batch of x
+  // loads, before x is staged (x's loads queue behind the slots issued before the wait, ~96 KB
+  // per SM at 3 bits; the rest of the ring then waits for the staging: a gap in the SM's stream)
+  bool early_issue = false;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
@@ -856,20 +860,33 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       for (int l = 0; l < 3; ++l) ent[2 * l] = lw[l];
     }
   };
-  for (int64_t f0 = f4_lo + threadIdx.x; f0 < f4_hi; f0 += XB * kTcThreads) {
-    float4 xv[XB];
-    load_batch(f0, xv);
-    stage_batch(f0, xv);
-  }
+  // ring slots a.pre .. R - 1 (every lane of the warp issues its pieces)
+  auto issue_rest = [&]() {
 #pragma unroll
-  for (int p = 0; p < R; ++p) {
-    if (p < a.pre) continue;
-    if (p < n_mine) {
-      issue(lt, lk, p);
-      advance(lt, lk);
+    for (int p = 0; p < R; ++p) {
+      if (p < a.pre) continue;
+      if (p < n_mine) {
+        issue(lt, lk, p);
+        advance(lt, lk);
+      }
+      cp_commit();
     }
-    cp_commit();
+  };
+  int64_t xf = f4_lo + threadIdx.x;
+  if (a.early_issue) {  // the first batch's x loads, then the slots, then its staging
+    float4 xv[XB];
+    const bool in = xf < f4_hi;
+    if (in) load_batch(xf, xv);
+    issue_rest();
+    if (in) stage_batch(xf, xv);
+    xf += XB * kTcThreads;
   }
+  for (; xf < f4_hi; xf += XB * kTcThreads) {
+    float4 xv[XB];
+    load_batch(xf, xv);
+    stage_batch(xf, xv);
+  }
+  if (!a.early_issue) issue_rest();
   float* ssq_red = amx + ns * NG;  // [kTcWarps] the warps' sums of x^2 (a.nw)
   if (a.nw) {
     const float ss = sq.warp_sum(a);
