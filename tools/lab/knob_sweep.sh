@@ -4,6 +4,8 @@
 # compensation, every block's stamps read by tools/plot_stamps.py: the latest base blocks in the log,
 # a PNG per value) and the DecDEC table. Usage on the GPU machine:
 #   KNOB=DDRT_RS_PRE VALUES="0 1 2" bash tools/lab/knob_sweep.sh     (EXTRA: more env for every run)
+#   KNOB=DDRT_TC_EARLY VALUES="0 1" GEMV_TABLE=1 DECDEC_TABLE=0 TESTS=gemv_tc,gemv_group,fused_add_norm \
+#     bash tools/lab/knob_sweep.sh                                  (a base-path knob: the GEMV table)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/knob_out}; mkdir -p "$OUT"
@@ -24,4 +26,6 @@ for v in ${VALUES:?}; do
     python3 tools/plot_stamps.py $csv --late 3 $([ $chunks = 0 ] && echo --png "$OUT/stamps_${KNOB}_$v.png") >> "$log" 2>&1
   done
   [ "${DECDEC_TABLE:-1}" = 1 ] && env ${EXTRA:-} "$KNOB=$v" /tmp/bs/test_cuda_ops --bench-decdec 2>&1 | grep uq | tee -a "$log"
+  # GEMV_TABLE=1: the GEMV lab's default kernels too (DecDEC off; a base-path knob's table)
+  [ "${GEMV_TABLE:-0}" = 1 ] && env ${EXTRA:-} "$KNOB=$v" /tmp/bs/test_cuda_ops --bench-gemv 2>&1 | tee -a "$log" | tail -25
 done
