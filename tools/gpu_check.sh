@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # (at most 8 files come back from a device call: build, ctest, pytest, pytest_switches, bench_gemv,
-# bench_gemm, bench_labs (LABS=1), bench_e2e). Meant to fit the 600 s call limit: the 2026-12-05
-# H100 run's log times (build ~60 s, tests ~180 s, GEMV and matmul labs ~160 s with the variants
-# since dropped) leave ~200 s for the decode rows, and CHECK_DEADLINE stops any row past 540 s;
-# the trimmed round itself has not run yet.
+# bench_gemm, bench_labs (LABS=1), bench_e2e). Meant to fit the 600 s call limit: on the H100
+# (2026-12-05, fifth session) build + ctest + the three pytest runs took ~205 s and a decode row
+# ~9-13 s (GEMV=0 with 3 decode and 17 A/B rows: 383 s); the GEMV and matmul labs were ~160 s
+# (fourth session), so the default round should take ~480 s (estimated, not yet run as a whole);
+# CHECK_DEADLINE stops any row past 540 s.
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 . tools/gpu_build.sh
 gpu_build
