@@ -1197,7 +1197,10 @@ void bench_gemv(Backend& gpu, int rows) {
       if (rows && t == TensorType::F16) continue;
       const int64_t shape[2] = {s[0], s[1]};
       const double bytes = (double)tensor_bytes(t, 2, shape);
-      const int copies = std::max(2, (int)std::ceil(200e6 / bytes));
+      // DDRT_LAB_GEMV_COPIES=N: N copies instead; 1 (with DDRT_W_EVICT=0) keeps a matrix of up to
+      // ~40 MB in L2, so the time is the GEMV's without HBM: what its fixed costs alone take
+      const char* gc = std::getenv("DDRT_LAB_GEMV_COPIES");
+      const int copies = gc ? std::max(1, std::atoi(gc)) : std::max(2, (int)std::ceil(200e6 / bytes));
       auto L = make_linear(t, s[0], s[1], false);
       std::vector<std::unique_ptr<Linear>> Ws;
       for (int i = 0; i < copies; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
