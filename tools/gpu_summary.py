@@ -33,9 +33,13 @@ def peak_gbs(text):
 
 
 def gemv_rows(text):
-    """(type, shape, graph us, GB/s, % of peak) of the default kernels, and the fused group calls."""
-    rows, default, peak = [], False, peak_gbs(text)
+    """(type, shape, graph us, GB/s, % of peak) of the default kernels, and the fused group calls;
+    after a '== ... DDRT_LAB_GEMV_COPIES=1' line, the rows marked "one copy (L2)" (L2-resident where they fit)."""
+    rows, default, peak, resident = [], False, peak_gbs(text), False
     for line in text.splitlines():
+        if line.startswith("== "):
+            resident = "DDRT_LAB_GEMV_COPIES=1" in line
+            continue
         if "quantized rows/warp: default" in line:
             default = True
             continue
@@ -45,6 +49,7 @@ def gemv_rows(text):
             kind = m.group(1) + (" fused" if "fused" in note else " twin" if "twin" in note else
                                  " lm head" if "lm head" in note else "")
             kind += " 2 rows/warp" if "2 rows" in note or "two rows" in note else ""
+            kind += " one copy (L2)" if resident else ""
             rows.append((kind, m.group(2), m.group(3), m.group(4), m.group(5)))
             continue
         g = re.match(r"(uq\d_g\d+) (qkv|gate_up)\s+[\d.]+\s+([\d.]+)\s+(\d+)", line)

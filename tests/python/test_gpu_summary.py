@@ -33,6 +33,9 @@ f16        128256x4096       300.00     290.00      3622     80.5%       2  (lm 
 Groups: separate launches vs one fused launch (graph-timed us per group call); DecDEC
 type     group     separate us   fused us       GB/s | approx k_chunk: call us (comp %, n_tb)
 uq3_g128 gate_up         31.38      25.56       1866 | k2 27.65 (+8.2%, 32)
+== DDRT_W_EVICT=0 DDRT_LAB_GEMV_COPIES=1 test_cuda_ops --bench-gemv
+(copies rotate to defeat L2; bytes = the file's tensor bytes); quantized rows/warp: default
+uq3_g128    4096x14336        12.00       9.00      2654     88.5%       1
 """
 
 GEMM = """cuda:0 (GPU)
@@ -63,7 +66,8 @@ def test_gemv_rows_take_the_default_kernels_and_the_groups_only():
     assert rows == [("uq3_g128", "4096x14336", "16.34", "1460", "48.7"),
                     ("uq4_g128 fused", "4096x14336", "19.02", "1640", "54.7"),
                     ("f16 lm head 2 rows/warp", "128256x4096", "290.00", "3622", "80.5"),
-                    ("uq3_g128 group", "gate_up", "25.56", "1866", "62.2")]
+                    ("uq3_g128 group", "gate_up", "25.56", "1866", "62.2"),
+                    ("uq3_g128 one copy (L2)", "4096x14336", "9.00", "2654", "88.5")]
 
 
 def test_gemm_rows_take_the_table_lines_only():
