@@ -177,6 +177,11 @@ class Backend {
   virtual void capture_begin() {}
   virtual void capture_end() {}
   virtual void replay(int64_t pos, int32_t id) {}
+  // n replays back to back, each fed the previous one's result: the captured step must end with
+  // argmax into the engine's next-token buffer. Step i runs at position pos + i with token
+  // ids[i - 1] (ids[-1] = id); ids[i] = its argmax. The host waits once per batch of steps, not
+  // once per token. false: not supported here (nothing was run; the caller replays step by step).
+  virtual bool replay_n(int64_t pos, int32_t id, int n, int32_t* ids) { return false; }
 };
 
 // What every backend checks in load_linear (InvalidArgument naming the linear): a matrix type,

@@ -535,8 +535,22 @@ int32_t Engine::greedy_step(int32_t id) {
 
 std::vector<int32_t> Engine::decode_greedy(int32_t first, int n) {
   std::vector<int32_t> out;
+  if (n <= 0) return out;
   int32_t id = first;
-  for (int i = 0; i < n; ++i) out.push_back(id = greedy_step(id));
+  out.push_back(id = greedy_step(id));  // records the step's graph if there is none yet
+  // the rest as back-to-back replays where the backend chains them (no wait per token), when they
+  // all fit the context (else step by step, which stops with ContextOverflow where it is reached)
+  const int rest = n - 1;
+  if (rest > 0 && graphs_ && be_->supports_graphs() && !capture_ && graph_valid_ && pos() + rest <= max_seq_) {
+    std::vector<int32_t> ids(rest);
+    if (be_->replay_n(pos(), id, rest, ids.data())) {
+      tokens_.push_back(id);
+      tokens_.insert(tokens_.end(), ids.begin(), ids.end() - 1);
+      out.insert(out.end(), ids.begin(), ids.end());
+      return out;
+    }
+  }
+  for (int i = 1; i < n; ++i) out.push_back(id = greedy_step(id));
   return out;
 }
 

@@ -161,6 +161,7 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaGetDeviceProperties(&prop_, dev_));
     DDRT_CHECK(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
     slots_ = DevMem(kSlotBytes, nullptr, "decode step slots");
+    step_log_ = DevMem((1 + kStepLog) * sizeof(int32_t), nullptr, "decode step log");
     argmax_scratch_ = DevMem(gpu::kArgmaxScratch, nullptr, "argmax scratch");
     DDRT_CHECK(cudaMemsetAsync(argmax_scratch_.get(), 0, gpu::kArgmaxScratch, st_));
     chain_bar_ = DevMem(2 * sizeof(unsigned), nullptr, "GEMV chain barrier");
@@ -295,6 +296,7 @@ class CudaBackend : public Backend {
   void argmax(const float* x, int n, int32_t* out) override {
     use();
     DDRT_CHECK(gpu::launch_argmax(x, n, out, argmax_scratch_.get(), st_));
+    if (capturing_) step_argmax_out_ = out;  // the step's result, unless an op follows (use())
   }
   // The next attention or fused GEMV launch takes these linears as its L2 prefetch hint
   // (take_hint: their ranges up to that consumer's budget, l2_hint_for).
@@ -318,12 +320,25 @@ class CudaBackend : public Backend {
     use();
     DDRT_CHECK(cudaStreamBeginCapture(st_, cudaStreamCaptureModeThreadLocal));
     capturing_ = true;
+    step_argmax_out_ = nullptr;
   }
   void capture_end() override {
+    // a step that ends with argmax: the graph's last kernel advances the step slots to the next
+    // step (replay_n). Every op clears step_argmax_out_ first (use(), use_keep()), and argmax sets
+    // it after: it is set here only when argmax was the last op captured.
+    int32_t* const last = replay_n_on() ? step_argmax_out_ : nullptr;
     use();
+    cudaError_t adv = cudaSuccess;
+    if (last)
+      adv = gpu::launch_step_advance(static_cast<int64_t*>(slots_.get()),
+                                     reinterpret_cast<int32_t*>(static_cast<uint8_t*>(slots_.get()) + 8), last,
+                                     static_cast<int32_t*>(step_log_.get()), kStepLog, st_);
+    advances_ = last && adv == cudaSuccess;
     capturing_ = false;
     cudaGraph_t g = nullptr;
-    DDRT_CHECK(cudaStreamEndCapture(st_, &g));
+    const cudaError_t ec = cudaStreamEndCapture(st_, &g);  // ended whatever the advance's launch did
+    DDRT_CHECK(adv, "decode step advance");
+    DDRT_CHECK(ec);
     if (exec_) {
       cudaGraphExecDestroy(exec_);
       exec_ = nullptr;
@@ -338,6 +353,27 @@ class CudaBackend : public Backend {
     set_slots(pos, id);
     DDRT_CHECK(cudaGraphLaunch(exec_, st_));
   }
+  // The captured step's last kernel moves the slots on (capture_end), so the replays need no
+  // host in between; their results come back from the step log, one copy per kStepLog steps.
+  // Off until measured on a GPU: env DDRT_REPLAY_N=1 (read when a step is recorded and per call;
+  // off, the step records no advance and the engine replays step by step, waiting for each token).
+  static bool replay_n_on() { return gpu::env_int("DDRT_REPLAY_N", 0) == 1; }
+  bool replay_n(int64_t pos, int32_t id, int n, int32_t* ids) override {
+    if (!replay_n_on() || !exec_ || !advances_ || n <= 0) return false;
+    use();
+    set_slots(pos, id);
+    int32_t* log = static_cast<int32_t*>(step_log_.get());
+    for (int done = 0; done < n;) {
+      const int m = std::min(kStepLog, n - done);
+      DDRT_CHECK(cudaMemsetAsync(log, 0, sizeof(int32_t), st_), "decode step log");
+      for (int i = 0; i < m; ++i) DDRT_CHECK(cudaGraphLaunch(exec_, st_), "decode step replay");
+      DDRT_CHECK(cudaMemcpyAsync(ids + done, log + 1, (size_t)m * sizeof(int32_t), cudaMemcpyDeviceToHost, st_),
+                 "decode step log");
+      DDRT_CHECK(cudaStreamSynchronize(st_), "decode steps");
+      done += m;
+    }
+    return true;
+  }
 
  private:
   // Every op starts here: the device, and the queued chain of fused GEMVs launched first (so the
@@ -345,9 +381,13 @@ class CudaBackend : public Backend {
   // queue themselves (matmul_fused) or flush before anything else they launch.
   void use() const {
     DDRT_CHECK(cudaSetDevice(dev_));
+    step_argmax_out_ = nullptr;
     flush_chain();
   }
-  void use_keep() const { DDRT_CHECK(cudaSetDevice(dev_)); }
+  void use_keep() const {
+    DDRT_CHECK(cudaSetDevice(dev_));
+    step_argmax_out_ = nullptr;
+  }
   void flush_chain() const {
     if (chain_ && gpu::tc_chain_size(chain_.get()) > 0)
       DDRT_CHECK(gpu::tc_chain_flush(chain_.get(), static_cast<unsigned*>(chain_bar_.get()), st_), "fused GEMV chain");
@@ -595,6 +635,12 @@ class CudaBackend : public Backend {
   DevMem tc_part_, tc_cnt_;  // the fused GEMV's partial slots and tile counters (all 0 between launches)
   DevMem slots_;
   PinnedMem h_slots_;
+  // replay_n: the tokens of back-to-back replays ([0] count, then up to kStepLog ids), the last
+  // captured argmax's output, and whether the captured step advances its slots itself
+  static constexpr int kStepLog = 1024;
+  DevMem step_log_;
+  mutable int32_t* step_argmax_out_ = nullptr;
+  bool advances_ = false;
   DevMem comp_scratch_;
   DevMem argmax_scratch_;  // partials + the counter of the one-launch argmax
   cudaStream_t side_ = nullptr;       // DecDEC select + gather beside the base GEMV

@@ -341,6 +341,12 @@ cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int
 constexpr int kArgmaxBlocks = 264;
 constexpr size_t kArgmaxScratch = kArgmaxBlocks * 8 + 16;
 cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cudaStream_t st);
+// The end of a recorded greedy decode step (one thread): the step slots become the next step's,
+// *id = *next (the step's argmax) and *pos += 1, and *next is logged: log[1 + log[0]++] while
+// log[0] < cap. So graph replays launched back to back decode without the host
+// (CudaBackend::replay_n).
+cudaError_t launch_step_advance(int64_t* pos, int32_t* id, const int32_t* next, int32_t* log, int cap,
+                                cudaStream_t st);
 
 // ---- DecDEC compensation (decdec.cu) ---------------------------------------------------------
 struct CompParams {

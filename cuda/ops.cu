@@ -507,6 +507,26 @@ const DeviceInfo& device_info() {
   return info;
 }
 
+namespace {
+__global__ void step_advance_kernel(int64_t* pos, int32_t* id, const int32_t* next, int32_t* log, int cap) {
+  grid_dep_wait();
+  pdl_trigger();
+  const int32_t v = *next;
+  *id = v;
+  *pos += 1;
+  const int32_t c = log[0];
+  if (c >= 0 && c < cap) {  // a full log (single replays, whose count nobody resets) stays as it is
+    log[1 + c] = v;
+    log[0] = c + 1;
+  }
+}
+}  // namespace
+
+cudaError_t launch_step_advance(int64_t* pos, int32_t* id, const int32_t* next, int32_t* log, int cap,
+                                cudaStream_t st) {
+  return launch_pdl(step_advance_kernel, 1, 1, 0, st, pos, id, next, log, cap);
+}
+
 cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cudaStream_t st) {
   if (n <= 0) return cudaErrorInvalidValue;
   const int blocks = (int)std::min<int64_t>(kArgmaxBlocks, ((int64_t)n + 1023) / 1024);

@@ -69,18 +69,41 @@ def test_bad_device_index(tiny3):
         decdec_rt.Runtime(tiny3, device="cuda:77")
 
 
-def test_graph_decode_equals_eager(tiny3):
-    """A decode step replayed as a CUDA graph gives the tokens of eager launches, DecDEC on."""
+@pytest.mark.parametrize("chained", ["0", "1"])
+def test_graph_decode_equals_eager(tiny3, chained, monkeypatch):
+    """A decode step replayed as a CUDA graph gives the tokens of eager launches, DecDEC on; so do
+    the chained replays (DDRT_REPLAY_N=1: steps after the first fed on the device)."""
+    monkeypatch.setenv("DDRT_REPLAY_N", chained)
     eng_g = decdec_rt._core.Engine(tiny3, device="cuda", graphs=True)
     eng_e = decdec_rt._core.Engine(tiny3, device="cuda", graphs=False)
     for e in (eng_g, eng_e):
         e.set_decdec("random", [8, 8, 8, 8], 5)
         e.forward(np.arange(10, dtype=np.int32), False)
     assert eng_g.decode_greedy(3, 30) == eng_e.decode_greedy(3, 30)
+    assert eng_g.tokens == eng_e.tokens
     # a new DecDEC setting re-records the step
     for e in (eng_g, eng_e):
         e.set_decdec("approx", [64, 64, 64, 64], 0)
     assert eng_g.decode_greedy(4, 10) == eng_e.decode_greedy(4, 10)
+    assert eng_g.decode_greedy(5, 1) == eng_e.decode_greedy(5, 1)  # a single step after the chained ones
+    assert eng_g.tokens == eng_e.tokens
+
+
+@pytest.mark.parametrize("chained", ["0", "1"])
+def test_graph_decode_to_the_context_limit(tiny3, chained, monkeypatch):
+    """Graph replays (chained or not) decode to the context's end as eager launches do, and stop
+    with ContextOverflow at the same token."""
+    monkeypatch.setenv("DDRT_REPLAY_N", chained)
+    eng_g = decdec_rt._core.Engine(tiny3, device="cuda", max_seq_len=40, graphs=True)
+    eng_e = decdec_rt._core.Engine(tiny3, device="cuda", max_seq_len=40, graphs=False)
+    for e in (eng_g, eng_e):
+        e.forward(np.arange(10, dtype=np.int32), False)
+    assert eng_g.decode_greedy(3, 28) == eng_e.decode_greedy(3, 28)  # positions 10..37
+    assert eng_g.tokens == eng_e.tokens and len(eng_g.tokens) == 38
+    for e in (eng_g, eng_e):  # 5 steps from position 38: two fit, the third overflows
+        with pytest.raises(decdec_rt.ContextOverflowError):
+            e.decode_greedy(1, 5)
+    assert eng_g.tokens == eng_e.tokens and len(eng_g.tokens) == 40
 
 
 def test_synthetic_bench_runs():
