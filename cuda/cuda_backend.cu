@@ -162,6 +162,7 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaStreamCreateWithFlags(&st_, cudaStreamNonBlocking));
     slots_ = DevMem(kSlotBytes, nullptr, "decode step slots");
     step_log_ = DevMem((1 + kStepLog) * sizeof(int32_t), nullptr, "decode step log");
+    DDRT_CHECK(cudaMemsetAsync(step_log_.get(), 0, (1 + kStepLog) * sizeof(int32_t), st_));
     argmax_scratch_ = DevMem(gpu::kArgmaxScratch, nullptr, "argmax scratch");
     DDRT_CHECK(cudaMemsetAsync(argmax_scratch_.get(), 0, gpu::kArgmaxScratch, st_));
     chain_bar_ = DevMem(2 * sizeof(unsigned), nullptr, "GEMV chain barrier");
