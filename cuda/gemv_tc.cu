@@ -235,8 +235,9 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.pre = pre;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
-  // TcArgs::evict_first, on by default since its H100 A/B (BENCHMARKS 2026-12-05 fifth session:
-  // llama3-8b 3-bit 324.8 -> 349.0 tok/s with the attention's L2 prefetch); DDRT_W_EVICT=0 off
+  // TcArgs::evict_first, on by default since its two-round H100 A/B (BENCHMARKS 2026-12-05 fifth
+  // session, no L2 prefetch: llama3-8b 3-bit 330.3 -> 350.4 tok/s, 4-bit 300.0 -> 317.6, smollm2
+  // unchanged); DDRT_W_EVICT=0 off
   static const bool evict_first = env_int("DDRT_W_EVICT", 1) == 1;
   a.evict_first = evict_first;
   static const bool early = env_int("DDRT_TC_EARLY", 0) == 1;  // TcArgs::early_issue
