@@ -356,9 +356,11 @@ class CudaBackend : public Backend {
   }
   // The captured step's last kernel moves the slots on (capture_end), so the replays need no
   // host in between; their results come back from the step log, one copy per kStepLog steps.
-  // Off until measured on a GPU: env DDRT_REPLAY_N=1 (read when a step is recorded and per call;
-  // off, the step records no advance and the engine replays step by step, waiting for each token).
-  static bool replay_n_on() { return gpu::env_int("DDRT_REPLAY_N", 0) == 1; }
+  // On by default since its two-round H200 A/B (2026-12-05, sixth session: llama3-8b 3-bit 396.2
+  // -> 400.7 tok/s, smollm2-135m 920.2 -> 934.5); env DDRT_REPLAY_N=0 off (read when a step is
+  // recorded and per call; off, the step records no advance and the engine replays step by step,
+  // waiting for each token).
+  static bool replay_n_on() { return gpu::env_int("DDRT_REPLAY_N", 1) == 1; }
   bool replay_n(int64_t pos, int32_t id, int n, int32_t* ids) override {
     if (!replay_n_on() || !exec_ || !advances_ || n <= 0) return false;
     use();
