@@ -138,9 +138,10 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
     const int64_t U = p.n_tiles * p.n_units;
     p.wb = std::min<int64_t>((int64_t)(p.grid - p.n_tb) * kTcWarps, U);
     int64_t widest = 0;
+    const TcDiv wb_div = tc_div(p.wb), nt_div = tc_div(p.n_tiles);
     for (int64_t w0 = 0; w0 < p.wb; w0 += kTcWarps) {
       int64_t s0, s1;
-      tc_block_slabs(w0, w0 + kTcWarps, p.n_tiles, U, p.wb, (int)uc, n_slabs, &s0, &s1);
+      tc_block_slabs(w0, w0 + kTcWarps, nt_div, U, wb_div, (int)uc, n_slabs, &s0, &s1);
       widest = std::max(widest, s1 - s0);
     }
     p.ring_off = (int64_t)tc_base_smem(widest, W.bits, W.group) / 16;
@@ -221,6 +222,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.n_units = plan.n_units;
   a.n_tiles = plan.n_tiles;
   a.wb = plan.wb;
+  a.wb_div = tc_div(plan.wb);
+  a.nt_div = tc_div(plan.n_tiles);
   a.part = part;
   a.cnt = cnt;
   a.seg_vecs = plan.seg_vecs;

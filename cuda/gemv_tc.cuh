@@ -105,6 +105,7 @@ struct TcArgs {
   int64_t n_units = 0;    // units per tile
   int64_t n_tiles = 0;
   int64_t wb = 0;         // base warps that get work (<= U)
+  TcDiv wb_div, nt_div;   // wb and n_tiles as divisors (tc_split.h)
   float* part = nullptr;  // [n_tiles][n_units][16]: slot k of a tile = its column-k unit
   int* cnt = nullptr;     // tile t's counter at tc_cnt_at(t) (tc_split.h), all 0 between launches
   // compensation
@@ -691,13 +692,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int64_t w0 = (int64_t)(tc_block(a) - a.n_tb) * kTcWarps, w = w0 + warp;
   const int64_t U = a.n_tiles * a.n_units;
   const bool active = w < a.wb;
-  const int64_t u_begin = active ? tc_range_begin(w, U, a.wb) : 0, u_end = active ? tc_range_begin(w + 1, U, a.wb) : 0;
+  const int64_t u_begin = active ? tc_range_begin(w, U, a.wb_div) : 0;
+  const int64_t u_end = active ? tc_range_begin(w + 1, U, a.wb_div) : 0;
   const int64_t n_slabs = mma_slabs(W.d_in, B), n_chunks = 2 * n_slabs;
   int64_t s0, s1;  // the x slabs this block stages
-  tc_block_slabs(w0, w0 + kTcWarps, a.n_tiles, U, a.wb, UC, n_slabs, &s0, &s1);
+  tc_block_slabs(w0, w0 + kTcWarps, a.nt_div, U, a.wb_div, UC, n_slabs, &s0, &s1);
   if (a.stamps != nullptr) {  // the lab: (slabs staged + 1) << 32 | units of the block's warps
     const int64_t w1 = w0 + kTcWarps < a.wb ? w0 + kTcWarps : a.wb;
-    const int64_t units = w0 < w1 ? tc_range_begin(w1, U, a.wb) - tc_range_begin(w0, U, a.wb) : 0;
+    const int64_t units = w0 < w1 ? tc_range_begin(w1, U, a.wb_div) - tc_range_begin(w0, U, a.wb_div) : 0;
     tc_stamp_value(a, 8, (unsigned long long)(s1 - s0 + 1) << 32 | (unsigned long long)units);
   }
 
@@ -731,6 +733,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
                 SLOT = tc_slot_vecs(B, G);
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   uint4* ring = smem + a.ring_off + (int64_t)warp * R * SLOT;
+  const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {
     int64_t ra, rb;
     const int m = rows_of(tl, ra, rb);
@@ -744,8 +747,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       const int64_t off = ok ? vec_off(ci) : 0;
 #pragma unroll
       for (int q = 0; q < V; ++q) {
-        cp_async16_pol(dst + ((c * 2) * V + q) * 32 + lane, wa + off + 32 * q, ok, l2_policy(a.evict_first));
-        cp_async16_pol(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok, l2_policy(a.evict_first));
+        cp_async16_pol(dst + ((c * 2) * V + q) * 32 + lane, wa + off + 32 * q, ok, pol);
+        cp_async16_pol(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok, pol);
       }
     }
     // scale words of rows 0..15 of the tile (clamped like the codes): the NU groups from the
@@ -763,7 +766,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
   };
   const int n_mine = (int)(u_end - u_begin);
-  uint32_t lt = (uint32_t)(u_begin % a.n_tiles), lk = (uint32_t)(u_begin / a.n_tiles);  // issue cursor
+  const int64_t k_begin0 = tc_quot(u_begin, a.nt_div);
+  uint32_t lt = (uint32_t)(u_begin - k_begin0 * a.n_tiles), lk = (uint32_t)k_begin0;  // issue cursor
   const uint32_t t_begin = lt, k_begin = lk;
   // Units 0 .. R - 1, one commit group each (empty past the last unit: the group count stays
   // uniform, so "all but the newest R - 1 groups done" always means "unit i has landed"), issued
@@ -1004,7 +1008,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     int64_t tile = 0;
     bool last = false;
     if (i0 + lane < n_mine) {
-      tile = (u_begin + i0 + lane) % a.n_tiles;
+      const int64_t u = u_begin + i0 + lane;
+      tile = u - tc_quot(u, a.nt_div) * a.n_tiles;
       last = atomicAdd(a.cnt + tc_cnt_at(tile), 1) == e_total - 1;
     }
     unsigned fin = __ballot_sync(0xffffffffu, last);

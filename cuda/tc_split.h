@@ -25,19 +25,48 @@ namespace gpu {
 DDRT_HD int64_t tc_cnt_at(int64_t tile) { return tile * 32; }
 inline int64_t tc_cnt_ints(int64_t n_tiles) { return tc_cnt_at(n_tiles) + 2; }
 
-DDRT_HD int64_t tc_range_begin(int64_t w, int64_t U, int64_t wb) { return w * U / wb; }
+// A divisor fixed per launch (the base warps wb, the tiles n_tiles): n / d as a multiply-high and
+// a shift (Granlund & Montgomery). The fused GEMV's warps split their units with it before their
+// first weight copy, where a 64-bit division is ~30 dependent instructions on a cold instruction
+// cache (ncu, BENCHMARKS 2026-12-05 sixth session). m = ceil(2^(31 + l) / d), l = ceil(log2 d):
+// exact for 0 <= n < 2^31 (m d - 2^(31 + l) < d, so n (m d - 2^p) < 2^p); larger n divide plainly.
+struct TcDiv {
+  int64_t d = 1;
+  uint32_t m = 0, s = 0;
+};
+inline TcDiv tc_div(int64_t d) {
+  TcDiv f;
+  f.d = d;
+  if (d > 1 && d < (int64_t(1) << 31)) {
+    int l = 0;
+    while ((int64_t(1) << l) < d) ++l;
+    f.m = (uint32_t)(((uint64_t(1) << (31 + l)) + (uint64_t)d - 1) / (uint64_t)d);
+    f.s = (uint32_t)(l - 1);
+  }
+  return f;
+}
+DDRT_HD int64_t tc_quot(int64_t n, const TcDiv& f) {
+  if (f.m == 0 || n >= (int64_t(1) << 31)) return n / f.d;  // d == 1 (or too large), n >= 2^31
+#ifdef __CUDA_ARCH__
+  return (int64_t)(__umulhi((uint32_t)n, f.m) >> f.s);
+#else
+  return (int64_t)((((uint64_t)(uint32_t)n * f.m) >> 32) >> f.s);
+#endif
+}
+
+DDRT_HD int64_t tc_range_begin(int64_t w, int64_t U, const TcDiv& wb) { return tc_quot(w * U, wb); }
 
 // The slabs [*s0, *s1) of x that base warps [w0, w1) need (the units' chunks k * uc .. k * uc +
 // uc - 1, two chunks per slab); empty (*s0 == *s1) when the warps have no units.
-DDRT_HD void tc_block_slabs(int64_t w0, int64_t w1, int64_t n_tiles, int64_t U, int64_t wb, int uc,
+DDRT_HD void tc_block_slabs(int64_t w0, int64_t w1, const TcDiv& n_tiles, int64_t U, const TcDiv& wb, int uc,
                             int64_t n_slabs, int64_t* s0, int64_t* s1) {
-  if (w1 > wb) w1 = wb;
+  if (w1 > wb.d) w1 = wb.d;
   const int64_t ub0 = w0 < w1 ? tc_range_begin(w0, U, wb) : 0, ub1 = w0 < w1 ? tc_range_begin(w1, U, wb) : 0;
   if (ub1 <= ub0) {
     *s0 = *s1 = 0;
     return;
   }
-  const int64_t ci0 = ub0 / n_tiles * uc, ci1 = ((ub1 - 1) / n_tiles + 1) * uc;
+  const int64_t ci0 = tc_quot(ub0, n_tiles) * uc, ci1 = (tc_quot(ub1 - 1, n_tiles) + 1) * uc;
   *s0 = ci0 / 2;
   *s1 = (ci1 + 1) / 2 < n_slabs ? (ci1 + 1) / 2 : n_slabs;
 }

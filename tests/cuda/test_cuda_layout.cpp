@@ -82,14 +82,16 @@ void check_width(int64_t d_out, int64_t d_in, std::mt19937& rng) {
 // per column (slot); and the x slabs a block of 8 warps stages cover every chunk of its units.
 bool check_split(int64_t n_tiles, int64_t n_slabs, int uc, int64_t warps) {
   const int64_t n_units = (2 * n_slabs + uc - 1) / uc, U = n_tiles * n_units, wb = std::min(warps, U);
+  const TcDiv wb_div = tc_div(wb), nt_div = tc_div(n_tiles);
   std::vector<std::vector<int>> seen(n_tiles, std::vector<int>(n_units, 0));
   int64_t next = 0;
   for (int64_t w = 0; w < wb; ++w) {
-    const int64_t b = tc_range_begin(w, U, wb), e = tc_range_begin(w + 1, U, wb);
+    const int64_t b = tc_range_begin(w, U, wb_div), e = tc_range_begin(w + 1, U, wb_div);
+    if (b != w * U / wb || e != (w + 1) * U / wb) return false;  // floor(w U / wb), as documented
     if (b != next || e <= b) return false;
     next = e;
     int64_t s0, s1;
-    tc_block_slabs(w / 8 * 8, w / 8 * 8 + 8, n_tiles, U, wb, uc, n_slabs, &s0, &s1);
+    tc_block_slabs(w / 8 * 8, w / 8 * 8 + 8, nt_div, U, wb_div, uc, n_slabs, &s0, &s1);
     for (int64_t u = b; u < e; ++u) {
       ++seen[u % n_tiles][u / n_tiles];
       for (int64_t ci = u / n_tiles * uc; ci < (u / n_tiles + 1) * uc && ci < 2 * n_slabs; ++ci)
@@ -103,8 +105,35 @@ bool check_split(int64_t n_tiles, int64_t n_slabs, int uc, int64_t warps) {
   return true;
 }
 
+// tc_quot (multiply-high and shift) against '/': every divisor's edges (multiples and their
+// neighbours, 2^31 - 1, the 64-bit fallback above it) and random pairs over the whole range.
+bool check_quot(std::mt19937& rng) {
+  std::vector<int64_t> ds = {1, 2, 3, 5, 7, 8, 16, 100, 132, 264, 1056, 2111, 2112, 4000, 65535, 65536, 65537,
+                             (int64_t(1) << 30) - 1, int64_t(1) << 30, (int64_t(1) << 30) + 1, (int64_t(1) << 31) - 1,
+                             int64_t(1) << 31, int64_t(3) << 31};
+  std::uniform_int_distribution<int64_t> any_d(1, (int64_t(1) << 31) - 1), any_n(0, (int64_t(1) << 31) - 1);
+  for (int i = 0; i < 2000; ++i) ds.push_back(std::max<int64_t>(1, any_d(rng) >> (rng() % 31)));
+  for (int64_t d : ds) {
+    const TcDiv f = tc_div(d);
+    std::vector<int64_t> ns = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, (int64_t(1) << 31) - 1, int64_t(1) << 31,
+                               (int64_t(1) << 31) + 7, int64_t(5) << 40};
+    const int64_t last = ((int64_t(1) << 31) - 1) / d * d;  // the largest multiple below 2^31
+    ns.insert(ns.end(), {last - 1, last, last + 1});
+    for (int i = 0; i < 50; ++i) ns.push_back(any_n(rng));
+    for (int64_t n : ns)
+      if (n >= 0 && tc_quot(n, f) != n / d) {
+        std::fprintf(stderr, "  tc_quot(%lld, %lld) = %lld, not %lld\n", (long long)n, (long long)d,
+                     (long long)tc_quot(n, f), (long long)(n / d));
+        return false;
+      }
+  }
+  return true;
+}
+
 int main() {
   std::mt19937 rng(7);
+  std::mt19937 qrng(11);  // its own stream: the checks below keep their inputs
+  CHECK(check_quot(qrng));
   bool split_ok = true;
   for (int64_t n_tiles : {1, 2, 3, 36, 64, 256, 384, 896})
     for (int64_t n_slabs : {1, 2, 7, 8, 14, 28})
