@@ -795,7 +795,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int64_t ns = s1 - s0;
   uint32_t* xw = reinterpret_cast<uint32_t*>(smem);
   float* sx = reinterpret_cast<float*>(xw + ns * NQ * 24);  // [ns][NG] group sums
-  float* amx = sx + ns * NG;                                 // [ns][NG] max |x|
+  float* amx = sx + ns * NG;                                 // [ns][NG] max |x| / kXq: X's scale
   const int64_t f4_lo = s0 * 2 * C, f4_hi = s1 * 2 * C;      // float4 slots of the staged slabs
   const bool x_al =
       ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up) | reinterpret_cast<uintptr_t>(a.nw)) & 15) == 0;
@@ -848,7 +848,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       }
       if ((lane & (G / 4 - 1)) == 0) {
         sx[gi] = s;
-        amx[gi] = am;
+        amx[gi] = am * (1.0f / kXq);
       }
       const int j = (int)(r / 32), b = (int)(r % 32) / 4;  // quad j, lane-in-octet b = 4 h + t
       const float inv = am > 0.0f ? kXq / am : 0.0f;
@@ -907,13 +907,15 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
   // otherwise to the unit's slot (tile, k) of part, counted in after the warp's last unit
   const bool direct = a.n_units == 1 && a.n_tb == 0;
-  // B columns: lane g holds column g = 3 class + limb (g < 6); its D columns are 2t, 2t + 1,
-  // weighed by limb factor / 2^class shift
-  const int my_cls = g < 6 ? g / 3 : -1, my_limb = g % 3;
-  auto col_f = [](int n) {
-    return n >= 6 ? 0.0f : (n % 3 == 0 ? 65536.0f : n % 3 == 1 ? 256.0f : 1.0f) / (float)(1 << class_shift<B>(n / 3));
-  };
-  const float f0 = col_f(2 * t), f1 = col_f(2 * t + 1);
+  // B columns: lane g holds column g: 0, 1 class 0's hi and mid limbs, 2, 3 class 1's, 4, 5 the lo
+  // limbs of class 0 and 1 (6, 7 stay 0). Lane t's two D columns 2t, 2t + 1 then join exactly in
+  // int32 as v = D[2t] cm + D[2t + 1] (cm = 256 for (hi, mid), 2^s1 for the two lo limbs, s1 class
+  // 1's shift: |v| < 2^30 at 4 bits), so a group costs one IMAD and one I2FP per row, and the
+  // lane's factor cf (256 / 2^shift, or 2^-s1) is applied once per unit.
+  const int my_cls = g < 4 ? g / 2 : g < 6 ? g - 4 : -1, my_limb = g < 4 ? g % 2 : 2;
+  constexpr int S1 = 1 << class_shift<B>(1);
+  const int cm = t < 2 ? 256 : S1;
+  const float cf = t == 0 ? 256.0f : t == 1 ? 256.0f / S1 : t == 2 ? 1.0f / S1 : 0.0f;
   constexpr int P = UC / 2;  // slabs per unit
   auto compute = [&](uint32_t tl, uint32_t k, const uint4* slot) {
     const __half2* ss = reinterpret_cast<const __half2*>(slot + UV);
@@ -953,15 +955,15 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
                  bv.x, bv.y);
         }
         const float2 fa = __half22float2(sga[gg]), fb = __half22float2(sgb[gg]);
-        const float sq = sam[gg] * (1.0f / kXq);  // the group's x scale
-        acc[0] = fmaf(fa.x * sq, fmaf((float)d[0], f0, (float)d[1] * f1), acc[0]);
-        acc[1] = fmaf(fb.x * sq, fmaf((float)d[2], f0, (float)d[3] * f1), acc[1]);
+        const float sq = sam[gg];  // the group's x scale, max |x| / kXq
+        acc[0] = fmaf(fa.x * sq, (float)(d[0] * cm + d[1]), acc[0]);
+        acc[1] = fmaf(fb.x * sq, (float)(d[2] * cm + d[3]), acc[1]);
         accm[0] = fmaf(fa.y, sxs[gg], accm[0]);
         accm[1] = fmaf(fb.y, sxs[gg], accm[1]);
       }
     }
-    // the 4 lanes of a row hold its columns, weighed: sum them
-    float ya = acc[0], yb = acc[1];
+    // the 4 lanes of a row hold its columns: weigh them (cf) and sum them
+    float ya = acc[0] * cf, yb = acc[1] * cf;
     ya += __shfl_xor_sync(0xffffffffu, ya, 1);
     yb += __shfl_xor_sync(0xffffffffu, yb, 1);
     ya += __shfl_xor_sync(0xffffffffu, ya, 2);
