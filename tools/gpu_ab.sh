@@ -5,12 +5,23 @@
 # Usage on the GPU machine: bash tools/gpu_ab.sh ["SETTING" ...]   (a setting: env assignments,
 # or "default"); shapes from AB_SHAPES (default "llama3-8b smollm2-135m"), bits from AB_BITS (3).
 # Logs in $OUT (the device tool brings them back) or ./gpu_logs.
+# Code against code: AB_BASE=DIR builds the source tree in DIR (an older commit: here,
+# `mkdir ab_base && git archive REV | tar -x -C ab_base`, `echo /ab_base/ >> .git/info/exclude`,
+# then the device call carries "ab_base") beside this one, and the setting "base" (env assignments
+# may follow: "base DDRT_X=1") runs it; its A/B rows then compare two builds on one machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 . tools/gpu_build.sh
 gpu_build
+if [ -n "${AB_BASE:-}" ]; then
+  t0=$(date +%s)
+  (cd "$AB_BASE" && python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/ab_base_py . \
+     -C build-dir=/tmp/ab_base_build -C cmake.define.DECDEC_CUDA=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90) \
+    > "$OUT/build_base.log" 2>&1 || { tail -30 "$OUT/build_base.log"; exit 1; }
+  echo "base build ($AB_BASE): $(( $(date +%s) - t0 )) s"
+fi
 settings=("$@")
 [ ${#settings[@]} -eq 0 ] && settings=("default" "DDRT_FUSE_NORM=0" "DDRT_TC_CHAIN=1" "DDRT_FUSE_NORM=0 DDRT_TC_CHAIN=1"
                                        "DDRT_GEMV_F_ROWS=1" "DDRT_TC_PRE=0" "DDRT_TC_PRE=2"
@@ -28,6 +39,7 @@ for round in 1 2; do
     for shape in ${AB_SHAPES:-llama3-8b smollm2-135m}; do
       [ $SECONDS -lt $t_end ] || { echo "AB_DEADLINE reached: $s $shape round $round not run"; continue; }
       envs=$([ "$s" = default ] && echo "" || echo "$s")
+      [ "${s%% *}" = base ] && envs="PYTHONPATH=/tmp/ab_base_py ${s#base}"  # the AB_BASE build
       tok=$(env $envs python3 -m decdec_rt bench --shape $shape --bits ${AB_BITS:-3} --prefill 16 ${AB_ARGS:-} 2>&1 \
             | tee -a "$OUT/ab.log" | sed -n 's/^  decode *\([0-9.]*\) tok\/s.*/\1/p')
       printf '%s\t%s\t%s\t%s\n' "$round" "$s" "$shape" "${tok:-failed}" | tee -a "$OUT/ab.tsv"
