@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Per-instruction ncu detail of the fused GEMV (the first uq3 4096x14336 launch of --bench-gemv,
-# DecDEC off): warp stall samples and shared-memory excess wavefronts per SASS line and per CUDA
-# source line, as CSV (read here with tools/lab/ncu_source_top.py). Usage on the GPU machine:
-#   bash tools/lab/ncu_source.sh   (results in $OUT: sass.csv, cuda.csv, summary.txt)
+# DecDEC off): warp stall samples and shared-memory wavefronts per SASS instruction, as CSV (read
+# here with tools/lab/ncu_source_top.py; ncu's per-CUDA-line view printed no metrics). Usage on the
+# GPU machine: bash tools/lab/ncu_source.sh   (results in $OUT: sass.csv, summary.txt)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ncu_src}; mkdir -p "$OUT"
@@ -14,5 +14,4 @@ ncu --clock-control none -k regex:gemv_tc --launch-skip ${SKIP:-30} --launch-cou
   -o /tmp/ncu_src_rep -f /tmp/bs/test_cuda_ops --bench-gemv > "$OUT/summary.txt" 2>&1
 ncu -i /tmp/ncu_src_rep.ncu-rep --print-details all >> "$OUT/summary.txt" 2>&1
 ncu -i /tmp/ncu_src_rep.ncu-rep --page source --csv --print-source sass > "$OUT/sass.csv" 2>&1
-ncu -i /tmp/ncu_src_rep.ncu-rep --page source --csv --print-source cuda > "$OUT/cuda.csv" 2>&1
 ls -la "$OUT"; head -c 1500 "$OUT/sass.csv"; echo; grep -i -A3 "excessive\|shared" "$OUT/summary.txt" | head -60

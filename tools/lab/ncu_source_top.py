@@ -1,5 +1,5 @@
-"""Reads tools/lab/ncu_source.sh's CSV (ncu --page source --csv): the instructions (or CUDA lines)
-with the most warp stall samples, the stall reasons summed over the kernel, and where the shared
+"""Reads tools/lab/ncu_source.sh's CSV (ncu --page source --csv): the instructions with
+the most warp stall samples, the stall reasons summed over the kernel, and where the shared
 memory excess wavefronts are. Usage: python3 tools/lab/ncu_source_top.py sass.csv [--top 40]"""
 import argparse
 import csv
@@ -33,7 +33,7 @@ def main():
     for r in sorted(recs, key=lambda r: -num(r.get(samp, 0)))[:args.top]:
         top = sorted(stalls, key=lambda s: -num(r[s]))[:3]
         why = " ".join(f"{s[6:]}={num(r[s]):.0f}" for s in top if num(r[s]) > 0)
-        print(f"{100 * num(r[samp]) / total:5.1f}% {r.get('Address', r.get('Line', ''))[:8]:>8} "
+        print(f"{100 * num(r[samp]) / total:5.1f}% {r.get('Address', '')[-6:]:>6} "
               f"exec={num(r.get('Instructions Executed', 0)):8.0f} {r[key][:70]:70s} {why}")
     ex = "L1 Wavefronts Shared Excessive"
     if ex in head:
@@ -42,6 +42,19 @@ def main():
             if num(r[ex]) > 0:
                 print(f"{num(r[ex]):9.0f} of {num(r['L1 Wavefronts Shared']):9.0f} (ideal "
                       f"{num(r['L1 Wavefronts Shared Ideal']):8.0f}) {r[key][:90]}")
+    # by execution count: code run once per warp (prologue, epilogue), once per unit, ...
+    by_n = {}
+    for r in recs:
+        n = num(r.get("Instructions Executed", 0))
+        if n > 0:
+            b = by_n.setdefault(n, [0, 0.0, 0.0])
+            b[0] += 1
+            b[1] += n
+            b[2] += num(r.get(samp, 0))
+    dyn = sum(b[1] for b in by_n.values()) or 1.0
+    print("\nby times executed (warp instructions per static instruction): static, % of executed, % of stalls")
+    for n, (k, d, st) in sorted(by_n.items(), key=lambda kv: -kv[1][1])[:8]:
+        print(f"  x{n:<8.0f} {k:6d} {100 * d / dyn:5.1f}% {100 * st / total:5.1f}%")
     # by opcode (SASS)
     ops = {}
     for r in recs:
