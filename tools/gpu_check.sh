@@ -9,9 +9,9 @@ export PYTHONUNBUFFERED=1
 # (at most 8 files come back from a device call: build, ctest, pytest, pytest_switches, bench_gemv,
 # bench_gemm, bench_labs (LABS=1), bench_e2e). Meant to fit the 600 s call limit: on the H100
 # (2026-12-05, fifth session) build + ctest + the three pytest runs took ~205 s and a decode row
-# ~9-13 s (GEMV=0 with 3 decode and 17 A/B rows: 383 s); the GEMV and matmul labs were ~160 s
-# (fourth session), so the default round should take ~480 s (estimated, not yet run as a whole);
-# CHECK_DEADLINE stops any row past 540 s.
+# ~9-13 s (GEMV=0 with 3 decode and 17 A/B rows: 383 s); with the GEMV labs (one-copy table
+# included) and 4 decode rows the H200 reached CHECK_DEADLINE after 4 A/B rows (sixth session,
+# 555 s): the A/B rows come in order of interest. CHECK_DEADLINE stops any row past 540 s.
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 . tools/gpu_build.sh
 gpu_build
