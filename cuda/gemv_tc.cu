@@ -243,12 +243,12 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // unchanged); DDRT_W_EVICT=0 off
   static const bool evict_first = env_int("DDRT_W_EVICT", 1) == 1;
   a.evict_first = evict_first;
-  // TcArgs::early_issue: by default at 3 bits (H200 round of 2026-12-05, sixth session: llama3-8b
-  // 3-bit 370.8 -> 394.0 tok/s, smollm2-135m 818 -> 921; in the H100 lab 3-bit GEMVs 2-10 % faster,
-  // 4-bit ones, whose ring has two slots after the first, 4 % slower on 4096x14336 and 14336x4096);
-  // env DDRT_TC_EARLY=0 never, =1 at every width
-  static const int early = env_int("DDRT_TC_EARLY", -1);
-  a.early_issue = early == 1 || (early < 0 && a.W.bits == 3);
+  // TcArgs::early_issue, on at every width: H200 round of 2026-12-05 (sixth session) llama3-8b
+  // 3-bit 370.8 -> 394.0 tok/s, smollm2-135m 818 -> 921; 4-bit end to end on the H100 (seventh
+  // session, two rounds) 320.3 -> 335.0, although the GEMV lab had measured 4-bit 4096x14336 and
+  // 14336x4096 4 % slower with it; env DDRT_TC_EARLY=0 off
+  static const bool early = env_int("DDRT_TC_EARLY", 1) != 0;
+  a.early_issue = early;
   // lab knob DDRT_COMP_PAIR (TcArgs::comp_pair): 1 pairs at the SM count; S > 1 at S (the tests:
   // the emulator's grids are too small for its 4 SMs); only where both halves fit the grid
   static const int pair = env_int("DDRT_COMP_PAIR", 0);

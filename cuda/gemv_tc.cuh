@@ -134,11 +134,12 @@ struct TcArgs {
   // once per token, so they should not push out what is read again: +6 % decode measured, the
   // mechanism not isolated) or evict_normal, a load's default
   bool evict_first = false;
-  // env DDRT_TC_EARLY (default: 3-bit weights; 0 never, 1 every width): the slots after a.pre are
+  // env DDRT_TC_EARLY (default on; 0 off): the slots after a.pre are
   // issued right after the first batch of x loads, before x is staged (x's loads queue behind the
   // slots issued before the wait, ~96 KB per SM at 3 bits; issued only after the staging, the rest
   // of the ring leaves a gap in the SM's stream: +6 % decode on llama3-8b 3-bit, +12 % on
-  // smollm2-135m when closed; 4-bit GEMVs measured 4 % slower with it in the lab)
+  // smollm2-135m when closed; 4-bit: +4.6 % decode on llama3-8b, although two of its GEMVs
+  // measured 4 % slower in the lab)
   bool early_issue = false;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
