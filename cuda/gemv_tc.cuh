@@ -141,6 +141,17 @@ struct TcArgs {
   // smollm2-135m when closed; 4-bit: +4.6 % decode on llama3-8b, although two of its GEMVs
   // measured 4 % slower in the lab)
   bool early_issue = false;
+  // env DDRT_TC_SQ_L1 (default 1; 0 off): the rmsnorm input's sum of x^2 (TcSumSq: every block
+  // reads all of x) loads through L1 (__ldg) in a single launch, so that the SM's second block and
+  // the staging's loads of the same lines hit L1 instead of adding requests to L2 while the weight
+  // copies saturate it; a chain's stages always load through L2 (see the chain)
+  bool sq_l1 = false;
+  // lab knob DDRT_TC_PACE (0..kTcWarps, default kTcWarps): only the block's warps w < pace_warps
+  // issue ring slots before x is staged (a.pre before the wait, the rest early); the others issue
+  // all of theirs once x is staged. Fewer bytes in flight GPU-wide while x's loads are out: the
+  // stamps show x's staging waiting on the GPU-wide queue of weight copies (BENCHMARKS, seventh
+  // session), so this asks whether a smaller queue shortens it by more than the stream loses
+  int pace_warps = kTcWarps;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
@@ -243,8 +254,13 @@ struct TcSumSq {
 #pragma unroll
     for (int q = 0; q < kSq; ++q) {
       const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
-      v[q] = vec && i < a.W.d_in / 4 ? __ldcg(reinterpret_cast<const float4*>(a.x) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      v[q] = vec && i < a.W.d_in / 4 ? ld4(a, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
+  }
+  // float4 i of x: through L1 (TcArgs::sq_l1, a single launch) or L2
+  static __device__ __forceinline__ float4 ld4(const TcArgs& a, int64_t i) {
+    const float4* p = reinterpret_cast<const float4*>(a.x) + i;
+    return a.sq_l1 && a.bar == nullptr ? __ldg(p) : __ldcg(p);
   }
   __device__ __forceinline__ float warp_sum(const TcArgs& a) const {
     const int64_t n = a.W.d_in;
@@ -253,12 +269,13 @@ struct TcSumSq {
 #pragma unroll
       for (int q = 0; q < kSq; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
       for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < n / 4; i += kTcThreads) {
-        const float4 u = __ldcg(reinterpret_cast<const float4*>(a.x) + i);
+        const float4 u = ld4(a, i);
         s = fmaf(u.x, u.x, fmaf(u.y, u.y, fmaf(u.z, u.z, fmaf(u.w, u.w, s))));
       }
     } else {
+      const bool l1 = a.sq_l1 && a.bar == nullptr;
       for (int64_t i = threadIdx.x; i < n; i += kTcThreads) {
-        const float u = __ldcg(a.x + i);
+        const float u = l1 ? __ldg(a.x + i) : __ldcg(a.x + i);
         s = fmaf(u, u, s);
       }
     }
@@ -778,9 +795,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // 324, 2 320, 3 318), the others
   // right after x is staged, so that every slot is in flight before the first unit's math: most
   // warps hold only 1-4 units, a refill after the first unit would come too late to matter.
+  // this warp's slots before the wait, and whether the rest go out before x is staged (pace_warps)
+  const bool paced = warp < a.pace_warps;
+  const int pre = paced ? a.pre : 0;
+  const bool early = paced && a.early_issue;
 #pragma unroll
   for (int p = 0; p < R; ++p) {
-    if (p >= a.pre) continue;
+    if (p >= pre) continue;
     if (p < n_mine) {
       issue(lt, lk, p);
       advance(lt, lk);
@@ -867,11 +888,11 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       for (int l = 0; l < 3; ++l) ent[2 * l] = lw[l];
     }
   };
-  // ring slots a.pre .. R - 1 (every lane of the warp issues its pieces)
+  // ring slots pre .. R - 1 (every lane of the warp issues its pieces)
   auto issue_rest = [&]() {
 #pragma unroll
     for (int p = 0; p < R; ++p) {
-      if (p < a.pre) continue;
+      if (p < pre) continue;
       if (p < n_mine) {
         issue(lt, lk, p);
         advance(lt, lk);
@@ -880,7 +901,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
   };
   int64_t xf = f4_lo + threadIdx.x;
-  if (a.early_issue) {  // the first batch's x loads, then the slots, then its staging
+  if (early) {  // the first batch's x loads, then the slots, then its staging
     float4 xv[XB];
     const bool in = xf < f4_hi;
     if (in) load_batch(xf, xv);
@@ -893,7 +914,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     load_batch(xf, xv);
     stage_batch(xf, xv);
   }
-  if (!a.early_issue) issue_rest();
+  if (!early) issue_rest();
   float* ssq_red = amx + ns * NG;  // [kTcWarps] the warps' sums of x^2 (a.nw)
   if (a.nw) {
     const float ss = sq.warp_sum(a);
