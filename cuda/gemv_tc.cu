@@ -238,6 +238,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.pre = pre;
   static const int pace = std::clamp(env_int("DDRT_TC_PACE", kTcWarps), 0, kTcWarps);  // TcArgs::pace_warps
   a.pace_warps = pace;
+  static const bool x_first = env_int("DDRT_TC_XFIRST", 0) == 1;  // TcArgs::x_first (lab)
+  a.x_first = x_first;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
   // TcArgs::evict_first, on by default since its two-round H100 A/B (BENCHMARKS 2026-12-05 fifth
@@ -251,9 +253,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // 14336x4096 4 % slower with it; env DDRT_TC_EARLY=0 off
   static const bool early = env_int("DDRT_TC_EARLY", 1) != 0;
   a.early_issue = early;
-  // TcArgs::sq_l1: env DDRT_TC_SQ_L1=0 loads the norm's x^2 terms through L2 as before
-  static const bool sq_l1 = env_int("DDRT_TC_SQ_L1", 1) != 0;
-  a.sq_l1 = sq_l1;
   // lab knob DDRT_COMP_PAIR (TcArgs::comp_pair): 1 pairs at the SM count; S > 1 at S (the tests:
   // the emulator's grids are too small for its 4 SMs); only where both halves fit the grid
   static const int pair = env_int("DDRT_COMP_PAIR", 0);

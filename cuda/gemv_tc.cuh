@@ -141,17 +141,17 @@ struct TcArgs {
   // smollm2-135m when closed; 4-bit: +4.6 % decode on llama3-8b, although two of its GEMVs
   // measured 4 % slower in the lab)
   bool early_issue = false;
-  // env DDRT_TC_SQ_L1 (default 1; 0 off): the rmsnorm input's sum of x^2 (TcSumSq: every block
-  // reads all of x) loads through L1 (__ldg) in a single launch, so that the SM's second block and
-  // the staging's loads of the same lines hit L1 instead of adding requests to L2 while the weight
-  // copies saturate it; a chain's stages always load through L2 (see the chain)
-  bool sq_l1 = false;
   // lab knob DDRT_TC_PACE (0..kTcWarps, default kTcWarps): only the block's warps w < pace_warps
   // issue ring slots before x is staged (a.pre before the wait, the rest early); the others issue
   // all of theirs once x is staged. Fewer bytes in flight GPU-wide while x's loads are out: the
   // stamps show x's staging waiting on the GPU-wide queue of weight copies (BENCHMARKS, seventh
   // session), so this asks whether a smaller queue shortens it by more than the stream loses
   int pace_warps = kTcWarps;
+  // lab knob DDRT_TC_XFIRST=1: a block barrier after every warp's first x loads, so that they are
+  // all in the SM's memory queue before any warp's ring slots issued after the wait (without it a
+  // late warp's x loads can queue behind the slots of the warps before it; by the timeline x's
+  // staging follows the copy bytes issued ahead of it: BENCHMARKS, seventh session)
+  bool x_first = false;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
@@ -254,13 +254,8 @@ struct TcSumSq {
 #pragma unroll
     for (int q = 0; q < kSq; ++q) {
       const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
-      v[q] = vec && i < a.W.d_in / 4 ? ld4(a, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      v[q] = vec && i < a.W.d_in / 4 ? __ldcg(reinterpret_cast<const float4*>(a.x) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-  }
-  // float4 i of x: through L1 (TcArgs::sq_l1, a single launch) or L2
-  static __device__ __forceinline__ float4 ld4(const TcArgs& a, int64_t i) {
-    const float4* p = reinterpret_cast<const float4*>(a.x) + i;
-    return a.sq_l1 && a.bar == nullptr ? __ldg(p) : __ldcg(p);
   }
   __device__ __forceinline__ float warp_sum(const TcArgs& a) const {
     const int64_t n = a.W.d_in;
@@ -269,13 +264,12 @@ struct TcSumSq {
 #pragma unroll
       for (int q = 0; q < kSq; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
       for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < n / 4; i += kTcThreads) {
-        const float4 u = ld4(a, i);
+        const float4 u = __ldcg(reinterpret_cast<const float4*>(a.x) + i);
         s = fmaf(u.x, u.x, fmaf(u.y, u.y, fmaf(u.z, u.z, fmaf(u.w, u.w, s))));
       }
     } else {
-      const bool l1 = a.sq_l1 && a.bar == nullptr;
       for (int64_t i = threadIdx.x; i < n; i += kTcThreads) {
-        const float u = l1 ? __ldg(a.x + i) : __ldcg(a.x + i);
+        const float u = __ldcg(a.x + i);
         s = fmaf(u, u, s);
       }
     }
@@ -901,11 +895,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
   };
   int64_t xf = f4_lo + threadIdx.x;
-  if (early) {  // the first batch's x loads, then the slots, then its staging
+  // early: the first batch's x loads, then the slots, then its staging; x_first (uniform over the
+  // block: every warp takes this branch and reaches the barrier) puts a barrier after the loads
+  if (early || a.x_first) {
     float4 xv[XB];
     const bool in = xf < f4_hi;
     if (in) load_batch(xf, xv);
-    issue_rest();
+    if (a.x_first) __syncthreads();
+    if (early) issue_rest();
     if (in) stage_batch(xf, xv);
     xf += XB * kTcThreads;
   }
