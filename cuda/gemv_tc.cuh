@@ -152,6 +152,12 @@ struct TcArgs {
   // late warp's x loads can queue behind the slots of the warps before it; by the timeline x's
   // staging follows the copy bytes issued ahead of it: BENCHMARKS, seventh session)
   bool x_first = false;
+  // lab knob DDRT_TC_PRE_SPLIT=1 (with pre == 1): only the first half of the first slot's chunks
+  // goes out before the wait; its other half and its scale words right after the first x loads
+  // (one commit group still), so half the bytes sit ahead of x's loads and the stream across the
+  // launch boundary is half as deep (DDRT_TC_PACE halves both too, but also holds back every
+  // other slot of the warps it paces)
+  bool pre_split = false;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
@@ -746,7 +752,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   uint4* ring = smem + a.ring_off + (int64_t)warp * R * SLOT;
   const uint64_t pol = l2_policy(a.evict_first);
-  auto issue = [&](uint32_t tl, uint32_t k, int slot) {
+  // part: 0 the whole unit; 1 its first UC / 2 chunks; 2 the other chunks and the scale words
+  auto issue = [&](uint32_t tl, uint32_t k, int slot, int part = 0) {
     int64_t ra, rb;
     const int m = rows_of(tl, ra, rb);
     const uint4* wa = a.codes[m] + ra * W.row_vecs;
@@ -754,6 +761,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     uint4* dst = ring + slot * SLOT;
 #pragma unroll
     for (int c = 0; c < UC; ++c) {
+      if ((part == 1 && c >= UC / 2) || (part == 2 && c < UC / 2)) continue;
       const int64_t ci = (int64_t)k * UC + c;
       const bool ok = ci < n_chunks;
       const int64_t off = ok ? vec_off(ci) : 0;
@@ -763,6 +771,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         cp_async16_pol(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok, pol);
       }
     }
+    if (part == 1) return;
     // scale words of rows 0..15 of the tile (clamped like the codes): the NU groups from the
     // unit's first slab, k * UC / 2
     const int64_t r0 = (int64_t)tl * 16, g0 = (int64_t)k * UC / 2 * NG;
@@ -793,15 +802,23 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const bool paced = warp < a.pace_warps;
   const int pre = paced ? a.pre : 0;
   const bool early = paced && a.early_issue;
+  // pre_split: slot 0's first half now, the rest (and its commit) by finish_split after x's loads
+  const bool split = a.pre_split && pre == 1 && n_mine > 0;
+  const uint32_t split_t = lt, split_k = lk;
 #pragma unroll
   for (int p = 0; p < R; ++p) {
     if (p >= pre) continue;
     if (p < n_mine) {
-      issue(lt, lk, p);
+      issue(lt, lk, p, split ? 1 : 0);
       advance(lt, lk);
     }
-    cp_commit();
+    if (!split) cp_commit();
   }
+  auto finish_split = [&]() {
+    if (!split) return;
+    issue(split_t, split_k, 0, 2);
+    cp_commit();
+  };
 
   tc_wait(a);  // x (and the scratch) belong to the previous kernels (or stage) until here
   tc_stamp(a, 1);
@@ -896,12 +913,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   };
   int64_t xf = f4_lo + threadIdx.x;
   // early: the first batch's x loads, then the slots, then its staging; x_first (uniform over the
-  // block: every warp takes this branch and reaches the barrier) puts a barrier after the loads
-  if (early || a.x_first) {
+  // block: every warp takes this branch and reaches the barrier) puts a barrier after the loads;
+  // split: slot 0's second half goes out there too
+  if (early || a.x_first || split) {
     float4 xv[XB];
     const bool in = xf < f4_hi;
     if (in) load_batch(xf, xv);
     if (a.x_first) __syncthreads();
+    finish_split();
     if (early) issue_rest();
     if (in) stage_batch(xf, xv);
     xf += XB * kTcThreads;
