@@ -143,9 +143,9 @@ struct TcArgs {
   bool early_issue = false;
   // lab knob DDRT_TC_PACE (0..kTcWarps, default kTcWarps): only the block's warps w < pace_warps
   // issue ring slots before x is staged (a.pre before the wait, the rest early); the others issue
-  // all of theirs once x is staged. Fewer bytes in flight GPU-wide while x's loads are out: the
-  // stamps show x's staging waiting on the GPU-wide queue of weight copies (BENCHMARKS, seventh
-  // session), so this asks whether a smaller queue shortens it by more than the stream loses
+  // all of theirs once x is staged. Fewer copies in flight ahead of x's loads: x is staged sooner
+  // (4096x14336 at 4: 1.4 us at the median), but decode is 5 % slower, the stream across the
+  // launch boundary being shallower (BENCHMARKS, seventh session)
   int pace_warps = kTcWarps;
   // lab knob DDRT_TC_XFIRST=1: a block barrier after every warp's first x loads, so that they are
   // all in the SM's memory queue before any warp's ring slots issued after the wait (without it a
