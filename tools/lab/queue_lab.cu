@@ -25,14 +25,7 @@
 #include <cstdio>
 #include <vector>
 
-#define CK(x)                                                                \
-  do {                                                                       \
-    cudaError_t e_ = (x);                                                    \
-    if (e_ != cudaSuccess) {                                                 \
-      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      return 1;                                                              \
-    }                                                                        \
-  } while (0)
+#include "lab_check.h"
 
 namespace {
 

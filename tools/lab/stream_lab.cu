@@ -18,15 +18,7 @@
 #include <vector>
 
 #include "gemv_q.cuh"
-
-#define CK(x)                                                                     \
-  do {                                                                            \
-    cudaError_t e_ = (x);                                                         \
-    if (e_ != cudaSuccess) {                                                      \
-      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));      \
-      return 1;                                                                   \
-    }                                                                             \
-  } while (0)
+#include "lab_check.h"
 
 using ddrt::gpu::ld_stream;  // the kernels' streaming load (gemv_q.cuh)
 
