@@ -242,6 +242,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.x_first = x_first;
   static const bool pre_split = env_int("DDRT_TC_PRE_SPLIT", 0) == 1;  // TcArgs::pre_split (lab)
   a.pre_split = pre_split;
+  static const bool pre_l2 = env_int("DDRT_TC_PRE_L2", 0) == 1;  // TcArgs::pre_l2 (lab)
+  a.pre_l2 = pre_l2;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
   // TcArgs::evict_first, on by default since its two-round H100 A/B (BENCHMARKS 2026-12-05 fifth

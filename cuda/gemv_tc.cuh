@@ -158,6 +158,12 @@ struct TcArgs {
   // launch boundary is half as deep (DDRT_TC_PACE halves both too, but also holds back every
   // other slot of the warps it paces)
   bool pre_split = false;
+  // lab knob DDRT_TC_PRE_L2=1: before the wait each warp prefetches its first unit's bytes into L2
+  // (cp.async.bulk.prefetch.L2: the copy engine's path) instead of copying them, and issues every
+  // copy after x's first loads: HBM still streams across the launch boundary, nothing of the SM's
+  // sits ahead of x in the load path (if the copy engine's requests do not), and the first slot's
+  // copies then hit L2
+  bool pre_l2 = false;
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
@@ -786,6 +792,29 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       cp_async4(sdst + lane, srow(lane / NU) + lane % NU);
     }
   };
+  // the code and scale bytes of unit (tl, k) into L2 (pre_l2): lane (g, t < V) prefetches piece
+  // q = t of rows g and g + 8 (the unit's chunks are adjacent 64-byte pieces of a row: one range),
+  // lane (g, 3) the two rows' scale words
+  static_assert(8 % UC == 0, "a unit's chunks lie in one run of 8 (vec_off)");
+  auto prefetch_unit = [&](uint32_t tl, uint32_t k) {
+    int64_t ra, rb;
+    const int m = rows_of(tl, ra, rb);
+    const int64_t ci0 = (int64_t)k * UC, nc = n_chunks - ci0 < UC ? n_chunks - ci0 : UC;
+    if (nc <= 0) return;
+    if (t < V) {
+      const int64_t off = vec_off(ci0) - t + 32 * t;  // lane t = 0's vector of piece q = t
+      l2_prefetch_bytes(a.codes[m] + ra * W.row_vecs + off, (uint32_t)nc * 64);
+      l2_prefetch_bytes(a.codes[m] + rb * W.row_vecs + off, (uint32_t)nc * 64);
+    } else if (t == 3 && (NU * 4) % 16 == 0) {
+      const int64_t g0 = (int64_t)k * UC / 2 * NG;
+      const __half2* sa = a.sm[m] + ra * W.n_groups + g0;
+      const __half2* sb = a.sm[m] + rb * W.n_groups + g0;
+      if (((reinterpret_cast<uintptr_t>(sa) | reinterpret_cast<uintptr_t>(sb)) & 15) == 0) {
+        l2_prefetch_bytes(sa, NU * 4);
+        l2_prefetch_bytes(sb, NU * 4);
+      }
+    }
+  };
   const int n_mine = (int)(u_end - u_begin);
   const int64_t k_begin0 = tc_quot(u_begin, a.nt_div);
   uint32_t lt = (uint32_t)(u_begin - k_begin0 * a.n_tiles), lk = (uint32_t)k_begin0;  // issue cursor
@@ -800,11 +829,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // warps hold only 1-4 units, a refill after the first unit would come too late to matter.
   // this warp's slots before the wait, and whether the rest go out before x is staged (pace_warps)
   const bool paced = warp < a.pace_warps;
-  const int pre = paced ? a.pre : 0;
+  const bool pre_l2 = paced && a.pre_l2;
+  const int pre = paced && !pre_l2 ? a.pre : 0;
   const bool early = paced && a.early_issue;
   // pre_split: slot 0's first half now, the rest (and its commit) by finish_split after x's loads
   const bool split = a.pre_split && pre == 1 && n_mine > 0;
   const uint32_t split_t = lt, split_k = lk;
+  if (pre_l2 && n_mine > 0) prefetch_unit(lt, lk);
 #pragma unroll
   for (int p = 0; p < R; ++p) {
     if (p >= pre) continue;

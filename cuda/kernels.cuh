@@ -110,21 +110,34 @@ struct L2Hint {
   }
 };
 constexpr int64_t kL2Piece = 16384;  // bytes per prefetch instruction
-// Thread i of n issues its pieces of the hint's ranges (piece j goes to thread j % n): on sm_90 by
+// bytes at p into L2 (p 16-byte aligned, bytes a multiple of 16): on sm_90 by
 // cp.async.bulk.prefetch.L2 (the copy engine moves it, the thread goes on at once); before sm_90
 // (and on the emulator) nothing.
-__device__ __forceinline__ void l2_prefetch(const L2Hint& h, int64_t i, int64_t n) {
+__device__ __forceinline__ void l2_prefetch_bytes(const void* p, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#elif defined(DDRT_CUDA_EMU)
+  // the emulator reads the range's ends, so that a range outside its buffer fails there (the
+  // GPU's prefetch of a bad address may fault), and checks the alignment the instruction needs
+  const char* c = static_cast<const char*>(p);
+  volatile char ends = static_cast<char>(c[0] ^ c[bytes - 1]);
+  (void)ends;
+  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0 || bytes % 16 != 0 || bytes == 0) std::abort();
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+// Thread i of n issues its pieces of the hint's ranges (piece j goes to thread j % n).
+__device__ __forceinline__ void l2_prefetch(const L2Hint& h, int64_t i, int64_t n) {
   for (int r = 0; r < h.n; ++r) {
     const int64_t pieces = (h.bytes[r] + kL2Piece - 1) / kL2Piece;
     for (int64_t j = i; j < pieces; j += n) {
       const int64_t off = j * kL2Piece;
       const int64_t left = h.bytes[r] - off;
-      const uint32_t sz = (uint32_t)(left < kL2Piece ? left : kL2Piece);
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(h.p[r] + off), "r"(sz) : "memory");
+      l2_prefetch_bytes(h.p[r] + off, (uint32_t)(left < kL2Piece ? left : kL2Piece));
     }
   }
-#endif
 }
 
 // x on the int8 tensor cores (the batch-1 GEMV, gemv_tc.cuh, and the T > 1 matmul, gemm_i8.cu):

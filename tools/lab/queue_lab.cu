@@ -16,6 +16,8 @@
 //             if their latency is close to idle, the queue that delays x is the SM's own
 //   bulk      one cp.async.bulk per warp instead of the 16-byte copies, then the load: if close
 //             to idle, weights by TMA would leave x's load path free (docs/gemv.md, next)
+//   prefetch  one cp.async.bulk.prefetch.L2 per warp (nothing lands in the SM), then the load:
+//             what DDRT_TC_PRE_L2 puts before the GEMV's dependency wait
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/queue_lab.cu -o /tmp/queue_lab && /tmp/queue_lab
 #include <cuda_runtime.h>
@@ -30,8 +32,8 @@
 namespace {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32, kXVecs = 1024;  // x: 16 KB
-enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk };
-const char* const kModeName[] = {"idle", "own", "xfirst", "ownlate", "others", "bulk"};
+enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch };
+const char* const kModeName[] = {"idle", "own", "xfirst", "ownlate", "others", "bulk", "prefetch"};
 
 struct Cfg {
   int mode;
@@ -107,6 +109,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto issue = [&] {
     if (c.mode == kBulk) {
       if (lane == 0) bulk_copy(ring, src, (uint32_t)vecs * 16, &bar[warp]);
+    } else if (c.mode == kPrefetch) {
+      if (lane == 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"((uint32_t)vecs * 16) : "memory");
     } else {
       for (int v = lane; v < vecs; v += 32) cp16(ring + v, src + v);
     }
@@ -137,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (c.mode == kBulk) {
     if (lane == 0) mbar_wait0(&bar[warp]);
     __syncwarp();
-  } else if (copies) {
+  } else if (copies && c.mode != kPrefetch) {
     cp_wait_all();
   }
   if (lane == 0) {
@@ -172,7 +176,8 @@ int main() {
               "in flight MB");
   const std::vector<Cfg> cfgs = {{kIdle, 512, 0},       {kOwn, 3072, 0},        {kOwn, 6656, 0},     {kOwn, 13312, 0},
                                  {kXFirst, 13312, 0},   {kOwnLate, 13312, 1000}, {kOwnLate, 13312, 3000},
-                                 {kOthers, 13312, 500}, {kOthers, 13312, 2000}, {kBulk, 6656, 0},    {kBulk, 13312, 0}};
+                                 {kOthers, 13312, 500}, {kOthers, 13312, 2000}, {kBulk, 6656, 0},    {kBulk, 13312, 0},
+                                 {kPrefetch, 13312, 0}};
   std::vector<unsigned long long> h(n_warps);
   int64_t base = 0;
   for (const Cfg& c : cfgs) {
