@@ -208,7 +208,8 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
-            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, L2Hint hint) {
+            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
+            L2Hint hint) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
@@ -380,6 +381,19 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   __syncthreads();
   if (!last) return;
   __threadfence();
+  // merge_pre (lab knob DDRT_ATTN_MERGE_PRE=1): the first kMergePre splits' partial outputs of this
+  // thread's first 4 outputs are loaded here, beside the (max, sum) loads below, instead of after
+  // the split weights: one L2 round trip fewer on the merging block's path; the same sum order
+  constexpr int kMergePre = 16;
+  const bool vec4 = hd % 4 == 0 && ((uintptr_t)out & 15) == 0;
+  const bool pre_on = merge_pre && vec4 && (int)threadIdx.x < nh * hd / 4;
+  float4 pre[kMergePre];
+  if (pre_on) {
+    const int g = 4 * threadIdx.x / hd, i = 4 * threadIdx.x - g * hd;
+    const float4* src = reinterpret_cast<const float4*>(po + (int64_t)g * splits * hd + i);
+#pragma unroll
+    for (int k = 0; k < kMergePre; ++k) pre[k] = k < active ? __ldcg(src + (int64_t)k * (hd / 4)) : make_float4(0, 0, 0, 0);
+  }
   for (int g = warp; g < nh; g += kAttnWarps) {  // split weights exp(m_k - M) and the sum L
     float mk[kAttnMaxSplits / 32], M = -INFINITY;
 #pragma unroll
@@ -406,13 +420,23 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   }
   __syncthreads();
   float* const oh = out + ((int64_t)t * s.n_heads + h0) * hd;
-  if (hd % 4 == 0 && ((uintptr_t)out & 15) == 0) {  // 4 outputs per thread, one 16-byte load per split, all in flight together
+  if (vec4) {  // 4 outputs per thread, one 16-byte load per split, all in flight together
     for (int e = threadIdx.x; e < nh * hd / 4; e += blockDim.x) {
       const int g = 4 * e / hd, i = 4 * e - g * hd;
       const float4* src = reinterpret_cast<const float4*>(po + (int64_t)g * splits * hd + i);
       float4 acc = make_float4(0, 0, 0, 0);
+      int k0 = 0;
+      if (pre_on && e == (int)threadIdx.x) {  // the splits loaded before the weights
+#pragma unroll
+        for (int k = 0; k < kMergePre; ++k) {
+          if (k >= active) break;
+          const float w = sm_w[g][k];
+          acc = make_float4(fmaf(pre[k].x, w, acc.x), fmaf(pre[k].y, w, acc.y), fmaf(pre[k].z, w, acc.z), fmaf(pre[k].w, w, acc.w));
+        }
+        k0 = kMergePre;
+      }
 #pragma unroll 16
-      for (int k = 0; k < active; ++k) {
+      for (int k = k0; k < active; ++k) {
         const float4 v = __ldcg(src + (int64_t)k * (hd / 4));
         const float w = sm_w[g][k];
         acc = make_float4(fmaf(v.x, w, acc.x), fmaf(v.y, w, acc.y), fmaf(v.z, w, acc.z), fmaf(v.w, w, acc.w));
@@ -609,11 +633,12 @@ cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const fl
                         unsigned* counters, const float* inv_freq, const L2Hint& hint) {
   const dim3 block(32 * kAttnWarps);
   const bool prefetch = attn_prefetch();
+  static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 0) == 1;  // attn_kernel's merge_pre (lab)
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, hint);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
   }
 }
 }  // namespace

@@ -905,12 +905,14 @@ void test_attention(Backend& cpu, Backend& gpu) {
   // 64, 128, 32, 80 (not a multiple of 32), 256; single-split and many-split queries; prefill
   // chunks (T >= 32) for the tiled kernel at G 1, 3, 4, 8, 16 and head_dim 64, 128, some after a
   // prefix of several 32-key tiles in the cache (pos0 101, 41), one short chunk after a long prefix
-  // (the split kernel's: pos0 301, T 40), one grid of 128 tiles (64 kv heads: the default's rule)
+  // (the split kernel's: pos0 301, T 40), one grid of 128 tiles (64 kv heads: the default's rule);
+  // a query of 261 positions (17 splits) at the racecheck size too: more splits than the merge
+  // loads before its weights (DDRT_ATTN_MERGE_PRE)
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
                       {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}},
                       {16, 1, 128, 100, {70}},             {4, 4, 64, 120, {1, 90, 1}},
-                      {12, 4, 128, 420, {100, 1, 200, 1}}, {16, 1, 64, 300, {40, 1, 90, 1}},
+                      {12, 4, 128, 420, {100, 1, 200, 1}}, {16, 1, 64, 300, {40, 1, 90, 1, 128, 1}},
                       {8, 2, 64, 400, {300, 1, 40, 1}},    {64, 64, 64, 140, {128, 1}}};
   // where the tiled kernel must run (kernels.cuh's rule, stated again): one launch per such call
   // (auto, the default: only grids of kAttnTiledMinBlocks blocks)
