@@ -824,10 +824,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // before the dependency wait (the weights do not depend on the previous kernel; measured ~10 %
   // faster than issuing them after x is staged): a.pre of them (default 1; all were slower: 347
   // vs 356 tok/s llama3-8b 3-bit, the x loads queue behind them; none: 334; 4-bit, 3 slots: 1
-  // 324, 2 320, 3 318), the others
-  // right after x is staged, so that every slot is in flight before the first unit's math: most
-  // warps hold only 1-4 units, a refill after the first unit would come too late to matter.
-  // this warp's slots before the wait, and whether the rest go out before x is staged (pace_warps)
+  // 324, 2 320, 3 318), the others right after the first x loads (early_issue; without it once x
+  // is staged), so that every slot is in flight before the first unit's math: most warps hold
+  // only 1-4 units, a refill after the first unit would come too late to matter.
+  // This warp's slots before the wait, and whether the rest go out before x is staged (pace_warps).
   const bool paced = warp < a.pace_warps;
   const bool pre_l2 = paced && a.pre_l2;
   const int pre = paced && !pre_l2 ? a.pre : 0;
