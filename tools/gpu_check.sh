@@ -8,7 +8,7 @@ OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # (at most 8 files come back from a device call: build, ctest, pytest, pytest_switches, bench_gemv,
 # bench_gemm, bench_labs (LABS=1), bench_e2e). Meant to fit the 600 s call limit: on the H100
-# (2026-12-05, fifth session) build + ctest + the three pytest runs took ~205 s and a decode row
+# (2026-12-05, fifth session) build + ctest + the pytest runs took ~205 s (a fourth configuration since the seventh session: ~30 s more) and a decode row
 # ~9-13 s (GEMV=0 with 3 decode and 17 A/B rows: 383 s); with the GEMV labs (one-copy table
 # included) and 4 decode rows the H200 reached CHECK_DEADLINE after 4 A/B rows (sixth session,
 # 555 s): the A/B rows come in order of interest. CHECK_DEADLINE stops any row past 540 s.
