@@ -53,8 +53,14 @@ shapes = list(dict.fromkeys(r[2] for r in rows))
 cell = collections.defaultdict(list)
 for rnd, s, shape, tok in rows:
     cell[(s, shape)].append(tok)
-print("| setting | " + " | ".join(f"{sh} tok/s (round 1 / 2)" for sh in shapes) + " |")
+def mean(v):
+    xs = [float(t) for t in v if t != "failed"]
+    return sum(xs) / len(xs) if xs else None
+def vs_default(s, sh):  # the mean over rounds against the default setting's, where both ran
+    a, b = mean(cell[(s, sh)]), mean(cell[("default", sh)])
+    return "" if s == "default" or a is None or b is None else f" ({100 * (a / b - 1):+.1f} %)"
+print("| setting | " + " | ".join(f"{sh} tok/s (round 1 / 2, mean vs default)" for sh in shapes) + " |")
 print("|---" * (len(shapes) + 1) + "|")
 for s in dict.fromkeys(r[1] for r in rows):
-    print(f"| {s} | " + " | ".join(" / ".join(cell[(s, sh)]) for sh in shapes) + " |")
+    print(f"| {s} | " + " | ".join(" / ".join(cell[(s, sh)]) + vs_default(s, sh) for sh in shapes) + " |")
 PY
