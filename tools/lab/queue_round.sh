@@ -12,4 +12,4 @@ t0=$(date +%s)
 nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/queue_lab.cu -o /tmp/queue_lab && /tmp/queue_lab | tee "$OUT/queue_lab.txt"
 echo "queue lab: $(( $(date +%s) - t0 )) s"
 AB_DEADLINE=${AB_DEADLINE:-480} bash tools/gpu_ab.sh default "DDRT_TC_XFIRST=1" "DDRT_TC_PRE_SPLIT=1" \
-  "DDRT_TC_PRE_L2=1 DDRT_TC_XFIRST=1" "DDRT_ATTN_MERGE_PRE=1"
+  "DDRT_TC_XFIRST=1 DDRT_TC_PRE_SPLIT=1" "DDRT_TC_PRE_L2=1 DDRT_TC_XFIRST=1" "DDRT_ATTN_MERGE_PRE=1"
