@@ -119,10 +119,10 @@ __device__ __forceinline__ void l2_prefetch_bytes(const void* p, uint32_t bytes)
 #elif defined(DDRT_CUDA_EMU)
   // the emulator reads the range's ends, so that a range outside its buffer fails there (the
   // GPU's prefetch of a bad address may fault), and checks the alignment the instruction needs
+  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0 || bytes % 16 != 0 || bytes == 0) std::abort();
   const char* c = static_cast<const char*>(p);
   volatile char ends = static_cast<char>(c[0] ^ c[bytes - 1]);
   (void)ends;
-  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0 || bytes % 16 != 0 || bytes == 0) std::abort();
 #else
   (void)p;
   (void)bytes;
