@@ -140,6 +140,21 @@ class Backend {
     rmsnorm(xb, x, w, T, (int)Ws[0]->d_in, eps);
     matmul_group(Ws, ys, n, xb, T, calls);
   }
+  // The gate/up pair of a gated MLP (Ws[0] gate, Ws[1] up, equal d_out) on the normalized residual
+  // stream, then gate = swiglu(gate, up): the down projection then reads gate as it is (matmul_add)
+  virtual void rmsnorm_matmul_swiglu(const Linear* const* Ws, float* gate, float* up, float* xb, const float* x,
+                                     const float* w, float eps, int T, const DecdecCall* calls) {
+    float* const ys[2] = {gate, up};
+    rmsnorm_matmul_group(Ws, ys, 2, xb, x, w, eps, T, calls);
+    swiglu(gate, gate, up, (size_t)T * Ws[0]->d_out);
+  }
+  // Whether rmsnorm_matmul_swiglu of gate_up, then matmul_add of down, takes fewer launches here
+  // than rmsnorm_matmul_group, then matmul_swiglu_add (the engine then takes it, where it fuses
+  // the add and norm). Default: false.
+  virtual bool swiglu_after_gate_up(const Linear* const* gate_up, const DecdecCall* calls, const Linear& down,
+                                    const DecdecCall& dcall, int T) const {
+    return false;
+  }
   // Whether the residual add and the next norm can live inside the linears around them: each of
   // matmul_add / matmul_swiglu_add of `producer` and rmsnorm_matmul_group of `consumers` (none
   // when n = 0: the last layer's) runs as one launch for these calls (matmul_swiglu_add: two

@@ -452,10 +452,18 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
     group_args(l, 4, 2, pos0, next, next_calls);
     float* const gate_up[2] = {gate_, up_};                     // gate, up [T, hidden]
     const Linear* const after_gate_up = L.w[6].get();           // down
+    const DecdecCall d_call = decdec_call(l, 6, pos0);
+    // gate = swiglu(gate, up) where the gate/up launch writes it (swiglu_after_gate_up): down
+    // then reads a plain input
+    bool swiglu_done = false;
     if (!capture_ && be_->fuses_add_norm(*L.w[3], o_call, next, 2, next_calls, T)) {
       be_->matmul_add(*L.w[3], x_, hb_, att_, T, o_call);       // x += o(att)
       be_->prefetch_hint(&after_gate_up, 1);
-      be_->rmsnorm_matmul_group(next, gate_up, 2, xb_, x_, L.ffn_norm, c.norm_eps, T, next_calls);
+      swiglu_done = be_->swiglu_after_gate_up(next, next_calls, *L.w[6], d_call, T);
+      if (swiglu_done)
+        be_->rmsnorm_matmul_swiglu(next, gate_, up_, xb_, x_, L.ffn_norm, c.norm_eps, T, next_calls);
+      else
+        be_->rmsnorm_matmul_group(next, gate_up, 2, xb_, x_, L.ffn_norm, c.norm_eps, T, next_calls);
     } else {
       be_->matmul(*L.w[3], hb_, att_, T, o_call);               // hb [T, dim]
       be_->add_rmsnorm(xb_, x_, hb_, L.ffn_norm, T, c.dim, c.norm_eps);  // x += attn; xb = ffn_norm(x)
@@ -464,7 +472,6 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
       be_->matmul_group(next, gate_up, 2, xb_, T, next_calls);
     }
     // feed-forward block: hb = down(silu(gate) * up)  [T, dim], added into x
-    const DecdecCall d_call = decdec_call(l, 6, pos0);
     const bool last = l + 1 == c.n_layers;
     if (!last) group_args(l + 1, 0, 3, pos0, next, next_calls);
     be_->prefetch_hint(next, last ? 0 : 3);                     // during down: the next q, k, v
@@ -474,11 +481,17 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
       linear(*L.w[6], l, 6, hb_, gate_, T, pos0);
       normed = true;
     } else if (be_->fuses_add_norm(*L.w[6], d_call, next, last ? 0 : 3, next_calls, T)) {
-      be_->matmul_swiglu_add(*L.w[6], x_, hb_, gate_, up_, T, d_call);  // x += ffn
+      if (swiglu_done)
+        be_->matmul_add(*L.w[6], x_, hb_, gate_, T, d_call);           // x += ffn
+      else
+        be_->matmul_swiglu_add(*L.w[6], x_, hb_, gate_, up_, T, d_call);  // x += ffn
       normed = false;
       continue;
     } else {
-      be_->matmul_swiglu(*L.w[6], hb_, gate_, up_, T, d_call);
+      if (swiglu_done)
+        linear(*L.w[6], l, 6, hb_, gate_, T, pos0);
+      else
+        be_->matmul_swiglu(*L.w[6], hb_, gate_, up_, T, d_call);
       normed = true;
     }
     if (!last)                                                  // x += ffn; xb = next attn_norm(x)

@@ -546,6 +546,36 @@ class CudaBackend : public Backend {
     }
     Backend::rmsnorm_matmul_group(Ws, ys, n, xb, x, w, eps, T, calls);
   }
+  // T = 1 with the fused GEMV: the gate/up launch writes swiglu(gate, up) into gate itself (its
+  // tile finishers, per pair of tiles: TcArgs::swiglu_pairs); otherwise the two ops
+  void rmsnorm_matmul_swiglu(const Linear* const* Ws, float* gate, float* up, float* xb, const float* x,
+                             const float* w, float eps, int T, const DecdecCall* calls) override {
+    use_keep();
+    const CudaLinear* cw[gpu::kTcMaxMembers];
+    if (T == 1 && pairs_fusable(Ws, calls, cw)) {
+      float* const ys[2] = {gate, up};
+      gpu::TcIo io;
+      io.nw = w;
+      io.eps = eps;
+      io.swiglu_pairs = true;
+      if (matmul_fused(cw, ys, 2, x, calls[0], "matmul group '" + cw[0]->name + "', '" + cw[1]->name + "' with swiglu", io))
+        return;
+    }
+    Backend::rmsnorm_matmul_swiglu(Ws, gate, up, xb, x, w, eps, T, calls);
+  }
+  bool pairs_fusable(const Linear* const* Ws, const DecdecCall* calls, const CudaLinear** cw) const {
+    return Ws[0]->d_out == Ws[1]->d_out && Ws[0]->d_out % 16 == 0 && consumers_fusable(Ws, 2, calls, cw);
+  }
+  // The swiglu in the gate/up launch where down would otherwise run it as a launch of its own
+  // (below fuse_swiglu's size: SmolLM2-135M's down); env DDRT_SWIGLU_PAIRS=0 never, =1 at every size
+  bool swiglu_after_gate_up(const Linear* const* gate_up, const DecdecCall* calls, const Linear& down,
+                            const DecdecCall& dcall, int T) const override {
+    const int env = gpu::env_int("DDRT_SWIGLU_PAIRS", -1);  // read per call (host side only)
+    const auto& D = static_cast<const CudaLinear&>(down);
+    if (T != 1 || env == 0 || (env < 0 && fuse_swiglu(D) && fused_first(D))) return false;
+    const CudaLinear* cw[gpu::kTcMaxMembers];
+    return pairs_fusable(gate_up, calls, cw);
+  }
   // Whether the fused GEMV can read rmsnorm(x) for these linears and calls (one launch; cw: them)
   bool consumers_fusable(const Linear* const* Ws, int n, const DecdecCall* calls, const CudaLinear** cw) const {
     if (n < 1 || n > gpu::kTcMaxMembers) return false;

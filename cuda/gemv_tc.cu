@@ -203,6 +203,10 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // rmsnorm(x) * nw as the compensation reads it.
   if ((io.up || io.nw) && comp && !comp->select_here) return false;
   if (tc_io_aliases(W, y, n, x, a.W.d_in, io)) return false;
+  if (io.swiglu_pairs && (n != 2 || io.accumulate || W[0]->d_out != W[1]->d_out || W[0]->d_out % 16 != 0 ||
+                          (y[0] < y[1] + W[1]->d_out && y[1] < y[0] + W[0]->d_out)))
+    return false;
+  a.swiglu_pairs = io.swiglu_pairs;
   a.x = x;
   a.up = io.up;
   a.nw = io.nw;

@@ -94,6 +94,10 @@ struct TcArgs {
   const float* nw = nullptr;
   float eps = 0.0f;
   bool accumulate = false;  // y += the result (y is the residual stream), not y =
+  // the gate/up pair of a gated MLP (two members of equal d_out, a multiple of 16): once both tiles
+  // of a pair (gate tile p, up tile p + n_tiles / 2) are written, y[0] = swiglu1(y[0], y[1]) over
+  // its 16 rows (tc_pair_count), so that the down projection reads a plain x, one launch fewer
+  bool swiglu_pairs = false;
   // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
   int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
   const uint4* codes[kTcMaxMembers];
@@ -326,6 +330,32 @@ inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
          (2 * kBuckets + 2 * kTcWarps) * 4 + 64;
 }
 
+// TcArgs::swiglu_pairs: each lane's `tile` (< 0: none) is one whose 16 rows of y this warp has
+// written, fenced before the call. A tile counts in on its pair's counter (tc_pair_at); the second
+// of the pair (it sees 1) resets the counter and, after a fence, writes y[0] = swiglu1(y[0], y[1])
+// over the pair's rows, with the formula and rounding of the swiglu kernel, reading both halves
+// through L2 (one of them another warp's, seen by the fence before its count and the one here).
+// Called by a whole warp.
+__device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int lane) {
+  const int64_t np = a.n_tiles / 2;
+  int64_t p = 0;
+  bool second = false;
+  if (tile >= 0) {
+    p = tile < np ? tile : tile - np;
+    int* c = a.cnt + tc_pair_at(a.n_tiles, p);
+    second = atomicAdd(c, 1) == 1;
+    if (second) *c = 0;
+  }
+  unsigned m = __ballot_sync(0xffffffffu, second);
+  if (m) __threadfence();
+  while (m) {
+    const int l = __ffs(m) - 1;
+    m &= m - 1;
+    const int64_t row = __shfl_sync(0xffffffffu, p, l) * 16 + (lane & 15);
+    if (lane < 16) a.y[0][row] = swiglu1(__ldcg(a.y[0] + row), __ldcg(a.y[1] + row));
+  }
+}
+
 // The last contributor of a tile sums its slots (fixed order: k ascending, then the compensation)
 // into y and resets the counter. Called by a whole warp for up to two tiles: lanes 0..15 take
 // row lane of tile ta, lanes 16..31 of tile tb (tb < 0: none). Each lane issues its row's slot
@@ -365,6 +395,11 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
       *yr = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
     }
     if (r == 0) a.cnt[tc_cnt_at(tile)] = 0;
+  }
+  if (a.swiglu_pairs) {  // the rows above, then each tile's pair count (lanes 0 and 1: ta, tb)
+    __threadfence();
+    __syncwarp();
+    tc_pair_count(a, lane == 0 ? ta : lane == 1 ? tb : -1, lane);
   }
 }
 
@@ -975,7 +1010,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
   // otherwise to the unit's slot (tile, k) of part, counted in after the warp's last unit
-  const bool direct = a.n_units == 1 && a.n_tb == 0;
+  const bool direct = a.n_units == 1 && a.n_tb == 0;  // (with swiglu_pairs too: its tiles count in below)
   // B columns: lane g holds column g: 0, 1 class 0's hi and mid limbs, 2, 3 class 1's, 4, 5 the lo
   // limbs of class 0 and 1 (6, 7 stay 0). Lane t's two D columns 2t, 2t + 1 then join exactly in
   // int32 as v = D[2t] cm + D[2t + 1] (cm = 256 for (hi, mid), 2^s1 for the two lo limbs, s1 class
@@ -1068,7 +1103,17 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // the HBM time the launch's tail leaves idle (other warps' last units, the merge, the
   // compensation) instead of competing with its stream (pieces dealt warp-first)
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
-  if (direct) return;
+  if (direct) {
+    if (a.swiglu_pairs) {  // every unit wrote its whole tile: count the tiles in on their pairs
+      __threadfence();
+      __syncwarp();
+      for (int i0 = 0; i0 < n_mine; i0 += 32) {
+        const int64_t u = u_begin + i0 + lane;  // n_units == 1: unit u is tile u
+        tc_pair_count(a, i0 + lane < n_mine ? u : -1, lane);
+      }
+    }
+    return;
+  }
   // Count the warp's units in on their tiles: one fence for all its slot writes, then one atomic
   // per unit (lane-parallel); a unit whose add completes its tile's count has its tile finished
   // by this warp.

@@ -450,6 +450,9 @@ struct TcIo {
   const float* nw = nullptr;  // non-null: the input is rmsnorm(x) * nw with eps (x: the residual stream)
   float eps = 0.0f;
   bool accumulate = false;    // y[m] += the result (y: the residual stream), not y[m] =
+  // a gate/up pair (n = 2, equal d_out, a multiple of 16; not with accumulate): y[0] =
+  // swiglu1(y[0], y[1]) afterwards, computed by the launch's tile finishers (TcArgs::swiglu_pairs)
+  bool swiglu_pairs = false;
   // the weights of the linears after this one: the base warps prefetch them into L2 once their
   // units are done (a hint: no result depends on it)
   L2Hint next;

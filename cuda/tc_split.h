@@ -21,9 +21,11 @@ namespace gpu {
 // Tile t's arrival counter in the counter array: one per 128-byte line (t * 32 ints), so that the
 // burst of per-unit atomics at the end of a launch spreads over L2 slices instead of queueing on
 // a few lines (measured: a tail of some blocks finishing ~10 us late). Counters for tiles
-// 0..n_tiles - 1, then the selection's two at tc_cnt_at(n_tiles) and + 1.
+// 0..n_tiles - 1, then the selection's two at tc_cnt_at(n_tiles) and + 1, then (TcArgs::
+// swiglu_pairs) one per gate/up tile pair p < n_tiles / 2 at tc_pair_at(n_tiles, p).
 DDRT_HD int64_t tc_cnt_at(int64_t tile) { return tile * 32; }
-inline int64_t tc_cnt_ints(int64_t n_tiles) { return tc_cnt_at(n_tiles) + 2; }
+DDRT_HD int64_t tc_pair_at(int64_t n_tiles, int64_t p) { return tc_cnt_at(n_tiles + 1 + p); }
+inline int64_t tc_cnt_ints(int64_t n_tiles) { return tc_pair_at(n_tiles, n_tiles / 2); }
 
 // A divisor fixed per launch (the base warps wb, the tiles n_tiles): n / d as a multiply-high and
 // a shift (Granlund & Montgomery). The fused GEMV's warps split their units with it before their

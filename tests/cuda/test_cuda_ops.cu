@@ -779,6 +779,77 @@ void test_chain(Backend& cpu, Backend& gpu) {
   unsetenv("DDRT_FUSE_NORM");
 }
 
+// The gate/up launch writing swiglu(gate, up) into gate (rmsnorm_matmul_swiglu; TcArgs::
+// swiglu_pairs: the second tile of each gate/up pair computes it) vs the CPU's two ops: DecDEC off
+// and approx (the compensation blocks finish tiles too) and exact (the fallback), one unit per tile
+// (the direct path, d_in <= 1024 at 3 bits) and several, T = 1 (counted) and 3, a gate of 48 rows
+// (not groupable: the fallback), each twice (the pair
+// counters must come back to 0); swiglu_after_gate_up says when the engine takes it.
+void test_swiglu_pairs(Backend& cpu, Backend& gpu) {
+  setenv("DDRT_FUSE_NORM", "1", 1);
+  struct S { int64_t d_out, d_in; };
+  const std::vector<S> shapes = race_sized() ? std::vector<S>{{64, 576}, {96, 2500}}
+                                             : std::vector<S>{{64, 576}, {1536, 576}, {96, 2500}, {2048, 1024}, {160, 4100}, {48, 300}};
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64})
+    for (const S& sh : shapes) {
+      std::vector<std::unique_ptr<HostLinear>> L;
+      std::vector<std::unique_ptr<Linear>> Wc, Wg;
+      for (int m = 0; m < 3; ++m) {  // gate, up, down
+        L.push_back(make_linear(t, m < 2 ? sh.d_out : 40, m < 2 ? sh.d_in : sh.d_out, true));
+        if (m == 1) {  // one selection for the group
+          L[1]->thresholds = L[0]->thresholds;
+          L[1]->desc.thresholds = L[1]->thresholds.data();
+        }
+        Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+        Wg.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      }
+      const Linear *wc[2] = {Wc[0].get(), Wc[1].get()}, *wg[2] = {Wg[0].get(), Wg[1].get()};
+      const auto nw = randn((size_t)sh.d_in);
+      Buf bw(gpu, nw.size());
+      bw.put(nw);
+      for (DecdecMode mode : {DecdecMode::Off, DecdecMode::Approx, DecdecMode::Exact})
+        for (int T : {1, 3}) {
+          DecdecCall calls[2];
+          for (auto& c : calls) {
+            c.mode = mode;
+            c.k_chunk = mode == DecdecMode::Off ? 0 : 8;
+            c.n_tb = mode == DecdecMode::Approx ? 3 : 0;
+            c.pos0 = 5;
+          }
+          const std::string what = std::string("swiglu pairs ") + type_name(t) + " " + std::to_string(sh.d_out) + "x" +
+                                   std::to_string(sh.d_in) + " " + mode_name(mode) + " T=" + std::to_string(T);
+          // a group's members but the last end on a 32-output vector (gemv_tc_groupable)
+          const bool want = T == 1 && mode != DecdecMode::Exact && sh.d_out % 32 == 0;
+          for (const char* env : {"-1", "0", "1"}) {  // the engine's question: small down, so any but 0
+            setenv("DDRT_SWIGLU_PAIRS", env, 1);
+            const bool says = gpu.swiglu_after_gate_up(wg, calls, *Wg[2], calls[0], T);
+            CHECK_MSG(says == (want && env[0] != '0'), "swiglu_after_gate_up " + what + " env " + env);
+          }
+          unsetenv("DDRT_SWIGLU_PAIRS");
+          CHECK_MSG(!cpu.swiglu_after_gate_up(wc, calls, *Wc[2], calls[0], T), "cpu swiglu_after_gate_up " + what);
+          auto x = randn((size_t)T * sh.d_in);
+          for (float& v : x) v *= 5.0f;
+          const size_t n = (size_t)T * sh.d_out;
+          std::vector<float> g(n, NAN), u(n, NAN), xb(x.size());
+          cpu.rmsnorm_matmul_swiglu(wc, g.data(), u.data(), xb.data(), x.data(), nw.data(), 1e-5f, T, calls);
+          Buf bx(gpu, x.size()), bxb(gpu, x.size()), bg(gpu, n), bu(gpu, n);
+          bx.put(x);
+          for (int rep = 0; rep < 2; ++rep) {
+            bg.poison();
+            bu.poison();
+            const int64_t before = gpu::gemv_tc_io_launches();
+            gpu.rmsnorm_matmul_swiglu(wg, bg.f(), bu.f(), bxb.f(), bx.f(), bw.f(), 1e-5f, T, calls);
+            const bool fused = gpu::gemv_tc_io_launches() > before;
+            const std::string w2 = what + " rep " + std::to_string(rep);
+            CHECK_MSG(fused == want, w2 + ": fused launch " + (fused ? "ran" : "did not run"));
+            report(w2 + " gate", nmse(bg.get().data(), g.data(), n), tol_mm(T));
+            report(w2 + " up", nmse(bu.get().data(), u.data(), n), tol_mm(T));
+          }
+        }
+    }
+  unsetenv("DDRT_FUSE_NORM");
+}
+
 void test_elementwise(Backend& cpu, Backend& gpu) {
   const int T = 7, dim = 1000;
   const auto x = randn((size_t)T * dim), w = randn(dim), y = randn((size_t)T * dim);
@@ -1577,6 +1648,7 @@ int main(int argc, char** argv) {
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
     if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);
     if (want("chain")) test_chain(*cpu, *gpu);
+    if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);
       const int64_t before = gpu::gemv_tc_chunk_launches();
