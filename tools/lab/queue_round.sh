@@ -12,6 +12,6 @@ OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 t0=$(date +%s)
 nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/queue_lab.cu -o /tmp/queue_lab && /tmp/queue_lab | tee "$OUT/queue_lab.txt"
 echo "queue lab: $(( $(date +%s) - t0 )) s"
-# in order of interest (round 2 runs them in reverse: a deadline cuts the middle ones' second run)
+# (round 2 runs them in reverse order, so a deadline would cut the first ones' second run: keep the list short)
 AB_DEADLINE=${AB_DEADLINE:-480} bash tools/gpu_ab.sh default "DDRT_SWIGLU_PAIRS=0" "DDRT_TC_PRE_L2=1 DDRT_TC_XFIRST=1" \
   "DDRT_TC_XFIRST=1" "DDRT_TC_PRE_SPLIT=1" "DDRT_ATTN_MERGE_PRE=1" "DDRT_ATTN_BLOCKS=66" "DDRT_SWIGLU_PAIRS=1"
