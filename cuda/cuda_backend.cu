@@ -566,13 +566,15 @@ class CudaBackend : public Backend {
   bool pairs_fusable(const Linear* const* Ws, const DecdecCall* calls, const CudaLinear** cw) const {
     return Ws[0]->d_out == Ws[1]->d_out && Ws[0]->d_out % 16 == 0 && consumers_fusable(Ws, 2, calls, cw);
   }
-  // The swiglu in the gate/up launch where down would otherwise run it as a launch of its own
-  // (below fuse_swiglu's size: SmolLM2-135M's down); env DDRT_SWIGLU_PAIRS=0 never, =1 at every size
+  // The swiglu in the gate/up launch (lab knob, off until its GPU A/B: written in the eighth
+  // session of 2026-12-05, emulator-tested only): env DDRT_SWIGLU_PAIRS=1 where down would
+  // otherwise run it as a launch of its own (below fuse_swiglu's size: SmolLM2-135M's down), =2 at
+  // every size (instead of down reading (gate, up))
   bool swiglu_after_gate_up(const Linear* const* gate_up, const DecdecCall* calls, const Linear& down,
                             const DecdecCall& dcall, int T) const override {
-    const int env = gpu::env_int("DDRT_SWIGLU_PAIRS", -1);  // read per call (host side only)
+    const int env = gpu::env_int("DDRT_SWIGLU_PAIRS", 0);  // read per call (host side only)
     const auto& D = static_cast<const CudaLinear&>(down);
-    if (T != 1 || env == 0 || (env < 0 && fuse_swiglu(D) && fused_first(D))) return false;
+    if (T != 1 || env <= 0 || (env == 1 && fuse_swiglu(D) && fused_first(D))) return false;
     const CudaLinear* cw[gpu::kTcMaxMembers];
     return pairs_fusable(gate_up, calls, cw);
   }
