@@ -315,10 +315,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
             const float2 f = __half22float2(sm[wm * 64 + mi * 16 + lane / 4 + 8 * hr]);
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
+              // two limbs: 256 hi + lo joined in int32 (|hi sum| <= 15 * 125 * 128, so |256 hi + lo| <
+              // 2^26: exact), one conversion: the same rounding of the same integer as the fp32
+              // fmaf(256, hi, lo) (both exact operands, one rounding), an I2F and an FFMA fewer
               const float p =
                   L == 3 ? fmaf(65536.0f, (float)P[mi][nt][2 * hr + 1],
                                 fmaf(256.0f, (float)M[mi][nt / 2][2 * hr + nt % 2], (float)P[mi][nt][2 * hr]))
-                         : fmaf(256.0f, (float)P[mi][nt][2 * hr + 1], (float)P[mi][nt][2 * hr]);
+                         : (float)(P[mi][nt][2 * hr + 1] * 256 + P[mi][nt][2 * hr]);
               float& c = acc[mi][nt][hr];
               c = fmaf(f.x * v[nt].x, p, fmaf(f.y, v[nt].y, c));
             }
