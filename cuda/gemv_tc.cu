@@ -240,8 +240,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = env_int("DDRT_TC_PRE", 1);
   a.pre = pre;
-  static const int pace = std::clamp(env_int("DDRT_TC_PACE", kTcWarps), 0, kTcWarps);  // TcArgs::pace_warps
-  a.pace_warps = pace;
   static const bool x_first = env_int("DDRT_TC_XFIRST", 0) == 1;  // TcArgs::x_first (lab)
   a.x_first = x_first;
   static const bool pre_split = env_int("DDRT_TC_PRE_SPLIT", 0) == 1;  // TcArgs::pre_split (lab)

@@ -145,12 +145,6 @@ struct TcArgs {
   // smollm2-135m when closed; 4-bit: +4.6 % decode on llama3-8b, although two of its GEMVs
   // measured 4 % slower in the lab)
   bool early_issue = false;
-  // lab knob DDRT_TC_PACE (0..kTcWarps, default kTcWarps): only the block's warps w < pace_warps
-  // issue ring slots before x is staged (a.pre before the wait, the rest early); the others issue
-  // all of theirs once x is staged. Fewer copies in flight ahead of x's loads: x is staged sooner
-  // (4096x14336 at 4: 1.4 us at the median), but decode is 5 % slower, the stream across the
-  // launch boundary being shallower (BENCHMARKS, seventh session)
-  int pace_warps = kTcWarps;
   // lab knob DDRT_TC_XFIRST=1: a block barrier after every warp's first x loads, so that they are
   // all in the SM's memory queue before any warp's ring slots issued after the wait (without it a
   // late warp's x loads can queue behind the slots of the warps before it; by the timeline x's
@@ -159,8 +153,8 @@ struct TcArgs {
   // lab knob DDRT_TC_PRE_SPLIT=1 (with pre == 1): only the first half of the first slot's chunks
   // goes out before the wait; its other half and its scale words right after the first x loads
   // (one commit group still), so half the bytes sit ahead of x's loads and the stream across the
-  // launch boundary is half as deep (DDRT_TC_PACE halves both too, but also holds back every
-  // other slot of the warps it paces)
+  // launch boundary is half as deep (the seventh session's DDRT_TC_PACE=4, half the warps issuing
+  // no slot before x was staged, staged x ~1 us sooner and decoded 5 % slower: taken out)
   bool pre_split = false;
   // lab knob DDRT_TC_PRE_L2=1: before the wait each warp prefetches its first unit's bytes into L2
   // (cp.async.bulk.prefetch.L2: the copy engine's path) instead of copying them, and issues every
@@ -862,11 +856,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // 324, 2 320, 3 318), the others right after the first x loads (early_issue; without it once x
   // is staged), so that every slot is in flight before the first unit's math: most warps hold
   // only 1-4 units, a refill after the first unit would come too late to matter.
-  // This warp's slots before the wait, and whether the rest go out before x is staged (pace_warps).
-  const bool paced = warp < a.pace_warps;
-  const bool pre_l2 = paced && a.pre_l2;
-  const int pre = paced && !pre_l2 ? a.pre : 0;
-  const bool early = paced && a.early_issue;
+  // This warp's slots before the wait, and whether the rest go out before x is staged.
+  const bool pre_l2 = a.pre_l2;
+  const int pre = !pre_l2 ? a.pre : 0;
+  const bool early = a.early_issue;
   // pre_split: slot 0's first half now, the rest (and its commit) by finish_split after x's loads
   const bool split = a.pre_split && pre == 1 && n_mine > 0;
   const uint32_t split_t = lt, split_k = lk;
