@@ -207,6 +207,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
                           (y[0] < y[1] + W[1]->d_out && y[1] < y[0] + W[0]->d_out)))
     return false;
   a.swiglu_pairs = io.swiglu_pairs;
+  static const bool sc = fence_sc();
+  a.fence_sc = sc;
   a.x = x;
   a.up = io.up;
   a.nw = io.nw;

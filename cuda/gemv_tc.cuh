@@ -27,7 +27,7 @@
 //  - When a unit is a whole tile (one column) and there is no compensation, it writes y directly.
 //  - Otherwise every contributor writes its partial to a slot of its own (unit (tile, k):
 //    part[tile][k][16]; the compensation: cpart[row], already scaled by rscale), makes it visible
-//    (__threadfence: a base warp once, after its last unit), then counts itself in on cnt[tile]
+//    (a fence, DDRT_COUNTER_FENCE: a base warp once, after its last unit), then counts itself in on cnt[tile]
 //    (atomicAdd, one per unit). The contributor whose add completes the expected count
 //    (n_units, + 1 with compensation, + comp_ch chunk-major) sums the slots in a fixed order (k
 //    ascending, then the compensation), writes y and resets the counter for the next launch.
@@ -98,6 +98,7 @@ struct TcArgs {
   // of a pair (gate tile p, up tile p + n_tiles / 2) are written, y[0] = swiglu1(y[0], y[1]) over
   // its 16 rows (tc_pair_count), so that the down projection reads a plain x, one launch fewer
   bool swiglu_pairs = false;
+  bool fence_sc = true;  // the merge counters' fences: fence_sc() (kernels.cuh)
   // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
   int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
   const uint4* codes[kTcMaxMembers];
@@ -202,10 +203,10 @@ __device__ __forceinline__ void tc_wait(const TcArgs& a) {
   }
   __syncthreads();  // every warp of this block is done with the previous stage
   if (threadIdx.x == 0) {
-    __threadfence();
+    DDRT_COUNTER_FENCE(a.fence_sc);
     atomicAdd(a.bar, 1u);
     while (*reinterpret_cast<volatile unsigned*>(a.bar) < a.bar_target) __nanosleep(32);
-    __threadfence();
+    DDRT_COUNTER_FENCE(a.fence_sc);
   }
   __syncthreads();
 }
@@ -341,7 +342,7 @@ __device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int
     if (second) *c = 0;
   }
   unsigned m = __ballot_sync(0xffffffffu, second);
-  if (m) __threadfence();
+  if (m) DDRT_COUNTER_FENCE(a.fence_sc);
   while (m) {
     const int l = __ffs(m) - 1;
     m &= m - 1;
@@ -391,7 +392,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     if (r == 0) a.cnt[tc_cnt_at(tile)] = 0;
   }
   if (a.swiglu_pairs) {  // the rows above, then each tile's pair count (lanes 0 and 1: ta, tb)
-    __threadfence();
+    DDRT_COUNTER_FENCE(a.fence_sc);
     __syncwarp();
     tc_pair_count(a, lane == 0 ? ta : lane == 1 ? tb : -1, lane);
   }
@@ -570,12 +571,12 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       ++mine;
     }
     tc_stamp(a, 5);
-    __threadfence();
+    DDRT_COUNTER_FENCE(a.fence_sc);
     __syncthreads();
     if (tid == 0 && mine > 0) atomicAdd(done, mine);
     if (tid == 0) {
       while (*reinterpret_cast<volatile int*>(done) < (int)n_ch) __nanosleep(64);
-      __threadfence();
+      DDRT_COUNTER_FENCE(a.fence_sc);
     }
     __syncthreads();
   }
@@ -713,7 +714,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     done[1] = 0;
   }
   if (nvs == 0) return;
-  __threadfence();
+  DDRT_COUNTER_FENCE(a.fence_sc);
   __syncthreads();
   tc_stamp(a, 3);
   // count in on every tile of the segment: the atomics a thread per tile (in parallel), then the
@@ -729,7 +730,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       s_fin[atomicAdd(s_nfin, 1)] = (int)(tile - t0);
   __syncthreads();
   const int n_fin = *s_nfin;
-  if (n_fin > 0) __threadfence();
+  if (n_fin > 0) DDRT_COUNTER_FENCE(a.fence_sc);
   for (int f = 2 * warp; f < n_fin; f += 2 * kTcWarps)
     tc_finish_tiles(a, t0 + s_fin[f], f + 1 < n_fin ? t0 + s_fin[f + 1] : -1, a.n_units, lane);
 }
@@ -1098,7 +1099,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
   if (direct) {
     if (a.swiglu_pairs) {  // every unit wrote its whole tile: count the tiles in on their pairs
-      __threadfence();
+      DDRT_COUNTER_FENCE(a.fence_sc);
       __syncwarp();
       for (int i0 = 0; i0 < n_mine; i0 += 32) {
         const int64_t u = u_begin + i0 + lane;  // n_units == 1: unit u is tile u
@@ -1111,7 +1112,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // per unit (lane-parallel); a unit whose add completes its tile's count has its tile finished
   // by this warp.
   const int64_t e_total = tc_tile_contributors(a);
-  __threadfence();
+  DDRT_COUNTER_FENCE(a.fence_sc);
   __syncwarp();
   for (int i0 = 0; i0 < n_mine; i0 += 32) {
     int64_t tile = 0;
@@ -1122,7 +1123,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       last = atomicAdd(a.cnt + tc_cnt_at(tile), 1) == e_total - 1;
     }
     unsigned fin = __ballot_sync(0xffffffffu, last);
-    if (fin) __threadfence();
+    if (fin) DDRT_COUNTER_FENCE(a.fence_sc);
     while (fin) {
       const int l = __ffs(fin) - 1;
       fin &= fin - 1;

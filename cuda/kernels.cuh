@@ -28,6 +28,28 @@ inline int env_int(const char* name, int dflt) {
   return end == e ? dflt : (int)v;
 }
 
+// The fence of the merge counters' release and acquire patterns (the fused GEMV's tile, pair and
+// selection counters and its chain barrier, the attention's split counters, the argmax's): writes,
+// a fence, then a strong relaxed atomic on the counter (atomicAdd); whoever reads the count that
+// completes it: a fence, then the reads. The PTX memory model asks fence.acq_rel.gpu of both
+// sides; __threadfence is fence.sc.gpu (SASS MEMBAR.SC.GPU, where fence.acq_rel is MEMBAR.ALL.GPU;
+// both then invalidate L1), stronger than any of these patterns needs and, by the PTX ISA, slower.
+// fence_sc() (env DDRT_FENCE_SC, host side): 1 (default until its GPU A/B) __threadfence, 0
+// fence.acq_rel.gpu; kernels take the choice as an argument. The emulator fences in full either way.
+inline bool fence_sc() { return env_int("DDRT_FENCE_SC", 1) != 0; }
+#ifdef DDRT_CUDA_EMU
+#define DDRT_FENCE_ACQ_REL() __threadfence()
+#else
+#define DDRT_FENCE_ACQ_REL() asm volatile("fence.acq_rel.gpu;" ::: "memory")
+#endif
+#define DDRT_COUNTER_FENCE(sc)  \
+  do {                          \
+    if (sc)                     \
+      __threadfence();          \
+    else                        \
+      DDRT_FENCE_ACQ_REL();     \
+  } while (0)
+
 // Dynamic shared memory of a kernel: DDRT_DYN_SMEM(uint4, smem) declares uint4* smem (16-byte
 // aligned). The CPU emulator (tests/emu) gives each running block its own.
 #ifdef DDRT_CUDA_EMU

@@ -209,7 +209,7 @@ template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
-            L2Hint hint) {
+            bool fence_sc, L2Hint hint) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
@@ -373,14 +373,14 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   if (active == 1) return;
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
+    DDRT_COUNTER_FENCE(fence_sc);
     unsigned* c = counters + (int64_t)t * gridDim.y + y;
     last = atomicAdd(c, 1u) == (unsigned)active - 1;
     if (last) *c = 0;
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();
+  DDRT_COUNTER_FENCE(fence_sc);
   // merge_pre (lab knob DDRT_ATTN_MERGE_PRE=1): the first kMergePre splits' partial outputs of this
   // thread's first 4 outputs are loaded here, beside the (max, sum) loads below, instead of after
   // the split weights: one L2 round trip fewer on the merging block's path; the same sum order
@@ -481,7 +481,7 @@ __device__ void block_argmax(float& v, int& idx, int n) {
 // and the last block to finish (a device counter, reset by that block for the next launch or
 // graph replay) reduces the partials. NaN never wins; lowest index on ties.
 __global__ void argmax_kernel(const float* x, int n, int32_t* out, float* part_v, int* part_i,
-                              unsigned* counter) {
+                              unsigned* counter, bool fence_sc) {
   grid_dep_wait();
   pdl_trigger();
   float v = -INFINITY;
@@ -495,12 +495,12 @@ __global__ void argmax_kernel(const float* x, int n, int32_t* out, float* part_v
   if (threadIdx.x == 0) {
     part_v[blockIdx.x] = v;
     part_i[blockIdx.x] = idx;
-    __threadfence();
+    DDRT_COUNTER_FENCE(fence_sc);
     last = atomicAdd(counter, 1u) == gridDim.x - 1;
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();
+  DDRT_COUNTER_FENCE(fence_sc);
   v = -INFINITY;
   idx = n;
   for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x)
@@ -557,7 +557,8 @@ cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cu
   float* pv = static_cast<float*>(scratch);
   int* pi = reinterpret_cast<int*>(pv + kArgmaxBlocks);
   unsigned* counter = reinterpret_cast<unsigned*>(pi + kArgmaxBlocks);
-  return launch_pdl(argmax_kernel, blocks, 1024, 0, st, x, n, out, pv, pi, counter);
+  static const bool sc = fence_sc();
+  return launch_pdl(argmax_kernel, blocks, 1024, 0, st, x, n, out, pv, pi, counter, sc);
 }
 
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st) {
@@ -634,11 +635,12 @@ cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const fl
   const dim3 block(32 * kAttnWarps);
   const bool prefetch = attn_prefetch();
   static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 0) == 1;  // attn_kernel's merge_pre (lab)
+  static const bool sc = fence_sc();
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, hint);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
   }
 }
 }  // namespace
