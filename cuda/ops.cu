@@ -252,20 +252,23 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     l2_prefetch(hint, b + nb * threadIdx.x, nb * blockDim.x);
   }
   if (prefetch && sp < active) load_rows(pfirst, 0, s.pos0);  // cached rows only, before the wait
+  // rope's angles (double cos and sin) before the wait too: the position and inv_freq are not the
+  // previous kernel's (inv_freq is the model's; the position is copied in before the step's first
+  // kernel, as read above), so they stay off the path from the wait to the first score
+  RopeCS rcs[PL / 2 > 0 ? PL / 2 : 1];  // rope: pair lane + 32u
+  if (inv_freq && sp < active) {
+#pragma unroll
+    for (int u = 0; u < PL / 2; ++u) rcs[u] = rope_cs(s.pos0 + t, inv_freq[lane + 32 * u]);
+  }
   grid_dep_wait();
   pdl_trigger();
   if (sp >= active) return;
-  RopeCS rcs[PL / 2 > 0 ? PL / 2 : 1];  // rope: pair lane + 32u
   auto rotate = [&](float (&x)[PL]) {
     if constexpr (PL % 2 == 0) {
 #pragma unroll
       for (int u = 0; u < PL / 2; ++u) rope_pair(x[u], x[u + PL / 2], rcs[u]);
     }
   };
-  if (inv_freq) {
-#pragma unroll
-    for (int u = 0; u < PL / 2; ++u) rcs[u] = rope_cs(s.pos0 + t, inv_freq[lane + 32 * u]);
-  }
   if (sp == 0 && y % geo.slices == 0) {
     if (inv_freq) {
       if (warp == 0) {
