@@ -18,6 +18,10 @@
 //             to idle, weights by TMA would leave x's load path free (docs/gemv.md, next)
 //   prefetch  one cp.async.bulk.prefetch.L2 per warp (nothing lands in the SM), then the load:
 //             what DDRT_TC_PRE_L2 puts before the GEMV's dependency wait
+//   xbulk     the warp's 16-byte copies as `own`, then x's 512 bytes of the warp by one
+//             cp.async.bulk into shared memory (an mbarrier's wait, then the use): if close to
+//             idle while `own` is not, x staged by the copy engine would skip the queue of weight
+//             copies (the other way round from `bulk`: the GEMV's weights stay as they are)
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/queue_lab.cu -o /tmp/queue_lab && /tmp/queue_lab
 #include <cuda_runtime.h>
@@ -32,8 +36,8 @@
 namespace {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32, kXVecs = 1024;  // x: 16 KB
-enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch };
-const char* const kModeName[] = {"idle", "own", "xfirst", "ownlate", "others", "bulk", "prefetch"};
+enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch, kXBulk };
+const char* const kModeName[] = {"idle", "own", "xfirst", "ownlate", "others", "bulk", "prefetch", "xbulk"};
 
 struct Cfg {
   int mode;
@@ -95,6 +99,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                  float* sink) {
   extern __shared__ uint4 ring_all[];
   __shared__ uint64_t bar[kWarps];
+  __shared__ float4 xs[kWarps][32];  // xbulk: the warp's x
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t gw = (int64_t)blockIdx.x * kWarps + warp;
   const unsigned sm = sm_id();
@@ -103,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int vecs = c.per_warp / 16;
   uint4* ring = ring_all + (int64_t)warp * vecs;
   const uint4* src = W + (base + gw * vecs) % (w_vecs - vecs);  // a fresh stretch per launch
-  if (c.mode == kBulk && lane == 0) mbar_init(&bar[warp]);
+  if ((c.mode == kBulk || c.mode == kXBulk) && lane == 0) mbar_init(&bar[warp]);
   __syncthreads();
   const float4* xp = x + (blockIdx.x * kThreads + threadIdx.x) % kXVecs;
   auto issue = [&] {
@@ -131,7 +136,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   } else {
     if (copies) issue();
     if (c.mode == kOwnLate || c.mode == kOthers) spin();
-    if (measures) {
+    if (measures && c.mode == kXBulk) {  // the warp's 32 x vectors (512 bytes, one bulk copy)
+      const float4* xw = x + (((int64_t)blockIdx.x * kThreads + warp * 32) % kXVecs);
+      t0 = now_ns();
+      if (lane == 0) bulk_copy(xs[warp], xw, 32 * sizeof(float4), &bar[warp]);
+      mbar_wait0(&bar[warp]);  // every lane waits on the phase
+      const float4 v = xs[warp][lane];
+      s = (v.x + v.y) + (v.z + v.w);
+      t1 = now_after(s);
+    } else if (measures) {
       t0 = now_ns();
       const float4 v = load_l2(xp);
       s = (v.x + v.y) + (v.z + v.w);
@@ -177,7 +190,7 @@ int main() {
   const std::vector<Cfg> cfgs = {{kIdle, 512, 0},       {kOwn, 3072, 0},        {kOwn, 6656, 0},     {kOwn, 13312, 0},
                                  {kXFirst, 13312, 0},   {kOwnLate, 13312, 1000}, {kOwnLate, 13312, 3000},
                                  {kOthers, 13312, 500}, {kOthers, 13312, 2000}, {kBulk, 6656, 0},    {kBulk, 13312, 0},
-                                 {kPrefetch, 13312, 0}};
+                                 {kPrefetch, 13312, 0}, {kXBulk, 6656, 0},       {kXBulk, 13312, 0}};
   std::vector<unsigned long long> h(n_warps);
   int64_t base = 0;
   for (const Cfg& c : cfgs) {
