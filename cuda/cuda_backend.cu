@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -181,8 +182,9 @@ class CudaBackend : public Backend {
   }
   ~CudaBackend() override {
     cudaSetDevice(dev_);
+    if (st_) cudaStreamSynchronize(st_);
+    write_step_stamps();
     if (st_) {
-      cudaStreamSynchronize(st_);
       cudaStreamDestroy(st_);
     }
     if (exec_) cudaGraphExecDestroy(exec_);
@@ -319,9 +321,50 @@ class CudaBackend : public Backend {
   void step_end() override { step_ = false; }
   void capture_begin() override {
     use();
+    begin_step_stamps();
     DDRT_CHECK(cudaStreamBeginCapture(st_, cudaStreamCaptureModeThreadLocal));
     capturing_ = true;
     step_argmax_out_ = nullptr;
+  }
+  // The decode step's timeline (lab, env DDRT_STEP_STAMPS=path.csv): the recorded step's fused
+  // GEMV launches write their blocks' %globaltimer stamps (gemv_tc_stamps: start, dependency wait
+  // passed, x staged, end, ...) on every replay; at the backend's end the last replay's go to the
+  // CSV, a row per block (tools/step_timeline.py reads it: each launch's spread, and the gaps
+  // between a launch's last block and the next one's first wait, where the attention and the
+  // launch boundaries are). Stamping costs a store per block and stamp.
+  static constexpr int kStampRegions = 512;
+  void begin_step_stamps() {
+    const char* path = std::getenv("DDRT_STEP_STAMPS");
+    if (!path || !*path) return;
+    stamp_stride_ = (int64_t)4 * gpu::device_info().n_sm * gpu::kTcStamps;  // grids up to 4 blocks per SM
+    const size_t bytes = (size_t)kStampRegions * stamp_stride_ * 8;
+    if (stamps_.size() < bytes) stamps_ = DevMem(bytes, nullptr, "step stamps (DDRT_STEP_STAMPS)");
+    DDRT_CHECK(cudaMemsetAsync(stamps_.get(), 0, bytes, st_), "step stamps");
+    stamp_names_.clear();
+    gpu::gemv_tc_stamps(static_cast<unsigned long long*>(stamps_.get()), stamp_stride_, kStampRegions);
+  }
+  void write_step_stamps() noexcept {
+    const char* path = std::getenv("DDRT_STEP_STAMPS");
+    if (!path || !*path || stamp_names_.empty() || !stamps_.get()) return;
+    const int64_t n = (int64_t)stamp_names_.size(), K = gpu::kTcStamps, nb = stamp_stride_ / K;
+    std::vector<unsigned long long> h((size_t)n * stamp_stride_);
+    if (cudaMemcpy(h.data(), stamps_.get(), h.size() * 8, cudaMemcpyDeviceToHost) != cudaSuccess) return;
+    unsigned long long t0 = ~0ull;
+    for (size_t i = 0; i < h.size(); i += K)
+      if (h[i]) t0 = std::min(t0, h[i]);
+    FILE* f = std::fopen(path, "w");
+    if (!f) return;
+    std::fprintf(f, "launch,name,block,role,sm,start,wait,ready,gather,end\n");
+    for (int64_t l = 0; l < n; ++l)
+      for (int64_t b = 0; b < nb; ++b) {
+        const unsigned long long* st = h.data() + l * stamp_stride_ + b * K;
+        if (!st[0]) continue;
+        std::fprintf(f, "%lld,\"%s\",%lld,%s,%llu", (long long)l, stamp_names_[l].c_str(), (long long)b,
+                     st[3] ? "comp" : "base", st[7] ? st[7] - 1 : 0ull);
+        for (int slot : {0, 1, 2, 3, 4}) st[slot] ? std::fprintf(f, ",%.3f", (st[slot] - t0) / 1e3) : std::fprintf(f, ",");
+        std::fprintf(f, "\n");
+      }
+    std::fclose(f);
   }
   void capture_end() override {
     // a step that ends with argmax: the graph's last kernel advances the step slots to the next
@@ -336,6 +379,7 @@ class CudaBackend : public Backend {
                                      static_cast<int32_t*>(step_log_.get()), kStepLog, st_);
     advances_ = last && adv == cudaSuccess;
     capturing_ = false;
+    gpu::gemv_tc_stamps(nullptr);
     cudaGraph_t g = nullptr;
     const cudaError_t ec = cudaStreamEndCapture(st_, &g);  // ended whatever the advance's launch did
     DDRT_CHECK(adv, "decode step advance");
@@ -666,7 +710,10 @@ class CudaBackend : public Backend {
   Counter held_;
   Counter decdec_held_;  // the part of held_ that DecDEC adds (decdec_device_bytes)
   DevMem scratch_;
-  DevMem attn_cnt_;  // attention: one counter per (query, kv-head slice), zero between launches
+  DevMem attn_cnt_;
+  DevMem stamps_;                         // DDRT_STEP_STAMPS: kStampRegions regions of stamp_stride_
+  int64_t stamp_stride_ = 0;
+  std::vector<std::string> stamp_names_;  // the stamped launches in order  // attention: one counter per (query, kv-head slice), zero between launches
   DevMem tc_part_, tc_cnt_;  // the fused GEMV's partial slots and tile counters (all 0 between launches)
   DevMem slots_;
   PinnedMem h_slots_;
@@ -939,9 +986,14 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   float* const part = static_cast<float*>(tc_part_.get());
   int* const cnt = static_cast<int*>(tc_cnt_.get());
   if (!job.active && chain_on()) {  // a stage of the queued chain (launched by the next other op)
-    if (gpu::tc_chain_add(chain_.get(), devs, ys, n, x, plan, part, cnt, io)) return true;
-    flush_chain();
-    if (gpu::tc_chain_add(chain_.get(), devs, ys, n, x, plan, part, cnt, io)) return true;
+    const bool stamping = gpu::gemv_tc_stamping();
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (attempt) flush_chain();
+      if (gpu::tc_chain_add(chain_.get(), devs, ys, n, x, plan, part, cnt, io)) {
+        if (stamping) stamp_names_.push_back(what + " (chain stage)");
+        return true;
+      }
+    }
   }
   flush_chain();
   gpu::TcComp comp;
@@ -963,6 +1015,7 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     if (!here && (io.up || io.nw)) return false;
     if (!here) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
+  if (gpu::gemv_tc_stamping()) stamp_names_.push_back(what);  // DDRT_STEP_STAMPS: this launch's region
   DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, part, cnt, job.active ? &comp : nullptr, st_, io), what);
   return true;
 }

@@ -54,12 +54,15 @@ int g_tc_enabled = -1;  // -1: from the environment on first use
 void gemv_tc_enable(bool on) { g_tc_enabled = on ? 1 : 0; }
 namespace {
 unsigned long long* g_tc_stamps = nullptr;
+unsigned long long* g_tc_stamps_end = nullptr;  // past the last region (null: no bound)
 int64_t g_tc_stamp_stride = 0;
 }
-void gemv_tc_stamps(unsigned long long* stamps, int64_t stride) {
+void gemv_tc_stamps(unsigned long long* stamps, int64_t stride, int64_t regions) {
   g_tc_stamps = stamps;
   g_tc_stamp_stride = stamps ? stride : 0;
+  g_tc_stamps_end = stamps && regions > 0 ? stamps + regions * stride : nullptr;
 }
+bool gemv_tc_stamping() { return g_tc_stamps != nullptr && (!g_tc_stamps_end || g_tc_stamps < g_tc_stamps_end); }
 // DDRT_GEMV_TC=0: never the fused GEMV (the CUDA-core kernel and the separate DecDEC kernels)
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) g_tc_enabled = env_int("DDRT_GEMV_TC", 1) == 0 ? 0 : 1;
@@ -236,8 +239,10 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.comp_ch = comp ? plan.comp_ch : 0;
   a.comp_cb = plan.comp_cb;
   a.ring_off = plan.ring_off;
-  a.stamps = g_tc_stamps;
-  g_tc_stamps += g_tc_stamp_stride;  // the next launch (or chain stage) writes the next region
+  // a region per launch (or chain stage), while there are regions and the grid fits one
+  const bool fits = gemv_tc_stamping() && (g_tc_stamp_stride == 0 || (int64_t)plan.grid * kTcStamps <= g_tc_stamp_stride);
+  a.stamps = fits ? g_tc_stamps : nullptr;
+  if (gemv_tc_stamping()) g_tc_stamps += g_tc_stamp_stride;  // the next launch writes the next region
   // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = env_int("DDRT_TC_PRE", 1);

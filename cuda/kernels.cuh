@@ -444,8 +444,11 @@ bool gemv_tc_enabled();
 // Blocks in role order (compensation blocks first, tc_block).
 // stride > 0: each later launch, and each stage of a chain launch (its slots 0 and 4: the stage's
 // start and end), writes the region after the previous one's (stamps + i * stride).
+// regions > 0: at most that many regions (later launches write none; a grid wider than stride /
+// kTcStamps blocks writes none but takes its region).
 constexpr int kTcStamps = 9;
-void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0);
+void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0, int64_t regions = 0);
+bool gemv_tc_stamping();  // whether the next launch takes a stamp region
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).
 // chunk_major: compensation block b selects chunk b % n_ch itself and gathers its rows for the

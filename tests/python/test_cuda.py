@@ -106,6 +106,38 @@ def test_graph_decode_to_the_context_limit(tiny3, chained, monkeypatch):
     assert eng_g.tokens == eng_e.tokens and len(eng_g.tokens) == 40
 
 
+def test_step_stamps_timeline(tiny3, tmp_path, monkeypatch):
+    """DDRT_STEP_STAMPS: the recorded step's fused GEMV launches (a layer's q/k/v, o, gate/up,
+    down) leave their blocks' stamps in the CSV when the engine goes away, in launch order, and
+    tools/step_timeline.py reads them; the tokens are those of an engine without stamps."""
+    import gc
+    import importlib.util
+    import pathlib
+    path = tmp_path / "step.csv"
+    monkeypatch.setenv("DDRT_STEP_STAMPS", str(path))
+    eng = decdec_rt._core.Engine(tiny3, device="cuda", graphs=True)
+    eng.forward(np.arange(6, dtype=np.int32), False)
+    toks = eng.decode_greedy(3, 6)
+    n_layers = eng.config["n_layers"]
+    del eng
+    gc.collect()
+    monkeypatch.delenv("DDRT_STEP_STAMPS")
+    ref = decdec_rt._core.Engine(tiny3, device="cuda", graphs=True)
+    ref.forward(np.arange(6, dtype=np.int32), False)
+    assert ref.decode_greedy(3, 6) == toks
+    tool = pathlib.Path(__file__).resolve().parents[2] / "tools" / "step_timeline.py"
+    spec = importlib.util.spec_from_file_location("step_timeline", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    launches = mod.read_launches(str(path))
+    assert [L["kind"] for L in launches] == ["qkv", "o", "gate_up", "down"] * n_layers
+    for L in launches:  # every block past its wait after its start, and ended after that
+        assert L["blocks"] > 0 and len(L["end"]) == L["blocks"]
+        assert L["start"][0] <= L["wait"][0] <= L["end"][-1]
+    rows, kinds, span = mod.summarize(launches)
+    assert span > 0 and kinds["qkv"]["n"] == n_layers
+
+
 def test_synthetic_bench_runs():
     r = decdec_rt.bench("tiny", bits=3, device="cuda", context=16, n_decode=8, prefill=16, reps=1)
     assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["device_bytes"] > 0

@@ -1,0 +1,55 @@
+"""tools/step_timeline.py (the decode step's fused GEMV launches, DDRT_STEP_STAMPS) on a CSV shaped
+like the backend's: each launch's busy span and the gap before it, per kind."""
+import importlib.util
+import math
+import pathlib
+
+TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "step_timeline.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("step_timeline", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write(tmp_path, rows):
+    p = tmp_path / "s.csv"
+    lines = ["launch,name,block,role,sm,start,wait,ready,gather,end"]
+    for r in rows:
+        lines.append(",".join(str(v) for v in r))
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+def test_busy_and_gaps(tmp_path):
+    mod = load()
+    q = "\"matmul group 'blk.0.attn_q', 'blk.0.attn_k', 'blk.0.attn_v'\""
+    o = "\"matmul 'blk.0.attn_output'\""
+    g = "\"matmul group 'blk.0.ffn_gate', 'blk.0.ffn_up'\""
+    d = "\"matmul 'blk.0.ffn_down'\""
+    path = write(tmp_path, [
+        (0, q, 0, "base", 3, 0.0, 1.0, 2.0, "", 9.0), (0, q, 1, "base", 4, 0.5, 1.5, 3.0, "", 10.0),
+        (1, o, 0, "base", 3, 11.0, 20.0, 21.0, "", 25.0),  # gap 10: the attention sits there
+        (2, g, 0, "base", 3, 24.0, 26.0, 27.0, "", 40.0), (2, g, 1, "comp", 5, 24.5, 26.5, "", 30.0, 41.0),
+        (3, d, 0, "base", 3, 40.0, 43.0, 44.0, "", 50.0),
+    ])
+    launches = mod.read_launches(path)
+    assert [L["kind"] for L in launches] == ["qkv", "o", "gate_up", "down"]
+    assert launches[0]["blocks"] == 2 and launches[2]["ready"] == [27.0]  # a blank stamp is left out
+    rows, kinds, span = mod.summarize(launches)
+    assert math.isnan(rows[0]["gap"]) and rows[0]["busy"] == 9.0  # first wait 1.0 to last end 10.0
+    assert rows[1]["gap"] == 10.0 and rows[1]["busy"] == 5.0
+    assert rows[2]["gap"] == 1.0 and rows[2]["busy"] == 15.0
+    assert rows[3]["gap"] == 2.0 and rows[3]["busy"] == 7.0
+    assert span == 50.0
+    assert kinds["o"] == {"n": 1, "busy": 5.0, "gap": 10.0}
+    text = mod.report(launches)
+    assert "4 fused GEMV launches over 50.0 us" in text and "o        x1" in text
+
+
+def test_unknown_names_are_other(tmp_path):
+    mod = load()
+    path = write(tmp_path, [(0, "\"matmul 'lm_head'\"", 0, "base", 0, 0.0, 1.0, 2.0, "", 3.0)])
+    assert mod.read_launches(path)[0]["kind"] == "other"

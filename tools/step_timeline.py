@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""One decode step's fused GEMV launches on the GPU's clock: where the step's time goes.
+
+    DDRT_STEP_STAMPS=step.csv python3 -m decdec_rt bench --shape llama3-8b --bits 3 --prefill 16
+    python3 tools/step_timeline.py step.csv [--launches 12]
+
+The CUDA backend (env DDRT_STEP_STAMPS) makes the recorded decode step's fused GEMV launches write
+every block's %globaltimer stamps (start, dependency wait passed, x staged, end) and writes the last
+replay's to the CSV when the engine goes away. This reads them back: per launch its kind (q/k/v,
+o, gate/up, down), how long its blocks took from the first wait passed to the last end, and the
+gap before it: from the previous launch's last block end to this launch's first block past its
+wait. A gap before an o launch holds the attention kernel (and its launch boundaries); the other
+gaps are launch boundaries alone (with PDL: the previous grid's completion and memory flush).
+Times are us from the step's first stamp. The kernels between the last layer and the next step
+(final norm, lm head, argmax, the step advance) are not fused GEMVs: the step's length minus the
+span printed here is theirs.
+"""
+import argparse
+import csv
+import math
+import statistics
+import sys
+from collections import defaultdict
+
+KINDS = (("attn_q", "qkv"), ("attn_output", "o"), ("ffn_gate", "gate_up"), ("ffn_down", "down"))
+
+
+def kind_of(name):
+    for key, kind in KINDS:
+        if key in name:
+            return kind
+    return "other"
+
+
+def _num(v):
+    return float(v) if v not in ("", None) else math.nan
+
+
+def read_launches(path):
+    """[launch dicts in launch order]: name, kind, and each stamp's values over its blocks."""
+    by = defaultdict(lambda: {"blocks": 0, "start": [], "wait": [], "ready": [], "end": []})
+    names = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            i = int(row["launch"])
+            names[i] = row["name"]
+            d = by[i]
+            d["blocks"] += 1
+            for s in ("start", "wait", "ready", "end"):
+                v = _num(row[s])
+                if not math.isnan(v):
+                    d[s].append(v)
+    out = []
+    for i in sorted(by):
+        d = by[i]
+        out.append({"launch": i, "name": names[i], "kind": kind_of(names[i]), "blocks": d["blocks"],
+                    **{s: sorted(d[s]) for s in ("start", "wait", "ready", "end")}})
+    return out
+
+
+def summarize(launches):
+    """Per launch: first start, first / median wait, median ready, median / last end, busy (first
+    wait to last end) and gap (previous launch's last end to this one's first wait); and per kind
+    the sums of busy and gap."""
+    rows, prev_end = [], None
+    for L in launches:
+        med = lambda v: statistics.median(v) if v else math.nan
+        first = lambda v: v[0] if v else math.nan
+        last = lambda v: v[-1] if v else math.nan
+        r = {"launch": L["launch"], "kind": L["kind"], "blocks": L["blocks"], "start": first(L["start"]),
+             "wait": first(L["wait"]), "wait_med": med(L["wait"]), "ready_med": med(L["ready"]),
+             "end_med": med(L["end"]), "end": last(L["end"])}
+        r["busy"] = r["end"] - r["wait"]
+        r["gap"] = r["wait"] - prev_end if prev_end is not None else math.nan
+        prev_end = r["end"]
+        rows.append(r)
+    kinds = defaultdict(lambda: {"n": 0, "busy": 0.0, "gap": 0.0})
+    for r in rows:
+        k = kinds[r["kind"]]
+        k["n"] += 1
+        k["busy"] += r["busy"] if not math.isnan(r["busy"]) else 0.0
+        k["gap"] += r["gap"] if not math.isnan(r["gap"]) else 0.0
+    span = (rows[-1]["end"] - rows[0]["start"]) if rows else 0.0
+    return rows, dict(kinds), span
+
+
+def report(launches, show=12):
+    rows, kinds, span = summarize(launches)
+    lines = [f"{len(rows)} fused GEMV launches over {span:.1f} us (first start to last end)"]
+    lines.append(f"{'launch':>6} {'kind':8} {'blocks':>6} {'start':>8} {'wait':>8} {'wait med':>8} {'x med':>8} "
+                 f"{'end med':>8} {'end':>8} {'busy':>6} {'gap':>6}")
+    pick = rows if show <= 0 or len(rows) <= show else rows[:show // 2] + rows[-(show - show // 2):]
+    for i, r in enumerate(pick):
+        if show > 0 and len(rows) > show and i == show // 2:
+            lines.append(f"{'...':>6}")
+        lines.append(f"{r['launch']:>6} {r['kind']:8} {r['blocks']:>6} {r['start']:8.1f} {r['wait']:8.1f} "
+                     f"{r['wait_med']:8.1f} {r['ready_med']:8.1f} {r['end_med']:8.1f} {r['end']:8.1f} "
+                     f"{r['busy']:6.1f} {r['gap']:6.1f}")
+    lines.append("per kind (us summed over the step): busy = first wait to last end; gap = before the launch")
+    for k, v in sorted(kinds.items()):
+        lines.append(f"  {k:8} x{v['n']:<4} busy {v['busy']:8.1f}  gap {v['gap']:8.1f}  "
+                     f"per launch {v['busy'] / max(v['n'], 1):6.2f} + {v['gap'] / max(v['n'], 1):6.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("csv")
+    ap.add_argument("--launches", type=int, default=12, help="launch rows to print (0: all)")
+    a = ap.parse_args(argv)
+    launches = read_launches(a.csv)
+    if not launches:
+        sys.exit(f"{a.csv}: no stamped launches")
+    print(report(launches, a.launches))
+
+
+if __name__ == "__main__":
+    main()
