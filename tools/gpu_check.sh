@@ -64,6 +64,15 @@ if [ "${1:-}" != "quick" ]; then
     DDRT_DECDEC_PARALLEL=1 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --decdec approx --k-chunk 8 2>&1 \
       | tee -a "$OUT/bench_e2e.log"
   fi
+  # the decode step as it runs in its graph (STEP=0 skips it): each fused GEMV launch's blocks on
+  # the GPU clock and the gaps between launches (DDRT_STEP_STAMPS, tools/step_timeline.py)
+  [ "${STEP:-1}" = 0 ] || for shape in llama3-8b smollm2-135m; do
+    [ $SECONDS -lt ${CHECK_DEADLINE:-540} ] || { echo "== CHECK_DEADLINE reached: step timeline $shape not run"; continue; }
+    echo "== DDRT_STEP_STAMPS decdec-rt bench --shape $shape --bits 3 --prefill 16; tools/step_timeline.py" | tee -a "$OUT/bench_e2e.log"
+    DDRT_STEP_STAMPS=/tmp/step_$shape.csv python3 -m decdec_rt bench --shape $shape --bits 3 --prefill 16 2>&1 \
+      | grep -E "decode" | tee -a "$OUT/bench_e2e.log"
+    python3 tools/step_timeline.py /tmp/step_$shape.csv --launches 8 2>&1 | tee -a "$OUT/bench_e2e.log"
+  done
   # A/B of switches against their defaults (each beside its default run above; AB=0 skips them).
   # Measured and left off, not rerun each round: DDRT_COMP_CHUNKS=1, DDRT_TC_CHAIN=1 (gpu_ab.sh)
   [ "${AB:-1}" = 0 ] || for ab in "DDRT_TC_EARLY=0|--shape llama3-8b --bits 4" "DDRT_TC_EARLY=0|--shape llama3-8b --bits 3" \
