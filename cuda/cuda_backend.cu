@@ -336,12 +336,18 @@ class CudaBackend : public Backend {
   void begin_step_stamps() {
     const char* path = std::getenv("DDRT_STEP_STAMPS");
     if (!path || !*path) return;
-    stamp_stride_ = (int64_t)4 * gpu::device_info().n_sm * gpu::kTcStamps;  // grids up to 4 blocks per SM
+    // grids up to 4 blocks per SM, and at least 1024 blocks (the attention's: up to 64 splits per
+    // kv head); 512 regions of 1024 blocks: 38 MB
+    stamp_stride_ = std::max<int64_t>(4 * gpu::device_info().n_sm, 1024) * gpu::kTcStamps;
     const size_t bytes = (size_t)kStampRegions * stamp_stride_ * 8;
     if (stamps_.size() < bytes) stamps_ = DevMem(bytes, nullptr, "step stamps (DDRT_STEP_STAMPS)");
     DDRT_CHECK(cudaMemsetAsync(stamps_.get(), 0, bytes, st_), "step stamps");
     stamp_names_.clear();
     gpu::gemv_tc_stamps(static_cast<unsigned long long*>(stamps_.get()), stamp_stride_, kStampRegions);
+  }
+  // DDRT_STEP_STAMPS: the launches that took a stamp region since stamp_regions_taken() was `before`
+  void name_stamps(int64_t before, const std::string& what) {
+    for (int64_t i = before; i < gpu::stamp_regions_taken(); ++i) stamp_names_.push_back(what);
   }
   void write_step_stamps() noexcept {
     const char* path = std::getenv("DDRT_STEP_STAMPS");
@@ -986,11 +992,11 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   float* const part = static_cast<float*>(tc_part_.get());
   int* const cnt = static_cast<int*>(tc_cnt_.get());
   if (!job.active && chain_on()) {  // a stage of the queued chain (launched by the next other op)
-    const bool stamping = gpu::gemv_tc_stamping();
     for (int attempt = 0; attempt < 2; ++attempt) {
       if (attempt) flush_chain();
+      const int64_t st0 = gpu::stamp_regions_taken();
       if (gpu::tc_chain_add(chain_.get(), devs, ys, n, x, plan, part, cnt, io)) {
-        if (stamping) stamp_names_.push_back(what + " (chain stage)");
+        name_stamps(st0, what + " (chain stage)");
         return true;
       }
     }
@@ -1015,8 +1021,9 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     if (!here && (io.up || io.nw)) return false;
     if (!here) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
-  if (gpu::gemv_tc_stamping()) stamp_names_.push_back(what);  // DDRT_STEP_STAMPS: this launch's region
+  const int64_t st0 = gpu::stamp_regions_taken();
   DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, part, cnt, job.active ? &comp : nullptr, st_, io), what);
+  name_stamps(st0, what);
   return true;
 }
 
@@ -1077,8 +1084,10 @@ void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const fl
   const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
   const gpu::L2Hint hint = take_hint(l2_attn_bytes());
+  const int64_t st0 = gpu::stamp_regions_taken();
   DDRT_CHECK(gpu::launch_attention(out, q, k, v, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr,
                                    attn_counters(gpu::attn_counters(s)), st_, inv_freq, hint));
+  name_stamps(st0, "attention layer " + std::to_string(layer));
 }
 
 }  // namespace

@@ -63,6 +63,17 @@ void gemv_tc_stamps(unsigned long long* stamps, int64_t stride, int64_t regions)
   g_tc_stamps_end = stamps && regions > 0 ? stamps + regions * stride : nullptr;
 }
 bool gemv_tc_stamping() { return g_tc_stamps != nullptr && (!g_tc_stamps_end || g_tc_stamps < g_tc_stamps_end); }
+namespace {
+int64_t g_stamp_taken = 0;
+}
+int64_t stamp_regions_taken() { return g_stamp_taken; }
+unsigned long long* stamp_region(int64_t blocks) {
+  if (!gemv_tc_stamping()) return nullptr;
+  unsigned long long* r = g_tc_stamps;
+  g_tc_stamps += g_tc_stamp_stride;  // the next launch writes the next region
+  ++g_stamp_taken;
+  return g_tc_stamp_stride == 0 || blocks * kTcStamps <= g_tc_stamp_stride ? r : nullptr;
+}
 // DDRT_GEMV_TC=0: never the fused GEMV (the CUDA-core kernel and the separate DecDEC kernels)
 bool gemv_tc_enabled() {
   if (g_tc_enabled < 0) g_tc_enabled = env_int("DDRT_GEMV_TC", 1) == 0 ? 0 : 1;
@@ -239,10 +250,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.comp_ch = comp ? plan.comp_ch : 0;
   a.comp_cb = plan.comp_cb;
   a.ring_off = plan.ring_off;
-  // a region per launch (or chain stage), while there are regions and the grid fits one
-  const bool fits = gemv_tc_stamping() && (g_tc_stamp_stride == 0 || (int64_t)plan.grid * kTcStamps <= g_tc_stamp_stride);
-  a.stamps = fits ? g_tc_stamps : nullptr;
-  if (gemv_tc_stamping()) g_tc_stamps += g_tc_stamp_stride;  // the next launch writes the next region
+  a.stamps = stamp_region(plan.grid);  // a region per launch (or chain stage) while stamping
   // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = env_int("DDRT_TC_PRE", 1);

@@ -229,12 +229,7 @@ __device__ __forceinline__ void tc_stamp_value(const TcArgs& a, int slot, unsign
 // Timeline stamps of a block (thread 0), kTcStamps (kernels.cuh) per block.
 __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   if (a.stamps != nullptr && threadIdx.x == 0) {
-    unsigned long long t;
-#ifdef DDRT_CUDA_EMU
-    t = ::ddrt_emu::globaltimer_ns();
-#else
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-#endif
+    const unsigned long long t = globaltimer_now();
     a.stamps[tc_block(a) * kTcStamps + slot] = t;
     if (slot == 0) {
       unsigned sm = 0;

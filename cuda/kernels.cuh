@@ -449,6 +449,20 @@ bool gemv_tc_enabled();
 constexpr int kTcStamps = 9;
 void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0, int64_t regions = 0);
 bool gemv_tc_stamping();  // whether the next launch takes a stamp region
+// The next launch's region for a grid of `blocks` (null: not stamping, or the grid does not fit the
+// stride, whose region is skipped all the same), and the regions taken so far (the backend names
+// each launch that took one). The decode attention stamps too: 0 start, 1 after the wait, 4 end.
+unsigned long long* stamp_region(int64_t blocks);
+int64_t stamp_regions_taken();
+__device__ __forceinline__ unsigned long long globaltimer_now() {
+  unsigned long long t;
+#ifdef DDRT_CUDA_EMU
+  t = ::ddrt_emu::globaltimer_ns();
+#else
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+#endif
+  return t;
+}
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).
 // chunk_major: compensation block b selects chunk b % n_ch itself and gathers its rows for the

@@ -209,12 +209,22 @@ template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
-            bool fence_sc, L2Hint hint) {
+            bool fence_sc, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
+  // the step timeline (stamp_region): a block's start, wait passed and end (thread 0)
+  const int64_t bid = ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  auto stamp = [&](int slot) {
+    if (stamps && threadIdx.x == 0) stamps[bid * kTcStamps + slot] = globaltimer_now();
+  };
+  struct AtExit {  // the end stamp on every way out
+    decltype(stamp)& f;
+    __device__ ~AtExit() { f(4); }
+  } at_exit{stamp};
+  stamp(0);
   if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
   const int sp = blockIdx.x, y = blockIdx.y, t = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -262,6 +272,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   }
   grid_dep_wait();
   pdl_trigger();
+  stamp(1);
   if (sp >= active) return;
   auto rotate = [&](float (&x)[PL]) {
     if constexpr (PL % 2 == 0) {
@@ -639,11 +650,12 @@ cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const fl
   const bool prefetch = attn_prefetch();
   static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 0) == 1;  // attn_kernel's merge_pre (lab)
   static const bool sc = fence_sc();
+  unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
   }
 }
 }  // namespace

@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""One decode step's fused GEMV launches on the GPU's clock: where the step's time goes.
+"""One decode step's fused GEMV and attention launches on the GPU's clock: where the step's time goes.
 
     DDRT_STEP_STAMPS=step.csv python3 -m decdec_rt bench --shape llama3-8b --bits 3 --prefill 16
     python3 tools/step_timeline.py step.csv [--launches 12]
 
 The CUDA backend (env DDRT_STEP_STAMPS) makes the recorded decode step's fused GEMV launches write
-every block's %globaltimer stamps (start, dependency wait passed, x staged, end) and writes the last
-replay's to the CSV when the engine goes away. This reads them back: per launch its kind (q/k/v,
-o, gate/up, down), how long its blocks took from the first wait passed to the last end, and the
-gap before it: from the previous launch's last block end to this launch's first block past its
-wait. A gap before an o launch holds the attention kernel (and its launch boundaries); the other
-gaps are launch boundaries alone (with PDL: the previous grid's completion and memory flush).
+every block's %globaltimer stamps (start, dependency wait passed, x staged, end), the decode
+attention its blocks' start, wait and end, and writes the last replay's to the CSV when the engine
+goes away. This reads them back: per launch its kind (q/k/v, attn, o, gate/up, down), how long its
+blocks took from the first wait passed to the last end, and the gap before it: from the previous
+launch's last block end to this launch's first block past its wait, the launch boundary (with PDL:
+the previous grid's completion and memory flush; an unstamped kernel between the two, such as a
+separate norm or swiglu, counts in it).
 Times are us from the step's first stamp. The kernels between the last layer and the next step
 (final norm, lm head, argmax, the step advance) are not fused GEMVs: the step's length minus the
 span printed here is theirs.
@@ -22,7 +23,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-KINDS = (("attn_q", "qkv"), ("attn_output", "o"), ("ffn_gate", "gate_up"), ("ffn_down", "down"))
+KINDS = (("attn_q", "qkv"), ("attn_output", "o"), ("ffn_gate", "gate_up"), ("ffn_down", "down"), ("attention", "attn"))
 
 
 def kind_of(name):
@@ -86,7 +87,7 @@ def summarize(launches):
 
 def report(launches, show=12):
     rows, kinds, span = summarize(launches)
-    lines = [f"{len(rows)} fused GEMV launches over {span:.1f} us (first start to last end)"]
+    lines = [f"{len(rows)} stamped launches over {span:.1f} us (first start to last end)"]
     lines.append(f"{'launch':>6} {'kind':8} {'blocks':>6} {'start':>8} {'wait':>8} {'wait med':>8} {'x med':>8} "
                  f"{'end med':>8} {'end':>8} {'busy':>6} {'gap':>6}")
     pick = rows if show <= 0 or len(rows) <= show else rows[:show // 2] + rows[-(show - show // 2):]

@@ -46,7 +46,7 @@ def test_busy_and_gaps(tmp_path):
     assert span == 50.0
     assert kinds["o"] == {"n": 1, "busy": 5.0, "gap": 10.0}
     text = mod.report(launches)
-    assert "4 fused GEMV launches over 50.0 us" in text and "o        x1" in text
+    assert "4 stamped launches over 50.0 us" in text and "o        x1" in text
 
 
 def test_unknown_names_are_other(tmp_path):
