@@ -140,6 +140,12 @@ class Backend {
     rmsnorm(xb, x, w, T, (int)Ws[0]->d_in, eps);
     matmul_group(Ws, ys, n, xb, T, calls);
   }
+  // Whether rmsnorm_matmul_group of these consumers runs as one launch (the norm inside), so that
+  // the engine need not run the norm first where no producer precedes them (the first layer's
+  // q/k/v). Default: false.
+  virtual bool fuses_norm(const Linear* const* consumers, int n, const DecdecCall* calls, int T) const {
+    return false;
+  }
   // The gate/up pair of a gated MLP (Ws[0] gate, Ws[1] up, equal d_out) on the normalized residual
   // stream, then gate = swiglu(gate, up): the down projection then reads gate as it is (matmul_add)
   virtual void rmsnorm_matmul_swiglu(const Linear* const* Ws, float* gate, float* up, float* xb, const float* x,

@@ -427,14 +427,16 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
   const Config& c = cfg_;
   const size_t dim = c.dim;
   be_->embed(*embd_, x_, ids, T);                                      // x [T, dim]
-  be_->rmsnorm(xb_, x_, layers_[0]->attn_norm, T, c.dim, c.norm_eps);   // xb [T, dim]
   // Around each residual add: either matmul, add_rmsnorm (x += y; xb = norm(x)), matmul_group(xb),
   // or, where the backend runs them as single launches (fuses_add_norm), the producer adding into
   // x itself and the consumers normalizing x where they read it: one launch fewer per add.
-  // normed: xb holds this layer's attn_norm(x) (else the qkv group normalizes x itself).
-  bool normed = true;
+  // normed: xb holds this layer's attn_norm(x) (else the qkv group normalizes x itself; the first
+  // layer's too, where the backend fuses the norm into it: one launch fewer per step).
   const Linear* next[3];
   DecdecCall next_calls[3];
+  group_args(0, 0, 3, pos0, next, next_calls);
+  bool normed = capture_ || !be_->fuses_norm(next, 3, next_calls, T);
+  if (normed) be_->rmsnorm(xb_, x_, layers_[0]->attn_norm, T, c.dim, c.norm_eps);  // xb [T, dim]
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = *layers_[l];
     // attention block

@@ -655,6 +655,10 @@ class CudaBackend : public Backend {
     const CudaLinear* cw[gpu::kTcMaxMembers];
     return n == 0 || consumers_fusable(consumers, n, ccalls, cw);
   }
+  bool fuses_norm(const Linear* const* consumers, int n, const DecdecCall* calls, int T) const override {
+    const CudaLinear* cw[gpu::kTcMaxMembers];
+    return gpu::env_int("DDRT_FUSE_NORM", 1) == 1 && T == 1 && consumers_fusable(consumers, n, calls, cw);
+  }
   // Whether a T = 1 call of W goes to the fused GEMV first: every uniform 3/4-bit matrix (since
   // the int8 tensor-core version, 4-bit too: llama3-8b 4-bit decode 313 vs 295 tok/s with the
   // CUDA-core kernel, same machine), unless the compensation runs on the side stream.

@@ -661,6 +661,8 @@ void test_fused_add_norm(Backend& cpu, Backend& gpu) {
           const bool says = gpu.fuses_add_norm(*wg[0], calls[0], wg, n, calls, T);
           CHECK_MSG(says == want_fused, "fuses_add_norm " + what);
           CHECK_MSG(!cpu.fuses_add_norm(*wc[0], calls[0], wc, n, calls, T), "cpu fuses_add_norm " + what);
+          CHECK_MSG(gpu.fuses_norm(wg, n, calls, T) == want_fused, "fuses_norm " + what);
+          CHECK_MSG(!cpu.fuses_norm(wc, n, calls, T), "cpu fuses_norm " + what);
           // matmul_add and matmul_swiglu_add of member 0 (swiglu fused at every size and at none)
           for (int variant = 0; variant < 3; ++variant) {
             const int64_t d_out = gr.d_out[0];
