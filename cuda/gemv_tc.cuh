@@ -888,10 +888,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const bool x_al =
       ((reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.up) | reinterpret_cast<uintptr_t>(a.nw)) & 15) == 0;
   constexpr int XB = 4;
-  // rmsnorm input (a.nw): the loads of this thread's first x^2 terms go out before the staging's
-  // and are summed after it (r is needed only when a unit's result is written)
+  // rmsnorm input (a.nw): the loads of this thread's first x^2 terms go out with the staging's
+  // (right after the first batch of x loads where there is one before the rest of the ring: x's
+  // staging need not wait for them) and are summed after it (r is needed only once a unit's result
+  // is written)
   TcSumSq sq;
-  if (a.nw) sq.begin(a);
+  const bool first_batch = early || a.x_first || split;  // the branch below
+  if (a.nw && !first_batch) sq.begin(a);
   // x and up of a chained stage past the first were written in this launch: loaded through L2
   const bool cg = a.bar != nullptr;
   auto load_in = [&](const float* p, int64_t i0) {
@@ -970,10 +973,11 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // early: the first batch's x loads, then the slots, then its staging; x_first (uniform over the
   // block: every warp takes this branch and reaches the barrier) puts a barrier after the loads;
   // split: slot 0's second half goes out there too
-  if (early || a.x_first || split) {
+  if (first_batch) {
     float4 xv[XB];
     const bool in = xf < f4_hi;
     if (in) load_batch(xf, xv);
+    if (a.nw) sq.begin(a);  // behind x's loads, ahead of the ring slots issued below
     if (a.x_first) __syncthreads();
     finish_split();
     if (early) issue_rest();
