@@ -447,7 +447,7 @@ class CudaBackend : public Backend {
   }
   // env DDRT_TC_CHAIN=1: T = 1 fused GEMVs without compensation queue up and run as one launch
   // (gemv_tc.cuh); off until measured on a GPU. Read per call (host side only: graphs replay).
-  static bool chain_on() { return gpu::env_int("DDRT_TC_CHAIN", 0) == 1; }
+  static bool chain_on() { return gpu::env_int("DDRT_TC_CHAIN", 0) >= 1; }  // 2: the narrow grid (tc_chain_flush)
   static constexpr size_t kSlotBytes = 16;
   const int64_t* step_pos() const { return static_cast<const int64_t*>(slots_.get()); }
   const int32_t* step_id() const { return reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(slots_.get()) + 8); }

@@ -336,7 +336,16 @@ cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st) {
   const int n = q->n;
   q->n = 0;
   if (n == 0) return cudaSuccess;
-  const int bits = q->a[0].W.bits, group = q->a[0].W.group, grid = q->plan[0].resident;
+  // the grid: the resident capacity (DDRT_TC_CHAIN=1), or (=2, lab) the widest stage's own grid,
+  // so that a chain of small GEMVs (SmolLM2's: 5-24 blocks of work per stage) passes its barriers
+  // with that many blocks instead of every resident one (264 arrivals on one counter per barrier)
+  static const int chain_mode = env_int("DDRT_TC_CHAIN", 1);
+  int grid = q->plan[0].resident;
+  if (chain_mode == 2) {
+    grid = 0;
+    for (int s = 0; s < n; ++s) grid = std::max(grid, q->plan[s].grid);
+  }
+  const int bits = q->a[0].W.bits, group = q->a[0].W.group;
   // one layout for every stage: the widest x-slab area of them, then the rings
   int64_t ring_off = 0;
   for (int s = 0; s < n; ++s) ring_off = std::max(ring_off, q->plan[s].ring_off);

@@ -183,8 +183,9 @@ struct TcArgs {
 // other blocks) only after all of it is written and fenced. Before arriving, a warp already issues
 // its first weight copies of the next stage into its own ring (every stage of a chain has the same
 // ring offset, so no warp's ring overlaps another warp's or the x slabs that the barrier protects).
-// The grid is the resident capacity (all blocks run at once, as a single launch's), so the barrier
-// cannot wait on a block that has not started. What a stage reads that an earlier stage of the
+// The grid is at most the resident capacity (all blocks run at once, as a single launch's), so the
+// barrier cannot wait on a block that has not started: the capacity itself (DDRT_TC_CHAIN=1), or
+// the widest stage's own grid (=2, lab: fewer arrivals per barrier where every stage is small). What a stage reads that an earlier stage of the
 // same launch wrote (x, up, the accumulated y, x^2 for the norm) it loads through L2 (ld.global.cg),
 // never by __ldg, whose non-coherent path may still hold the line from before the write.
 constexpr int kTcChainMax = 4;

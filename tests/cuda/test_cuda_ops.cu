@@ -721,9 +721,13 @@ void test_fused_add_norm(Backend& cpu, Backend& gpu) {
 // (one chain of 4) and apart (its launch splits the chain in two).
 void test_chain(Backend& cpu, Backend& gpu) {
   setenv("DDRT_FUSE_NORM", "1", 1);
-  setenv("DDRT_TC_CHAIN", "1", 1);
-  const int64_t d = 512, h = 1536, kvd = 128;
+  // 1, unless the environment asks for the narrow grid (2: the widest stage's grid, ctest emu_chain_narrow)
+  const char* mode = std::getenv("DDRT_TC_CHAIN");
+  setenv("DDRT_TC_CHAIN", mode && mode[0] == '2' ? "2" : "1", 1);
+  // a layer of the default size, and one whose every stage holds fewer blocks than the grid can
+  for (const std::array<int64_t, 3>& dims : {std::array<int64_t, 3>{512, 1536, 128}, std::array<int64_t, 3>{128, 256, 32}})
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64}) {
+    const int64_t d = dims[0], h = dims[1], kvd = dims[2];
     const int64_t shapes[7][2] = {{d, d}, {h, d}, {h, d}, {d, h}, {d, d}, {kvd, d}, {kvd, d}};  // o gate up down q k v
     std::vector<std::unique_ptr<HostLinear>> L;  // the CPU's linears read these
     std::vector<std::unique_ptr<Linear>> Wc, Wg;
@@ -765,8 +769,8 @@ void test_chain(Backend& cpu, Backend& gpu) {
         gpu.matmul_swiglu_add(*Wg[3], bx.f(), bt.f(), bg.f(), bu.f(), 1, off[0]);
         gpu.rmsnorm_matmul_group(qkv_g, qkv_gy, 3, bxb.f(), bx.f(), bn2.f(), 1e-5f, 1, off);
         gpu.synchronize();
-        const std::string what = std::string("chain ") + type_name(t) + (swiglu[0] == '1' ? " swiglu fused" : " swiglu apart") +
-                                 " rep " + std::to_string(rep);
+        const std::string what = std::string("chain ") + type_name(t) + " d " + std::to_string(d) +
+                                 (swiglu[0] == '1' ? " swiglu fused" : " swiglu apart") + " rep " + std::to_string(rep);
         const int64_t ran = gpu::gemv_tc_chain_launches() - chains, want = swiglu[0] == '1' ? 1 : 2;
         CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " chain launches, expected " + std::to_string(want));
         report(what + " x", nmse(bx.get().data(), x.data(), d), 1e-8);
