@@ -447,7 +447,7 @@ class CudaBackend : public Backend {
   }
   // env DDRT_TC_CHAIN=1: T = 1 fused GEMVs without compensation queue up and run as one launch
   // (gemv_tc.cuh); off until measured on a GPU. Read per call (host side only: graphs replay).
-  static bool chain_on() { return gpu::env_int("DDRT_TC_CHAIN", 0) >= 1; }  // 2: the narrow grid (tc_chain_flush)
+  static bool chain_on() { return gpu::env_int("DDRT_TC_CHAIN", 0) == 1; }
   static constexpr size_t kSlotBytes = 16;
   const int64_t* step_pos() const { return static_cast<const int64_t*>(slots_.get()); }
   const int32_t* step_id() const { return reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(slots_.get()) + 8); }
@@ -616,15 +616,14 @@ class CudaBackend : public Backend {
   bool pairs_fusable(const Linear* const* Ws, const DecdecCall* calls, const CudaLinear** cw) const {
     return Ws[0]->d_out == Ws[1]->d_out && Ws[0]->d_out % 16 == 0 && consumers_fusable(Ws, 2, calls, cw);
   }
-  // The swiglu in the gate/up launch (lab knob, off until its GPU A/B: written in the eighth
-  // session of 2026-12-05, emulator-tested only): env DDRT_SWIGLU_PAIRS=1 where down would
-  // otherwise run it as a launch of its own (below fuse_swiglu's size: SmolLM2-135M's down), =2 at
-  // every size (instead of down reading (gate, up))
+  // The swiglu in the gate/up launch where down would otherwise run it as a launch of its own
+  // (below fuse_swiglu's size: SmolLM2-135M's down). On by default since its H100 A/B (eighth
+  // session, two rounds: smollm2-135m 947.0 -> 972.3 tok/s; llama3-8b, whose down reads (gate, up)
+  // itself, unchanged; at every size instead, llama3-8b was 2.3 % slower); env DDRT_SWIGLU_PAIRS=0 off
   bool swiglu_after_gate_up(const Linear* const* gate_up, const DecdecCall* calls, const Linear& down,
                             const DecdecCall& dcall, int T) const override {
-    const int env = gpu::env_int("DDRT_SWIGLU_PAIRS", 0);  // read per call (host side only)
     const auto& D = static_cast<const CudaLinear&>(down);
-    if (T != 1 || env <= 0 || (env == 1 && fuse_swiglu(D) && fused_first(D))) return false;
+    if (T != 1 || gpu::env_int("DDRT_SWIGLU_PAIRS", 1) == 0 || (fuse_swiglu(D) && fused_first(D))) return false;
     const CudaLinear* cw[gpu::kTcMaxMembers];
     return pairs_fusable(gate_up, calls, cw);
   }

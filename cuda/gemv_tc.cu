@@ -255,12 +255,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
   static const int pre = env_int("DDRT_TC_PRE", 1);
   a.pre = pre;
-  static const bool x_first = env_int("DDRT_TC_XFIRST", 0) == 1;  // TcArgs::x_first (lab)
-  a.x_first = x_first;
-  static const bool pre_split = env_int("DDRT_TC_PRE_SPLIT", 0) == 1;  // TcArgs::pre_split (lab)
-  a.pre_split = pre_split;
-  static const bool pre_l2 = env_int("DDRT_TC_PRE_L2", 0) == 1;  // TcArgs::pre_l2 (lab)
-  a.pre_l2 = pre_l2;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
   // TcArgs::evict_first, on by default since its two-round H100 A/B (BENCHMARKS 2026-12-05 fifth
@@ -336,15 +330,7 @@ cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st) {
   const int n = q->n;
   q->n = 0;
   if (n == 0) return cudaSuccess;
-  // the grid: the resident capacity (DDRT_TC_CHAIN=1), or (=2, lab) the widest stage's own grid,
-  // so that a chain of small GEMVs (SmolLM2's: 5-24 blocks of work per stage) passes its barriers
-  // with that many blocks instead of every resident one (264 arrivals on one counter per barrier)
-  static const int chain_mode = env_int("DDRT_TC_CHAIN", 1);
-  int grid = q->plan[0].resident;
-  if (chain_mode == 2) {
-    grid = 0;
-    for (int s = 0; s < n; ++s) grid = std::max(grid, q->plan[s].grid);
-  }
+  const int grid = q->plan[0].resident;
   const int bits = q->a[0].W.bits, group = q->a[0].W.group;
   // one layout for every stage: the widest x-slab area of them, then the rings
   int64_t ring_off = 0;

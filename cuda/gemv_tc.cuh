@@ -146,23 +146,11 @@ struct TcArgs {
   // smollm2-135m when closed; 4-bit: +4.6 % decode on llama3-8b, although two of its GEMVs
   // measured 4 % slower in the lab)
   bool early_issue = false;
-  // lab knob DDRT_TC_XFIRST=1: a block barrier after every warp's first x loads, so that they are
-  // all in the SM's memory queue before any warp's ring slots issued after the wait (without it a
-  // late warp's x loads can queue behind the slots of the warps before it; by the timeline x's
-  // staging follows the copy bytes issued ahead of it: BENCHMARKS, seventh session)
-  bool x_first = false;
-  // lab knob DDRT_TC_PRE_SPLIT=1 (with pre == 1): only the first half of the first slot's chunks
-  // goes out before the wait; its other half and its scale words right after the first x loads
-  // (one commit group still), so half the bytes sit ahead of x's loads and the stream across the
-  // launch boundary is half as deep (the seventh session's DDRT_TC_PACE=4, half the warps issuing
-  // no slot before x was staged, staged x ~1 us sooner and decoded 5 % slower: taken out)
-  bool pre_split = false;
-  // lab knob DDRT_TC_PRE_L2=1: before the wait each warp prefetches its first unit's bytes into L2
-  // (cp.async.bulk.prefetch.L2: the copy engine's path) instead of copying them, and issues every
-  // copy after x's first loads: HBM still streams across the launch boundary, nothing of the SM's
-  // sits ahead of x in the load path (if the copy engine's requests do not), and the first slot's
-  // copies then hit L2
-  bool pre_l2 = false;
+  // (taken out after their H100 A/B, eighth session, as slower than this order: DDRT_TC_XFIRST, a
+  // block barrier after the first x loads, -0.7 / -1.1 % on llama3-8b / smollm2-135m;
+  // DDRT_TC_PRE_SPLIT, half the first slot before the wait, -3.5 / -1.7 %; DDRT_TC_PRE_L2, the
+  // first unit prefetched into L2 before the wait and every copy after x's loads, -5.5 / -10.6 %;
+  // the seventh session's DDRT_TC_PACE, fewer warps issuing before x is staged, -5 %)
   L2Hint next;  // TcIo::next
   // > 0 (lab knob DDRT_COMP_PAIR): the compensation blocks in two halves, blockIdx [0, h) and
   // [comp_pair, comp_pair + n_tb - h), h = ceil(n_tb / 2), comp_pair >= h; at the SM count the
@@ -183,9 +171,9 @@ struct TcArgs {
 // other blocks) only after all of it is written and fenced. Before arriving, a warp already issues
 // its first weight copies of the next stage into its own ring (every stage of a chain has the same
 // ring offset, so no warp's ring overlaps another warp's or the x slabs that the barrier protects).
-// The grid is at most the resident capacity (all blocks run at once, as a single launch's), so the
-// barrier cannot wait on a block that has not started: the capacity itself (DDRT_TC_CHAIN=1), or
-// the widest stage's own grid (=2, lab: fewer arrivals per barrier where every stage is small). What a stage reads that an earlier stage of the
+// The grid is the resident capacity (all blocks run at once, as a single launch's), so the barrier
+// cannot wait on a block that has not started. (The widest stage's grid instead, DDRT_TC_CHAIN=2
+// in the eighth session, was slower still: -14 % llama3-8b, -12.5 % smollm2-135m on an H100.) What a stage reads that an earlier stage of the
 // same launch wrote (x, up, the accumulated y, x^2 for the norm) it loads through L2 (ld.global.cg),
 // never by __ldg, whose non-coherent path may still hold the line from before the write.
 constexpr int kTcChainMax = 4;
@@ -784,8 +772,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   uint4* ring = smem + a.ring_off + (int64_t)warp * R * SLOT;
   const uint64_t pol = l2_policy(a.evict_first);
-  // part: 0 the whole unit; 1 its first UC / 2 chunks; 2 the other chunks and the scale words
-  auto issue = [&](uint32_t tl, uint32_t k, int slot, int part = 0) {
+  auto issue = [&](uint32_t tl, uint32_t k, int slot) {
     int64_t ra, rb;
     const int m = rows_of(tl, ra, rb);
     const uint4* wa = a.codes[m] + ra * W.row_vecs;
@@ -793,7 +780,6 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     uint4* dst = ring + slot * SLOT;
 #pragma unroll
     for (int c = 0; c < UC; ++c) {
-      if ((part == 1 && c >= UC / 2) || (part == 2 && c < UC / 2)) continue;
       const int64_t ci = (int64_t)k * UC + c;
       const bool ok = ci < n_chunks;
       const int64_t off = ok ? vec_off(ci) : 0;
@@ -803,7 +789,6 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         cp_async16_pol(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok, pol);
       }
     }
-    if (part == 1) return;
     // scale words of rows 0..15 of the tile (clamped like the codes): the NU groups from the
     // unit's first slab, k * UC / 2
     const int64_t r0 = (int64_t)tl * 16, g0 = (int64_t)k * UC / 2 * NG;
@@ -818,29 +803,6 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       cp_async4(sdst + lane, srow(lane / NU) + lane % NU);
     }
   };
-  // the code and scale bytes of unit (tl, k) into L2 (pre_l2): lane (g, t < V) prefetches piece
-  // q = t of rows g and g + 8 (the unit's chunks are adjacent 64-byte pieces of a row: one range),
-  // lane (g, 3) the two rows' scale words
-  static_assert(8 % UC == 0, "a unit's chunks lie in one run of 8 (vec_off)");
-  auto prefetch_unit = [&](uint32_t tl, uint32_t k) {
-    int64_t ra, rb;
-    const int m = rows_of(tl, ra, rb);
-    const int64_t ci0 = (int64_t)k * UC, nc = n_chunks - ci0 < UC ? n_chunks - ci0 : UC;
-    if (nc <= 0) return;
-    if (t < V) {
-      const int64_t off = vec_off(ci0) - t + 32 * t;  // lane t = 0's vector of piece q = t
-      l2_prefetch_bytes(a.codes[m] + ra * W.row_vecs + off, (uint32_t)nc * 64);
-      l2_prefetch_bytes(a.codes[m] + rb * W.row_vecs + off, (uint32_t)nc * 64);
-    } else if (t == 3 && (NU * 4) % 16 == 0) {
-      const int64_t g0 = (int64_t)k * UC / 2 * NG;
-      const __half2* sa = a.sm[m] + ra * W.n_groups + g0;
-      const __half2* sb = a.sm[m] + rb * W.n_groups + g0;
-      if (((reinterpret_cast<uintptr_t>(sa) | reinterpret_cast<uintptr_t>(sb)) & 15) == 0) {
-        l2_prefetch_bytes(sa, NU * 4);
-        l2_prefetch_bytes(sb, NU * 4);
-      }
-    }
-  };
   const int n_mine = (int)(u_end - u_begin);
   const int64_t k_begin0 = tc_quot(u_begin, a.nt_div);
   uint32_t lt = (uint32_t)(u_begin - k_begin0 * a.n_tiles), lk = (uint32_t)k_begin0;  // issue cursor
@@ -853,28 +815,17 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // 324, 2 320, 3 318), the others right after the first x loads (early_issue; without it once x
   // is staged), so that every slot is in flight before the first unit's math: most warps hold
   // only 1-4 units, a refill after the first unit would come too late to matter.
-  // This warp's slots before the wait, and whether the rest go out before x is staged.
-  const bool pre_l2 = a.pre_l2;
-  const int pre = !pre_l2 ? a.pre : 0;
+  const int pre = a.pre;
   const bool early = a.early_issue;
-  // pre_split: slot 0's first half now, the rest (and its commit) by finish_split after x's loads
-  const bool split = a.pre_split && pre == 1 && n_mine > 0;
-  const uint32_t split_t = lt, split_k = lk;
-  if (pre_l2 && n_mine > 0) prefetch_unit(lt, lk);
 #pragma unroll
   for (int p = 0; p < R; ++p) {
     if (p >= pre) continue;
     if (p < n_mine) {
-      issue(lt, lk, p, split ? 1 : 0);
+      issue(lt, lk, p);
       advance(lt, lk);
     }
-    if (!split) cp_commit();
-  }
-  auto finish_split = [&]() {
-    if (!split) return;
-    issue(split_t, split_k, 0, 2);
     cp_commit();
-  };
+  }
 
   tc_wait(a);  // x (and the scratch) belong to the previous kernels (or stage) until here
   tc_stamp(a, 1);
@@ -894,8 +845,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // staging need not wait for them) and are summed after it (r is needed only once a unit's result
   // is written)
   TcSumSq sq;
-  const bool first_batch = early || a.x_first || split;  // the branch below
-  if (a.nw && !first_batch) sq.begin(a);
+  if (a.nw && !early) sq.begin(a);
   // x and up of a chained stage past the first were written in this launch: loaded through L2
   const bool cg = a.bar != nullptr;
   auto load_in = [&](const float* p, int64_t i0) {
@@ -971,17 +921,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
   };
   int64_t xf = f4_lo + threadIdx.x;
-  // early: the first batch's x loads, then the slots, then its staging; x_first (uniform over the
-  // block: every warp takes this branch and reaches the barrier) puts a barrier after the loads;
-  // split: slot 0's second half goes out there too
-  if (first_batch) {
+  // early: the first batch's x loads, then the slots, then its staging
+  if (early) {
     float4 xv[XB];
     const bool in = xf < f4_hi;
     if (in) load_batch(xf, xv);
     if (a.nw) sq.begin(a);  // behind x's loads, ahead of the ring slots issued below
-    if (a.x_first) __syncthreads();
-    finish_split();
-    if (early) issue_rest();
+    issue_rest();
     if (in) stage_batch(xf, xv);
     xf += XB * kTcThreads;
   }
