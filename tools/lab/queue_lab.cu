@@ -17,7 +17,7 @@
 //   bulk      one cp.async.bulk per warp instead of the 16-byte copies, then the load: if close
 //             to idle, weights by TMA would leave x's load path free (docs/gemv.md, next)
 //   prefetch  one cp.async.bulk.prefetch.L2 per warp (nothing lands in the SM), then the load:
-//             what DDRT_TC_PRE_L2 puts before the GEMV's dependency wait
+//             what DDRT_TC_PRE_L2 (taken out: -5.5 % decode) put before the dependency wait
 //   xbulk     the warp's 16-byte copies as `own`, then x's 512 bytes of the warp by one
 //             cp.async.bulk into shared memory (an mbarrier's wait, then the use): if close to
 //             idle while `own` is not, x staged by the copy engine would skip the queue of weight
