@@ -452,7 +452,8 @@ void gemv_tc_stamps(unsigned long long* stamps, int64_t stride = 0, int64_t regi
 bool gemv_tc_stamping();  // whether the next launch takes a stamp region
 // The next launch's region for a grid of `blocks` (null: not stamping, or the grid does not fit the
 // stride, whose region is skipped all the same), and the regions taken so far (the backend names
-// each launch that took one). The decode attention stamps too: 0 start, 1 after the wait, 4 end.
+// each launch that took one). The decode attention stamps too: 0 start, 1 after the wait, 2 its split
+// counted in, 4 end.
 unsigned long long* stamp_region(int64_t blocks);
 int64_t stamp_regions_taken();
 __device__ __forceinline__ unsigned long long globaltimer_now() {

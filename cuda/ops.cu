@@ -215,7 +215,8 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
-  // the step timeline (stamp_region): a block's start, wait passed and end (thread 0)
+  // the step timeline (stamp_region): a block's start, wait passed, split counted in (2; none with
+  // a single split) and end (thread 0)
   const int64_t bid = ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
   auto stamp = [&](int slot) {
     if (stamps && threadIdx.x == 0) stamps[bid * kTcStamps + slot] = globaltimer_now();
@@ -391,6 +392,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     unsigned* c = counters + (int64_t)t * gridDim.y + y;
     last = atomicAdd(c, 1u) == (unsigned)active - 1;
     if (last) *c = 0;
+    stamp(2);  // the timeline: this split counted in (the merge, in the last block, follows)
   }
   __syncthreads();
   if (!last) return;

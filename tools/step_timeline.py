@@ -6,7 +6,7 @@
 
 The CUDA backend (env DDRT_STEP_STAMPS) makes the recorded decode step's fused GEMV launches write
 every block's %globaltimer stamps (start, dependency wait passed, x staged, end), the decode
-attention its blocks' start, wait and end, and writes the last replay's to the CSV when the engine
+attention its blocks' start, wait, split counted in (the "x" column) and end, and writes the last replay's to the CSV when the engine
 goes away. This reads them back: per launch its kind (q/k/v, attn, o, gate/up, down), how long its
 blocks took from the first wait passed to the last end, and the gap before it: from the previous
 launch's last block end to this launch's first block past its wait, the launch boundary (with PDL:
