@@ -209,7 +209,7 @@ template <int PL, int GM>
 __global__ void __launch_bounds__(32 * kAttnWarps)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
-            bool fence_sc, L2Hint hint, unsigned long long* stamps, bool late_trigger) {
+            bool fence_sc, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
   __shared__ float sm_o[kAttnWarps][GM][32 * PL];
@@ -272,11 +272,11 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     for (int u = 0; u < PL / 2; ++u) rcs[u] = rope_cs(s.pos0 + t, inv_freq[lane + 32 * u]);
   }
   grid_dep_wait();
-  // late_trigger (lab knob DDRT_ATTN_LATE_TRIGGER=1): no early trigger, so the next kernel (the o
-  // GEMV, whose blocks issue their first weight copies at once) launches only as this grid ends:
-  // the step timeline measured this kernel's median block at ~13 us past its wait on llama3-8b, and
-  // queue_lab a plain load ~4 us behind an SM's weight copies (BENCHMARKS, eighth session)
-  if (!late_trigger) pdl_trigger();
+  // the early trigger lets the o GEMV's blocks start (and issue their first weight copies, which
+  // slow this kernel's loads on a shared SM) now: dropping it (the eighth session's
+  // DDRT_ATTN_LATE_TRIGGER) cut this kernel from 15.1 to 11.1 us per layer on llama3-8b but cost o
+  // 6.6 us more, -1.0 % decode (H100, BENCHMARKS); taken out
+  pdl_trigger();
   stamp(1);
   if (sp >= active) return;
   auto rotate = [&](float (&x)[PL]) {
@@ -659,12 +659,11 @@ cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const fl
   static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 1) == 1;
   static const bool sc = fence_sc();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
-  static const bool late = env_int("DDRT_ATTN_LATE_TRIGGER", 0) == 1;  // attn_kernel's late_trigger (lab)
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg, late);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg, late);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg, late);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg, late);
+    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
   }
 }
 }  // namespace
