@@ -651,9 +651,9 @@ class CudaBackend : public Backend {
     const gpu::DevLinear* pd[1] = {&P.dev};
     gpu::DevLinear shape;
     if (!fused_first(P) || !gpu::gemv_tc_groupable(pd, 1, &shape)) return false;
-    const CudaLinear* cw[gpu::kTcMaxMembers];
-    return n == 0 || consumers_fusable(consumers, n, ccalls, cw);
+    return n == 0 || fuses_norm(consumers, n, ccalls, T);
   }
+  // The consumers' half of fuses_add_norm: the fused GEMV normalizes x where it reads it (T = 1)
   bool fuses_norm(const Linear* const* consumers, int n, const DecdecCall* calls, int T) const override {
     const CudaLinear* cw[gpu::kTcMaxMembers];
     return gpu::env_int("DDRT_FUSE_NORM", 1) == 1 && T == 1 && consumers_fusable(consumers, n, calls, cw);
@@ -719,10 +719,10 @@ class CudaBackend : public Backend {
   Counter held_;
   Counter decdec_held_;  // the part of held_ that DecDEC adds (decdec_device_bytes)
   DevMem scratch_;
-  DevMem attn_cnt_;
+  DevMem attn_cnt_;  // attention: one counter per (query, kv-head slice), zero between launches
   DevMem stamps_;                         // DDRT_STEP_STAMPS: kStampRegions regions of stamp_stride_
   int64_t stamp_stride_ = 0;
-  std::vector<std::string> stamp_names_;  // the stamped launches in order  // attention: one counter per (query, kv-head slice), zero between launches
+  std::vector<std::string> stamp_names_;  // the stamped launches in order
   DevMem tc_part_, tc_cnt_;  // the fused GEMV's partial slots and tile counters (all 0 between launches)
   DevMem slots_;
   PinnedMem h_slots_;

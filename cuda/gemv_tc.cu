@@ -56,6 +56,7 @@ namespace {
 unsigned long long* g_tc_stamps = nullptr;
 unsigned long long* g_tc_stamps_end = nullptr;  // past the last region (null: no bound)
 int64_t g_tc_stamp_stride = 0;
+int64_t g_stamp_taken = 0;  // regions taken (stamp_regions_taken)
 }
 void gemv_tc_stamps(unsigned long long* stamps, int64_t stride, int64_t regions) {
   g_tc_stamps = stamps;
@@ -63,9 +64,6 @@ void gemv_tc_stamps(unsigned long long* stamps, int64_t stride, int64_t regions)
   g_tc_stamps_end = stamps && regions > 0 ? stamps + regions * stride : nullptr;
 }
 bool gemv_tc_stamping() { return g_tc_stamps != nullptr && (!g_tc_stamps_end || g_tc_stamps < g_tc_stamps_end); }
-namespace {
-int64_t g_stamp_taken = 0;
-}
 int64_t stamp_regions_taken() { return g_stamp_taken; }
 unsigned long long* stamp_region(int64_t blocks) {
   if (!gemv_tc_stamping()) return nullptr;
@@ -330,8 +328,7 @@ cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st) {
   const int n = q->n;
   q->n = 0;
   if (n == 0) return cudaSuccess;
-  const int grid = q->plan[0].resident;
-  const int bits = q->a[0].W.bits, group = q->a[0].W.group;
+  const int bits = q->a[0].W.bits, group = q->a[0].W.group, grid = q->plan[0].resident;
   // one layout for every stage: the widest x-slab area of them, then the rings
   int64_t ring_off = 0;
   for (int s = 0; s < n; ++s) ring_off = std::max(ring_off, q->plan[s].ring_off);
