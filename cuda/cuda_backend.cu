@@ -792,6 +792,12 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
       sm.resize(d.d_out * g.n_groups);
       gpu::interleave_scales(s.data(), m.data(), d.d_out, ng, g.n_groups, sm.data());
       g.sm = put<__half2>(*W, held_, sm.data(), sm.size() * 4, st_, "scales");
+      if (gpu::gemv_tc_supports(g) && gpu::gemv_tc_bulk_wanted()) {  // the fused GEMV's unit images
+        W->mem.emplace_back(gpu::gemv_tc_units_bytes(g), held_, "'" + W->name + "' unit images");
+        uint4* u = static_cast<uint4*>(W->mem.back().get());
+        DDRT_CHECK(gpu::gemv_tc_pack(g, u, st_), "unit images");
+        g.units = u;
+      }
     } else {
       lut.resize((size_t)(d.d_out << g.bits));
       for (size_t i = 0; i < lut.size(); ++i) lut[i] = f16_to_f32(rd16(tables + 2 * i));

@@ -14,6 +14,8 @@ int tc_blocks_per_sm(size_t smem);
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st);
 template <int B, int G>
+cudaError_t tc_pack_launch(const TcArgs& a, uint4* units, cudaStream_t st);
+template <int B, int G>
 int tc_chain_blocks_per_sm(size_t smem);
 template <int B, int G>
 cudaError_t tc_chain_launch(const TcChainArgs& c, int grid, size_t smem, cudaStream_t st);
@@ -82,6 +84,38 @@ bool gemv_tc_supports(const DevLinear& W) {
   return !is_lut(W.type) && (W.bits == 3 || W.bits == 4) && (W.group == 32 || W.group == 64 || W.group == 128);
 }
 
+namespace {
+int g_tc_bulk = -1;
+}
+void gemv_tc_bulk_force(int mode) { g_tc_bulk = mode; }
+bool gemv_tc_bulk_wanted() {
+  return (g_tc_bulk >= 0 ? g_tc_bulk == 1 : env_int("DDRT_TC_BULK", 0) == 1) && device_info().bulk;
+}
+size_t gemv_tc_units_bytes(const DevLinear& W) {
+  if (!gemv_tc_supports(W)) return 0;
+  const int64_t n_tiles = (W.d_out + 15) / 16, n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
+  return (size_t)(n_tiles * ((n_chunks + uc - 1) / uc)) * tc_slot_vecs(W.bits, W.group) * 16;
+}
+cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st) {
+  if (!gemv_tc_supports(W)) return cudaErrorInvalidValue;
+  const cudaError_t z = cudaMemsetAsync(units, 0, gemv_tc_units_bytes(W), st);
+  if (z != cudaSuccess) return z;
+  TcArgs a;
+  a.W = W;
+  for (int m = 0; m < kTcMaxMembers; ++m) {
+    a.row0[m] = m == 0 ? 0 : INT64_MAX;
+    a.codes[m] = m == 0 ? W.codes : nullptr;
+    a.sm[m] = m == 0 ? W.sm : nullptr;
+  }
+  const int64_t n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
+  a.n_tiles = (W.d_out + 15) / 16;
+  a.n_units = (n_chunks + uc - 1) / uc;
+  return by_group(W.group, cudaErrorInvalidValue, [&](auto G) {
+    return W.bits == 3 ? tc_pack_launch<3, decltype(G)::value>(a, units, st)
+                       : tc_pack_launch<4, decltype(G)::value>(a, units, st);
+  });
+}
+
 int tc_default_n_tb(const DevLinear& W) {
   const int64_t nv = (W.d_out + 31) / 32;
   return (int)std::min<int64_t>(32, nv);
@@ -126,7 +160,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   // Base blocks stage only the x slabs their units span (tc_split.h), which depends on the grid,
   // which depends on the shared memory per block: start from a guess of 2 slabs and redo the
   // split with the widest block's need until the occupancy it allows holds it.
-  const size_t ring = tc_ring_bytes(W.bits, W.group);
+  const size_t ring = tc_ring_bytes(W.bits, W.group, W.units != nullptr);
   size_t smem = std::max(tc_base_smem(std::min<int64_t>(n_slabs, 2), W.bits, W.group) + ring, comp_smem);
   int per_sm = 0;
   for (int round = 0; round < 4; ++round) {
@@ -177,7 +211,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
   for (int m = 0; m < n; ++m) {
     const DevLinear& w = *W[m];
     if (!gemv_tc_supports(w) || w.type != g.type || w.group != g.group || w.d_in != g.d_in ||
-        w.row_vecs != g.row_vecs || w.n_groups != g.n_groups)
+        w.row_vecs != g.row_vecs || w.n_groups != g.n_groups || (w.units == nullptr) != (g.units == nullptr))
       return false;
     if (m + 1 < n && w.d_out % 32 != 0) return false;
     if (m > 0) g.d_out += w.d_out;
@@ -232,10 +266,12 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     a.row0[m] = m == 0 ? 0 : m < n ? r : INT64_MAX;
     a.codes[m] = m < n ? W[m]->codes : nullptr;
     a.sm[m] = m < n ? W[m]->sm : nullptr;
+    a.units[m] = m < n ? W[m]->units : nullptr;
     a.y[m] = m < n ? y[m] : nullptr;
     if (comp && m < n) a.R[m] = comp->R[m];
     if (m < n) r += W[m]->d_out;
   }
+  a.bulk = a.W.units != nullptr;  // every member has its images (gemv_tc_groupable)
   a.n_tb = comp ? plan.n_tb : 0;
   a.n_units = plan.n_units;
   a.n_tiles = plan.n_tiles;
@@ -313,7 +349,7 @@ bool tc_chain_add(TcChainQueue* q, const DevLinear* const* W, float* const* y, i
     const TcArgs& h = q->a[0];
     DevLinear shape;
     if (!gemv_tc_groupable(W, n, &shape) || shape.bits != h.W.bits || shape.group != h.W.group ||
-        plan.resident != q->plan[0].resident)
+        (shape.units == nullptr) != (h.W.units == nullptr) || plan.resident != q->plan[0].resident)
       return false;
   }
   TcArgs a;
@@ -332,7 +368,7 @@ cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st) {
   // one layout for every stage: the widest x-slab area of them, then the rings
   int64_t ring_off = 0;
   for (int s = 0; s < n; ++s) ring_off = std::max(ring_off, q->plan[s].ring_off);
-  const size_t smem = (size_t)ring_off * 16 + tc_ring_bytes(bits, group);
+  const size_t smem = (size_t)ring_off * 16 + tc_ring_bytes(bits, group, q->a[0].bulk);
   const DeviceInfo& dev = device_info();
   const int fits = n < 2 || dev.n_sm == 0 ? 0
                    : bits == 3           ? chain_blocks_per_sm<3>(group, smem)

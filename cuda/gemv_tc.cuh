@@ -105,6 +105,10 @@ struct TcArgs {
   const __half2* sm[kTcMaxMembers];
   float* y[kTcMaxMembers];
   DevResidual R[kTcMaxMembers];  // with compensation: rows, row_pitch, rscale
+  // the members' unit images (DevLinear::units) and whether the base role's ring copies them whole
+  // by cp.async.bulk (tc_base_block; every member has them) instead of by cp.async pieces
+  const uint4* units[kTcMaxMembers];
+  bool bulk = false;
   // base split
   int n_tb = 0;           // compensation blocks (0: DecDEC off in this launch)
   int64_t n_units = 0;    // units per tile
@@ -300,8 +304,9 @@ inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
   return (size_t)(n_slabs * per + 4 * kTcWarps + 15) / 16 * 16;
 }
 // The base role's unit ring (after the x slabs).
-inline size_t tc_ring_bytes(int bits, int group) {
-  return (size_t)kTcWarps * tc_ring_slots(bits, group) * tc_slot_vecs(bits, group) * 16;
+// bulk: and its slots' mbarriers after it (8 bytes each).
+inline size_t tc_ring_bytes(int bits, int group, bool bulk = false) {
+  return (size_t)kTcWarps * tc_ring_slots(bits, group) * (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0));
 }
 inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
   const int64_t nvs = seg_vecs < kTcThreads ? seg_vecs : kTcThreads;
@@ -721,6 +726,77 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
 
 // ---- base role ---------------------------------------------------------------------------------
 
+// Rows g and g + 8 of tile tl as member rows (clamped to the group's last row); returns the member.
+__device__ __forceinline__ int tc_rows_of(const TcArgs& a, uint32_t tl, int g, int64_t& ra, int64_t& rb) {
+  const int64_t r0 = (int64_t)tl * 16, d_out = a.W.d_out;
+  ra = r0 + g < d_out ? r0 + g : d_out - 1;
+  rb = r0 + g + 8 < d_out ? r0 + g + 8 : d_out - 1;
+  const int m = tc_member(a, r0 < d_out ? r0 : d_out - 1);
+  ra -= a.row0[m];
+  rb -= a.row0[m];
+  return m;
+}
+
+// Lane `lane`'s pieces of unit (tile tl, column k) in the order of its ring slot: the codes of rows
+// g and g + 8 (chunk c, row h, vector q at slot vector ((c * 2 + h) * V + q) * 32 + lane; zeros past
+// the last chunk), then the 16 rows' (scale, min) words from the unit's first slab's groups (rows
+// clamped like the codes). put(word, src, bytes, code, ok) moves `bytes` (16 or 4) from src (zeros
+// where !ok) to 32-bit word `word` of the slot. The one definition of a slot's contents: the
+// cp.async ring copies these pieces, tc_pack_kernel writes them as the unit images the bulk ring
+// copies whole.
+template <int B, int G, class Put>
+__device__ __forceinline__ void tc_unit_pieces(const TcArgs& a, uint32_t tl, uint32_t k, int lane, Put&& put) {
+  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B), NG = tc_slab_groups(B, G), NU = tc_unit_groups(B, G),
+                SW = 16 * NU, UV = UC * 2 * V * 32;
+  const DevLinear& W = a.W;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t n_chunks = 2 * mma_slabs(W.d_in, B);
+  int64_t ra, rb;
+  const int m = tc_rows_of(a, tl, g, ra, rb);
+  const uint4* wa = a.codes[m] + ra * W.row_vecs;
+  const uint4* wb = a.codes[m] + rb * W.row_vecs;
+#pragma unroll
+  for (int c = 0; c < UC; ++c) {
+    const int64_t ci = (int64_t)k * UC + c;
+    const bool ok = ci < n_chunks;
+    const int64_t off = ok ? (ci >> 3) * 32 * V + 4 * (ci & 7) + t : 0;
+#pragma unroll
+    for (int q = 0; q < V; ++q) {
+      put((((c * 2) * V + q) * 32 + lane) * 4, wa + off + 32 * q, 16, true, ok);
+      put((((c * 2 + 1) * V + q) * 32 + lane) * 4, wb + off + 32 * q, 16, true, ok);
+    }
+  }
+  const int64_t r0 = (int64_t)tl * 16, g0 = (int64_t)k * UC / 2 * NG;
+  auto srow = [&](int64_t r) {  // member row r0 + r, clamped, at group g0
+    return a.sm[m] + ((r0 + r < W.d_out ? r0 + r : W.d_out - 1) - a.row0[m]) * W.n_groups + g0;
+  };
+  if (NU % 4 == 0) {
+#pragma unroll
+    for (int p = lane; p < SW / 4; p += 32) put(UV * 4 + 4 * p, srow(p / (NU / 4)) + 4 * (p % (NU / 4)), 16, false, true);
+  } else if (lane < SW) {
+    put(UV * 4 + lane, srow(lane / NU) + lane % NU, 4, false, true);
+  }
+}
+
+// The unit images of one linear for the bulk ring (TcArgs::bulk): unit (tile, k) at
+// units + (tile * n_units + k) * tc_slot_vecs, its ring slot's contents (tc_unit_pieces). a: the
+// linear alone (one member); one warp per unit; the slot's unused tail words stay as they were
+// (the caller zeroes the buffer).
+template <int B, int G>
+__global__ void __launch_bounds__(kTcThreads) tc_pack_kernel(const __grid_constant__ TcArgs a, uint4* units) {
+  const int lane = threadIdx.x & 31;
+  const int64_t u = (int64_t)blockIdx.x * kTcWarps + (threadIdx.x >> 5);
+  if (u >= a.n_tiles * a.n_units) return;
+  const int64_t tl = u / a.n_units, k = u % a.n_units;
+  uint32_t* dw = reinterpret_cast<uint32_t*>(units + u * tc_slot_vecs(B, G));
+  tc_unit_pieces<B, G>(a, (uint32_t)tl, (uint32_t)k, lane, [&](int64_t wd, const void* src, int bytes, bool, bool ok) {
+    if (bytes == 4)
+      dw[wd] = *static_cast<const uint32_t*>(src);
+    else
+      *reinterpret_cast<uint4*>(dw + wd) = ok ? *static_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+  });
+}
+
 template <int B, int G>
 __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   constexpr int C = step_codes(B), V = step_vecs(B), NW = 4 * V, NQ = C / 4, QG = G / 32, NG = NQ / QG;
@@ -750,59 +826,56 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
       ++k;
     }
   };
-  // rows g and g + 8 of tile tl, as member rows (clamped to the group's last row), and the member
-  auto rows_of = [&](uint32_t tl, int64_t& ra, int64_t& rb) {
-    const int64_t r0 = (int64_t)tl * 16;
-    ra = r0 + g < W.d_out ? r0 + g : W.d_out - 1;
-    rb = r0 + g + 8 < W.d_out ? r0 + g + 8 : W.d_out - 1;
-    const int m = tc_member(a, r0 < W.d_out ? r0 : W.d_out - 1);
-    ra -= a.row0[m];
-    rb -= a.row0[m];
-    return m;
-  };
-  auto vec_off = [&](int64_t ci) { return (ci >> 3) * 32 * V + 4 * (ci & 7) + t; };
-  // The unit pipeline: a ring of R slots per warp in shared memory, filled by cp.async (nothing
-  // held in registers while in flight): a unit's codes, and its rows' (scale, min) words, so that
-  // the math never waits on a global load. Lane L copies and reads back only its own 16-byte code
-  // pieces (slot position ((c * 2 + h) * V + q) * 32 + L); the scale words are shared by the
-  // warp's lanes, so each slot is read after a __syncwarp that follows the copy's wait (its words
-  // are visible to all lanes) and refilled after one that follows its compute (all lanes done).
-  constexpr int R = tc_ring_slots(B, G), UV = UC * 2 * V * 32, NU = tc_unit_groups(B, G), SW = 16 * NU,
-                SLOT = tc_slot_vecs(B, G);
+  auto rows_of = [&](uint32_t tl, int64_t& ra, int64_t& rb) { return tc_rows_of(a, tl, g, ra, rb); };
+  // The unit pipeline: a ring of R slots per warp in shared memory (nothing held in registers while
+  // in flight): a unit's codes, and its rows' (scale, min) words, so that the math never waits on a
+  // global load. Filled one of two ways:
+  //  - cp.async (default): lane L copies and reads back only its own 16-byte code pieces (slot
+  //    position ((c * 2 + h) * V + q) * 32 + L; tc_unit_pieces); the scale words are shared by the
+  //    warp's lanes, so each slot is read after a __syncwarp that follows the copy's wait (its
+  //    words are visible to all lanes) and refilled after one that follows its compute (all lanes
+  //    done).
+  //  - bulk (a.bulk: the weights also as unit images, tc_pack_kernel): lane 0 copies the unit's
+  //    whole slot image with one cp.async.bulk counted on the slot's mbarrier; every lane waits on
+  //    the barrier's phase for that use (use j of a slot: parity j & 1), and the refill comes after
+  //    the same __syncwarp as above, behind a proxy fence (the slot's reads were the generic
+  //    proxy's, the copy is the async proxy's). The weights then stay off the load/store unit's
+  //    queue, where x's loads and the attention's wait behind cp.async copies (queue_lab).
+  constexpr int R = tc_ring_slots(B, G), UV = UC * 2 * V * 32, NU = tc_unit_groups(B, G), SLOT = tc_slot_vecs(B, G);
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   uint4* ring = smem + a.ring_off + (int64_t)warp * R * SLOT;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * R * SLOT) + warp * R;
+  const bool bulk = a.bulk;
   const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {
-    int64_t ra, rb;
-    const int m = rows_of(tl, ra, rb);
-    const uint4* wa = a.codes[m] + ra * W.row_vecs;
-    const uint4* wb = a.codes[m] + rb * W.row_vecs;
-    uint4* dst = ring + slot * SLOT;
-#pragma unroll
-    for (int c = 0; c < UC; ++c) {
-      const int64_t ci = (int64_t)k * UC + c;
-      const bool ok = ci < n_chunks;
-      const int64_t off = ok ? vec_off(ci) : 0;
-#pragma unroll
-      for (int q = 0; q < V; ++q) {
-        cp_async16_pol(dst + ((c * 2) * V + q) * 32 + lane, wa + off + 32 * q, ok, pol);
-        cp_async16_pol(dst + ((c * 2 + 1) * V + q) * 32 + lane, wb + off + 32 * q, ok, pol);
+    if (bulk) {
+      if (lane == 0) {
+        const int m = tc_member(a, (int64_t)tl * 16);  // a tile lies in one member (tc_member)
+        const uint4* src = a.units[m] + (((int64_t)tl - a.row0[m] / 16) * a.n_units + k) * SLOT;
+        fence_proxy_async_smem();
+        mbar_expect_tx(bars + slot, SLOT * 16);
+        bulk_g2s(ring + slot * SLOT, src, SLOT * 16, bars + slot, pol);
       }
+      return;
     }
-    // scale words of rows 0..15 of the tile (clamped like the codes): the NU groups from the
-    // unit's first slab, k * UC / 2
-    const int64_t r0 = (int64_t)tl * 16, g0 = (int64_t)k * UC / 2 * NG;
-    auto srow = [&](int64_t r) {  // member row r0 + r, clamped, at group g0
-      return a.sm[m] + ((r0 + r < W.d_out ? r0 + r : W.d_out - 1) - a.row0[m]) * W.n_groups + g0;
-    };
-    uint32_t* sdst = reinterpret_cast<uint32_t*>(dst + UV);
-    if (NU % 4 == 0) {
-#pragma unroll
-      for (int p = lane; p < SW / 4; p += 32) cp_async16(sdst + 4 * p, srow(p / (NU / 4)) + 4 * (p % (NU / 4)), true);
-    } else if (lane < SW) {
-      cp_async4(sdst + lane, srow(lane / NU) + lane % NU);
-    }
+    uint32_t* dw = reinterpret_cast<uint32_t*>(ring + slot * SLOT);
+    tc_unit_pieces<B, G>(a, tl, k, lane, [&](int64_t wd, const void* src, int bytes, bool code, bool ok) {
+      if (bytes == 4)
+        cp_async4(dw + wd, src);
+      else if (code)
+        cp_async16_pol(dw + wd, src, ok, pol);
+      else
+        cp_async16(dw + wd, src, ok);
+    });
   };
+  if (bulk) {  // the warp's barriers, before its first copy
+    if (lane == 0) {
+#pragma unroll
+      for (int p = 0; p < R; ++p) mbar_init(bars + p, 1);
+      mbar_fence_init();
+    }
+    __syncwarp();
+  }
   const int n_mine = (int)(u_end - u_begin);
   const int64_t k_begin0 = tc_quot(u_begin, a.nt_div);
   uint32_t lt = (uint32_t)(u_begin - k_begin0 * a.n_tiles), lk = (uint32_t)k_begin0;  // issue cursor
@@ -1028,7 +1101,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   };
   uint32_t ct = t_begin, ck = k_begin;  // compute cursor
   for (int i = 0; i < n_mine; ++i) {
-    cp_wait<R - 1>();  // unit i's group has landed (this lane's copies)
+    if (bulk)
+      mbar_wait(bars + i % R, (uint32_t)(i / R) & 1u);  // unit i's slot image has landed
+    else
+      cp_wait<R - 1>();  // unit i's group has landed (this lane's copies)
     __syncwarp();      // every lane's copies of unit i visible
     compute(ct, ck, ring + (i % R) * SLOT);  // read in place
     advance(ct, ck);

@@ -49,8 +49,15 @@ cudaError_t tc_chain_launch(const TcChainArgs& c, int grid, size_t smem, cudaStr
   return launch_pdl(gemv_tc_chain_kernel<B, G>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, c);
 }
 
+template <int B, int G>
+cudaError_t tc_pack_launch(const TcArgs& a, uint4* units, cudaStream_t st) {
+  const int64_t blocks = (a.n_tiles * a.n_units + kTcWarps - 1) / kTcWarps;
+  return launch_plain(tc_pack_kernel<B, G>, dim3((unsigned)blocks), dim3(kTcThreads), 0, st, a, units);
+}
+
 #define DDRT_GEMV_TC_INSTANTIATE(B, G)                                                        \
   template int tc_blocks_per_sm<B, G>(size_t);                                                \
+  template cudaError_t tc_pack_launch<B, G>(const TcArgs&, uint4*, cudaStream_t);             \
   template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, cudaStream_t);             \
   template int tc_chain_blocks_per_sm<B, G>(size_t);                                          \
   template cudaError_t tc_chain_launch<B, G>(const TcChainArgs&, int, size_t, cudaStream_t);

@@ -118,6 +118,73 @@ __device__ __forceinline__ void cp_async16_pol(void* dst, const void* src, bool 
 }
 #endif
 
+// ---- mbarriers and bulk copies (sm_90: cp.async.bulk, the TMA's path) ----------------------------
+// A bulk copy is one instruction for up to 1 MB, issued by one thread and moved by the SM's copy
+// engine, not by the load/store unit whose queue a thread's plain loads wait in (cp.async's
+// path). Its completion is counted on an mbarrier in shared memory (8 bytes, 8-byte aligned):
+// mbar_init(bar, 1) once; per use, one mbar_expect_tx(bar, bytes) (the one arrival, and the bytes
+// the phase waits for), the copies (bulk_g2s), then every reader mbar_wait(bar, parity) with the
+// use's parity (0, 1, 0, ... : the phase flips when all its bytes have landed). Device code for
+// sm_90+ only: the host takes this path only where device_info().bulk (below sm_90 these trap).
+// The emulator models them (tests/emu/cuda_emu.h).
+#ifdef DDRT_CUDA_EMU
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) { ::ddrt_emu::mbar_init(bar, count); }
+__device__ __forceinline__ void mbar_fence_init() {}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) { ::ddrt_emu::mbar_expect_tx(bar, bytes); }
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t) {
+  ::ddrt_emu::bulk_copy(dst, src, bytes, bar);
+}
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) { return ::ddrt_emu::mbar_try_wait(bar, parity); }
+__device__ __forceinline__ void fence_proxy_async_smem() {}
+#elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)), "r"(count)
+               : "memory");
+}
+// makes the inits visible to the copy engine (before the first copy that completes on them)
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)),
+               "r"(bytes)
+               : "memory");
+}
+// bytes (a multiple of 16) from src (16-byte aligned) to shared dst (16-byte aligned), counted on
+// bar, with the L2 cache policy pol (l2_policy)
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t pol) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
+          (uint32_t)__cvta_generic_to_shared(dst)),
+      "l"(src), "r"(bytes), "r"((uint32_t)__cvta_generic_to_shared(bar)), "l"(pol)
+      : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"((uint32_t)__cvta_generic_to_shared(bar)), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
+// orders this thread's earlier shared-memory accesses (the generic proxy's: reads of a ring slot)
+// before its later bulk copies (the async proxy's: the slot's refill)
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void mbar_init(uint64_t*, int) { __trap(); }
+__device__ __forceinline__ void mbar_fence_init() { __trap(); }
+__device__ __forceinline__ void mbar_expect_tx(uint64_t*, uint32_t) { __trap(); }
+__device__ __forceinline__ void bulk_g2s(void*, const void*, uint32_t, uint64_t*, uint64_t) { __trap(); }
+__device__ __forceinline__ bool mbar_try_wait(uint64_t*, uint32_t) {
+  __trap();
+  return true;
+}
+__device__ __forceinline__ void fence_proxy_async_smem() { __trap(); }
+#endif
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
+}
+
 // Weights that kernels after this one will stream, to be brought into L2 while this one runs
 // (its own loads leave HBM idle: attention at decode moves a few MB in ~12 us). A hint: nothing
 // reads the lines it brings, and nothing waits for them, so it can never change a result.
@@ -257,6 +324,7 @@ __device__ __forceinline__ float swiglu1(float g, float u) { return g / (1.0f + 
 struct DeviceInfo {
   int n_sm = 0, max_smem = 0;
   bool pdl = false;  // programmatic dependent launch (sm_90+)
+  bool bulk = false;  // mbarriers with transaction counts and cp.async.bulk (sm_90+)
 };
 const DeviceInfo& device_info();
 
@@ -304,6 +372,9 @@ struct DevLinear {
   const float* lut = nullptr;    // LUT: [d_out][2^bits]
   const void* fdata = nullptr;   // float types: [d_out][row_stride] elements, zero padded
   int64_t row_stride = 0;        // float types: a multiple of 8 elements
+  // uniform 3/4-bit with the bulk ring (env DDRT_TC_BULK=1, sm_90+): the codes and scales again as
+  // the fused GEMV's unit images, [tiles][units][tc_slot_vecs] (gemv_tc_pack), or null
+  const uint4* units = nullptr;
 };
 
 // DecDEC data of one linear on the GPU.
@@ -471,6 +542,13 @@ __device__ __forceinline__ unsigned long long globaltimer_now() {
 // segment b / n_ch (whole-row slices, no exchange of selections between blocks); n_tb is then
 // rounded to a multiple of the chunk count. Its cpart holds one term per chunk: n_ch x d_out floats.
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false);
+// The bulk ring (TcArgs::bulk): whether linears get unit images at load (env DDRT_TC_BULK=1, off
+// until measured; force 1 / 0, -1: the environment), their bytes, and the packing of W's (codes and
+// scales on the device) into units (zeroed first; bytes gemv_tc_units_bytes(W)), on st.
+bool gemv_tc_bulk_wanted();
+void gemv_tc_bulk_force(int mode);
+size_t gemv_tc_units_bytes(const DevLinear& W);
+cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st);
 // DDRT_COMP_CHUNKS=1 (off until measured): the fused GEMV's compensation chunk-major; force 1 / 0,
 // -1: the environment (read per call).
 bool gemv_tc_comp_chunks();

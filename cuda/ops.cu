@@ -545,6 +545,7 @@ const DeviceInfo& device_info() {
       info.n_sm = prop.multiProcessorCount;
       info.max_smem = (int)prop.sharedMemPerBlockOptin;
       info.pdl = prop.major >= 9;
+      info.bulk = prop.major >= 9;
       dev_cached = dev;
     }
   }

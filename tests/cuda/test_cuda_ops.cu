@@ -255,6 +255,88 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
   }
 }
 
+// The bulk ring (TcArgs::bulk, DDRT_TC_BULK=1) against its twin, the cp.async ring: the same linear
+// loaded twice, with and without unit images, gives bitwise the same y (the same slot contents,
+// tc_unit_pieces, and the same math in the same order), alone and as a fused group, DecDEC off and
+// on; and both match the CPU. The images' bytes are counted in the device bytes. Needs sm_90 (a
+// note and nothing else below it).
+void test_gemv_bulk(Backend& cpu, Backend& gpu) {
+  if (!gpu::device_info().bulk) {
+    std::printf("gemv bulk: the device has no cp.async.bulk (sm_90+), not tested\n");
+    return;
+  }
+  struct S { TensorType t; std::vector<int64_t> d_out; int64_t d_in; };
+  const S cases[] = {{TensorType::UQ3_G128, {4100}, 300},     {TensorType::UQ4_G128, {33}, 28672},
+                     {TensorType::UQ3_G32, {64}, 1500},       {TensorType::UQ4_G64, {6144}, 4096},
+                     {TensorType::UQ3_G64, {96, 32, 70}, 2500}, {TensorType::UQ4_G32, {256, 64}, 4100},
+                     {TensorType::UQ3_G128, {2048, 2048}, 1024}};
+  for (const S& c : cases) {
+    const int n = (int)c.d_out.size();
+    std::vector<std::unique_ptr<HostLinear>> L;
+    std::vector<std::unique_ptr<Linear>> Wc, Wp, Wb;  // CPU, cp.async ring, bulk ring
+    for (int m = 0; m < n; ++m) {
+      L.push_back(make_linear(c.t, c.d_out[m], c.d_in, true));
+      if (m > 0) {
+        L[m]->thresholds = L[0]->thresholds;
+        L[m]->ranking = L[0]->ranking;
+        L[m]->desc.thresholds = L[m]->thresholds.data();
+        L[m]->desc.ranking = L[m]->ranking.data();
+      }
+      Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      gpu::gemv_tc_bulk_force(0);
+      Wp.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      const size_t before = gpu.device_bytes();
+      gpu::gemv_tc_bulk_force(1);
+      Wb.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      gpu::gemv_tc_bulk_force(-1);
+      gpu::DevLinear shape;
+      shape.type = c.t, shape.bits = type_bits(c.t), shape.group = type_group(c.t), shape.d_out = c.d_out[m], shape.d_in = c.d_in;
+      const size_t img = gpu::gemv_tc_units_bytes(shape);
+      CHECK_MSG(img > 0 && gpu.device_bytes() >= before + img, "gemv bulk: the unit images are not in the device bytes");
+    }
+    const auto x = randn((size_t)c.d_in);
+    Buf bx(gpu, x.size());
+    bx.put(x);
+    for (DecdecMode mode : {DecdecMode::Off, DecdecMode::Approx, DecdecMode::Exact}) {
+      DecdecCall calls[3];
+      for (int m = 0; m < n; ++m) {
+        calls[m].mode = mode;
+        calls[m].k_chunk = mode == DecdecMode::Off ? 0 : 16;
+        calls[m].linear_id = (uint32_t)m;
+      }
+      std::vector<std::vector<float>> y[2];
+      for (int v = 0; v < 2; ++v) {
+        const auto& W = v == 0 ? Wp : Wb;
+        const Linear* w[3];
+        std::vector<std::unique_ptr<Buf>> ys;
+        float* yp[3];
+        for (int m = 0; m < n; ++m) {
+          w[m] = W[m].get();
+          ys.push_back(std::make_unique<Buf>(gpu, (size_t)c.d_out[m]));
+          ys[m]->poison();
+          yp[m] = ys[m]->f();
+        }
+        const int64_t launches = gpu::gemv_tc_group_launches();
+        if (n == 1)
+          gpu.matmul(*w[0], yp[0], bx.f(), 1, calls[0]);
+        else
+          gpu.matmul_group(w, yp, n, bx.f(), 1, calls);
+        CHECK_MSG(n == 1 || gpu::gemv_tc_group_launches() > launches, "gemv bulk: the group did not fuse");
+        for (int m = 0; m < n; ++m) y[v].push_back(ys[m]->get());
+      }
+      for (int m = 0; m < n; ++m) {
+        const std::string what = std::string("gemv bulk ") + type_name(c.t) + " " + std::to_string(c.d_out[m]) + "x" +
+                                 std::to_string(c.d_in) + " member " + std::to_string(m) + " of " + std::to_string(n) +
+                                 " " + mode_name(mode);
+        CHECK_MSG(std::memcmp(y[0][m].data(), y[1][m].data(), y[0][m].size() * 4) == 0,
+                  what + ": the bulk ring's y differs from the cp.async ring's");
+        const auto yc = cpu_matmul(cpu, *Wc[m], x, 1, calls[m]);
+        report(what, nmse(y[1][m].data(), yc.data(), yc.size()), 1e-8);
+      }
+    }
+  }
+}
+
 // Groups (q/k/v, gate/up): matmul_group vs the CPU reference member by member, DecDEC off and on
 // (shared selection inputs), with the fused launch counted (gemv_tc_group_launches) where the
 // group qualifies and not where it must fall back (a boundary not a multiple of 32, random mode,
@@ -1095,8 +1177,77 @@ void test_l2_hint() {
   CHECK(h.n == gpu::L2Hint::kMax && h.total() == 3 * (3072 + 4096));
 }
 
+void ck(cudaError_t e, const char* what);
+
+// The mbarrier ring of bulk copies (kernels.cuh) alone: one warp streams n pieces of `vecs` uint4
+// through two slots (each through several phases) into out, reading a slot after its wait; the
+// mutant reads it before, which the emulator must catch (it lands a copy only at the wait).
+__global__ void bulk_ring_kernel(const uint4* in, uint4* out, int n, int vecs, int mutant) {
+  DDRT_DYN_SMEM(uint4, sm);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(sm + 2 * vecs);
+  const int lane = threadIdx.x & 31;
+  if (lane == 0) {
+    gpu::mbar_init(bars, 1);
+    gpu::mbar_init(bars + 1, 1);
+    gpu::mbar_fence_init();
+  }
+  __syncwarp();
+  auto issue = [&](int i) {
+    if (lane == 0) {
+      gpu::fence_proxy_async_smem();
+      gpu::mbar_expect_tx(bars + i % 2, (uint32_t)vecs * 16);
+      gpu::bulk_g2s(sm + (i % 2) * vecs, in + (int64_t)i * vecs, (uint32_t)vecs * 16, bars + i % 2, gpu::l2_policy(true));
+    }
+  };
+  for (int i = 0; i < 2 && i < n; ++i) issue(i);
+  for (int i = 0; i < n; ++i) {
+    const uint4* slot = sm + (i % 2) * vecs;
+    if (mutant)
+      for (int v = lane; v < vecs; v += 32) out[(int64_t)i * vecs + v] = slot[v];
+    gpu::mbar_wait(bars + i % 2, (uint32_t)(i / 2) & 1u);
+    if (!mutant)
+      for (int v = lane; v < vecs; v += 32) out[(int64_t)i * vecs + v] = slot[v];
+    __syncwarp();
+    if (i + 2 < n) issue(i + 2);
+  }
+}
+
+void test_bulk_ring() {
+  if (!gpu::device_info().bulk) {
+    std::printf("bulk ring: the device has no cp.async.bulk (sm_90+), not tested\n");
+    return;
+  }
+  const int n = 7, vecs = 416;  // 6.5 KB pieces, as a 3-bit unit's slot
+  std::vector<uint32_t> h((size_t)n * vecs * 4);
+  for (auto& w : h) w = (uint32_t)rng();
+  uint4 *in = nullptr, *out = nullptr;
+  ck(cudaMalloc(reinterpret_cast<void**>(&in), h.size() * 4), "malloc");
+  ck(cudaMalloc(reinterpret_cast<void**>(&out), h.size() * 4), "malloc");
+  ck(cudaMemcpy(in, h.data(), h.size() * 4, cudaMemcpyHostToDevice), "copy");
+  std::vector<uint32_t> got(h.size());
+#ifdef DDRT_CUDA_EMU
+  const int variants = 2;
+#else
+  const int variants = 1;  // a read before the wait may happen to see the bytes on a GPU
+#endif
+  for (int mutant = 0; mutant < variants; ++mutant) {
+    ck(cudaMemset(out, 0, h.size() * 4), "memset");
+    ck(gpu::launch_plain(bulk_ring_kernel, dim3(1), dim3(32), (size_t)2 * vecs * 16 + 16, nullptr,
+                         static_cast<const uint4*>(in), out, n, vecs, mutant),
+       "bulk ring launch");
+    ck(cudaDeviceSynchronize(), "bulk ring");
+    ck(cudaMemcpy(got.data(), out, got.size() * 4, cudaMemcpyDeviceToHost), "copy back");
+    const bool same = std::memcmp(got.data(), h.data(), h.size() * 4) == 0;
+    CHECK_MSG(same == (mutant == 0), mutant ? "bulk ring: the mutant that reads before its wait was not caught"
+                                            : "bulk ring: the pieces differ from the source");
+  }
+  cudaFree(in);
+  cudaFree(out);
+}
+
 void test_misc(Backend& gpu) {
   test_l2_hint();
+  test_bulk_ring();
   CHECK_THROWS(make_cuda_backend(1 << 20), CudaError);
   CHECK(cuda_built());
   CHECK(!cuda_info().empty());
@@ -1647,6 +1798,7 @@ int main(int argc, char** argv) {
     if (want("matmul")) test_matmul(*cpu, *gpu);
     if (want("gemv_tc")) test_gemv_tc_shapes(*cpu, *gpu);
     if (want("gemv_group")) test_gemv_group(*cpu, *gpu);
+    if (want("gemv_bulk")) test_gemv_bulk(*cpu, *gpu);
     if (want("gemm")) test_gemm(*cpu, *gpu), test_gemm_group(*cpu, *gpu);
     if (want("decdec")) test_decdec(*cpu, *gpu);
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);

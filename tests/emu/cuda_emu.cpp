@@ -7,8 +7,10 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -90,6 +92,20 @@ struct WarpState {
   unsigned char slots[2][32][kSlot];
 };
 
+// An mbarrier of the running block (mbar_init and after, cuda_emu.h).
+struct Mbar {
+  int count = 0, pending = 0;  // arrivals per phase, still missing in this one
+  uint32_t phase = 0;
+  int64_t tx_expected = 0, tx_copied = 0;
+  int64_t spins = 0;  // failed waits on this phase
+  struct Copy {
+    void* dst;
+    std::vector<unsigned char> data;
+  };
+  std::vector<Copy> copies;  // issued in this phase, not landed
+};
+constexpr uint64_t kMbarMark = 0x6d62617272696572ull;  // "mbarrier"
+
 struct Worker;
 thread_local Worker* tw = nullptr;
 
@@ -111,6 +127,7 @@ struct Worker {
   size_t smem_bytes = 0;
   int alive = 0, bar_arrived = 0;
   bool spun = false;
+  std::map<void*, Mbar> mbars;  // the block's mbarriers by address
   const std::function<void()>* body = nullptr;
 
   static constexpr size_t kSmemMap = (232448 + 4095) / 4096 * 4096 + 4096;
@@ -226,6 +243,7 @@ void Worker::run_block(int64_t b) {
 #endif
   }
   std::memset(smem, 0xff, smem_bytes);  // shared memory starts undefined: NaN / -1 shows a read of it
+  mbars.clear();
   alive = n;
   bar_arrived = 0;
   while (alive > 0) {
@@ -246,6 +264,8 @@ void Worker::run_block(int64_t b) {
     }
     if (spun) std::this_thread::yield();
   }
+  for (const auto& m : mbars)
+    if (!m.second.copies.empty()) die("a block exited with bulk copies in flight (issued, never waited for)");
 }
 
 // ---- the pool of workers that run a grid's blocks ------------------------------------------------
@@ -388,6 +408,71 @@ void cp_wait(int n) {
   f.copies.erase(f.copies.begin(), f.copies.begin() + land);
   f.group_end.erase(f.group_end.begin(), f.group_end.begin() + (groups - n));
   for (size_t& e : f.group_end) e -= land;
+}
+
+namespace {
+// The barrier at bar, checked: initialized, in the block's shared memory, its mark intact.
+Mbar& mbar_at(void* bar, const char* what) {
+  Worker& w = *tw;
+  auto it = w.mbars.find(bar);
+  if (it == w.mbars.end()) die((std::string(what) + ": not an initialized mbarrier").c_str());
+  uint64_t mark;
+  std::memcpy(&mark, bar, 8);
+  if (mark != kMbarMark) die((std::string(what) + ": the mbarrier's shared memory was overwritten").c_str());
+  return it->second;
+}
+bool in_smem(const void* p, size_t bytes) {
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  return c >= tw->smem && c + bytes <= tw->smem + tw->smem_bytes;
+}
+}  // namespace
+
+void mbar_init(void* bar, int count) {
+  if (!in_smem(bar, 8) || (reinterpret_cast<uintptr_t>(bar) & 7) != 0 || count < 1)
+    die("mbarrier.init: not an 8-byte aligned shared address, or a count < 1");
+  Mbar m;
+  m.count = m.pending = count;
+  auto it = tw->mbars.find(bar);
+  if (it != tw->mbars.end() && !it->second.copies.empty()) die("mbarrier.init over a barrier with copies in flight");
+  tw->mbars[bar] = m;
+  std::memcpy(bar, &kMbarMark, 8);
+}
+void mbar_expect_tx(void* bar, uint32_t bytes) {
+  Mbar& m = mbar_at(bar, "mbarrier.arrive.expect_tx");
+  if (m.pending == 0) die("mbarrier.arrive.expect_tx: more arrivals than the phase's count");
+  m.tx_expected += bytes;
+  --m.pending;
+}
+void bulk_copy(void* dst, const void* src, uint32_t bytes, void* bar) {
+  Mbar& m = mbar_at(bar, "cp.async.bulk");
+  if (bytes == 0 || bytes % 16 != 0 || (reinterpret_cast<uintptr_t>(dst) & 15) != 0 ||
+      (reinterpret_cast<uintptr_t>(src) & 15) != 0 || !in_smem(dst, bytes))
+    die("cp.async.bulk: size not a multiple of 16, an unaligned address or a destination outside shared memory");
+  for (const auto& o : tw->mbars)  // no copy may land on a live barrier
+    if (static_cast<unsigned char*>(o.first) + 8 > static_cast<unsigned char*>(dst) &&
+        static_cast<unsigned char*>(o.first) < static_cast<unsigned char*>(dst) + bytes)
+      die("cp.async.bulk: the destination overlaps an mbarrier");
+  Mbar::Copy c{dst, std::vector<unsigned char>(bytes)};
+  std::memcpy(c.data.data(), src, bytes);
+  m.copies.push_back(std::move(c));
+  m.tx_copied += bytes;
+}
+bool mbar_try_wait(void* bar, uint32_t parity) {
+  Mbar& m = mbar_at(bar, "mbarrier.try_wait.parity");
+  if ((m.phase & 1) != (parity & 1)) return true;  // the phase of that parity is the completed one
+  if (m.tx_copied > m.tx_expected) die("mbarrier: more bytes copied than expected in a phase");
+  if (m.pending == 0 && m.tx_copied == m.tx_expected) {
+    for (const Mbar::Copy& c : m.copies) std::memcpy(c.dst, c.data.data(), c.data.size());
+    m.copies.clear();
+    m.pending = m.count;
+    m.tx_expected = m.tx_copied = 0;
+    m.spins = 0;
+    ++m.phase;
+    return true;
+  }
+  if (++m.spins > (int64_t)1 << 24) die("mbarrier wait that never completes (arrivals or bytes missing)");
+  yield();
+  return false;
 }
 
 void yield() {

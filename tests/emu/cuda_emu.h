@@ -58,6 +58,18 @@ void cp_async(void* dst, const void* src, int bytes, bool valid);
 void cp_commit();
 void cp_wait(int n);
 
+// mbarriers and bulk copies (sm_90's cp.async.bulk, the TMA's path), per running block: a barrier
+// is a record beside the block's shared memory, keyed by its address there (its 8 bytes hold a
+// mark, checked at every use: a kernel that overwrites a live barrier fails). A bulk copy reads its
+// source at issue and lands its bytes when a wait completes its barrier's phase (all arrivals in,
+// the bytes expected all copied), so reading them before the wait sees the old contents, as it may
+// on a GPU. A wait that cannot complete (arrivals missing, bytes not yet issued) lets the other
+// fibers run, and fails the block if it never can; a block that exits with copies in flight fails.
+void mbar_init(void* bar, int count);
+void mbar_expect_tx(void* bar, uint32_t bytes);
+void bulk_copy(void* dst, const void* src, uint32_t bytes, void* bar);
+bool mbar_try_wait(void* bar, uint32_t parity);
+
 // Warp-level matrix operations, as the PTX instructions define their fragments.
 void mma_m16n8k32_u8s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 void mma_m16n8k16_f32(float* c, const uint32_t* a, const uint32_t* b, bool bf16);
