@@ -682,6 +682,10 @@ L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget) {
   for (int i = 0; i < n && left > 0; ++i) {
     const DevLinear& d = *Ws[i];
     if (d.fdata) add(d.fdata, d.d_out * d.row_stride * (d.type == TensorType::F32 ? 4 : 2));
+    if (d.units) {  // what the fused GEMV reads of it (the bulk ring)
+      add(d.units, (int64_t)gemv_tc_units_bytes(d));
+      continue;
+    }
     if (d.codes) add(d.codes, d.d_out * d.row_vecs * (int64_t)sizeof(uint4));
     if (d.sm) add(d.sm, d.d_out * d.n_groups * (int64_t)sizeof(__half2));
     if (d.lut) add(d.lut, (d.d_out << d.bits) * (int64_t)sizeof(float));

@@ -1175,6 +1175,11 @@ void test_l2_hint() {
   const gpu::DevLinear* many[4] = {&b, &b, &b, &b};            // 8 ranges: the first kMax kept
   h = gpu::l2_hint_for(many, 4, 1 << 20);
   CHECK(h.n == gpu::L2Hint::kMax && h.total() == 3 * (3072 + 4096));
+  gpu::DevLinear u = a;  // with unit images (the bulk ring): those, instead of codes and scales
+  u.group = 128, u.d_in = 512, u.units = reinterpret_cast<const uint4*>(buf + 49152);
+  const gpu::DevLinear* wu[1] = {&u};
+  h = gpu::l2_hint_for(wu, 1, 1 << 20);
+  CHECK(h.n == 1 && h.p[0] == buf + 49152 && h.total() == (int64_t)gpu::gemv_tc_units_bytes(u) && h.total() > 0);
 }
 
 void ck(cudaError_t e, const char* what);
