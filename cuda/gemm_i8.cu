@@ -31,6 +31,7 @@
 // kt + kStages - 1 (into the slot of tile kt - 1, which everyone has finished), then the MMAs of
 // tile kt, with tile kt + 1's quads decoded into the unsigned-byte A tile not in use (two A
 // buffers) between the first k32 step's fragment loads and its MMAs.
+#include "gemv_tc.cuh"
 #include "kernels.cuh"
 
 namespace ddrt {
@@ -145,6 +146,10 @@ __device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A,
 // d_in, type; member m owns row tiles [tile0[m], tile0[m + 1]) of the grid.
 struct I8Members {
   const uint4* codes[kTcMaxMembers];
+  // the members' unit images (DevLinear::units, 3/4 bits), read instead of codes and scales where
+  // they exist (all members or none), and their units per tile
+  const uint4* units[kTcMaxMembers];
+  int64_t n_units;
   const __half2* sm[kTcMaxMembers];
   float* y[kTcMaxMembers];
   int64_t d_out[kTcMaxMembers];
@@ -172,6 +177,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
   const int64_t o0 = (int64_t)(by - (m == 0 ? 0 : m == 1 ? G.tile0[1] : G.tile0[2])) * kBM;
   const int nk = (int)(xq.kp / kBK);
   const uint32_t* codes = reinterpret_cast<const uint32_t*>(W.codes);
+  const uint32_t* units = (B == 3 || B == 4) ? reinterpret_cast<const uint32_t*>(m == 0 ? G.units[0] : m == 1 ? G.units[1] : G.units[2]) : nullptr;
+  const int group = 1 << xq.gshift;
+  // row o's word w of lane step s, from the images or the codes (o < d_out; the images: B 3 or 4)
+  auto code_src = [&](int64_t o, int64_t s, int w) {
+    if constexpr (B == 3 || B == 4)
+      if (units) return units + tc_unit_code_word<B>(o, s, w, G.n_units, group);
+    return codes + o * W.row_vecs * 4 + 4 * vec_index(s, w / 4, B) + w % 4;
+  };
   unsigned char* const R0 = smem + kStages * kStage;  // raw buffers
   unsigned char* const A0 = R0 + 2 * kRaw;           // A tiles
 
@@ -202,7 +215,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       if (r < kBN) cp_async8z(S + kOffXq + (h * kBN + r) * 8, xq.q + (int64_t)g * T + min(t0 + r, T - 1), true);
       const int64_t o = o0 + r;
       const bool ok = o < W.d_out;
-      cp_async4z(S + kOffSm + (h * kBM + r) * 4, W.sm + (ok ? o * W.n_groups + g : 0), ok);
+      const void* ssrc = W.sm + (ok ? o * W.n_groups + g : 0);
+      if constexpr (B == 3 || B == 4)
+        if (units) ssrc = units + (ok ? tc_unit_scale_word<B>(o, g, G.n_units, group) : 0);
+      cp_async4z(S + kOffSm + (h * kBM + r) * 4, ssrc, ok);
     }
     if (kt % kPeriod != 0) return;
     // the period's raw words: lane step s of round rr, octet a; first word fw
@@ -215,15 +231,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       const int e = tid + u * kThreads, row = e / 8, b = e % 8;
       const int64_t o = o0 + row, s = (int64_t)rr * 32 + 8 * a + b;
       const bool ok = o < W.d_out;
-      const uint32_t* rp = codes + (ok ? o : 0) * W.row_vecs * 4;
+      const int64_t oc = ok ? o : 0;
       if (B == 3) {
 #pragma unroll
-        for (int i = 0; i < 3; ++i)
-          cp_async4z(raw + 4 * e + i, rp + 4 * vec_index(s, (fw + i) / 4, B) + (fw + i) % 4, ok);
+        for (int i = 0; i < 3; ++i) cp_async4z(raw + 4 * e + i, code_src(oc, s, fw + i), ok);
       } else if (B == 4) {
-        cp_async16(raw + 4 * e, rp + 4 * vec_index(s, 0, B), ok);
+        cp_async16(raw + 4 * e, code_src(oc, s, 0), ok);
       } else {
-        cp_async8z(raw + 4 * e, rp + 4 * vec_index(s, fw / 4, B) + fw % 4, ok);
+        cp_async8z(raw + 4 * e, code_src(oc, s, fw), ok);
       }
     }
   };
@@ -397,7 +412,7 @@ bool gemm_i8_groupable(const DevLinear* const* Ws, int n) {
   for (int m = 0; m < n; ++m) {
     const DevLinear& W = *Ws[m];
     if (!gemm_i8_supported(W) || W.type != Ws[0]->type || W.d_in != Ws[0]->d_in || W.row_vecs != Ws[0]->row_vecs ||
-        W.n_groups != Ws[0]->n_groups)
+        W.n_groups != Ws[0]->n_groups || (W.units == nullptr) != (Ws[0]->units == nullptr))
       return false;
     tiles += (W.d_out + kBM - 1) / kBM;
   }
@@ -413,11 +428,12 @@ cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, i
   I8Members G{};
   G.n = n;
   for (int m = 0; m < n; ++m) {
-    G.codes[m] = Ws[m]->codes, G.sm[m] = Ws[m]->sm, G.y[m] = ys[m], G.d_out[m] = Ws[m]->d_out;
+    G.codes[m] = Ws[m]->codes, G.units[m] = Ws[m]->units, G.sm[m] = Ws[m]->sm, G.y[m] = ys[m], G.d_out[m] = Ws[m]->d_out;
     G.tile0[m + 1] = G.tile0[m] + (int)((Ws[m]->d_out + kBM - 1) / kBM);
   }
   if (n > 1) ++g_i8_group_launches;
   const DevLinear& W = *Ws[0];
+  G.n_units = (2 * mma_slabs(W.d_in, W.bits) + tc_unit_chunks(W.bits) - 1) / tc_unit_chunks(W.bits);
   switch (W.bits) {
     case 2: return launch_bits<2>(W, G, x, T, scratch, st, limbs);
     case 3: return launch_bits<3>(W, G, x, T, scratch, st, limbs);

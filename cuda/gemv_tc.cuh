@@ -778,6 +778,27 @@ __device__ __forceinline__ void tc_unit_pieces(const TcArgs& a, uint32_t tl, uin
   }
 }
 
+// Where a unit image (tc_pack_kernel) holds what the row layout holds elsewhere, for readers of the
+// images other than the ring (the prefill GEMM): 32-bit word w (of 4 V) of lane step s of row o
+// (o < d_out, s a step within the row's codes), and the (scale, min) word of row o, group gi.
+// n_units: units per tile (tc_split.h); the images' unit (tile, k) at (tile n_units + k) slots.
+template <int B>
+DDRT_HD int64_t tc_unit_code_word(int64_t o, int64_t s, int w, int64_t n_units, int group) {
+  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
+  const int64_t ci = (s / 32) * 8 + (s % 32) / 4, k = ci / UC;
+  const int c = (int)(ci % UC), t = (int)(s % 4), g = (int)(o % 8), h = (int)(o % 16) / 8;
+  const int64_t base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
+  return (base + ((c * 2 + h) * V + w / 4) * 32 + 4 * g + t) * 4 + w % 4;
+}
+template <int B>
+DDRT_HD int64_t tc_unit_scale_word(int64_t o, int64_t gi, int64_t n_units, int group) {
+  static_assert(tc_unit_chunks(B) % 2 == 0, "a unit starts on a slab: its groups are gi / NU's");
+  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
+  const int NU = tc_unit_groups(B, group);
+  const int64_t k = gi / NU, base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
+  return (base + UC * 2 * V * 32) * 4 + (o % 16) * NU + gi % NU;
+}
+
 // The unit images of one linear for the bulk ring (TcArgs::bulk): unit (tile, k) at
 // units + (tile * n_units + k) * tc_slot_vecs, its ring slot's contents (tc_unit_pieces). a: the
 // linear alone (one member); one warp per unit; the slot's unused tail words stay as they were

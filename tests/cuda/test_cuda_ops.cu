@@ -294,9 +294,12 @@ void test_gemv_bulk(Backend& cpu, Backend& gpu) {
       const size_t img = gpu::gemv_tc_units_bytes(shape);
       CHECK_MSG(img > 0 && gpu.device_bytes() >= before + img, "gemv bulk: the unit images are not in the device bytes");
     }
-    const auto x = randn((size_t)c.d_in);
-    Buf bx(gpu, x.size());
+    const int T = 5;  // T tokens: the prefill GEMM reads the images too
+    const auto xt = randn((size_t)T * c.d_in);
+    const std::vector<float> x(xt.begin(), xt.begin() + c.d_in);
+    Buf bx(gpu, x.size()), bxt(gpu, xt.size());
     bx.put(x);
+    bxt.put(xt);
     for (DecdecMode mode : {DecdecMode::Off, DecdecMode::Approx, DecdecMode::Exact}) {
       DecdecCall calls[3];
       for (int m = 0; m < n; ++m) {
@@ -323,6 +326,19 @@ void test_gemv_bulk(Backend& cpu, Backend& gpu) {
           gpu.matmul_group(w, yp, n, bx.f(), 1, calls);
         CHECK_MSG(n == 1 || gpu::gemv_tc_group_launches() > launches, "gemv bulk: the group did not fuse");
         for (int m = 0; m < n; ++m) y[v].push_back(ys[m]->get());
+        if (mode == DecdecMode::Exact) continue;
+        std::vector<std::unique_ptr<Buf>> yts;  // T tokens (after the T = 1 rows: y[v][n + m])
+        float* ytp[3];
+        for (int m = 0; m < n; ++m) {
+          yts.push_back(std::make_unique<Buf>(gpu, (size_t)T * c.d_out[m]));
+          yts[m]->poison();
+          ytp[m] = yts[m]->f();
+        }
+        if (n == 1)
+          gpu.matmul(*w[0], ytp[0], bxt.f(), T, calls[0]);
+        else
+          gpu.matmul_group(w, ytp, n, bxt.f(), T, calls);
+        for (int m = 0; m < n; ++m) y[v].push_back(yts[m]->get());
       }
       for (int m = 0; m < n; ++m) {
         const std::string what = std::string("gemv bulk ") + type_name(c.t) + " " + std::to_string(c.d_out[m]) + "x" +
@@ -332,6 +348,11 @@ void test_gemv_bulk(Backend& cpu, Backend& gpu) {
                   what + ": the bulk ring's y differs from the cp.async ring's");
         const auto yc = cpu_matmul(cpu, *Wc[m], x, 1, calls[m]);
         report(what, nmse(y[1][m].data(), yc.data(), yc.size()), 1e-8);
+        if (mode == DecdecMode::Exact) continue;
+        CHECK_MSG(std::memcmp(y[0][n + m].data(), y[1][n + m].data(), y[0][n + m].size() * 4) == 0,
+                  what + " T=5: the prefill's y from the images differs from the codes'");
+        const auto yct = cpu_matmul(cpu, *Wc[m], xt, T, calls[m]);
+        report(what + " T=5", nmse(y[1][n + m].data(), yct.data(), yct.size()), tol_mm(T));
       }
     }
   }
