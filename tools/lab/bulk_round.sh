@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call for the bulk ring (DDRT_TC_BULK=1, gemv_tc.cuh): build, the CUDA ctest cases
+# (test_gemv_bulk: the bulk ring bitwise against the cp.async ring), the GPU pytest cases on the
+# bulk ring, then the decode A/B of its settings (tools/gpu_ab.sh) and the step timeline of each.
+# Usage on the GPU machine: bash tools/lab/bulk_round.sh ["SETTING" ...] (default: the bulk ring,
+# and with every ring slot issued before the dependency wait). Logs in $OUT or ./gpu_logs.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+. tools/gpu_build.sh
+gpu_build
+timeout 200 ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1
+echo "ctest rc=$?"; tail -8 "$OUT/ctest.log"; grep -E "gemv bulk|bulk ring" "$OUT/ctest.log" | head -5
+(cd tests && DDRT_TC_BULK=1 timeout 120 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_bulk.log" 2>&1
+echo "pytest DDRT_TC_BULK=1 rc=$?: $(tail -1 "$OUT/pytest_bulk.log")"
+settings=("$@")
+[ ${#settings[@]} -eq 0 ] && settings=("DDRT_TC_BULK=1" "DDRT_TC_BULK=1 DDRT_TC_PRE=2")
+AB_DEADLINE=${AB_DEADLINE:-200} AB_SHAPES=${AB_SHAPES:-llama3-8b smollm2-135m} bash tools/gpu_ab.sh default "${settings[@]}" 2>&1 | tail -$(( 6 + 2 * ${#settings[@]} ))
+for s in default "${settings[@]}"; do
+  env_s=""; [ "$s" = default ] || env_s=$s
+  echo "== timeline llama3-8b 3-bit: $s"
+  env $env_s DDRT_STEP_STAMPS=/tmp/bulk_step.csv timeout 40 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --prefill 16 2>&1 | grep -E "decode|memory"
+  timeout 20 python3 tools/step_timeline.py /tmp/bulk_step.csv --launches 8 2>&1 | tail -9
+done
