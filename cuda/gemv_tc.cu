@@ -10,7 +10,7 @@ namespace ddrt {
 namespace gpu {
 
 template <int B, int G>
-int tc_blocks_per_sm(size_t smem);
+int tc_blocks_per_sm(size_t smem, bool bulk);
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st);
 template <int B, int G>
@@ -33,8 +33,8 @@ R by_group(int group, R dflt, F&& f) {
   return dflt;
 }
 template <int B>
-int blocks_per_sm(int group, size_t smem) {
-  return by_group(group, 0, [&](auto G) { return tc_blocks_per_sm<B, decltype(G)::value>(smem); });
+int blocks_per_sm(int group, size_t smem, bool bulk) {
+  return by_group(group, 0, [&](auto G) { return tc_blocks_per_sm<B, decltype(G)::value>(smem, bulk); });
 }
 template <int B>
 cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
@@ -160,12 +160,13 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   // Base blocks stage only the x slabs their units span (tc_split.h), which depends on the grid,
   // which depends on the shared memory per block: start from a guess of 2 slabs and redo the
   // split with the widest block's need until the occupancy it allows holds it.
-  const size_t ring = tc_ring_bytes(W.bits, W.group, W.units != nullptr);
+  const bool bulk = W.units != nullptr;
+  const size_t ring = tc_ring_bytes(W.bits, W.group, bulk);
   size_t smem = std::max(tc_base_smem(std::min<int64_t>(n_slabs, 2), W.bits, W.group) + ring, comp_smem);
   int per_sm = 0;
   for (int round = 0; round < 4; ++round) {
     if (smem > (size_t)dev.max_smem) return p;
-    per_sm = W.bits == 3 ? blocks_per_sm<3>(W.group, smem) : blocks_per_sm<4>(W.group, smem);
+    per_sm = W.bits == 3 ? blocks_per_sm<3>(W.group, smem, bulk) : blocks_per_sm<4>(W.group, smem, bulk);
     if (per_sm <= 0) return p;
     // lab knob DDRT_TC_BLOCKS_PER_SM=N: at most N blocks per SM (a grid below the resident capacity
     // leaves room for the next kernel's blocks, launched early by PDL, to start streaming beside it)
@@ -193,7 +194,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
     p.ring_off = (int64_t)tc_base_smem(widest, W.bits, W.group) / 16;
     p.smem = std::max((size_t)p.ring_off * 16 + ring, p.n_tb > 0 ? tc_comp_smem(kmax, p.seg_vecs) : 0);
     if (p.smem > (size_t)dev.max_smem) return p;
-    const int fits = W.bits == 3 ? blocks_per_sm<3>(W.group, p.smem) : blocks_per_sm<4>(W.group, p.smem);
+    const int fits = W.bits == 3 ? blocks_per_sm<3>(W.group, p.smem, bulk) : blocks_per_sm<4>(W.group, p.smem, bulk);
     if (fits >= per_sm) break;  // the grid is resident at once
     smem = p.smem;
     if (round == 3) return p;
@@ -368,7 +369,7 @@ cudaError_t tc_chain_flush(TcChainQueue* q, unsigned* bar, cudaStream_t st) {
   // one layout for every stage: the widest x-slab area of them, then the rings
   int64_t ring_off = 0;
   for (int s = 0; s < n; ++s) ring_off = std::max(ring_off, q->plan[s].ring_off);
-  const size_t smem = (size_t)ring_off * 16 + tc_ring_bytes(bits, group, q->a[0].bulk);
+  const size_t smem = (size_t)ring_off * 16 + tc_ring_bytes(bits, group);  // the chain: the cp.async ring
   const DeviceInfo& dev = device_info();
   const int fits = n < 2 || dev.n_sm == 0 ? 0
                    : bits == 3           ? chain_blocks_per_sm<3>(group, smem)

@@ -187,6 +187,9 @@ struct TcChainArgs {
   unsigned* bar = nullptr;  // [2]: arrivals, blocks done (the last block out resets both)
 };
 
+// (The chain kernel runs its stages on the cp.async ring whatever TcArgs::bulk says: the codes are
+// there either way.)
+
 // The dependency wait of a stage: griddepcontrol.wait (a launch's first stage) or the chain's grid
 // barrier.
 __device__ __forceinline__ void tc_wait(const TcArgs& a) {
@@ -818,7 +821,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_pack_kernel(const __grid_consta
   });
 }
 
-template <int B, int G>
+template <int B, int G, bool Bulk = false>
 __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   constexpr int C = step_codes(B), V = step_vecs(B), NW = 4 * V, NQ = C / 4, QG = G / 32, NG = NQ / QG;
   constexpr int UC = tc_unit_chunks(B);
@@ -856,7 +859,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   //    warp's lanes, so each slot is read after a __syncwarp that follows the copy's wait (its
   //    words are visible to all lanes) and refilled after one that follows its compute (all lanes
   //    done).
-  //  - bulk (a.bulk: the weights also as unit images, tc_pack_kernel): lane 0 copies the unit's
+  //  - bulk (a.bulk, the instantiation with Bulk: the weights also as unit images, tc_pack_kernel): lane 0 copies the unit's
   //    whole slot image with one cp.async.bulk counted on the slot's mbarrier; every lane waits on
   //    the barrier's phase for that use (use j of a slot: parity j & 1), and the refill comes after
   //    the same __syncwarp as above, behind a proxy fence (the slot's reads were the generic
@@ -866,7 +869,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   uint4* ring = smem + a.ring_off + (int64_t)warp * R * SLOT;
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * R * SLOT) + warp * R;
-  const bool bulk = a.bulk;
+  constexpr bool bulk = Bulk;  // a.bulk, as the kernel's instantiation (the default's code stays as it was)
   const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {
     if (bulk) {
@@ -1178,18 +1181,27 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
 }
 
-template <int B, int G>
+// Bulk: the base role's ring on bulk copies (TcArgs::bulk; sm_90+: below it the instantiation
+// compiles to a trap, never launched).
+template <int B, int G, bool Bulk = false>
 __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_constant__ TcArgs a) {
-  // __grid_constant__: the roles read the arguments in place (a reference to a plain kernel
-  // parameter would copy all of them to local memory)
-  DDRT_DYN_SMEM(uint4, tc_smem);
-  pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
-  tc_stamp(a, 0);
-  if (tc_block(a) < a.n_tb)
-    tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
-  else
-    tc_base_block<B, G>(a, tc_smem);
-  tc_stamp(a, 4);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  if constexpr (Bulk) {
+    __trap();
+  } else
+#endif
+  {
+    // __grid_constant__: the roles read the arguments in place (a reference to a plain kernel
+    // parameter would copy all of them to local memory)
+    DDRT_DYN_SMEM(uint4, tc_smem);
+    pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
+    tc_stamp(a, 0);
+    if (tc_block(a) < a.n_tb)
+      tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
+    else
+      tc_base_block<B, G, Bulk>(a, tc_smem);
+    tc_stamp(a, 4);
+  }
 }
 
 template <int B, int G>

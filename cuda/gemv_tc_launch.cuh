@@ -9,7 +9,7 @@ namespace ddrt {
 namespace gpu {
 
 template <int B, int G>
-int tc_blocks_per_sm(size_t smem) {
+int tc_blocks_per_sm(size_t smem, bool bulk) {
   // The launch limit is set to the device's opt-in maximum, not to this plan's need: plans are
   // cached per linear, and a limit lowered by a later, smaller plan failed an earlier plan's
   // launches (invalid argument).
@@ -17,17 +17,18 @@ int tc_blocks_per_sm(size_t smem) {
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
     return 0;
-  if (smem > (size_t)max_smem ||
-      cudaFuncSetAttribute(gemv_tc_kernel<B, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) != cudaSuccess)
+  auto k = bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
+  if (smem > (size_t)max_smem || cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) != cudaSuccess)
     return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_tc_kernel<B, G>, kTcThreads, smem) != cudaSuccess) return 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kTcThreads, smem) != cudaSuccess) return 0;
   return n;
 }
 
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
-  return launch_pdl(gemv_tc_kernel<B, G>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
+  return a.bulk ? launch_pdl(gemv_tc_kernel<B, G, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a)
+                : launch_pdl(gemv_tc_kernel<B, G, false>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
 }
 
 // the chain kernel's resident blocks per SM at this shared memory (0: it cannot launch)
@@ -56,7 +57,7 @@ cudaError_t tc_pack_launch(const TcArgs& a, uint4* units, cudaStream_t st) {
 }
 
 #define DDRT_GEMV_TC_INSTANTIATE(B, G)                                                        \
-  template int tc_blocks_per_sm<B, G>(size_t);                                                \
+  template int tc_blocks_per_sm<B, G>(size_t, bool);                                            \
   template cudaError_t tc_pack_launch<B, G>(const TcArgs&, uint4*, cudaStream_t);             \
   template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, cudaStream_t);             \
   template int tc_chain_blocks_per_sm<B, G>(size_t);                                          \

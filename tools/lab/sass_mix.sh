@@ -1,4 +1,4 @@
-# The static SASS of the fused GEMV (gemv_tc_kernel<B,128>, B = ${BITS:-3}): whole-kernel counts
+# The static SASS of the fused GEMV (gemv_tc_kernel<B,128,Bulk>, B = ${BITS:-3}, Bulk = ${BULK:-0}): whole-kernel counts
 # (instructions, weight copies, the predicated-off LDS that ptxas puts before an LDGSTS that follows
 # other instructions, L2-policy constants re-made per copy, divisions), then the instruction mix of
 # the unit loop (between the first and last IMMA). Needs cuobjdump: the GPU machine has it;
@@ -6,7 +6,7 @@
 # on PATH). No GPU needed: instruction counts of a change can be compared here before a GPU call.
 B=${BITS:-3}
 nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 -Icpp -Icuda -c cuda/gemv_tc$B.cu -o /tmp/g$B.o || exit 1
-cuobjdump -sass -fun "_ZN4ddrt3gpu14gemv_tc_kernelILi${B}ELi128EEEvNS0_6TcArgsE" /tmp/g$B.o > /tmp/k$B.sass
+cuobjdump -sass -fun "_ZN4ddrt3gpu14gemv_tc_kernelILi${B}ELi128ELb${BULK:-0}EEEvNS0_6TcArgsE" /tmp/g$B.o > /tmp/k$B.sass
 ins() { grep -cE "/\*[0-9a-f]+\*/ +(@!?U?P[0-9T] +)?$1" /tmp/k$B.sass; }
 echo "instructions $(ins '[A-Z]') LDGSTS $(ins LDGSTS) dummy LDS $(grep -c '@!PT LDS RZ' /tmp/k$B.sass)" \
      "policy re-made $(grep -c 'UMOV UR[0-9]*, 0xf0' /tmp/k$B.sass) MUFU.RCP $(ins MUFU.RCP) IMMA $(ins IMMA)"
