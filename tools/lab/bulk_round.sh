@@ -13,11 +13,14 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 gpu_build
 timeout 200 ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1
 echo "ctest rc=$?"; tail -8 "$OUT/ctest.log"; grep -E "gemv bulk|bulk ring" "$OUT/ctest.log" | head -5
-X
+if [ "${PYTEST:-1}" != 0 ]; then  # PYTEST=0 skips it (a short call)
+  (cd tests && DDRT_TC_BULK=1 timeout 120 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_bulk.log" 2>&1
+  echo "pytest DDRT_TC_BULK=1 rc=$?: $(tail -1 "$OUT/pytest_bulk.log")"
+fi
 settings=("$@")
 [ ${#settings[@]} -eq 0 ] && settings=("DDRT_TC_BULK=1" "DDRT_TC_BULK=1 DDRT_TC_PRE=2")
 AB_DEADLINE=${AB_DEADLINE:-200} AB_SHAPES=${AB_SHAPES:-llama3-8b smollm2-135m} bash tools/gpu_ab.sh default "${settings[@]}" 2>&1 | tail -$(( 6 + 2 * ${#settings[@]} ))
-for s in default "${settings[@]}"; do
+[ "${STEPS:-1}" = 0 ] || for s in default "${settings[@]}"; do  # STEPS=0 skips the timelines
   env_s=""; [ "$s" = default ] || env_s=$s
   echo "== timeline llama3-8b 3-bit: $s"
   env $env_s DDRT_STEP_STAMPS=/tmp/bulk_step.csv timeout 40 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --prefill 16 2>&1 | grep -E "decode|memory"
