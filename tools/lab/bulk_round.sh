@@ -11,8 +11,13 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 . tools/gpu_build.sh
 gpu_build
-timeout 200 ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1
-echo "ctest rc=$?"; tail -8 "$OUT/ctest.log"; grep -E "gemv bulk|bulk ring" "$OUT/ctest.log" | head -5
+if [ -n "${TESTS:-}" ]; then  # TESTS=misc,gemv_bulk: those test_cuda_ops groups instead of all of ctest (a short call)
+  DDRT_TEST_ONLY=$TESTS timeout 120 $BUILD/test_cuda_ops > "$OUT/ctest.log" 2>&1
+  echo "test_cuda_ops ($TESTS) rc=$?"; grep -E "FAIL|passed|failed|not tested" "$OUT/ctest.log" | tail -5
+else
+  timeout 200 ctest --test-dir $BUILD --output-on-failure -j4 > "$OUT/ctest.log" 2>&1
+  echo "ctest rc=$?"; tail -8 "$OUT/ctest.log"; grep -E "gemv bulk|bulk ring" "$OUT/ctest.log" | head -5
+fi
 if [ "${PYTEST:-1}" != 0 ]; then  # PYTEST=0 skips it (a short call)
   (cd tests && DDRT_TC_BULK=1 timeout 120 python3 -m pytest -q -x python/test_cuda.py) > "$OUT/pytest_bulk.log" 2>&1
   echo "pytest DDRT_TC_BULK=1 rc=$?: $(tail -1 "$OUT/pytest_bulk.log")"
