@@ -433,7 +433,7 @@ cudaError_t launch_gemm_i8_group(const DevLinear* const* Ws, float* const* ys, i
   }
   if (n > 1) ++g_i8_group_launches;
   const DevLinear& W = *Ws[0];
-  G.n_units = (2 * mma_slabs(W.d_in, W.bits) + tc_unit_chunks(W.bits) - 1) / tc_unit_chunks(W.bits);
+  G.n_units = tc_tile_units(W.d_in, W.bits);
   switch (W.bits) {
     case 2: return launch_bits<2>(W, G, x, T, scratch, st, limbs);
     case 3: return launch_bits<3>(W, G, x, T, scratch, st, limbs);

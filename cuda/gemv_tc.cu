@@ -93,8 +93,7 @@ bool gemv_tc_bulk_wanted() {
 }
 size_t gemv_tc_units_bytes(const DevLinear& W) {
   if (!gemv_tc_supports(W)) return 0;
-  const int64_t n_tiles = (W.d_out + 15) / 16, n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
-  return (size_t)(n_tiles * ((n_chunks + uc - 1) / uc)) * tc_slot_vecs(W.bits, W.group) * 16;
+  return (size_t)((W.d_out + 15) / 16 * tc_tile_units(W.d_in, W.bits)) * tc_slot_vecs(W.bits, W.group) * 16;
 }
 cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st) {
   if (!gemv_tc_supports(W)) return cudaErrorInvalidValue;
@@ -107,9 +106,8 @@ cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st) {
     a.codes[m] = m == 0 ? W.codes : nullptr;
     a.sm[m] = m == 0 ? W.sm : nullptr;
   }
-  const int64_t n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
   a.n_tiles = (W.d_out + 15) / 16;
-  a.n_units = (n_chunks + uc - 1) / uc;
+  a.n_units = tc_tile_units(W.d_in, W.bits);
   return by_group(W.group, cudaErrorInvalidValue, [&](auto G) {
     return W.bits == 3 ? tc_pack_launch<3, decltype(G)::value>(a, units, st)
                        : tc_pack_launch<4, decltype(G)::value>(a, units, st);
@@ -133,8 +131,8 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   if (!gemv_tc_supports(W) || dev.n_sm == 0) return p;
   const int64_t nv = (W.d_out + 31) / 32;
   p.n_tiles = (W.d_out + 15) / 16;
-  const int64_t n_chunks = 2 * mma_slabs(W.d_in, W.bits), uc = tc_unit_chunks(W.bits);
-  p.n_units = (n_chunks + uc - 1) / uc;
+  const int64_t uc = tc_unit_chunks(W.bits);
+  p.n_units = tc_tile_units(W.d_in, W.bits);
   const int64_t n_ch = (W.d_in + kChunk - 1) / kChunk;
   // chunk-major: n_tb blocks = comp_cb (chunks at a time: all of them where the blocks allow) x
   // segments of seg_vecs vectors (at least one segment)
@@ -350,7 +348,7 @@ bool tc_chain_add(TcChainQueue* q, const DevLinear* const* W, float* const* y, i
     const TcArgs& h = q->a[0];
     DevLinear shape;
     if (!gemv_tc_groupable(W, n, &shape) || shape.bits != h.W.bits || shape.group != h.W.group ||
-        (shape.units == nullptr) != (h.W.units == nullptr) || plan.resident != q->plan[0].resident)
+        plan.resident != q->plan[0].resident)
       return false;
   }
   TcArgs a;

@@ -872,7 +872,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   constexpr bool bulk = Bulk;  // a.bulk, as the kernel's instantiation (the default's code stays as it was)
   const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {
-    if (bulk) {
+    if constexpr (bulk) {
       if (lane == 0) {
         const int m = tc_member(a, (int64_t)tl * 16);  // a tile lies in one member (tc_member)
         const uint4* src = a.units[m] + (((int64_t)tl - a.row0[m] / 16) * a.n_units + k) * SLOT;
@@ -892,7 +892,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         cp_async16(dw + wd, src, ok);
     });
   };
-  if (bulk) {  // the warp's barriers, before its first copy
+  if constexpr (bulk) {  // the warp's barriers, before its first copy
     if (lane == 0) {
 #pragma unroll
       for (int p = 0; p < R; ++p) mbar_init(bars + p, 1);
@@ -1125,7 +1125,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   };
   uint32_t ct = t_begin, ck = k_begin;  // compute cursor
   for (int i = 0; i < n_mine; ++i) {
-    if (bulk)
+    if constexpr (bulk)
       mbar_wait(bars + i % R, (uint32_t)(i / R) & 1u);  // unit i's slot image has landed
     else
       cp_wait<R - 1>();  // unit i's group has landed (this lane's copies)

@@ -66,6 +66,10 @@ DDRT_HDC int64_t mma_slabs(int64_t d_in, int bits) { return (d_in + 8 * step_cod
 #define DDRT_TC_UNIT_CHUNKS4 4
 #endif
 DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 2 : DDRT_TC_UNIT_CHUNKS4; }
+// Units per 16-row tile (a tile's columns): the row's chunks, two per slab, in units.
+DDRT_HDC int64_t tc_tile_units(int64_t d_in, int bits) {
+  return (2 * mma_slabs(d_in, bits) + tc_unit_chunks(bits) - 1) / tc_unit_chunks(bits);
+}
 // uint4 index (within the row) of vector v of lane step s.
 DDRT_HD int64_t vec_index(int64_t s, int v, int bits) {
   return (s / 32) * 32 * step_vecs(bits) + (int64_t)v * 32 + (s % 32);
