@@ -25,7 +25,10 @@ fi
 settings=("$@")
 [ ${#settings[@]} -eq 0 ] && settings=("DDRT_TC_BULK=1" "DDRT_TC_BULK=1 DDRT_TC_PRE=2")
 AB_DEADLINE=${AB_DEADLINE:-200} AB_SHAPES=${AB_SHAPES:-llama3-8b smollm2-135m} bash tools/gpu_ab.sh default "${settings[@]}" 2>&1 | tail -$(( 6 + 2 * ${#settings[@]} ))
-[ "${STEPS:-1}" = 0 ] || for s in default "${settings[@]}"; do  # STEPS=0 skips the timelines
+# STEPS=0 skips the timelines; STEP_SETTINGS="default|DDRT_X=1" picks which settings get one (all by default)
+step_settings=(default "${settings[@]}")
+[ -n "${STEP_SETTINGS:-}" ] && IFS='|' read -r -a step_settings <<< "$STEP_SETTINGS"
+[ "${STEPS:-1}" = 0 ] || for s in "${step_settings[@]}"; do
   env_s=""; [ "$s" = default ] || env_s=$s
   echo "== timeline llama3-8b 3-bit: $s"
   env $env_s DDRT_STEP_STAMPS=/tmp/bulk_step.csv timeout 40 python3 -m decdec_rt bench --shape llama3-8b --bits 3 --prefill 16 2>&1 | grep -E "decode|memory"
