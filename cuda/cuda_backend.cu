@@ -777,9 +777,20 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
     DDRT_CHECK(cudaStreamSynchronize(st_));  // `padded` dies here
   } else {
     g.row_vecs = gpu::row_vecs(d.d_in, g.bits);
+    // with unit images (uniform 3/4-bit on sm_90: the fused GEMV's bulk ring), the codes and
+    // scales go up only for the pack kernel and are freed once the images are made: the weights
+    // are on the GPU once, and every reader takes them from the images (DevLinear::units)
+    const bool images = is_uniform(d.type) && gpu::gemv_tc_supports(g) && gpu::gemv_tc_bulk_wanted();
+    DevMem staged_codes, staged_sm;  // freed at the end of this block, after its synchronize
+    auto upload = [&](DevMem& staged, const void* src, size_t bytes, const char* part) -> void* {
+      if (!images) return put<void>(*W, held_, src, bytes, st_, part);
+      staged = DevMem(bytes, held_, "'" + W->name + "' " + part + " (before the unit images)");
+      DDRT_CHECK(cudaMemcpyAsync(staged.get(), src, bytes, cudaMemcpyHostToDevice, st_), part);
+      return staged.get();
+    };
     std::vector<uint32_t> codes((size_t)(d.d_out * g.row_vecs * 4));
     gpu::repack_codes(d.data, d.d_out, d.d_in, g.bits, codes.data());
-    g.codes = put<uint4>(*W, held_, codes.data(), codes.size() * 4, st_, "codes");
+    g.codes = static_cast<const uint4*>(upload(staged_codes, codes.data(), codes.size() * 4, "codes"));
     const uint8_t* tables = d.data + d.d_out * row_code_bytes(d.d_in, g.bits);
     std::vector<uint32_t> sm;
     std::vector<float> lut;
@@ -791,12 +802,14 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
       memcpy(m.data(), tables + 2 * n, n * 2);
       sm.resize(d.d_out * g.n_groups);
       gpu::interleave_scales(s.data(), m.data(), d.d_out, ng, g.n_groups, sm.data());
-      g.sm = put<__half2>(*W, held_, sm.data(), sm.size() * 4, st_, "scales");
-      if (gpu::gemv_tc_supports(g) && gpu::gemv_tc_bulk_wanted()) {  // the fused GEMV's unit images
+      g.sm = static_cast<const __half2*>(upload(staged_sm, sm.data(), sm.size() * 4, "scales"));
+      if (images) {
         W->mem.emplace_back(gpu::gemv_tc_units_bytes(g), held_, "'" + W->name + "' unit images");
         uint4* u = static_cast<uint4*>(W->mem.back().get());
         DDRT_CHECK(gpu::gemv_tc_pack(g, u, st_), "unit images");
         g.units = u;
+        g.codes = nullptr;
+        g.sm = nullptr;
       }
     } else {
       lut.resize((size_t)(d.d_out << g.bits));

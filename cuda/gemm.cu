@@ -25,10 +25,15 @@ __device__ __forceinline__ float dequant_at(const DevLinear& W, int64_t o, int64
     }
     default: break;
   }
-  const uint32_t* row = reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs);
-  const int q = packed_code(row, W.bits, i);
+  int q;
+  if (W.codes) {
+    q = packed_code(reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs), W.bits, i);
+  } else {  // the weights as unit images alone (DevLinear::units: 3/4-bit uniform)
+    q = W.bits == 3 ? packed_code_of([&](int64_t s, int w) { return row_word<3>(W, o, s, w); }, 3, i)
+                    : packed_code_of([&](int64_t s, int w) { return row_word<4>(W, o, s, w); }, 4, i);
+  }
   if (W.type == TensorType::LUT3 || W.type == TensorType::LUT4) return W.lut[(o << W.bits) + q];
-  const float2 f = __half22float2(W.sm[o * W.n_groups + i / W.group]);
+  const float2 f = __half22float2(row_sm(W, o, i / W.group));
   return fmaf(f.x, (float)q, f.y);
 }
 

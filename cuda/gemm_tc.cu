@@ -124,18 +124,17 @@ __device__ __forceinline__ uint32_t codes2(uint32_t q) {
 template <int B>
 struct Codes {
   uint32_t w[B == 3 ? 3 : 1];
-  // jj: block j of the slab; its words sit at row[idx[.]].
-  __device__ __forceinline__ void load(const uint32_t* row, int64_t s, int j) {
+  // jj: block j of the slab; its words: row o's of lane step s (codes: at row[idx[.]]; without
+  // codes, the unit images: row_word)
+  __device__ __forceinline__ void load(const DevLinear& W, int64_t o, int64_t s, int j) {
+    const uint32_t* row = W.codes ? reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs) : nullptr;
+    auto word = [&](int wd) { return row ? __ldg(row + 4 * vec_index(s, wd / 4, B) + wd % 4) : row_word<B>(W, o, s, wd); };
     if (B == 3) {
       const int sl = j / 8;
 #pragma unroll
-      for (int i = 0; i < 3; ++i) {
-        const int wd = 3 * sl + i;
-        w[i] = __ldg(row + 4 * vec_index(s, wd / 4, 3) + wd % 4);
-      }
+      for (int i = 0; i < 3; ++i) w[i] = word(3 * sl + i);
     } else {
-      const Pos p = packed_pos(B, 4 * j);
-      w[0] = __ldg(row + 4 * vec_index(s, p.word / 4, B) + p.word % 4);
+      w[0] = word(packed_pos(B, 4 * j).word);
     }
   }
   template <int JJ>
@@ -261,10 +260,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
         const int e = tid + u * kThreads, row = e / 8, b = e % 8;
         const int64_t o = o0 + row;
         if (o < W.d_out)
-          st.q[u].load(reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs), r * 32 + 8 * a + b, j);
+          st.q[u].load(W, o, r * 32 + 8 * a + b, j);
       }
-      if (is_uq(K) && tid < kBM && o0 + tid < W.d_out)
-        st.sm = W.sm[(o0 + tid) * W.n_groups + k0 / W.group];
+      if (is_uq(K) && tid < kBM && o0 + tid < W.d_out) st.sm = row_sm(W, o0 + tid, k0 / W.group);
     }
   };
 

@@ -129,13 +129,17 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row0 = ((int64_t)blockIdx.x * kGemvWarps + warp) * R;
   if (row0 >= W.d_out) return;  // whole warps only; no block barrier below
+  // the rows' codes and scales; without codes (the weights as unit images alone: DevLinear::units),
+  // row_vec and row_sm read the images (the same words, another place)
+  const bool images = W.codes == nullptr;
+  int64_t rows[R];
   const uint4* wrow[R];
   const __half2* smr[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t row = row0 + r < W.d_out ? row0 + r : W.d_out - 1;
-    wrow[r] = W.codes + row * W.row_vecs + lane;
-    smr[r] = W.sm + row * W.n_groups;
+    rows[r] = row0 + r < W.d_out ? row0 + r : W.d_out - 1;
+    wrow[r] = images ? nullptr : W.codes + rows[r] * W.row_vecs + lane;
+    smr[r] = images ? nullptr : W.sm + rows[r] * W.n_groups;
   }
   if (LUT) {
     for (int k = lane; k < (R << B); k += 32) {
@@ -153,8 +157,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int k = 0; k < V; ++k) v[r][k] = ld_stream(wrow[r] + rd * 32 * V + 32 * k);
-    if (!LUT && (lane & 7) == 0) {
+      for (int k = 0; k < V; ++k)
+        v[r][k] = images ? row_vec<B>(W, rows[r], rd * 32 * V + 32 * k + lane) : ld_stream(wrow[r] + rd * 32 * V + 32 * k);
+    if (!LUT && !images && (lane & 7) == 0) {
 #pragma unroll
       for (int r = 0; r < R; ++r) prefetch_l1(smr[r] + (rd * round_codes(B) + slab) / (32 * G1));
     }
@@ -170,8 +175,15 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
     if (i0 < W.d_in) {
       const int64_t i_lane = i0 + 4 * (lane & 7);
       const __half2* sm_row[R];
+      __half2 sm_img[R][LUT ? 1 : C / 4 / G1];  // images: this slab's scale words
 #pragma unroll
-      for (int r = 0; r < R; ++r) sm_row[r] = LUT ? nullptr : smr[r] + i0 / (32 * G1);
+      for (int r = 0; r < R; ++r) {
+        if (!LUT && images) {
+#pragma unroll
+          for (int gg = 0; gg < (LUT ? 1 : C / 4 / G1); ++gg) sm_img[r][gg] = row_sm(W, rows[r], i0 / (32 * G1) + gg);
+        }
+        sm_row[r] = LUT ? nullptr : images ? sm_img[r] : smr[r] + i0 / (32 * G1);
+      }
       const float* lut = LUT ? lut_s[warp] : nullptr;
       if (aligned && i0 + 8 * C <= W.d_in)
         round_math<B, GJ, R, true>(cur, a.x + i_lane, i_lane, W.d_in, sm_row, lut, acc);

@@ -69,19 +69,10 @@ namespace ddrt {
 namespace gpu {
 
 constexpr int kTcThreads = 256, kTcWarps = kTcThreads / 32;
-// The base role's unit pipeline (tc_base_block): slots per warp in shared memory, and a slot's
-// size in uint4: the unit's codes (16 rows x the unit's chunks) + its rows' (scale, min) words
-// (16 rows x the unit's groups). 3 slots for 4 bits, 2 for 3 bits and g32 (6.5 KB slots), so that
+// The base role's unit pipeline (tc_base_block): slots per warp in shared memory, each
+// tc_slot_vecs uint4 (packed.cuh). 3 slots for 4 bits, 2 for 3 bits and g32 (6.5 KB slots), so that
 // two blocks fit an SM (g32 3-bit: one).
 DDRT_HDC int tc_ring_slots(int bits, int group) { return bits == 3 || group == 32 ? 2 : 3; }
-DDRT_HDC int tc_slab_groups(int bits, int group) { return 8 * step_codes(bits) / group; }
-// groups of a unit's row: its slabs' (a 3-bit unit is half a slab: that slab's)
-DDRT_HDC int tc_unit_groups(int bits, int group) {
-  return (tc_unit_chunks(bits) + 1) / 2 * tc_slab_groups(bits, group);
-}
-DDRT_HDC int tc_slot_vecs(int bits, int group) {
-  return tc_unit_chunks(bits) * 2 * step_vecs(bits) * 32 + (16 * tc_unit_groups(bits, group) + 3) / 4;
-}
 
 // Everything one launch needs; the host fills it (gemv_tc.cu) from the shape and the grid.
 struct TcArgs {
@@ -756,8 +747,12 @@ __device__ __forceinline__ void tc_unit_pieces(const TcArgs& a, uint32_t tl, uin
   const int64_t n_chunks = 2 * mma_slabs(W.d_in, B);
   int64_t ra, rb;
   const int m = tc_rows_of(a, tl, g, ra, rb);
-  const uint4* wa = a.codes[m] + ra * W.row_vecs;
-  const uint4* wb = a.codes[m] + rb * W.row_vecs;
+  // without codes (the weights as unit images alone): the image's word wd is the slot's word wd
+  const uint32_t* img = a.codes[m] ? nullptr
+                                   : reinterpret_cast<const uint32_t*>(a.units[m] + (((int64_t)tl - a.row0[m] / 16) * a.n_units + k) *
+                                                                                       tc_slot_vecs(B, G));
+  const uint4* wa = img ? nullptr : a.codes[m] + ra * W.row_vecs;
+  const uint4* wb = img ? nullptr : a.codes[m] + rb * W.row_vecs;
 #pragma unroll
   for (int c = 0; c < UC; ++c) {
     const int64_t ci = (int64_t)k * UC + c;
@@ -765,8 +760,9 @@ __device__ __forceinline__ void tc_unit_pieces(const TcArgs& a, uint32_t tl, uin
     const int64_t off = ok ? (ci >> 3) * 32 * V + 4 * (ci & 7) + t : 0;
 #pragma unroll
     for (int q = 0; q < V; ++q) {
-      put((((c * 2) * V + q) * 32 + lane) * 4, wa + off + 32 * q, 16, true, ok);
-      put((((c * 2 + 1) * V + q) * 32 + lane) * 4, wb + off + 32 * q, 16, true, ok);
+      const int64_t da = (((c * 2) * V + q) * 32 + lane) * 4, db = (((c * 2 + 1) * V + q) * 32 + lane) * 4;
+      put(da, img ? static_cast<const void*>(img + da) : wa + off + 32 * q, 16, true, img || ok);
+      put(db, img ? static_cast<const void*>(img + db) : wb + off + 32 * q, 16, true, img || ok);
     }
   }
   const int64_t r0 = (int64_t)tl * 16, g0 = (int64_t)k * UC / 2 * NG;
@@ -775,31 +771,12 @@ __device__ __forceinline__ void tc_unit_pieces(const TcArgs& a, uint32_t tl, uin
   };
   if (NU % 4 == 0) {
 #pragma unroll
-    for (int p = lane; p < SW / 4; p += 32) put(UV * 4 + 4 * p, srow(p / (NU / 4)) + 4 * (p % (NU / 4)), 16, false, true);
+    for (int p = lane; p < SW / 4; p += 32)
+      put(UV * 4 + 4 * p, img ? static_cast<const void*>(img + UV * 4 + 4 * p) : srow(p / (NU / 4)) + 4 * (p % (NU / 4)), 16,
+          false, true);
   } else if (lane < SW) {
-    put(UV * 4 + lane, srow(lane / NU) + lane % NU, 4, false, true);
+    put(UV * 4 + lane, img ? static_cast<const void*>(img + UV * 4 + lane) : srow(lane / NU) + lane % NU, 4, false, true);
   }
-}
-
-// Where a unit image (tc_pack_kernel) holds what the row layout holds elsewhere, for readers of the
-// images other than the ring (the prefill GEMM): 32-bit word w (of 4 V) of lane step s of row o
-// (o < d_out, s a step within the row's codes), and the (scale, min) word of row o, group gi.
-// n_units: units per tile (tc_split.h); the images' unit (tile, k) at (tile n_units + k) slots.
-template <int B>
-DDRT_HD int64_t tc_unit_code_word(int64_t o, int64_t s, int w, int64_t n_units, int group) {
-  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
-  const int64_t ci = (s / 32) * 8 + (s % 32) / 4, k = ci / UC;
-  const int c = (int)(ci % UC), t = (int)(s % 4), g = (int)(o % 8), h = (int)(o % 16) / 8;
-  const int64_t base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
-  return (base + ((c * 2 + h) * V + w / 4) * 32 + 4 * g + t) * 4 + w % 4;
-}
-template <int B>
-DDRT_HD int64_t tc_unit_scale_word(int64_t o, int64_t gi, int64_t n_units, int group) {
-  static_assert(tc_unit_chunks(B) % 2 == 0, "a unit starts on a slab: its groups are gi / NU's");
-  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
-  const int NU = tc_unit_groups(B, group);
-  const int64_t k = gi / NU, base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
-  return (base + UC * 2 * V * 32) * 4 + (o % 16) * NU + gi % NU;
 }
 
 // The unit images of one linear for the bulk ring (TcArgs::bulk): unit (tile, k) at

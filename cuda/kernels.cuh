@@ -372,10 +372,58 @@ struct DevLinear {
   const float* lut = nullptr;    // LUT: [d_out][2^bits]
   const void* fdata = nullptr;   // float types: [d_out][row_stride] elements, zero padded
   int64_t row_stride = 0;        // float types: a multiple of 8 elements
-  // uniform 3/4-bit with the bulk ring (env DDRT_TC_BULK=1, sm_90+): the codes and scales again as
-  // the fused GEMV's unit images, [tiles][units][tc_slot_vecs] (gemv_tc_pack), or null
+  // uniform 3/4-bit on sm_90+ (the bulk ring; env DDRT_TC_BULK=0 off): the codes and scales as the
+  // fused GEMV's unit images, [tiles][units][tc_slot_vecs] (gemv_tc_pack), or null. Where they
+  // exist, codes and sm are null: the weights are on the GPU once, and the row layout's other
+  // readers go through row_vec / row_word / row_sm below.
   const uint4* units = nullptr;
 };
+
+// The row layout of a quantized linear, wherever its weights live: vector v of row o (v <
+// row_vecs), word w of lane step s of row o, and the (scale, min) word of row o, group gi (gi <
+// n_groups). From codes / sm, or, where the weights live only as unit images (DevLinear::units),
+// from the images (tc_unit_code_word / tc_unit_scale_word: each 16-byte piece of an image is one
+// vector of the row layout), with zeros past the images' last chunk and group, as the row layout's
+// padding holds. For the readers other than the fused GEMV and the prefill GEMM (the CUDA-core
+// GEMV, the bf16 GEMM, the slow reader and embed).
+template <int B>
+__device__ __forceinline__ int64_t image_word(const DevLinear& W, int64_t o, int64_t s, int w) {
+  const int64_t n_units = tc_tile_units(W.d_in, B);
+  const int64_t ci = (s / 32) * 8 + (s % 32) / 4;  // the step's chunk
+  return ci < n_units * tc_unit_chunks(B) ? tc_unit_code_word<B>(o, s, w, n_units, W.group) : -1;
+}
+template <int B>
+__device__ __forceinline__ uint4 row_vec(const DevLinear& W, int64_t o, int64_t v) {
+  if constexpr (B == 3 || B == 4) {
+    if (!W.codes) {
+      constexpr int V = step_vecs(B);
+      const int64_t wi = image_word<B>(W, o, (v / (32 * V)) * 32 + v % 32, 4 * (int)((v % (32 * V)) / 32));
+      return wi < 0 ? make_uint4(0u, 0u, 0u, 0u) : W.units[wi / 4];
+    }
+  }
+  return W.codes[o * W.row_vecs + v];
+}
+template <int B>
+__device__ __forceinline__ uint32_t row_word(const DevLinear& W, int64_t o, int64_t s, int w) {
+  if constexpr (B == 3 || B == 4) {
+    if (!W.codes) {
+      const int64_t wi = image_word<B>(W, o, s, w);
+      return wi < 0 ? 0u : reinterpret_cast<const uint32_t*>(W.units)[wi];
+    }
+  }
+  return reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs)[4 * vec_index(s, w / 4, B) + w % 4];
+}
+__device__ __forceinline__ __half2 row_sm(const DevLinear& W, int64_t o, int64_t gi) {
+  if (W.sm) return W.sm[o * W.n_groups + gi];
+  const int64_t n_units = tc_tile_units(W.d_in, W.bits);
+  uint32_t v = 0u;
+  if (gi < n_units * tc_unit_groups(W.bits, W.group))
+    v = reinterpret_cast<const uint32_t*>(W.units)[W.bits == 3 ? tc_unit_scale_word<3>(o, gi, n_units, W.group)
+                                                               : tc_unit_scale_word<4>(o, gi, n_units, W.group)];
+  __half2 h;
+  memcpy(&h, &v, 4);
+  return h;
+}
 
 // DecDEC data of one linear on the GPU.
 struct DevResidual {
@@ -542,9 +590,10 @@ __device__ __forceinline__ unsigned long long globaltimer_now() {
 // segment b / n_ch (whole-row slices, no exchange of selections between blocks); n_tb is then
 // rounded to a multiple of the chunk count. Its cpart holds one term per chunk: n_ch x d_out floats.
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false);
-// The bulk ring (TcArgs::bulk): whether linears get unit images at load (env DDRT_TC_BULK=1, off
-// until measured; force 1 / 0, -1: the environment), their bytes, and the packing of W's (codes and
-// scales on the device) into units (zeroed first; bytes gemv_tc_units_bytes(W)), on st.
+// The bulk ring (TcArgs::bulk): whether uniform 3/4-bit linears live as unit images instead of
+// codes and scales (on by default where device_info().bulk; env DDRT_TC_BULK=0 off; force 1 / 0,
+// -1: the environment), their bytes, and the packing of W's (codes and scales on the device) into
+// units (zeroed first; bytes gemv_tc_units_bytes(W)), on st.
 bool gemv_tc_bulk_wanted();
 void gemv_tc_bulk_force(int mode);
 size_t gemv_tc_units_bytes(const DevLinear& W);

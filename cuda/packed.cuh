@@ -70,6 +70,17 @@ DDRT_HDC int tc_unit_chunks(int bits) { return bits == 3 ? 2 : DDRT_TC_UNIT_CHUN
 DDRT_HDC int64_t tc_tile_units(int64_t d_in, int bits) {
   return (2 * mma_slabs(d_in, bits) + tc_unit_chunks(bits) - 1) / tc_unit_chunks(bits);
 }
+// A fused-GEMV unit's ring slot (gemv_tc.cuh), which is also its unit image (DevLinear::units):
+// groups per slab, groups of a unit's row (its slabs': a 3-bit unit is half a slab, that slab's),
+// and the slot's size in uint4: the unit's codes (16 rows x its chunks) + its rows' (scale, min)
+// words (16 rows x its groups).
+DDRT_HDC int tc_slab_groups(int bits, int group) { return 8 * step_codes(bits) / group; }
+DDRT_HDC int tc_unit_groups(int bits, int group) {
+  return (tc_unit_chunks(bits) + 1) / 2 * tc_slab_groups(bits, group);
+}
+DDRT_HDC int tc_slot_vecs(int bits, int group) {
+  return tc_unit_chunks(bits) * 2 * step_vecs(bits) * 32 + (16 * tc_unit_groups(bits, group) + 3) / 4;
+}
 // uint4 index (within the row) of vector v of lane step s.
 DDRT_HD int64_t vec_index(int64_t s, int v, int bits) {
   return (s / 32) * 32 * step_vecs(bits) + (int64_t)v * 32 + (s % 32);
@@ -128,21 +139,44 @@ inline void step_put(uint32_t* w, int bits, int c, int q) {
   w[p.word] |= (uint32_t)q << p.bit;
 }
 
-// Code i of a row of the repacked matrix (row = that row's words): the slow reader used by the
-// tiled matmul and embed.
-DDRT_HD int packed_code(const uint32_t* row, int bits, int64_t i) {
+// Code i of a row of the repacked matrix, its words given by word(s, w) (word w of lane step s):
+// the slow reader used by the tiled matmul and embed.
+template <class Word>
+DDRT_HD int packed_code_of(Word&& word, int bits, int64_t i) {
   int64_t s;
   int c;
   code_place(i, bits, &s, &c);
   const Pos p = packed_pos(bits, c);
   if (split3(bits, c)) {
     const Pos h = split3_hi(c);
-    const uint32_t wl = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
-    const uint32_t wh = row[4 * vec_index(s, h.word / 4, bits) + h.word % 4];
-    return (int)((wl >> p.bit) & 3u) | (int)((wh >> h.bit) & 1u) << 2;
+    return (int)((word(s, p.word) >> p.bit) & 3u) | (int)((word(s, h.word) >> h.bit) & 1u) << 2;
   }
-  const uint32_t wa = row[4 * vec_index(s, p.word / 4, bits) + p.word % 4];
-  return (int)((wa >> p.bit) & ((1u << bits) - 1));
+  return (int)((word(s, p.word) >> p.bit) & ((1u << bits) - 1));
+}
+// The same from the row's words in the row layout (row = that row's words).
+DDRT_HD int packed_code(const uint32_t* row, int bits, int64_t i) {
+  return packed_code_of([&](int64_t s, int w) { return row[4 * vec_index(s, w / 4, bits) + w % 4]; }, bits, i);
+}
+
+// Where a unit image (tc_pack_kernel) holds what the row layout holds elsewhere, for readers of the
+// images other than the ring (the prefill GEMM): 32-bit word w (of 4 V) of lane step s of row o
+// (o < d_out, s a step within the row's codes), and the (scale, min) word of row o, group gi.
+// n_units: units per tile (tc_split.h); the images' unit (tile, k) at (tile n_units + k) slots.
+template <int B>
+DDRT_HD int64_t tc_unit_code_word(int64_t o, int64_t s, int w, int64_t n_units, int group) {
+  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
+  const int64_t ci = (s / 32) * 8 + (s % 32) / 4, k = ci / UC;
+  const int c = (int)(ci % UC), t = (int)(s % 4), g = (int)(o % 8), h = (int)(o % 16) / 8;
+  const int64_t base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
+  return (base + ((c * 2 + h) * V + w / 4) * 32 + 4 * g + t) * 4 + w % 4;
+}
+template <int B>
+DDRT_HD int64_t tc_unit_scale_word(int64_t o, int64_t gi, int64_t n_units, int group) {
+  static_assert(tc_unit_chunks(B) % 2 == 0, "a unit starts on a slab: its groups are gi / NU's");
+  constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
+  const int NU = tc_unit_groups(B, group);
+  const int64_t k = gi / NU, base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
+  return (base + UC * 2 * V * 32) * 4 + (o % 16) * NU + gi % NU;
 }
 
 // ---- the GEMV's decoder (also run on the host by tests/cuda/test_cuda_layout.cpp) -----------

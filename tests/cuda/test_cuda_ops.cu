@@ -293,6 +293,9 @@ void test_gemv_bulk(Backend& cpu, Backend& gpu) {
       shape.type = c.t, shape.bits = type_bits(c.t), shape.group = type_group(c.t), shape.d_out = c.d_out[m], shape.d_in = c.d_in;
       const size_t img = gpu::gemv_tc_units_bytes(shape);
       CHECK_MSG(img > 0 && gpu.device_bytes() >= before + img, "gemv bulk: the unit images are not in the device bytes");
+      // the images are the weights' only copy: the codes (row layout) are not kept beside them
+      const size_t code_bytes = (size_t)(c.d_out[m] * gpu::row_vecs(c.d_in, shape.bits) * 16);
+      CHECK_MSG(gpu.device_bytes() < before + img + code_bytes, "gemv bulk: the codes stayed beside the unit images");
     }
     const int T = 5;  // T tokens: the prefill GEMM reads the images too
     const auto xt = randn((size_t)T * c.d_in);
@@ -354,6 +357,45 @@ void test_gemv_bulk(Backend& cpu, Backend& gpu) {
         const auto yct = cpu_matmul(cpu, *Wc[m], xt, T, calls[m]);
         report(what + " T=5", nmse(y[1][n + m].data(), yct.data(), yct.size()), tol_mm(T));
       }
+    }
+    // The row layout's other readers on the images alone (row_vec / row_word / row_sm): the
+    // CUDA-core GEMV (T = 1), the bf16 GEMM and the slow matmul (T = 5), and embed, bitwise equal
+    // to the same kernels on the codes
+    for (int m = 0; m < n; ++m) {
+      const std::string what = std::string("gemv bulk ") + type_name(c.t) + " " + std::to_string(c.d_out[m]) + "x" +
+                               std::to_string(c.d_in) + " images alone: ";
+      struct Twin { const char* name; int T; bool tc, i8, simple; };
+      const Twin twins[] = {{"the CUDA-core GEMV", 1, false, true, false},
+                            {"the bf16 GEMM", T, true, false, false},
+                            {"the slow matmul", T, true, true, true}};
+      for (const Twin& tw : twins) {
+        std::vector<float> yy[2];
+        for (int v = 0; v < 2; ++v) {
+          Buf by(gpu, (size_t)tw.T * c.d_out[m]);
+          by.poison();
+          gpu::gemv_tc_enable(tw.tc);
+          gpu::gemm_i8_enable(tw.i8);
+          gpu::gemm_force_simple(tw.simple);
+          gpu.matmul(*(v == 0 ? Wp : Wb)[m], by.f(), tw.T == 1 ? bx.f() : bxt.f(), tw.T, DecdecCall{});
+          gpu::gemv_tc_enable(true);
+          gpu::gemm_i8_enable(true);
+          gpu::gemm_force_simple(false);
+          yy[v] = by.get();
+        }
+        CHECK_MSG(std::memcmp(yy[0].data(), yy[1].data(), yy[0].size() * 4) == 0,
+                  what + tw.name + " differs from its result on the codes");
+        const auto yc = cpu_matmul(cpu, *Wc[m], tw.T == 1 ? x : xt, tw.T, DecdecCall{});
+        report(what + tw.name, nmse(yy[1].data(), yc.data(), yc.size()), tol_mm(tw.T));
+      }
+      const int32_t ids[3] = {0, (int32_t)(c.d_out[m] / 2), (int32_t)(c.d_out[m] - 1)};
+      std::vector<float> e[2];
+      for (int v = 0; v < 2; ++v) {
+        Buf be(gpu, (size_t)3 * c.d_in);
+        be.poison();
+        gpu.embed(*(v == 0 ? Wp : Wb)[m], be.f(), ids, 3);
+        e[v] = be.get();
+      }
+      CHECK_MSG(std::memcmp(e[0].data(), e[1].data(), e[0].size() * 4) == 0, what + "embed differs from its rows on the codes");
     }
   }
 }
