@@ -124,11 +124,14 @@ __device__ __forceinline__ uint32_t codes2(uint32_t q) {
 template <int B>
 struct Codes {
   uint32_t w[B == 3 ? 3 : 1];
-  // jj: block j of the slab; its words: row o's of lane step s (codes: at row[idx[.]]; without
-  // codes, the unit images: row_word)
+  // jj: block j of the slab; its words: row o's of lane step s, from the codes (at row[idx[.]]),
+  // or with Img from the unit images (row_word: uniform 3/4-bit without codes)
+  template <bool Img>
   __device__ __forceinline__ void load(const DevLinear& W, int64_t o, int64_t s, int j) {
-    const uint32_t* row = W.codes ? reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs) : nullptr;
-    auto word = [&](int wd) { return row ? __ldg(row + 4 * vec_index(s, wd / 4, B) + wd % 4) : row_word<B>(W, o, s, wd); };
+    auto word = [&](int wd) {
+      if constexpr (Img) return row_word<B>(W, o, s, wd);
+      return __ldg(reinterpret_cast<const uint32_t*>(W.codes + o * W.row_vecs) + 4 * vec_index(s, wd / 4, B) + wd % 4);
+    };
     if (B == 3) {
       const int sl = j / 8;
 #pragma unroll
@@ -260,7 +263,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tc_kernel(DevLinear W, float
         const int e = tid + u * kThreads, row = e / 8, b = e % 8;
         const int64_t o = o0 + row;
         if (o < W.d_out)
-          st.q[u].load(W, o, r * 32 + 8 * a + b, j);
+          if (is_uq(K) && !W.codes)  // the weights as unit images alone
+            st.q[u].template load<is_uq(K)>(W, o, r * 32 + 8 * a + b, j);
+          else
+            st.q[u].template load<false>(W, o, r * 32 + 8 * a + b, j);
       }
       if (is_uq(K) && tid < kBM && o0 + tid < W.d_out) st.sm = row_sm(W, o0 + tid, k0 / W.group);
     }

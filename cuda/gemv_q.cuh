@@ -68,12 +68,11 @@ __device__ __forceinline__ float4 load_x4(const float* x, int64_t i0, int64_t d_
 }
 
 // The math of one round of one lane: codes in w[R][V], x of its octet slab from xbase.
-// GJ: group / 32 (uniform types), 0 for LUT. sm_row[r]: row r's scale words at this slab's first
-// group; lut: this warp's tables [R][2^B].
-template <int B, int GJ, int R, bool FULL>
+// GJ: group / 32 (uniform types), 0 for LUT. sm_at(r, g): row r's scale word g of this slab (its
+// groups counted from the slab's first); lut: this warp's tables [R][2^B].
+template <int B, int GJ, int R, bool FULL, class SmAt>
 __device__ __forceinline__ void round_math(const uint4 (&w)[R][step_vecs(B)], const float* xbase, int64_t i_lane,
-                                           int64_t d_in, const __half2* const (&sm_row)[R], const float* lut,
-                                           float (&acc)[R]) {
+                                           int64_t d_in, SmAt&& sm_at, const float* lut, float (&acc)[R]) {
   constexpr int C = step_codes(B), V = step_vecs(B), NW = 4 * V, NJ = C / 4, G1 = GJ > 0 ? GJ : 1;
   uint32_t wd[R][NW], wsh[R][NW];
 #pragma unroll
@@ -105,7 +104,7 @@ __device__ __forceinline__ void round_math(const uint4 (&w)[R][step_vecs(B)], co
     if (GJ > 0 && (j + 1) % G1 == 0) {  // group done: scale, min
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const float2 f = __half22float2(sm_row[r][j / G1]);
+        const float2 f = __half22float2(sm_at(r, j / G1));
         acc[r] = fmaf(f.x, dg[r], fmaf(f.y, sxg, acc[r]));
         dg[r] = 0.0f;
       }
@@ -118,7 +117,10 @@ __device__ __forceinline__ void round_math(const uint4 (&w)[R][step_vecs(B)], co
   }
 }
 
-template <int B, int GJ, int R>
+// Img: the weights as unit images alone (DevLinear::units, codes and sm null; uniform 3/4-bit):
+// row_vec and row_sm read the images (the same words, another place); an instantiation of its own
+// (R = 1 only), so that the codes' kernels keep their registers.
+template <int B, int GJ, int R, bool Img = false>
 __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
   grid_dep_wait();
   pdl_trigger();
@@ -129,9 +131,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row0 = ((int64_t)blockIdx.x * kGemvWarps + warp) * R;
   if (row0 >= W.d_out) return;  // whole warps only; no block barrier below
-  // the rows' codes and scales; without codes (the weights as unit images alone: DevLinear::units),
-  // row_vec and row_sm read the images (the same words, another place)
-  const bool images = W.codes == nullptr;
+  constexpr bool images = Img;
   int64_t rows[R];
   const uint4* wrow[R];
   const __half2* smr[R];
@@ -158,7 +158,10 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
     for (int r = 0; r < R; ++r)
 #pragma unroll
       for (int k = 0; k < V; ++k)
-        v[r][k] = images ? row_vec<B>(W, rows[r], rd * 32 * V + 32 * k + lane) : ld_stream(wrow[r] + rd * 32 * V + 32 * k);
+        if constexpr (images)
+          v[r][k] = row_vec<B>(W, rows[r], rd * 32 * V + 32 * k + lane);
+        else
+          v[r][k] = ld_stream(wrow[r] + rd * 32 * V + 32 * k);
     if (!LUT && !images && (lane & 7) == 0) {
 #pragma unroll
       for (int r = 0; r < R; ++r) prefetch_l1(smr[r] + (rd * round_codes(B) + slab) / (32 * G1));
@@ -174,21 +177,24 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_q_kernel(GemvArgs a) {
     const int64_t i0 = rd * round_codes(B) + slab;
     if (i0 < W.d_in) {
       const int64_t i_lane = i0 + 4 * (lane & 7);
+      const int64_t g0 = i0 / (32 * G1);  // the slab's first group
       const __half2* sm_row[R];
-      __half2 sm_img[R][LUT ? 1 : C / 4 / G1];  // images: this slab's scale words
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (!LUT && images) {
-#pragma unroll
-          for (int gg = 0; gg < (LUT ? 1 : C / 4 / G1); ++gg) sm_img[r][gg] = row_sm(W, rows[r], i0 / (32 * G1) + gg);
-        }
-        sm_row[r] = LUT ? nullptr : images ? sm_img[r] : smr[r] + i0 / (32 * G1);
-      }
+      for (int r = 0; r < R; ++r) sm_row[r] = LUT || images ? nullptr : smr[r] + g0;
+      auto sm_codes = [&](int r, int g) { return sm_row[r][g]; };
+      auto sm_images = [&](int r, int g) { return row_sm(W, rows[r], g0 + g); };
       const float* lut = LUT ? lut_s[warp] : nullptr;
-      if (aligned && i0 + 8 * C <= W.d_in)
-        round_math<B, GJ, R, true>(cur, a.x + i_lane, i_lane, W.d_in, sm_row, lut, acc);
-      else
-        round_math<B, GJ, R, false>(cur, a.x + i_lane, i_lane, W.d_in, sm_row, lut, acc);
+      const bool full = aligned && i0 + 8 * C <= W.d_in;
+      if constexpr (!LUT && images) {
+        if (full)
+          round_math<B, GJ, R, true>(cur, a.x + i_lane, i_lane, W.d_in, sm_images, lut, acc);
+        else
+          round_math<B, GJ, R, false>(cur, a.x + i_lane, i_lane, W.d_in, sm_images, lut, acc);
+      } else if (full) {
+        round_math<B, GJ, R, true>(cur, a.x + i_lane, i_lane, W.d_in, sm_codes, lut, acc);
+      } else {
+        round_math<B, GJ, R, false>(cur, a.x + i_lane, i_lane, W.d_in, sm_codes, lut, acc);
+      }
     }
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -222,6 +228,9 @@ DDRT_GEMV_Q_DECLARE(8, 1) DDRT_GEMV_Q_DECLARE(8, 2) DDRT_GEMV_Q_DECLARE(8, 4)
 #define DDRT_GEMV_Q_INSTANTIATE_R(B, GJ, R)                                                    \
   template <>                                                                                  \
   cudaError_t gemv_q_run<B, GJ, R>(const GemvArgs& a, cudaStream_t st) {                       \
+    if ((B == 3 || B == 4) && GJ > 0 && a.W.codes == nullptr) /* unit images alone: R = 1 */    \
+      return launch_pdl(gemv_q_kernel<B, GJ, 1, ((B == 3 || B == 4) && GJ > 0)>,               \
+                        (unsigned)((a.W.d_out + kGemvWarps - 1) / kGemvWarps), kGemvThreads, 0, st, a); \
     const int64_t warps = (a.W.d_out + R - 1) / R;                                             \
     const int64_t blocks = (warps + kGemvWarps - 1) / kGemvWarps;                              \
     return launch_pdl(gemv_q_kernel<B, GJ, R>, (unsigned)blocks, kGemvThreads, 0, st, a);       \
