@@ -75,7 +75,8 @@ if [ "${1:-}" != "quick" ]; then
   done
   # A/B of switches against their defaults (each beside its default run above; AB=0 skips them).
   # Measured and left off, not rerun each round: DDRT_COMP_CHUNKS=1, DDRT_TC_CHAIN=1 (gpu_ab.sh)
-  [ "${AB:-1}" = 0 ] || for ab in "DDRT_TC_EARLY=0|--shape llama3-8b --bits 4" "DDRT_TC_EARLY=0|--shape llama3-8b --bits 3" \
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_TC_BULK=0|--shape llama3-8b --bits 3" "DDRT_TC_BULK=0|--shape smollm2-135m --bits 3" \
+            "DDRT_TC_BULK=0|--shape llama3-8b --bits 4" "DDRT_TC_EARLY=0|--shape llama3-8b --bits 4" "DDRT_TC_EARLY=0|--shape llama3-8b --bits 3" \
             "DDRT_REPLAY_N=0|--shape smollm2-135m --bits 3" "DDRT_TC_EARLY=0|--shape smollm2-135m --bits 3" \
             "DDRT_W_EVICT=0|--shape llama3-8b --bits 3" "DDRT_W_EVICT=0|--shape llama3-8b --bits 4" \
             "DDRT_W_EVICT=0|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
