@@ -255,11 +255,12 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
   }
 }
 
-// The bulk ring (TcArgs::bulk, DDRT_TC_BULK=1) against its twin, the cp.async ring: the same linear
-// loaded twice, with and without unit images, gives bitwise the same y (the same slot contents,
-// tc_unit_pieces, and the same math in the same order), alone and as a fused group, DecDEC off and
-// on; and both match the CPU. The images' bytes are counted in the device bytes. Needs sm_90 (a
-// note and nothing else below it).
+// The bulk ring (TcArgs::bulk, the default on sm_90) against its twin, the cp.async ring: the same
+// linear loaded twice, as codes (force 0) and as unit images alone (force 1), gives bitwise the
+// same y (the same slot contents, tc_unit_pieces, and the same math in the same order), alone and
+// as a fused group, DecDEC off and on; and both match the CPU. The images' bytes are counted in the
+// device bytes and the codes are not kept beside them; the row layout's other readers on the
+// images alone match themselves on the codes. Needs sm_90 (a note and nothing else below it).
 void test_gemv_bulk(Backend& cpu, Backend& gpu) {
   if (!gpu::device_info().bulk) {
     std::printf("gemv bulk: the device has no cp.async.bulk (sm_90+), not tested\n");
