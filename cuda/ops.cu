@@ -163,7 +163,7 @@ unsigned grid_for(size_t n) {
 // ---- attention -------------------------------------------------------------------------------
 // Split-sequence ("flash decoding") attention, one launch. Block (sp, y, t): query t, split sp of
 // its positions 0..pos0+t, the q heads of slice y (up to kAttnMaxG heads of one kv head: each key
-// and value row is loaded once for all of them). A warp takes every kAttnWarps-th position of the
+// and value row is loaded once for all of them). A warp takes every W-th (warps per block) position of the
 // split, U of them at a time (their key and value loads all in flight together), and keeps
 // an online softmax per head; the block merges its warps and writes (max, sum, unnormalised
 // output) per head to scratch, or, when the query has a single split, its output directly.
@@ -183,7 +183,7 @@ unsigned grid_for(size_t n) {
 // (an earlier step or chunk) has completed, as every kernel between it and this one passed its
 // own wait, and at least one of those (the previous layer's attention, or the embedding) only
 // lets its dependents start after its wait. So the loads overlap the previous kernel's tail.
-constexpr int kAttnWarps = 4;
+constexpr int kAttnWarps = 4;      // warps per block (the default; attn_warps: 8 where it fits)
 constexpr int kMaxHeadDim = 256;
 constexpr int kAttnMaxG = 8;        // q heads per block at most
 constexpr int kAttnMaxSplits = 64;
@@ -204,15 +204,17 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
   return L < kAttnMinLen ? kAttnMinLen : L;
 }
 
-// PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM).
-template <int PL, int GM>
-__global__ void __launch_bounds__(32 * kAttnWarps)
+// PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM); W: warps
+// per block (kAttnWarps, or 8 with DDRT_ATTN_WARPS=8: twice the warps per SM to hide latency, each
+// with half the positions in flight, so a split's positions are done in as many batches).
+template <int PL, int GM, int W>
+__global__ void __launch_bounds__(32 * W)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
             bool fence_sc, L2Hint hint, unsigned long long* stamps) {
-  constexpr int U = PL >= 8 ? 2 : 4;  // positions in flight per warp
-  __shared__ float sm_m[kAttnWarps][GM], sm_l[kAttnWarps][GM];
-  __shared__ float sm_o[kAttnWarps][GM][32 * PL];
+  constexpr int U = PL >= 8 || W >= 8 ? 2 : 4;  // positions in flight per warp
+  __shared__ float sm_m[W][GM], sm_l[W][GM], sm_c[W][GM], sm_bM[GM], sm_bL[GM];
+  __shared__ float sm_o[W][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
   // the step timeline (stamp_region): a block's start, wait passed, split counted in (2; none with
@@ -238,13 +240,13 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int64_t L = attn_split_len(n, splits);
   const int active = (int)((n + L - 1) / L);
   const int64_t p0 = (int64_t)sp * L, p1 = p0 + L < n ? p0 + L : n;
-  // The key and value rows of U positions (pb + j * kAttnWarps) of this warp: those below `from`
+  // The key and value rows of U positions (pb + j * W) of this warp: those below `from`
   // (cached, < pos0) or at and above it (this chunk's, from k / v) are left as they are.
   float kr[U][PL], vr[U][PL];
   auto load_rows = [&](int64_t pb, int64_t lo, int64_t hi) {
 #pragma unroll
     for (int j = 0; j < U; ++j) {
-      const int64_t p = pb + j * kAttnWarps;
+      const int64_t p = pb + j * W;
       if (p < lo || p >= hi) continue;
       const float* kp = p < s.pos0 ? K + p * row + col : kin + (p - s.pos0) * row + col;
       const float* vp = p < s.pos0 ? V + p * row + col : vin + (p - s.pos0) * row + col;
@@ -314,12 +316,12 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     }
     if (inv_freq) rotate(qr[g]);
   }
-  for (int64_t pb = pfirst; pb < p1; pb += kAttnWarps * U) {
+  for (int64_t pb = pfirst; pb < p1; pb += W * U) {
     // every row of the batch; the first batch's cached rows came before the wait when prefetching
     load_rows(pb, prefetch && pb == pfirst ? s.pos0 : 0, INT64_MAX);
 #pragma unroll
     for (int j = 0; j < U; ++j) {
-      const int64_t p = pb + j * kAttnWarps;
+      const int64_t p = pb + j * W;
       if (inv_freq && p >= s.pos0 && p < p1) rotate(kr[j]);  // the new key (T == 1: p == pos0)
     }
 #pragma unroll
@@ -338,14 +340,14 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       float mn = m[g];
 #pragma unroll
       for (int j = 0; j < U; ++j)
-        if (pb + j * kAttnWarps < p1) mn = fmaxf(mn, sc[j]);
+        if (pb + j * W < p1) mn = fmaxf(mn, sc[j]);
       const float corr = expf(m[g] - mn);  // m = -inf: 0
       l[g] *= corr;
 #pragma unroll
       for (int u = 0; u < PL; ++u) o[g][u] *= corr;
 #pragma unroll
       for (int j = 0; j < U; ++j) {
-        if (pb + j * kAttnWarps >= p1) break;
+        if (pb + j * W >= p1) break;
         const float e = expf(sc[j] - mn);
         l[g] += e;
 #pragma unroll
@@ -364,27 +366,40 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     for (int u = 0; u < PL; ++u) sm_o[warp][g][lane + 32 * u] = o[g][u];
   }
   __syncthreads();
+  // per head, once (a thread each): the warps' max M, each warp's factor exp(m_w - M) (0 for a warp
+  // that saw no position: its l and o are exactly 0, so the sums below are those of skipping it)
+  // and the block's sum L, in warp order
+  if ((int)threadIdx.x < nh) {
+    const int g = threadIdx.x;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < W; ++w) M = fmaxf(M, sm_m[w][g]);
+    float Ls = 0;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const float c = sm_m[w][g] != -INFINITY ? expf(sm_m[w][g] - M) : 0.0f;
+      sm_c[w][g] = c;
+      Ls += sm_l[w][g] * c;
+    }
+    sm_bM[g] = M;
+    sm_bL[g] = Ls;
+  }
+  __syncthreads();
   // scratch: unnormalised outputs [T][n_heads][splits][hd], then (max, sum) [T][n_heads][splits][2]
   const int64_t ph = ((int64_t)t * s.n_heads + h0) * splits;  // (t, h0, split 0)
   float* const po = scratch + ph * hd;
   float* const pml = scratch + (int64_t)s.T * s.n_heads * splits * hd + ph * 2;
   for (int e = threadIdx.x; e < nh * hd; e += blockDim.x) {
     const int g = e / hd, i = e - g * hd;
-    float M = -INFINITY;
-    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w][g]);
-    float Ls = 0, acc = 0;
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (sm_m[w][g] != -INFINITY) {
-        const float c = expf(sm_m[w][g] - M);
-        Ls += sm_l[w][g] * c;
-        acc += sm_o[w][g][i] * c;
-      }
+    float acc = 0;
+#pragma unroll
+    for (int w = 0; w < W; ++w) acc += sm_o[w][g][i] * sm_c[w][g];
     if (active == 1) {
-      out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / Ls;
+      out[((int64_t)t * s.n_heads + h0 + g) * hd + i] = acc / sm_bL[g];
     } else {
       if (i == 0) {
-        pml[((int64_t)g * splits + sp) * 2] = M;
-        pml[((int64_t)g * splits + sp) * 2 + 1] = Ls;
+        pml[((int64_t)g * splits + sp) * 2] = sm_bM[g];
+        pml[((int64_t)g * splits + sp) * 2 + 1] = sm_bL[g];
       }
       po[((int64_t)g * splits + sp) * hd + i] = acc;
     }
@@ -414,7 +429,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
 #pragma unroll
     for (int k = 0; k < kMergePre; ++k) pre[k] = k < active ? __ldcg(src + (int64_t)k * (hd / 4)) : make_float4(0, 0, 0, 0);
   }
-  for (int g = warp; g < nh; g += kAttnWarps) {  // split weights exp(m_k - M) and the sum L
+  for (int g = warp; g < nh; g += W) {  // split weights exp(m_k - M) and the sum L
     float mk[kAttnMaxSplits / 32], M = -INFINITY;
 #pragma unroll
     for (int r = 0; r < kAttnMaxSplits / 32; ++r) {
@@ -649,11 +664,19 @@ bool attn_prefetch() {
   static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 1) == 1;
   return g_attn_prefetch < 0 ? env_on : g_attn_prefetch == 1;
 }
-template <int PL>
-cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
-                        const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
-                        unsigned* counters, const float* inv_freq, const L2Hint& hint) {
-  const dim3 block(32 * kAttnWarps);
+// Warps per attention block: kAttnWarps, or 8 (env DDRT_ATTN_WARPS=8, a lab knob until measured)
+// where its shared arrays fit the 48 KB of static shared memory (GM * PL <= 32).
+int g_attn_warps = -1;  // attn_warps_force; -1: the environment
+int attn_warps(int gm, int pl) {
+  static const int env_w = env_int("DDRT_ATTN_WARPS", kAttnWarps);
+  const int w = g_attn_warps < 0 ? env_w : g_attn_warps;
+  return w == 8 && gm * pl <= 32 ? 8 : kAttnWarps;
+}
+template <int PL, int W>
+cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
+                          const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
+                          unsigned* counters, const float* inv_freq, const L2Hint& hint) {
+  const dim3 block(32 * W);
   const bool prefetch = attn_prefetch();
   // attn_kernel's merge_pre: on by default since its H100 A/B (eighth session, two rounds:
   // +0.2 % llama3-8b, +0.8 % smollm2-135m); env DDRT_ATTN_MERGE_PRE=0 off
@@ -661,11 +684,22 @@ cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const fl
   static const bool sc = fence_sc();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
-    case 2: return launch_pdl(attn_kernel<PL, 2>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
-    case 4: return launch_pdl(attn_kernel<PL, 4>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
-    default: return launch_pdl(attn_kernel<PL, 8>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    default:
+      if constexpr (8 * PL <= 32 || W == kAttnWarps)
+        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+      return cudaErrorInvalidValue;  // not reached: attn_warps keeps kAttnWarps there
   }
+}
+template <int PL>
+cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
+                        const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
+                        unsigned* counters, const float* inv_freq, const L2Hint& hint) {
+  if (attn_warps(gm, PL) == 8)
+    return attn_launch_w<PL, 8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
+  return attn_launch_w<PL, kAttnWarps>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
 }
 }  // namespace
 
@@ -694,6 +728,7 @@ L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget) {
 }
 
 void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode == 1 ? 1 : 0; }
+void attn_warps_force(int warps) { g_attn_warps = warps < 0 ? -1 : warps; }
 
 bool attn_fuses_rope(const AttnShape& s) {
   return s.T == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);

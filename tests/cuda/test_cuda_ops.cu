@@ -1151,13 +1151,15 @@ void test_attention(Backend& cpu, Backend& gpu) {
   auto Wh1 = gpu.load_linear(Lh1->desc, ResidualPlacement::Device), Wh2 = gpu.load_linear(Lh2->desc, ResidualPlacement::Device);
   const Linear* const hinted[2] = {Wh1.get(), Wh2.get()};
   // the split kernel alone; the tiled prefill kernel wherever it applies; the defaults: the split
-  // kernel loading its first cached rows before the dependency wait, the tiled one on large grids
-  for (const int variant : {0, 1, 2})
+  // kernel loading its first cached rows before the dependency wait, the tiled one on large grids;
+  // the defaults with 8 warps per split block (attn_warps_force: 2 positions in flight per warp)
+  for (const int variant : {0, 1, 2, 3})
   for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
     for (const Cfg& c : cfgs) {
-      const int tiled = variant;  // attn_tiled_force: 0 off, 1 on, 2 auto
+      const int tiled = variant == 3 ? 2 : variant;  // attn_tiled_force: 0 off, 1 on, 2 auto
       gpu::attn_tiled_force(tiled);
-      gpu::attn_prefetch_force(variant == 2);
+      gpu::attn_prefetch_force(variant >= 2);
+      gpu::attn_warps_force(variant == 3 ? 8 : -1);
       auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       std::vector<float> inv(c.hd / 2);
@@ -1178,8 +1180,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
           bo.poison();
           if (rope) {
             cpu.rope_attention(*kc, layer, oc.data(), q.data(), k.data(), v.data(), T, c.n_heads, pos, inv.data());
-            if (variant == 2) gpu.prefetch_hint(hinted, 2);
-            cuda_set_l2_prefetch(gpu, variant == 2 ? 20000 : -1);
+            if (variant >= 2) gpu.prefetch_hint(hinted, 2);
+            cuda_set_l2_prefetch(gpu, variant >= 2 ? 20000 : -1);
             gpu.rope_attention(*kg, layer, bo.f(), bq.f(), bk.f(), bv.f(), T, c.n_heads, pos, bi.f());
             cuda_set_l2_prefetch(gpu, -1);
           } else {
@@ -1189,7 +1191,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
           if (tiled && tiled_applies(c, T, pos, tiled == 2)) ++tiled_want;
           const auto o = bo.get();
           report(std::string(rope ? "rope_attention" : "attention") + (tiled == 1 ? " (tiled on)" : "") +
-                     (variant == 2 ? " (defaults: tiled auto, prefetch)" : "") + " heads " +
+                     (variant == 2 ? " (defaults: tiled auto, prefetch)" : "") +
+                     (variant == 3 ? " (defaults, 8 warps)" : "") + " heads " +
                      std::to_string(c.n_heads) + "/" +
                      std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
                      " T " + std::to_string(T) + " layer " + std::to_string(layer),
@@ -1202,6 +1205,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
     }
   gpu::attn_tiled_force(-1);
   gpu::attn_prefetch_force(-1);
+  gpu::attn_warps_force(-1);
   // exactly the calls where it applies took it (tiled_want > 0: T 600, 513, 250, 70, 90, 100, 200, 40,
   // 128; by default only the T 128 of 64 kv heads)
   const int64_t tiled_ran = gpu::attn_tiled_launches() - tiled_before;
