@@ -4,6 +4,8 @@
 # bulk ring, then the decode A/B of its settings (tools/gpu_ab.sh) and the step timeline of each.
 # Usage on the GPU machine: bash tools/lab/bulk_round.sh ["SETTING" ...] (default: the bulk ring,
 # and with every ring slot issued before the dependency wait). Logs in $OUT or ./gpu_logs.
+# Any decode settings serve, e.g. the attention's: TESTS=attention PYTEST=0 STEP_SETTINGS="DDRT_ATTN_WARPS=8"
+# bash tools/lab/bulk_round.sh "DDRT_ATTN_WARPS=8".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
