@@ -685,8 +685,9 @@ bool attn_fuses_rope(const AttnShape& s);
 // DDRT_ATTN_PREFETCH=0 (H100 A/B: smollm2-135m decode 969 -> 1017 tok/s, llama3-8b +0.3 %).
 void attn_prefetch_force(int mode);
 // Warps per decode / split attention block: attn_warps_force(8) eight where the block's shared
-// arrays fit (heads per block x head_dim <= 1024), else four; 4 four; -1 the environment
-// (DDRT_ATTN_WARPS=8, a lab knob; four by default).
+// arrays fit (heads per block x head_dim <= 1024), else four; 4 four (the twin); -1 the
+// environment (eight where they fit unless DDRT_ATTN_WARPS=4). H100, context 512: +2.0 %
+// llama3-8b, +2.2 % smollm2-135m decode (with their split targets, attn_splits).
 void attn_warps_force(int warps);
 // Prefill attention over query tiles (attn_tiled.cu): each key / value row read once per 64 query
 // rows instead of once per query. Applies (attn_tiled_applies) to T >= kAttnTiledMinT, head_dim

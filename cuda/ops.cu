@@ -183,12 +183,15 @@ unsigned grid_for(size_t n) {
 // (an earlier step or chunk) has completed, as every kernel between it and this one passed its
 // own wait, and at least one of those (the previous layer's attention, or the embedding) only
 // lets its dependents start after its wait. So the loads overlap the previous kernel's tail.
-constexpr int kAttnWarps = 4;      // warps per block (the default; attn_warps: 8 where it fits)
+constexpr int kAttnWarps = 4;      // warps per block where 8 do not fit (attn_warps), and the twin's
 constexpr int kMaxHeadDim = 256;
 constexpr int kAttnMaxG = 8;        // q heads per block at most
 constexpr int kAttnMaxSplits = 64;
 constexpr int kAttnMinLen = 16;     // positions per split at least
-constexpr int kAttnTargetBlocks = 264;
+// blocks the split count aims at (attn_splits), with 4 and with 8 warps per block: H100 A/B at
+// context 512, two rounds (eleventh session): 8 warps at 160 blocks +2.0 % llama3-8b, +2.2 %
+// smollm2-135m over 4 warps at 264 (8 warps at 264: +1.0 / +2.3 %; at 128: +0.9 / +5.1 %)
+constexpr int kAttnTargetBlocks = 264, kAttnTargetBlocks8 = 160;
 
 struct AttnGeom {
   int G, slices, gb;  // q heads per kv head, slices of them (one block each), heads per slice
@@ -205,13 +208,14 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 }
 
 // PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM); W: warps
-// per block (kAttnWarps, or 8 with DDRT_ATTN_WARPS=8: twice the warps per SM to hide latency, each
-// with half the positions in flight, so a split's positions are done in as many batches).
+// per block (attn_warps: 8 by default where they fit, twice kAttnWarps' warps per SM to hide
+// latency, each with half the positions in flight; ncu of the 4-warp kernel: 12 % occupancy, 7
+// cycles per issued instruction, latency-bound).
 template <int PL, int GM, int W>
 __global__ void __launch_bounds__(32 * W)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
-            bool fence_sc, L2Hint hint, unsigned long long* stamps) {
+            bool fence_sc, bool idle_exit, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = PL >= 8 || W >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[W][GM], sm_l[W][GM], sm_c[W][GM], sm_bM[GM], sm_bL[GM];
   __shared__ float sm_o[W][GM][32 * PL];
@@ -264,6 +268,10 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     const int64_t b = ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
     l2_prefetch(hint, b + nb * threadIdx.x, nb * blockDim.x);
   }
+  // idle_exit (lab, env DDRT_ATTN_IDLE_EXIT=1): a split past the query's positions (a decode graph
+  // fixes the split count while the position moves) leaves before the wait, having issued its
+  // share of the L2 prefetch: it writes nothing and is not counted in the merge
+  if (idle_exit && sp >= active) return;
   if (prefetch && sp < active) load_rows(pfirst, 0, s.pos0);  // cached rows only, before the wait
   // rope's angles (double cos and sin) before the wait too: the position and inv_freq are not the
   // previous kernel's (inv_freq is the model's; the position is copied in before the step's first
@@ -640,14 +648,34 @@ cudaError_t launch_add(float* x, const float* y, size_t n, cudaStream_t st) {
   return launch_pdl(add_kernel, grid_for(n), kThreads, 0, st, x, y, n);
 }
 
+namespace {
+// the kernel's template arguments for a shape: heads per block GM, floats of a head per lane PL
+int attn_gm(const AttnGeom& geo) { return geo.gb <= 1 ? 1 : geo.gb <= 2 ? 2 : geo.gb <= 4 ? 4 : 8; }
+int attn_pl(int head_dim) {
+  const int pl = (head_dim + 31) / 32;
+  return pl <= 1 ? 1 : pl <= 2 ? 2 : pl <= 4 ? 4 : 8;
+}
+// Warps per attention block: 8 where its shared arrays fit the 48 KB of static shared memory
+// (GM * PL <= 32), else kAttnWarps; env DDRT_ATTN_WARPS=4 (the twin) always kAttnWarps.
+int g_attn_warps = -1;  // attn_warps_force; -1: the environment
+int attn_warps(int gm, int pl) {
+  static const int env_w = env_int("DDRT_ATTN_WARPS", 8);
+  const int w = g_attn_warps < 0 ? env_w : g_attn_warps;
+  return w == 8 && gm * pl <= 32 ? 8 : kAttnWarps;
+}
+}  // namespace
+
 int attn_splits(const AttnShape& s) {
-  // ~2 blocks per SM of an H100 when the position range allows (a split >= kAttnMinLen positions:
+  // ~2 (4 warps) or ~1.2 (8 warps) blocks per SM of an H100 when the position range allows (a split >= kAttnMinLen positions:
   // shorter ones cost more in the merge than they save), at most kAttnMaxSplits; with pos_dev the
   // position is not known here: the count is fixed and the split length follows the position.
   // lab knob DDRT_ATTN_BLOCKS=N: aim at N blocks instead (fewer: longer splits, a cheaper merge;
   // 1: no split, no merge, wherever one block per query and head slice)
-  static const int target = std::max(1, env_int("DDRT_ATTN_BLOCKS", kAttnTargetBlocks));
-  const int64_t per_split = (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices;
+  static const int env_target = env_int("DDRT_ATTN_BLOCKS", 0);
+  const AttnGeom geo = attn_geom(s);
+  const int target = env_target > 0 ? env_target
+                   : attn_warps(attn_gm(geo), attn_pl(s.head_dim)) == 8 ? kAttnTargetBlocks8 : kAttnTargetBlocks;
+  const int64_t per_split = (int64_t)s.T * s.n_kv_heads * geo.slices;
   int64_t k = std::min<int64_t>(kAttnMaxSplits, (target + per_split - 1) / per_split);
   if (!s.pos_dev) k = std::min<int64_t>(k, (s.pos0 + s.T + kAttnMinLen - 1) / kAttnMinLen);
   return (int)(k < 1 ? 1 : k);
@@ -664,14 +692,6 @@ bool attn_prefetch() {
   static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 1) == 1;
   return g_attn_prefetch < 0 ? env_on : g_attn_prefetch == 1;
 }
-// Warps per attention block: kAttnWarps, or 8 (env DDRT_ATTN_WARPS=8, a lab knob until measured)
-// where its shared arrays fit the 48 KB of static shared memory (GM * PL <= 32).
-int g_attn_warps = -1;  // attn_warps_force; -1: the environment
-int attn_warps(int gm, int pl) {
-  static const int env_w = env_int("DDRT_ATTN_WARPS", kAttnWarps);
-  const int w = g_attn_warps < 0 ? env_w : g_attn_warps;
-  return w == 8 && gm * pl <= 32 ? 8 : kAttnWarps;
-}
 template <int PL, int W>
 cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                           const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
@@ -682,14 +702,15 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   // +0.2 % llama3-8b, +0.8 % smollm2-135m); env DDRT_ATTN_MERGE_PRE=0 off
   static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 1) == 1;
   static const bool sc = fence_sc();
+  static const bool idle_exit = env_int("DDRT_ATTN_IDLE_EXIT", 0) == 1;
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
-    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
-    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
     default:
       if constexpr (8 * PL <= 32 || W == kAttnWarps)
-        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, hint, st_reg);
+        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
       return cudaErrorInvalidValue;  // not reached: attn_warps keeps kAttnWarps there
   }
 }
@@ -746,8 +767,7 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
   const AttnGeom geo = attn_geom(s);
   const int splits = attn_splits(s);
   const dim3 grid(splits, s.n_kv_heads * geo.slices, s.T);
-  const int gm = geo.gb <= 1 ? 1 : geo.gb <= 2 ? 2 : geo.gb <= 4 ? 4 : 8;
-  const int pl = (s.head_dim + 31) / 32;
+  const int gm = attn_gm(geo), pl = attn_pl(s.head_dim);
   if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
   if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
   if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
