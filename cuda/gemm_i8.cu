@@ -179,10 +179,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
   const uint32_t* codes = reinterpret_cast<const uint32_t*>(W.codes);
   const uint32_t* units = (B == 3 || B == 4) ? reinterpret_cast<const uint32_t*>(m == 0 ? G.units[0] : m == 1 ? G.units[1] : G.units[2]) : nullptr;
   const int group = 1 << xq.gshift;
+  // the images' geometry, once (no division per K tile; B 3 or 4)
+  const TcUnitGeom ug = tc_unit_geom<(B == 3 || B == 4) ? B : 3>(G.n_units, group);
   // row o's word w of lane step s, from the images or the codes (o < d_out; the images: B 3 or 4)
   auto code_src = [&](int64_t o, int64_t s, int w) {
     if constexpr (B == 3 || B == 4)
-      if (units) return units + tc_unit_code_word<B>(o, s, w, G.n_units, group);
+      if (units) return units + tc_unit_code_word<B>(o, s, w, ug);
     return codes + o * W.row_vecs * 4 + 4 * vec_index(s, w / 4, B) + w % 4;
   };
   unsigned char* const R0 = smem + kStages * kStage;  // raw buffers
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       const bool ok = o < W.d_out;
       const void* ssrc = W.sm + (ok ? o * W.n_groups + g : 0);
       if constexpr (B == 3 || B == 4)
-        if (units) ssrc = units + (ok ? tc_unit_scale_word<B>(o, g, G.n_units, group) : 0);
+        if (units) ssrc = units + (ok ? tc_unit_scale_word<B>(o, g, ug) : 0);
       cp_async4z(S + kOffSm + (h * kBM + r) * 4, ssrc, ok);
     }
     if (kt % kPeriod != 0) return;

@@ -162,21 +162,45 @@ DDRT_HD int packed_code(const uint32_t* row, int bits, int64_t i) {
 // images other than the ring (the prefill GEMM): 32-bit word w (of 4 V) of lane step s of row o
 // (o < d_out, s a step within the row's codes), and the (scale, min) word of row o, group gi.
 // n_units: units per tile (tc_split.h); the images' unit (tile, k) at (tile n_units + k) slots.
+// TcUnitGeom: what these need of a launch (units per tile, the slot's size, a unit's groups per
+// row), computed once: a reader that computes many positions (the prefill GEMM, per K tile) then
+// does no division. A unit's groups per row is its codes per row (1024 at 3 bits, 512 at 4) over
+// the group (32, 64 or 128, the only groups with images): a power of two (test_cuda_layout).
+struct TcUnitGeom {
+  int64_t n_units;
+  int slot_vecs, nu, nu_shift;  // nu_shift = log2(nu)
+};
 template <int B>
-DDRT_HD int64_t tc_unit_code_word(int64_t o, int64_t s, int w, int64_t n_units, int group) {
+DDRT_HD TcUnitGeom tc_unit_geom(int64_t n_units, int group) {
+  const int nu = tc_unit_groups(B, group);
+  int sh = 0;
+  while ((1 << sh) < nu) ++sh;
+  return {n_units, tc_slot_vecs(B, group), nu, sh};
+}
+template <int B>
+DDRT_HD int64_t tc_unit_code_word(int64_t o, int64_t s, int w, const TcUnitGeom& u) {
   constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
   const int64_t ci = (s / 32) * 8 + (s % 32) / 4, k = ci / UC;
   const int c = (int)(ci % UC), t = (int)(s % 4), g = (int)(o % 8), h = (int)(o % 16) / 8;
-  const int64_t base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
+  const int64_t base = ((o / 16) * u.n_units + k) * u.slot_vecs;
   return (base + ((c * 2 + h) * V + w / 4) * 32 + 4 * g + t) * 4 + w % 4;
 }
 template <int B>
-DDRT_HD int64_t tc_unit_scale_word(int64_t o, int64_t gi, int64_t n_units, int group) {
+DDRT_HD int64_t tc_unit_scale_word(int64_t o, int64_t gi, const TcUnitGeom& u) {
   static_assert(tc_unit_chunks(B) % 2 == 0, "a unit starts on a slab: its groups are gi / NU's");
   constexpr int V = step_vecs(B), UC = tc_unit_chunks(B);
-  const int NU = tc_unit_groups(B, group);
-  const int64_t k = gi / NU, base = ((o / 16) * n_units + k) * tc_slot_vecs(B, group);
-  return (base + UC * 2 * V * 32) * 4 + (o % 16) * NU + gi % NU;
+  const int64_t k = gi >> u.nu_shift;  // gi >= 0
+  const int r = (int)(gi & (u.nu - 1));
+  const int64_t base = ((o / 16) * u.n_units + k) * u.slot_vecs;
+  return (base + UC * 2 * V * 32) * 4 + (o % 16) * u.nu + r;
+}
+template <int B>
+DDRT_HD int64_t tc_unit_code_word(int64_t o, int64_t s, int w, int64_t n_units, int group) {
+  return tc_unit_code_word<B>(o, s, w, tc_unit_geom<B>(n_units, group));
+}
+template <int B>
+DDRT_HD int64_t tc_unit_scale_word(int64_t o, int64_t gi, int64_t n_units, int group) {
+  return tc_unit_scale_word<B>(o, gi, tc_unit_geom<B>(n_units, group));
 }
 
 // ---- the GEMV's decoder (also run on the host by tests/cuda/test_cuda_layout.cpp) -----------

@@ -166,5 +166,24 @@ int main() {
   const uint32_t want[10] = {1 | 7u << 16, 2 | 8u << 16, 3 | 9u << 16, 0, 0, 4 | 10u << 16, 5 | 11u << 16, 6 | 12u << 16, 0, 0};
   CHECK(std::equal(sm.begin(), sm.end(), want));
   CHECK(sm_row_groups(4096 + 5, 3, 128) == 2 * 4096 / 128 && sm_row_groups(100, 4, 32) == 1024 / 32);
+  // the unit images' (scale, min) word by TcUnitGeom's shift against the same position by division,
+  // for every group that has images (a unit's groups per row must be a power of two)
+  bool geom_ok = true;
+  auto scale_by_div = [](int bits, int64_t o, int64_t gi, int64_t n_units, int group) {
+    const int nu = tc_unit_groups(bits, group);
+    const int64_t base = ((o / 16) * n_units + gi / nu) * tc_slot_vecs(bits, group);
+    return (base + tc_unit_chunks(bits) * 2 * step_vecs(bits) * 32) * 4 + (o % 16) * nu + gi % nu;
+  };
+  for (int group : {32, 64, 128})
+    for (int64_t n_units : {1, 4, 14}) {
+      const TcUnitGeom g3 = tc_unit_geom<3>(n_units, group), g4 = tc_unit_geom<4>(n_units, group);
+      geom_ok &= (1 << g3.nu_shift) == g3.nu && (1 << g4.nu_shift) == g4.nu;
+      for (int64_t o : {0, 5, 15, 16, 37, 4095})
+        for (int64_t gi = 0; gi < n_units * g3.nu; gi += 3) {
+          geom_ok &= tc_unit_scale_word<3>(o, gi, g3) == scale_by_div(3, o, gi, n_units, group);
+          if (gi < n_units * g4.nu) geom_ok &= tc_unit_scale_word<4>(o, gi, g4) == scale_by_div(4, o, gi, n_units, group);
+        }
+    }
+  CHECK(geom_ok);
   return ddrt_test::check_summary();
 }
