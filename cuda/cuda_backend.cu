@@ -298,7 +298,9 @@ class CudaBackend : public Backend {
   }
   void argmax(const float* x, int n, int32_t* out) override {
     use();
+    const int64_t st0 = gpu::stamp_regions_taken();
     DDRT_CHECK(gpu::launch_argmax(x, n, out, argmax_scratch_.get(), st_));
+    name_stamps(st0, "argmax");
     if (capturing_) step_argmax_out_ = out;  // the step's result, unless an op follows (use())
   }
   // The next attention or fused GEMV launch takes these linears as its L2 prefetch hint
@@ -336,9 +338,9 @@ class CudaBackend : public Backend {
   void begin_step_stamps() {
     const char* path = std::getenv("DDRT_STEP_STAMPS");
     if (!path || !*path) return;
-    // grids up to 4 blocks per SM, and at least 1024 blocks (the attention's: up to 64 splits per
-    // kv head); 512 regions of 1024 blocks: 38 MB
-    stamp_stride_ = std::max<int64_t>(4 * gpu::device_info().n_sm, 1024) * gpu::kTcStamps;
+    // grids up to 8 blocks per SM (the lm head's), and at least 1024 blocks (the attention's: up to
+    // 64 splits per kv head); 512 regions of 1056 blocks (an H100's 132 SMs): 40 MB
+    stamp_stride_ = std::max<int64_t>(8 * gpu::device_info().n_sm, 1024) * gpu::kTcStamps;
     const size_t bytes = (size_t)kStampRegions * stamp_stride_ * 8;
     if (stamps_.size() < bytes) stamps_ = DevMem(bytes, nullptr, "step stamps (DDRT_STEP_STAMPS)");
     DDRT_CHECK(cudaMemsetAsync(stamps_.get(), 0, bytes, st_), "step stamps");
@@ -911,7 +913,9 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
     DDRT_CHECK(cudaEventRecord(join_, side_));
   }
   if (T == 1 && is_float(W.type) && ((uintptr_t)x & 15) == 0) {
+    const int64_t st0 = gpu::stamp_regions_taken();
     DDRT_CHECK(gpu::launch_gemv_f(g, y, x, prop_.multiProcessorCount, st_), what);
+    name_stamps(st0, what);
   } else if (T == 1 && !is_float(W.type)) {
     DDRT_CHECK(gpu::launch_gemv_q(g, y, x, st_), what);
   } else {

@@ -61,9 +61,12 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float (&xe)[elems_per_ve
 // unbounded (7 blocks of 128 threads per SM), which left an eighth of the grid to a second wave.
 constexpr int kGemvBlocksPerSm = 8;
 template <int TY, int R>
-__global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(DevLinear W, float* y, const float* x) {
+__global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(DevLinear W, float* y, const float* x,
+                                                                                BlockStamps stamps) {
+  stamps.at(0);
   grid_dep_wait();
   pdl_trigger();
+  stamps.at(1);
   constexpr int E = elems_per_vec<TY>(), U = 4;
   const int lane = threadIdx.x & 31;
   const int64_t nvec = (W.d_in + E - 1) / E;
@@ -102,6 +105,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(
       if (lane == 0 && row0 + r < W.d_out) y[row0 + r] = acc[r];
     }
   }
+  if (stamps.p) __syncthreads();  // the end stamp once the block's rows are written (uniform)
+  stamps.at(4);
 }
 
 int g_rows = 0;  // gemv_f_force_rows; 0: the default
@@ -111,8 +116,9 @@ cudaError_t launch_rows(int R, const DevLinear& W, float* y, const float* x, int
   const int64_t want = (W.d_out + (int64_t)kGemvWarps * R - 1) / ((int64_t)kGemvWarps * R);
   const int64_t cap = (int64_t)n_sm * kGemvBlocksPerSm;
   const int blocks = (int)(want < cap ? want : cap);
-  return R == 2 ? launch_pdl(gemv_f_kernel<TY, 2>, blocks, kGemvThreads, 0, st, W, y, x)
-                : launch_pdl(gemv_f_kernel<TY, 1>, blocks, kGemvThreads, 0, st, W, y, x);
+  const BlockStamps stamps{stamp_region(blocks)};
+  return R == 2 ? launch_pdl(gemv_f_kernel<TY, 2>, blocks, kGemvThreads, 0, st, W, y, x, stamps)
+                : launch_pdl(gemv_f_kernel<TY, 1>, blocks, kGemvThreads, 0, st, W, y, x, stamps);
 }
 
 }  // namespace

@@ -584,6 +584,20 @@ __device__ __forceinline__ unsigned long long globaltimer_now() {
 #endif
   return t;
 }
+// A simple kernel's step-timeline stamps (its stamp_region, null when not stamping): thread 0 of
+// each block writes slot 0 (start), 1 (its dependency wait passed), 4 (end); the lm head GEMV and
+// argmax take them, so that the timeline covers the step's tail after the last layer.
+struct BlockStamps {
+  unsigned long long* p;
+  __device__ void at(int slot) const {
+    if (p && threadIdx.x == 0) p[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x * kTcStamps +
+                                 (int64_t)blockIdx.x * kTcStamps + slot] = globaltimer_now();
+  }
+};
+struct BlockEndStamp {  // slot 4 on every way out of a block
+  const BlockStamps& s;
+  __device__ ~BlockEndStamp() { s.at(4); }
+};
 // n_tb: compensation blocks (0: none; clamped to a quarter of the grid), kmax: total_k. W: the
 // launch's shape (for a group: d_out = the members' total).
 // chunk_major: compensation block b selects chunk b % n_ch itself and gathers its rows for the

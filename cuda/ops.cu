@@ -524,9 +524,12 @@ __device__ void block_argmax(float& v, int& idx, int n) {
 // and the last block to finish (a device counter, reset by that block for the next launch or
 // graph replay) reduces the partials. NaN never wins; lowest index on ties.
 __global__ void argmax_kernel(const float* x, int n, int32_t* out, float* part_v, int* part_i,
-                              unsigned* counter, bool fence_sc) {
+                              unsigned* counter, bool fence_sc, BlockStamps stamps) {
+  stamps.at(0);
+  const BlockEndStamp at_end{stamps};
   grid_dep_wait();
   pdl_trigger();
+  stamps.at(1);
   float v = -INFINITY;
   int idx = n;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -602,7 +605,7 @@ cudaError_t launch_argmax(const float* x, int n, int32_t* out, void* scratch, cu
   int* pi = reinterpret_cast<int*>(pv + kArgmaxBlocks);
   unsigned* counter = reinterpret_cast<unsigned*>(pi + kArgmaxBlocks);
   static const bool sc = fence_sc();
-  return launch_pdl(argmax_kernel, blocks, 1024, 0, st, x, n, out, pv, pi, counter, sc);
+  return launch_pdl(argmax_kernel, blocks, 1024, 0, st, x, n, out, pv, pi, counter, sc, BlockStamps{stamp_region(blocks)});
 }
 
 cudaError_t launch_rmsnorm(float* out, const float* x, const float* w, int T, int dim, float eps, cudaStream_t st) {

@@ -12,9 +12,9 @@ blocks took from the first wait passed to the last end, and the gap before it: f
 launch's last block end to this launch's first block past its wait, the launch boundary (with PDL:
 the previous grid's completion and memory flush; an unstamped kernel between the two, such as a
 separate norm or swiglu, counts in it).
-Times are us from the step's first stamp. The kernels between the last layer and the next step
-(final norm, lm head, argmax, the step advance) are not fused GEMVs: the step's length minus the
-span printed here is theirs.
+Times are us from the step's first stamp. The lm head GEMV (fp16, kind lm_head) and argmax
+stamp too (start, wait, end); the final norm and the step advance do not: the step's length minus
+the span printed here is theirs and the launch boundaries'.
 """
 import argparse
 import csv
@@ -23,7 +23,8 @@ import statistics
 import sys
 from collections import defaultdict
 
-KINDS = (("attn_q", "qkv"), ("attn_output", "o"), ("ffn_gate", "gate_up"), ("ffn_down", "down"), ("attention", "attn"))
+KINDS = (("attn_q", "qkv"), ("attn_output", "o"), ("ffn_gate", "gate_up"), ("ffn_down", "down"), ("attention", "attn"),
+         ("'output'", "lm_head"), ("'token_embd'", "lm_head"), ("argmax", "argmax"))
 
 
 def kind_of(name):

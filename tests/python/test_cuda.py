@@ -108,8 +108,9 @@ def test_graph_decode_to_the_context_limit(tiny3, chained, monkeypatch):
 
 def test_step_stamps_timeline(tiny3, tmp_path, monkeypatch):
     """DDRT_STEP_STAMPS: the recorded step's fused GEMV and attention launches (a layer's q/k/v,
-    attention, o, gate/up, down) leave their blocks' stamps in the CSV when the engine goes away, in launch order, and
-    tools/step_timeline.py reads them; the tokens are those of an engine without stamps."""
+    attention, o, gate/up, down), then the lm head (where it is a stamped kernel: the fp16 GEMV or the
+    fused one) and argmax, leave their blocks' stamps in the CSV when the engine goes away, in launch
+    order, and tools/step_timeline.py reads them; the tokens are those of an engine without stamps."""
     import gc
     import importlib.util
     import pathlib
@@ -130,7 +131,9 @@ def test_step_stamps_timeline(tiny3, tmp_path, monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     launches = mod.read_launches(str(path))
-    assert [L["kind"] for L in launches] == ["qkv", "attn", "o", "gate_up", "down"] * n_layers
+    layers = ["qkv", "attn", "o", "gate_up", "down"] * n_layers
+    seq = [L["kind"] for L in launches]
+    assert seq in (layers + ["argmax"], layers + ["lm_head", "argmax"]), seq
     for L in launches:  # every block past its wait after its start, and ended after that
         assert L["blocks"] > 0 and len(L["end"]) == L["blocks"]
         assert L["start"][0] <= L["wait"][0] <= L["end"][-1]

@@ -53,3 +53,15 @@ def test_unknown_names_are_other(tmp_path):
     mod = load()
     path = write(tmp_path, [(0, "\"matmul 'lm_head'\"", 0, "base", 0, 0.0, 1.0, 2.0, "", 3.0)])
     assert mod.read_launches(path)[0]["kind"] == "other"
+
+
+def test_tail_kinds(tmp_path):
+    """The step's tail after the last layer: the lm head (the output matrix, or the tied embedding)
+    and argmax have kinds of their own; o's name (attn_output) stays o."""
+    mod = load()
+    rows = [(0, "\"matmul 'output'\"", 0, "base", 0, 0.0, 1.0, "", "", 3.0),
+            (1, "\"matmul 'token_embd'\"", 0, "base", 0, 0.0, 1.0, "", "", 3.0),
+            (2, "\"argmax\"", 0, "base", 0, 3.0, 4.0, "", "", 5.0),
+            (3, "\"matmul 'blk.0.attn_output'\"", 0, "base", 0, 0.0, 1.0, 2.0, "", 3.0)]
+    path = write(tmp_path, rows)
+    assert [L["kind"] for L in mod.read_launches(path)] == ["lm_head", "lm_head", "argmax", "o"]
