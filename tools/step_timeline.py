@@ -6,7 +6,8 @@
 
 The CUDA backend (env DDRT_STEP_STAMPS) makes the recorded decode step's fused GEMV launches write
 every block's %globaltimer stamps (start, dependency wait passed, x staged, end), the decode
-attention its blocks' start, wait, split counted in (the "x" column) and end, and writes the last replay's to the CSV when the engine
+attention its blocks' start, wait, split counted in (the "x" columns: for the attention, end minus
+"x last" is the merging block's merge) and end, and writes the last replay's to the CSV when the engine
 goes away. This reads them back: per launch its kind (q/k/v, attn, o, gate/up, down), how long its
 blocks took from the first wait passed to the last end, and the gap before it: from the previous
 launch's last block end to this launch's first block past its wait, the launch boundary (with PDL:
@@ -71,6 +72,7 @@ def summarize(launches):
         last = lambda v: v[-1] if v else math.nan
         r = {"launch": L["launch"], "kind": L["kind"], "blocks": L["blocks"], "start": first(L["start"]),
              "wait": first(L["wait"]), "wait_med": med(L["wait"]), "ready_med": med(L["ready"]),
+             "ready_last": last(L["ready"]),
              "end_med": med(L["end"]), "end": last(L["end"])}
         r["busy"] = r["end"] - r["wait"]
         r["gap"] = r["wait"] - prev_end if prev_end is not None else math.nan
@@ -90,18 +92,24 @@ def report(launches, show=12):
     rows, kinds, span = summarize(launches)
     lines = [f"{len(rows)} stamped launches over {span:.1f} us (first start to last end)"]
     lines.append(f"{'launch':>6} {'kind':8} {'blocks':>6} {'start':>8} {'wait':>8} {'wait med':>8} {'x med':>8} "
-                 f"{'end med':>8} {'end':>8} {'busy':>6} {'gap':>6}")
+                 f"{'x last':>8} {'end med':>8} {'end':>8} {'busy':>6} {'gap':>6}")
     pick = rows if show <= 0 or len(rows) <= show else rows[:show // 2] + rows[-(show - show // 2):]
     for i, r in enumerate(pick):
         if show > 0 and len(rows) > show and i == show // 2:
             lines.append(f"{'...':>6}")
         lines.append(f"{r['launch']:>6} {r['kind']:8} {r['blocks']:>6} {r['start']:8.1f} {r['wait']:8.1f} "
-                     f"{r['wait_med']:8.1f} {r['ready_med']:8.1f} {r['end_med']:8.1f} {r['end']:8.1f} "
+                     f"{r['wait_med']:8.1f} {r['ready_med']:8.1f} {r['ready_last']:8.1f} {r['end_med']:8.1f} {r['end']:8.1f} "
                      f"{r['busy']:6.1f} {r['gap']:6.1f}")
     lines.append("per kind (us summed over the step): busy = first wait to last end; gap = before the launch")
     for k, v in sorted(kinds.items()):
         lines.append(f"  {k:8} x{v['n']:<4} busy {v['busy']:8.1f}  gap {v['gap']:8.1f}  "
                      f"per launch {v['busy'] / max(v['n'], 1):6.2f} + {v['gap'] / max(v['n'], 1):6.2f}")
+    att = [r for r in rows if r["kind"] == "attn" and not math.isnan(r["ready_last"])]
+    if att:  # the attention's two phases: the splits (wait to median counted in) and the merge
+        split = statistics.mean(r["ready_med"] - r["wait"] for r in att)
+        merge = statistics.mean(r["end"] - r["ready_last"] for r in att)
+        lines.append(f"  attn: median split counted in {split:.2f} us after the wait; merge (last end - last "
+                     f"counted in) {merge:.2f} us (mean over {len(att)} launches)")
     return "\n".join(lines)
 
 
