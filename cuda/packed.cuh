@@ -173,8 +173,11 @@ struct TcUnitGeom {
 template <int B>
 DDRT_HD TcUnitGeom tc_unit_geom(int64_t n_units, int group) {
   const int nu = tc_unit_groups(B, group);
-  int sh = 0;
-  while ((1 << sh) < nu) ++sh;
+#ifdef __CUDA_ARCH__
+  const int sh = __popc((unsigned)nu - 1u);  // log2 of a power of two
+#else
+  const int sh = __builtin_popcount((unsigned)nu - 1u);
+#endif
   return {n_units, tc_slot_vecs(B, group), nu, sh};
 }
 template <int B>
