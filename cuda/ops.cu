@@ -163,8 +163,8 @@ unsigned grid_for(size_t n) {
 // ---- attention -------------------------------------------------------------------------------
 // Split-sequence ("flash decoding") attention, one launch. Block (sp, y, t): query t, split sp of
 // its positions 0..pos0+t, the q heads of slice y (up to kAttnMaxG heads of one kv head: each key
-// and value row is loaded once for all of them). A warp takes every W-th (warps per block) position of the
-// split, U of them at a time (their key and value loads all in flight together), and keeps
+// and value row is loaded once for all of them). A warp takes every W-th position of the split (W
+// warps per block), U of them at a time (their key and value loads all in flight together), keeps
 // an online softmax per head; the block merges its warps and writes (max, sum, unnormalised
 // output) per head to scratch, or, when the query has a single split, its output directly.
 // Otherwise the last block of (t, y) to finish merges the splits: each block's stores, then
@@ -222,16 +222,10 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
   // the step timeline (stamp_region): a block's start, wait passed, split counted in (2; none with
-  // a single split) and end (thread 0)
-  const int64_t bid = ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-  auto stamp = [&](int slot) {
-    if (stamps && threadIdx.x == 0) stamps[bid * kTcStamps + slot] = globaltimer_now();
-  };
-  struct AtExit {  // the end stamp on every way out
-    decltype(stamp)& f;
-    __device__ ~AtExit() { f(4); }
-  } at_exit{stamp};
-  stamp(0);
+  // a single split) and end, on every way out
+  const BlockStamps stamp{stamps};
+  const BlockEndStamp at_exit{stamp};
+  stamp.at(0);
   if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
   const int sp = blockIdx.x, y = blockIdx.y, t = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -287,7 +281,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   // DDRT_ATTN_LATE_TRIGGER) cut this kernel from 15.1 to 11.1 us per layer on llama3-8b but cost o
   // 6.6 us more, -1.0 % decode (H100, BENCHMARKS); taken out
   pdl_trigger();
-  stamp(1);
+  stamp.at(1);
   if (sp >= active) return;
   auto rotate = [&](float (&x)[PL]) {
     if constexpr (PL % 2 == 0) {
@@ -419,7 +413,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     unsigned* c = counters + (int64_t)t * gridDim.y + y;
     last = atomicAdd(c, 1u) == (unsigned)active - 1;
     if (last) *c = 0;
-    stamp(2);  // the timeline: this split counted in (the merge, in the last block, follows)
+    stamp.at(2);  // the timeline: this split counted in (the merge, in the last block, follows)
   }
   __syncthreads();
   if (!last) return;
@@ -669,8 +663,9 @@ int attn_warps(int gm, int pl) {
 }  // namespace
 
 int attn_splits(const AttnShape& s) {
-  // ~2 (4 warps) or ~1.2 (8 warps) blocks per SM of an H100 when the position range allows (a split >= kAttnMinLen positions:
-  // shorter ones cost more in the merge than they save), at most kAttnMaxSplits; with pos_dev the
+  // ~2 (4 warps) or ~1.2 (8 warps) blocks per SM of an H100 when the position range allows (a
+  // split >= kAttnMinLen positions: shorter ones cost more in the merge than they save), at most
+  // kAttnMaxSplits; with pos_dev the
   // position is not known here: the count is fixed and the split length follows the position.
   // lab knob DDRT_ATTN_BLOCKS=N: aim at N blocks instead (fewer: longer splits, a cheaper merge;
   // 1: no split, no merge, wherever one block per query and head slice)
