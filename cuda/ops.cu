@@ -215,7 +215,7 @@ template <int PL, int GM, int W>
 __global__ void __launch_bounds__(32 * W)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
-            bool fence_sc, bool idle_exit, L2Hint hint, unsigned long long* stamps) {
+            bool fence_sc, bool idle_exit, bool heads_inner, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = PL >= 8 || W >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[W][GM], sm_l[W][GM], sm_c[W][GM], sm_bM[GM], sm_bL[GM];
   __shared__ float sm_o[W][GM][32 * PL];
@@ -227,7 +227,11 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const BlockEndStamp at_exit{stamp};
   stamp.at(0);
   if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
-  const int sp = blockIdx.x, y = blockIdx.y, t = blockIdx.z;
+  // heads_inner (lab, env DDRT_ATTN_HEADS_INNER=1): the grid is (head slices, splits, T), so blocks
+  // go out split-major: a short query's idle splits come last in the launch order, and its active
+  // ones are not the ones left to share an SM when the grid exceeds the SM count
+  const int sp = heads_inner ? blockIdx.y : blockIdx.x, y = heads_inner ? blockIdx.x : blockIdx.y, t = blockIdx.z;
+  const int n_y = heads_inner ? gridDim.x : gridDim.y;  // head slices (kv heads x slices)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int hd = s.head_dim;
   const AttnGeom geo = attn_geom(s);
@@ -410,7 +414,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   __syncthreads();
   if (threadIdx.x == 0) {
     DDRT_COUNTER_FENCE(fence_sc);
-    unsigned* c = counters + (int64_t)t * gridDim.y + y;
+    unsigned* c = counters + (int64_t)t * n_y + y;
     last = atomicAdd(c, 1u) == (unsigned)active - 1;
     if (last) *c = 0;
     stamp.at(2);  // the timeline: this split counted in (the merge, in the last block, follows)
@@ -685,6 +689,10 @@ int64_t attn_scratch_floats(const AttnShape& s) {
 int64_t attn_counters(const AttnShape& s) { return (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices; }
 
 namespace {
+bool attn_heads_inner() {  // the grid's order (attn_kernel's heads_inner)
+  static const bool on = env_int("DDRT_ATTN_HEADS_INNER", 0) == 1;
+  return on;
+}
 int g_attn_prefetch = -1;  // attn_prefetch_force; -1: the environment
 bool attn_prefetch() {
   static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 1) == 1;
@@ -701,14 +709,15 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 1) == 1;
   static const bool sc = fence_sc();
   static const bool idle_exit = env_int("DDRT_ATTN_IDLE_EXIT", 0) == 1;
+  const bool heads_inner = attn_heads_inner();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
-    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
-    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
+    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
     default:
       if constexpr (8 * PL <= 32 || W == kAttnWarps)
-        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, hint, st_reg);
+        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
       return cudaErrorInvalidValue;  // not reached: attn_warps keeps kAttnWarps there
   }
 }
@@ -764,7 +773,8 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
   if (!inv_freq && attn_tiled_applies(s, ptrs, 6)) return launch_attention_tiled(out, q, k, v, K, V, s, st);
   const AttnGeom geo = attn_geom(s);
   const int splits = attn_splits(s);
-  const dim3 grid(splits, s.n_kv_heads * geo.slices, s.T);
+  const unsigned n_y = (unsigned)(s.n_kv_heads * geo.slices);
+  const dim3 grid = attn_heads_inner() ? dim3(n_y, splits, s.T) : dim3(splits, n_y, s.T);
   const int gm = attn_gm(geo), pl = attn_pl(s.head_dim);
   if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
   if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
