@@ -471,18 +471,19 @@ class CudaBackend : public Backend {
     }
     return scratch_.get();
   }
-  // n zeroed counters for attention (grows like scratch(); every launch leaves them zero).
-  unsigned* attn_counters(int64_t n) {
-    if (attn_cnt_.size() < (size_t)n * sizeof(unsigned)) {
+  // n zeroed counters in buf (grows like scratch(); every launch that uses them leaves them zero).
+  unsigned* zeroed_counters(DevMem& buf, int64_t n, const char* what) {
+    if (buf.size() < (size_t)n * sizeof(unsigned)) {
       if (capturing_)
-        throw CudaError("CUDA: attention counters would grow while capturing a decode graph (run the step once first)");
-      DDRT_CHECK(cudaStreamSynchronize(st_), "before growing the attention counters");
-      attn_cnt_ = DevMem();
-      attn_cnt_ = DevMem((size_t)n * sizeof(unsigned), nullptr, "attention counters");
-      DDRT_CHECK(cudaMemsetAsync(attn_cnt_.get(), 0, attn_cnt_.size(), st_));
+        throw CudaError(std::string("CUDA: ") + what + " would grow while capturing a decode graph (run the step once first)");
+      DDRT_CHECK(cudaStreamSynchronize(st_), std::string("before growing the ") + what);
+      buf = DevMem();
+      buf = DevMem((size_t)n * sizeof(unsigned), nullptr, what);
+      DDRT_CHECK(cudaMemsetAsync(buf.get(), 0, buf.size(), st_));
     }
-    return static_cast<unsigned*>(attn_cnt_.get());
+    return static_cast<unsigned*>(buf.get());
   }
+  unsigned* attn_counters(int64_t n) { return zeroed_counters(attn_cnt_, n, "attention counters"); }
   // The fused GEMV's scratch for `plan` (grows; the counters start at 0 and every launch leaves
   // them 0). Returns false when the plan is not usable.
   bool tc_scratch(const gpu::TcPlan& plan, const char* what) {
@@ -722,6 +723,7 @@ class CudaBackend : public Backend {
   Counter decdec_held_;  // the part of held_ that DecDEC adds (decdec_device_bytes)
   DevMem scratch_;
   DevMem attn_cnt_;  // attention: one counter per (query, kv-head slice), zero between launches
+  DevMem f_cnt_;     // the float GEMV's row-group queue (gpu::kGemvFCounters), zero between launches
   DevMem stamps_;                         // DDRT_STEP_STAMPS: kStampRegions regions of stamp_stride_
   int64_t stamp_stride_ = 0;
   std::vector<std::string> stamp_names_;  // the stamped launches in order
@@ -914,7 +916,8 @@ void CudaBackend::matmul(const Linear& lin, float* y, const float* x, int T, con
   }
   if (T == 1 && is_float(W.type) && ((uintptr_t)x & 15) == 0) {
     const int64_t st0 = gpu::stamp_regions_taken();
-    DDRT_CHECK(gpu::launch_gemv_f(g, y, x, prop_.multiProcessorCount, st_), what);
+    unsigned* q = zeroed_counters(f_cnt_, gpu::kGemvFCounters, "float GEMV counters");
+    DDRT_CHECK(gpu::launch_gemv_f(g, y, x, prop_.multiProcessorCount, q, st_), what);
     name_stamps(st0, what);
   } else if (T == 1 && !is_float(W.type)) {
     DDRT_CHECK(gpu::launch_gemv_q(g, y, x, st_), what);

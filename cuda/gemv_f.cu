@@ -59,10 +59,25 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float (&xe)[elems_per_ve
 // the fp16 GEMV at ~68 % of HBM bandwidth (93 % on the H100); R = 2 halves that.
 // kGemvBlocksPerSm blocks per SM (the grid's cap below) must fit: R = 2 needed 68 registers
 // unbounded (7 blocks of 128 threads per SM), which left an eighth of the grid to a second wave.
+//
+// Which warp takes which row group (R rows): each warp's first is its index in the grid. Then
+//  - queue (Q, the default; gemv_f_force_queue / env DDRT_GEMV_F_QUEUE=0 off): the next group is
+//    the grid's warp count plus a ticket from cnt[0] (one atomicAdd per group, issued as the
+//    group's loads start and read after its math, so its latency hides under the streaming).
+//    The step timeline showed why: in the decode step the lm head's median block ended 322 us
+//    after its wait and its last 447 us (H100, llama3-8b), so SMs stream at unequal rates and a
+//    fixed split waits for the slowest; with the queue a fast SM takes more groups.
+//  - static (the twin): every grid-stride group, as before.
+// Either way a row's sum runs in the same order, whichever warp takes it: the outputs are equal
+// bit for bit. The queue's reset: a warp stops once its ticket is past the last group (every
+// ticket it took was returned to it, so its atomics are done); then its block counts itself in
+// on cnt[1] (after a __syncthreads and a fence) and the last block zeroes both counters. The
+// next launch that uses them takes its first ticket after its dependency wait, so after this
+// grid has completed (every kernel between passes its own wait before completing).
 constexpr int kGemvBlocksPerSm = 8;
-template <int TY, int R>
+template <int TY, int R, bool Q>
 __global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(DevLinear W, float* y, const float* x,
-                                                                                BlockStamps stamps) {
+                                                                                unsigned* cnt, BlockStamps stamps) {
   stamps.at(0);
   grid_dep_wait();
   pdl_trigger();
@@ -71,8 +86,11 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(
   const int lane = threadIdx.x & 31;
   const int64_t nvec = (W.d_in + E - 1) / E;
   const int64_t row_u4 = W.row_stride * (TY == (int)TensorType::F32 ? 4 : 2) / 16;
-  const int64_t nwt = (int64_t)gridDim.x * kGemvWarps;
-  for (int64_t row0 = ((int64_t)blockIdx.x * kGemvWarps + threadIdx.x / 32) * R; row0 < W.d_out; row0 += nwt * R) {
+  const int64_t nwt = (int64_t)gridDim.x * kGemvWarps, n_groups = (W.d_out + R - 1) / R;
+  for (int64_t grp = (int64_t)blockIdx.x * kGemvWarps + threadIdx.x / 32; grp < n_groups;) {
+    unsigned ticket = 0;
+    if (Q && lane == 0) ticket = atomicAdd(cnt, 1u);
+    const int64_t row0 = grp * R;
     const uint4* rp[R];
 #pragma unroll
     for (int r = 0; r < R; ++r)  // rows past d_out read the last row again (not stored)
@@ -104,36 +122,56 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(
       for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
       if (lane == 0 && row0 + r < W.d_out) y[row0 + r] = acc[r];
     }
+    grp = Q ? nwt + (int64_t)__shfl_sync(0xffffffffu, ticket, 0) : grp + nwt;
   }
-  if (stamps.p) __syncthreads();  // the end stamp once the block's rows are written (uniform)
-  stamps.at(4);
+  if (Q || stamps.p) __syncthreads();  // (uniform) every warp of the block is done
+  if (Q && threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(cnt + 1, 1u) == gridDim.x - 1) {  // the last block: no ticket is outstanding
+      cnt[0] = 0;
+      cnt[1] = 0;
+    }
+  }
+  stamps.at(4);  // the end stamp once the block's rows are written
 }
 
-int g_rows = 0;  // gemv_f_force_rows; 0: the default
+int g_rows = 0;   // gemv_f_force_rows; 0: the default
+int g_queue = -1;  // gemv_f_force_queue; -1: the default
+
+template <int TY, int R>
+cudaError_t launch_rq(bool queue, int blocks, const DevLinear& W, float* y, const float* x, unsigned* cnt,
+                      BlockStamps stamps, cudaStream_t st) {
+  return queue ? launch_pdl(gemv_f_kernel<TY, R, true>, blocks, kGemvThreads, 0, st, W, y, x, cnt, stamps)
+               : launch_pdl(gemv_f_kernel<TY, R, false>, blocks, kGemvThreads, 0, st, W, y, x, cnt, stamps);
+}
 
 template <int TY>
-cudaError_t launch_rows(int R, const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
+cudaError_t launch_rows(int R, bool queue, const DevLinear& W, float* y, const float* x, int n_sm, unsigned* cnt,
+                        cudaStream_t st) {
   const int64_t want = (W.d_out + (int64_t)kGemvWarps * R - 1) / ((int64_t)kGemvWarps * R);
   const int64_t cap = (int64_t)n_sm * kGemvBlocksPerSm;
   const int blocks = (int)(want < cap ? want : cap);
   const BlockStamps stamps{stamp_region(blocks)};
-  return R == 2 ? launch_pdl(gemv_f_kernel<TY, 2>, blocks, kGemvThreads, 0, st, W, y, x, stamps)
-                : launch_pdl(gemv_f_kernel<TY, 1>, blocks, kGemvThreads, 0, st, W, y, x, stamps);
+  return R == 2 ? launch_rq<TY, 2>(queue, blocks, W, y, x, cnt, stamps, st)
+                : launch_rq<TY, 1>(queue, blocks, W, y, x, cnt, stamps, st);
 }
 
 }  // namespace
 
 void gemv_f_force_rows(int rows_per_warp) { g_rows = rows_per_warp == 2 ? 2 : rows_per_warp == 1 ? 1 : 0; }
+void gemv_f_force_queue(int on) { g_queue = on < 0 ? -1 : on != 0; }
 
-cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st) {
+cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, unsigned* cnt, cudaStream_t st) {
   // default 2 rows per warp (H100 lab: the lm head 377 -> 345 us, 90.8 -> 99.2 % of HBM bandwidth,
   // 3-6 % on the other fp16 shapes); env DDRT_GEMV_F_ROWS=1: one row per warp
   static const int env_rows = env_int("DDRT_GEMV_F_ROWS", 2) == 1 ? 1 : 2;
   const int R = g_rows ? g_rows : env_rows;
+  static const bool env_queue = env_int("DDRT_GEMV_F_QUEUE", 1) != 0;
+  const bool queue = (g_queue < 0 ? env_queue : g_queue != 0) && cnt != nullptr;
   switch (W.type) {
-    case TensorType::F32: return launch_rows<(int)TensorType::F32>(R, W, y, x, n_sm, st);
-    case TensorType::F16: return launch_rows<(int)TensorType::F16>(R, W, y, x, n_sm, st);
-    case TensorType::BF16: return launch_rows<(int)TensorType::BF16>(R, W, y, x, n_sm, st);
+    case TensorType::F32: return launch_rows<(int)TensorType::F32>(R, queue, W, y, x, n_sm, cnt, st);
+    case TensorType::F16: return launch_rows<(int)TensorType::F16>(R, queue, W, y, x, n_sm, cnt, st);
+    case TensorType::BF16: return launch_rows<(int)TensorType::BF16>(R, queue, W, y, x, n_sm, cnt, st);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -444,11 +444,17 @@ cudaError_t launch_gemv_q(const DevLinear& W, float* y, const float* x, cudaStre
 int gemv_q_rows(const DevLinear& W);
 // The GEMV lab's knob: rows per warp (1, 2 or 4) for every later launch; 0 restores the default.
 void gemv_q_force_rows(int rows_per_warp);
-// y[d_out] = W x[d_in] for F32/F16/BF16 W; x must be 16-byte aligned.
-cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, cudaStream_t st);
-// Rows per warp of the float GEMV (1 or 2; anything else: the default, env DDRT_GEMV_F_ROWS or 1):
+// y[d_out] = W x[d_in] for F32/F16/BF16 W; x must be 16-byte aligned. cnt: kGemvFCounters
+// zeroed counters (the row-group queue; every launch leaves them zero; at most one launch using
+// them in flight), or null for the static split.
+constexpr int kGemvFCounters = 2;
+cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm, unsigned* cnt, cudaStream_t st);
+// Rows per warp of the float GEMV (1 or 2; anything else: the default, env DDRT_GEMV_F_ROWS or 2):
 // lab, tests.
 void gemv_f_force_rows(int rows_per_warp);
+// The float GEMV's row-group queue on (1) or off (0: the static split, its twin); -1: the default
+// (on; env DDRT_GEMV_F_QUEUE=0 off): lab, tests.
+void gemv_f_force_queue(int on);
 
 // ---- tiled matmul, any T, any type (gemm.cu, gemm_tc.cu) -------------------------------------
 // y[T][d_out] = x[T][d_in] W^T: the tensor-core kernel where it supports the type, else the simple

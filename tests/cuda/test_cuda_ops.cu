@@ -210,6 +210,19 @@ void test_matmul(Backend& cpu, Backend& gpu) {
           // each row's sum runs in the same order at R = 1 and 2: equal bit for bit
           const bool same = std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0;
           ddrt_test::record(same, (what + " T=1 two rows per warp == one row per warp").c_str(), __FILE__, __LINE__);
+          // the row-group queue (default) against the static split, its twin: the same sums, bit for
+          // bit; twice in a row with the queue, so the second launch sees the counters the first left
+          gpu::gemv_f_force_queue(0);
+          const auto ys = gpu_matmul(gpu, *Wg, x, T, {});
+          gpu::gemv_f_force_queue(1);
+          const auto yq1 = gpu_matmul(gpu, *Wg, x, T, {});
+          const auto yq2 = gpu_matmul(gpu, *Wg, x, T, {});
+          gpu::gemv_f_force_queue(-1);
+          const bool q1 = std::memcmp(ys.data(), yq1.data(), ys.size() * sizeof(float)) == 0;
+          const bool q2 = std::memcmp(ys.data(), yq2.data(), ys.size() * sizeof(float)) == 0;
+          ddrt_test::record(q1, (what + " T=1 row-group queue == static split").c_str(), __FILE__, __LINE__);
+          ddrt_test::record(q2, (what + " T=1 row-group queue, second launch == static split").c_str(), __FILE__,
+                            __LINE__);
         }
       }
     }
@@ -1538,15 +1551,17 @@ void bench_gemv(Backend& gpu, int rows) {
     for (int i = 0; i < 2; ++i) Ws.push_back(gpu.load_linear(L->desc, ResidualPlacement::Host));
     Buf bx(gpu, shape[1]), by(gpu, shape[0]);
     bx.put(randn(shape[1]));
-    for (int r : {1, 2}) {
-      gpu::gemv_f_force_rows(r);
+    for (int r : {1, 2, -2}) {  // -2: two rows per warp, the static split (the queue's twin)
+      gpu::gemv_f_force_rows(r < 0 ? -r : r);
+      gpu::gemv_f_force_queue(r < 0 ? 0 : -1);
       const Timing tm = time_matmuls(gpu, Ws, by.f(), bx.f(), {});
       const double gbs = bytes / (tm.graph_us * 1e3);
-      std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (lm head, %d row%s per warp)\n", type_name(t),
-                  (long long)shape[0], (long long)shape[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, 2, r,
-                  r > 1 ? "s" : "");
+      std::printf("%-10s %5lldx%-7lld %10.2f %10.2f %9.0f %8.1f%% %7d  (lm head, %d row%s per warp%s)\n", type_name(t),
+                  (long long)shape[0], (long long)shape[1], tm.single_us, tm.graph_us, gbs, 100.0 * gbs / peak, 2,
+                  r < 0 ? -r : r, r != 1 ? "s" : "", r < 0 ? ", static split" : "");
     }
     gpu::gemv_f_force_rows(0);
+    gpu::gemv_f_force_queue(-1);
   }
   gpu::gemv_q_force_rows(0);
   gpu::gemv_tc_enable(true);
