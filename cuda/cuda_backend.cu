@@ -437,11 +437,31 @@ class CudaBackend : public Backend {
   void use() const {
     DDRT_CHECK(cudaSetDevice(dev_));
     step_argmax_out_ = nullptr;
+    norm_parts_of_ = nullptr;
     flush_chain();
   }
   void use_keep() const {
     DDRT_CHECK(cudaSetDevice(dev_));
     step_argmax_out_ = nullptr;
+    norm_parts_of_ = nullptr;
+  }
+  // The norm's sums from the producer (TcIo::ssq_out / ssq_in): a fused GEMV launch that adds into
+  // the residual stream writes each 16-row tile's sum of squares to norm_parts_, and the next op,
+  // when it is a fused launch normalizing that same stream, reads those (ceil(d / 16) floats)
+  // instead of each of its blocks reading all of x. Any other op in between (every op calls use()
+  // or use_keep(), which forget the sums) makes the consumer read x as before. On by default;
+  // env DDRT_NORM_PARTS=0 off (the twin), and off with the chain (lab).
+  static bool norm_parts_on() { return gpu::gemv_tc_norm_parts(); }
+  // where the producer of d rows writes its sums (null: none), before the launch
+  float* norm_parts_out(int64_t d) {
+    if (!norm_parts_on() || chain_on()) return nullptr;
+    return static_cast<float*>(zeroed_buffer(norm_parts_, (d + 15) / 16 * 4, "norm sums"));
+  }
+  // the producer's sums for x of d elements, if the last op wrote them for x (before use_keep())
+  const float* norm_parts_in(const float* x, int64_t d) const {
+    return norm_parts_on() && !chain_on() && x && x == norm_parts_of_ && norm_parts_n_ == (d + 15) / 16
+               ? static_cast<const float*>(norm_parts_.get())
+               : nullptr;
   }
   void flush_chain() const {
     if (chain_ && gpu::tc_chain_size(chain_.get()) > 0)
@@ -471,17 +491,21 @@ class CudaBackend : public Backend {
     }
     return scratch_.get();
   }
-  // n zeroed counters in buf (grows like scratch(); every launch that uses them leaves them zero).
-  unsigned* zeroed_counters(DevMem& buf, int64_t n, const char* what) {
-    if (buf.size() < (size_t)n * sizeof(unsigned)) {
+  // bytes of zeroed memory in buf (grows like scratch(); counters: every launch that uses them
+  // leaves them zero).
+  void* zeroed_buffer(DevMem& buf, int64_t bytes, const char* what) {
+    if (buf.size() < (size_t)bytes) {
       if (capturing_)
         throw CudaError(std::string("CUDA: ") + what + " would grow while capturing a decode graph (run the step once first)");
       DDRT_CHECK(cudaStreamSynchronize(st_), std::string("before growing the ") + what);
       buf = DevMem();
-      buf = DevMem((size_t)n * sizeof(unsigned), nullptr, what);
+      buf = DevMem((size_t)bytes, nullptr, what);
       DDRT_CHECK(cudaMemsetAsync(buf.get(), 0, buf.size(), st_));
     }
-    return static_cast<unsigned*>(buf.get());
+    return buf.get();
+  }
+  unsigned* zeroed_counters(DevMem& buf, int64_t n, const char* what) {
+    return static_cast<unsigned*>(zeroed_buffer(buf, n * (int64_t)sizeof(unsigned), what));
   }
   unsigned* attn_counters(int64_t n) { return zeroed_counters(attn_cnt_, n, "attention counters"); }
   // The fused GEMV's scratch for `plan` (grows; the counters start at 0 and every launch leaves
@@ -553,6 +577,12 @@ class CudaBackend : public Backend {
     const int env = gpu::env_int("DDRT_FUSE_SWIGLU", -1);  // read per call (host side only: graphs replay)
     return env >= 0 ? env != 0 : W.d_out * W.d_in >= (int64_t)8 << 20;
   }
+  // after a fused launch with io: whether it left the norm's sums of y (d rows)
+  void parts_written(const gpu::TcIo& io, const float* y, int64_t d) {
+    if (!io.ssq_out) return;
+    norm_parts_of_ = y;
+    norm_parts_n_ = (d + 15) / 16;
+  }
   // T = 1 with the fused GEMV: it adds its result into y itself (y += as it writes a tile)
   void matmul_add(const Linear& lin, float* y, float* tmp, const float* x, int T, const DecdecCall& call) override {
     use_keep();
@@ -560,7 +590,8 @@ class CudaBackend : public Backend {
     if (T == 1 && fused_first(W)) {
       gpu::TcIo io;
       io.accumulate = true;
-      if (matmul_fused1(W, y, x, call, io)) return;
+      io.ssq_out = norm_parts_out(W.d_out);
+      if (matmul_fused1(W, y, x, call, io)) return parts_written(io, y, W.d_out);
     }
     Backend::matmul_add(lin, y, tmp, x, T, call);
   }
@@ -573,7 +604,8 @@ class CudaBackend : public Backend {
         gpu::TcIo io;
         io.up = up;
         io.accumulate = true;
-        if (matmul_fused1(W, y, gate, call, io)) return;
+        io.ssq_out = norm_parts_out(W.d_out);
+        if (matmul_fused1(W, y, gate, call, io)) return parts_written(io, y, W.d_out);
       }
       // the swiglu launch, then the adding GEMV (also where the swiglu cannot be read inside: a
       // selection by pre-kernel ranks the input as it is)
@@ -587,6 +619,7 @@ class CudaBackend : public Backend {
   // xb is not written)
   void rmsnorm_matmul_group(const Linear* const* Ws, float* const* ys, int n, float* xb, const float* x,
                             const float* w, float eps, int T, const DecdecCall* calls) override {
+    const float* parts = n > 0 ? norm_parts_in(x, Ws[0]->d_in) : nullptr;
     use_keep();
     const CudaLinear* cw[gpu::kTcMaxMembers];
     if (T == 1 && consumers_fusable(Ws, n, calls, cw)) {
@@ -595,6 +628,8 @@ class CudaBackend : public Backend {
       gpu::TcIo io;
       io.nw = w;
       io.eps = eps;
+      io.ssq_in = parts;
+      io.ssq_n = parts ? (Ws[0]->d_in + 15) / 16 : 0;
       if (matmul_fused(cw, ys, n, x, calls[0], what, io)) return;
     }
     Backend::rmsnorm_matmul_group(Ws, ys, n, xb, x, w, eps, T, calls);
@@ -603,6 +638,7 @@ class CudaBackend : public Backend {
   // tile finishers, per pair of tiles: TcArgs::swiglu_pairs); otherwise the two ops
   void rmsnorm_matmul_swiglu(const Linear* const* Ws, float* gate, float* up, float* xb, const float* x,
                              const float* w, float eps, int T, const DecdecCall* calls) override {
+    const float* parts = norm_parts_in(x, Ws[0]->d_in);
     use_keep();
     const CudaLinear* cw[gpu::kTcMaxMembers];
     if (T == 1 && pairs_fusable(Ws, calls, cw)) {
@@ -610,6 +646,8 @@ class CudaBackend : public Backend {
       gpu::TcIo io;
       io.nw = w;
       io.eps = eps;
+      io.ssq_in = parts;
+      io.ssq_n = parts ? (Ws[0]->d_in + 15) / 16 : 0;
       io.swiglu_pairs = true;
       if (matmul_fused(cw, ys, 2, x, calls[0], "matmul group '" + cw[0]->name + "', '" + cw[1]->name + "' with swiglu", io))
         return;
@@ -724,6 +762,9 @@ class CudaBackend : public Backend {
   DevMem scratch_;
   DevMem attn_cnt_;  // attention: one counter per (query, kv-head slice), zero between launches
   DevMem f_cnt_;     // the float GEMV's row-group queue (gpu::kGemvFCounters), zero between launches
+  DevMem norm_parts_;  // the norm's sums per 16 rows of the residual stream (norm_parts_out)
+  mutable const float* norm_parts_of_ = nullptr;  // the stream they are of (null: none valid)
+  int64_t norm_parts_n_ = 0;
   DevMem stamps_;                         // DDRT_STEP_STAMPS: kStampRegions regions of stamp_stride_
   int64_t stamp_stride_ = 0;
   std::vector<std::string> stamp_names_;  // the stamped launches in order

@@ -222,7 +222,14 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0;
+int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
+int g_norm_parts = -1;  // gemv_tc_norm_parts_force
+}
+int64_t gemv_tc_parts_launches() { return g_parts_launches; }
+void gemv_tc_norm_parts_force(int mode) { g_norm_parts = mode < 0 ? -1 : mode != 0; }
+bool gemv_tc_norm_parts() {
+  static const bool env = env_int("DDRT_NORM_PARTS", 1) != 0;
+  return g_norm_parts < 0 ? env : g_norm_parts != 0;
 }
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
@@ -253,6 +260,13 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (io.swiglu_pairs && (n != 2 || io.accumulate || W[0]->d_out != W[1]->d_out || W[0]->d_out % 16 != 0 ||
                           (y[0] < y[1] + W[1]->d_out && y[1] < y[0] + W[0]->d_out)))
     return false;
+  // the norm's sums from the producer: one per 16 rows of x; written only by a one-member
+  // accumulating launch (its tiles are x's rows of the next launch)
+  if ((io.ssq_in && (!io.nw || io.ssq_n != (a.W.d_in + 15) / 16)) || (io.ssq_out && (!io.accumulate || n != 1)))
+    return false;
+  a.ssq_in = io.ssq_in;
+  a.ssq_n = io.ssq_in ? io.ssq_n : 0;
+  a.ssq_out = io.ssq_out;
   a.swiglu_pairs = io.swiglu_pairs;
   static const bool sc = fence_sc();
   a.fence_sc = sc;
@@ -318,6 +332,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   }
   if (n > 1) ++g_group_launches;
   if (io.nw || io.accumulate) ++g_io_launches;
+  if (io.ssq_in) ++g_parts_launches;
   if (a.comp_ch > 0) ++g_chunk_launches;
   return true;
 }

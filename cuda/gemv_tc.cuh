@@ -84,6 +84,13 @@ struct TcArgs {
   // per-group quantization of x does not see; the compensation reads x * r * nw as rmsnorm writes it)
   const float* nw = nullptr;
   float eps = 0.0f;
+  // the norm's sum of squares from the producer (TcIo::ssq_in): with nw, sum_i x_i^2 is the sum of
+  // ssq_in[0 .. ssq_n) (the tiles' sums, in that order) instead of each block reading all of x
+  const float* ssq_in = nullptr;
+  int64_t ssq_n = 0;
+  // (TcIo::ssq_out; with accumulate, one member) whoever writes a tile's final rows writes the sum
+  // of their squares to ssq_out[tile] (in a fixed order), for the next launch's norm
+  float* ssq_out = nullptr;
   bool accumulate = false;  // y += the result (y is the residual stream), not y =
   // the gate/up pair of a gated MLP (two members of equal d_out, a multiple of 16): once both tiles
   // of a pair (gate tile p, up tile p + n_tiles / 2) are written, y[0] = swiglu1(y[0], y[1]) over
@@ -218,13 +225,7 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   if (a.stamps != nullptr && threadIdx.x == 0) {
     const unsigned long long t = globaltimer_now();
     a.stamps[tc_block(a) * kTcStamps + slot] = t;
-    if (slot == 0) {
-      unsigned sm = 0;
-#ifndef DDRT_CUDA_EMU
-      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-#endif
-      tc_stamp_value(a, 7, sm + 1);
-    }
+    if (slot == 0) tc_stamp_value(a, 7, sm_id() + 1);
   }
 }
 
@@ -243,6 +244,14 @@ struct TcSumSq {
   float4 v[kSq];
   bool vec = false;  // float4 path (d_in % 4 == 0, x 16-byte aligned)
   __device__ __forceinline__ void begin(const TcArgs& a) {
+    if (a.ssq_in) {  // the producer's tile sums: thread i's are i, i + kTcThreads, ... (in .x)
+#pragma unroll
+      for (int q = 0; q < kSq; ++q) {
+        const int64_t i = threadIdx.x + (int64_t)q * kTcThreads;
+        v[q] = make_float4(i < a.ssq_n ? __ldcg(a.ssq_in + i) : 0.0f, 0.0f, 0.0f, 0.0f);
+      }
+      return;
+    }
     vec = a.W.d_in % 4 == 0 && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
 #pragma unroll
     for (int q = 0; q < kSq; ++q) {
@@ -253,7 +262,11 @@ struct TcSumSq {
   __device__ __forceinline__ float warp_sum(const TcArgs& a) const {
     const int64_t n = a.W.d_in;
     float s = 0.0f;
-    if (vec) {
+    if (a.ssq_in) {
+#pragma unroll
+      for (int q = 0; q < kSq; ++q) s += v[q].x;
+      for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < a.ssq_n; i += kTcThreads) s += __ldcg(a.ssq_in + i);
+    } else if (vec) {
 #pragma unroll
       for (int q = 0; q < kSq; ++q) s = fmaf(v[q].x, v[q].x, fmaf(v[q].y, v[q].y, fmaf(v[q].z, v[q].z, fmaf(v[q].w, v[q].w, s))));
       for (int64_t i = threadIdx.x + (int64_t)kSq * kTcThreads; i < n / 4; i += kTcThreads) {
@@ -342,6 +355,7 @@ __device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int
 // whole segment) one round trip per tile.
 __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int64_t tb, int64_t e_base, int lane) {
   const int64_t tile = lane < 16 ? ta : tb;
+  float sq = 0.0f;  // this lane's row's final value squared (ssq_out)
   if (tile >= 0) {
     const int r = lane & 15;
     const float* slots = a.part + tile * a.n_units * 16 + r;
@@ -370,9 +384,16 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
       }
       const int m = tc_member(a, row);
       float* yr = a.y[m] + (row - a.row0[m]);
-      *yr = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
+      const float yv = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
+      *yr = yv;
+      sq = yv * yv;
     }
     if (r == 0) a.cnt[tc_cnt_at(tile)] = 0;
+  }
+  if (a.ssq_out) {  // each half-warp's tile: its rows' squares, summed in a fixed butterfly
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+    if ((lane & 15) == 0 && tile >= 0) a.ssq_out[tile] = sq;
   }
   if (a.swiglu_pairs) {  // the rows above, then each tile's pair count (lanes 0 and 1: ta, tb)
     DDRT_COUNTER_FENCE(a.fence_sc);
@@ -1088,7 +1109,23 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     yb += __shfl_xor_sync(0xffffffffu, yb, 2);
     ya = (ya + accm[0]) * rn;
     yb = (yb + accm[1]) * rn;
-    if (t == 0) {
+    if (direct && a.ssq_out) {  // the whole tile is this unit's: its rows' squares to ssq_out (lanes t == 0)
+      const int64_t r = (int64_t)tl * 16 + g;
+      float q = 0.0f;
+      if (t == 0 && r < W.d_out) {
+        const float v = a.accumulate ? __ldcg(a.y[m] + ra) + ya : ya;
+        a.y[m][ra] = v;
+        q = v * v;
+      }
+      if (t == 0 && r + 8 < W.d_out) {
+        const float v = a.accumulate ? __ldcg(a.y[m] + rb) + yb : yb;
+        a.y[m][rb] = v;
+        q += v * v;
+      }
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) q += __shfl_xor_sync(0xffffffffu, q, o);  // over g
+      if (lane == 0) a.ssq_out[tl] = q;
+    } else if (t == 0) {
       const int64_t r = (int64_t)tl * 16 + g;
       if (direct) {  // ra, rb: unclamped where r, r + 8 < d_out
         if (r < W.d_out) a.y[m][ra] = a.accumulate ? __ldcg(a.y[m] + ra) + ya : ya;  // L2: see the chain

@@ -590,14 +590,27 @@ __device__ __forceinline__ unsigned long long globaltimer_now() {
 #endif
   return t;
 }
+// The SM this thread runs on (0 in the emulator).
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned sm = 0;
+#ifndef DDRT_CUDA_EMU
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+#endif
+  return sm;
+}
 // A simple kernel's step-timeline stamps (its stamp_region, null when not stamping): thread 0 of
-// each block writes slot 0 (start), 1 (its dependency wait passed), 4 (end); the lm head GEMV and
-// argmax take them, so that the timeline covers the step's tail after the last layer.
+// each block writes slot 0 (start; and slot 7, its SM + 1, as the fused GEMV does), 1 (its
+// dependency wait passed), 4 (end); the lm head GEMV, the attention and argmax take them, so that
+// the timeline covers the step's tail after the last layer.
 struct BlockStamps {
   unsigned long long* p;
   __device__ void at(int slot) const {
-    if (p && threadIdx.x == 0) p[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x * kTcStamps +
-                                 (int64_t)blockIdx.x * kTcStamps + slot] = globaltimer_now();
+    if (p && threadIdx.x == 0) {
+      unsigned long long* b =
+          p + ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x * kTcStamps + (int64_t)blockIdx.x * kTcStamps;
+      b[slot] = globaltimer_now();
+      if (slot == 0) b[7] = sm_id() + 1;
+    }
   }
 };
 struct BlockEndStamp {  // slot 4 on every way out of a block
@@ -632,11 +645,24 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape);
 // Test counters: launches of groups (n >= 2) so far; launches with an rmsnorm input or y +=.
 int64_t gemv_tc_group_launches();
 int64_t gemv_tc_io_launches();
+// ... and launches whose norm read the producer's sums (TcIo::ssq_in).
+int64_t gemv_tc_parts_launches();
+// Whether the backend passes the norm's sums from producer to consumer (TcIo::ssq_out, ssq_in; on
+// by default, env DDRT_NORM_PARTS=0 off); force 1 / 0, -1: the environment (tests).
+bool gemv_tc_norm_parts();
+void gemv_tc_norm_parts_force(int mode);
 // How a fused GEMV reads its input and writes its result (at most one of up and nw):
 struct TcIo {
   const float* up = nullptr;  // non-null: the input is swiglu1(x, up) (x the gate), computed where x is read
   const float* nw = nullptr;  // non-null: the input is rmsnorm(x) * nw with eps (x: the residual stream)
   float eps = 0.0f;
+  // with nw: the sums of x^2 over its 16-row tiles, ssq_n = ceil(d_in / 16) of them, as the
+  // launch that last added into x wrote them (ssq_out), instead of every block reading all of x
+  const float* ssq_in = nullptr;
+  int64_t ssq_n = 0;
+  // with accumulate, one member: each tile's finisher writes the sum of squares of its 16 final
+  // rows of y to ssq_out[tile] (ceil(d_out / 16) floats), for the next launch's ssq_in
+  float* ssq_out = nullptr;
   bool accumulate = false;    // y[m] += the result (y: the residual stream), not y[m] =
   // a gate/up pair (n = 2, equal d_out, a multiple of 16; not with accumulate): y[0] =
   // swiglu1(y[0], y[1]) afterwards, computed by the launch's tile finishers (TcArgs::swiglu_pairs)

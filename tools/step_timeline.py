@@ -41,7 +41,7 @@ def _num(v):
 
 def read_launches(path):
     """[launch dicts in launch order]: name, kind, and each stamp's values over its blocks."""
-    by = defaultdict(lambda: {"blocks": 0, "start": [], "wait": [], "ready": [], "end": []})
+    by = defaultdict(lambda: {"blocks": 0, "start": [], "wait": [], "ready": [], "end": [], "sm_end": []})
     names = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -53,11 +53,13 @@ def read_launches(path):
                 v = _num(row[s])
                 if not math.isnan(v):
                     d[s].append(v)
+            if row.get("sm") not in ("", None) and row.get("role") != "comp" and not math.isnan(_num(row["end"])):
+                d["sm_end"].append((int(row["sm"]), _num(row["end"])))
     out = []
     for i in sorted(by):
         d = by[i]
         out.append({"launch": i, "name": names[i], "kind": kind_of(names[i]), "blocks": d["blocks"],
-                    **{s: sorted(d[s]) for s in ("start", "wait", "ready", "end")}})
+                    **{s: sorted(d[s]) for s in ("start", "wait", "ready", "end")}, "sm_end": d["sm_end"]})
     return out
 
 
@@ -88,6 +90,42 @@ def summarize(launches):
     return rows, dict(kinds), span
 
 
+def tails(launches):
+    """Per kind: how the blocks' ends spread, and how much of it is the SM's. For each launch a
+    block's lateness is its end minus the launch's median end; per kind: the mean over launches of
+    the last end minus the median end (tail) and minus the mean end (what a perfect balance of the
+    same work would save, roughly), and the share of the lateness's variance that the SMs' mean
+    lateness over all the kind's launches explains (near 1: the same SMs are late every launch, a
+    rate the SM is given; near 0: noise). {kind: dict}; the SM share only with more than one SM."""
+    out = {}
+    by_kind = defaultdict(list)
+    for L in launches:
+        if len(L["sm_end"]) >= 2:
+            by_kind[L["kind"]].append(L)
+    for kind, Ls in by_kind.items():
+        late, tail, save = [], [], []
+        for L in Ls:
+            ends = [e for _, e in L["sm_end"]]
+            med, mean = statistics.median(ends), statistics.mean(ends)
+            tail.append(max(ends) - med)
+            save.append(max(ends) - mean)
+            late += [(sm, e - med) for sm, e in L["sm_end"]]
+        per_sm = defaultdict(list)
+        for sm, v in late:
+            per_sm[sm].append(v)
+        r = {"n": len(Ls), "tail": statistics.mean(tail), "save": statistics.mean(save), "sm_share": math.nan,
+             "slow": []}
+        if len(per_sm) > 1:
+            m = {sm: statistics.mean(v) for sm, v in per_sm.items()}
+            mu = statistics.mean(v for _, v in late)
+            tot = sum((v - mu) ** 2 for _, v in late)
+            expl = sum((m[sm] - mu) ** 2 for sm, _ in late)
+            r["sm_share"] = expl / tot if tot > 0 else math.nan
+            r["slow"] = sorted(m.items(), key=lambda kv: -kv[1])[:5]
+        out[kind] = r
+    return out
+
+
 def report(launches, show=12):
     rows, kinds, span = summarize(launches)
     lines = [f"{len(rows)} stamped launches over {span:.1f} us (first start to last end)"]
@@ -110,6 +148,14 @@ def report(launches, show=12):
         merge = statistics.mean(r["end"] - r["ready_last"] for r in att)
         lines.append(f"  attn: median split counted in {split:.2f} us after the wait; merge (last end - last "
                      f"counted in) {merge:.2f} us (mean over {len(att)} launches)")
+    tl = tails(launches)
+    if tl:
+        lines.append("block ends (per launch, vs its median end): tail = last - median, balance = last - mean, "
+                     "SM share = variance the SMs' mean lateness explains")
+        for k, r in sorted(tl.items()):
+            slow = ", ".join(f"SM{sm} {v:+.1f}" for sm, v in r["slow"])
+            lines.append(f"  {k:8} x{r['n']:<4} tail {r['tail']:7.2f} us  balance {r['save']:7.2f} us  "
+                         f"SM share {r['sm_share']:5.2f}" + (f"  latest SMs: {slow}" if slow else ""))
     return "\n".join(lines)
 
 

@@ -874,24 +874,37 @@ void test_fused_add_norm(Backend& cpu, Backend& gpu) {
   unsetenv("DDRT_FUSE_NORM");
 }
 
-// Chained fused GEMVs (DDRT_TC_CHAIN=1, with the add+norm fusion): a decode step's o, gate/up,
-// down and the next q/k/v queue up and run as one launch with grid barriers between them. The
-// sequence against the CPU's, twice (the barrier's counters must come back to 0), with swiglu fused
-// (one chain of 4) and apart (its launch splits the chain in two).
-void test_chain(Backend& cpu, Backend& gpu) {
+// A decode step's o, gate/up, down and the next q/k/v with the add+norm fusion, against the CPU's,
+// twice, with swiglu fused and apart:
+//  - chain (DDRT_TC_CHAIN=1): they queue up and run as one launch with grid barriers between them
+//    (the barrier's counters must come back to 0; swiglu fused: one chain of 4, apart: its launch
+//    splits the chain in two);
+//  - otherwise the norm's sums pass from each adding launch to the next normalizing one
+//    (TcIo::ssq_out / ssq_in: o's to gate/up, down's to q/k/v, counted), with DecDEC off and approx
+//    (the compensation blocks finish tiles and read the sums too), and with the sums off (the twin).
+void layer_sequence(Backend& cpu, Backend& gpu, bool chain) {
   setenv("DDRT_FUSE_NORM", "1", 1);
-  setenv("DDRT_TC_CHAIN", "1", 1);
+  if (chain) setenv("DDRT_TC_CHAIN", "1", 1);
   // a layer of the default size, and one whose every stage holds fewer blocks than the grid can
+  // (and whose o and down write whole tiles: the direct path)
   for (const std::array<int64_t, 3>& dims : {std::array<int64_t, 3>{512, 1536, 128}, std::array<int64_t, 3>{128, 256, 32}})
-  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64}) {
+  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64})
+  for (int variant = 0; variant < (chain ? 1 : 3); ++variant) {  // parts on, parts on + approx, parts off
+    const bool approx = variant == 1;
+    gpu::gemv_tc_norm_parts_force(chain ? -1 : variant != 2);
     const int64_t d = dims[0], h = dims[1], kvd = dims[2];
     const int64_t shapes[7][2] = {{d, d}, {h, d}, {h, d}, {d, h}, {d, d}, {kvd, d}, {kvd, d}};  // o gate up down q k v
     std::vector<std::unique_ptr<HostLinear>> L;  // the CPU's linears read these
     std::vector<std::unique_ptr<Linear>> Wc, Wg;
-    for (auto& s : shapes) {
-      L.push_back(make_linear(t, s[0], s[1], false));
-      Wc.push_back(cpu.load_linear(L.back()->desc, ResidualPlacement::Host));
-      Wg.push_back(gpu.load_linear(L.back()->desc, ResidualPlacement::Host));
+    for (auto& s : shapes) L.push_back(make_linear(t, s[0], s[1], approx));
+    for (int m : {2, 5, 6}) {  // approx: one selection per group (gate/up, q/k/v)
+      if (!approx) break;
+      L[m]->thresholds = L[m == 6 ? 4 : m - 1]->thresholds;
+      L[m]->desc.thresholds = L[m]->thresholds.data();
+    }
+    for (auto& l : L) {
+      Wc.push_back(cpu.load_linear(l->desc, ResidualPlacement::Host));
+      Wg.push_back(gpu.load_linear(l->desc, ResidualPlacement::Host));
     }
     for (const char* swiglu : {"1", "0"}) {
       setenv("DDRT_FUSE_SWIGLU", swiglu, 1);
@@ -899,6 +912,12 @@ void test_chain(Backend& cpu, Backend& gpu) {
       // CPU
       std::vector<float> x = x0, tmp(h), xb(d), g(h), u(h), q(d), k(kvd), v(kvd);
       DecdecCall off[3];
+      for (DecdecCall& c : off) {  // (approx: the name is the variant's)
+        c.mode = approx ? DecdecMode::Approx : DecdecMode::Off;
+        c.k_chunk = approx ? 8 : 0;
+        c.n_tb = approx ? 3 : 0;
+        c.pos0 = 5;
+      }
       const Linear* gu_c[2] = {Wc[1].get(), Wc[2].get()};
       const Linear* qkv_c[3] = {Wc[4].get(), Wc[5].get(), Wc[6].get()};
       float* gu_y[2] = {g.data(), u.data()};
@@ -920,16 +939,26 @@ void test_chain(Backend& cpu, Backend& gpu) {
       for (int rep = 0; rep < 2; ++rep) {
         bx.put(x0);
         for (Buf* b : {&bq, &bk, &bv}) b->poison();
-        const int64_t chains = gpu::gemv_tc_chain_launches();
+        const int64_t chains = gpu::gemv_tc_chain_launches(), parts = gpu::gemv_tc_parts_launches();
         gpu.matmul_add(*Wg[0], bx.f(), bt.f(), batt.f(), 1, off[0]);
         gpu.rmsnorm_matmul_group(gu_g, gu_gy, 2, bxb.f(), bx.f(), bn1.f(), 1e-5f, 1, off);
         gpu.matmul_swiglu_add(*Wg[3], bx.f(), bt.f(), bg.f(), bu.f(), 1, off[0]);
         gpu.rmsnorm_matmul_group(qkv_g, qkv_gy, 3, bxb.f(), bx.f(), bn2.f(), 1e-5f, 1, off);
         gpu.synchronize();
-        const std::string what = std::string("chain ") + type_name(t) + " d " + std::to_string(d) +
-                                 (swiglu[0] == '1' ? " swiglu fused" : " swiglu apart") + " rep " + std::to_string(rep);
-        const int64_t ran = gpu::gemv_tc_chain_launches() - chains, want = swiglu[0] == '1' ? 1 : 2;
-        CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " chain launches, expected " + std::to_string(want));
+        const char* names[] = {"norm sums ", "norm sums approx ", "norm sums off "};
+        const std::string what = std::string(chain ? "chain " : names[variant]) + type_name(t) + " d " +
+                                 std::to_string(d) + (swiglu[0] == '1' ? " swiglu fused" : " swiglu apart") + " rep " +
+                                 std::to_string(rep);
+        if (chain) {
+          const int64_t ran = gpu::gemv_tc_chain_launches() - chains, want = swiglu[0] == '1' ? 1 : 2;
+          CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " chain launches, expected " + std::to_string(want));
+        } else {  // gate/up reads o's sums and q/k/v down's (with the swiglu apart too: its launch
+                  // comes before down's), none with the sums off
+          const int64_t ran = gpu::gemv_tc_parts_launches() - parts;
+          const int64_t want = variant == 2 ? 0 : 2;
+          CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " launches read the sums, expected " +
+                                     std::to_string(want));
+        }
         report(what + " x", nmse(bx.get().data(), x.data(), d), 1e-8);
         report(what + " q", nmse(bq.get().data(), q.data(), d), 1e-8);
         report(what + " k", nmse(bk.get().data(), k.data(), kvd), 1e-8);
@@ -938,7 +967,45 @@ void test_chain(Backend& cpu, Backend& gpu) {
       unsetenv("DDRT_FUSE_SWIGLU");
     }
   }
+  gpu::gemv_tc_norm_parts_force(-1);
   unsetenv("DDRT_TC_CHAIN");
+  unsetenv("DDRT_FUSE_NORM");
+}
+void test_chain(Backend& cpu, Backend& gpu) { layer_sequence(cpu, gpu, true); }
+
+// The norm's sums from producer to consumer: the layer sequence, and an adding launch of d_out
+// rows not a multiple of 16 (its last tile's sum over the rows that exist) before a one-member
+// normalizing launch, direct (one unit per tile) and finished (several), against the CPU.
+void test_norm_parts(Backend& cpu, Backend& gpu) {
+  layer_sequence(cpu, gpu, false);
+  setenv("DDRT_FUSE_NORM", "1", 1);
+  for (int64_t d : {200, 1100})
+    for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64}) {
+      auto Lo = make_linear(t, d, d, false), Lc = make_linear(t, 96, d, false);
+      auto oc = cpu.load_linear(Lo->desc, ResidualPlacement::Host), og = gpu.load_linear(Lo->desc, ResidualPlacement::Host);
+      auto cc = cpu.load_linear(Lc->desc, ResidualPlacement::Host), cg = gpu.load_linear(Lc->desc, ResidualPlacement::Host);
+      const auto x0 = randn(d), att = randn(d), nw = randn(d);
+      std::vector<float> x = x0, tmp(d), xb(d), y(96);
+      const Linear* c1[1] = {cc.get()};
+      float* y1[1] = {y.data()};
+      DecdecCall off[1];
+      cpu.matmul_add(*oc, x.data(), tmp.data(), att.data(), 1, off[0]);
+      cpu.rmsnorm_matmul_group(c1, y1, 1, xb.data(), x.data(), nw.data(), 1e-5f, 1, off);
+      Buf bx(gpu, d), batt(gpu, d), bn(gpu, d), bt(gpu, d), bxb(gpu, d), by(gpu, 96);
+      bx.put(x0);
+      batt.put(att);
+      bn.put(nw);
+      by.poison();
+      const Linear* g1[1] = {cg.get()};
+      float* gy[1] = {by.f()};
+      const int64_t parts = gpu::gemv_tc_parts_launches();
+      gpu.matmul_add(*og, bx.f(), bt.f(), batt.f(), 1, off[0]);
+      gpu.rmsnorm_matmul_group(g1, gy, 1, bxb.f(), bx.f(), bn.f(), 1e-5f, 1, off);
+      const std::string what = std::string("norm sums ") + type_name(t) + " d " + std::to_string(d);
+      CHECK_MSG(gpu::gemv_tc_parts_launches() == parts + 1, what + ": the consumer did not read the sums");
+      report(what + " x", nmse(bx.get().data(), x.data(), d), 1e-8);
+      report(what + " y", nmse(by.get().data(), y.data(), 96), 1e-8);
+    }
   unsetenv("DDRT_FUSE_NORM");
 }
 
@@ -1893,6 +1960,7 @@ int main(int argc, char** argv) {
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
     if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);
     if (want("chain")) test_chain(*cpu, *gpu);
+    if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);

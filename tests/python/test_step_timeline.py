@@ -65,3 +65,26 @@ def test_tail_kinds(tmp_path):
             (3, "\"matmul 'blk.0.attn_output'\"", 0, "base", 0, 0.0, 1.0, 2.0, "", 3.0)]
     path = write(tmp_path, rows)
     assert [L["kind"] for L in mod.read_launches(path)] == ["lm_head", "lm_head", "argmax", "o"]
+
+
+def test_block_end_tails(tmp_path):
+    """Block ends per launch against the launch's median end: the tail, the balance bound and how
+    much of the lateness the SM explains (here all of it: SM 2 ends 4 us late in both launches;
+    compensation blocks are left out)."""
+    mod = load()
+    d = "\"matmul 'blk.0.ffn_down'\""
+    rows = []
+    for launch, t0 in ((0, 0.0), (1, 100.0)):
+        for b, (sm, end) in enumerate(((0, 10.0), (1, 10.0), (2, 14.0))):
+            rows.append((launch, d, b, "base", sm, t0, t0 + 1.0, "", "", t0 + end))
+        rows.append((launch, d, 3, "comp", 3, t0, t0 + 1.0, "", 5.0, t0 + 30.0))
+    tl = mod.tails(mod.read_launches(write(tmp_path, rows)))
+    r = tl["down"]
+    assert r["n"] == 2 and r["tail"] == 4.0  # last 14 - median 10
+    assert abs(r["save"] - (14.0 - 34.0 / 3)) < 1e-9
+    assert abs(r["sm_share"] - 1.0) < 1e-9 and r["slow"][0] == (2, 4.0)
+    assert "SM share  1.00" in mod.report(mod.read_launches(write(tmp_path, rows)))
+    # the lateness moves between SMs from launch to launch: the SMs explain none of it
+    rows = [(0, d, 0, "base", 0, 0.0, 1.0, "", "", 14.0), (0, d, 1, "base", 1, 0.0, 1.0, "", "", 10.0),
+            (1, d, 0, "base", 0, 0.0, 1.0, "", "", 10.0), (1, d, 1, "base", 1, 0.0, 1.0, "", "", 14.0)]
+    assert mod.tails(mod.read_launches(write(tmp_path, rows)))["down"]["sm_share"] == 0.0
