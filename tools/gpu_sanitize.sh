@@ -23,7 +23,7 @@ fi
 # racecheck is far slower (the whole test_cuda_ops did not finish in 530 s on the H100): the tests
 # of the kernels that share memory between threads, one run each, racecheck-sized (DDRT_TEST_RACE=1:
 # gemm and decdec on a few small shapes; the full ones did not finish in 90 / 330 s)
-for t in ${RACE_TESTS:-gemv_group rmsnorm argmax attention gemm decdec fused_add_norm chain decdec_chunks}; do
+for t in ${RACE_TESTS:-gemv_group rmsnorm argmax attention gemm decdec fused_add_norm chain norm_parts decdec_chunks}; do
   run "racecheck_$t" "${LIMIT_RACE:-120}" env DDRT_TEST_ONLY=$t DDRT_TEST_RACE=1 "$CS" --tool racecheck \
     --error-exitcode 9 $BUILD/test_cuda_ops
 done
