@@ -449,8 +449,8 @@ class CudaBackend : public Backend {
   // the residual stream writes each 16-row tile's sum of squares to norm_parts_, and the next op,
   // when it is a fused launch normalizing that same stream, reads those (ceil(d / 16) floats)
   // instead of each of its blocks reading all of x. Any other op in between (every op calls use()
-  // or use_keep(), which forget the sums) makes the consumer read x as before. On by default;
-  // env DDRT_NORM_PARTS=0 off (the twin), and off with the chain (lab).
+  // or use_keep(), which forget the sums) makes the consumer read x as before. Lab, off by
+  // default (gemv_tc_norm_parts: measured neutral); env DDRT_NORM_PARTS=1 on; never with the chain.
   static bool norm_parts_on() { return gpu::gemv_tc_norm_parts(); }
   // where the producer of d rows writes its sums (null: none), before the launch
   float* norm_parts_out(int64_t d) {

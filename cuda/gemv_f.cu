@@ -61,12 +61,15 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float (&xe)[elems_per_ve
 // unbounded (7 blocks of 128 threads per SM), which left an eighth of the grid to a second wave.
 //
 // Which warp takes which row group (R rows): each warp's first is its index in the grid. Then
-//  - queue (Q, the default; gemv_f_force_queue / env DDRT_GEMV_F_QUEUE=0 off): the next group is
-//    the grid's warp count plus a ticket from cnt[0] (one atomicAdd per group, issued as the
-//    group's loads start and read after its math, so its latency hides under the streaming).
-//    The step timeline showed why: in the decode step the lm head's median block ended 322 us
-//    after its wait and its last 447 us (H100, llama3-8b), so SMs stream at unequal rates and a
-//    fixed split waits for the slowest; with the queue a fast SM takes more groups.
+//  - queue (Q; gemv_f_force_queue / env DDRT_GEMV_F_QUEUE=0 off): the next group is the grid's
+//    warp count plus a ticket from cnt[0] (one atomicAdd per group, issued as the group's loads
+//    start and read after its math, so its latency hides under the streaming). The step timeline
+//    showed why: in the decode step the lm head's median block ended 322 us after its wait and
+//    its last 447 us (H100, llama3-8b), so SMs stream at unequal rates and a fixed split waits for
+//    the slowest; with the queue a fast SM takes more groups: 344 us, llama3-8b 3-bit decode
+//    +4.1 % (two rounds). By default only where a group is at least kGemvFQueueBytes: smollm2-135m's
+//    lm head (2 rows of 576 fp16, 2.3 KB a group, too little to hide a ticket) measured 1.4 %
+//    slower with it.
 //  - static (the twin): every grid-stride group, as before.
 // Either way a row's sum runs in the same order, whichever warp takes it: the outputs are equal
 // bit for bit. The queue's reset: a warp stops once its ticket is past the last group (every
@@ -75,6 +78,7 @@ __device__ __forceinline__ float vec_dot(uint4 w, const float (&xe)[elems_per_ve
 // next launch that uses them takes its first ticket after its dependency wait, so after this
 // grid has completed (every kernel between passes its own wait before completing).
 constexpr int kGemvBlocksPerSm = 8;
+constexpr int64_t kGemvFQueueBytes = 8192;  // the queue by default from this many bytes a group
 template <int TY, int R, bool Q>
 __global__ void __launch_bounds__(kGemvThreads, kGemvBlocksPerSm) gemv_f_kernel(DevLinear W, float* y, const float* x,
                                                                                 unsigned* cnt, BlockStamps stamps) {
@@ -166,8 +170,10 @@ cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm
   // 3-6 % on the other fp16 shapes); env DDRT_GEMV_F_ROWS=1: one row per warp
   static const int env_rows = env_int("DDRT_GEMV_F_ROWS", 2) == 1 ? 1 : 2;
   const int R = g_rows ? g_rows : env_rows;
-  static const bool env_queue = env_int("DDRT_GEMV_F_QUEUE", 1) != 0;
-  const bool queue = (g_queue < 0 ? env_queue : g_queue != 0) && cnt != nullptr;
+  static const int env_queue = env_int("DDRT_GEMV_F_QUEUE", -1);  // -1: by the group's bytes
+  const int mode = g_queue >= 0 ? g_queue : env_queue;
+  const int64_t group_bytes = (int64_t)R * W.d_in * (W.type == TensorType::F32 ? 4 : 2);
+  const bool queue = cnt != nullptr && (mode < 0 ? group_bytes >= kGemvFQueueBytes : mode != 0);
   switch (W.type) {
     case TensorType::F32: return launch_rows<(int)TensorType::F32>(R, queue, W, y, x, n_sm, cnt, st);
     case TensorType::F16: return launch_rows<(int)TensorType::F16>(R, queue, W, y, x, n_sm, cnt, st);

@@ -227,8 +227,12 @@ int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
 int64_t gemv_tc_parts_launches() { return g_parts_launches; }
 void gemv_tc_norm_parts_force(int mode) { g_norm_parts = mode < 0 ? -1 : mode != 0; }
+// off by default: its H100 A/B (twelfth session, two rounds) was neutral, llama3-8b 3-bit +0.4 %,
+// smollm2-135m -0.4 %, and the step timeline's q/k/v staging unchanged (4.6 us from the median
+// wait to the median x staged, 4.5 before): reading all of x per block is not what holds the
+// staging (the weights' copies issued before it are the likelier queue); env DDRT_NORM_PARTS=1 on
 bool gemv_tc_norm_parts() {
-  static const bool env = env_int("DDRT_NORM_PARTS", 1) != 0;
+  static const bool env = env_int("DDRT_NORM_PARTS", 0) != 0;
   return g_norm_parts < 0 ? env : g_norm_parts != 0;
 }
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }

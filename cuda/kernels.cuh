@@ -453,7 +453,8 @@ cudaError_t launch_gemv_f(const DevLinear& W, float* y, const float* x, int n_sm
 // lab, tests.
 void gemv_f_force_rows(int rows_per_warp);
 // The float GEMV's row-group queue on (1) or off (0: the static split, its twin); -1: the default
-// (on; env DDRT_GEMV_F_QUEUE=0 off): lab, tests.
+// (env DDRT_GEMV_F_QUEUE=1 / 0 on / off; unset: on where a warp's row group is >= 8 KB, e.g. the
+// Llama-3 lm head, off for SmolLM2's): lab, tests.
 void gemv_f_force_queue(int on);
 
 // ---- tiled matmul, any T, any type (gemm.cu, gemm_tc.cu) -------------------------------------
@@ -647,8 +648,8 @@ int64_t gemv_tc_group_launches();
 int64_t gemv_tc_io_launches();
 // ... and launches whose norm read the producer's sums (TcIo::ssq_in).
 int64_t gemv_tc_parts_launches();
-// Whether the backend passes the norm's sums from producer to consumer (TcIo::ssq_out, ssq_in; on
-// by default, env DDRT_NORM_PARTS=0 off); force 1 / 0, -1: the environment (tests).
+// Whether the backend passes the norm's sums from producer to consumer (TcIo::ssq_out, ssq_in; lab,
+// off by default, env DDRT_NORM_PARTS=1 on); force 1 / 0, -1: the environment (tests).
 bool gemv_tc_norm_parts();
 void gemv_tc_norm_parts_force(int mode);
 // How a fused GEMV reads its input and writes its result (at most one of up and nw):

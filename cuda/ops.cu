@@ -227,7 +227,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const BlockEndStamp at_exit{stamp};
   stamp.at(0);
   if (s.pos_dev) s.pos0 = *s.pos_dev;  // written by a copy before the graph's first kernel
-  // heads_inner (lab, env DDRT_ATTN_HEADS_INNER=1): the grid is (head slices, splits, T), so blocks
+  // heads_inner (default; env DDRT_ATTN_HEADS_INNER=0 off): the grid is (head slices, splits, T), so blocks
   // go out split-major: a short query's idle splits come last in the launch order, and its active
   // ones are not the ones left to share an SM when the grid exceeds the SM count
   const int sp = heads_inner ? blockIdx.y : blockIdx.x, y = heads_inner ? blockIdx.x : blockIdx.y, t = blockIdx.z;
@@ -689,8 +689,12 @@ int64_t attn_scratch_floats(const AttnShape& s) {
 int64_t attn_counters(const AttnShape& s) { return (int64_t)s.T * s.n_kv_heads * attn_geom(s).slices; }
 
 namespace {
-bool attn_heads_inner() {  // the grid's order (attn_kernel's heads_inner)
-  static const bool on = env_int("DDRT_ATTN_HEADS_INNER", 0) == 1;
+// The grid's order (attn_kernel's heads_inner): on by default since its H100 A/B (twelfth
+// session: smollm2-135m +3.8 % over two rounds, +3.3 % in gpu_check's row, +1.8 % the session
+// before; llama3-8b -0.1 %, whose 160 blocks are all active at context 512); env
+// DDRT_ATTN_HEADS_INNER=0 off (the split-fastest twin)
+bool attn_heads_inner() {
+  static const bool on = env_int("DDRT_ATTN_HEADS_INNER", 1) != 0;
   return on;
 }
 int g_attn_prefetch = -1;  // attn_prefetch_force; -1: the environment

@@ -979,6 +979,7 @@ void test_chain(Backend& cpu, Backend& gpu) { layer_sequence(cpu, gpu, true); }
 void test_norm_parts(Backend& cpu, Backend& gpu) {
   layer_sequence(cpu, gpu, false);
   setenv("DDRT_FUSE_NORM", "1", 1);
+  gpu::gemv_tc_norm_parts_force(1);
   for (int64_t d : {200, 1100})
     for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64}) {
       auto Lo = make_linear(t, d, d, false), Lc = make_linear(t, 96, d, false);
@@ -1006,6 +1007,7 @@ void test_norm_parts(Backend& cpu, Backend& gpu) {
       report(what + " x", nmse(bx.get().data(), x.data(), d), 1e-8);
       report(what + " y", nmse(by.get().data(), y.data(), 96), 1e-8);
     }
+  gpu::gemv_tc_norm_parts_force(-1);
   unsetenv("DDRT_FUSE_NORM");
 }
 
