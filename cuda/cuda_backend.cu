@@ -362,14 +362,15 @@ class CudaBackend : public Backend {
       if (h[i]) t0 = std::min(t0, h[i]);
     FILE* f = std::fopen(path, "w");
     if (!f) return;
-    std::fprintf(f, "launch,name,block,role,sm,start,wait,ready,gather,end\n");
+    // (the compensation blocks' slots 5 and 6: their selection done, the selection read back)
+    std::fprintf(f, "launch,name,block,role,sm,start,wait,ready,gather,end,select,taken\n");
     for (int64_t l = 0; l < n; ++l)
       for (int64_t b = 0; b < nb; ++b) {
         const unsigned long long* st = h.data() + l * stamp_stride_ + b * K;
         if (!st[0]) continue;
         std::fprintf(f, "%lld,\"%s\",%lld,%s,%llu", (long long)l, stamp_names_[l].c_str(), (long long)b,
                      st[3] ? "comp" : "base", st[7] ? st[7] - 1 : 0ull);
-        for (int slot : {0, 1, 2, 3, 4}) st[slot] ? std::fprintf(f, ",%.3f", (st[slot] - t0) / 1e3) : std::fprintf(f, ",");
+        for (int slot : {0, 1, 2, 3, 4, 5, 6}) st[slot] ? std::fprintf(f, ",%.3f", (st[slot] - t0) / 1e3) : std::fprintf(f, ",");
         std::fprintf(f, "\n");
       }
     std::fclose(f);

@@ -126,7 +126,43 @@ def tails(launches):
     return out
 
 
-def report(launches, show=12):
+def comp_phases(path):
+    """The fused GEMVs' DecDEC compensation blocks, per kind: each phase's time after the launch's
+    first wait passed (median over launches of the compensation blocks' median and last), beside the
+    base blocks' median and last end. Phases: wait passed, own chunks selected (select), every chunk
+    published (ready), the selection read back (taken), gathered and reduced (gather), end (the
+    tiles counted in and finished). {kind: {phase: (median, last)}}; empty without such blocks."""
+    per = defaultdict(lambda: defaultdict(list))  # launch -> column -> values
+    names = {}
+    cols = ("wait", "select", "ready", "taken", "gather", "end")
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            i = int(row["launch"])
+            names[i] = row["name"]
+            w = _num(row["wait"])
+            if not math.isnan(w):
+                per[i]["first_wait"].append(w)
+            if row.get("role") == "comp":
+                for c in cols:
+                    v = _num(row.get(c))
+                    if not math.isnan(v):
+                        per[i][c].append(v)
+            elif not math.isnan(_num(row["end"])):
+                per[i]["base_end"].append(_num(row["end"]))
+    by_kind = defaultdict(lambda: defaultdict(list))
+    for i, d in per.items():
+        if not d["end"] or not d["first_wait"]:
+            continue
+        t0 = min(d["first_wait"])
+        k = by_kind[kind_of(names[i])]
+        for c in cols + ("base_end",):
+            if d[c]:
+                k[c].append((statistics.median(d[c]) - t0, max(d[c]) - t0))
+    return {kind: {c: (statistics.median(m for m, _ in v), statistics.median(x for _, x in v)) for c, v in d.items()}
+            for kind, d in by_kind.items()}
+
+
+def report(launches, show=12, comp=None):
     rows, kinds, span = summarize(launches)
     lines = [f"{len(rows)} stamped launches over {span:.1f} us (first start to last end)"]
     lines.append(f"{'launch':>6} {'kind':8} {'blocks':>6} {'start':>8} {'wait':>8} {'wait med':>8} {'x med':>8} "
@@ -156,6 +192,14 @@ def report(launches, show=12):
             slow = ", ".join(f"SM{sm} {v:+.1f}" for sm, v in r["slow"])
             lines.append(f"  {k:8} x{r['n']:<4} tail {r['tail']:7.2f} us  balance {r['save']:7.2f} us  "
                          f"SM share {r['sm_share']:5.2f}" + (f"  latest SMs: {slow}" if slow else ""))
+    if comp:
+        lines.append("DecDEC compensation blocks (us after the launch's first wait; median over launches of the "
+                     "blocks' median / last)")
+        phases = ("wait", "select", "ready", "taken", "gather", "end", "base_end")
+        lines.append(f"  {'kind':8} " + " ".join(f"{p:>13}" for p in phases))
+        for k, d in sorted(comp.items()):
+            lines.append(f"  {k:8} " + " ".join(f"{d[p][0]:6.1f}/{d[p][1]:6.1f}" if p in d else f"{'-':>13}"
+                                                 for p in phases))
     return "\n".join(lines)
 
 
@@ -167,7 +211,7 @@ def main(argv=None):
     launches = read_launches(a.csv)
     if not launches:
         sys.exit(f"{a.csv}: no stamped launches")
-    print(report(launches, a.launches))
+    print(report(launches, a.launches, comp_phases(a.csv)))
 
 
 if __name__ == "__main__":
