@@ -538,6 +538,7 @@ class CudaBackend : public Backend {
     const float* x = nullptr;
     int T = 0;
     int32_t* sel = nullptr;
+    float* sel_xs = nullptr;  // [T][kmax] beside sel (the fused launch's published x values)
     float* partial = nullptr;
     std::string what;
   };
@@ -1079,6 +1080,7 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     comp.p = job.p;
     comp.cpart = job.partial;
     comp.sel = job.sel;
+    comp.sel_xs = job.sel_xs;
     // approx selects inside the launch (when its binary search equals the reference's scan:
     // non-increasing floors); the other modes sort first, in a pre-kernel. Lab knob
     // DDRT_SEL_PRE=1: approx in the pre-kernel too, so that the launch's compensation blocks
@@ -1125,14 +1127,17 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
   if (call.mode == DecdecMode::Approx) reference_approx_floors(W.thresholds_host.data(), W.d_in, p.kmax, p.floors);
   const size_t sel_bytes = ((size_t)T * p.kmax * 4 + 255) / 256 * 256;
   const size_t part_bytes = (size_t)part_floats * 4;
-  uint8_t* s = static_cast<uint8_t*>(comp_scratch(sel_bytes + part_bytes));
+  // [sel: T kmax ints][T = 1 (the fused launch): the selection's x values, kmax floats][partial]
+  const size_t xs_bytes = T == 1 ? sel_bytes : 0;
+  uint8_t* s = static_cast<uint8_t*>(comp_scratch(sel_bytes + xs_bytes + part_bytes));
   job.active = true;
   job.p = p;
   job.W = &W;
   job.x = x;
   job.T = T;
   job.sel = reinterpret_cast<int32_t*>(s);
-  job.partial = reinterpret_cast<float*>(s + sel_bytes);
+  job.sel_xs = xs_bytes ? reinterpret_cast<float*>(s + sel_bytes) : nullptr;
+  job.partial = reinterpret_cast<float*>(s + sel_bytes + xs_bytes);
   job.what = what;
   return job;
 }

@@ -126,6 +126,20 @@ int g_comp_chunks = -1;
 }
 void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
 bool gemv_tc_comp_chunks() { return g_comp_chunks >= 0 ? g_comp_chunks == 1 : env_int("DDRT_COMP_CHUNKS", 0) == 1; }
+namespace {
+int g_comp_self = -1, g_comp_xs = -1;
+}
+void gemv_tc_comp_self_force(int mode) { g_comp_self = mode; }
+void gemv_tc_comp_xs_force(int mode) { g_comp_xs = mode; }
+bool gemv_tc_comp_self() { return g_comp_self >= 0 ? g_comp_self == 1 : env_int("DDRT_COMP_SELF", 0) == 1; }
+bool gemv_tc_comp_xs() { return g_comp_xs >= 0 ? g_comp_xs == 1 : env_int("DDRT_COMP_XS", 0) == 1; }
+
+// 32-output vectors (16 bytes of a residual row) a compensation segment is a multiple of: 8 (one
+// 128-byte line) by default; env DDRT_COMP_SEG_ALIGN=1 the unaligned split (the twin)
+int64_t tc_seg_align() {
+  static const int a = env_int("DDRT_COMP_SEG_ALIGN", 8);
+  return a >= 1 ? a : 1;
+}
 
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major) {
   TcPlan p;
@@ -136,6 +150,17 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   const int64_t uc = tc_unit_chunks(W.bits);
   p.n_units = tc_tile_units(W.d_in, W.bits);
   const int64_t n_ch = (W.d_in + kChunk - 1) / kChunk;
+  // segment-major: the vectors per block for `blocks` blocks, rounded up to whole 128-byte lines of
+  // a residual row (tc_seg_align): the zero-copy gather reads each selected row's slice of the
+  // segment, and a slice that starts or ends inside a line costs a second PCIe request for it
+  // (tools/lab/zc_lab.cu, H100: 4096-output rows, 64-byte slices over 32 blocks 38 GB/s, 128-byte
+  // ones over 16 blocks 50; gate/up's 112-byte slices over 128 blocks 37, 128-byte ones over 112
+  // blocks 52; the link streams at 51)
+  const int64_t align = tc_seg_align();
+  auto seg_of = [&](int64_t blocks) {
+    const int64_t v = (nv + blocks - 1) / blocks;
+    return std::min(nv, (v + align - 1) / align * align);
+  };
   // chunk-major: n_tb blocks = comp_cb (chunks at a time: all of them where the blocks allow) x
   // segments of seg_vecs vectors (at least one segment)
   auto chunk_split = [&](int64_t blocks) {
@@ -152,7 +177,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   } else if (n_tb > 0) {
     // a segment's tile list lives in the block's reduction buffer: at most 4000 vectors each
     n_tb = (int)std::min<int64_t>(std::max<int64_t>(n_tb, (nv + 3999) / 4000), nv);
-    p.seg_vecs = (nv + n_tb - 1) / n_tb;
+    p.seg_vecs = seg_of(n_tb);
     n_tb = (int)((nv + p.seg_vecs - 1) / p.seg_vecs);  // no block without outputs
   }
   const int64_t n_slabs = mma_slabs(W.d_in, W.bits);
@@ -179,7 +204,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
       if (tb > 0 && tb < n_tb) tb = chunk_split(tb);
       p.n_tb = tb;
     } else {
-      p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? (nv + tb - 1) / tb : p.seg_vecs;  // wider segments
+      p.seg_vecs = tb > 0 && tb * p.seg_vecs < nv ? seg_of(tb) : p.seg_vecs;  // wider segments
       p.n_tb = tb > 0 ? (int)((nv + p.seg_vecs - 1) / p.seg_vecs) : 0;
     }
     const int64_t U = p.n_tiles * p.n_units;
@@ -222,6 +247,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
+int64_t g_self_launches = 0, g_xs_launches = 0;
 int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
 int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
@@ -236,6 +262,8 @@ bool gemv_tc_norm_parts() {
   return g_norm_parts < 0 ? env : g_norm_parts != 0;
 }
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
+int64_t gemv_tc_self_launches() { return g_self_launches; }
+int64_t gemv_tc_xs_launches() { return g_xs_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
 bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io) {
@@ -331,6 +359,11 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     a.sel = comp->sel;
     a.select_here = comp->select_here;
     a.cpart = comp->cpart;
+    // lab knobs (TcArgs::sel_xs, comp_self): the selection's x values published with it; every
+    // compensation block selecting the chunks itself where d_in has at most kTcSelfChunks
+    const bool seg_here = a.select_here && a.comp_ch == 0;
+    a.comp_self = gemv_tc_comp_self() && seg_here && (a.W.d_in + kChunk - 1) / kChunk <= kTcSelfChunks;
+    a.sel_xs = gemv_tc_comp_xs() && seg_here && !a.comp_self ? comp->sel_xs : nullptr;
   } else if (plan.n_tb > 0) {
     return false;  // a plan with compensation blocks needs the compensation
   }
@@ -338,6 +371,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (io.nw || io.accumulate) ++g_io_launches;
   if (io.ssq_in) ++g_parts_launches;
   if (a.comp_ch > 0) ++g_chunk_launches;
+  if (a.comp_self) ++g_self_launches;
+  if (a.sel_xs) ++g_xs_launches;
   return true;
 }
 cudaError_t launch_one(const TcArgs& a, const TcPlan& plan, cudaStream_t st) {

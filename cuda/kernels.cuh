@@ -546,6 +546,7 @@ struct TcComp {
                                   // (select_here false) or by the launch's own blocks (true)
   bool select_here = false;       // approx with non-increasing floors: select inside the launch
   float* cpart = nullptr;         // [sum of d_out] scratch
+  float* sel_xs = nullptr;        // [kmax] scratch beside sel: the selection's x values (TcArgs::sel_xs)
 };
 struct TcPlan {
   int grid = 0, n_tb = 0;
@@ -637,6 +638,16 @@ cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st);
 bool gemv_tc_comp_chunks();
 void gemv_tc_comp_chunks_force(int mode);
 int64_t gemv_tc_chunk_launches();  // launches with chunk-major compensation so far (the tests)
+// Segment-major approx compensation, lab knobs (TcArgs::comp_self, sel_xs): every compensation
+// block selecting all chunks itself where d_in has at most 4 (env DDRT_COMP_SELF=1), the selection's
+// x values published with it (env DDRT_COMP_XS=1); force: 1 on, 0 off, -1 back to the env. And the
+// launches that ran each way so far (the tests).
+void gemv_tc_comp_self_force(int mode);
+void gemv_tc_comp_xs_force(int mode);
+bool gemv_tc_comp_self();
+bool gemv_tc_comp_xs();
+int64_t gemv_tc_self_launches();
+int64_t gemv_tc_xs_launches();
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);

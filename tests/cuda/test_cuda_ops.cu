@@ -707,6 +707,75 @@ void test_decdec(Backend& cpu, Backend& gpu) {
 
 // The down projection with swiglu in its input: matmul_swiglu (one launch where the fused GEMV
 // takes it) against the CPU's swiglu + matmul, and against the GPU's own two ops.
+// The segment-major approx compensation's lab knobs against the default (the chunks selected by
+// blocks c % n_tb, published, and their x values recomputed by every block from the sel read back):
+// every compensation block selecting the chunks itself (gemv_tc_comp_self_force; d_in of at most 4
+// chunks) and the x values published with the selection (gemv_tc_comp_xs_force) must give bitwise
+// the same y: the same selection rule on the same x values. Every input form (plain x, rmsnorm(x) w,
+// silu(gate) up), a short last chunk, one and several members, one and five chunks; the CPU
+// reference is the decdec group's.
+void test_decdec_self(Backend& gpu) {
+  struct G { std::vector<int64_t> d_out; int64_t d_in; };
+  const std::vector<G> groups = race_sized() ? std::vector<G>{{{96, 40}, 2500}, {{70}, 4100}, {{48}, 1024}}
+                                             : std::vector<G>{{{96, 40}, 2500}, {{300}, 4100}, {{1100}, 4096}, {{48}, 1024}};
+  const int64_t self0 = gpu::gemv_tc_self_launches(), xs0 = gpu::gemv_tc_xs_launches();
+  for (const G& gr : groups) {
+    const int n = (int)gr.d_out.size();
+    std::vector<std::unique_ptr<HostLinear>> L;
+    std::vector<std::unique_ptr<Linear>> W;
+    for (int m = 0; m < n; ++m) {
+      L.push_back(make_linear(TensorType::UQ3_G128, gr.d_out[m], gr.d_in, true));
+      if (m > 0) {  // one selection for the group
+        L[m]->thresholds = L[0]->thresholds;
+        L[m]->desc.thresholds = L[m]->thresholds.data();
+      }
+      W.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+    }
+    const Linear* w[3];
+    for (int m = 0; m < n; ++m) w[m] = W[m].get();
+    auto x = randn((size_t)gr.d_in), up = randn((size_t)gr.d_in), nw = randn((size_t)gr.d_in);
+    for (float& v : x) v *= 5.0f;
+    Buf bx(gpu, x.size()), bu(gpu, up.size()), bw(gpu, nw.size()), bxb(gpu, x.size());
+    bx.put(x), bu.put(up), bw.put(nw);
+    std::vector<std::unique_ptr<Buf>> ys;
+    float* yp[3];
+    for (int m = 0; m < n; ++m) ys.push_back(std::make_unique<Buf>(gpu, (size_t)gr.d_out[m])), yp[m] = ys[m]->f();
+    for (int kc : {2, 8, 64})
+      for (int form = 0; form < 3; ++form) {  // plain, rmsnorm, swiglu (one member)
+        if (form == 2 && n > 1) continue;
+        DecdecCall calls[3];
+        for (int m = 0; m < n; ++m) calls[m].mode = DecdecMode::Approx, calls[m].k_chunk = kc, calls[m].n_tb = 3, calls[m].pos0 = 2;
+        auto run = [&](int self, int xs) {
+          gpu::gemv_tc_comp_self_force(self);
+          gpu::gemv_tc_comp_xs_force(xs);
+          for (int m = 0; m < n; ++m) ys[m]->poison();
+          bx.put(x);  // (the unfused matmul_swiglu writes silu(gate) up into gate)
+          if (form == 0)
+            gpu.matmul_group(w, yp, n, bx.f(), 1, calls);
+          else if (form == 1)
+            gpu.rmsnorm_matmul_group(w, yp, n, bxb.f(), bx.f(), bw.f(), 1e-5f, 1, calls);
+          else
+            gpu.matmul_swiglu(*w[0], yp[0], bx.f(), bu.f(), 1, calls[0]);
+          std::vector<std::vector<float>> out;
+          for (int m = 0; m < n; ++m) out.push_back(ys[m]->get());
+          return out;
+        };
+        const auto ref = run(0, 0), self = run(1, 0), xs = run(0, 1);
+        const std::string what = "decdec_self d_in " + std::to_string(gr.d_in) + " members " + std::to_string(n) +
+                                 " k_chunk " + std::to_string(kc) + " form " + std::to_string(form);
+        for (int m = 0; m < n; ++m) {
+          CHECK_MSG(std::all_of(ref[m].begin(), ref[m].end(), [](float v) { return std::isfinite(v); }), what + ": y not finite");
+          CHECK_MSG(std::memcmp(ref[m].data(), self[m].data(), ref[m].size() * 4) == 0, what + ": self-selected y differs");
+          CHECK_MSG(std::memcmp(ref[m].data(), xs[m].data(), ref[m].size() * 4) == 0, what + ": published-x y differs");
+        }
+      }
+  }
+  gpu::gemv_tc_comp_self_force(-1);
+  gpu::gemv_tc_comp_xs_force(-1);
+  CHECK_MSG(gpu::gemv_tc_self_launches() > self0, "decdec_self: no self-selecting launch ran");
+  CHECK_MSG(gpu::gemv_tc_xs_launches() > xs0, "decdec_self: no launch published the x values");
+}
+
 void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
   setenv("DDRT_FUSE_SWIGLU", "1", 1);  // every size (by default only large matrices fuse)
   struct S { TensorType type; int64_t d_out, d_in; };
@@ -1964,6 +2033,7 @@ int main(int argc, char** argv) {
     if (want("chain")) test_chain(*cpu, *gpu);
     if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
+    if (want("decdec_self")) test_decdec_self(*gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);
       const int64_t before = gpu::gemv_tc_chunk_launches();
