@@ -128,6 +128,8 @@ struct TcArgs {
   // its shared memory (no publish, no wait for the other blocks, no read back), where d_in has at
   // most kTcSelfChunks chunks (lab knob DDRT_COMP_SELF=1)
   bool comp_self = false;
+  // tc_select_chunk_approx with fewer barriers (lab knob DDRT_SEL_FAST=1; the same selection)
+  bool sel_fast = false;
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
                                   // chunk-major, chunk c's term in row c)
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
@@ -323,10 +325,13 @@ inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
 inline size_t tc_ring_bytes(int bits, int group, bool bulk = false) {
   return (size_t)kTcWarps * tc_ring_slots(bits, group) * (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0));
 }
+// shared ints of the selection (tc_select_chunk_approx): bucket counts, two scans' warp sums, and
+// the warps' bucket counts (sel_fast)
+constexpr int kTcSelInts = kBuckets + 2 * kTcWarps + kTcWarps * 32;
 inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
   const int64_t nvs = seg_vecs < kTcThreads ? seg_vecs : kTcThreads;
   return (size_t)kmax * 8 + (size_t)seg_vecs * 32 * 4 + (size_t)kTcThreads * 32 * 4 * (nvs > 0) +
-         (2 * kBuckets + 2 * kTcWarps) * 4 + 64;
+         (kBuckets + kTcSelInts) * 4 + 64;
 }
 
 // TcArgs::swiglu_pairs: each lane's `tile` (< 0: none) is one whose 16 rows of y this warp has
@@ -449,7 +454,12 @@ __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
 // set as select_channels (decdec.cpp): whole buckets from the top while they fit, then the
 // boundary bucket's members in ascending index order; written ascending to out[0 .. k_c) (the
 // chunk's slots: sel + c * k_full, or a block's own; -1 in unused slots). s: shared ints,
-// kBuckets + 2 * kTcWarps.
+// kTcSelInts.
+// a.sel_fast (lab knob DDRT_SEL_FAST=1): the same set in the same order with three block barriers
+// instead of five: each warp counts its buckets from six ballots of the bucket's bits (lane i: bucket
+// i) instead of match.any and shared atomics on zeroed counters, and one block scan of two packed
+// 16-bit counts (members below the boundary bucket, members in it) places every chosen channel at
+// below + min(in, rest) instead of a scan of the boundary ranks and a second of the chosen.
 // xin: the chunk's x values of this thread (channels c0 + 4t .. 4t + 3, loaded by the caller with
 // tc_x; 0 past the chunk), or null: loaded here
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
@@ -459,10 +469,15 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
   const int kc = chunk_k(a.p.call.k_chunk, len);
+  const int warp = tid >> 5;
+  const bool fast = a.sel_fast;
   int* cnt = s;                    // [kBuckets]
   int* wsum = s + kBuckets;        // [2][kTcWarps]
-  if (tid < kBuckets) cnt[tid] = 0;
-  __syncthreads();
+  int* wcnt = wsum + 2 * kTcWarps;  // [kTcWarps][32] (fast)
+  if (!fast) {
+    if (tid < kBuckets) cnt[tid] = 0;
+    __syncthreads();
+  }
   // the 4 x loads first, all in flight (beside the match below, one L2 round trip each in turn)
   float xv[4];
 #pragma unroll
@@ -472,14 +487,35 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   for (int e = 0; e < 4; ++e) {
     const int i = 4 * tid + e;
     b[e] = i < len ? tc_bucket(floors, fabsf(xv[e])) : kBuckets;
+    if (fast) continue;
     // one shared atomic per distinct bucket of the warp (not per channel: they would collide)
     const unsigned peers = __match_any_sync(0xffffffffu, b[e]);
     if (b[e] < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + b[e], __popc(peers));
   }
-  __syncthreads();
-  // whole buckets from the top while they fit: a warp scan of the 32 counts (each warp its own)
   static_assert(kBuckets == 32, "one bucket per lane");
-  int incl = cnt[lane];
+  int incl;
+  if (fast) {  // lane i: the warp's members of bucket i (b in [0, 32]: six bits; 32, none, has bit 5)
+    int mine = 0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      unsigned eq = ~__ballot_sync(0xffffffffu, (b[e] >> 5) & 1);  // lane < 32: bit 5 clear
+#pragma unroll
+      for (int k = 0; k < 5; ++k) {
+        const unsigned m = __ballot_sync(0xffffffffu, (b[e] >> k) & 1);
+        eq &= (lane >> k) & 1 ? m : ~m;
+      }
+      mine += __popc(eq);
+    }
+    wcnt[warp * 32 + lane] = mine;
+    __syncthreads();
+    incl = 0;
+#pragma unroll
+    for (int w = 0; w < kTcWarps; ++w) incl += wcnt[w * 32 + lane];
+  } else {
+    __syncthreads();
+    incl = cnt[lane];
+  }
+  // whole buckets from the top while they fit: a warp scan of the 32 counts (each warp its own)
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
     const int u = __shfl_up_sync(0xffffffffu, incl, o);
@@ -488,32 +524,54 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   const int full = __popc(__ballot_sync(0xffffffffu, incl <= kc));  // counts >= 0: a prefix of lanes
   const int taken = full > 0 ? __shfl_sync(0xffffffffu, incl, full - 1) : 0;
   const int rest = full < kBuckets ? kc - taken : 0;
-  int n_b = 0;
+  int n_sel;
+  if (fast) {  // members below the boundary (low 16 bits) and in it (high), before this thread's
+    int lt = 0, eq = 0;
 #pragma unroll
-  for (int e = 0; e < 4; ++e) n_b += b[e] == full && full < kBuckets;
-  int unused, n_sel;
-  int r = tc_block_scan(n_b, wsum, &unused);  // boundary members before this thread's
-  bool chosen[4];
-  int n_c = 0;
+    for (int e = 0; e < 4; ++e) lt += b[e] < full, eq += b[e] == full && full < kBuckets;
+    int tot;
+    const int before = tc_block_scan(lt | eq << 16, wsum, &tot);
+    n_sel = (tot & 0xffff) + min(tot >> 16, rest);
+    lt = before & 0xffff, eq = before >> 16;
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const bool bnd = b[e] == full && full < kBuckets;
-    chosen[e] = b[e] < full || (bnd && r < rest);
-    r += bnd;
-    n_c += chosen[e];
-  }
-  int at = tc_block_scan(n_c, wsum + kTcWarps, &n_sel);
-#pragma unroll
-  for (int e = 0; e < 4; ++e)
-    if (chosen[e]) {
-      if (xs_out) xs_out[at] = xv[e];
-      out[at++] = (int32_t)(c0 + 4 * tid + e);
+    for (int e = 0; e < 4; ++e) {
+      const bool bnd = b[e] == full && full < kBuckets;
+      if (b[e] < full || (bnd && eq < rest)) {  // chosen: at the chosen members before it
+        const int at = lt + min(eq, rest);
+        if (xs_out) xs_out[at] = xv[e];
+        out[at] = (int32_t)(c0 + 4 * tid + e);
+      }
+      lt += b[e] < full;
+      eq += bnd;
     }
+  } else {
+    int n_b = 0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) n_b += b[e] == full && full < kBuckets;
+    int unused;
+    int r = tc_block_scan(n_b, wsum, &unused);  // boundary members before this thread's
+    bool chosen[4];
+    int n_c = 0;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const bool bnd = b[e] == full && full < kBuckets;
+      chosen[e] = b[e] < full || (bnd && r < rest);
+      r += bnd;
+      n_c += chosen[e];
+    }
+    int at = tc_block_scan(n_c, wsum + kTcWarps, &n_sel);
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (chosen[e]) {
+        if (xs_out) xs_out[at] = xv[e];
+        out[at++] = (int32_t)(c0 + 4 * tid + e);
+      }
+  }
   for (int j = n_sel + tid; j < kc; j += kTcThreads) {
     out[j] = -1;
     if (xs_out) xs_out[j] = 0.0f;
   }
-  __syncthreads();  // cnt and wsum are reused by the next chunk
+  __syncthreads();  // cnt, wsum and wcnt are reused by the next chunk
 }
 
 // TcArgs::comp_self: the most chunks of d_in a compensation block selects by itself (their x values
@@ -537,7 +595,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   float* s_rs = s_xs + kmax;                                            // [seg_vecs * 32] rscale
   float* red = s_rs + a.seg_vecs * 32;                                  // [kTcThreads * 32]
   float* floors = red + kTcThreads * 32;                    // [kBuckets]
-  int* sel_smem = reinterpret_cast<int*>(floors + kBuckets);  // [kBuckets + 2 * kTcWarps]
+  int* sel_smem = reinterpret_cast<int*>(floors + kBuckets);  // [kTcSelInts]
   // rscale of the segment (host memory): independent of the previous kernel, so its loads are
   // issued before the wait, into registers (the first kRsRegs rows per thread), and stored to
   // shared memory only after the selection: waiting for them here put a ~2-4 us zero-copy round

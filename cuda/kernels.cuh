@@ -648,6 +648,11 @@ bool gemv_tc_comp_self();
 bool gemv_tc_comp_xs();
 int64_t gemv_tc_self_launches();
 int64_t gemv_tc_xs_launches();
+// The approx selection inside the fused launch with three barriers instead of five (TcArgs::sel_fast;
+// env DDRT_SEL_FAST=1; the same selection); force as above; launches that selected that way.
+void gemv_tc_sel_fast_force(int mode);
+bool gemv_tc_sel_fast();
+int64_t gemv_tc_sel_fast_launches();
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);
