@@ -363,7 +363,8 @@ class CudaBackend : public Backend {
     FILE* f = std::fopen(path, "w");
     if (!f) return;
     // (the compensation blocks' slots 5 and 6: their selection done, the selection read back)
-    std::fprintf(f, "launch,name,block,role,sm,start,wait,ready,gather,end,select,taken\n");
+    // and slot 8's time: their last chunk's x loaded and bucketed)
+    std::fprintf(f, "launch,name,block,role,sm,start,wait,ready,gather,end,select,taken,bucketed\n");
     for (int64_t l = 0; l < n; ++l)
       for (int64_t b = 0; b < nb; ++b) {
         const unsigned long long* st = h.data() + l * stamp_stride_ + b * K;
@@ -371,6 +372,7 @@ class CudaBackend : public Backend {
         std::fprintf(f, "%lld,\"%s\",%lld,%s,%llu", (long long)l, stamp_names_[l].c_str(), (long long)b,
                      st[3] ? "comp" : "base", st[7] ? st[7] - 1 : 0ull);
         for (int slot : {0, 1, 2, 3, 4, 5, 6}) st[slot] ? std::fprintf(f, ",%.3f", (st[slot] - t0) / 1e3) : std::fprintf(f, ",");
+        st[3] && st[8] ? std::fprintf(f, ",%.3f", (st[8] - t0) / 1e3) : std::fprintf(f, ",");  // (slot 3: comp)
         std::fprintf(f, "\n");
       }
     std::fclose(f);

@@ -239,6 +239,20 @@ __device__ __forceinline__ void tc_stamp(const TcArgs& a, int slot) {
   }
 }
 
+// A timeline stamp taken once `dep` is known (the asm reads it, so the clock is read after its
+// producer: a load's use, not its issue), thread 0.
+__device__ __forceinline__ void tc_stamp_after(const TcArgs& a, int slot, int dep) {
+  if (a.stamps != nullptr && threadIdx.x == 0) {
+    unsigned long long t;
+#ifdef DDRT_CUDA_EMU
+    t = ::ddrt_emu::globaltimer_ns() + (dep & 0);
+#else
+    asm volatile("add.s32 %1, %1, 0;\n\tmov.u64 %0, %%globaltimer;" : "=l"(t), "+r"(dep));
+#endif
+    a.stamps[tc_block(a) * kTcStamps + slot] = t;
+  }
+}
+
 // Input channel i as the math sees it.
 // r: the rmsnorm factor (a.nw only)
 __device__ __forceinline__ float tc_x(const TcArgs& a, int64_t i, float r) {
@@ -489,6 +503,9 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   for (int e = 0; e < 4; ++e) {
     const int i = 4 * tid + e;
     b[e] = i < len ? tc_bucket(floors, fabsf(xv[e])) : kBuckets;
+    // the timeline (compensation blocks' slot 8): thread 0's x values loaded and bucketed, the last
+    // chunk's that the block selects (the rest of the selection follows)
+    if (e == 3) tc_stamp_after(a, 8, b[0] + b[1] + b[2] + b[3]);
     if (fast) continue;
     // one shared atomic per distinct bucket of the warp (not per channel: they would collide)
     const unsigned peers = __match_any_sync(0xffffffffu, b[e]);

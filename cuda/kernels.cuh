@@ -568,7 +568,8 @@ bool gemv_tc_enabled();
 // memory, grid * kTcStamps entries); null stops it. Per block (thread 0): 0 start, 1 after the
 // dependency wait, 2 base: x ready / compensation: selection published, 3 compensation: gather +
 // reduce done, 4 end; compensation: 5 its own chunks selected, 6 the selection (and x) read back;
-// 7: the SM the block ran on, plus 1; 8 (base blocks): (x slabs staged + 1) << 32 | units held.
+// 7: the SM the block ran on, plus 1; 8 (base blocks): (x slabs staged + 1) << 32 | units held;
+// (compensation blocks) thread 0's x values of its last selected chunk loaded and bucketed.
 // Blocks in role order (compensation blocks first, tc_block).
 // stride > 0: each later launch, and each stage of a chain launch (its slots 0 and 4: the stage's
 // start and end), writes the region after the previous one's (stamps + i * stride).

@@ -129,12 +129,13 @@ def tails(launches):
 def comp_phases(path):
     """The fused GEMVs' DecDEC compensation blocks, per kind: each phase's time after the launch's
     first wait passed (median over launches of the compensation blocks' median and last), beside the
-    base blocks' median and last end. Phases: wait passed, own chunks selected (select), every chunk
+    base blocks' median and last end. Phases: wait passed, the last selected chunk's x values of
+    thread 0 loaded and bucketed (bucketed; blocks that select), own chunks selected (select), every chunk
     published (ready), the selection read back (taken), gathered and reduced (gather), end (the
     tiles counted in and finished). {kind: {phase: (median, last)}}; empty without such blocks."""
     per = defaultdict(lambda: defaultdict(list))  # launch -> column -> values
     names = {}
-    cols = ("wait", "select", "ready", "taken", "gather", "end")
+    cols = ("wait", "bucketed", "select", "ready", "taken", "gather", "end")
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             i = int(row["launch"])
@@ -195,7 +196,7 @@ def report(launches, show=12, comp=None):
     if comp:
         lines.append("DecDEC compensation blocks (us after the launch's first wait; median over launches of the "
                      "blocks' median / last)")
-        phases = ("wait", "select", "ready", "taken", "gather", "end", "base_end")
+        phases = ("wait", "bucketed", "select", "ready", "taken", "gather", "end", "base_end")
         lines.append(f"  {'kind':8} " + " ".join(f"{p:>13}" for p in phases))
         for k, d in sorted(comp.items()):
             lines.append(f"  {k:8} " + " ".join(f"{d[p][0]:6.1f}/{d[p][1]:6.1f}" if p in d else f"{'-':>13}"

@@ -1827,7 +1827,7 @@ int bench_stamps(Backend& gpu) {
                        h[b * K + 7] ? h[b * K + 7] - 1 : 0ull);
           for (int slot = 0; slot < 7; ++slot)
             h[b * K + slot] ? std::fprintf(csv, ",%.3f", (h[b * K + slot] - t0) / 1e3) : std::fprintf(csv, ",");
-          const unsigned long long held = h[b * K + 8];  // base blocks: slabs staged, units
+          const unsigned long long held = b < ncomp ? 0 : h[b * K + 8];  // base blocks: slabs staged, units
           held ? std::fprintf(csv, ",%llu,%llu\n", (held >> 32) - 1, held & 0xffffffffull) : std::fprintf(csv, ",,\n");
         }
       }

@@ -99,7 +99,7 @@ def test_comp_phases(tmp_path):
     d = "\"matmul 'blk.0.ffn_down'\""
     o = "\"matmul 'blk.0.attn_output'\""
     p = tmp_path / "c.csv"
-    lines = ["launch,name,block,role,sm,start,wait,ready,gather,end,select,taken"]
+    lines = ["launch,name,block,role,sm,start,wait,ready,gather,end,select,taken,bucketed"]
     for launch, t0 in ((0, 0.0), (1, 100.0), (2, 200.0)):
         extra = 1.0 if launch == 2 else 0.0  # the third launch's comp blocks are 1 us later
         lines.append(f"{launch},{d},0,base,0,{t0},{t0 + 1},{t0 + 3},,{t0 + 11}")
@@ -107,7 +107,7 @@ def test_comp_phases(tmp_path):
         for b, late in ((2, 0.0), (3, 2.0)):
             w = t0 + 1.5 + extra
             lines.append(f"{launch},{d},{b},comp,{b},{t0},{w},{w + 4 + late},{w + 7 + late},{w + 9 + late},"
-                         f"{w + 3 + late},{w + 5 + late}")
+                         f"{w + 3 + late},{w + 5 + late}," + ("" if b == 2 else f"{w + 1}"))
     lines.append(f"3,{o},0,base,0,300,301,302,,305,,")
     p.write_text("\n".join(lines) + "\n")
     c = mod.comp_phases(str(p))
@@ -117,6 +117,7 @@ def test_comp_phases(tmp_path):
     # launch 2 is 1 us later; the median over the three launches is the first two's
     assert r["wait"] == (0.5, 0.5) and r["select"] == (4.5, 5.5) and r["ready"] == (5.5, 6.5)
     assert r["taken"] == (6.5, 7.5) and r["gather"] == (8.5, 9.5) and r["end"] == (10.5, 11.5)
+    assert r["bucketed"] == (1.5, 1.5)  # one block stamped it (a block that selects), 1 us after its wait
     assert r["base_end"] == (11.0, 12.0)  # base ends 11 and 13 after the first wait at 1: median 11, last 12
     text = mod.report(mod.read_launches(str(p)), comp=c)
     assert "DecDEC compensation blocks" in text and "  down  " in text
