@@ -214,11 +214,11 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 template <int PL, int GM, int W>
 __global__ void __launch_bounds__(32 * W)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
-            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, bool merge_pre,
+            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, int merge_pre,
             bool fence_sc, bool idle_exit, bool heads_inner, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = PL >= 8 || W >= 8 ? 2 : 4;  // positions in flight per warp
   __shared__ float sm_m[W][GM], sm_l[W][GM], sm_c[W][GM], sm_bM[GM], sm_bL[GM];
-  __shared__ float sm_o[W][GM][32 * PL];
+  __shared__ __align__(16) float sm_o[W][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
   __shared__ bool last;
   // the step timeline (stamp_region): a block's start, wait passed, split counted in (2; none with
@@ -425,15 +425,24 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   // merge_pre (default; DDRT_ATTN_MERGE_PRE=0 off): the first kMergePre splits' partial outputs of this
   // thread's first 4 outputs are loaded here, beside the (max, sum) loads below, instead of after
   // the split weights: one L2 round trip fewer on the merging block's path; the same sum order
+  // merge_pre 2 (lab, DDRT_ATTN_MERGE_PRE=2): where the block has twice the threads of its float4
+  // outputs (n4), threads n4 .. 2 n4 - 1 load splits kMergePre .. 2 kMergePre - 1 of the same
+  // outputs beside them (otherwise idle), and take over the first half's sums through shared
+  // memory: one L2 round trip fewer again where more than kMergePre splits are active; each
+  // output's sum keeps its order (split 0 first), so the same bits as merge_pre 1
   constexpr int kMergePre = 16;
   const bool vec4 = hd % 4 == 0 && ((uintptr_t)out & 15) == 0;
-  const bool pre_on = merge_pre && vec4 && (int)threadIdx.x < nh * hd / 4;
+  const int n4 = nh * hd / 4;
+  const bool pre2 = merge_pre == 2 && vec4 && 2 * n4 <= (int)blockDim.x;  // (block-uniform)
+  const int half = pre2 && (int)threadIdx.x >= n4 ? 1 : 0, me = (int)threadIdx.x - half * n4;
+  const bool pre_on = merge_pre != 0 && vec4 && me < n4;
   float4 pre[kMergePre];
   if (pre_on) {
-    const int g = 4 * threadIdx.x / hd, i = 4 * threadIdx.x - g * hd;
+    const int g = 4 * me / hd, i = 4 * me - g * hd, kb = half * kMergePre;
     const float4* src = reinterpret_cast<const float4*>(po + (int64_t)g * splits * hd + i);
 #pragma unroll
-    for (int k = 0; k < kMergePre; ++k) pre[k] = k < active ? __ldcg(src + (int64_t)k * (hd / 4)) : make_float4(0, 0, 0, 0);
+    for (int k = 0; k < kMergePre; ++k)
+      pre[k] = kb + k < active ? __ldcg(src + (int64_t)(kb + k) * (hd / 4)) : make_float4(0, 0, 0, 0);
   }
   for (int g = warp; g < nh; g += W) {  // split weights exp(m_k - M) and the sum L
     float mk[kAttnMaxSplits / 32], M = -INFINITY;
@@ -461,7 +470,36 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   }
   __syncthreads();
   float* const oh = out + ((int64_t)t * s.n_heads + h0) * hd;
-  if (vec4) {  // 4 outputs per thread, one 16-byte load per split, all in flight together
+  auto fma4 = [](float4 v, float w, float4 acc) {
+    return make_float4(fmaf(v.x, w, acc.x), fmaf(v.y, w, acc.y), fmaf(v.z, w, acc.z), fmaf(v.w, w, acc.w));
+  };
+  if (pre2) {  // output me: the first half's splits [0, kMergePre), then the second half's and the rest
+    float4* const hand = reinterpret_cast<float4*>(&sm_o[0][0][0]);  // free since the block's own merge
+    const int g = 4 * me / hd, i = 4 * me - g * hd;
+    const float Lg = sm_L[g];
+    float4 acc = make_float4(0, 0, 0, 0);
+    if (half == 0 && me < n4) {
+#pragma unroll
+      for (int k = 0; k < kMergePre; ++k)
+        if (k < active) acc = fma4(pre[k], sm_w[g][k], acc);
+      if (active <= kMergePre)
+        *reinterpret_cast<float4*>(oh + (int64_t)g * hd + i) = make_float4(acc.x / Lg, acc.y / Lg, acc.z / Lg, acc.w / Lg);
+      else
+        hand[me] = acc;
+    }
+    if (active > kMergePre) {
+      __syncthreads();
+      if (half == 1 && me < n4) {
+        acc = hand[me];
+#pragma unroll
+        for (int k = 0; k < kMergePre; ++k)
+          if (kMergePre + k < active) acc = fma4(pre[k], sm_w[g][kMergePre + k], acc);
+        const float4* src = reinterpret_cast<const float4*>(po + (int64_t)g * splits * hd + i);
+        for (int k = 2 * kMergePre; k < active; ++k) acc = fma4(__ldcg(src + (int64_t)k * (hd / 4)), sm_w[g][k], acc);
+        *reinterpret_cast<float4*>(oh + (int64_t)g * hd + i) = make_float4(acc.x / Lg, acc.y / Lg, acc.z / Lg, acc.w / Lg);
+      }
+    }
+  } else if (vec4) {  // 4 outputs per thread, one 16-byte load per split, all in flight together
     for (int e = threadIdx.x; e < nh * hd / 4; e += blockDim.x) {
       const int g = 4 * e / hd, i = 4 * e - g * hd;
       const float4* src = reinterpret_cast<const float4*>(po + (int64_t)g * splits * hd + i);
@@ -702,6 +740,11 @@ bool attn_prefetch() {
   static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 1) == 1;
   return g_attn_prefetch < 0 ? env_on : g_attn_prefetch == 1;
 }
+int g_attn_merge_pre = -1;  // attn_merge_pre_force; -1: the environment
+int attn_merge_pre() {
+  static const int env = env_int("DDRT_ATTN_MERGE_PRE", 1);
+  return g_attn_merge_pre >= 0 ? g_attn_merge_pre : env;
+}
 template <int PL, int W>
 cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                           const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
@@ -710,7 +753,8 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   const bool prefetch = attn_prefetch();
   // attn_kernel's merge_pre: on by default since its H100 A/B (eighth session, two rounds:
   // +0.2 % llama3-8b, +0.8 % smollm2-135m); env DDRT_ATTN_MERGE_PRE=0 off
-  static const bool merge_pre = env_int("DDRT_ATTN_MERGE_PRE", 1) == 1;
+  // 2: also the splits past the first 16 by the threads the merge leaves idle (lab; attn_merge_pre_force)
+  const int merge_pre = attn_merge_pre();
   static const bool sc = fence_sc();
   static const bool idle_exit = env_int("DDRT_ATTN_IDLE_EXIT", 0) == 1;
   const bool heads_inner = attn_heads_inner();
@@ -760,6 +804,7 @@ L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget) {
 }
 
 void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode == 1 ? 1 : 0; }
+void attn_merge_pre_force(int mode) { g_attn_merge_pre = mode < 0 ? -1 : mode > 2 ? 2 : mode; }
 void attn_warps_force(int warps) { g_attn_warps = warps < 0 ? -1 : warps; }
 
 bool attn_fuses_rope(const AttnShape& s) {

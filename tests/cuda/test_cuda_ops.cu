@@ -1373,6 +1373,51 @@ void test_attention(Backend& cpu, Backend& gpu) {
   gpu::attn_tiled_force(-1);
   gpu::attn_prefetch_force(-1);
   gpu::attn_warps_force(-1);
+  // the merge's early loads of the split outputs, 16 (the default) against 32 by the idle threads
+  // (attn_merge_pre_force(2)): the same bits, with 1-16, 17-32 and past 32 active splits (decode
+  // at positions 10, 300, 700 of one kv head: splits of 16+ positions, at most 64), with and
+  // without rope; and the CPU's output
+  for (const bool rope : {false, true})
+    for (int64_t pos : {(int64_t)10, (int64_t)300, (int64_t)700}) {
+      const int nh = 8, nkv = 2, hd = 128;
+      auto kc = cpu.create_kv_cache(1, 1024, nkv, hd);
+      auto kg = gpu.create_kv_cache(1, 1024, nkv, hd);
+      // fill positions [0, pos) of both caches with one chunk, then one decode step at pos
+      std::vector<float> inv(hd / 2);
+      for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / hd);
+      Buf bi(gpu, inv.size());
+      bi.put(inv);
+      {
+        auto q = randn((size_t)pos * nh * hd), k = randn((size_t)pos * nkv * hd), v = randn((size_t)pos * nkv * hd);
+        std::vector<float> oc(q.size());
+        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+        bq.put(q), bk.put(k), bv.put(v);
+        cpu.attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), (int)pos, nh, 0);
+        gpu.attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, nh, 0);
+      }
+      auto q = randn((size_t)nh * hd), k = randn((size_t)nkv * hd), v = randn((size_t)nkv * hd);
+      std::vector<float> oc(q.size());
+      Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+      bq.put(q), bk.put(k), bv.put(v);
+      if (rope)
+        cpu.rope_attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), 1, nh, pos, inv.data());
+      else
+        cpu.attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), 1, nh, pos);
+      std::vector<float> o[2];
+      for (int mode : {1, 2}) {  // the same call twice: the step's own k, v rows are rewritten alike
+        gpu::attn_merge_pre_force(mode);
+        bo.poison();
+        if (rope)
+          gpu.rope_attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), 1, nh, pos, bi.f());
+        else
+          gpu.attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), 1, nh, pos);
+        o[mode - 1] = bo.get();
+      }
+      gpu::attn_merge_pre_force(-1);
+      const std::string what = std::string(rope ? "rope_attention" : "attention") + " merge_pre 2 pos0 " + std::to_string(pos);
+      CHECK_MSG(std::memcmp(o[0].data(), o[1].data(), o[0].size() * 4) == 0, what + ": differs from merge_pre 1");
+      report(what, nmse(o[1].data(), oc.data(), oc.size()), 1e-10);
+    }
   // exactly the calls where it applies took it (tiled_want > 0: T 600, 513, 250, 70, 90, 100, 200, 40,
   // 128; by default only the T 128 of 64 kv heads)
   const int64_t tiled_ran = gpu::attn_tiled_launches() - tiled_before;
