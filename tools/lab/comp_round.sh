@@ -7,9 +7,7 @@
 #   COMP_K="gate_up=1 down=1 down=8" COMP_ENV="" COMP_LAB_ENV="default|DDRT_COMP_SEG_ALIGN=1"
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-. tools/gpu_build.sh
+. tools/gpu_build.sh  # (also OUT and PYTHONUNBUFFERED)
 gpu_build
 for kc in ${COMP_K:-gate_up=1 down=1 down=8}; do
   [ $SECONDS -lt ${COMP_DEADLINE:-500} ] || { echo "== COMP_DEADLINE reached: $kc not run"; continue; }
