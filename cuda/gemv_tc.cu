@@ -122,22 +122,16 @@ int tc_default_n_tb(const DevLinear& W) {
 }
 
 namespace {
-int g_comp_chunks = -1;
-}
+// the compensation's off-by-default switches: forced (1 on, 0 off) or, at -1, the environment
+int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1;
+bool forced_or_env(int forced, const char* env) { return forced >= 0 ? forced == 1 : env_int(env, 0) == 1; }
+}  // namespace
 void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
-bool gemv_tc_comp_chunks() { return g_comp_chunks >= 0 ? g_comp_chunks == 1 : env_int("DDRT_COMP_CHUNKS", 0) == 1; }
-namespace {
-int g_comp_self = -1, g_comp_xs = -1;
-}
-void gemv_tc_comp_self_force(int mode) { g_comp_self = mode; }
+bool gemv_tc_comp_chunks() { return forced_or_env(g_comp_chunks, "DDRT_COMP_CHUNKS"); }
 void gemv_tc_comp_xs_force(int mode) { g_comp_xs = mode; }
-bool gemv_tc_comp_self() { return g_comp_self >= 0 ? g_comp_self == 1 : env_int("DDRT_COMP_SELF", 0) == 1; }
-bool gemv_tc_comp_xs() { return g_comp_xs >= 0 ? g_comp_xs == 1 : env_int("DDRT_COMP_XS", 0) == 1; }
-namespace {
-int g_sel_fast = -1;
-}
+bool gemv_tc_comp_xs() { return forced_or_env(g_comp_xs, "DDRT_COMP_XS"); }
 void gemv_tc_sel_fast_force(int mode) { g_sel_fast = mode; }
-bool gemv_tc_sel_fast() { return g_sel_fast >= 0 ? g_sel_fast == 1 : env_int("DDRT_SEL_FAST", 0) == 1; }
+bool gemv_tc_sel_fast() { return forced_or_env(g_sel_fast, "DDRT_SEL_FAST"); }
 
 // 32-output vectors (16 bytes of a residual row) a compensation segment is a multiple of: 8 (one
 // 128-byte line) by default; env DDRT_COMP_SEG_ALIGN=1 the unaligned split (the twin)
@@ -252,7 +246,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_self_launches = 0, g_xs_launches = 0, g_fast_launches = 0;
+int64_t g_xs_launches = 0, g_fast_launches = 0;
 int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
 int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
@@ -267,7 +261,6 @@ bool gemv_tc_norm_parts() {
   return g_norm_parts < 0 ? env : g_norm_parts != 0;
 }
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
-int64_t gemv_tc_self_launches() { return g_self_launches; }
 int64_t gemv_tc_xs_launches() { return g_xs_launches; }
 int64_t gemv_tc_sel_fast_launches() { return g_fast_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
@@ -365,11 +358,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     a.sel = comp->sel;
     a.select_here = comp->select_here;
     a.cpart = comp->cpart;
-    // lab knobs (TcArgs::sel_xs, comp_self): the selection's x values published with it; every
-    // compensation block selecting the chunks itself where d_in has at most kTcSelfChunks
-    const bool seg_here = a.select_here && a.comp_ch == 0;
-    a.comp_self = gemv_tc_comp_self() && seg_here && (a.W.d_in + kChunk - 1) / kChunk <= kTcSelfChunks;
-    a.sel_xs = gemv_tc_comp_xs() && seg_here && !a.comp_self ? comp->sel_xs : nullptr;
+    // lab knobs (TcArgs::sel_xs, sel_fast): the selection's x values published with it (segment-major)
+    a.sel_xs = gemv_tc_comp_xs() && a.select_here && a.comp_ch == 0 ? comp->sel_xs : nullptr;
     a.sel_fast = gemv_tc_sel_fast();
   } else if (plan.n_tb > 0) {
     return false;  // a plan with compensation blocks needs the compensation
@@ -378,7 +368,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (io.nw || io.accumulate) ++g_io_launches;
   if (io.ssq_in) ++g_parts_launches;
   if (a.comp_ch > 0) ++g_chunk_launches;
-  if (a.comp_self) ++g_self_launches;
   if (a.sel_xs) ++g_xs_launches;
   if (a.sel_fast && a.select_here) ++g_fast_launches;
   return true;

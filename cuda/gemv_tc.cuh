@@ -124,10 +124,6 @@ struct TcArgs {
   // written by the selecting block, so that the others read them instead of recomputing x from
   // its sources: one dependent L2 round trip fewer; lab knob DDRT_COMP_XS=1), or null
   float* sel_xs = nullptr;
-  // segment-major with select_here: every compensation block selects all the chunks itself, into
-  // its shared memory (no publish, no wait for the other blocks, no read back), where d_in has at
-  // most kTcSelfChunks chunks (lab knob DDRT_COMP_SELF=1)
-  bool comp_self = false;
   // tc_select_chunk_approx with fewer barriers (lab knob DDRT_SEL_FAST=1; the same selection)
   bool sel_fast = false;
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
@@ -476,11 +472,8 @@ __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
 // below + min(in, rest) instead of a scan of the boundary ranks and a second of the chosen. H100
 // (thirteenth session): bitwise the same, and no shorter (the selection's ~3 us on an SM shared with
 // a base block is not its barriers or atomics); decode +0.7 % in one and a half rounds. Off.
-// xin: the chunk's x values of this thread (channels c0 + 4t .. 4t + 3, loaded by the caller with
-// tc_x; 0 past the chunk), or null: loaded here
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
-                                                       int32_t* out, int* s, float rn, float* xs_out = nullptr,
-                                                       const float* xin = nullptr) {
+                                                       int32_t* out, int* s, float rn, float* xs_out = nullptr) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
@@ -497,7 +490,7 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   // the 4 x loads first, all in flight (beside the match below, one L2 round trip each in turn)
   float xv[4];
 #pragma unroll
-  for (int e = 0; e < 4; ++e) xv[e] = xin ? xin[e] : 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e, rn) : 0.0f;
+  for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e, rn) : 0.0f;
   int b[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
@@ -593,10 +586,6 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   __syncthreads();  // cnt, wsum and wcnt are reused by the next chunk
 }
 
-// TcArgs::comp_self: the most chunks of d_in a compensation block selects by itself (their x values
-// all in registers at once: 4 per chunk and thread)
-constexpr int kTcSelfChunks = 4;
-
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t d_out = a.W.d_out, nv_all = (d_out + 31) / 32;
@@ -653,26 +642,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();
   }
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
-  const bool self_sel = a.comp_self && a.select_here && !chunked && n_ch <= kTcSelfChunks;
-  if (self_sel) {
-    // every chunk's x values in flight at once (one L2 round trip), then each chunk selected by the
-    // whole block into the block's own slots, laid out as the global sel (chunk c at c k_full)
-    __syncthreads();  // floors
-    float xall[kTcSelfChunks][4];
-#pragma unroll
-    for (int c = 0; c < kTcSelfChunks; ++c)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t i = (int64_t)c * kChunk + 4 * tid + e;
-        xall[c][e] = c < n_ch && 4 * tid + e < kChunk && i < a.W.d_in ? tc_x(a, i, r) : 0.0f;
-      }
-#pragma unroll
-    for (int c = 0; c < kTcSelfChunks; ++c)
-      if (c < n_ch) {  // (each call ends with a barrier: its cnt and wsum are free again)
-        tc_select_chunk_approx(a, c, floors, s_sel + c * a.p.k_full, sel_smem, r, s_xs + c * a.p.k_full, xall[c]);
-      }
-    tc_stamp(a, 5);
-  } else if (a.select_here && !chunked) {
+  if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
     // are the grid's first and the grid fits the GPU at once, so they are all resident: the
@@ -810,7 +780,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int64_t it = 0; it < n_iter; ++it) {
     const int64_t c = chunked ? cb + it * a.comp_cb : 0;
     int64_t kn = kmax;
-    const int32_t* from = self_sel ? nullptr : a.sel;
+    const int32_t* from = a.sel;
     if (chunked) {
       const int64_t c0 = c * kChunk, len = a.W.d_in - c0 < kChunk ? a.W.d_in - c0 : kChunk;
       kn = chunk_k(a.p.call.k_chunk, (int)len);
@@ -822,7 +792,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       }
     }
     take_sel(from, kn);
-    if (!chunked && a.select_here && !self_sel && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
+    if (!chunked && a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
     if (nvs > 0) gather(kn, c);  // no outputs: nothing to gather or count in (segments past d_out)
     ++n_mine;
   }

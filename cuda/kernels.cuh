@@ -639,15 +639,11 @@ cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st);
 bool gemv_tc_comp_chunks();
 void gemv_tc_comp_chunks_force(int mode);
 int64_t gemv_tc_chunk_launches();  // launches with chunk-major compensation so far (the tests)
-// Segment-major approx compensation, lab knobs (TcArgs::comp_self, sel_xs): every compensation
-// block selecting all chunks itself where d_in has at most 4 (env DDRT_COMP_SELF=1), the selection's
-// x values published with it (env DDRT_COMP_XS=1); force: 1 on, 0 off, -1 back to the env. And the
-// launches that ran each way so far (the tests).
-void gemv_tc_comp_self_force(int mode);
+// Segment-major approx compensation, lab knob (TcArgs::sel_xs): the selection's x values published
+// with it (env DDRT_COMP_XS=1); force: 1 on, 0 off, -1 back to the env. And the launches that ran
+// that way so far (the tests).
 void gemv_tc_comp_xs_force(int mode);
-bool gemv_tc_comp_self();
 bool gemv_tc_comp_xs();
-int64_t gemv_tc_self_launches();
 int64_t gemv_tc_xs_launches();
 // The approx selection inside the fused launch with three barriers instead of five (TcArgs::sel_fast;
 // env DDRT_SEL_FAST=1; the same selection); force as above; launches that selected that way.

@@ -709,18 +709,16 @@ void test_decdec(Backend& cpu, Backend& gpu) {
 // takes it) against the CPU's swiglu + matmul, and against the GPU's own two ops.
 // The segment-major approx compensation's lab knobs against the default (the chunks selected by
 // blocks c % n_tb, published, and their x values recomputed by every block from the sel read back):
-// every compensation block selecting the chunks itself (gemv_tc_comp_self_force; d_in of at most 4
-// chunks), the x values published with the selection (gemv_tc_comp_xs_force) and the selection
-// with fewer barriers (gemv_tc_sel_fast_force; also chunk-major) must give bitwise the same y: the
-// same selection rule on the same x values. Every input form (plain x, rmsnorm(x) w,
-// silu(gate) up), a short last chunk, one and several members, one and five chunks; the CPU
-// reference is the decdec group's.
-void test_decdec_self(Backend& gpu) {
+// the x values published with the selection (gemv_tc_comp_xs_force) and the selection with fewer
+// barriers (gemv_tc_sel_fast_force; also chunk-major) must give bitwise the same y: the same
+// selection rule on the same x values. Every input form (plain x, rmsnorm(x) w, silu(gate) up), a
+// short last chunk, one and several members, one to five chunks; the CPU reference is the decdec
+// group's.
+void test_decdec_twins(Backend& gpu) {
   struct G { std::vector<int64_t> d_out; int64_t d_in; };
   const std::vector<G> groups = race_sized() ? std::vector<G>{{{96, 40}, 2500}, {{70}, 4100}, {{48}, 1024}}
                                              : std::vector<G>{{{96, 40}, 2500}, {{300}, 4100}, {{1100}, 4096}, {{48}, 1024}};
-  const int64_t self0 = gpu::gemv_tc_self_launches(), xs0 = gpu::gemv_tc_xs_launches();
-  const int64_t fast0 = gpu::gemv_tc_sel_fast_launches();
+  const int64_t xs0 = gpu::gemv_tc_xs_launches(), fast0 = gpu::gemv_tc_sel_fast_launches();
   for (const G& gr : groups) {
     const int n = (int)gr.d_out.size();
     std::vector<std::unique_ptr<HostLinear>> L;
@@ -747,8 +745,7 @@ void test_decdec_self(Backend& gpu) {
         if (form == 2 && n > 1) continue;
         DecdecCall calls[3];
         for (int m = 0; m < n; ++m) calls[m].mode = DecdecMode::Approx, calls[m].k_chunk = kc, calls[m].n_tb = 3, calls[m].pos0 = 2;
-        auto run = [&](int self, int xs, int fast = 0, int chunks = 0) {
-          gpu::gemv_tc_comp_self_force(self);
+        auto run = [&](int xs, int fast, int chunks) {
           gpu::gemv_tc_comp_xs_force(xs);
           gpu::gemv_tc_sel_fast_force(fast);
           gpu::gemv_tc_comp_chunks_force(chunks);
@@ -764,31 +761,28 @@ void test_decdec_self(Backend& gpu) {
           for (int m = 0; m < n; ++m) out.push_back(ys[m]->get());
           return out;
         };
-        const auto ref = run(0, 0), self = run(1, 0), xs = run(0, 1);
-        // the selection with fewer barriers: alone, in the self-selecting blocks, and chunk-major
+        const auto ref = run(0, 0, 0), xs = run(1, 0, 0);
+        // the selection with fewer barriers: alone, with the published x values, and chunk-major
         // (against chunk-major without it: its terms merge in another order than segment-major's)
-        const auto fast = run(0, 0, 1), fast_self = run(1, 1, 1), chunk = run(0, 0, 0, 1), chunk_fast = run(0, 0, 1, 1);
-        const std::string what = "decdec_self d_in " + std::to_string(gr.d_in) + " members " + std::to_string(n) +
+        const auto fast = run(0, 1, 0), fast_xs = run(1, 1, 0), chunk = run(0, 0, 1), chunk_fast = run(0, 1, 1);
+        const std::string what = "decdec_twins d_in " + std::to_string(gr.d_in) + " members " + std::to_string(n) +
                                  " k_chunk " + std::to_string(kc) + " form " + std::to_string(form);
         for (int m = 0; m < n; ++m) {
           CHECK_MSG(std::all_of(ref[m].begin(), ref[m].end(), [](float v) { return std::isfinite(v); }), what + ": y not finite");
-          CHECK_MSG(std::memcmp(ref[m].data(), self[m].data(), ref[m].size() * 4) == 0, what + ": self-selected y differs");
           CHECK_MSG(std::memcmp(ref[m].data(), xs[m].data(), ref[m].size() * 4) == 0, what + ": published-x y differs");
           CHECK_MSG(std::memcmp(ref[m].data(), fast[m].data(), ref[m].size() * 4) == 0, what + ": fast-selection y differs");
-          CHECK_MSG(std::memcmp(ref[m].data(), fast_self[m].data(), ref[m].size() * 4) == 0,
-                    what + ": fast self-selected y differs");
+          CHECK_MSG(std::memcmp(ref[m].data(), fast_xs[m].data(), ref[m].size() * 4) == 0,
+                    what + ": fast selection with published x: y differs");
           CHECK_MSG(std::memcmp(chunk[m].data(), chunk_fast[m].data(), ref[m].size() * 4) == 0,
                     what + ": fast chunk-major y differs");
         }
       }
   }
-  gpu::gemv_tc_comp_self_force(-1);
   gpu::gemv_tc_comp_xs_force(-1);
   gpu::gemv_tc_sel_fast_force(-1);
   gpu::gemv_tc_comp_chunks_force(-1);
-  CHECK_MSG(gpu::gemv_tc_sel_fast_launches() > fast0, "decdec_self: no launch selected with fewer barriers");
-  CHECK_MSG(gpu::gemv_tc_self_launches() > self0, "decdec_self: no self-selecting launch ran");
-  CHECK_MSG(gpu::gemv_tc_xs_launches() > xs0, "decdec_self: no launch published the x values");
+  CHECK_MSG(gpu::gemv_tc_sel_fast_launches() > fast0, "decdec_twins: no launch selected with fewer barriers");
+  CHECK_MSG(gpu::gemv_tc_xs_launches() > xs0, "decdec_twins: no launch published the x values");
 }
 
 void test_matmul_swiglu(Backend& cpu, Backend& gpu) {
@@ -2093,7 +2087,7 @@ int main(int argc, char** argv) {
     if (want("chain")) test_chain(*cpu, *gpu);
     if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
-    if (want("decdec_self")) test_decdec_self(*gpu);
+    if (want("decdec_twins")) test_decdec_twins(*gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);
       const int64_t before = gpu::gemv_tc_chunk_launches();
