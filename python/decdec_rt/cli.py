@@ -180,6 +180,16 @@ def format_tuning(r: dict) -> str:
         lines.append(f"  {kind:<8} {k:>7} {n:>5} {100 * cost:>7.2f}")
     lines.append(f"  base {r['base_ms']:.3f} ms/token, tuned {r['tuned_ms']:.3f} ms/token: measured slowdown "
                  f"{100 * r['measured_slowdown']:.2f} % ({r['measurements']} runs, {r['seconds']:.1f} s)")
+    if not any(r["k_chunk"].values()):  # say why DecDEC stays off: each kind's cheapest measured setting
+        cheapest = []
+        for kind in KINDS:
+            rows = [row for row in r["costs"].get(kind, []) if row[0] > 0]
+            if rows:
+                k, _, _, cost = min(rows, key=lambda row: (row[3], row[0]))
+                cheapest.append(f"{kind} {100 * cost:.1f} % (k_chunk {k})")
+        if cheapest:
+            lines.append("  nothing fits the target, so DecDEC stays off; the cheapest settings measured cost "
+                         + ", ".join(cheapest) + ": a larger --target turns it on")
     return "\n".join(lines)
 
 

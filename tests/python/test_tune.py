@@ -363,3 +363,21 @@ def test_cli_tune(tiny3, tmp_path, capsys):
                 ["tune", str(path), "--target", "0"]):
         with pytest.raises(SystemExit, match="tune: "):
             main(bad)
+
+
+def test_format_tuning_says_why_nothing_fits():
+    """When the tuner picks nothing, the CLI's table says so and names each kind's cheapest measured
+    setting (its cost and k_chunk); with a choice it does not."""
+    from decdec_rt.cli import format_tuning
+    zero = {kind: 0 for kind in ("qkv", "o", "gate_up", "down")}
+    r = {"backend": "cuda:0 (test)", "mode": "approx", "target": 0.025, "k_chunk": dict(zero), "n_tb": dict(zero),
+         "base_ms": 2.4, "tuned_ms": 2.4, "measured_slowdown": 0.0, "measurements": 9, "seconds": 1.0,
+         "costs": {"qkv": [[1, 128, 2.65, 0.105], [8, 32, 2.72, 0.132]], "o": [[1, 32, 2.66, 0.107]],
+                   "gate_up": [[8, 128, 2.86, 0.193], [1, 128, 2.61, 0.088]], "down": []}}
+    text = format_tuning(r)
+    assert "nothing fits the target" in text
+    assert "qkv 10.5 % (k_chunk 1)" in text and "gate_up 8.8 % (k_chunk 1)" in text and "o 10.7 % (k_chunk 1)" in text
+    assert "down" not in text.split("nothing fits")[1]  # no measurement, nothing named
+    r["k_chunk"]["down"], r["n_tb"]["down"] = 4, 32
+    r["costs"]["down"] = [[4, 32, 2.45, 0.02]]
+    assert "nothing fits" not in format_tuning(r)
