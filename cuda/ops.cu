@@ -510,7 +510,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
         for (int k = 0; k < kMergePre; ++k) {
           if (k >= active) break;
           const float w = sm_w[g][k];
-          acc = make_float4(fmaf(pre[k].x, w, acc.x), fmaf(pre[k].y, w, acc.y), fmaf(pre[k].z, w, acc.z), fmaf(pre[k].w, w, acc.w));
+          acc = fma4(pre[k], w, acc);
         }
         k0 = kMergePre;
       }
@@ -518,7 +518,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       for (int k = k0; k < active; ++k) {
         const float4 v = __ldcg(src + (int64_t)k * (hd / 4));
         const float w = sm_w[g][k];
-        acc = make_float4(fmaf(v.x, w, acc.x), fmaf(v.y, w, acc.y), fmaf(v.z, w, acc.z), fmaf(v.w, w, acc.w));
+        acc = fma4(v, w, acc);
       }
       const float Lg = sm_L[g];
       *reinterpret_cast<float4*>(oh + (int64_t)g * hd + i) = make_float4(acc.x / Lg, acc.y / Lg, acc.z / Lg, acc.w / Lg);
