@@ -744,9 +744,9 @@ bool attn_fuses_rope(const AttnShape& s);
 // dependency wait: attn_prefetch_force(1) on, 0 off, -1 the environment: on unless
 // DDRT_ATTN_PREFETCH=0 (H100 A/B: smollm2-135m decode 969 -> 1017 tok/s, llama3-8b +0.3 %).
 void attn_prefetch_force(int mode);
-// The merging block's early loads of the split outputs (attn_kernel's merge_pre): 1 (the default)
-// the first 16 splits beside the (max, sum) loads, 2 (lab) the next 16 too by the threads the merge
-// leaves idle (the same bits), 0 none; -1 the environment (DDRT_ATTN_MERGE_PRE, default 1).
+// The merging block's early loads of the split outputs (attn_kernel's merge_pre): 1 the first 16
+// splits beside the (max, sum) loads, 2 (the default) the next 16 too by the threads the merge
+// leaves idle (the same bits), 0 none; -1 the environment (DDRT_ATTN_MERGE_PRE, default 2).
 void attn_merge_pre_force(int mode);
 // Warps per decode / split attention block: attn_warps_force(8) eight where the block's shared
 // arrays fit (heads per block x head_dim <= 1024), else four; 4 four (the twin); -1 the

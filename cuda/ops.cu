@@ -422,10 +422,11 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   __syncthreads();
   if (!last) return;
   DDRT_COUNTER_FENCE(fence_sc);
-  // merge_pre (default; DDRT_ATTN_MERGE_PRE=0 off): the first kMergePre splits' partial outputs of this
+  // merge_pre (1, the twin; DDRT_ATTN_MERGE_PRE=0 off): the first kMergePre splits' partial outputs of this
   // thread's first 4 outputs are loaded here, beside the (max, sum) loads below, instead of after
   // the split weights: one L2 round trip fewer on the merging block's path; the same sum order
-  // merge_pre 2 (lab, DDRT_ATTN_MERGE_PRE=2): where the block has twice the threads of its float4
+  // merge_pre 2 (the default since its H100 A/B, fourteenth session, two rounds: llama3-8b +0.9 %,
+  // smollm2-135m +4.0 %; DDRT_ATTN_MERGE_PRE=1 the twin): where the block has twice the threads of its float4
   // outputs (n4), threads n4 .. 2 n4 - 1 load splits kMergePre .. 2 kMergePre - 1 of the same
   // outputs beside them (otherwise idle), and take over the first half's sums through shared
   // memory: one L2 round trip fewer again where more than kMergePre splits are active; each
@@ -475,8 +476,10 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   };
   if (pre2) {  // output me: the first half's splits [0, kMergePre), then the second half's and the rest
     float4* const hand = reinterpret_cast<float4*>(&sm_o[0][0][0]);  // free since the block's own merge
+    // (threads past 2 n4 have me >= n4 and no output: g is past the block's heads, so sm_L[g] is
+    // read only where me < n4; H100 memcheck: an out-of-range shared read with 8 warps, head_dim 16)
     const int g = 4 * me / hd, i = 4 * me - g * hd;
-    const float Lg = sm_L[g];
+    const float Lg = me < n4 ? sm_L[g] : 1.0f;
     float4 acc = make_float4(0, 0, 0, 0);
     if (half == 0 && me < n4) {
 #pragma unroll
@@ -742,7 +745,7 @@ bool attn_prefetch() {
 }
 int g_attn_merge_pre = -1;  // attn_merge_pre_force; -1: the environment
 int attn_merge_pre() {
-  static const int env = env_int("DDRT_ATTN_MERGE_PRE", 1);
+  static const int env = env_int("DDRT_ATTN_MERGE_PRE", 2);
   return g_attn_merge_pre >= 0 ? g_attn_merge_pre : env;
 }
 template <int PL, int W>
@@ -753,7 +756,8 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   const bool prefetch = attn_prefetch();
   // attn_kernel's merge_pre: on by default since its H100 A/B (eighth session, two rounds:
   // +0.2 % llama3-8b, +0.8 % smollm2-135m); env DDRT_ATTN_MERGE_PRE=0 off
-  // 2: also the splits past the first 16 by the threads the merge leaves idle (lab; attn_merge_pre_force)
+  // 2 (the default since the fourteenth session's A/B, +0.9 / +4.0 %): also the splits past the
+  // first 16 by the threads the merge leaves idle (attn_merge_pre_force); 1 the twin
   const int merge_pre = attn_merge_pre();
   static const bool sc = fence_sc();
   static const bool idle_exit = env_int("DDRT_ATTN_IDLE_EXIT", 0) == 1;

@@ -594,7 +594,17 @@ struct CUgraphExec_st {
 };
 
 namespace {
-constexpr int kEmuSms = 4;
+// 4 SMs, or DDRT_EMU_SMS (e.g. 132, an H100's: the plans that depend on the grid size, such as the
+// attention's split count; a launch whose blocks wait for each other needs them all resident, and
+// the emulator runs 16 blocks at once, so the fused GEMV's compensation and the chain may hang there)
+int emu_sms() {
+  static const int n = [] {
+    const char* e = std::getenv("DDRT_EMU_SMS");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 0 ? v : 4;
+  }();
+  return n;
+}
 constexpr size_t kEmuSmemOptin = 232448, kEmuSmemPerSm = 233472;
 // Device and mapped host buffers end (to 16 bytes) at an inaccessible page, so that a kernel
 // reading or writing past a buffer's end faults at once (what compute-sanitizer's memcheck reports
@@ -669,7 +679,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int dev) {
   p->maxThreadsDim[2] = 64;
   p->maxGridSize[0] = 0x7fffffff;
   p->maxGridSize[1] = p->maxGridSize[2] = 65535;
-  p->multiProcessorCount = kEmuSms;
+  p->multiProcessorCount = emu_sms();
   p->major = 9;
   p->minor = 0;
   p->l2CacheSize = 50 << 20;
@@ -681,7 +691,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int dev) {
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int dev) {
   if (dev != 0) return fail(cudaErrorInvalidDevice);
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *v = kEmuSms; break;
+    case cudaDevAttrMultiProcessorCount: *v = emu_sms(); break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = (int)kEmuSmemOptin; break;
     case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
