@@ -96,6 +96,14 @@ struct TcArgs {
   // of a pair (gate tile p, up tile p + n_tiles / 2) are written, y[0] = swiglu1(y[0], y[1]) over
   // its 16 rows (tc_pair_count), so that the down projection reads a plain x, one launch fewer
   bool swiglu_pairs = false;
+  // with swiglu_pairs: the next launch's selection buckets (TcIo::nsel_*): the pair finishers
+  // bucket the 16 channels they write, into nsel_bk, and count them into nsel_hist
+  int* nsel_hist = nullptr;
+  uint8_t* nsel_bk = nullptr;
+  float nsel_floors[kBuckets];
+  // with compensation, approx: the selection from the producer's buckets (TcComp::presel_*)
+  int* presel_hist = nullptr;
+  const uint8_t* presel_bk = nullptr;
   bool fence_sc = true;  // the merge counters' fences: fence_sc() (kernels.cuh)
   // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
   int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
@@ -344,6 +352,17 @@ inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
          (kBuckets + kTcSelInts) * 4 + 64;
 }
 
+// approx_bucket (decdec.h) by binary search: the same bucket when floors are non-increasing
+// (the host checks; otherwise it selects with the pre-kernel). floors in shared memory (or
+// the kernel's parameters: TcArgs::nsel_floors).
+__device__ __forceinline__ int tc_bucket(const float* floors, float v) {
+  int lo = 0;
+#pragma unroll
+  for (int step = kBuckets / 2; step >= 1; step >>= 1)
+    if (!(v >= floors[lo + step - 1])) lo += step;
+  return v >= floors[lo] ? lo : kBuckets;
+}
+
 // TcArgs::swiglu_pairs: each lane's `tile` (< 0: none) is one whose 16 rows of y this warp has
 // written, fenced before the call. A tile counts in on its pair's counter (tc_pair_at); the second
 // of the pair (it sees 1) resets the counter and, after a fence, writes y[0] = swiglu1(y[0], y[1])
@@ -366,7 +385,14 @@ __device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int
     const int l = __ffs(m) - 1;
     m &= m - 1;
     const int64_t row = __shfl_sync(0xffffffffu, p, l) * 16 + (lane & 15);
-    if (lane < 16) a.y[0][row] = swiglu1(__ldcg(a.y[0] + row), __ldcg(a.y[1] + row));
+    const float xv = lane < 16 ? swiglu1(__ldcg(a.y[0] + row), __ldcg(a.y[1] + row)) : 0.0f;
+    if (lane < 16) a.y[0][row] = xv;
+    if (a.nsel_hist) {  // the next launch's buckets of these 16 channels (one chunk: 16 divides 1024)
+      const int b = lane < 16 ? tc_bucket(a.nsel_floors, fabsf(xv)) : kBuckets;
+      if (lane < 16) a.nsel_bk[row] = (uint8_t)b;
+      const unsigned peers = __match_any_sync(0xffffffffu, b);  // one atomic per distinct bucket
+      if (b < kBuckets && lane == __ffs(peers) - 1) atomicAdd(a.nsel_hist + row / kChunk * kBuckets + b, __popc(peers));
+    }
   }
 }
 
@@ -426,16 +452,6 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
 }
 
 // ---- compensation role --------------------------------------------------------------------------
-
-// approx_bucket (decdec.h) by binary search: the same bucket when floors are non-increasing
-// (the host checks; otherwise it selects with the pre-kernel). floors in shared memory.
-__device__ __forceinline__ int tc_bucket(const float* floors, float v) {
-  int lo = 0;
-#pragma unroll
-  for (int step = kBuckets / 2; step >= 1; step >>= 1)
-    if (!(v >= floors[lo + step - 1])) lo += step;
-  return v >= floors[lo] ? lo : kBuckets;
-}
 
 // Exclusive prefix sum of v over the block's threads (index order), and the total. wsum:
 // kTcWarps ints of shared memory used by this call only.
@@ -586,6 +602,76 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   __syncthreads();  // cnt, wsum and wcnt are reused by the next chunk
 }
 
+// The producer-side selection (TcArgs::presel_*): chunk c ranked by one warp (lane l: channels
+// c0 + 32 l .. + 31) from the producer's bucket counts and channel buckets, the same set in the same
+// order as tc_select_chunk_approx (whole buckets from the top while they fit, then the boundary
+// bucket's members in ascending index order), each chosen channel placed at the chosen members
+// before it by one warp scan of packed counts (below the boundary bucket, in it), its x value
+// beside it; -1 / 0 in unused slots. No block barrier, no exchange between blocks.
+__device__ __forceinline__ void tc_select_presel(const TcArgs& a, int64_t c, int32_t* out, float* xs_out, float rn,
+                                                 int lane) {
+  const int64_t c0 = c * kChunk, d_in = a.W.d_in;
+  const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
+  const int kc = chunk_k(a.p.call.k_chunk, len);
+  int incl = __ldcg(a.presel_hist + c * kBuckets + lane);
+  const int j0 = 32 * lane;
+  uint32_t w[8];  // this lane's 32 buckets, four per word (kBuckets past len)
+  if (j0 + 32 <= len) {  // (bk 16-byte aligned: the backend's scratch; c0 and j0 multiples of 32)
+    const uint4* src = reinterpret_cast<const uint4*>(a.presel_bk + c0 + j0);
+    const uint4 v0 = __ldcg(src), v1 = __ldcg(src + 1);
+    w[0] = v0.x, w[1] = v0.y, w[2] = v0.z, w[3] = v0.w, w[4] = v1.x, w[5] = v1.y, w[6] = v1.z, w[7] = v1.w;
+  } else {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      w[q] = 0;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = j0 + 4 * q + e;
+        w[q] |= (uint32_t)(j < len ? __ldcg(a.presel_bk + c0 + j) : kBuckets) << (8 * e);
+      }
+    }
+  }
+  static_assert(kBuckets == 32, "one bucket per lane");
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  const int full = __popc(__ballot_sync(0xffffffffu, incl <= kc));  // counts >= 0: a prefix of lanes
+  const int taken = full > 0 ? __shfl_sync(0xffffffffu, incl, full - 1) : 0;
+  const int rest = full < kBuckets ? kc - taken : 0;
+  auto bucket = [&](int e) { return (int)((w[e / 4] >> (8 * (e % 4))) & 255u); };
+  int lt = 0, eq = 0;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) lt += bucket(e) < full, eq += bucket(e) == full && full < kBuckets;
+  const int mine = lt | eq << 16;
+  int inc = mine;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += u;
+  }
+  const int tot = __shfl_sync(0xffffffffu, inc, 31), before = inc - mine;
+  const int n_sel = (tot & 0xffff) + min(tot >> 16, rest);
+  lt = before & 0xffff, eq = before >> 16;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) {
+    const int b = bucket(e);
+    const bool bnd = b == full && full < kBuckets;
+    if (b < full || (bnd && eq < rest)) {
+      const int at = lt + min(eq, rest);
+      out[at] = (int32_t)(c0 + j0 + e);
+      xs_out[at] = tc_x(a, c0 + j0 + e, rn);
+    }
+    lt += b < full;
+    eq += bnd;
+  }
+  for (int j = n_sel + lane; j < kc; j += 32) {
+    out[j] = -1;
+    xs_out[j] = 0.0f;
+  }
+}
+
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t d_out = a.W.d_out, nv_all = (d_out + 31) / 32;
@@ -642,6 +728,24 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();
   }
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
+  if (a.presel_hist) {
+    // The producer's buckets (TcArgs::presel_*; segment-major only): every block ranks every chunk
+    // itself, a warp per chunk, into its own s_sel and s_xs: no block waits for another. Then the
+    // counts go back to zero for the next producer: the last block to have read them (its ticket on
+    // the selection's second counter, unused without select_here) zeroes them. Its stores are
+    // visible to the next producer, which runs after this launch has completed.
+    for (int64_t c = warp; c < n_ch; c += kTcWarps)
+      tc_select_presel(a, c, s_sel + c * a.p.k_full, s_xs + c * a.p.k_full, r, lane);
+    tc_stamp(a, 5);
+    int* done = a.cnt + tc_cnt_at(a.n_tiles);
+    __syncthreads();  // every warp's counts read (their values used above)
+    if (tid == 0) sel_smem[0] = atomicAdd(done + 1, 1);
+    __syncthreads();
+    if (sel_smem[0] == a.n_tb - 1) {
+      for (int64_t i = tid; i < n_ch * kBuckets; i += kTcThreads) a.presel_hist[i] = 0;
+      if (tid == 0) done[1] = 0;
+    }
+  }
   if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
@@ -780,7 +884,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int64_t it = 0; it < n_iter; ++it) {
     const int64_t c = chunked ? cb + it * a.comp_cb : 0;
     int64_t kn = kmax;
-    const int32_t* from = a.sel;
+    const int32_t* from = a.presel_hist ? nullptr : a.sel;  // (presel: the block's own, made above)
     if (chunked) {
       const int64_t c0 = c * kChunk, len = a.W.d_in - c0 < kChunk ? a.W.d_in - c0 : kChunk;
       kn = chunk_k(a.p.call.k_chunk, (int)len);
