@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tools/gpu_build.sh  # (also OUT and PYTHONUNBUFFERED)
 gpu_build
-DDRT_TEST_ONLY=presel,swiglu_pairs,decdec,decdec_twins $BUILD/test_cuda_ops > "$OUT/presel_ops.log" 2>&1
+DDRT_TEST_ONLY=presel,swiglu_pairs,decdec,decdec_twins,attention $BUILD/test_cuda_ops > "$OUT/presel_ops.log" 2>&1
 echo "op tests: rc=$? $(tail -1 "$OUT/presel_ops.log")"
 (cd tests && python3 -m pytest -q -x python/test_cuda.py) > "$OUT/presel_pytest.log" 2>&1
 echo "pytest test_cuda.py: rc=$? $(tail -1 "$OUT/presel_pytest.log")"
