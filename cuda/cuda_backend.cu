@@ -695,7 +695,7 @@ class CudaBackend : public Backend {
     }
     return !(fuse_swiglu(D) && fused_first(D));
   }
-  // The producer-side selection for down (gemv_tc_presel, default on): down's approx selection
+  // The producer-side selection for down (gemv_tc_presel, lab knob DDRT_PRESEL=1): down's approx selection
   // ranked from buckets its gate/up launch wrote (TcIo::nsel_*, TcComp::presel_*), so that down's
   // compensation blocks start gathering at the dependency wait instead of after selecting and
   // exchanging (H100, k_chunk 1: 9.9 us after it). Where down runs approx in the fused launch,

@@ -129,7 +129,7 @@ bool forced_or_env(int forced, const char* env, int dflt = 0) {
 }
 }  // namespace
 void gemv_tc_presel_force(int mode) { g_presel = mode; }
-bool gemv_tc_presel() { return forced_or_env(g_presel, "DDRT_PRESEL", 1); }
+bool gemv_tc_presel() { return forced_or_env(g_presel, "DDRT_PRESEL"); }
 void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
 bool gemv_tc_comp_chunks() { return forced_or_env(g_comp_chunks, "DDRT_COMP_CHUNKS"); }
 void gemv_tc_comp_xs_force(int mode) { g_comp_xs = mode; }

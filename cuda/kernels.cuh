@@ -656,8 +656,9 @@ void gemv_tc_sel_fast_force(int mode);
 bool gemv_tc_sel_fast();
 int64_t gemv_tc_sel_fast_launches();
 // The producer-side selection (TcIo::nsel_*, TcComp::presel_*): the down projection's approx
-// selection from buckets its gate/up launch wrote (env DDRT_PRESEL, default on; 0 off: down
-// selects inside its own launch); force as above; launches that took a producer's buckets.
+// selection from buckets its gate/up launch wrote (lab knob DDRT_PRESEL=1; off: down selects
+// inside its own launch; H100, fourteenth session: -14 % decode with down at k_chunk 4, gate/up
+// 6 us and down's ranking 18 us long); force as above; launches that took a producer's buckets.
 void gemv_tc_presel_force(int mode);
 bool gemv_tc_presel();
 int64_t gemv_tc_presel_launches();

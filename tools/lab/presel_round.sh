@@ -13,7 +13,7 @@ echo "op tests: rc=$? $(tail -1 "$OUT/presel_ops.log")"
 (cd tests && python3 -m pytest -q -x python/test_cuda.py) > "$OUT/presel_pytest.log" 2>&1
 echo "pytest test_cuda.py: rc=$? $(tail -1 "$OUT/presel_pytest.log")"
 for k in ${PRESEL_K:-1 4 8}; do
-  for env in "" "DDRT_PRESEL=0"; do
+  for env in "DDRT_PRESEL=1" ""; do
     echo "== ${env:-default} decdec-rt bench --decdec approx --k-chunk down=$k" | tee -a "$OUT/presel_steps.log"
     env $env DDRT_STEP_STAMPS=/tmp/presel_step.csv python3 -m decdec_rt bench --shape llama3-8b --bits 3 \
       --prefill 16 --decdec approx --k-chunk "down=$k" 2>&1 | grep decode | tee -a "$OUT/presel_steps.log"
@@ -23,6 +23,6 @@ for k in ${PRESEL_K:-1 4 8}; do
   done
 done
 [ "${PRESEL_AB:-1}" = 0 ] || AB_SHAPES=llama3-8b AB_ARGS="--decdec approx --k-chunk down=${PRESEL_AB_K:-4}" \
-  AB_DEADLINE=${PRESEL_AB_DEADLINE:-200} bash tools/gpu_ab.sh default "DDRT_PRESEL=0" 2>&1 | tail -4
-[ "${PRESEL_TUNE:-1}" = 0 ] || python3 -m decdec_rt tune --shape llama3-8b --bits 3 --target 0.025 -q 2>&1 | tail -15
+  AB_DEADLINE=${PRESEL_AB_DEADLINE:-200} bash tools/gpu_ab.sh default "DDRT_PRESEL=1" 2>&1 | tail -4
+[ "${PRESEL_TUNE:-1}" = 0 ] || DDRT_PRESEL=1 python3 -m decdec_rt tune --shape llama3-8b --bits 3 --target 0.025 -q 2>&1 | tail -15
 echo "presel round: $SECONDS s"
