@@ -237,9 +237,7 @@ class CudaBackend : public Backend {
     DDRT_CHECK(cudaStreamSynchronize(st_));
   }
   size_t device_bytes() const override { return held_->load(); }
-  size_t decdec_device_bytes() const override {
-    return decdec_held_->load() + comp_scratch_.size() + presel_mem_.size();
-  }
+  size_t decdec_device_bytes() const override { return decdec_held_->load() + comp_scratch_.size(); }
 
   // ---- weights ----
   std::unique_ptr<Linear> load_linear(const LinearDesc& d, ResidualPlacement where) override;
@@ -655,22 +653,9 @@ class CudaBackend : public Backend {
       io.ssq_in = parts;
       io.ssq_n = parts ? (Ws[0]->d_in + 15) / 16 : 0;
       io.swiglu_pairs = true;
-      // the down projection's selection prepared here (presel_want: swiglu_after_gate_up said so)
-      const CudaLinear* const down = presel_want_;
-      presel_zero();  // counts a producer left for a consumer that did not take them
-      if (down) {
-        io.nsel_hist = presel_hist(down->d_in);
-        io.nsel_bk = presel_bk();
-        std::copy(presel_floors_, presel_floors_ + kBuckets, io.nsel_floors);
-      }
-      if (matmul_fused(cw, ys, 2, x, calls[0], "matmul group '" + cw[0]->name + "', '" + cw[1]->name + "' with swiglu", io)) {
-        presel_armed_ = down;
-        presel_x_ = gate;
-        presel_want_ = nullptr;
+      if (matmul_fused(cw, ys, 2, x, calls[0], "matmul group '" + cw[0]->name + "', '" + cw[1]->name + "' with swiglu", io))
         return;
-      }
     }
-    presel_want_ = nullptr;
     Backend::rmsnorm_matmul_swiglu(Ws, gate, up, xb, x, w, eps, T, calls);
   }
   bool pairs_fusable(const Linear* const* Ws, const DecdecCall* calls, const CudaLinear** cw) const {
@@ -680,67 +665,12 @@ class CudaBackend : public Backend {
   // (below fuse_swiglu's size: SmolLM2-135M's down). On by default since its H100 A/B (eighth
   // session, two rounds: smollm2-135m 947.0 -> 972.3 tok/s; llama3-8b, whose down reads (gate, up)
   // itself, unchanged; at every size instead, llama3-8b was 2.3 % slower); env DDRT_SWIGLU_PAIRS=0 off
-  // Also wherever down's approx selection can come from the gate/up launch (the producer-side
-  // selection, presel_wanted): the pairs' finishers, which compute down's input, bucket it there.
   bool swiglu_after_gate_up(const Linear* const* gate_up, const DecdecCall* calls, const Linear& down,
                             const DecdecCall& dcall, int T) const override {
     const auto& D = static_cast<const CudaLinear&>(down);
-    presel_want_ = nullptr;
-    if (T != 1 || gpu::env_int("DDRT_SWIGLU_PAIRS", 1) == 0) return false;
+    if (T != 1 || gpu::env_int("DDRT_SWIGLU_PAIRS", 1) == 0 || (fuse_swiglu(D) && fused_first(D))) return false;
     const CudaLinear* cw[gpu::kTcMaxMembers];
-    if (!pairs_fusable(gate_up, calls, cw)) return false;
-    if (presel_wanted(D, dcall, presel_floors_)) {
-      presel_want_ = &D;
-      return true;
-    }
-    return !(fuse_swiglu(D) && fused_first(D));
-  }
-  // The producer-side selection for down (gemv_tc_presel, lab knob DDRT_PRESEL=1): down's approx selection
-  // ranked from buckets its gate/up launch wrote (TcIo::nsel_*, TcComp::presel_*), so that down's
-  // compensation blocks start gathering at the dependency wait instead of after selecting and
-  // exchanging (H100, k_chunk 1: 9.9 us after it). Where down runs approx in the fused launch,
-  // segment-major, with non-increasing floors (floors: set to them).
-  bool presel_wanted(const CudaLinear& D, const DecdecCall& dc, float* floors) const {
-    static const bool sel_pre = gpu::env_int("DDRT_SEL_PRE", 0) == 1;
-    if (!gpu::gemv_tc_presel() || sel_pre || gpu::gemv_tc_comp_chunks() || !fused_first(D) ||
-        dc.mode != DecdecMode::Approx || dc.k_chunk <= 0 || !D.has_residual || !D.has_thresholds)
-      return false;
-    const int64_t kmax = total_k(dc.k_chunk, D.d_in);
-    if (kmax == 0) return false;
-    reference_approx_floors(D.thresholds_host.data(), D.d_in, kmax, floors);
-    for (int j = 1; j < kBuckets; ++j)
-      if (floors[j] > floors[j - 1]) return false;
-    return true;
-  }
-  // presel scratch, one layout whatever d_in: [hist: presel_hist_ints_ ints (kBuckets per chunk),
-  // zero between uses][bk: bytes], grown for d_in (a bk written for one d_in never lies where the
-  // counts for another are read)
-  int* presel_hist(int64_t d_in) {
-    const int64_t hist = (d_in + kChunk - 1) / kChunk * kBuckets;
-    if (presel_hist_ints_ < hist || (int64_t)presel_mem_.size() < presel_hist_ints_ * 4 + d_in) {
-      if (capturing_)
-        throw CudaError("CUDA: DecDEC scratch would grow while capturing a decode graph (run the step once first)");
-      flush_chain();
-      DDRT_CHECK(cudaStreamSynchronize(st_), "before growing DecDEC selection scratch");
-      const int64_t ints = std::max(hist, presel_hist_ints_);
-      const size_t bytes = (size_t)ints * 4 + std::max<size_t>((size_t)d_in, presel_mem_.size() - (size_t)presel_hist_ints_ * 4);
-      presel_mem_ = DevMem();
-      presel_hist_ints_ = 0;
-      presel_mem_ = DevMem(bytes, nullptr, "DecDEC selection scratch");
-      presel_hist_ints_ = ints;
-      DDRT_CHECK(cudaMemsetAsync(presel_mem_.get(), 0, bytes, st_), "DecDEC selection scratch");
-    }
-    return static_cast<int*>(presel_mem_.get());
-  }
-  uint8_t* presel_bk() {  // (16-byte aligned: kBuckets ints per chunk)
-    return static_cast<uint8_t*>(presel_mem_.get()) + (size_t)presel_hist_ints_ * 4;
-  }
-  // counts armed for a consumer that did not take them: back to zero before the next producer
-  void presel_zero() {
-    if (!presel_armed_) return;
-    presel_armed_ = nullptr;
-    flush_chain();
-    DDRT_CHECK(cudaMemsetAsync(presel_mem_.get(), 0, (size_t)presel_hist_ints_ * 4, st_), "DecDEC selection counts");
+    return pairs_fusable(gate_up, calls, cw);
   }
   // Whether the fused GEMV can read rmsnorm(x) for these linears and calls (one launch; cw: them)
   bool consumers_fusable(const Linear* const* Ws, int n, const DecdecCall* calls, const CudaLinear** cw) const {
@@ -790,15 +720,6 @@ class CudaBackend : public Backend {
   }
   // Scratch of the compensation alone: the side stream uses it while the main stream uses
   // scratch() (grows only when both streams are idle).
-  // the producer-side selection (presel_wanted): swiglu_after_gate_up names the down projection
-  // whose selection the next gate/up launch prepares (want), that launch arms it for down's launch
-  // (armed, with down's input x); down's fused launch takes it and leaves the counts zero
-  mutable const CudaLinear* presel_want_ = nullptr;
-  mutable float presel_floors_[kBuckets] = {};
-  const CudaLinear* presel_armed_ = nullptr;
-  const float* presel_x_ = nullptr;
-  DevMem presel_mem_;
-  int64_t presel_hist_ints_ = 0;
   void* comp_scratch(size_t bytes) {
     if (comp_scratch_.size() < bytes) {
       if (capturing_)
@@ -1168,20 +1089,12 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
     // start gathering at the dependency wait (what a selection made by the producer kernel
     // would give, plus one launch)
     static const bool sel_pre = gpu::env_int("DDRT_SEL_PRE", 0) == 1;
-    // the producer's buckets (presel_wanted), armed by the gate/up launch before this one
-    const bool presel = presel_armed_ == &W && n == 1 && x == presel_x_ && call.mode == DecdecMode::Approx &&
-                        !chunks && !io.up && !io.nw;
-    bool here = call.mode == DecdecMode::Approx && !sel_pre && !presel;
+    bool here = call.mode == DecdecMode::Approx && !sel_pre;
     for (int j = 1; here && j < kBuckets; ++j) here = job.p.floors[j] <= job.p.floors[j - 1];
     comp.select_here = here;
-    if (presel) {
-      comp.presel_hist = static_cast<int*>(presel_mem_.get());
-      comp.presel_bk = presel_bk();
-      presel_armed_ = nullptr;  // this launch reads the counts and leaves them zero
-    }
     // the pre-kernel reads x as it is: the caller runs swiglu / rmsnorm first
-    if (!here && !presel && (io.up || io.nw)) return false;
-    if (!here && !presel) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
+    if (!here && (io.up || io.nw)) return false;
+    if (!here) DDRT_CHECK(gpu::launch_comp_select(W.dev, W.res, job.p, x, job.sel, st_), job.what);
   }
   const int64_t st0 = gpu::stamp_regions_taken();
   DDRT_CHECK(gpu::launch_gemv_tc(devs, ys, n, x, plan, part, cnt, job.active ? &comp : nullptr, st_, io), what);

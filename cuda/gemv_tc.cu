@@ -122,14 +122,10 @@ int tc_default_n_tb(const DevLinear& W) {
 }
 
 namespace {
-// the compensation's switches: forced (1 on, 0 off) or, at -1, the environment (default dflt)
-int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1, g_presel = -1;
-bool forced_or_env(int forced, const char* env, int dflt = 0) {
-  return forced >= 0 ? forced == 1 : env_int(env, dflt) == 1;
-}
+// the compensation's off-by-default switches: forced (1 on, 0 off) or, at -1, the environment
+int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1;
+bool forced_or_env(int forced, const char* env) { return forced >= 0 ? forced == 1 : env_int(env, 0) == 1; }
 }  // namespace
-void gemv_tc_presel_force(int mode) { g_presel = mode; }
-bool gemv_tc_presel() { return forced_or_env(g_presel, "DDRT_PRESEL"); }
 void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
 bool gemv_tc_comp_chunks() { return forced_or_env(g_comp_chunks, "DDRT_COMP_CHUNKS"); }
 void gemv_tc_comp_xs_force(int mode) { g_comp_xs = mode; }
@@ -250,7 +246,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_xs_launches = 0, g_fast_launches = 0, g_presel_launches = 0;
+int64_t g_xs_launches = 0, g_fast_launches = 0;
 int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
 int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
@@ -266,7 +262,6 @@ bool gemv_tc_norm_parts() {
 }
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
 int64_t gemv_tc_xs_launches() { return g_xs_launches; }
-int64_t gemv_tc_presel_launches() { return g_presel_launches; }
 int64_t gemv_tc_sel_fast_launches() { return g_fast_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
@@ -300,13 +295,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // accumulating launch (its tiles are x's rows of the next launch)
   if ((io.ssq_in && (!io.nw || io.ssq_n != (a.W.d_in + 15) / 16)) || (io.ssq_out && (!io.accumulate || n != 1)))
     return false;
-  // the next launch's buckets: written by the pair finishers (their 16-row tiles lie in one chunk)
-  if ((io.nsel_hist != nullptr) != (io.nsel_bk != nullptr) || (io.nsel_hist && !io.swiglu_pairs) ||
-      (io.nsel_bk && reinterpret_cast<uintptr_t>(io.nsel_bk) % 16 != 0))
-    return false;
-  a.nsel_hist = io.nsel_hist;
-  a.nsel_bk = io.nsel_bk;
-  for (int b = 0; b < kBuckets; ++b) a.nsel_floors[b] = io.nsel_floors[b];
   a.ssq_in = io.ssq_in;
   a.ssq_n = io.ssq_in ? io.ssq_n : 0;
   a.ssq_out = io.ssq_out;
@@ -373,16 +361,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     // lab knobs (TcArgs::sel_xs, sel_fast): the selection's x values published with it (segment-major)
     a.sel_xs = gemv_tc_comp_xs() && a.select_here && a.comp_ch == 0 ? comp->sel_xs : nullptr;
     a.sel_fast = gemv_tc_sel_fast();
-    // the producer's buckets: approx, segment-major, in place of the selection in the launch
-    if ((comp->presel_hist != nullptr) != (comp->presel_bk != nullptr)) return false;
-    if (comp->presel_hist) {
-      if (comp->select_here || a.comp_ch > 0 || comp->p.call.mode != DecdecMode::Approx ||
-          reinterpret_cast<uintptr_t>(comp->presel_bk) % 16 != 0)
-        return false;
-      a.presel_hist = comp->presel_hist;
-      a.presel_bk = comp->presel_bk;
-      ++g_presel_launches;
-    }
   } else if (plan.n_tb > 0) {
     return false;  // a plan with compensation blocks needs the compensation
   }

@@ -96,14 +96,6 @@ struct TcArgs {
   // of a pair (gate tile p, up tile p + n_tiles / 2) are written, y[0] = swiglu1(y[0], y[1]) over
   // its 16 rows (tc_pair_count), so that the down projection reads a plain x, one launch fewer
   bool swiglu_pairs = false;
-  // with swiglu_pairs: the next launch's selection buckets (TcIo::nsel_*): the pair finishers
-  // bucket the 16 channels they write, into nsel_bk, and count them into nsel_hist
-  int* nsel_hist = nullptr;
-  uint8_t* nsel_bk = nullptr;
-  float nsel_floors[kBuckets];
-  // with compensation, approx: the selection from the producer's buckets (TcComp::presel_*)
-  int* presel_hist = nullptr;
-  const uint8_t* presel_bk = nullptr;
   bool fence_sc = true;  // the merge counters' fences: fence_sc() (kernels.cuh)
   // the members (kernels.cuh): member m owns rows [row0[m], row0[m + 1]) of the group
   int64_t row0[kTcMaxMembers];  // row0[0] = 0; INT64_MAX past the last member
@@ -352,17 +344,6 @@ inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
          (kBuckets + kTcSelInts) * 4 + 64;
 }
 
-// approx_bucket (decdec.h) by binary search: the same bucket when floors are non-increasing
-// (the host checks; otherwise it selects with the pre-kernel). floors in shared memory (or
-// the kernel's parameters: TcArgs::nsel_floors).
-__device__ __forceinline__ int tc_bucket(const float* floors, float v) {
-  int lo = 0;
-#pragma unroll
-  for (int step = kBuckets / 2; step >= 1; step >>= 1)
-    if (!(v >= floors[lo + step - 1])) lo += step;
-  return v >= floors[lo] ? lo : kBuckets;
-}
-
 // TcArgs::swiglu_pairs: each lane's `tile` (< 0: none) is one whose 16 rows of y this warp has
 // written, fenced before the call. A tile counts in on its pair's counter (tc_pair_at); the second
 // of the pair (it sees 1) resets the counter and, after a fence, writes y[0] = swiglu1(y[0], y[1])
@@ -381,27 +362,11 @@ __device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int
   }
   unsigned m = __ballot_sync(0xffffffffu, second);
   if (m) DDRT_COUNTER_FENCE(a.fence_sc);
-  const float fl = m && a.nsel_hist ? a.nsel_floors[lane] : 0.0f;  // (nsel: floor `lane`)
   while (m) {
     const int l = __ffs(m) - 1;
     m &= m - 1;
     const int64_t row = __shfl_sync(0xffffffffu, p, l) * 16 + (lane & 15);
-    const float xv = lane < 16 ? swiglu1(__ldcg(a.y[0] + row), __ldcg(a.y[1] + row)) : 0.0f;
-    if (lane < 16) a.y[0][row] = xv;
-    if (a.nsel_hist) {  // the next launch's buckets of these 16 channels (one chunk: 16 divides 1024)
-      // tc_bucket's binary search with floor i in lane i (shuffles: the parameters' constant cache
-      // serializes a warp's loads of different floors)
-      const float v = fabsf(xv);
-      int lo = 0;
-#pragma unroll
-      for (int step = kBuckets / 2; step >= 1; step >>= 1)
-        if (!(v >= __shfl_sync(0xffffffffu, fl, lo + step - 1))) lo += step;
-      const float flo = __shfl_sync(0xffffffffu, fl, lo);  // (every lane: a collective)
-      const int b = lane < 16 && v >= flo ? lo : kBuckets;
-      if (lane < 16) a.nsel_bk[row] = (uint8_t)b;
-      const unsigned peers = __match_any_sync(0xffffffffu, b);  // one atomic per distinct bucket
-      if (b < kBuckets && lane == __ffs(peers) - 1) atomicAdd(a.nsel_hist + row / kChunk * kBuckets + b, __popc(peers));
-    }
+    if (lane < 16) a.y[0][row] = swiglu1(__ldcg(a.y[0] + row), __ldcg(a.y[1] + row));
   }
 }
 
@@ -461,6 +426,16 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
 }
 
 // ---- compensation role --------------------------------------------------------------------------
+
+// approx_bucket (decdec.h) by binary search: the same bucket when floors are non-increasing
+// (the host checks; otherwise it selects with the pre-kernel). floors in shared memory.
+__device__ __forceinline__ int tc_bucket(const float* floors, float v) {
+  int lo = 0;
+#pragma unroll
+  for (int step = kBuckets / 2; step >= 1; step >>= 1)
+    if (!(v >= floors[lo + step - 1])) lo += step;
+  return v >= floors[lo] ? lo : kBuckets;
+}
 
 // Exclusive prefix sum of v over the block's threads (index order), and the total. wsum:
 // kTcWarps ints of shared memory used by this call only.
@@ -611,90 +586,6 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   __syncthreads();  // cnt, wsum and wcnt are reused by the next chunk
 }
 
-// The producer-side selection (TcArgs::presel_*): the chunks warp, warp + kTcWarps, ... ranked by
-// this warp (lane l: channels c0 + 32 l .. + 31 of each) from the producer's bucket counts and
-// channel buckets, the same set in the same order as tc_select_chunk_approx (whole buckets from the
-// top while they fit, then the boundary bucket's members in ascending index order), each chosen
-// channel placed at the chosen members before it by one warp scan of packed counts (below the
-// boundary bucket, in it); -1 in unused slots. Up to kPre chunks' loads are issued before any is
-// used (one L2 round trip for Llama-3-8B's 14 chunks over 8 warps: on an SM beside a base block each
-// dependent round trip costs ~3-4 us); the x values are loaded by the gather beside the residual
-// rows (TcArgs::presel_hist: x is plain). No block barrier, no exchange between blocks.
-// (not inlined: its registers would make the fused kernel spill; a call per block)
-__device__ __noinline__ void tc_select_presel(const TcArgs& a, int32_t* s_sel, int warp, int lane) {
-  constexpr int kPre = 4;
-  const int64_t d_in = a.W.d_in, n_ch = (d_in + kChunk - 1) / kChunk;
-  static_assert(kBuckets == 32, "one bucket per lane");
-  for (int64_t cb = warp; cb < n_ch; cb += (int64_t)kPre * kTcWarps) {
-    int incl[kPre];
-    uint32_t w[kPre][8];  // lane's 32 buckets of each chunk, four per word (kBuckets past the chunk)
-#pragma unroll
-    for (int i = 0; i < kPre; ++i) {
-      const int64_t c = cb + (int64_t)i * kTcWarps, c0 = c * kChunk;
-      const int len = c < n_ch ? (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk) : 0;
-      const int j0 = 32 * lane;
-      incl[i] = c < n_ch ? __ldcg(a.presel_hist + c * kBuckets + lane) : 0;
-      if (j0 + 32 <= len) {  // (bk 16-byte aligned: the backend's scratch; c0 and j0 multiples of 32)
-        const uint4* src = reinterpret_cast<const uint4*>(a.presel_bk + c0 + j0);
-        const uint4 v0 = __ldcg(src), v1 = __ldcg(src + 1);
-        w[i][0] = v0.x, w[i][1] = v0.y, w[i][2] = v0.z, w[i][3] = v0.w;
-        w[i][4] = v1.x, w[i][5] = v1.y, w[i][6] = v1.z, w[i][7] = v1.w;
-      } else {
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          w[i][q] = 0;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int j = j0 + 4 * q + e;
-            w[i][q] |= (uint32_t)(j < len ? __ldcg(a.presel_bk + c0 + j) : kBuckets) << (8 * e);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kPre; ++i) {
-      const int64_t c = cb + (int64_t)i * kTcWarps, c0 = c * kChunk;
-      if (c >= n_ch) break;  // (warp-uniform)
-      const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk), kc = chunk_k(a.p.call.k_chunk, len);
-      int32_t* out = s_sel + c * a.p.k_full;
-      int inc = incl[i];
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, inc, o);
-        if (lane >= o) inc += u;
-      }
-      const int full = __popc(__ballot_sync(0xffffffffu, inc <= kc));  // counts >= 0: a prefix of lanes
-      const int taken = full > 0 ? __shfl_sync(0xffffffffu, inc, full - 1) : 0;
-      const int rest = full < kBuckets ? kc - taken : 0;
-      int lt = 0, eq = 0;
-#pragma unroll
-      for (int e = 0; e < 32; ++e) {
-        const int b = (int)((w[i][e / 4] >> (8 * (e % 4))) & 255u);
-        lt += b < full, eq += b == full && full < kBuckets;
-      }
-      const int mine = lt | eq << 16;
-      int pc = mine;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, pc, o);
-        if (lane >= o) pc += u;
-      }
-      const int tot = __shfl_sync(0xffffffffu, pc, 31), before = pc - mine;
-      const int n_sel = (tot & 0xffff) + min(tot >> 16, rest);
-      lt = before & 0xffff, eq = before >> 16;
-#pragma unroll
-      for (int e = 0; e < 32; ++e) {
-        const int b = (int)((w[i][e / 4] >> (8 * (e % 4))) & 255u);
-        const bool bnd = b == full && full < kBuckets;
-        if (b < full || (bnd && eq < rest)) out[lt + min(eq, rest)] = (int32_t)(c0 + 32 * lane + e);
-        lt += b < full;
-        eq += bnd;
-      }
-      for (int j = n_sel + lane; j < kc; j += 32) out[j] = -1;
-    }
-  }
-}
-
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t d_out = a.W.d_out, nv_all = (d_out + 31) / 32;
@@ -751,13 +642,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();
   }
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
-  if (a.presel_hist) {
-    // The producer's buckets (TcArgs::presel_*; segment-major only): every block ranks every chunk
-    // itself, a warp per chunk, into its own s_sel: no block waits for another. (The counts go
-    // back to zero at the block's end, below.)
-    tc_select_presel(a, s_sel, warp, lane);
-    tc_stamp(a, 5);
-  }
   if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
@@ -821,8 +705,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   const int64_t nve = nvs == 0 ? 1 : nvs < kTcThreads ? nvs : kTcThreads;  // (nvs == 0: no gather)
   const int n_rs = (int)(kTcThreads / nve), rs = (int)(tid / nve);
   const int64_t vt = tid % nve;
-  // with the producer's selection the x values load beside the residual rows (x is plain there)
-  const bool x_direct = a.presel_hist != nullptr;
   auto gather = [&](int64_t kn, int64_t crow) {
     for (int64_t vb = 0; vb < nvs; vb += nve) {
       const int64_t v = vb + vt;
@@ -836,18 +718,16 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
         for (int64_t s0 = rs; s0 < kn; s0 += 4 * (int64_t)n_rs) {
           int32_t j[4];
           uint4 rv[4];
-          float xg[4];  // x_direct: x[j] loaded beside the row, not from s_xs
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
             const int64_t s = s0 + (int64_t)u * n_rs;
             j[u] = s < kn ? s_sel[s] : -1;
             if (j[u] >= 0) rv[u] = *reinterpret_cast<const uint4*>(col + (int64_t)j[u] * pitch);
-            xg[u] = x_direct && j[u] >= 0 ? __ldg(a.x + j[u]) : 0.0f;
           }
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
             if (j[u] < 0) continue;
-            const float xj = x_direct ? xg[u] : s_xs[s0 + (int64_t)u * n_rs];
+            const float xj = s_xs[s0 + (int64_t)u * n_rs];
             const uint32_t w[4] = {rv[u].x, rv[u].y, rv[u].z, rv[u].w};
 #pragma unroll
             for (int e = 0; e < 32; ++e) {
@@ -895,13 +775,12 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   // no block waits for another's selection. (One loop, one gather site: a second inlined copy of
   // the gather made the kernel spill.)
   int ticket = -1;  // this block's arrival past the selection wait (select_here, segment-major)
-  int pticket = -1;  // presel (thread 0): this block's arrival past reading the producer's counts
   int n_mine = 0;   // the terms this block contributes to each tile of its segment
   const int64_t n_iter = chunked ? (a.comp_ch - cb + a.comp_cb - 1) / a.comp_cb : 1;
   for (int64_t it = 0; it < n_iter; ++it) {
     const int64_t c = chunked ? cb + it * a.comp_cb : 0;
     int64_t kn = kmax;
-    const int32_t* from = a.presel_hist ? nullptr : a.sel;  // (presel: the block's own, made above)
+    const int32_t* from = a.sel;
     if (chunked) {
       const int64_t c0 = c * kChunk, len = a.W.d_in - c0 < kChunk ? a.W.d_in - c0 : kChunk;
       kn = chunk_k(a.p.call.k_chunk, (int)len);
@@ -914,9 +793,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     }
     take_sel(from, kn);
     if (!chunked && a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
-    // presel: every warp's counts are read (the barrier in take_sel): a ticket for zeroing them,
-    // taken now, its value needed only at the block's end
-    if (a.presel_hist && tid == 0) pticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
     if (nvs > 0) gather(kn, c);  // no outputs: nothing to gather or count in (segments past d_out)
     ++n_mine;
   }
@@ -925,20 +801,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     done[0] = 0;
     done[1] = 0;
   }
-  // presel: the last block to have read the producer's counts zeroes them (and its ticket counter)
-  // for the next producer, which runs after this launch has completed; at the block's end, off the
-  // path to its tiles (thread 0 alone in a block without outputs)
-  auto presel_reset = [&](bool alone) {
-    if (alone ? pticket != a.n_tb - 1 : sel_smem[1] != a.n_tb - 1) return;
-    const int64_t n = (a.W.d_in + kChunk - 1) / kChunk * kBuckets;
-    for (int64_t i = alone ? 0 : tid; i < n; i += alone ? 1 : kTcThreads) a.presel_hist[i] = 0;
-    if (tid == 0) a.cnt[tc_cnt_at(a.n_tiles) + 1] = 0;
-  };
-  if (nvs == 0) {
-    if (a.presel_hist && tid == 0) presel_reset(true);
-    return;
-  }
-  if (a.presel_hist && tid == 0) sel_smem[1] = pticket;  // (read after the barriers below)
+  if (nvs == 0) return;
   DDRT_COUNTER_FENCE(a.fence_sc);
   __syncthreads();
   tc_stamp(a, 3);
@@ -958,7 +821,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   if (n_fin > 0) DDRT_COUNTER_FENCE(a.fence_sc);
   for (int f = 2 * warp; f < n_fin; f += 2 * kTcWarps)
     tc_finish_tiles(a, t0 + s_fin[f], f + 1 < n_fin ? t0 + s_fin[f + 1] : -1, a.n_units, lane);
-  if (a.presel_hist) presel_reset(false);
 }
 
 // ---- base role ---------------------------------------------------------------------------------

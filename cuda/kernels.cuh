@@ -545,11 +545,6 @@ struct TcComp {
   int32_t* sel = nullptr;         // [kmax] global: written by launch_comp_select before the launch
                                   // (select_here false) or by the launch's own blocks (true)
   bool select_here = false;       // approx with non-increasing floors: select inside the launch
-  // approx, segment-major, select_here false, no pre-kernel: the producer's buckets of x (the
-  // previous launch's TcIo::nsel_*): every compensation block ranks the chunks itself from
-  // hist [n_ch][kBuckets] and bk [d_in] (the producer-side selection); the launch re-zeroes hist
-  int* presel_hist = nullptr;
-  const uint8_t* presel_bk = nullptr;
   float* cpart = nullptr;         // [sum of d_out] scratch
   float* sel_xs = nullptr;        // [kmax] scratch beside sel: the selection's x values (TcArgs::sel_xs)
 };
@@ -655,13 +650,6 @@ int64_t gemv_tc_xs_launches();
 void gemv_tc_sel_fast_force(int mode);
 bool gemv_tc_sel_fast();
 int64_t gemv_tc_sel_fast_launches();
-// The producer-side selection (TcIo::nsel_*, TcComp::presel_*): the down projection's approx
-// selection from buckets its gate/up launch wrote (lab knob DDRT_PRESEL=1; off: down selects
-// inside its own launch; H100, fourteenth session: -14 % decode with down at k_chunk 4, gate/up
-// 6 us and down's ranking 18 us long); force as above; launches that took a producer's buckets.
-void gemv_tc_presel_force(int mode);
-bool gemv_tc_presel();
-int64_t gemv_tc_presel_launches();
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);
@@ -693,15 +681,6 @@ struct TcIo {
   // a gate/up pair (n = 2, equal d_out, a multiple of 16; not with accumulate): y[0] =
   // swiglu1(y[0], y[1]) afterwards, computed by the launch's tile finishers (TcArgs::swiglu_pairs)
   bool swiglu_pairs = false;
-  // with swiglu_pairs: the next launch's approx selection prepared here (the producer-side
-  // selection, for the down projection after the gate/up pair): each pair's finisher buckets the
-  // 16 channels of swiglu1(y[0], y[1]) it writes by nsel_floors (the consumer's approx floors,
-  // non-increasing), writes each channel's bucket to nsel_bk [d_out] and counts them into
-  // nsel_hist [ceil(d_out / 1024)][kBuckets] (zero before the launch; the consumer's launch reads
-  // it and leaves it zero: TcComp::presel_hist)
-  int* nsel_hist = nullptr;
-  uint8_t* nsel_bk = nullptr;
-  float nsel_floors[kBuckets] = {};
   // the weights of the linears after this one: the base warps prefetch them into L2 once their
   // units are done (a hint: no result depends on it)
   L2Hint next;

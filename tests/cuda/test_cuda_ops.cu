@@ -1160,85 +1160,6 @@ void test_swiglu_pairs(Backend& cpu, Backend& gpu) {
   unsetenv("DDRT_FUSE_NORM");
 }
 
-// The producer-side selection (gemv_tc_presel): the MLP of a decode step (gate/up on the
-// normalized residual stream, then down added into it) with down at approx, as the engine runs it
-// (swiglu_after_gate_up decides between the two sequences), gives the same bits with down's
-// selection ranked from the gate/up launch's buckets as with down selecting in its own launch,
-// whether down reads (gate, up) itself (DDRT_FUSE_SWIGLU=1, Llama-3-8B's case) or the gate/up
-// pairs write its input (the small models' case); twice in a row (the counts left zero); and the
-// CPU's result. gate/up off or approx too (its own compensation beside the buckets).
-void test_presel(Backend& cpu, Backend& gpu) {
-  setenv("DDRT_FUSE_NORM", "1", 1);
-  struct S { int64_t hid, dim; };
-  const std::vector<S> shapes = race_sized() ? std::vector<S>{{1056, 96}, {2048, 64}}
-                                             : std::vector<S>{{1056, 96}, {2048, 64}, {4096, 256}, {3072, 320}};
-  const int64_t pre0 = gpu::gemv_tc_presel_launches();
-  for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64})
-    for (const S& sh : shapes) {
-      std::vector<std::unique_ptr<HostLinear>> L;
-      std::vector<std::unique_ptr<Linear>> Wc, Wg;
-      for (int m = 0; m < 3; ++m) {  // gate, up, down
-        L.push_back(m < 2 ? make_linear(t, sh.hid, sh.dim, true) : make_linear(t, sh.dim, sh.hid, true));
-        if (m == 1) {  // one selection for the group
-          L[1]->thresholds = L[0]->thresholds;
-          L[1]->desc.thresholds = L[1]->thresholds.data();
-        }
-        Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
-        Wg.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
-      }
-      const Linear *wc[2] = {Wc[0].get(), Wc[1].get()}, *wg[2] = {Wg[0].get(), Wg[1].get()};
-      const auto nw = randn((size_t)sh.dim);
-      auto x0 = randn((size_t)sh.dim);
-      for (float& v : x0) v *= 5.0f;
-      Buf bw(gpu, nw.size()), bx(gpu, x0.size()), bxb(gpu, x0.size()), bg(gpu, (size_t)sh.hid), bu(gpu, (size_t)sh.hid),
-          bt(gpu, x0.size());
-      bw.put(nw);
-      for (DecdecMode gm : {DecdecMode::Off, DecdecMode::Approx})
-        for (int kc : {1, 8}) {
-          DecdecCall gcalls[2], dcall;
-          for (auto& c : gcalls) c.mode = gm, c.k_chunk = gm == DecdecMode::Off ? 0 : 4, c.n_tb = 3, c.pos0 = 7;
-          dcall.mode = DecdecMode::Approx, dcall.k_chunk = kc, dcall.n_tb = 3, dcall.pos0 = 7;
-          const std::string what = std::string("presel ") + type_name(t) + " hid " + std::to_string(sh.hid) + " dim " +
-                                   std::to_string(sh.dim) + " gate/up " + mode_name(gm) + " k_chunk " + std::to_string(kc);
-          // x += down(swiglu(gate/up(rmsnorm(x)))), the engine's way (x starts at x0 each time)
-          auto step = [&](int presel, const char* fuse_swiglu) {
-            gpu::gemv_tc_presel_force(presel);
-            if (fuse_swiglu) setenv("DDRT_FUSE_SWIGLU", fuse_swiglu, 1);
-            bx.put(x0);
-            const int64_t before = gpu::gemv_tc_presel_launches();
-            if (gpu.swiglu_after_gate_up(wg, gcalls, *Wg[2], dcall, 1)) {
-              gpu.rmsnorm_matmul_swiglu(wg, bg.f(), bu.f(), bxb.f(), bx.f(), bw.f(), 1e-5f, 1, gcalls);
-              gpu.matmul_add(*Wg[2], bx.f(), bt.f(), bg.f(), 1, dcall);
-            } else {
-              float* ys[2] = {bg.f(), bu.f()};
-              gpu.rmsnorm_matmul_group(wg, ys, 2, bxb.f(), bx.f(), bw.f(), 1e-5f, 1, gcalls);
-              gpu.matmul_swiglu_add(*Wg[2], bx.f(), bt.f(), bg.f(), bu.f(), 1, dcall);
-            }
-            unsetenv("DDRT_FUSE_SWIGLU");
-            gpu::gemv_tc_presel_force(-1);
-            CHECK_MSG((gpu::gemv_tc_presel_launches() > before) == (presel == 1),
-                      what + ": the producer's buckets " + (presel ? "not taken" : "taken while off"));
-            return bx.get();
-          };
-          const auto own = step(0, "1"), own_pairs = step(0, nullptr), pre = step(1, "1"), again = step(1, "1"),
-                     pre_pairs = step(1, nullptr);
-          CHECK_MSG(std::all_of(own.begin(), own.end(), [](float v) { return std::isfinite(v); }), what + ": y not finite");
-          CHECK_MSG(std::memcmp(own.data(), own_pairs.data(), own.size() * 4) == 0, what + ": pairs without presel differ");
-          CHECK_MSG(std::memcmp(own.data(), pre.data(), own.size() * 4) == 0, what + ": presel differs");
-          CHECK_MSG(std::memcmp(own.data(), again.data(), own.size() * 4) == 0, what + ": presel again differs");
-          CHECK_MSG(std::memcmp(own.data(), pre_pairs.data(), own.size() * 4) == 0, what + ": presel with pairs differs");
-          // the CPU: the same two ops
-          std::vector<float> xc = x0, g((size_t)sh.hid), u((size_t)sh.hid), xb(x0.size()), tmp(x0.size());
-          float* ysc[2] = {g.data(), u.data()};
-          cpu.rmsnorm_matmul_group(wc, ysc, 2, xb.data(), xc.data(), nw.data(), 1e-5f, 1, gcalls);
-          cpu.matmul_swiglu_add(*Wc[2], xc.data(), tmp.data(), g.data(), u.data(), 1, dcall);
-          report(what, nmse(pre.data(), xc.data(), xc.size()), tol_mm(1));
-        }
-    }
-  unsetenv("DDRT_FUSE_NORM");
-  CHECK_MSG(gpu::gemv_tc_presel_launches() > pre0, "presel: no launch took the producer's buckets");
-}
-
 void test_elementwise(Backend& cpu, Backend& gpu) {
   const int T = 7, dim = 1000;
   const auto x = randn((size_t)T * dim), w = randn(dim), y = randn((size_t)T * dim);
@@ -2171,7 +2092,6 @@ int main(int argc, char** argv) {
     if (want("chain")) test_chain(*cpu, *gpu);
     if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
-    if (want("presel")) test_presel(*cpu, *gpu);
     if (want("decdec_twins")) test_decdec_twins(*gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);
