@@ -123,7 +123,7 @@ int tc_default_n_tb(const DevLinear& W) {
 
 namespace {
 // the compensation's off-by-default switches: forced (1 on, 0 off) or, at -1, the environment
-int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1;
+int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1, g_sel_reuse = -1;
 bool forced_or_env(int forced, const char* env) { return forced >= 0 ? forced == 1 : env_int(env, 0) == 1; }
 }  // namespace
 void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
@@ -132,6 +132,8 @@ void gemv_tc_comp_xs_force(int mode) { g_comp_xs = mode; }
 bool gemv_tc_comp_xs() { return forced_or_env(g_comp_xs, "DDRT_COMP_XS"); }
 void gemv_tc_sel_fast_force(int mode) { g_sel_fast = mode; }
 bool gemv_tc_sel_fast() { return forced_or_env(g_sel_fast, "DDRT_SEL_FAST"); }
+void gemv_tc_sel_reuse_force(int mode) { g_sel_reuse = mode; }
+bool gemv_tc_sel_reuse() { return forced_or_env(g_sel_reuse, "DDRT_SEL_REUSE"); }
 
 // 32-output vectors (16 bytes of a residual row) a compensation segment is a multiple of: 8 (one
 // 128-byte line) by default; env DDRT_COMP_SEG_ALIGN=1 the unaligned split (the twin)
@@ -246,7 +248,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_xs_launches = 0, g_fast_launches = 0;
+int64_t g_xs_launches = 0, g_fast_launches = 0, g_reuse_launches = 0;
 int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
 int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
@@ -263,6 +265,7 @@ bool gemv_tc_norm_parts() {
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
 int64_t gemv_tc_xs_launches() { return g_xs_launches; }
 int64_t gemv_tc_sel_fast_launches() { return g_fast_launches; }
+int64_t gemv_tc_sel_reuse_launches() { return g_reuse_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
 bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io) {
@@ -361,6 +364,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     // lab knobs (TcArgs::sel_xs, sel_fast): the selection's x values published with it (segment-major)
     a.sel_xs = gemv_tc_comp_xs() && a.select_here && a.comp_ch == 0 ? comp->sel_xs : nullptr;
     a.sel_fast = gemv_tc_sel_fast();
+    a.sel_reuse = gemv_tc_sel_reuse() && a.select_here && a.comp_ch == 0 && a.nw != nullptr && a.ssq_in == nullptr;
   } else if (plan.n_tb > 0) {
     return false;  // a plan with compensation blocks needs the compensation
   }
@@ -370,6 +374,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (a.comp_ch > 0) ++g_chunk_launches;
   if (a.sel_xs) ++g_xs_launches;
   if (a.sel_fast && a.select_here) ++g_fast_launches;
+  if (a.sel_reuse) ++g_reuse_launches;
   return true;
 }
 cudaError_t launch_one(const TcArgs& a, const TcPlan& plan, cudaStream_t st) {

@@ -126,6 +126,12 @@ struct TcArgs {
   float* sel_xs = nullptr;
   // tc_select_chunk_approx with fewer barriers (lab knob DDRT_SEL_FAST=1; the same selection)
   bool sel_fast = false;
+  // segment-major approx with nw (not ssq_in): the block that selects chunk c = its index (< 4:
+  // x's first 4096 channels, which the norm's sum loads as float4 t + 256 c: chunk c's channels
+  // 4t .. 4t + 3, the selection's own layout) takes x from those registers and nw from loads issued
+  // before the dependency wait, instead of an L2 round trip for both after the norm factor (lab knob
+  // DDRT_SEL_REUSE=1; the same values: tc_x's (x * r) * nw)
+  bool sel_reuse = false;
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
                                   // chunk-major, chunk c's term in row c)
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
@@ -473,7 +479,8 @@ __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
 // (thirteenth session): bitwise the same, and no shorter (the selection's ~3 us on an SM shared with
 // a base block is not its barriers or atomics); decode +0.7 % in one and a half rounds. Off.
 __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t c, const float* floors,
-                                                       int32_t* out, int* s, float rn, float* xs_out = nullptr) {
+                                                       int32_t* out, int* s, float rn, float* xs_out = nullptr,
+                                                       bool use_pre = false, float4 pre_x = {}, float4 pre_nw = {}) {
   const int tid = threadIdx.x, lane = tid & 31;
   const int64_t c0 = c * kChunk, d_in = a.W.d_in;
   const int len = (int)(d_in - c0 < kChunk ? d_in - c0 : kChunk);
@@ -489,8 +496,14 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   }
   // the 4 x loads first, all in flight (beside the match below, one L2 round trip each in turn)
   float xv[4];
+  if (use_pre) {  // (sel_reuse) channels c0 + 4 tid + e as tc_x computes them: (x * r) * nw
+    const float px[4] = {pre_x.x, pre_x.y, pre_x.z, pre_x.w}, pw[4] = {pre_nw.x, pre_nw.y, pre_nw.z, pre_nw.w};
 #pragma unroll
-  for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e, rn) : 0.0f;
+    for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? px[e] * rn * pw[e] : 0.0f;
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? tc_x(a, c0 + 4 * tid + e, rn) : 0.0f;
+  }
   int b[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
@@ -627,12 +640,24 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     cp_commit();
   }
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
+  const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
+  // sel_reuse: this block's own chunk (c = blk) from the norm's x registers; its norm weights now,
+  // before the wait (they do not come from the previous kernel)
+  bool reuse = a.sel_reuse && blk < TcSumSq::kSq && blk < n_ch && a.W.d_in % 4 == 0 &&
+               (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0;
+  float4 pre_x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), pre_nw = pre_x;
+  if (reuse && blk * kTcThreads + tid < a.W.d_in / 4)
+    pre_nw = __ldg(reinterpret_cast<const float4*>(a.nw) + blk * kTcThreads + tid);
   grid_dep_wait();
   tc_stamp(a, 1);
   float r = 1.0f;  // the rmsnorm factor of x (a.nw)
   if (a.nw) {
     TcSumSq sq;
     sq.begin(a);
+    reuse = reuse && sq.vec;  // (block-uniform)
+#pragma unroll
+    for (int q = 0; q < TcSumSq::kSq; ++q)
+      if (reuse && q == blk) pre_x = sq.v[q];
     const float ws = sq.warp_sum(a);
     float* wred = reinterpret_cast<float*>(sel_smem);  // free until the selection
     __syncthreads();
@@ -641,7 +666,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     r = tc_rms_factor(a, wred);
     __syncthreads();
   }
-  const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
   if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
@@ -653,7 +677,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     int mine = 0;
     for (int64_t c = blk; c < n_ch; c += a.n_tb) {
       tc_select_chunk_approx(a, c, floors, a.sel + c * a.p.k_full, sel_smem, r,
-                             a.sel_xs ? a.sel_xs + c * a.p.k_full : nullptr);
+                             a.sel_xs ? a.sel_xs + c * a.p.k_full : nullptr, reuse && c == blk, pre_x, pre_nw);
       ++mine;
     }
     tc_stamp(a, 5);

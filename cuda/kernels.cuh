@@ -650,6 +650,13 @@ int64_t gemv_tc_xs_launches();
 void gemv_tc_sel_fast_force(int mode);
 bool gemv_tc_sel_fast();
 int64_t gemv_tc_sel_fast_launches();
+// With the norm inside the launch (q/k/v, gate/up): the selecting block's own chunk from the x it
+// loaded for the norm's sum and the norm weights loaded before the dependency wait, instead of
+// loading x and the weights again once the norm factor is known (TcArgs::sel_reuse; env
+// DDRT_SEL_REUSE=1; the same selection); force as above; launches that did.
+void gemv_tc_sel_reuse_force(int mode);
+bool gemv_tc_sel_reuse();
+int64_t gemv_tc_sel_reuse_launches();
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);

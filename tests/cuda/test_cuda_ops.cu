@@ -718,7 +718,8 @@ void test_decdec_twins(Backend& gpu) {
   struct G { std::vector<int64_t> d_out; int64_t d_in; };
   const std::vector<G> groups = race_sized() ? std::vector<G>{{{96, 40}, 2500}, {{70}, 4100}, {{48}, 1024}}
                                              : std::vector<G>{{{96, 40}, 2500}, {{300}, 4100}, {{1100}, 4096}, {{48}, 1024}};
-  const int64_t xs0 = gpu::gemv_tc_xs_launches(), fast0 = gpu::gemv_tc_sel_fast_launches();
+  const int64_t xs0 = gpu::gemv_tc_xs_launches(), fast0 = gpu::gemv_tc_sel_fast_launches(),
+                reuse0 = gpu::gemv_tc_sel_reuse_launches();
   for (const G& gr : groups) {
     const int n = (int)gr.d_out.size();
     std::vector<std::unique_ptr<HostLinear>> L;
@@ -745,10 +746,11 @@ void test_decdec_twins(Backend& gpu) {
         if (form == 2 && n > 1) continue;
         DecdecCall calls[3];
         for (int m = 0; m < n; ++m) calls[m].mode = DecdecMode::Approx, calls[m].k_chunk = kc, calls[m].n_tb = 3, calls[m].pos0 = 2;
-        auto run = [&](int xs, int fast, int chunks) {
+        auto run = [&](int xs, int fast, int chunks, int reuse = 0) {
           gpu::gemv_tc_comp_xs_force(xs);
           gpu::gemv_tc_sel_fast_force(fast);
           gpu::gemv_tc_comp_chunks_force(chunks);
+          gpu::gemv_tc_sel_reuse_force(reuse);
           for (int m = 0; m < n; ++m) ys[m]->poison();
           bx.put(x);  // (the unfused matmul_swiglu writes silu(gate) up into gate)
           if (form == 0)
@@ -765,6 +767,8 @@ void test_decdec_twins(Backend& gpu) {
         // the selection with fewer barriers: alone, with the published x values, and chunk-major
         // (against chunk-major without it: its terms merge in another order than segment-major's)
         const auto fast = run(0, 1, 0), fast_xs = run(1, 1, 0), chunk = run(0, 0, 1), chunk_fast = run(0, 1, 1);
+        // the norm's x reused by the selecting blocks (rmsnorm form; elsewhere it does not apply)
+        const auto reuse = run(0, 0, 0, 1), reuse_fast_xs = run(1, 1, 0, 1);
         const std::string what = "decdec_twins d_in " + std::to_string(gr.d_in) + " members " + std::to_string(n) +
                                  " k_chunk " + std::to_string(kc) + " form " + std::to_string(form);
         for (int m = 0; m < n; ++m) {
@@ -775,13 +779,18 @@ void test_decdec_twins(Backend& gpu) {
                     what + ": fast selection with published x: y differs");
           CHECK_MSG(std::memcmp(chunk[m].data(), chunk_fast[m].data(), ref[m].size() * 4) == 0,
                     what + ": fast chunk-major y differs");
+          CHECK_MSG(std::memcmp(ref[m].data(), reuse[m].data(), ref[m].size() * 4) == 0, what + ": reused-x y differs");
+          CHECK_MSG(std::memcmp(ref[m].data(), reuse_fast_xs[m].data(), ref[m].size() * 4) == 0,
+                    what + ": reused x with the fast selection and published x: y differs");
         }
       }
   }
   gpu::gemv_tc_comp_xs_force(-1);
   gpu::gemv_tc_sel_fast_force(-1);
   gpu::gemv_tc_comp_chunks_force(-1);
+  gpu::gemv_tc_sel_reuse_force(-1);
   CHECK_MSG(gpu::gemv_tc_sel_fast_launches() > fast0, "decdec_twins: no launch selected with fewer barriers");
+  CHECK_MSG(gpu::gemv_tc_sel_reuse_launches() > reuse0, "decdec_twins: no launch reused the norm's x");
   CHECK_MSG(gpu::gemv_tc_xs_launches() > xs0, "decdec_twins: no launch published the x values");
 }
 
