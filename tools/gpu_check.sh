@@ -24,7 +24,16 @@ tail -15 "$OUT/pytest.log"
 for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1 DDRT_L2_NEXT=1 DDRT_L2_PF_MB=-1 DDRT_ATTN_IDLE_EXIT=1 DDRT_GEMV_F_QUEUE=1 DDRT_COMP_XS=1 DDRT_SEL_FAST=1 DDRT_SEL_REUSE=1" \
                 "DDRT_SWIGLU_PAIRS=0 DDRT_FENCE_SC=1 DDRT_ATTN_MERGE_PRE=0 DDRT_NORM_PARTS=1" \
                 "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3 DDRT_W_EVICT=0 DDRT_TC_EARLY=0 DDRT_REPLAY_N=0 DDRT_TC_BULK=0 DDRT_ATTN_WARPS=4 DDRT_GEMV_F_QUEUE=0 DDRT_ATTN_HEADS_INNER=0 DDRT_COMP_SEG_ALIGN=1 DDRT_ATTN_MERGE_PRE=1"; do
-  (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1 || PT=$?
+  if ! (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1; then
+    PT=1
+    echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
+    # a failure: the first failed test with each switch alone, then memcheck with all of them
+    # (tools/lab/switch_bisect.sh; its output in this log, memcheck's in /tmp)
+    first=$(grep -oE "^FAILED python/test_cuda.py::[^ ]+" "$OUT/pytest_switches.log" | tail -1 | cut -d' ' -f2)
+    BISECT_BUILD=0 BISECT_LOG="$OUT/pytest_switches.log" BISECT_MEMCHECK_LOG=/tmp/bisect_memcheck.log \
+      SWITCHES="$SWITCHES" TESTS="${first:-python/test_cuda.py}" bash tools/lab/switch_bisect.sh | tee -a "$OUT/pytest_switches.log"
+    continue
+  fi
   echo "$SWITCHES: $(tail -1 "$OUT/pytest_switches.log")"
 done
 if [ "${1:-}" != "quick" ]; then
