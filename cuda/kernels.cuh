@@ -749,7 +749,8 @@ int64_t attn_counters(const AttnShape& s);
 bool attn_fuses_rope(const AttnShape& s);
 // The decode / split kernel loads each warp's first cached key and value rows before its
 // dependency wait: attn_prefetch_force(1) on, 0 off, -1 the environment: on unless
-// DDRT_ATTN_PREFETCH=0 (H100 A/B: smollm2-135m decode 969 -> 1017 tok/s, llama3-8b +0.3 %).
+// DDRT_ATTN_PREFETCH=0 (H100 A/B: smollm2-135m decode 969 -> 1017 tok/s, llama3-8b +0.3 %); 2 (lab,
+// DDRT_ATTN_PREFETCH=2) also the second batch's rows, into shared memory (8-warp blocks).
 void attn_prefetch_force(int mode);
 // The merging block's early loads of the split outputs (attn_kernel's merge_pre): 1 the first 16
 // splits beside the (max, sum) loads, 2 (the default) the next 16 too by the threads the merge

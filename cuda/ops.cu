@@ -207,6 +207,10 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
   return L < kAttnMinLen ? kAttnMinLen : L;
 }
 
+// attn_kernel's positions in flight per warp (a batch is W x attn_u positions)
+constexpr int attn_u(int PL, int W) { return PL >= 8 || W >= 8 ? 2 : 4; }
+// whether attn_kernel's prefetch 2 exists in a block of W warps
+constexpr bool attn_pf2(int W) { return W >= 8; }
 // PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM); W: warps
 // per block (attn_warps: 8 by default where they fit, twice kAttnWarps' warps per SM to hide
 // latency, each with half the positions in flight; ncu of the 4-warp kernel: 12 % occupancy, 7
@@ -214,9 +218,9 @@ __host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
 template <int PL, int GM, int W>
 __global__ void __launch_bounds__(32 * W)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
-            int splits, float* scratch, unsigned* counters, const float* inv_freq, bool prefetch, int merge_pre,
+            int splits, float* scratch, unsigned* counters, const float* inv_freq, int prefetch, int merge_pre,
             bool fence_sc, bool idle_exit, bool heads_inner, L2Hint hint, unsigned long long* stamps) {
-  constexpr int U = PL >= 8 || W >= 8 ? 2 : 4;  // positions in flight per warp
+  constexpr int U = attn_u(PL, W);  // positions in flight per warp
   __shared__ float sm_m[W][GM], sm_l[W][GM], sm_c[W][GM], sm_bM[GM], sm_bL[GM];
   __shared__ __align__(16) float sm_o[W][GM][32 * PL];
   __shared__ float sm_w[GM][kAttnMaxSplits], sm_L[GM];
@@ -271,6 +275,33 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   // share of the L2 prefetch: it writes nothing and is not counted in the merge
   if (idle_exit && sp >= active) return;
   if (prefetch && sp < active) load_rows(pfirst, 0, s.pos0);  // cached rows only, before the wait
+  // prefetch 2 (lab, DDRT_ATTN_PREFETCH=2): the second batch's cached rows too, by cp.async into
+  // dynamic shared memory (W x U rows of K and of V, 32 PL floats each; each lane copies the
+  // elements it reads later, so its own wait_group makes them visible to it): with 8 warps a batch
+  // is 16 positions, and at context 512 Llama-3-8B's splits have 26, so the second batch's loads
+  // came after the wait, one more L2 round trip on the split's path. The same values in the same
+  // order: the same bits.
+  const int64_t pnext = pfirst + W * U;  // this warp's second batch
+  // (8-warp blocks only, attn_pf2: in the 4-warp instances its registers made two of them spill)
+  const bool pf2 = attn_pf2(W) && prefetch == 2 && sp < active && pnext < p1;
+  DDRT_DYN_SMEM(float, attn_dyn);  // (prefetch 2 only; launched with 0 bytes otherwise)
+  float* const pf_k = pf2 ? attn_dyn + (int64_t)warp * U * 32 * PL : nullptr;
+  float* const pf_v = pf_k ? pf_k + (int64_t)W * U * 32 * PL : nullptr;
+  if (pf2) {
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const int64_t p = pnext + j * W;
+#pragma unroll
+      for (int u = 0; u < PL; ++u) {
+        const int i = lane + 32 * u;
+        if (p < s.pos0 && p < p1 && i < hd) {
+          cp_async4(pf_k + j * 32 * PL + i, K + p * row + col + i);
+          cp_async4(pf_v + j * 32 * PL + i, V + p * row + col + i);
+        }
+      }
+    }
+    cp_commit();
+  }
   // rope's angles (double cos and sin) before the wait too: the position and inv_freq are not the
   // previous kernel's (inv_freq is the model's; the position is copied in before the step's first
   // kernel, as read above), so they stay off the path from the wait to the first score
@@ -323,8 +354,24 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     if (inv_freq) rotate(qr[g]);
   }
   for (int64_t pb = pfirst; pb < p1; pb += W * U) {
-    // every row of the batch; the first batch's cached rows came before the wait when prefetching
-    load_rows(pb, prefetch && pb == pfirst ? s.pos0 : 0, INT64_MAX);
+    // every row of the batch; the first batch's cached rows came before the wait when prefetching,
+    // the second's (prefetch 2) into shared memory
+    if (pf2 && pb == pnext) {
+      cp_wait<0>();
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        const int64_t p = pb + j * W;
+        if (p >= s.pos0) continue;
+#pragma unroll
+        for (int u = 0; u < PL; ++u) {
+          const int i = lane + 32 * u;
+          const bool in = p < p1 && i < hd;
+          kr[j][u] = in ? pf_k[j * 32 * PL + i] : 0.0f;
+          vr[j][u] = in ? pf_v[j * 32 * PL + i] : 0.0f;
+        }
+      }
+    }
+    load_rows(pb, (prefetch && pb == pfirst) || (pf2 && pb == pnext) ? s.pos0 : 0, INT64_MAX);
 #pragma unroll
     for (int j = 0; j < U; ++j) {
       const int64_t p = pb + j * W;
@@ -739,9 +786,12 @@ bool attn_heads_inner() {
   return on;
 }
 int g_attn_prefetch = -1;  // attn_prefetch_force; -1: the environment
-bool attn_prefetch() {
-  static const bool env_on = env_int("DDRT_ATTN_PREFETCH", 1) == 1;
-  return g_attn_prefetch < 0 ? env_on : g_attn_prefetch == 1;
+// 0 off, 1 the first batch's cached rows before the wait (the default), 2 also the second's
+// (lab: into shared memory)
+int attn_prefetch_mode() {
+  static const int env = env_int("DDRT_ATTN_PREFETCH", 1);
+  const int m = g_attn_prefetch >= 0 ? g_attn_prefetch : env;
+  return m == 0 || m == 2 ? m : 1;
 }
 int g_attn_merge_pre = -1;  // attn_merge_pre_force; -1: the environment
 int attn_merge_pre() {
@@ -753,7 +803,9 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
                           const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
                           unsigned* counters, const float* inv_freq, const L2Hint& hint) {
   const dim3 block(32 * W);
-  const bool prefetch = attn_prefetch();
+  const int prefetch = attn_prefetch_mode();
+  // prefetch 2: the second batch's K and V rows in dynamic shared memory (attn_kernel)
+  const size_t smem = prefetch == 2 && attn_pf2(W) ? (size_t)2 * W * attn_u(PL, W) * 32 * PL * sizeof(float) : 0;
   // attn_kernel's merge_pre: on by default since its H100 A/B (eighth session, two rounds:
   // +0.2 % llama3-8b, +0.8 % smollm2-135m); env DDRT_ATTN_MERGE_PRE=0 off
   // 2 (the default since the fourteenth session's A/B, +0.9 / +4.0 %): also the splits past the
@@ -764,12 +816,12 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   const bool heads_inner = attn_heads_inner();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
-    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
-    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
     default:
       if constexpr (8 * PL <= 32 || W == kAttnWarps)
-        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, 0, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
       return cudaErrorInvalidValue;  // not reached: attn_warps keeps kAttnWarps there
   }
 }
@@ -807,7 +859,7 @@ L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget) {
   return h;
 }
 
-void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode == 1 ? 1 : 0; }
+void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode >= 2 ? 2 : mode == 1 ? 1 : 0; }
 void attn_merge_pre_force(int mode) { g_attn_merge_pre = mode < 0 ? -1 : mode > 2 ? 2 : mode; }
 void attn_warps_force(int warps) { g_attn_warps = warps < 0 ? -1 : warps; }
 

@@ -1289,6 +1289,66 @@ void test_argmax(Backend& cpu, Backend& gpu) {
   }
 }
 
+// The split attention kernel's second batch of cached rows loaded before the wait into shared
+// memory (DDRT_ATTN_PREFETCH=2) against the first batch only.
+void test_attn_prefetch(Backend& cpu, Backend& gpu) {
+  // the split kernel's second batch of cached rows loaded before the wait into shared memory
+  // (attn_prefetch_force(2)) against the first batch only (1): the same bits, where the splits are
+  // longer than one batch (8 warps x 2 positions): Llama-3-8B's and SmolLM2's heads after 512 and
+  // 700 cached positions (26 and 36 positions per split at 20 splits), a 4-warp block (4 positions
+  // per warp), with and without rope, decode and a short chunk (T 3); and the CPU's output
+  struct PfCfg { int nh, nkv, hd, warps; };
+  for (const PfCfg& c : {PfCfg{32, 8, 128, -1}, PfCfg{9, 3, 64, -1}, PfCfg{32, 8, 128, 4}, PfCfg{8, 2, 64, -1}})
+    for (const int64_t pos : {(int64_t)512, (int64_t)700}) {
+      if (race_sized() && pos > 512) continue;
+      auto kc = cpu.create_kv_cache(1, 800, c.nkv, c.hd);
+      auto kg = gpu.create_kv_cache(1, 800, c.nkv, c.hd);
+      std::vector<float> inv(c.hd / 2);
+      for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
+      Buf bi(gpu, inv.size());
+      bi.put(inv);
+      {  // positions [0, pos) in one chunk
+        auto q = randn((size_t)pos * c.nh * c.hd), k = randn((size_t)pos * c.nkv * c.hd), v = randn((size_t)pos * c.nkv * c.hd);
+        std::vector<float> oc(q.size());
+        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+        bq.put(q), bk.put(k), bv.put(v);
+        cpu.attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), (int)pos, c.nh, 0);
+        gpu.attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, c.nh, 0);
+      }
+      gpu::attn_warps_force(c.warps);
+      for (const int T : {1, 3})
+        for (const bool rope : {false, true}) {
+          if (rope && T > 1) continue;  // (rope_attention is one launch at T = 1)
+          auto q = randn((size_t)T * c.nh * c.hd), k = randn((size_t)T * c.nkv * c.hd), v = randn((size_t)T * c.nkv * c.hd);
+          std::vector<float> oc(q.size());
+          Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+          bq.put(q), bk.put(k), bv.put(v);
+          if (rope)
+            cpu.rope_attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), T, c.nh, pos, inv.data());
+          else
+            cpu.attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), T, c.nh, pos);
+          std::vector<float> o[2];
+          for (int mode : {1, 2}) {  // the same call twice: the step's own k, v rows are rewritten alike
+            gpu::attn_prefetch_force(mode);
+            bo.poison();
+            if (rope)
+              gpu.rope_attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), T, c.nh, pos, bi.f());
+            else
+              gpu.attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), T, c.nh, pos);
+            o[mode - 1] = bo.get();
+          }
+          gpu::attn_prefetch_force(-1);
+          const std::string what = std::string(rope ? "rope_attention" : "attention") + " prefetch 2 heads " +
+                                   std::to_string(c.nh) + "/" + std::to_string(c.nkv) + " hd " + std::to_string(c.hd) +
+                                   " warps " + std::to_string(c.warps) + " pos0 " + std::to_string(pos) + " T " +
+                                   std::to_string(T);
+          CHECK_MSG(std::memcmp(o[0].data(), o[1].data(), o[0].size() * 4) == 0, what + ": differs from prefetch 1");
+          report(what, nmse(o[1].data(), oc.data(), oc.size()), 1e-10);
+        }
+      gpu::attn_warps_force(-1);
+    }
+}
+
 void test_attention(Backend& cpu, Backend& gpu) {
   struct Cfg { int n_heads, n_kv, hd, max_seq; std::vector<int> steps; };
   // q heads per kv head 4, 1, 2, 3 (SmolLM2), 8 (70B), 16 (two slices of 8 per kv head); head_dim
@@ -2101,6 +2161,7 @@ int main(int argc, char** argv) {
     if (want("chain")) test_chain(*cpu, *gpu);
     if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
+    if (want("attn_prefetch")) test_attn_prefetch(*cpu, *gpu);
     if (want("decdec_twins")) test_decdec_twins(*gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);
