@@ -1289,6 +1289,17 @@ void test_argmax(Backend& cpu, Backend& gpu) {
   }
 }
 
+// Layer 0 of both caches filled at positions [0, pos) by one attention chunk of random q, k, v (the
+// CPU's and the GPU's alike), so that a decode step can follow at pos.
+void fill_kv(Backend& cpu, Backend& gpu, KVCache& kc, KVCache& kg, int64_t pos, int nh, int nkv, int hd) {
+  auto q = randn((size_t)pos * nh * hd), k = randn((size_t)pos * nkv * hd), v = randn((size_t)pos * nkv * hd);
+  std::vector<float> oc(q.size());
+  Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
+  bq.put(q), bk.put(k), bv.put(v);
+  cpu.attention(kc, 0, oc.data(), q.data(), k.data(), v.data(), (int)pos, nh, 0);
+  gpu.attention(kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, nh, 0);
+}
+
 // The split attention kernel's second batch of cached rows loaded before the wait into shared
 // memory (DDRT_ATTN_PREFETCH=2) against the first batch only.
 void test_attn_prefetch(Backend& cpu, Backend& gpu) {
@@ -1307,14 +1318,7 @@ void test_attn_prefetch(Backend& cpu, Backend& gpu) {
       for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
       Buf bi(gpu, inv.size());
       bi.put(inv);
-      {  // positions [0, pos) in one chunk
-        auto q = randn((size_t)pos * c.nh * c.hd), k = randn((size_t)pos * c.nkv * c.hd), v = randn((size_t)pos * c.nkv * c.hd);
-        std::vector<float> oc(q.size());
-        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
-        bq.put(q), bk.put(k), bv.put(v);
-        cpu.attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), (int)pos, c.nh, 0);
-        gpu.attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, c.nh, 0);
-      }
+      fill_kv(cpu, gpu, *kc, *kg, pos, c.nh, c.nkv, c.hd);  // positions [0, pos) in one chunk
       gpu::attn_warps_force(c.warps);
       for (const int T : {1, 3})
         for (const bool rope : {false, true}) {
@@ -1454,14 +1458,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
       for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / hd);
       Buf bi(gpu, inv.size());
       bi.put(inv);
-      {
-        auto q = randn((size_t)pos * nh * hd), k = randn((size_t)pos * nkv * hd), v = randn((size_t)pos * nkv * hd);
-        std::vector<float> oc(q.size());
-        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
-        bq.put(q), bk.put(k), bv.put(v);
-        cpu.attention(*kc, 0, oc.data(), q.data(), k.data(), v.data(), (int)pos, nh, 0);
-        gpu.attention(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, nh, 0);
-      }
+      fill_kv(cpu, gpu, *kc, *kg, pos, nh, nkv, hd);
       auto q = randn((size_t)nh * hd), k = randn((size_t)nkv * hd), v = randn((size_t)nkv * hd);
       std::vector<float> oc(q.size());
       Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size());
