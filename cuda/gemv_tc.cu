@@ -133,7 +133,9 @@ bool gemv_tc_comp_xs() { return forced_or_env(g_comp_xs, "DDRT_COMP_XS"); }
 void gemv_tc_sel_fast_force(int mode) { g_sel_fast = mode; }
 bool gemv_tc_sel_fast() { return forced_or_env(g_sel_fast, "DDRT_SEL_FAST"); }
 void gemv_tc_sel_reuse_force(int mode) { g_sel_reuse = mode; }
-bool gemv_tc_sel_reuse() { return forced_or_env(g_sel_reuse, "DDRT_SEL_REUSE"); }
+// on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two
+// rounds; gate/up's selection ends ~1 us earlier); env DDRT_SEL_REUSE=0 the twin
+bool gemv_tc_sel_reuse() { return g_sel_reuse >= 0 ? g_sel_reuse == 1 : env_int("DDRT_SEL_REUSE", 1) != 0; }
 
 // 32-output vectors (16 bytes of a residual row) a compensation segment is a multiple of: 8 (one
 // 128-byte line) by default; env DDRT_COMP_SEG_ALIGN=1 the unaligned split (the twin)

@@ -129,8 +129,8 @@ struct TcArgs {
   // segment-major approx with nw (not ssq_in): the block that selects chunk c = its index (< 4:
   // x's first 4096 channels, which the norm's sum loads as float4 t + 256 c: chunk c's channels
   // 4t .. 4t + 3, the selection's own layout) takes x from those registers and nw from loads issued
-  // before the dependency wait, instead of an L2 round trip for both after the norm factor (lab knob
-  // DDRT_SEL_REUSE=1; the same values: tc_x's (x * r) * nw)
+  // before the dependency wait, instead of an L2 round trip for both after the norm factor (on by
+  // default, DDRT_SEL_REUSE=0 off; the same values: tc_x's (x * r) * nw)
   bool sel_reuse = false;
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
                                   // chunk-major, chunk c's term in row c)

@@ -652,8 +652,8 @@ bool gemv_tc_sel_fast();
 int64_t gemv_tc_sel_fast_launches();
 // With the norm inside the launch (q/k/v, gate/up): the selecting block's own chunk from the x it
 // loaded for the norm's sum and the norm weights loaded before the dependency wait, instead of
-// loading x and the weights again once the norm factor is known (TcArgs::sel_reuse; env
-// DDRT_SEL_REUSE=1; the same selection); force as above; launches that did.
+// loading x and the weights again once the norm factor is known (TcArgs::sel_reuse; on by default,
+// env DDRT_SEL_REUSE=0 off; the same selection); force as above; launches that did.
 void gemv_tc_sel_reuse_force(int mode);
 bool gemv_tc_sel_reuse();
 int64_t gemv_tc_sel_reuse_launches();
@@ -749,8 +749,9 @@ int64_t attn_counters(const AttnShape& s);
 bool attn_fuses_rope(const AttnShape& s);
 // The decode / split kernel loads each warp's first cached key and value rows before its
 // dependency wait: attn_prefetch_force(1) on, 0 off, -1 the environment: on unless
-// DDRT_ATTN_PREFETCH=0 (H100 A/B: smollm2-135m decode 969 -> 1017 tok/s, llama3-8b +0.3 %); 2 (lab,
-// DDRT_ATTN_PREFETCH=2) also the second batch's rows, into shared memory (8-warp blocks).
+// DDRT_ATTN_PREFETCH=0 (H100 A/B: smollm2-135m decode 969 -> 1017 tok/s, llama3-8b +0.3 %); 2 (the
+// default, env DDRT_ATTN_PREFETCH=1 the twin) also the second batch's rows, into shared memory
+// (8-warp blocks).
 void attn_prefetch_force(int mode);
 // The merging block's early loads of the split outputs (attn_kernel's merge_pre): 1 the first 16
 // splits beside the (max, sum) loads, 2 (the default) the next 16 too by the threads the merge

@@ -1392,7 +1392,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
     for (const Cfg& c : cfgs) {
       const int tiled = variant == 3 ? 2 : variant;  // attn_tiled_force: 0 off, 1 on, 2 auto
       gpu::attn_tiled_force(tiled);
-      gpu::attn_prefetch_force(variant >= 2);
+      gpu::attn_prefetch_force(variant == 2 ? -1 : variant == 3 ? 1 : 0);
       gpu::attn_warps_force(variant == 3 ? 4 : -1);
       auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
       auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
