@@ -177,6 +177,15 @@ class Backend {
     rope_qk(q, k, T, n_heads, kv.n_kv_heads, kv.head_dim, pos0, inv_freq);
     attention(kv, layer, out, q, k, v, T, n_heads, pos0);
   }
+  // rope_attention into out, then matmul_add(Wo, y, tmp, out, T, call): the attention block's
+  // output projection added into the residual stream y (a backend may merge the attention's
+  // pieces where the projection reads them; out is then scratch: written or not)
+  virtual void rope_attention_matmul_add(KVCache& kv, int layer, float* out, float* q, float* k, const float* v,
+                                         int T, int n_heads, int64_t pos0, const float* inv_freq, const Linear& Wo,
+                                         float* y, float* tmp, const DecdecCall& call) {
+    rope_attention(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq);
+    matmul_add(Wo, y, tmp, out, T, call);
+  }
   // out[0] = argmax of x[0..n) (backend memory; lowest index on ties, NaN never wins).
   virtual void argmax(const float* x, int n, int32_t* out) = 0;
   // The linears the engine will run after the next op, in their order: a backend may start

@@ -448,18 +448,22 @@ void Engine::enqueue_layers(const int32_t* ids, int T, int64_t pos0) {
       linear_group_rmsnorm(l, 0, 3, qkv, x_, L.attn_norm, T, pos0);
     const Linear* const after_attn[3] = {L.w[3].get(), L.w[4].get(), L.w[5].get()};  // o, gate, up
     be_->prefetch_hint(after_attn, 3);
-    be_->rope_attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0, inv_freq_);  // att [T, n_heads*hd]
-    if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
     const DecdecCall o_call = decdec_call(l, 3, pos0);
     group_args(l, 4, 2, pos0, next, next_calls);
+    const bool add_norm = !capture_ && be_->fuses_add_norm(*L.w[3], o_call, next, 2, next_calls, T);
+    if (!add_norm) {
+      be_->rope_attention(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0, inv_freq_);  // att [T, n_heads*hd]
+      if (capture_) emit(l, 3, att_, T, c.n_heads * c.head_dim);
+    }
     float* const gate_up[2] = {gate_, up_};                     // gate, up [T, hidden]
     const Linear* const after_gate_up = L.w[6].get();           // down
     const DecdecCall d_call = decdec_call(l, 6, pos0);
     // gate = swiglu(gate, up) where the gate/up launch writes it (swiglu_after_gate_up): down
     // then reads a plain input
     bool swiglu_done = false;
-    if (!capture_ && be_->fuses_add_norm(*L.w[3], o_call, next, 2, next_calls, T)) {
-      be_->matmul_add(*L.w[3], x_, hb_, att_, T, o_call);       // x += o(att)
+    if (add_norm) {
+      // x += o(attention) (att_ scratch: the backend may merge the attention where o reads it)
+      be_->rope_attention_matmul_add(*kv_, l, att_, q_, k_, v_, T, c.n_heads, pos0, inv_freq_, *L.w[3], x_, hb_, o_call);
       be_->prefetch_hint(&after_gate_up, 1);
       swiglu_done = be_->swiglu_after_gate_up(next, next_calls, *L.w[6], d_call, T);
       if (swiglu_done)

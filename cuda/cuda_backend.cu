@@ -277,7 +277,34 @@ class CudaBackend : public Backend {
       Backend::rope_attention(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq);
   }
   void attention_rope(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
-                      int n_heads, int64_t pos0, const float* inv_freq);
+                      int n_heads, int64_t pos0, const float* inv_freq, gpu::AttnDefer* deferred = nullptr);
+  // Decode (T = 1) with the deferred merge (gpu::attn_defer_on, lab knob DDRT_ATTN_DEFER=1): the
+  // attention leaves its splits' partials in scratch and o's fused GEMV merges them as it reads x
+  // (AttnDefer), one launch's counter, round trips and stores fewer on the attention's path.
+  // Only where o runs on the fused GEMV without compensation and outside the chain; should the
+  // GEMV still refuse, the attention runs again undeferred (the same result, written to out).
+  void rope_attention_matmul_add(KVCache& kv, int layer, float* out, float* q, float* k, const float* v, int T,
+                                 int n_heads, int64_t pos0, const float* inv_freq, const Linear& Wo, float* y,
+                                 float* tmp, const DecdecCall& call) override {
+    const auto& W = static_cast<const CudaLinear&>(Wo);
+    const bool comp = call.mode != DecdecMode::Off && total_k(call.k_chunk, W.d_in) > 0;
+    if (T == 1 && gpu::attn_defer_on() && !comp && !chain_on() && fused_first(W) && gpu::tc_attn_defer_supports(W.dev) &&
+        gpu::attn_fuses_rope({T, n_heads, kv.n_kv_heads, kv.head_dim, pos0})) {
+      gpu::AttnDefer d;
+      attention_rope(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq, &d);
+      if (!d.po) return matmul_add(Wo, y, tmp, out, T, call);  // written to out
+      use_keep();
+      gpu::TcIo io;
+      io.accumulate = true;
+      io.ssq_out = norm_parts_out(W.d_out);
+      io.attn = d;
+      if (matmul_fused1(W, y, out, call, io)) return parts_written(io, y, W.d_out);
+      // (q and k were rotated in place only by the rope_qk launch, never by the fused attention)
+      attention_rope(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq);
+      return matmul_add(Wo, y, tmp, out, T, call);
+    }
+    Backend::rope_attention_matmul_add(kv, layer, out, q, k, v, T, n_heads, pos0, inv_freq, Wo, y, tmp, call);
+  }
   void add_rmsnorm(float* out, float* x, const float* y, const float* w, int T, int dim, float eps) override {
     use();
     DDRT_CHECK(gpu::launch_add_rmsnorm(out, x, y, w, T, dim, eps, st_));
@@ -1145,7 +1172,8 @@ CudaBackend::CompJob CudaBackend::prepare_comp(const CudaLinear& W, const float*
 }
 
 void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const float* q, const float* k,
-                                 const float* v, int T, int n_heads, int64_t pos0, const float* inv_freq) {
+                                 const float* v, int T, int n_heads, int64_t pos0, const float* inv_freq,
+                                 gpu::AttnDefer* deferred) {
   use();
   auto& kv = static_cast<CudaKVCache&>(cache);
   const int hkv = kv.n_kv_heads, hd = kv.head_dim;
@@ -1164,7 +1192,7 @@ void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const fl
   const gpu::L2Hint hint = take_hint(l2_attn_bytes());
   const int64_t st0 = gpu::stamp_regions_taken();
   DDRT_CHECK(gpu::launch_attention(out, q, k, v, kv.at(kv.k, layer, 0), kv.at(kv.v, layer, 0), s, scr,
-                                   attn_counters(gpu::attn_counters(s)), st_, inv_freq, hint));
+                                   attn_counters(gpu::attn_counters(s)), st_, inv_freq, hint, deferred));
   name_stamps(st0, "attention layer " + std::to_string(layer));
 }
 

@@ -250,7 +250,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_xs_launches = 0, g_fast_launches = 0, g_reuse_launches = 0;
+int64_t g_xs_launches = 0, g_fast_launches = 0, g_reuse_launches = 0, g_defer_launches = 0;
 int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
 int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
@@ -268,6 +268,7 @@ int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
 int64_t gemv_tc_xs_launches() { return g_xs_launches; }
 int64_t gemv_tc_sel_fast_launches() { return g_fast_launches; }
 int64_t gemv_tc_sel_reuse_launches() { return g_reuse_launches; }
+int64_t attn_defer_launches() { return g_defer_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
 bool tc_io_aliases(const DevLinear* const* W, float* const* y, int n, const float* x, int64_t d_in, const TcIo& io) {
@@ -300,6 +301,12 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   // accumulating launch (its tiles are x's rows of the next launch)
   if ((io.ssq_in && (!io.nw || io.ssq_n != (a.W.d_in + 15) / 16)) || (io.ssq_out && (!io.accumulate || n != 1)))
     return false;
+  // a deferred attention's output as x: one plain member, heads of 64 or 128 (whole in a warp's
+  // 128-channel slots: tc_attn_x4)
+  if (io.attn.po && (n != 1 || !tc_attn_defer_supports(a.W) || io.up || io.nw || comp || (io.attn.head_dim != 64 && io.attn.head_dim != 128) ||
+                     a.W.d_in % io.attn.head_dim != 0 || io.attn.splits < 2 || io.attn.splits > kAttnMaxSplits || !io.attn.pml))
+    return false;
+  a.attn = io.attn;
   a.ssq_in = io.ssq_in;
   a.ssq_n = io.ssq_in ? io.ssq_n : 0;
   a.ssq_out = io.ssq_out;
@@ -377,6 +384,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (a.sel_xs) ++g_xs_launches;
   if (a.sel_fast && a.select_here) ++g_fast_launches;
   if (a.sel_reuse) ++g_reuse_launches;
+  if (a.attn.po) ++g_defer_launches;
   return true;
 }
 cudaError_t launch_one(const TcArgs& a, const TcPlan& plan, cudaStream_t st) {
@@ -403,7 +411,7 @@ int tc_chain_size(const TcChainQueue* q) { return q->n; }
 
 bool tc_chain_add(TcChainQueue* q, const DevLinear* const* W, float* const* y, int n, const float* x,
                   const TcPlan& plan, float* part, int* cnt, const TcIo& io) {
-  if (q->n == kTcChainMax || !plan.ok || plan.n_tb > 0) return false;
+  if (q->n == kTcChainMax || !plan.ok || plan.n_tb > 0 || io.attn.po) return false;
   if (q->n > 0) {
     const TcArgs& h = q->a[0];
     DevLinear shape;

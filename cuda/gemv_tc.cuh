@@ -84,6 +84,9 @@ struct TcArgs {
   // per-group quantization of x does not see; the compensation reads x * r * nw as rmsnorm writes it)
   const float* nw = nullptr;
   float eps = 0.0f;
+  // non-null attn.po: x is a deferred attention's output (TcIo::attn, AttnDefer): where more than
+  // one split is active the base role merges the splits where it reads x (tc_attn_x4)
+  AttnDefer attn;
   // the norm's sum of squares from the producer (TcIo::ssq_in): with nw, sum_i x_i^2 is the sum of
   // ssq_in[0 .. ssq_n) (the tiles' sums, in that order) instead of each block reading all of x
   const float* ssq_in = nullptr;
@@ -253,6 +256,79 @@ __device__ __forceinline__ void tc_stamp_after(const TcArgs& a, int slot, int de
 #endif
     a.stamps[tc_block(a) * kTcStamps + slot] = t;
   }
+}
+
+// x[i0 .. i0 + 3] of a deferred attention's output (AttnDefer), act of its splits active: the
+// merge attn_kernel's merging block computes, per head: M = the splits' largest max, w_k =
+// exp(m_k - M), L = sum of l_k w_k, x = (sum over k ascending of w_k o_k) / L. Called by a whole
+// warp (lanes: 32 consecutive float4, i0 = 4 (f + lane), head-aligned): GL = head_dim / 4 lanes
+// per head, lane k of a head's lanes takes splits k, k + GL, ..., then butterflies over them. At
+// GL = 32 (head_dim 128) every step is the attention's own (lane k: splits k and k + 32, the same
+// butterflies, the same fmaf): the same bits as the attention's merge. Lanes past d_in (a head's
+// lanes all alike) take part in the shuffles and return zeros. Not inlined: inside the fused
+// kernel its registers made every instance spill (ptxas: 400-600 bytes); as a call it has its own
+// frame (no spills in it) and the kernel keeps its own allocation.
+#ifdef DDRT_CUDA_EMU
+#define DDRT_TC_NOINLINE  // (the emulator's host compiler: no such CUDA keyword, no register file)
+#else
+#define DDRT_TC_NOINLINE __noinline__
+#endif
+template <int GL>
+__device__ DDRT_TC_NOINLINE float4 tc_attn_x4(const AttnDefer& d, int act, int64_t i0, int64_t d_in, int lane) {
+  constexpr int R = kAttnMaxSplits / GL, hd = 4 * GL;
+  const bool valid = i0 < d_in;
+  const int my_act = valid ? act : 0;
+  const int64_t h = valid ? i0 / hd : 0, j = valid ? i0 - h * hd : 0;
+  const int gl = lane & (GL - 1), base = lane - gl;
+  const float* const pml = d.pml + h * d.splits * 2;
+  const float4* const src = reinterpret_cast<const float4*>(d.po + h * d.splits * hd + j);
+  // the splits' outputs in batches of KB (registers: at 8 the 3-bit instances spilled 8-48 bytes
+  // around the call), the first batch's loads beside the (max, sum) loads
+  constexpr int KB = 4;
+  float4 v[KB];
+  auto load_batch = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < KB; ++i) v[i] = k0 + i < my_act ? __ldcg(src + (int64_t)(k0 + i) * GL) : make_float4(0, 0, 0, 0);
+  };
+  load_batch(0);
+  float mk[R], w[R], M = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int k = gl + GL * r;
+    mk[r] = k < my_act ? __ldcg(pml + 2 * k) : -INFINITY;
+    M = fmaxf(M, mk[r]);
+  }
+#pragma unroll
+  for (int off = GL / 2; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+  float Ls = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int k = gl + GL * r;
+    w[r] = 0.0f;
+    if (k < my_act) {
+      w[r] = expf(mk[r] - M);
+      Ls = fmaf(__ldcg(pml + 2 * k + 1), w[r], Ls);
+    }
+  }
+#pragma unroll
+  for (int off = GL / 2; off > 0; off >>= 1) Ls += __shfl_xor_sync(0xffffffffu, Ls, off);
+  float4 acc = make_float4(0, 0, 0, 0);
+#pragma unroll 1
+  for (int k0 = 0; k0 < act; k0 += KB) {  // (act is the same in every lane: so are the shuffles)
+    if (k0 > 0) load_batch(k0);
+#pragma unroll
+    for (int i = 0; i < KB; ++i) {
+      const int k = k0 + i, r = k / GL;
+      float wr = w[0];
+#pragma unroll
+      for (int rr = 1; rr < R; ++rr) wr = r == rr ? w[rr] : wr;
+      const float wk = __shfl_sync(0xffffffffu, wr, base + (k & (GL - 1)));
+      if (k < my_act)
+        acc = make_float4(fmaf(v[i].x, wk, acc.x), fmaf(v[i].y, wk, acc.y), fmaf(v[i].z, wk, acc.z), fmaf(v[i].w, wk, acc.w));
+    }
+  }
+  if (!valid) return make_float4(0, 0, 0, 0);
+  return make_float4(acc.x / Ls, acc.y / Ls, acc.z / Ls, acc.w / Ls);
 }
 
 // Input channel i as the math sees it.
@@ -1055,7 +1131,29 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     if (cg) return x_al && i0 + 4 <= W.d_in ? load_x4<true, true>(p, i0, W.d_in) : load_x4<false, true>(p, i0, W.d_in);
     return x_al && i0 + 4 <= W.d_in ? load_x4<true>(p, i0, W.d_in) : load_x4<false>(p, i0, W.d_in);
   };
+  // a deferred attention's output (a.attn): its active splits, merged here where more than one
+  int attn_act = 0;
+  if (a.attn.po) {
+    const int64_t n = (a.attn.pos_dev ? *a.attn.pos_dev : a.attn.pos0) + 1;
+    const int64_t L = attn_split_len(n, a.attn.splits);
+    attn_act = (int)((n + L - 1) / L);
+  }
   auto load_batch = [&](int64_t f0, float4 (&xv)[XB]) {
+    // (block-uniform; the tests below are warp-uniform: slabs of whole warps). Groups of 128 only
+    // (tc_attn_defer_supports): in the g64 and g32 instances of 4 bits the call made the kernel spill
+    if constexpr (G == 128) {
+      if (attn_act > 1) {
+#pragma unroll
+        for (int q = 0; q < XB; ++q) {
+          const int64_t f = f0 + (int64_t)q * kTcThreads, i0 = 4 * f;
+          xv[q] = make_float4(0, 0, 0, 0);
+          if (f - lane < f4_hi && i0 - 4 * lane < W.d_in)
+            xv[q] = a.attn.head_dim == 128 ? tc_attn_x4<32>(a.attn, attn_act, i0, W.d_in, lane)
+                                           : tc_attn_x4<16>(a.attn, attn_act, i0, W.d_in, lane);
+        }
+        return;
+      }
+    }
 #pragma unroll
     for (int q = 0; q < XB; ++q) {
       const int64_t i0 = 4 * (f0 + (int64_t)q * kTcThreads);

@@ -673,6 +673,30 @@ int64_t gemv_tc_parts_launches();
 bool gemv_tc_norm_parts();
 void gemv_tc_norm_parts_force(int mode);
 // How a fused GEMV reads its input and writes its result (at most one of up and nw):
+// Splits of a decode attention query at most (attn_kernel's merge holds their weights per head).
+constexpr int kAttnMaxSplits = 64;
+// Positions per split of a decode attention query that sees n positions (attn_kernel); its active
+// splits are ceil(n / len). kAttnMinLen: positions per split at least.
+constexpr int kAttnMinLen = 16;
+__host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
+  const int64_t L = (n + splits - 1) / splits;
+  return L < kAttnMinLen ? kAttnMinLen : L;
+}
+// A decode attention (T = 1) whose splits' merge is left to the consumer GEMV (launch_attention
+// with defer; TcIo::attn): where more than one split is active, the attention writes only each
+// split's (max, sum) and unnormalised output to its scratch, and the o projection's blocks merge
+// the splits of the heads they stage as they read x: the merging block's counter, its L2 round
+// trips and its stores leave the attention's critical path. With one active split the attention
+// wrote its output to x as usual, and the GEMV reads x. po == nullptr: nothing deferred.
+struct AttnDefer {
+  const float* po = nullptr;   // [n_heads][splits][head_dim] the splits' unnormalised outputs
+  const float* pml = nullptr;  // [n_heads][splits][2] their (max, sum)
+  int splits = 0, head_dim = 0;
+  int64_t pos0 = 0;                   // the query's position (T = 1) ...
+  const int64_t* pos_dev = nullptr;   // ... or where the decode graph's step keeps it
+};
+// Whether the fused GEMV of d can take a deferred attention's output as x (TcIo::attn): groups of 128
+inline bool tc_attn_defer_supports(const DevLinear& d) { return d.group == 128; }
 struct TcIo {
   const float* up = nullptr;  // non-null: the input is swiglu1(x, up) (x the gate), computed where x is read
   const float* nw = nullptr;  // non-null: the input is rmsnorm(x) * nw with eps (x: the residual stream)
@@ -691,6 +715,9 @@ struct TcIo {
   // the weights of the linears after this one: the base warps prefetch them into L2 once their
   // units are done (a hint: no result depends on it)
   L2Hint next;
+  // non-null po: x is a deferred attention's output (AttnDefer): one member, no up / nw, no
+  // compensation, head_dim 64 or 128 dividing d_in (tc_fill checks)
+  AttnDefer attn;
 };
 // Whether an accumulating launch's outputs overlap its inputs (x, up, nw over d_in): every block
 // reads the inputs while the tiles' finishers add into y, so launch_gemv_tc refuses that (the
@@ -780,9 +807,18 @@ int64_t attn_tiled_launches();
 bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs);
 cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                                    const AttnShape& s, cudaStream_t st);
+// deferred non-null (T = 1, the split kernel with more than one split possible, head_dim 64 or
+// 128): the merge of the splits is left to the consumer (AttnDefer; *deferred says where the
+// partials are, or po == nullptr where the launch wrote out itself)
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
-                             const float* inv_freq = nullptr, const L2Hint& hint = L2Hint());
+                             const float* inv_freq = nullptr, const L2Hint& hint = L2Hint(),
+                             AttnDefer* deferred = nullptr);
+// The deferred merge (AttnDefer) on or off: attn_defer_force(1) on, 0 off, -1 the environment
+// (lab knob DDRT_ATTN_DEFER=1, off by default until timed on a GPU).
+void attn_defer_force(int mode);
+bool attn_defer_on();
+int64_t attn_defer_launches();  // test counter: GEMV launches that merged a deferred attention
 
 }  // namespace gpu
 }  // namespace ddrt

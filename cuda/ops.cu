@@ -186,8 +186,6 @@ unsigned grid_for(size_t n) {
 constexpr int kAttnWarps = 4;      // warps per block where 8 do not fit (attn_warps), and the twin's
 constexpr int kMaxHeadDim = 256;
 constexpr int kAttnMaxG = 8;        // q heads per block at most
-constexpr int kAttnMaxSplits = 64;
-constexpr int kAttnMinLen = 16;     // positions per split at least
 // blocks the split count aims at (attn_splits), with 4 and with 8 warps per block: H100 A/B at
 // context 512, two rounds (eleventh session): 8 warps at 160 blocks +2.0 % llama3-8b, +2.2 %
 // smollm2-135m over 4 warps at 264 (8 warps at 264: +1.0 / +2.3 %; at 128: +0.9 / +5.1 %)
@@ -200,11 +198,6 @@ __host__ __device__ inline AttnGeom attn_geom(const AttnShape& s) {
   const int G = s.n_heads / s.n_kv_heads;
   const int slices = (G + kAttnMaxG - 1) / kAttnMaxG;
   return {G, slices, (G + slices - 1) / slices};
-}
-// Positions per split of a query that sees n positions; its active splits are ceil(n / len).
-__host__ __device__ inline int64_t attn_split_len(int64_t n, int splits) {
-  const int64_t L = (n + splits - 1) / splits;
-  return L < kAttnMinLen ? kAttnMinLen : L;
 }
 
 // attn_kernel's positions in flight per warp (a batch is W x attn_u positions)
@@ -219,7 +212,7 @@ template <int PL, int GM, int W>
 __global__ void __launch_bounds__(32 * W)
 attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, int prefetch, int merge_pre,
-            bool fence_sc, bool idle_exit, bool heads_inner, L2Hint hint, unsigned long long* stamps) {
+            bool fence_sc, bool idle_exit, bool heads_inner, bool defer, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = attn_u(PL, W);  // positions in flight per warp
   __shared__ float sm_m[W][GM], sm_l[W][GM], sm_c[W][GM], sm_bM[GM], sm_bL[GM];
   __shared__ __align__(16) float sm_o[W][GM][32 * PL];
@@ -457,7 +450,9 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       po[((int64_t)g * splits + sp) * hd + i] = acc;
     }
   }
-  if (active == 1) return;
+  // defer (AttnDefer, launch_attention's deferred): the consumer GEMV merges the splits; its
+  // dependency wait (the whole grid done, its stores visible) orders them, no counter needed
+  if (active == 1 || defer) return;
   __syncthreads();
   if (threadIdx.x == 0) {
     DDRT_COUNTER_FENCE(fence_sc);
@@ -509,7 +504,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       if (k < active) {
         const float w = expf(mk[r] - M);
         sm_w[g][k] = w;
-        Ls += __ldcg(pml + ((int64_t)g * splits + k) * 2 + 1) * w;
+        Ls = fmaf(__ldcg(pml + ((int64_t)g * splits + k) * 2 + 1), w, Ls);  // (as attn_merge_x4)
       }
     }
 #pragma unroll
@@ -802,7 +797,7 @@ int attn_merge_pre() {
 template <int PL, int W>
 cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                           const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
-                          unsigned* counters, const float* inv_freq, const L2Hint& hint) {
+                          unsigned* counters, const float* inv_freq, const L2Hint& hint, bool defer) {
   const dim3 block(32 * W);
   const int prefetch = attn_prefetch_mode();
   // prefetch 2: the second batch's K and V rows in dynamic shared memory (attn_kernel)
@@ -817,22 +812,22 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   const bool heads_inner = attn_heads_inner();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
-    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
-    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
+    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
+    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
     default:
       if constexpr (8 * PL <= 32 || W == kAttnWarps)
-        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, hint, st_reg);
+        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
       return cudaErrorInvalidValue;  // not reached: attn_warps keeps kAttnWarps there
   }
 }
 template <int PL>
 cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                         const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
-                        unsigned* counters, const float* inv_freq, const L2Hint& hint) {
+                        unsigned* counters, const float* inv_freq, const L2Hint& hint, bool defer) {
   if (attn_warps(gm, PL) == 8)
-    return attn_launch_w<PL, 8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
-  return attn_launch_w<PL, kAttnWarps>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
+    return attn_launch_w<PL, 8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  return attn_launch_w<PL, kAttnWarps>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
 }
 }  // namespace
 
@@ -863,6 +858,14 @@ L2Hint l2_hint_for(const DevLinear* const* Ws, int n, int64_t budget) {
 void attn_prefetch_force(int mode) { g_attn_prefetch = mode < 0 ? -1 : mode >= 2 ? 2 : mode == 1 ? 1 : 0; }
 void attn_merge_pre_force(int mode) { g_attn_merge_pre = mode < 0 ? -1 : mode > 2 ? 2 : mode; }
 void attn_warps_force(int warps) { g_attn_warps = warps < 0 ? -1 : warps; }
+namespace {
+int g_attn_defer = -1;  // attn_defer_force; -1: the environment
+}
+void attn_defer_force(int mode) { g_attn_defer = mode < 0 ? -1 : mode > 0 ? 1 : 0; }
+bool attn_defer_on() {
+  static const bool env = env_int("DDRT_ATTN_DEFER", 0) == 1;
+  return g_attn_defer >= 0 ? g_attn_defer == 1 : env;
+}
 
 bool attn_fuses_rope(const AttnShape& s) {
   return s.T == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);
@@ -870,7 +873,8 @@ bool attn_fuses_rope(const AttnShape& s) {
 
 cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
-                             const float* inv_freq, const L2Hint& hint) {
+                             const float* inv_freq, const L2Hint& hint, AttnDefer* deferred) {
+  if (deferred) *deferred = AttnDefer();
   if (s.T <= 0) return cudaSuccess;
   if (s.head_dim > kMaxHeadDim || s.head_dim <= 0 || s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 ||
       (inv_freq && !attn_fuses_rope(s)))
@@ -882,10 +886,22 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
   const unsigned n_y = (unsigned)(s.n_kv_heads * geo.slices);
   const dim3 grid = attn_heads_inner() ? dim3(n_y, splits, s.T) : dim3(splits, n_y, s.T);
   const int gm = attn_gm(geo), pl = attn_pl(s.head_dim);
-  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
-  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
-  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
-  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint);
+  // the merge left to the consumer: where its GEMV can merge (T = 1, head_dim 64 or 128) and a
+  // query may see more than one split
+  const bool defer = deferred && s.T == 1 && (s.head_dim == 64 || s.head_dim == 128) && splits > 1;
+  if (defer) {
+    const int64_t ph = (int64_t)s.n_heads * splits;
+    deferred->po = scratch;
+    deferred->pml = scratch + ph * s.head_dim;
+    deferred->splits = splits;
+    deferred->head_dim = s.head_dim;
+    deferred->pos0 = s.pos0;
+    deferred->pos_dev = s.pos_dev;
+  }
+  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
 }
 
 }  // namespace gpu

@@ -22,7 +22,7 @@ tail -15 "$OUT/pytest.log"
 # the CPU-vs-CUDA tests again with the off-by-default switches on, and with the defaults' twins
 # (the CPU emulator runs the same in the test command; a failure here: bisect one switch per run)
 for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1 DDRT_L2_NEXT=1 DDRT_L2_PF_MB=-1 DDRT_ATTN_IDLE_EXIT=1 DDRT_GEMV_F_QUEUE=1 DDRT_COMP_XS=1 DDRT_SEL_FAST=1 DDRT_SEL_REUSE=0 DDRT_ATTN_PREFETCH=1" \
-                "DDRT_SWIGLU_PAIRS=0 DDRT_FENCE_SC=1 DDRT_ATTN_MERGE_PRE=0 DDRT_NORM_PARTS=1" \
+                "DDRT_SWIGLU_PAIRS=0 DDRT_FENCE_SC=1 DDRT_ATTN_MERGE_PRE=0 DDRT_NORM_PARTS=1 DDRT_ATTN_DEFER=1" \
                 "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3 DDRT_W_EVICT=0 DDRT_TC_EARLY=0 DDRT_REPLAY_N=0 DDRT_TC_BULK=0 DDRT_ATTN_WARPS=4 DDRT_GEMV_F_QUEUE=0 DDRT_ATTN_HEADS_INNER=0 DDRT_COMP_SEG_ALIGN=1 DDRT_ATTN_MERGE_PRE=1"; do
   if ! (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1; then
     PT=1
@@ -84,9 +84,10 @@ if [ "${1:-}" != "quick" ]; then
   done
   # A/B of switches against their defaults (each beside its default run above; AB=0 skips them).
   # Measured and left off, not rerun each round: DDRT_COMP_CHUNKS=1, DDRT_TC_CHAIN=1 (gpu_ab.sh)
-  [ "${AB:-1}" = 0 ] || for ab in "DDRT_SEL_REUSE=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" "DDRT_SEL_REUSE=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk gate_up=1" \
-            "DDRT_ATTN_PREFETCH=2|--shape llama3-8b --bits 3" "DDRT_ATTN_PREFETCH=2|--shape smollm2-135m --bits 3" \
-            "DDRT_ATTN_BLOCKS=264|--shape llama3-8b --bits 3" \
+  [ "${AB:-1}" = 0 ] || for ab in "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
+            "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 4" \
+            "DDRT_SEL_REUSE=0|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
+            "DDRT_ATTN_PREFETCH=1|--shape llama3-8b --bits 3" "DDRT_ATTN_PREFETCH=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_MERGE_PRE=1|--shape llama3-8b --bits 3" "DDRT_ATTN_MERGE_PRE=1|--shape smollm2-135m --bits 3" \
             "DDRT_SEL_FAST=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" "DDRT_GEMV_F_QUEUE=0|--shape llama3-8b --bits 3" "DDRT_GEMV_F_QUEUE=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_HEADS_INNER=0|--shape smollm2-135m --bits 3" "DDRT_GEMV_F_QUEUE=0|--shape llama3-8b --bits 4" \

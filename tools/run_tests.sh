@@ -22,7 +22,7 @@ if [ "${DDRT_EMU_TESTS:-1}" != 0 ]; then
     "$PY" -m pip install -q ${PIP_FLAGS:-} --no-deps --upgrade --target "$EMU/py" . -C build-dir="$EMU/pybuild" \
       -C cmake.define.DECDEC_CUDA_EMU=ON -C cmake.define.DECDEC_TESTS=OFF
     for switches in "" "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1 DDRT_L2_NEXT=1 DDRT_L2_PF_MB=-1 DDRT_ATTN_IDLE_EXIT=1 DDRT_GEMV_F_QUEUE=1 DDRT_COMP_XS=1 DDRT_SEL_FAST=1 DDRT_SEL_REUSE=0 DDRT_ATTN_PREFETCH=1" \
-                    "DDRT_SWIGLU_PAIRS=0 DDRT_FENCE_SC=1 DDRT_ATTN_MERGE_PRE=0 DDRT_NORM_PARTS=1" \
+                    "DDRT_SWIGLU_PAIRS=0 DDRT_FENCE_SC=1 DDRT_ATTN_MERGE_PRE=0 DDRT_NORM_PARTS=1 DDRT_ATTN_DEFER=1" \
                     "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3 DDRT_W_EVICT=0 DDRT_TC_EARLY=0 DDRT_REPLAY_N=0 DDRT_ATTN_WARPS=4 DDRT_GEMV_F_QUEUE=0 DDRT_ATTN_HEADS_INNER=0 DDRT_COMP_SEG_ALIGN=1 DDRT_ATTN_MERGE_PRE=1"; do
       echo "CUDA pytest cases on the emulator${switches:+ with $switches}"
       (cd tests && env $switches PYTHONPATH="$OLDPWD/$EMU/py" "$PY" -m pytest -q python/test_cuda.py \

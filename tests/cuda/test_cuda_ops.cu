@@ -1300,6 +1300,63 @@ void fill_kv(Backend& cpu, Backend& gpu, KVCache& kc, KVCache& kg, int64_t pos, 
   gpu.attention(kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, nh, 0);
 }
 
+// The deferred attention merge (attn_defer_force(1), lab knob DDRT_ATTN_DEFER=1): the attention
+// leaves its splits' partials and o's fused GEMV merges them where it reads x
+// (rope_attention_matmul_add). Against the same call undeferred (the attention's own merge, then
+// the same GEMV): the same bits at head_dim 128 (every step of the merge is the attention's),
+// within rounding at 64 (the sum L's butterfly over 16 lanes instead of 32); and the CPU's.
+// Llama-3-8B's heads, SmolLM2's (576 channels: the last warp's second half past d_in) and a
+// smaller GQA, 3 and 4 bits (and g64, which the GEMV leaves to the attention), after 15 cached positions (one split: the attention writes x as
+// usual), 40 (3 splits), 512 (20) and 1100 (more than 32 active splits: the second register of
+// each lane's split weights at head_dim 128, the third and fourth at 64).
+void test_attn_defer(Backend& cpu, Backend& gpu) {
+  struct DfCfg { int nh, nkv, hd; TensorType t; };
+  for (const DfCfg& c : {DfCfg{32, 8, 128, TensorType::UQ3_G128}, DfCfg{9, 3, 64, TensorType::UQ4_G128},
+                         DfCfg{8, 2, 64, TensorType::UQ3_G128}, DfCfg{16, 4, 128, TensorType::UQ4_G128},
+                         DfCfg{8, 2, 128, TensorType::UQ4_G64}})
+    for (const int64_t pos : {(int64_t)15, (int64_t)40, (int64_t)512, (int64_t)1100}) {
+      if (race_sized() && pos > 512) continue;
+      auto kc = cpu.create_kv_cache(1, 1200, c.nkv, c.hd);
+      auto kg = gpu.create_kv_cache(1, 1200, c.nkv, c.hd);
+      std::vector<float> inv(c.hd / 2);
+      for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
+      Buf bi(gpu, inv.size());
+      bi.put(inv);
+      fill_kv(cpu, gpu, *kc, *kg, pos, c.nh, c.nkv, c.hd);  // positions [0, pos) in one chunk
+      const int64_t d_in = (int64_t)c.nh * c.hd, d_out = 272;
+      auto L = make_linear(c.t, d_out, d_in, false);
+      auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
+      auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
+      const auto q = randn(d_in), k = randn((size_t)c.nkv * c.hd), v = randn((size_t)c.nkv * c.hd), y0 = randn(d_out);
+      std::vector<float> yc = y0, oc(d_in), tc(d_out), qc = q, kcp = k;
+      cpu.rope_attention_matmul_add(*kc, 0, oc.data(), qc.data(), kcp.data(), v.data(), 1, c.nh, pos, inv.data(), *Wc,
+                                    yc.data(), tc.data(), {});
+      std::vector<float> y[2];
+      const std::string what = "attn_defer heads " + std::to_string(c.nh) + "/" + std::to_string(c.nkv) + " hd " +
+                               std::to_string(c.hd) + " " + type_name(c.t) + " pos0 " + std::to_string(pos);
+      for (const int defer : {0, 1}) {  // the same call twice: the step's own k, v rows are rewritten alike
+        gpu::attn_defer_force(defer);
+        Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size()), by(gpu, y0.size()),
+            bt(gpu, y0.size());
+        bq.put(q), bk.put(k), bv.put(v), by.put(y0);
+        bo.poison(), bt.poison();
+        const int64_t before = gpu::attn_defer_launches();
+        gpu.rope_attention_matmul_add(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), 1, c.nh, pos, bi.f(), *Wg, by.f(), bt.f(), {});
+        // (groups of 128 only: tc_attn_defer_supports; elsewhere the attention merges as usual)
+        const bool merged = gpu::attn_defer_launches() > before,
+                   want = defer == 1 && pos > 15 && c.t != TensorType::UQ4_G64;
+        CHECK_MSG(merged == want, what + ": the GEMV " + (merged ? "merged" : "did not merge") + " the splits");
+        y[defer] = by.get();
+      }
+      gpu::attn_defer_force(-1);
+      if (c.hd == 128)
+        CHECK_MSG(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0, what + ": differs from the attention's merge");
+      else
+        report(what + " vs the attention's merge", nmse(y[1].data(), y[0].data(), y[0].size()), 1e-10);
+      report(what + " vs CPU", nmse(y[1].data(), yc.data(), yc.size()), 1e-8);
+    }
+}
+
 // The split attention kernel's second batch of cached rows loaded before the wait into shared
 // memory (DDRT_ATTN_PREFETCH=2) against the first batch only.
 void test_attn_prefetch(Backend& cpu, Backend& gpu) {
@@ -2159,6 +2216,7 @@ int main(int argc, char** argv) {
     if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
     if (want("attn_prefetch")) test_attn_prefetch(*cpu, *gpu);
+    if (want("attn_defer")) test_attn_defer(*cpu, *gpu);
     if (want("decdec_twins")) test_decdec_twins(*gpu);
     if (want("decdec_chunks")) {  // the fused GEMV's compensation chunk-major (DDRT_COMP_CHUNKS=1)
       gpu::gemv_tc_comp_chunks_force(1);
