@@ -1300,6 +1300,21 @@ void fill_kv(Backend& cpu, Backend& gpu, KVCache& kc, KVCache& kg, int64_t pos, 
   gpu.attention(kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), (int)pos, nh, 0);
 }
 
+// One layer's caches on both backends holding positions [0, pos) (fill_kv), and rope's
+// frequencies for head_dim hd, on the host (inv) and the device (bi)
+struct KvPair {
+  std::unique_ptr<KVCache> kc, kg;
+  std::vector<float> inv;
+  Buf bi;
+  KvPair(Backend& cpu, Backend& gpu, int max_seq, int64_t pos, int nh, int nkv, int hd)
+      : kc(cpu.create_kv_cache(1, max_seq, nkv, hd)), kg(gpu.create_kv_cache(1, max_seq, nkv, hd)), inv(hd / 2),
+        bi(gpu, hd / 2) {
+    for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / hd);
+    bi.put(inv);
+    fill_kv(cpu, gpu, *kc, *kg, pos, nh, nkv, hd);
+  }
+};
+
 // The deferred attention merge (attn_defer_force(1), lab knob DDRT_ATTN_DEFER=1): the attention
 // leaves its splits' partials and o's fused GEMV merges them where it reads x
 // (rope_attention_matmul_add). Against the same call undeferred (the attention's own merge, then
@@ -1316,13 +1331,10 @@ void test_attn_defer(Backend& cpu, Backend& gpu) {
                          DfCfg{8, 2, 128, TensorType::UQ4_G64}})
     for (const int64_t pos : {(int64_t)15, (int64_t)40, (int64_t)512, (int64_t)1100}) {
       if (race_sized() && pos > 512) continue;
-      auto kc = cpu.create_kv_cache(1, 1200, c.nkv, c.hd);
-      auto kg = gpu.create_kv_cache(1, 1200, c.nkv, c.hd);
-      std::vector<float> inv(c.hd / 2);
-      for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
-      Buf bi(gpu, inv.size());
-      bi.put(inv);
-      fill_kv(cpu, gpu, *kc, *kg, pos, c.nh, c.nkv, c.hd);  // positions [0, pos) in one chunk
+      KvPair kv(cpu, gpu, 1200, pos, c.nh, c.nkv, c.hd);  // positions [0, pos) in one chunk
+      auto &kc = kv.kc, &kg = kv.kg;
+      const std::vector<float>& inv = kv.inv;
+      Buf& bi = kv.bi;
       const int64_t d_in = (int64_t)c.nh * c.hd, d_out = 272;
       auto L = make_linear(c.t, d_out, d_in, false);
       auto Wc = cpu.load_linear(L->desc, ResidualPlacement::Host);
@@ -1369,13 +1381,10 @@ void test_attn_prefetch(Backend& cpu, Backend& gpu) {
   for (const PfCfg& c : {PfCfg{32, 8, 128, -1}, PfCfg{9, 3, 64, -1}, PfCfg{32, 8, 128, 4}, PfCfg{8, 2, 64, -1}})
     for (const int64_t pos : {(int64_t)512, (int64_t)700}) {
       if (race_sized() && pos > 512) continue;
-      auto kc = cpu.create_kv_cache(1, 800, c.nkv, c.hd);
-      auto kg = gpu.create_kv_cache(1, 800, c.nkv, c.hd);
-      std::vector<float> inv(c.hd / 2);
-      for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
-      Buf bi(gpu, inv.size());
-      bi.put(inv);
-      fill_kv(cpu, gpu, *kc, *kg, pos, c.nh, c.nkv, c.hd);  // positions [0, pos) in one chunk
+      KvPair kv(cpu, gpu, 800, pos, c.nh, c.nkv, c.hd);  // positions [0, pos) in one chunk
+      auto &kc = kv.kc, &kg = kv.kg;
+      const std::vector<float>& inv = kv.inv;
+      Buf& bi = kv.bi;
       gpu::attn_warps_force(c.warps);
       for (const int T : {1, 3})
         for (const bool rope : {false, true}) {
