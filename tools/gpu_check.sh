@@ -85,7 +85,7 @@ if [ "${1:-}" != "quick" ]; then
   # A/B of switches against their defaults (each beside its default run above; AB=0 skips them).
   # Measured and left off, not rerun each round: DDRT_COMP_CHUNKS=1, DDRT_TC_CHAIN=1 (gpu_ab.sh)
   [ "${AB:-1}" = 0 ] || for ab in "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
-            "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 4" \
+            "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 4" "DDRT_ATTN_DEFER=1 DDRT_ATTN_BLOCKS=96|--shape llama3-8b --bits 3" \
             "DDRT_SEL_REUSE=0|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_ATTN_PREFETCH=1|--shape llama3-8b --bits 3" "DDRT_ATTN_PREFETCH=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_MERGE_PRE=1|--shape llama3-8b --bits 3" "DDRT_ATTN_MERGE_PRE=1|--shape smollm2-135m --bits 3" \
