@@ -672,7 +672,6 @@ int64_t gemv_tc_parts_launches();
 // off by default, env DDRT_NORM_PARTS=1 on); force 1 / 0, -1: the environment (tests).
 bool gemv_tc_norm_parts();
 void gemv_tc_norm_parts_force(int mode);
-// How a fused GEMV reads its input and writes its result (at most one of up and nw):
 // Splits of a decode attention query at most (attn_kernel's merge holds their weights per head).
 constexpr int kAttnMaxSplits = 64;
 // Positions per split of a decode attention query that sees n positions (attn_kernel); its active
@@ -697,6 +696,7 @@ struct AttnDefer {
 };
 // Whether the fused GEMV of d can take a deferred attention's output as x (TcIo::attn): groups of 128
 inline bool tc_attn_defer_supports(const DevLinear& d) { return d.group == 128; }
+// How a fused GEMV reads its input and writes its result (at most one of up and nw):
 struct TcIo {
   const float* up = nullptr;  // non-null: the input is swiglu1(x, up) (x the gate), computed where x is read
   const float* nw = nullptr;  // non-null: the input is rmsnorm(x) * nw with eps (x: the residual stream)
