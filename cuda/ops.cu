@@ -450,9 +450,17 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       po[((int64_t)g * splits + sp) * hd + i] = acc;
     }
   }
+  if (active == 1) return;
   // defer (AttnDefer, launch_attention's deferred): the consumer GEMV merges the splits; its
-  // dependency wait (the whole grid done, its stores visible) orders them, no counter needed
-  if (active == 1 || defer) return;
+  // dependency wait (the whole grid done, its stores visible) orders them, no counter needed. (The
+  // timeline's "counted in" stamp: this split's stores issued.)
+  if (defer) {
+    if (stamps) {
+      __syncthreads();
+      stamp.at(2);
+    }
+    return;
+  }
   __syncthreads();
   if (threadIdx.x == 0) {
     DDRT_COUNTER_FENCE(fence_sc);
