@@ -464,6 +464,13 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
   if (tile >= 0) {
     const int r = lane & 15;
     const float* slots = a.part + tile * a.n_units * 16 + r;
+    // the row's old value (accumulate) loaded beside the first slots, not one round trip after the
+    // sum: only this lane writes the row in this launch, so the value is the same either way
+    const int64_t row = tile * 16 + r;
+    const bool in = row < a.W.d_out;
+    const int m = in ? tc_member(a, row) : 0;
+    float* const yr = in ? a.y[m] + (row - a.row0[m]) : nullptr;
+    const float yold = in && a.accumulate ? __ldcg(yr) : 0.0f;  // through L2: a chain's earlier stage may have written it
     float s = 0.0f;
     for (int64_t j0 = 0; j0 < e_base; j0 += 16) {
       float v[16];
@@ -472,8 +479,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
 #pragma unroll
       for (int q = 0; q < 16; ++q) s += v[q];
     }
-    const int64_t row = tile * 16 + r;
-    if (row < a.W.d_out) {
+    if (in) {
       if (a.n_tb > 0) {  // the compensation's terms (chunk-major: one per chunk, in chunk order),
         // loaded 16 at a time before adding, as the slots (one at a time, a chunk-major tile waited
         // a round trip per chunk: the likely cause of the H100 stamps' ~10 us between the median and
@@ -487,9 +493,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
           for (int q = 0; q < 16; ++q) s += v[q];
         }
       }
-      const int m = tc_member(a, row);
-      float* yr = a.y[m] + (row - a.row0[m]);
-      const float yv = a.accumulate ? __ldcg(yr) + s : s;  // through L2: a chain's earlier stage may have written it
+      const float yv = a.accumulate ? yold + s : s;
       *yr = yv;
       sq = yv * yv;
     }
