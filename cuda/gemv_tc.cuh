@@ -471,6 +471,8 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     const int m = in ? tc_member(a, row) : 0;
     float* const yr = in ? a.y[m] + (row - a.row0[m]) : nullptr;
     const float yold = in && a.accumulate ? __ldcg(yr) : 0.0f;  // through L2: a chain's earlier stage may have written it
+    // likewise the compensation's first term (segment-major: its only one)
+    const float cfirst = in && a.n_tb > 0 ? __ldcg(a.cpart + row) : 0.0f;
     float s = 0.0f;
     for (int64_t j0 = 0; j0 < e_base; j0 += 16) {
       float v[16];
@@ -488,7 +490,8 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
         for (int64_t c0 = 0; c0 < nc; c0 += 16) {
           float v[16];
 #pragma unroll
-          for (int q = 0; q < 16; ++q) v[q] = c0 + q < nc ? __ldcg(a.cpart + (c0 + q) * a.W.d_out + row) : 0.0f;
+          for (int q = 0; q < 16; ++q)
+            v[q] = c0 + q >= nc ? 0.0f : c0 + q == 0 ? cfirst : __ldcg(a.cpart + (c0 + q) * a.W.d_out + row);
 #pragma unroll
           for (int q = 0; q < 16; ++q) s += v[q];
         }
