@@ -123,6 +123,11 @@ SHAPES = {
     "tiny": dict(dim=64, hidden_dim=160, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
                  n_vocab=None, max_seq_len=256, rope_theta=10000.0, tied_embeddings=False,
                  group_size=64, calib=(4, 64)),
+    # head_dim 64 and groups of 128 at a size the CPU emulator runs: the decode attention's shape
+    # whose merge o's fused GEMV can take over (DDRT_ATTN_DEFER=1)
+    "tiny64": dict(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64,
+                   n_vocab=None, max_seq_len=256, rope_theta=10000.0, tied_embeddings=False,
+                   group_size=128, calib=(4, 64)),
     "smollm2-135m": dict(dim=576, hidden_dim=1536, n_layers=30, n_heads=9, n_kv_heads=3,
                          head_dim=64, n_vocab=49152, max_seq_len=2048, rope_theta=100000.0,
                          tied_embeddings=True, group_size=128, calib=(2, 32)),

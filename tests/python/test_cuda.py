@@ -64,6 +64,31 @@ def test_greedy_decode_token_for_token(margin_model):
     assert a == b
 
 
+@pytest.fixture(scope="module")
+def tiny64(model_dir):
+    """Head_dim 64 and groups of 128 (the shape o's fused GEMV takes the attention's merge over
+    in, DDRT_ATTN_DEFER=1) at a size the CPU emulator runs."""
+    from decdec_rt.tiny import make_tiny_model
+    path = model_dir / "tiny64.ddrt"
+    if not path.exists():
+        make_tiny_model(str(path), tokenizer="bpe", bits=3, shape="tiny64", seed=7)
+    return str(path)
+
+
+def test_decode_past_one_split_cpu_vs_cuda(tiny64):
+    """Decode steps at positions 8..47 of a head_dim-64 model (the decode graph: the split count
+    fixed, the active splits following the position past 16): logits as the CPU's. Under switch
+    configuration 2 (DDRT_ATTN_DEFER=1) o's fused GEMV merges the attention's splits."""
+    cpu, gpu = decdec_rt.Runtime(tiny64), decdec_rt.Runtime(tiny64, device="cuda")
+    ids = np.random.default_rng(4).integers(0, cpu.n_vocab, 48).astype(np.int32)
+    for rt in (cpu, gpu):
+        rt._engine.reset()
+        rt._engine.forward(ids[:8], False)
+    for t in ids[8:]:  # (the KV cache came from the prefill: its tolerance)
+        a = np.array([t], np.int32)
+        assert rel_err(gpu._engine.forward(a, False), cpu._engine.forward(a, False)) <= PREFILL_TOL
+
+
 def test_bad_device_index(tiny3):
     with pytest.raises(decdec_rt.CudaError, match="cuda:77"):
         decdec_rt.Runtime(tiny3, device="cuda:77")
