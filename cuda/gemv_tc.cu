@@ -303,8 +303,9 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     return false;
   // a deferred attention's output as x: one plain member, heads of 64 or 128 (whole in a warp's
   // 128-channel slots: tc_attn_x4)
-  if (io.attn.po && (n != 1 || !tc_attn_defer_supports(a.W) || io.up || io.nw || comp || (io.attn.head_dim != 64 && io.attn.head_dim != 128) ||
-                     a.W.d_in % io.attn.head_dim != 0 || io.attn.splits < 2 || io.attn.splits > kAttnMaxSplits || !io.attn.pml))
+  if (io.attn.po && (n != 1 || !tc_attn_defer_supports(a.W) || io.up || io.nw || comp ||
+                     (io.attn.head_dim != 64 && io.attn.head_dim != 128) || a.W.d_in % io.attn.head_dim != 0 ||
+                     io.attn.splits < 2 || io.attn.splits > kAttnMaxSplits || !io.attn.pml))
     return false;
   a.attn = io.attn;
   a.ssq_in = io.ssq_in;

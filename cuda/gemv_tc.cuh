@@ -286,11 +286,11 @@ __device__ DDRT_TC_NOINLINE float4 tc_attn_x4(const AttnDefer& d, int act, int64
   // around the call), the first batch's loads beside the (max, sum) loads
   constexpr int KB = 4;
   float4 v[KB];
-  auto load_batch = [&](int k0) {
+  auto load_outs = [&](int k0) {
 #pragma unroll
     for (int i = 0; i < KB; ++i) v[i] = k0 + i < my_act ? __ldcg(src + (int64_t)(k0 + i) * GL) : make_float4(0, 0, 0, 0);
   };
-  load_batch(0);
+  load_outs(0);
   float mk[R], w[R], M = -INFINITY;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -315,7 +315,7 @@ __device__ DDRT_TC_NOINLINE float4 tc_attn_x4(const AttnDefer& d, int act, int64
   float4 acc = make_float4(0, 0, 0, 0);
 #pragma unroll 1
   for (int k0 = 0; k0 < act; k0 += KB) {  // (act is the same in every lane: so are the shuffles)
-    if (k0 > 0) load_batch(k0);
+    if (k0 > 0) load_outs(k0);
 #pragma unroll
     for (int i = 0; i < KB; ++i) {
       const int k = k0 + i, r = k / GL;

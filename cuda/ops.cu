@@ -512,7 +512,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
       if (k < active) {
         const float w = expf(mk[r] - M);
         sm_w[g][k] = w;
-        Ls = fmaf(__ldcg(pml + ((int64_t)g * splits + k) * 2 + 1), w, Ls);  // (as attn_merge_x4)
+        Ls = fmaf(__ldcg(pml + ((int64_t)g * splits + k) * 2 + 1), w, Ls);  // (as tc_attn_x4)
       }
     }
 #pragma unroll
