@@ -1067,6 +1067,7 @@ void CudaBackend::matmul_group(const Linear* const* Ws, float* const* ys, int n,
 
 bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, int n, const float* x,
                                const DecdecCall& call, const std::string& what, const gpu::TcIo& io_in) {
+  if (gpu::gemv_tc_refuse_take()) return false;  // (a test's forced refusal)
   // the pending prefetch hint is this launch's (its base warps prefetch the next linears once
   // their units are done; lab knob DDRT_L2_NEXT=1, else dropped)
   gpu::TcIo io = io_in;

@@ -265,6 +265,15 @@ bool gemv_tc_norm_parts() {
   return g_norm_parts < 0 ? env : g_norm_parts != 0;
 }
 int64_t gemv_tc_chunk_launches() { return g_chunk_launches; }
+namespace {
+int g_refuse_next = 0;  // gemv_tc_refuse_next (tests)
+}
+void gemv_tc_refuse_next(int n) { g_refuse_next = n > 0 ? n : 0; }
+bool gemv_tc_refuse_take() {
+  if (g_refuse_next == 0) return false;
+  --g_refuse_next;
+  return true;
+}
 int64_t gemv_tc_xs_launches() { return g_xs_launches; }
 int64_t gemv_tc_sel_fast_launches() { return g_fast_launches; }
 int64_t gemv_tc_sel_reuse_launches() { return g_reuse_launches; }

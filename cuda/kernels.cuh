@@ -639,6 +639,10 @@ cudaError_t gemv_tc_pack(const DevLinear& W, uint4* units, cudaStream_t st);
 bool gemv_tc_comp_chunks();
 void gemv_tc_comp_chunks_force(int mode);
 int64_t gemv_tc_chunk_launches();  // launches with chunk-major compensation so far (the tests)
+// Test hook: the next n calls of the backend's fused GEMV path refuse (as a plan that does not fit
+// would), so that the callers' fallbacks run; gemv_tc_refuse_take() counts one down.
+void gemv_tc_refuse_next(int n);
+bool gemv_tc_refuse_take();
 // Segment-major approx compensation, lab knob (TcArgs::sel_xs): the selection's x values published
 // with it (env DDRT_COMP_XS=1); force: 1 on, 0 off, -1 back to the env. And the launches that ran
 // that way so far (the tests).

@@ -1343,11 +1343,17 @@ void test_attn_defer(Backend& cpu, Backend& gpu) {
       std::vector<float> yc = y0, oc(d_in), tc(d_out), qc = q, kcp = k;
       cpu.rope_attention_matmul_add(*kc, 0, oc.data(), qc.data(), kcp.data(), v.data(), 1, c.nh, pos, inv.data(), *Wc,
                                     yc.data(), tc.data(), {});
-      std::vector<float> y[2];
+      std::vector<float> y[3], o[3];
       const std::string what = "attn_defer heads " + std::to_string(c.nh) + "/" + std::to_string(c.nkv) + " hd " +
                                std::to_string(c.hd) + " " + type_name(c.t) + " pos0 " + std::to_string(pos);
-      for (const int defer : {0, 1}) {  // the same call twice: the step's own k, v rows are rewritten alike
+      const bool deferrable = pos > 15 && c.t != TensorType::UQ4_G64;  // (more than one split; g128)
+      // the same call three times (the step's own k, v rows are rewritten alike): undeferred,
+      // deferred, and deferred with the fused GEMV refusing its plan (the fallback: the attention
+      // runs again undeferred into o, then the GEMV's other path)
+      for (const int run : {0, 1, 2}) {
+        const int defer = run > 0;
         gpu::attn_defer_force(defer);
+        if (run == 2) gpu::gemv_tc_refuse_next(1);
         Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size()), by(gpu, y0.size()),
             bt(gpu, y0.size());
         bq.put(q), bk.put(k), bv.put(v), by.put(y0);
@@ -1355,12 +1361,21 @@ void test_attn_defer(Backend& cpu, Backend& gpu) {
         const int64_t before = gpu::attn_defer_launches();
         gpu.rope_attention_matmul_add(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), 1, c.nh, pos, bi.f(), *Wg, by.f(), bt.f(), {});
         // (groups of 128 only: tc_attn_defer_supports; elsewhere the attention merges as usual)
-        const bool merged = gpu::attn_defer_launches() > before,
-                   want = defer == 1 && pos > 15 && c.t != TensorType::UQ4_G64;
+        const bool merged = gpu::attn_defer_launches() > before, want = run == 1 && deferrable;
         CHECK_MSG(merged == want, what + ": the GEMV " + (merged ? "merged" : "did not merge") + " the splits");
-        y[defer] = by.get();
+        if (run == 2) CHECK_MSG(!gpu::gemv_tc_refuse_take(), what + ": no fused GEMV was tried (the refusal is left)");
+        gpu::gemv_tc_refuse_next(0);
+        y[run] = by.get();
+        o[run] = bo.get();
       }
       gpu::attn_defer_force(-1);
+      // the fallback where the attention had deferred: its output and y as undeferred, bit for bit
+      // (the same launches); elsewhere the refusal took the first GEMV path (the unfused twin)
+      if (deferrable) {
+        CHECK_MSG(std::memcmp(o[2].data(), o[0].data(), o[0].size() * 4) == 0, what + ": the fallback's attention differs");
+        CHECK_MSG(std::memcmp(y[2].data(), y[0].data(), y[0].size() * 4) == 0, what + ": the fallback's y differs");
+      }
+      report(what + " refused GEMV vs CPU", nmse(y[2].data(), yc.data(), yc.size()), 1e-8);
       if (c.hd == 128)
         CHECK_MSG(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0, what + ": differs from the attention's merge");
       else
