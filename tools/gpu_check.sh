@@ -86,6 +86,7 @@ if [ "${1:-}" != "quick" ]; then
   # Measured and left off, not rerun each round: DDRT_COMP_CHUNKS=1, DDRT_TC_CHAIN=1 (gpu_ab.sh)
   [ "${AB:-1}" = 0 ] || for ab in "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_DEFER=1|--shape llama3-8b --bits 4" "DDRT_ATTN_DEFER=1 DDRT_ATTN_BLOCKS=96|--shape llama3-8b --bits 3" \
+            "DDRT_TC_BLOCKS_PER_SM=1|--shape llama3-8b --bits 3" \
             "DDRT_SEL_REUSE=0|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_ATTN_PREFETCH=1|--shape llama3-8b --bits 3" "DDRT_ATTN_PREFETCH=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_MERGE_PRE=1|--shape llama3-8b --bits 3" "DDRT_ATTN_MERGE_PRE=1|--shape smollm2-135m --bits 3" \
