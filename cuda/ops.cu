@@ -802,14 +802,34 @@ int attn_merge_pre() {
   static const int env = env_int("DDRT_ATTN_MERGE_PRE", 2);
   return g_attn_merge_pre >= 0 ? g_attn_merge_pre : env;
 }
+// One attn_kernel instance's launch. Prefetch 2's dynamic shared memory beside the kernel's static
+// arrays can pass the 48 KB a launch gets without opting in (head_dim 256: 32 KB of each), so the
+// instance opts in once; where the device refuses, it takes prefetch 1 (no dynamic memory)
+template <int PL, int GM, int W>
+cudaError_t attn_launch_k(dim3 grid, cudaStream_t st, float* out, const float* q, const float* k, const float* v,
+                          float* K, float* V, const AttnShape& s, int splits, float* scratch, unsigned* counters,
+                          const float* inv_freq, const L2Hint& hint, bool defer, int prefetch, int merge_pre,
+                          bool sc, bool idle_exit, bool heads_inner, unsigned long long* st_reg) {
+  const dim3 block(32 * W);
+  // prefetch 2: the second batch's K and V rows in dynamic shared memory (attn_kernel)
+  size_t smem = prefetch == 2 && attn_pf2(W) ? (size_t)2 * W * attn_u(PL, W) * 32 * PL * sizeof(float) : 0;
+  if (smem > 0) {
+    static const bool opted = cudaFuncSetAttribute(attn_kernel<PL, GM, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   (int)smem) == cudaSuccess;
+    if (!opted) {
+      (void)cudaGetLastError();  // (the refusal is not this launch's error)
+      prefetch = 1;
+      smem = 0;
+    }
+  }
+  return launch_pdl(attn_kernel<PL, GM, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters,
+                    inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
+}
 template <int PL, int W>
 cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
                           const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
                           unsigned* counters, const float* inv_freq, const L2Hint& hint, bool defer) {
-  const dim3 block(32 * W);
   const int prefetch = attn_prefetch_mode();
-  // prefetch 2: the second batch's K and V rows in dynamic shared memory (attn_kernel)
-  const size_t smem = prefetch == 2 && attn_pf2(W) ? (size_t)2 * W * attn_u(PL, W) * 32 * PL * sizeof(float) : 0;
   // attn_kernel's merge_pre: on by default since its H100 A/B (eighth session, two rounds:
   // +0.2 % llama3-8b, +0.8 % smollm2-135m); env DDRT_ATTN_MERGE_PRE=0 off
   // 2 (the default since the fourteenth session's A/B, +0.9 / +4.0 %): also the splits past the
@@ -819,15 +839,18 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   static const bool idle_exit = env_int("DDRT_ATTN_IDLE_EXIT", 0) == 1;
   const bool heads_inner = attn_heads_inner();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
+#define DDRT_ATTN_LAUNCH(GMV)                                                                                         \
+  attn_launch_k<PL, GMV, W>(grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer, prefetch, \
+                            merge_pre, sc, idle_exit, heads_inner, st_reg)
   switch (gm) {
-    case 1: return launch_pdl(attn_kernel<PL, 1, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
-    case 2: return launch_pdl(attn_kernel<PL, 2, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
-    case 4: return launch_pdl(attn_kernel<PL, 4, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
+    case 1: return DDRT_ATTN_LAUNCH(1);
+    case 2: return DDRT_ATTN_LAUNCH(2);
+    case 4: return DDRT_ATTN_LAUNCH(4);
     default:
-      if constexpr (8 * PL <= 32 || W == kAttnWarps)
-        return launch_pdl(attn_kernel<PL, 8, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
+      if constexpr (8 * PL <= 32 || W == kAttnWarps) return DDRT_ATTN_LAUNCH(8);
       return cudaErrorInvalidValue;  // not reached: attn_warps keeps kAttnWarps there
   }
+#undef DDRT_ATTN_LAUNCH
 }
 template <int PL>
 cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
