@@ -278,7 +278,8 @@ class CudaBackend : public Backend {
   }
   void attention_rope(KVCache& kv, int layer, float* out, const float* q, const float* k, const float* v, int T,
                       int n_heads, int64_t pos0, const float* inv_freq, gpu::AttnDefer* deferred = nullptr);
-  // Decode (T = 1) with the deferred merge (gpu::attn_defer_on, lab knob DDRT_ATTN_DEFER=1): the
+  // Decode (T = 1) with the deferred merge (gpu::attn_defer_mode: by default where the attention
+  // has at most kAttnDeferMaxSplits splits; env DDRT_ATTN_DEFER=0 never, 1 always): the
   // attention leaves its splits' partials in scratch and o's fused GEMV merges them as it reads x
   // (AttnDefer), one launch's counter, round trips and stores fewer on the attention's path.
   // Only where o runs on the fused GEMV without compensation and outside the chain; should the

@@ -818,9 +818,12 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
                              const float* inv_freq = nullptr, const L2Hint& hint = L2Hint(),
                              AttnDefer* deferred = nullptr);
-// The deferred merge (AttnDefer) on or off: attn_defer_force(1) on, 0 off, -1 the environment
-// (lab knob DDRT_ATTN_DEFER=1, off by default until timed on a GPU).
+// The deferred merge (AttnDefer): attn_defer_force(2) auto (the default: launches of at most
+// kAttnDeferMaxSplits splits), 1 wherever the kernels allow, 0 never, -1 the environment
+// (DDRT_ATTN_DEFER, the same values). attn_defer_on: whether a decode attention may defer at all.
+constexpr int kAttnDeferMaxSplits = 24;
 void attn_defer_force(int mode);
+int attn_defer_mode();
 bool attn_defer_on();
 int64_t attn_defer_launches();  // test counter: GEMV launches that merged a deferred attention
 

@@ -892,11 +892,18 @@ void attn_warps_force(int warps) { g_attn_warps = warps < 0 ? -1 : warps; }
 namespace {
 int g_attn_defer = -1;  // attn_defer_force; -1: the environment
 }
-void attn_defer_force(int mode) { g_attn_defer = mode < 0 ? -1 : mode > 0 ? 1 : 0; }
-bool attn_defer_on() {
-  static const bool env = env_int("DDRT_ATTN_DEFER", 0) == 1;
-  return g_attn_defer >= 0 ? g_attn_defer == 1 : env;
+void attn_defer_force(int mode) { g_attn_defer = mode < 0 ? -1 : mode > 2 ? 2 : mode; }
+// 2 (auto, the default since its H100 A/B, sixteenth session): launches of at most
+// kAttnDeferMaxSplits splits. Llama-3-8B's 20 splits: +1.7 % decode over two rounds (attention 13.0
+// -> 8.1 us per layer, o 7.2 -> 10.5); SmolLM2-135M's 54 (33 active at context 512): -4.5 % (o 4.6
+// -> 9.6 us: every o block merges the splits of the heads it stages, so its cost grows with them).
+// Env DDRT_ATTN_DEFER=0 never (the twin), 1 wherever the kernels allow
+int attn_defer_mode() {
+  static const int env = env_int("DDRT_ATTN_DEFER", 2);
+  const int m = g_attn_defer >= 0 ? g_attn_defer : env;
+  return m >= 0 && m <= 2 ? m : 2;
 }
+bool attn_defer_on() { return attn_defer_mode() != 0; }
 
 bool attn_fuses_rope(const AttnShape& s) {
   return s.T == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);
@@ -919,7 +926,8 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
   const int gm = attn_gm(geo), pl = attn_pl(s.head_dim);
   // the merge left to the consumer: where its GEMV can merge (T = 1, head_dim 64 or 128) and a
   // query may see more than one split
-  const bool defer = deferred && s.T == 1 && (s.head_dim == 64 || s.head_dim == 128) && splits > 1;
+  const bool defer = deferred && s.T == 1 && (s.head_dim == 64 || s.head_dim == 128) && splits > 1 &&
+                     (attn_defer_mode() == 1 || splits <= kAttnDeferMaxSplits);
   if (defer) {
     const int64_t ph = (int64_t)s.n_heads * splits;
     deferred->po = scratch;

@@ -124,7 +124,8 @@ SHAPES = {
                  n_vocab=None, max_seq_len=256, rope_theta=10000.0, tied_embeddings=False,
                  group_size=64, calib=(4, 64)),
     # head_dim 64 and groups of 128 at a size the CPU emulator runs: the decode attention's shape
-    # whose merge o's fused GEMV can take over (DDRT_ATTN_DEFER=1)
+    # whose merge o's fused GEMV can take over (DDRT_ATTN_DEFER=1: its decode graph's 64 splits are
+    # more than the default takes)
     "tiny64": dict(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64,
                    n_vocab=None, max_seq_len=256, rope_theta=10000.0, tied_embeddings=False,
                    group_size=128, calib=(4, 64)),

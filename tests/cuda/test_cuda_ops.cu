@@ -1315,7 +1315,8 @@ struct KvPair {
   }
 };
 
-// The deferred attention merge (attn_defer_force(1), lab knob DDRT_ATTN_DEFER=1): the attention
+// The deferred attention merge (attn_defer_force(1); by default where the launch has at most
+// kAttnDeferMaxSplits splits, attn_defer_force(2)): the attention
 // leaves its splits' partials and o's fused GEMV merges them where it reads x
 // (rope_attention_matmul_add). Against the same call undeferred (the attention's own merge, then
 // the same GEMV): the same bits at head_dim 128 (every step of the merge is the attention's),
@@ -1343,15 +1344,18 @@ void test_attn_defer(Backend& cpu, Backend& gpu) {
       std::vector<float> yc = y0, oc(d_in), tc(d_out), qc = q, kcp = k;
       cpu.rope_attention_matmul_add(*kc, 0, oc.data(), qc.data(), kcp.data(), v.data(), 1, c.nh, pos, inv.data(), *Wc,
                                     yc.data(), tc.data(), {});
-      std::vector<float> y[3], o[3];
+      std::vector<float> y[4], o[4];
       const std::string what = "attn_defer heads " + std::to_string(c.nh) + "/" + std::to_string(c.nkv) + " hd " +
                                std::to_string(c.hd) + " " + type_name(c.t) + " pos0 " + std::to_string(pos);
       const bool deferrable = pos > 15 && c.t != TensorType::UQ4_G64;  // (more than one split; g128)
-      // the same call three times (the step's own k, v rows are rewritten alike): undeferred,
-      // deferred, and deferred with the fused GEMV refusing its plan (the fallback: the attention
-      // runs again undeferred into o, then the GEMV's other path)
-      for (const int run : {0, 1, 2}) {
-        const int defer = run > 0;
+      // ... and in the default mode (auto) only where the launch has few enough splits
+      const int splits = gpu::attn_splits({1, c.nh, c.nkv, c.hd, pos});
+      const bool auto_defers = deferrable && splits <= gpu::kAttnDeferMaxSplits;
+      // the same call four times (the step's own k, v rows are rewritten alike): undeferred,
+      // deferred, deferred with the fused GEMV refusing its plan (the fallback: the attention
+      // runs again undeferred into o, then the GEMV's other path), and in the auto mode
+      for (const int run : {0, 1, 2, 3}) {
+        const int defer = run == 3 ? 2 : run > 0;
         gpu::attn_defer_force(defer);
         if (run == 2) gpu::gemv_tc_refuse_next(1);
         Buf bq(gpu, q.size()), bk(gpu, k.size()), bv(gpu, v.size()), bo(gpu, q.size()), by(gpu, y0.size()),
@@ -1361,7 +1365,8 @@ void test_attn_defer(Backend& cpu, Backend& gpu) {
         const int64_t before = gpu::attn_defer_launches();
         gpu.rope_attention_matmul_add(*kg, 0, bo.f(), bq.f(), bk.f(), bv.f(), 1, c.nh, pos, bi.f(), *Wg, by.f(), bt.f(), {});
         // (groups of 128 only: tc_attn_defer_supports; elsewhere the attention merges as usual)
-        const bool merged = gpu::attn_defer_launches() > before, want = run == 1 && deferrable;
+        const bool merged = gpu::attn_defer_launches() > before,
+                   want = (run == 1 && deferrable) || (run == 3 && auto_defers);
         CHECK_MSG(merged == want, what + ": the GEMV " + (merged ? "merged" : "did not merge") + " the splits");
         if (run == 2) CHECK_MSG(!gpu::gemv_tc_refuse_take(), what + ": no fused GEMV was tried (the refusal is left)");
         gpu::gemv_tc_refuse_next(0);
@@ -1376,6 +1381,9 @@ void test_attn_defer(Backend& cpu, Backend& gpu) {
         CHECK_MSG(std::memcmp(y[2].data(), y[0].data(), y[0].size() * 4) == 0, what + ": the fallback's y differs");
       }
       report(what + " refused GEMV vs CPU", nmse(y[2].data(), yc.data(), yc.size()), 1e-8);
+      // auto: the deferred run's bits where it defers, the undeferred run's where it does not
+      const std::vector<float>& ya = auto_defers ? y[1] : y[0];
+      CHECK_MSG(std::memcmp(y[3].data(), ya.data(), ya.size() * 4) == 0, what + ": auto differs from its mode's run");
       if (c.hd == 128)
         CHECK_MSG(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0, what + ": differs from the attention's merge");
       else

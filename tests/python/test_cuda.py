@@ -67,7 +67,8 @@ def test_greedy_decode_token_for_token(margin_model):
 @pytest.fixture(scope="module")
 def tiny64(model_dir):
     """Head_dim 64 and groups of 128 (the shape o's fused GEMV takes the attention's merge over
-    in, DDRT_ATTN_DEFER=1) at a size the CPU emulator runs."""
+    in, DDRT_ATTN_DEFER=1; its 64 splits are more than the default defers) at a size the CPU
+    emulator runs."""
     from decdec_rt.tiny import make_tiny_model
     path = model_dir / "tiny64.ddrt"
     if not path.exists():

@@ -2,12 +2,12 @@
 # One device call: the decode step's timeline (DDRT_STEP_STAMPS, tools/step_timeline.py) of each
 # shape under each setting, side by side: per kind busy + gap per launch, and the attention's split
 # and merge phases. Usage on the GPU machine:
-#   STEP_ENVS="default|DDRT_ATTN_DEFER=1" STEP_SHAPES="llama3-8b smollm2-135m" bash tools/lab/step_ab.sh
+#   STEP_ENVS="default|DDRT_ATTN_DEFER=0" STEP_SHAPES="llama3-8b smollm2-135m" bash tools/lab/step_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tools/gpu_build.sh  # (also OUT and PYTHONUNBUFFERED)
 gpu_build
-IFS='|' read -r -a ENVS <<< "${STEP_ENVS:-default|DDRT_ATTN_DEFER=1}"
+IFS='|' read -r -a ENVS <<< "${STEP_ENVS:-default|DDRT_ATTN_DEFER=0}"
 for shape in ${STEP_SHAPES:-llama3-8b smollm2-135m}; do
   for e in "${ENVS[@]}"; do
     [ $SECONDS -lt ${STEP_DEADLINE:-520} ] || { echo "== STEP_DEADLINE reached: $e $shape not run"; continue; }
