@@ -803,8 +803,10 @@ int attn_merge_pre() {
   return g_attn_merge_pre >= 0 ? g_attn_merge_pre : env;
 }
 // One attn_kernel instance's launch. Prefetch 2's dynamic shared memory beside the kernel's static
-// arrays can pass the 48 KB a launch gets without opting in (head_dim 256: 32 KB of each), so the
-// instance opts in once; where the device refuses, it takes prefetch 1 (no dynamic memory)
+// arrays can pass the 48 KB a launch gets without opting in (head_dim 256: 16-32 KB of sm_o and 32
+// KB of its own), so such a launch opts in (per launch: the attribute is the current device's);
+// where the device refuses, it takes prefetch 1 (no dynamic memory). The static arrays besides
+// sm_o stay under 16 KB, so launches whose sm_o and dynamic memory fit 32 KB need no call.
 template <int PL, int GM, int W>
 cudaError_t attn_launch_k(dim3 grid, cudaStream_t st, float* out, const float* q, const float* k, const float* v,
                           float* K, float* V, const AttnShape& s, int splits, float* scratch, unsigned* counters,
@@ -813,10 +815,11 @@ cudaError_t attn_launch_k(dim3 grid, cudaStream_t st, float* out, const float* q
   const dim3 block(32 * W);
   // prefetch 2: the second batch's K and V rows in dynamic shared memory (attn_kernel)
   size_t smem = prefetch == 2 && attn_pf2(W) ? (size_t)2 * W * attn_u(PL, W) * 32 * PL * sizeof(float) : 0;
-  if (smem > 0) {
-    static const bool opted = cudaFuncSetAttribute(attn_kernel<PL, GM, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   (int)smem) == cudaSuccess;
-    if (!opted) {
+  constexpr size_t sm_o = (size_t)W * GM * 32 * PL * sizeof(float);
+  static_assert(3 * W * GM + 3 * GM + GM * kAttnMaxSplits + 1 < 4 * 1024, "attn_kernel's small arrays: under 16 KB");
+  if (smem > 0 && sm_o + smem > 32 * 1024) {
+    if (cudaFuncSetAttribute(attn_kernel<PL, GM, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+        cudaSuccess) {
       (void)cudaGetLastError();  // (the refusal is not this launch's error)
       prefetch = 1;
       smem = 0;
