@@ -45,11 +45,19 @@ class Linear {
   bool has_ranking = false;
 };
 
+// Element type of a KV cache. F16 (the engine's default): keys and values are rounded to IEEE
+// binary16 (nearest even, as f32_to_f16) when stored and read back exactly, so every backend
+// attends over the same rounded values; half the memory of F32 and half the bytes a decode step
+// reads per position. F32 stores them as computed.
+enum class KvType : int32_t { F32 = 0, F16 = 1 };
+inline size_t kv_elem_bytes(KvType t) { return t == KvType::F16 ? 2 : 4; }
+
 // KV cache of one context: n_layers x max_seq x n_kv_heads x head_dim keys and values.
 class KVCache {
  public:
   virtual ~KVCache() = default;
   int n_layers = 0, max_seq = 0, n_kv_heads = 0, head_dim = 0;
+  KvType type = KvType::F16;
 };
 
 class Backend {
@@ -71,8 +79,8 @@ class Backend {
 
   // ---- weights ----
   virtual std::unique_ptr<Linear> load_linear(const LinearDesc& desc, ResidualPlacement where) = 0;
-  virtual std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads,
-                                                   int head_dim) = 0;
+  virtual std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim,
+                                                   KvType type) = 0;
 
   // ---- ops (all fp32 activations) ----
   // out[t] = row ids[t] of `table` (any matrix type, dequantized). ids are host ints already
@@ -93,8 +101,9 @@ class Backend {
   // angle = (float)(pos0 + t) * inv_freq[i] (fp32), (x[i], x[i + head_dim/2]) is rotated by angle.
   // x: [T, n_heads * head_dim]; inv_freq: backend memory, [head_dim/2].
   virtual void rope(float* x, int T, int n_heads, int head_dim, int64_t pos0, const float* inv_freq) = 0;
-  // Stores k, v ([T, n_kv_heads * head_dim]) at positions pos0.. of `layer`, then causal GQA
-  // attention for the T queries q ([T, n_heads * head_dim]) over positions 0..pos0+t:
+  // Stores k, v ([T, n_kv_heads * head_dim]) at positions pos0.. of `layer` (as the cache's type:
+  // F16 rounds them), then causal GQA attention for the T queries q ([T, n_heads * head_dim]) over
+  // positions 0..pos0+t, every key and value as stored (the chunk's own ones too):
   // out[t, h] = softmax(q[t,h] . K[0..pos0+t, h / (n_heads/n_kv_heads)] / sqrt(head_dim)) V.
   virtual void attention(KVCache& kv, int layer, float* out, const float* q, const float* k,
                          const float* v, int T, int n_heads, int64_t pos0) = 0;

@@ -209,7 +209,7 @@ void Engine::init(const EngineOptions& opt) {
     }
     layers_.push_back(std::move(L));
   }
-  kv_ = be_->create_kv_cache(c.n_layers, (int)max_seq_, c.n_kv_heads, c.head_dim);
+  kv_ = be_->create_kv_cache(c.n_layers, (int)max_seq_, c.n_kv_heads, c.head_dim, opt.kv_type);
 
   const int B = max_batch_;
   x_ = alloc_f32((size_t)B * c.dim);        // [B, dim]     residual stream

@@ -72,6 +72,7 @@ struct EngineOptions {
   int n_threads = 0;              // CPU backend threads, 0: default
   int max_batch = 64;             // rows per prefill chunk
   bool graphs = true;             // replay decode steps as graphs where the backend can
+  KvType kv_type = KvType::F16;   // KV cache elements: F16 (half the memory) or F32 (backend.h)
 };
 
 // One loaded model + one context (KV cache). Not thread-safe: one call at a time.
@@ -86,6 +87,7 @@ class Engine {
   const Config& config() const { return cfg_; }
   Backend& backend() { return *be_; }
   int64_t max_seq_len() const { return max_seq_; }
+  KvType kv_type() const { return kv_->type; }
   int64_t pos() const { return (int64_t)tokens_.size(); }
   const std::vector<int32_t>& tokens() const { return tokens_; }
   bool has_residuals() const { return has_residuals_; }

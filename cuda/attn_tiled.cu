@@ -16,6 +16,8 @@
 // The chunk's own keys and values (positions pos0 .. pos0 + T - 1) are read from k / v, and each
 // block stores those of its own queries into the cache: every such row is stored exactly once and
 // no block of the launch reads it from the cache, so the stores need no ordering (as attn_kernel).
+// KT: the cache's element (float or __half); the chunk's own rows are attended as the cache holds
+// them (kv_round4).
 #include <cstdlib>
 
 #include "kernels.cuh"
@@ -36,9 +38,9 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
   return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc))));
 }
 
-template <int HD>
+template <int HD, typename KT>
 __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const float* q, const float* kin,
-                                                              const float* vin, float* K, float* V, AttnShape s) {
+                                                              const float* vin, KT* K, KT* V, AttnShape s) {
   DDRT_DYN_SMEM(float4, tiled_smem4);
   float* const Qs = reinterpret_cast<float*>(tiled_smem4);  // [kRows][HD + 4]
   float* const Ks = Qs + kRows * (HD + 4);                   // [kKeys][HD + 4]
@@ -54,8 +56,8 @@ __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const
 
   for (int e = tid; e < tq * H4; e += kThreadsT) {  // this tile's new keys and values -> the cache
     const int64_t t = t0 + e / H4, d = 4 * (e % H4);
-    *reinterpret_cast<float4*>(K + (s.pos0 + t) * row + col + d) = *reinterpret_cast<const float4*>(kin + t * row + col + d);
-    *reinterpret_cast<float4*>(V + (s.pos0 + t) * row + col + d) = *reinterpret_cast<const float4*>(vin + t * row + col + d);
+    kv_st4(K + (s.pos0 + t) * row + col + d, *reinterpret_cast<const float4*>(kin + t * row + col + d));
+    kv_st4(V + (s.pos0 + t) * row + col + d, *reinterpret_cast<const float4*>(vin + t * row + col + d));
   }
   // a row's query (rows past the tile's queries, or past T, take a real one and are not stored)
   auto row_query = [&](int r) { return min(t0 + r / G, s.T - 1); };
@@ -84,9 +86,14 @@ __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const
       const int64_t p = k0 + j;
       float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
       if (p < kend) {
-        const int64_t off = (p < s.pos0 ? p : p - s.pos0) * row + col + d;
-        kv = *reinterpret_cast<const float4*>((p < s.pos0 ? K : kin) + off);
-        vv = *reinterpret_cast<const float4*>((p < s.pos0 ? V : vin) + off);
+        if (p < s.pos0) {
+          kv = kv_ld4(K + p * row + col + d);
+          vv = kv_ld4(V + p * row + col + d);
+        } else {
+          const int64_t off = (p - s.pos0) * row + col + d;
+          kv = kv_round4<KT>(*reinterpret_cast<const float4*>(kin + off));
+          vv = kv_round4<KT>(*reinterpret_cast<const float4*>(vin + off));
+        }
       }
       *reinterpret_cast<float4*>(Ks + j * (HD + 4) + d) = kv;
       *reinterpret_cast<float4*>(Vs + j * HD + d) = vv;
@@ -169,16 +176,17 @@ __global__ void __launch_bounds__(kThreadsT) attn_tiled_kernel(float* out, const
   }
 }
 
-template <int HD>
-cudaError_t launch_hd(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+template <int HD, typename KT>
+cudaError_t launch_hd(float* out, const float* q, const float* k, const float* v, void* K, void* V,
                       const AttnShape& s, cudaStream_t st) {
   // per call (a function attribute belongs to the current device's context; T > 1 is never captured)
-  const cudaError_t attr = cudaFuncSetAttribute(attn_tiled_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const cudaError_t attr = cudaFuncSetAttribute(attn_tiled_kernel<HD, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 (int)tiled_smem_bytes<HD>());
   if (attr != cudaSuccess) return attr;
   const int QT = kRows / (s.n_heads / s.n_kv_heads);
   const dim3 grid((unsigned)((s.T + QT - 1) / QT), (unsigned)s.n_kv_heads);
-  return launch_pdl(attn_tiled_kernel<HD>, grid, dim3(kThreadsT), tiled_smem_bytes<HD>(), st, out, q, k, v, K, V, s);
+  return launch_pdl(attn_tiled_kernel<HD, KT>, grid, dim3(kThreadsT), tiled_smem_bytes<HD>(), st, out, q, k, v,
+                    static_cast<KT*>(K), static_cast<KT*>(V), s);
 }
 
 int g_forced = -1;  // attn_tiled_force: 0 off, 1 on, 2 auto; -1: the environment decides
@@ -204,10 +212,12 @@ bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs)
   return true;
 }
 
-cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, void* K, void* V,
                                    const AttnShape& s, cudaStream_t st) {
-  const cudaError_t e =
-      s.head_dim == 64 ? launch_hd<64>(out, q, k, v, K, V, s, st) : launch_hd<128>(out, q, k, v, K, V, s, st);
+  const cudaError_t e = s.kv_f16 ? (s.head_dim == 64 ? launch_hd<64, __half>(out, q, k, v, K, V, s, st)
+                                                     : launch_hd<128, __half>(out, q, k, v, K, V, s, st))
+                                 : (s.head_dim == 64 ? launch_hd<64, float>(out, q, k, v, K, V, s, st)
+                                                     : launch_hd<128, float>(out, q, k, v, K, V, s, st));
   if (e == cudaSuccess) ++g_launches;
   return e;
 }

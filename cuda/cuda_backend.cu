@@ -131,9 +131,10 @@ struct CudaLinear : Linear {
 };
 
 struct CudaKVCache : KVCache {
-  DevMem k, v;  // [n_layers][max_seq][n_kv_heads][head_dim] fp32 each
-  float* at(const DevMem& m, int layer, int64_t pos) const {
-    return static_cast<float*>(m.get()) + (((int64_t)layer * max_seq + pos) * n_kv_heads) * head_dim;
+  DevMem k, v;  // [n_layers][max_seq][n_kv_heads][head_dim] each, of float or __half (type)
+  void* at(const DevMem& m, int layer, int64_t pos) const {
+    return static_cast<char*>(m.get()) +
+           (((int64_t)layer * max_seq + pos) * n_kv_heads) * head_dim * (int64_t)kv_elem_bytes(type);
   }
 };
 
@@ -241,7 +242,8 @@ class CudaBackend : public Backend {
 
   // ---- weights ----
   std::unique_ptr<Linear> load_linear(const LinearDesc& d, ResidualPlacement where) override;
-  std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim) override;
+  std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim,
+                                           KvType type) override;
 
   // ---- ops ----
   void embed(const Linear& table, float* out, const int32_t* ids_host, int T) override {
@@ -947,16 +949,19 @@ std::unique_ptr<Linear> CudaBackend::load_linear(const LinearDesc& d, ResidualPl
   return W;
 }
 
-std::unique_ptr<KVCache> CudaBackend::create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim) {
+std::unique_ptr<KVCache> CudaBackend::create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim,
+                                                      KvType type) {
   use();
   if (n_layers <= 0 || max_seq <= 0 || n_kv_heads <= 0 || head_dim <= 0)
     throw InvalidArgument("KV cache: every dimension must be positive");
+  if (type != KvType::F32 && type != KvType::F16) throw InvalidArgument("KV cache: unknown element type");
   auto kv = std::make_unique<CudaKVCache>();
   kv->n_layers = n_layers;
   kv->max_seq = max_seq;
   kv->n_kv_heads = n_kv_heads;
   kv->head_dim = head_dim;
-  const size_t bytes = (size_t)n_layers * max_seq * n_kv_heads * head_dim * sizeof(float);
+  kv->type = type;
+  const size_t bytes = (size_t)n_layers * max_seq * n_kv_heads * head_dim * kv_elem_bytes(type);
   kv->k = DevMem(bytes, held_, "KV cache keys");
   kv->v = DevMem(bytes, held_, "KV cache values");
   DDRT_CHECK(cudaMemsetAsync(kv->k.get(), 0, bytes, st_));
@@ -1189,7 +1194,7 @@ void CudaBackend::attention_rope(KVCache& cache, int layer, float* out, const fl
                           " do not fit a context of " + std::to_string(kv.max_seq));
   if (T <= 0) return;
   const int64_t* pos_dev = step_ ? step_pos() : nullptr;
-  const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev};
+  const gpu::AttnShape s{T, n_heads, hkv, hd, pos0, pos_dev, kv.type == KvType::F16};
   float* scr = static_cast<float*>(scratch((size_t)gpu::attn_scratch_floats(s) * sizeof(float)));
   const gpu::L2Hint hint = take_hint(l2_attn_bytes());
   const int64_t st0 = gpu::stamp_regions_taken();

@@ -768,13 +768,58 @@ struct AttnShape {
   int T, n_heads, n_kv_heads, head_dim;
   int64_t pos0;
   const int64_t* pos_dev = nullptr;
+  bool kv_f16 = false;  // the cache's K and V are __half (KvType::F16), else float
 };
 // Scratch floats, splits, and zeroed counters (left zeroed by every launch) for attention.
 int attn_splits(const AttnShape& s);
 int64_t attn_scratch_floats(const AttnShape& s);
 int64_t attn_counters(const AttnShape& s);
+// A KV cache element (AttnShape::kv_f16): float, or __half rounded to nearest even when stored
+// (kv_st) and read back exactly (kv_ld); kv_round: a value as a later read of it returns, which the
+// attention kernels apply to the chunk's own keys and values read from k / v, so every position is
+// attended as stored (the CPU reference's meaning, backend.h)
+__device__ __forceinline__ float kv_ld(float x) { return x; }
+__device__ __forceinline__ float kv_ld(__half x) { return __half2float(x); }
+template <typename KT>
+__device__ __forceinline__ KT kv_st(float x) {
+  if constexpr (sizeof(KT) == 2) return __float2half_rn(x);
+  else return x;
+}
+template <typename KT>
+__device__ __forceinline__ float kv_round(float x) {
+  return kv_ld(kv_st<KT>(x));
+}
+// four consecutive elements (16-byte aligned floats, 8-byte aligned halves)
+template <typename KT>
+__device__ __forceinline__ float4 kv_ld4(const KT* p) {
+  if constexpr (sizeof(KT) == 4) {
+    return *reinterpret_cast<const float4*>(p);
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const KT* h = reinterpret_cast<const KT*>(&u);
+    return make_float4(kv_ld(h[0]), kv_ld(h[1]), kv_ld(h[2]), kv_ld(h[3]));
+  }
+}
+template <typename KT>
+__device__ __forceinline__ void kv_st4(KT* p, float4 v) {
+  if constexpr (sizeof(KT) == 4) {
+    *reinterpret_cast<float4*>(p) = v;
+  } else {
+    uint2 u;
+    KT* h = reinterpret_cast<KT*>(&u);
+    h[0] = kv_st<KT>(v.x);
+    h[1] = kv_st<KT>(v.y);
+    h[2] = kv_st<KT>(v.z);
+    h[3] = kv_st<KT>(v.w);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
+}
+template <typename KT>
+__device__ __forceinline__ float4 kv_round4(float4 v) {
+  return make_float4(kv_round<KT>(v.x), kv_round<KT>(v.y), kv_round<KT>(v.z), kv_round<KT>(v.w));
+}
 // Stores k, v ([T][n_kv_heads * head_dim]) at positions pos0.. of one layer's cache (K, V:
-// [max_seq][n_kv_heads * head_dim]) and writes out ([T][n_heads * head_dim]): attention of q over
+// [max_seq][n_kv_heads * head_dim] of float or __half, s.kv_f16) and writes out ([T][n_heads * head_dim]): attention of q over
 // positions 0..pos0+t for query t, in one launch. inv_freq non-null: rope of q and k first (as
 // launch_rope_qk; only where attn_fuses_rope(s)).
 bool attn_fuses_rope(const AttnShape& s);
@@ -809,12 +854,12 @@ constexpr int kAttnTiledMinT = 32, kAttnTiledRows = 64, kAttnTiledMinBlocks = 12
 void attn_tiled_force(int mode);
 int64_t attn_tiled_launches();
 bool attn_tiled_applies(const AttnShape& s, const void* const* ptrs, int n_ptrs);
-cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+cudaError_t launch_attention_tiled(float* out, const float* q, const float* k, const float* v, void* K, void* V,
                                    const AttnShape& s, cudaStream_t st);
 // deferred non-null (T = 1, the split kernel with more than one split possible, head_dim 64 or
 // 128): the merge of the splits is left to the consumer (AttnDefer; *deferred says where the
 // partials are, or po == nullptr where the launch wrote out itself)
-cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, void* K, void* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
                              const float* inv_freq = nullptr, const L2Hint& hint = L2Hint(),
                              AttnDefer* deferred = nullptr);

@@ -207,10 +207,11 @@ constexpr bool attn_pf2(int W) { return W >= 8; }
 // PL: floats of a head per lane (head_dim <= 32 * PL); GM: heads per block (gb <= GM); W: warps
 // per block (attn_warps: 8 by default where they fit, twice kAttnWarps' warps per SM to hide
 // latency, each with half the positions in flight; ncu of the 4-warp kernel: 12 % occupancy, 7
-// cycles per issued instruction, latency-bound).
-template <int PL, int GM, int W>
+// cycles per issued instruction, latency-bound). KT: the cache's element (float or __half: kv_ld,
+// kv_st, kv_round).
+template <int PL, int GM, int W, typename KT>
 __global__ void __launch_bounds__(32 * W)
-attn_kernel(float* out, const float* q, const float* kin, const float* vin, float* K, float* V, AttnShape s,
+attn_kernel(float* out, const float* q, const float* kin, const float* vin, KT* K, KT* V, AttnShape s,
             int splits, float* scratch, unsigned* counters, const float* inv_freq, int prefetch, int merge_pre,
             bool fence_sc, bool idle_exit, bool heads_inner, bool defer, L2Hint hint, unsigned long long* stamps) {
   constexpr int U = attn_u(PL, W);  // positions in flight per warp
@@ -240,20 +241,32 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   const int active = (int)((n + L - 1) / L);
   const int64_t p0 = (int64_t)sp * L, p1 = p0 + L < n ? p0 + L : n;
   // The key and value rows of U positions (pb + j * W) of this warp: those below `from`
-  // (cached, < pos0) or at and above it (this chunk's, from k / v) are left as they are.
+  // (cached, < pos0) or at and above it (this chunk's, from k / v: as computed, kv_round'ed in the
+  // loop below once rotated) are left as they are.
   float kr[U][PL], vr[U][PL];
   auto load_rows = [&](int64_t pb, int64_t lo, int64_t hi) {
 #pragma unroll
     for (int j = 0; j < U; ++j) {
       const int64_t p = pb + j * W;
       if (p < lo || p >= hi) continue;
-      const float* kp = p < s.pos0 ? K + p * row + col : kin + (p - s.pos0) * row + col;
-      const float* vp = p < s.pos0 ? V + p * row + col : vin + (p - s.pos0) * row + col;
+      if (p < s.pos0) {
+        const KT* kp = K + p * row + col;
+        const KT* vp = V + p * row + col;
 #pragma unroll
-      for (int u = 0; u < PL; ++u) {
-        const bool in = p < p1 && lane + 32 * u < hd;
-        kr[j][u] = in ? kp[lane + 32 * u] : 0.0f;
-        vr[j][u] = in ? vp[lane + 32 * u] : 0.0f;
+        for (int u = 0; u < PL; ++u) {
+          const bool in = p < p1 && lane + 32 * u < hd;
+          kr[j][u] = in ? kv_ld(kp[lane + 32 * u]) : 0.0f;
+          vr[j][u] = in ? kv_ld(vp[lane + 32 * u]) : 0.0f;
+        }
+      } else {
+        const float* kp = kin + (p - s.pos0) * row + col;
+        const float* vp = vin + (p - s.pos0) * row + col;
+#pragma unroll
+        for (int u = 0; u < PL; ++u) {
+          const bool in = p < p1 && lane + 32 * u < hd;
+          kr[j][u] = in ? kp[lane + 32 * u] : 0.0f;
+          vr[j][u] = in ? vp[lane + 32 * u] : 0.0f;
+        }
       }
     }
   };
@@ -273,23 +286,37 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
   // elements it reads later, so its own wait_group makes them visible to it): with 8 warps a batch
   // is 16 positions, and at context 512 Llama-3-8B's splits have 26, so the second batch's loads
   // came after the wait, one more L2 round trip on the split's path. The same values in the same
-  // order: the same bits.
+  // order: the same bits. An f16 cache's rows are copied 4 bytes (two elements) per lane: lane l
+  // copies elements 2l, 2l + 1 (+ 64 u), which lanes 2l % 32 and 2l % 32 + 1 read, so the warp
+  // syncs after its wait_group (head_dim even: the copies' 4-byte alignment).
+  constexpr bool kF16 = sizeof(KT) == 2;
   const int64_t pnext = pfirst + W * U;  // this warp's second batch
   // (8-warp blocks only, attn_pf2: in the 4-warp instances its registers made two of them spill)
-  const bool pf2 = attn_pf2(W) && prefetch == 2 && sp < active && pnext < p1;
+  const bool pf2 = attn_pf2(W) && prefetch == 2 && sp < active && pnext < p1 && (!kF16 || hd % 2 == 0);
   DDRT_DYN_SMEM(float, attn_dyn);  // (prefetch 2 only; launched with 0 bytes otherwise)
-  float* const pf_k = pf2 ? attn_dyn + (int64_t)warp * U * 32 * PL : nullptr;
-  float* const pf_v = pf_k ? pf_k + (int64_t)W * U * 32 * PL : nullptr;
+  KT* const pf_k = pf2 ? reinterpret_cast<KT*>(attn_dyn) + (int64_t)warp * U * 32 * PL : nullptr;
+  KT* const pf_v = pf_k ? pf_k + (int64_t)W * U * 32 * PL : nullptr;
   if (pf2) {
 #pragma unroll
     for (int j = 0; j < U; ++j) {
       const int64_t p = pnext + j * W;
+      if constexpr (kF16) {
 #pragma unroll
-      for (int u = 0; u < PL; ++u) {
-        const int i = lane + 32 * u;
-        if (p < s.pos0 && p < p1 && i < hd) {
-          cp_async4(pf_k + j * 32 * PL + i, K + p * row + col + i);
-          cp_async4(pf_v + j * 32 * PL + i, V + p * row + col + i);
+        for (int u = 0; u < (PL + 1) / 2; ++u) {
+          const int i = 2 * (lane + 32 * u);
+          if (p < s.pos0 && p < p1 && i < hd) {
+            cp_async4(pf_k + j * 32 * PL + i, K + p * row + col + i);
+            cp_async4(pf_v + j * 32 * PL + i, V + p * row + col + i);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int u = 0; u < PL; ++u) {
+          const int i = lane + 32 * u;
+          if (p < s.pos0 && p < p1 && i < hd) {
+            cp_async4(pf_k + j * 32 * PL + i, K + p * row + col + i);
+            cp_async4(pf_v + j * 32 * PL + i, V + p * row + col + i);
+          }
         }
       }
     }
@@ -325,12 +352,13 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
         for (int u = 0; u < PL; ++u) kr[u] = kin[t * row + col + lane + 32 * u];
         rotate(kr);
 #pragma unroll
-        for (int u = 0; u < PL; ++u) K[(s.pos0 + t) * row + col + lane + 32 * u] = kr[u];
+        for (int u = 0; u < PL; ++u) K[(s.pos0 + t) * row + col + lane + 32 * u] = kv_st<KT>(kr[u]);
       }
     } else {
-      for (int i = threadIdx.x; i < hd; i += blockDim.x) K[(s.pos0 + t) * row + col + i] = kin[t * row + col + i];
+      for (int i = threadIdx.x; i < hd; i += blockDim.x)
+        K[(s.pos0 + t) * row + col + i] = kv_st<KT>(kin[t * row + col + i]);
     }
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) V[(s.pos0 + t) * row + col + i] = vin[t * row + col + i];
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) V[(s.pos0 + t) * row + col + i] = kv_st<KT>(vin[t * row + col + i]);
   }
   const float inv_sqrt = 1.0f / sqrtf((float)hd);
   float qr[GM][PL], o[GM][PL], m[GM], l[GM];
@@ -351,6 +379,7 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
     // the second's (prefetch 2) into shared memory
     if (pf2 && pb == pnext) {
       cp_wait<0>();
+      if constexpr (kF16) __syncwarp();  // (the lanes' copies cross lanes)
 #pragma unroll
       for (int j = 0; j < U; ++j) {
         const int64_t p = pb + j * W;
@@ -359,8 +388,8 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
         for (int u = 0; u < PL; ++u) {
           const int i = lane + 32 * u;
           const bool in = p < p1 && i < hd;
-          kr[j][u] = in ? pf_k[j * 32 * PL + i] : 0.0f;
-          vr[j][u] = in ? pf_v[j * 32 * PL + i] : 0.0f;
+          kr[j][u] = in ? kv_ld(pf_k[j * 32 * PL + i]) : 0.0f;
+          vr[j][u] = in ? kv_ld(pf_v[j * 32 * PL + i]) : 0.0f;
         }
       }
     }
@@ -368,7 +397,15 @@ attn_kernel(float* out, const float* q, const float* kin, const float* vin, floa
 #pragma unroll
     for (int j = 0; j < U; ++j) {
       const int64_t p = pb + j * W;
-      if (inv_freq && p >= s.pos0 && p < p1) rotate(kr[j]);  // the new key (T == 1: p == pos0)
+      if (p < s.pos0 || p >= p1) continue;
+      if (inv_freq) rotate(kr[j]);  // the new key (T == 1: p == pos0)
+      if constexpr (kF16) {  // the chunk's own rows as the cache holds them
+#pragma unroll
+        for (int u = 0; u < PL; ++u) {
+          kr[j][u] = kv_round<KT>(kr[j][u]);
+          vr[j][u] = kv_round<KT>(vr[j][u]);
+        }
+      }
     }
 #pragma unroll
     for (int g = 0; g < GM; ++g) {
@@ -807,30 +844,30 @@ int attn_merge_pre() {
 // KB of its own), so such a launch opts in (per launch: the attribute is the current device's);
 // where the device refuses, it takes prefetch 1 (no dynamic memory). The static arrays besides
 // sm_o stay under 16 KB, so launches whose sm_o and dynamic memory fit 32 KB need no call.
-template <int PL, int GM, int W>
+template <int PL, int GM, int W, typename KT>
 cudaError_t attn_launch_k(dim3 grid, cudaStream_t st, float* out, const float* q, const float* k, const float* v,
-                          float* K, float* V, const AttnShape& s, int splits, float* scratch, unsigned* counters,
+                          KT* K, KT* V, const AttnShape& s, int splits, float* scratch, unsigned* counters,
                           const float* inv_freq, const L2Hint& hint, bool defer, int prefetch, int merge_pre,
                           bool sc, bool idle_exit, bool heads_inner, unsigned long long* st_reg) {
   const dim3 block(32 * W);
   // prefetch 2: the second batch's K and V rows in dynamic shared memory (attn_kernel)
-  size_t smem = prefetch == 2 && attn_pf2(W) ? (size_t)2 * W * attn_u(PL, W) * 32 * PL * sizeof(float) : 0;
+  size_t smem = prefetch == 2 && attn_pf2(W) ? (size_t)2 * W * attn_u(PL, W) * 32 * PL * sizeof(KT) : 0;
   constexpr size_t sm_o = (size_t)W * GM * 32 * PL * sizeof(float);
   static_assert(3 * W * GM + 3 * GM + GM * kAttnMaxSplits + 1 < 4 * 1024, "attn_kernel's small arrays: under 16 KB");
   if (smem > 0 && sm_o + smem > 32 * 1024) {
-    if (cudaFuncSetAttribute(attn_kernel<PL, GM, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+    if (cudaFuncSetAttribute(attn_kernel<PL, GM, W, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
         cudaSuccess) {
       (void)cudaGetLastError();  // (the refusal is not this launch's error)
       prefetch = 1;
       smem = 0;
     }
   }
-  return launch_pdl(attn_kernel<PL, GM, W>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters,
+  return launch_pdl(attn_kernel<PL, GM, W, KT>, grid, block, smem, st, out, q, k, v, K, V, s, splits, scratch, counters,
                     inv_freq, prefetch, merge_pre, sc, idle_exit, heads_inner, defer, hint, st_reg);
 }
-template <int PL, int W>
+template <int PL, int W, typename KT>
 cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
-                          const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
+                          const float* v, KT* K, KT* V, const AttnShape& s, int splits, float* scratch,
                           unsigned* counters, const float* inv_freq, const L2Hint& hint, bool defer) {
   const int prefetch = attn_prefetch_mode();
   // attn_kernel's merge_pre: on by default since its H100 A/B (eighth session, two rounds:
@@ -843,7 +880,7 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   const bool heads_inner = attn_heads_inner();
   unsigned long long* const st_reg = stamp_region((int64_t)grid.x * grid.y * grid.z);
 #define DDRT_ATTN_LAUNCH(GMV)                                                                                         \
-  attn_launch_k<PL, GMV, W>(grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer, prefetch, \
+  attn_launch_k<PL, GMV, W, KT>(grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer, prefetch, \
                             merge_pre, sc, idle_exit, heads_inner, st_reg)
   switch (gm) {
     case 1: return DDRT_ATTN_LAUNCH(1);
@@ -855,13 +892,25 @@ cudaError_t attn_launch_w(int gm, dim3 grid, cudaStream_t st, float* out, const 
   }
 #undef DDRT_ATTN_LAUNCH
 }
-template <int PL>
+template <int PL, typename KT>
 cudaError_t attn_launch(int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
-                        const float* v, float* K, float* V, const AttnShape& s, int splits, float* scratch,
+                        const float* v, KT* K, KT* V, const AttnShape& s, int splits, float* scratch,
                         unsigned* counters, const float* inv_freq, const L2Hint& hint, bool defer) {
   if (attn_warps(gm, PL) == 8)
     return attn_launch_w<PL, 8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
   return attn_launch_w<PL, kAttnWarps>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+}
+// the instance for the shape's head_dim (PL) and the cache's element (KT)
+template <typename KT>
+cudaError_t attn_launch_pl(int pl, int gm, dim3 grid, cudaStream_t st, float* out, const float* q, const float* k,
+                           const float* v, void* Kv, void* Vv, const AttnShape& s, int splits, float* scratch,
+                           unsigned* counters, const float* inv_freq, const L2Hint& hint, bool defer) {
+  KT* const K = static_cast<KT*>(Kv);
+  KT* const V = static_cast<KT*>(Vv);
+  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
 }
 }  // namespace
 
@@ -912,7 +961,7 @@ bool attn_fuses_rope(const AttnShape& s) {
   return s.T == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256);
 }
 
-cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, float* K, float* V,
+cudaError_t launch_attention(float* out, const float* q, const float* k, const float* v, void* K, void* V,
                              const AttnShape& s, float* scratch, unsigned* counters, cudaStream_t st,
                              const float* inv_freq, const L2Hint& hint, AttnDefer* deferred) {
   if (deferred) *deferred = AttnDefer();
@@ -940,10 +989,10 @@ cudaError_t launch_attention(float* out, const float* q, const float* k, const f
     deferred->pos0 = s.pos0;
     deferred->pos_dev = s.pos_dev;
   }
-  if (pl <= 1) return attn_launch<1>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
-  if (pl <= 2) return attn_launch<2>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
-  if (pl <= 4) return attn_launch<4>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
-  return attn_launch<8>(gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
+  if (s.kv_f16)
+    return attn_launch_pl<__half>(pl, gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint,
+                                  defer);
+  return attn_launch_pl<float>(pl, gm, grid, st, out, q, k, v, K, V, s, splits, scratch, counters, inv_freq, hint, defer);
 }
 
 }  // namespace gpu

@@ -10,6 +10,7 @@
 #include <omp.h>
 #endif
 
+#include "common.h"
 #include "cpu_linear.h"
 
 namespace ddrt {
@@ -18,8 +19,13 @@ namespace cpu {
 namespace {
 
 struct CpuKVCache : KVCache {
-  std::vector<float> k, v;  // [n_layers][max_seq][n_kv_heads][head_dim] each
-  float* at(std::vector<float>& c, int layer, int64_t pos) {
+  // [n_layers][max_seq][n_kv_heads][head_dim] each; k32/v32 when type is F32, k16/v16 (binary16
+  // bits) when F16, the other pair empty
+  std::vector<float> k32, v32;
+  std::vector<uint16_t> k16, v16;
+  std::vector<float> kf, vf;  // F16: the layer's stored rows read back as floats, [n][n_kv_heads][head_dim]
+  template <class E>
+  E* at(std::vector<E>& c, int layer, int64_t pos) {
     return c.data() + (((int64_t)layer * max_seq + pos) * n_kv_heads) * head_dim;
   }
 };
@@ -78,20 +84,29 @@ class CpuBackend : public Backend {
     return cpu::load_linear(desc);
   }
 
-  std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim) override {
+  std::unique_ptr<KVCache> create_kv_cache(int n_layers, int max_seq, int n_kv_heads, int head_dim,
+                                           KvType type) override {
     if (n_layers <= 0 || max_seq <= 0 || n_kv_heads <= 0 || head_dim <= 0)
       throw InvalidArgument("KV cache: every dimension must be positive");
+    if (type != KvType::F32 && type != KvType::F16)
+      throw InvalidArgument("KV cache: unknown element type " + std::to_string((int)type));
     auto kv = std::make_unique<CpuKVCache>();
     kv->n_layers = n_layers;
     kv->max_seq = max_seq;
     kv->n_kv_heads = n_kv_heads;
     kv->head_dim = head_dim;
+    kv->type = type;
     const size_t n = (size_t)n_layers * max_seq * n_kv_heads * head_dim;
     try {
-      kv->k.assign(n, 0.0f);
-      kv->v.assign(n, 0.0f);
-    } catch (const std::bad_alloc&) {
-      throw OutOfMemory("cpu backend: KV cache of " + std::to_string(2 * n * 4) + " bytes");
+      if (type == KvType::F16) {
+        kv->k16.assign(n, 0);
+        kv->v16.assign(n, 0);
+      } else {
+        kv->k32.assign(n, 0.0f);
+        kv->v32.assign(n, 0.0f);
+      }
+    } catch (const std::exception&) {  // bad_alloc, or length_error beyond a vector's max_size
+      throw OutOfMemory("cpu backend: KV cache of " + std::to_string(2 * n * kv_elem_bytes(type)) + " bytes");
     }
     return kv;
   }
@@ -150,10 +165,26 @@ class CpuBackend : public Backend {
       throw ContextOverflow("attention: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + T - 1) +
                             " do not fit a context of " + std::to_string(kv.max_seq));
     const int64_t row = (int64_t)hkv * hd;
-    std::copy(k, k + T * row, kv.at(kv.k, layer, pos0));
-    std::copy(v, v + T * row, kv.at(kv.v, layer, pos0));
-    const float* K = kv.at(kv.k, layer, 0);
-    const float* V = kv.at(kv.v, layer, 0);
+    const float *K, *V;  // [pos0 + T][n_kv_heads][head_dim]: the keys and values as stored
+    if (kv.type == KvType::F16) {
+      store_f16(kv.at(kv.k16, layer, pos0), k, T * row);
+      store_f16(kv.at(kv.v16, layer, pos0), v, T * row);
+      // read back as floats: the same attend_one as F32 (same order of sums) over the rounded values
+      const int64_t n = (pos0 + T) * row;
+      if ((int64_t)kv.kf.size() < n) {
+        kv.kf.resize(n);
+        kv.vf.resize(n);
+      }
+      load_f16(kv.kf.data(), kv.at(kv.k16, layer, 0), n);
+      load_f16(kv.vf.data(), kv.at(kv.v16, layer, 0), n);
+      K = kv.kf.data();
+      V = kv.vf.data();
+    } else {
+      std::copy(k, k + T * row, kv.at(kv.k32, layer, pos0));
+      std::copy(v, v + T * row, kv.at(kv.v32, layer, pos0));
+      K = kv.at(kv.k32, layer, 0);
+      V = kv.at(kv.v32, layer, 0);
+    }
     const int group = n_heads / hkv;
 #pragma omp parallel num_threads(nt_)
     {
@@ -166,6 +197,16 @@ class CpuBackend : public Backend {
           attend_one(out + qo, q + qo, K + off, V + off, pos0 + t + 1, row, hd, scores.data());
         }
     }
+  }
+
+  // store_f16: dst[i] = f32_to_f16(src[i]); load_f16: dst[i] = f16_to_f32(src[i]) (i < n)
+  void store_f16(uint16_t* dst, const float* src, int64_t n) {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+  }
+  void load_f16(float* dst, const uint16_t* src, int64_t n) {
+#pragma omp parallel for num_threads(nt_) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
   }
 
   void swiglu(float* out, const float* gate, const float* up, size_t n) override {

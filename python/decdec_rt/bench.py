@@ -48,28 +48,36 @@ def _linear_shapes(c: dict):
             "ffn_up": (c["hidden_dim"], c["dim"]), "ffn_down": (c["dim"], c["hidden_dim"])}
 
 
-def bytes_per_token(c: dict, bits: int, group: int, context: int) -> dict:
-    """Bytes one decode token reads: every linear's weights, the fp16 lm head, the fp32 KV cache."""
+KV_ELEM_BYTES = {"f16": 2, "f32": 4}  # bytes per cached key / value element (backend.h KvType)
+
+
+def bytes_per_token(c: dict, bits: int, group: int, context: int, kv_cache: str = "f16") -> dict:
+    """Bytes one decode token reads: every linear's weights, the fp16 lm head, the KV cache of
+    `context` positions (f16: 2 bytes per element, f32: 4)."""
+    if kv_cache not in KV_ELEM_BYTES:
+        raise InvalidArgumentError(f'kv_cache must be "f16" or "f32", got {kv_cache!r}')
     t = TType.F16 if bits == 16 else uniform_type(bits, group)
     shapes = _linear_shapes(c)
     linear = c["n_layers"] * sum(tensor_bytes(t, shapes[s]) for s in LINEAR_SLOTS)
     head = tensor_bytes(TType.F16, (c["n_vocab"], c["dim"]))
-    kv = c["n_layers"] * 2 * context * c["n_kv_heads"] * c["head_dim"] * 4
+    kv = c["n_layers"] * 2 * context * c["n_kv_heads"] * c["head_dim"] * KV_ELEM_BYTES[kv_cache]
     return {"linear": linear, "head": head, "kv": kv, "total": linear + head + kv}
 
 
 def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context: int = 512,
           n_decode: int = 128, prefill: int = 512, decdec: str = "off", k_chunk: int | dict = 8, n_tb: int | dict = 0,
           group: int = 128, residual: str = "host", graphs: bool = True, reps: int = 3,
-          n_layers: int = 0, seed: int = 0, peak_gbs: float | None = None) -> dict:
+          n_layers: int = 0, seed: int = 0, peak_gbs: float | None = None, kv_cache: str = "f16") -> dict:
     """Decode and prefill speed of a synthetic model of `shape` (see decdec_rt._core.synth_shapes()).
 
     Decode: greedy tokens after a `context`-token prompt (median of `reps` runs of `n_decode`).
     Prefill: one prompt of `prefill` tokens (median of `reps`). `peak_gbs` (the "fraction of peak"
     base): None measures the CUDA device's HBM read bandwidth, or takes PEAK_GBS on the CPU.
-    Returns a dict of the numbers."""
+    kv_cache: the KV cache's element type, "f16" or "f32". Returns a dict of the numbers."""
     if shape not in _core.synth_shapes():
         raise InvalidArgumentError(f"unknown shape {shape!r}; known: {', '.join(_core.synth_shapes())}")
+    if kv_cache not in KV_ELEM_BYTES:
+        raise InvalidArgumentError(f'kv_cache must be "f16" or "f32", got {kv_cache!r}')
     if context < 1 or n_decode < 1 or prefill < 1 or reps < 1:
         raise InvalidArgumentError("context, n_decode, prefill and reps must be >= 1")
     with_res = decdec != "off"
@@ -79,7 +87,7 @@ def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context
     t0 = time.perf_counter()
     eng = _core.Engine.synthetic(shape, bits=bits, group=group, with_residual=with_res, seed=seed,
                                  n_layers=n_layers, device=device, max_seq_len=max_seq, residual=residual,
-                                 max_batch=min(512, max(prefill, 1)), graphs=graphs)
+                                 max_batch=min(512, max(prefill, 1)), graphs=graphs, kv_cache=kv_cache)
     load_s = time.perf_counter() - t0
     c = eng.config
     if with_res:
@@ -107,13 +115,14 @@ def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context
         eng.decode_greedy(1, n_decode)
         dec.append(n_decode / (time.perf_counter() - t0))
     tok_s = statistics.median(dec)
-    b = bytes_per_token(c, bits, group, context + 4 + n_decode // 2)
+    b = bytes_per_token(c, bits, group, context + 4 + n_decode // 2, eng.kv_cache)
     gbs = b["total"] * tok_s / 1e9
     return {
         "shape": shape, "bits": bits, "group": group, "device": eng.backend_name,
         "decdec": eng.decdec_mode, "k_chunk": list(eng.decdec_k_chunk), "graphs": graphs,
-        "context": context, "decode_tok_s": tok_s, "ms_per_token": 1000.0 / tok_s,
+        "kv_cache": eng.kv_cache, "context": context, "decode_tok_s": tok_s, "ms_per_token": 1000.0 / tok_s,
         "bytes_per_token": b["total"], "weight_bytes_per_token": b["linear"] + b["head"],
+        "kv_bytes_per_token": b["kv"],
         "achieved_gbs": gbs, "fraction_of_peak": gbs / peak_gbs, "peak_gbs": peak_gbs,
         "roofline_tok_s": peak_gbs * 1e9 / b["total"],
         "prefill_tokens": prefill, "prefill_tok_s": statistics.median(pre),
@@ -126,7 +135,8 @@ def bench(shape: str = "llama3-8b", bits: int = 3, device: str = "cuda", context
 def format_result(r: dict) -> str:
     return "\n".join([
         f"shape {r['shape']}  {r['bits']}-bit g{r['group']}  on {r['device']}  DecDEC {r['decdec']}"
-        f"{' k_chunk ' + str(r['k_chunk']) if r['decdec'] != 'off' else ''}  graphs {'on' if r['graphs'] else 'off'}",
+        f"{' k_chunk ' + str(r['k_chunk']) if r['decdec'] != 'off' else ''}  graphs {'on' if r['graphs'] else 'off'}"
+        f"  KV cache {r['kv_cache']}",
         f"  decode   {r['decode_tok_s']:9.1f} tok/s  {r['ms_per_token']:.3f} ms/token at context {r['context']}",
         f"           {r['achieved_gbs']:9.1f} GB/s = {100 * r['fraction_of_peak']:.1f}% of {r['peak_gbs']:.0f} GB/s"
         f"  (roofline {r['roofline_tok_s']:.0f} tok/s; {r['bytes_per_token'] / 1e9:.3f} GB/token)",

@@ -10,6 +10,12 @@ from .errors import Error
 KINDS = ("qkv", "o", "gate_up", "down")
 
 
+def _add_kv_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-cache", default="f16", choices=["f16", "f32"],
+                   help="KV cache element type: f16 (default, half the memory) or f32 (attention over "
+                        "keys and values as computed)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="path to a .ddrt model file")
     p.add_argument("--device", default="cpu", help='"cpu" (default), "cuda" or "cuda:N"')
@@ -22,6 +28,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="channels per 1024 input channels: one int, or qkv=4,o=4,gate_up=8,down=8")
     p.add_argument("--residual", default="host", choices=["host", "device"],
                    help="where residual rows live on the GPU backend (default host: zero-copy)")
+    _add_kv_cache_arg(p)
 
 
 def _parse_k_chunk(s: str, flag: str = "--k-chunk"):
@@ -43,7 +50,7 @@ def _parse_k_chunk(s: str, flag: str = "--k-chunk"):
 def _load(args):
     from .runtime import Runtime
     rt = Runtime(args.model, device=args.device, max_seq_len=args.ctx_size, residual=args.residual,
-                 n_threads=args.threads, decdec="off" if args.decdec == "off" else "auto")
+                 n_threads=args.threads, decdec="off" if args.decdec == "off" else "auto", kv_cache=args.kv_cache)
     if args.decdec not in (None, "off"):
         rt.set_decdec(args.decdec, _parse_k_chunk(args.k_chunk))
     return rt
@@ -68,7 +75,7 @@ def cmd_generate(args) -> int:
         n += 1
     dt = time.perf_counter() - t0
     print(file=sys.stdout)
-    print(f"[{rt.backend}; DecDEC {rt.decdec['mode']}; stop: {rt.last_stop_reason}; "
+    print(f"[{rt.backend}; DecDEC {rt.decdec['mode']}; {rt.kv_cache} KV cache; stop: {rt.last_stop_reason}; "
           f"{len(rt._engine.tokens)} tokens in context; {dt:.2f} s]", file=sys.stderr)
     return 0
 
@@ -81,7 +88,8 @@ def cmd_ppl(args) -> int:
     context = args.context or min(512, rt.max_seq_len)
     ppl = rt.perplexity(text, context=context)
     dt = time.perf_counter() - t0
-    print(f"perplexity {ppl:.4f}  (context {context}, DecDEC {rt.decdec['mode']}, {dt:.1f} s)")
+    print(f"perplexity {ppl:.4f}  (context {context}, DecDEC {rt.decdec['mode']}, {rt.kv_cache} KV cache, "
+          f"{dt:.1f} s)")
     return 0
 
 
@@ -128,7 +136,8 @@ def cmd_demo(args) -> int:
     from .convert.demo import run_demo
     return run_demo(prompt=args.prompt, max_new_tokens=args.n_predict, mode=args.decdec,
                     k_chunk=args.k_chunk, device=args.device, bits=args.bits, method=args.method,
-                    rebuild=args.rebuild, threads=args.threads, repetition_penalty=args.repeat_penalty)
+                    rebuild=args.rebuild, threads=args.threads, repetition_penalty=args.repeat_penalty,
+                    kv_cache=args.kv_cache)
 
 
 def _tune_engine(args):
@@ -140,9 +149,9 @@ def _tune_engine(args):
         if args.shape not in _core.synth_shapes():
             raise SystemExit(f"tune: unknown shape {args.shape!r} (known: {', '.join(_core.synth_shapes())})")
         eng = _core.Engine.synthetic(args.shape, bits=args.bits, group=args.group_size, with_residual=True,
-                                     n_layers=args.layers, device=device, max_seq_len=256)
+                                     n_layers=args.layers, device=device, max_seq_len=256, kv_cache=args.kv_cache)
         return eng, None
-    rt = Runtime(args.model, device=device, n_threads=args.threads, decdec="off")
+    rt = Runtime(args.model, device=device, n_threads=args.threads, decdec="off", kv_cache=args.kv_cache)
     return rt._engine, rt
 
 
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bits", type=int, default=3, choices=[3, 4])
     d.add_argument("--method", default="rtn", choices=["rtn", "awq", "nonuniform"])
     d.add_argument("--rebuild", action="store_true", help="convert again even if cached")
+    _add_kv_cache_arg(d)
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="decode/prefill speed of a named shape with random weights")
     b.add_argument("--shape", default="llama3-8b",
@@ -271,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--residual", default="host", choices=["host", "device"])
     b.add_argument("--no-graphs", action="store_true", help="launch decode kernels one by one")
     b.add_argument("--layers", type=int, default=0, help="override the shape's layer count")
+    _add_kv_cache_arg(b)
     b.set_defaults(fn=cmd_bench)
 
     u = sub.add_parser("tune", help="pick DecDEC k_chunk / n_tb for this GPU and store them in the model")
@@ -288,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--time-budget", type=float, default=50.0, help="seconds of measuring (default 50)")
     u.add_argument("--no-save", action="store_true", help="do not store the result in the model file")
     u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_kv_cache_arg(u)
     u.set_defaults(fn=cmd_tune)
     return ap
 
@@ -297,7 +309,7 @@ def cmd_bench(args) -> int:
     r = bench(args.shape, bits=args.bits, device=args.device, context=args.context, n_decode=args.decode,
               prefill=args.prefill, decdec=args.decdec, k_chunk=_parse_k_chunk(args.k_chunk),
               n_tb=_parse_k_chunk(args.n_tb, "--n-tb"), group=args.group_size, residual=args.residual, graphs=not args.no_graphs, reps=args.reps,
-              n_layers=args.layers)
+              n_layers=args.layers, kv_cache=args.kv_cache)
     print(format_result(r))
     return 0
 

@@ -2,11 +2,14 @@
 
 It shares no code with the C++ engine: weights come from the file through _core.ModelFile and
 quant.dequantize, and every step below is the textbook definition, evaluated in float64 by
-default. Tests compare the runtime's logits against it; tools use it to calibrate (capture).
+default; keys and values are rounded to float16 where the engine's KV cache does that (its
+default, kv_cache="f16"). Tests compare the runtime's logits against it; tools use it to
+calibrate (capture).
 
     ref = ReferenceModel("model.ddrt")
     logits = ref.forward(ids)                                   # [T, n_vocab]
     logits = ref.forward(ids, decdec={"mode": "exact", "k_chunk": 64})
+    logits = ref.forward(ids, kv_cache="f32")                   # keys/values not rounded to f16
     xs = ref.collect_inputs([ids1, ids2])                       # {linear name: [n_tok, d_in] f32}
 """
 from __future__ import annotations
@@ -20,6 +23,8 @@ from .types import KINDS, LINEAR_SLOTS, SLOT_KIND, TType, is_float
 
 # capture(linear_id, name, x): x = the linear's float32 input [T, d_in], name = "blk.{i}.attn_q"
 CaptureFn = Callable[[int, str, np.ndarray], None]
+
+KV_CACHES = ("f16", "f32")  # the engine's KV cache element types (backend.h KvType)
 
 
 @dataclass(frozen=True)
@@ -180,10 +185,14 @@ class ReferenceModel:
 
     # ---- the forward pass ------------------------------------------------------------------
     def forward(self, ids, decdec: Mapping | None = None, capture: CaptureFn | None = None,
-                logits: bool = True) -> np.ndarray:
+                logits: bool = True, kv_cache: str = "f16") -> np.ndarray:
         """logits [T, n_vocab] (dtype) for tokens ids at positions 0..T-1 of a fresh context.
-        logits=False returns the final normalised hidden state [T, dim] instead."""
+        logits=False returns the final normalised hidden state [T, dim] instead. kv_cache: as the
+        engine's KV cache, "f16" attends over keys (after rope) and values rounded to float16,
+        "f32" over them as computed."""
         c = self.cfg
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache {kv_cache!r}: expected one of {KV_CACHES}")
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         T = len(ids)
         if T == 0 or T > c.max_seq_len:
@@ -196,7 +205,7 @@ class ReferenceModel:
         x = self.w["token_embd.weight"][ids]                    # [T, dim] residual stream
         for i in range(c.n_layers):
             x = x + self._attention(i, rmsnorm(x, self.w[f"blk.{i}.attn_norm.weight"], c.norm_eps),
-                                    cos, sin, dd, capture)
+                                    cos, sin, dd, capture, kv_cache)
             x = x + self._ffn(i, rmsnorm(x, self.w[f"blk.{i}.ffn_norm.weight"], c.norm_eps),
                               dd, capture)
         h = rmsnorm(x, self.w["output_norm.weight"], c.norm_eps)  # [T, dim]
@@ -212,7 +221,7 @@ class ReferenceModel:
         angle = np.concatenate([angle, angle], axis=1).astype(self.dtype)
         return np.cos(angle), np.sin(angle)
 
-    def _attention(self, i, h, cos, sin, dd, capture):
+    def _attention(self, i, h, cos, sin, dd, capture, kv_cache):
         c = self.cfg
         T = h.shape[0]
         q = self.linear(i, "attn_q", h, dd, capture).reshape(T, c.n_heads, c.head_dim)
@@ -220,6 +229,9 @@ class ReferenceModel:
         v = self.linear(i, "attn_v", h, dd, capture).reshape(T, c.n_kv_heads, c.head_dim)
         q = q * cos[:, None] + rotate_half(q) * sin[:, None]
         k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+        if kv_cache == "f16":  # the cache stores float32 keys and values rounded to float16
+            k = k.astype(np.float32).astype(np.float16).astype(self.dtype)
+            v = v.astype(np.float32).astype(np.float16).astype(self.dtype)
         group = c.n_heads // c.n_kv_heads                       # query heads per kv head
         k = np.repeat(k, group, axis=1)                         # [T, n_heads, head_dim]
         v = np.repeat(v, group, axis=1)
@@ -258,7 +270,7 @@ class ReferenceModel:
             y[t] += R[:, S] @ x[t, S]
         return y
 
-    def collect_inputs(self, sequences, decdec=None) -> dict[str, np.ndarray]:
+    def collect_inputs(self, sequences, decdec=None, kv_cache: str = "f16") -> dict[str, np.ndarray]:
         """Each linear's float32 inputs over all tokens of `sequences`:
         {linear name: [n_tokens, d_in]} (for calibration)."""
         got: dict[str, list] = {}
@@ -266,7 +278,7 @@ class ReferenceModel:
         def cap(_lid, name, x):
             got.setdefault(name, []).append(x)
         for ids in sequences:
-            self.forward(ids, decdec=decdec, capture=cap, logits=False)
+            self.forward(ids, decdec=decdec, capture=cap, logits=False, kv_cache=kv_cache)
         return {k: np.concatenate(v, axis=0) for k, v in got.items()}
 
 

@@ -15,6 +15,7 @@ from .tokenizer import StreamDecoder, Tokenizer
 from .types import KINDS
 
 MODES = ("off", "exact", "approx", "static", "random")
+KV_CACHES = ("f16", "f32")
 
 
 def cuda_available() -> bool:
@@ -75,11 +76,15 @@ class Runtime:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", *, max_seq_len: int = 0,
                  residual: str = "host", verify_checksums: bool = True, n_threads: int = 0,
-                 decdec: str = "auto"):
+                 decdec: str = "auto", kv_cache: str = "f16"):
         """decdec: "auto" applies the DecDEC tuning stored in the file for this backend (rt.tune),
-        if there is one; "off" ignores it. Either way rt.set_decdec() changes it later."""
+        if there is one; "off" ignores it. Either way rt.set_decdec() changes it later.
+        kv_cache: "f16" stores keys and values rounded to float16 (half the memory and half the
+        bytes a decode step reads per position); "f32" keeps them as computed."""
         if decdec not in ("auto", "off"):
             raise InvalidArgumentError(f'decdec must be "auto" or "off", got {decdec!r}')
+        if kv_cache not in KV_CACHES:
+            raise InvalidArgumentError(f'kv_cache must be "f16" or "f32", got {kv_cache!r}')
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
@@ -87,8 +92,9 @@ class Runtime:
             raise InvalidArgumentError(f"device must be a string like 'cpu' or 'cuda', got {device!r}")
         self.path = path
         self.device = device
+        self.kv_cache = kv_cache
         self._engine = _core.Engine(path, device=device, max_seq_len=max_seq_len, residual=residual,
-                                    verify_checksums=verify_checksums, n_threads=n_threads)
+                                    verify_checksums=verify_checksums, n_threads=n_threads, kv_cache=kv_cache)
         self._file = _core.ModelFile(path, verify_checksums=False)
         self.metadata: dict = self._file.metadata
         self.config: dict = self._engine.config
@@ -284,4 +290,4 @@ class Runtime:
     def __repr__(self) -> str:
         c = self.config
         return (f"Runtime({self.path!r}, device={self.device!r}: {c['n_layers']} layers, dim {c['dim']}, "
-                f"vocab {c['n_vocab']}, backend {self.backend})")
+                f"vocab {c['n_vocab']}, {self.kv_cache} KV cache, backend {self.backend})")

@@ -83,14 +83,23 @@ ddrt::ResidualPlacement parse_placement(const std::string& s) {
   throw ddrt::InvalidArgument("residual placement must be \"host\" or \"device\", got '" + s + "'");
 }
 
+ddrt::KvType parse_kv_cache(const std::string& s) {
+  if (s == "f16") return ddrt::KvType::F16;
+  if (s == "f32") return ddrt::KvType::F32;
+  throw ddrt::InvalidArgument("kv_cache must be \"f16\" or \"f32\", got '" + s + "'");
+}
+
+const char* kv_cache_name(ddrt::KvType t) { return t == ddrt::KvType::F16 ? "f16" : "f32"; }
+
 ddrt::EngineOptions engine_options(const std::string& device, int max_seq_len, const std::string& residual,
-                                   int max_batch, bool graphs) {
+                                   int max_batch, bool graphs, const std::string& kv_cache) {
   ddrt::EngineOptions o;
   o.device = device;
   o.max_seq_len = max_seq_len;
   o.residual = parse_placement(residual);
   o.max_batch = max_batch;
   o.graphs = graphs;
+  o.kv_type = parse_kv_cache(kv_cache);
   return o;
 }
 
@@ -119,19 +128,22 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](ddrt::Engine* self, const std::string& path, const std::string& device, int max_seq_len,
-             const std::string& residual, bool verify_checksums, int n_threads, int max_batch, bool graphs) {
-            ddrt::EngineOptions o = engine_options(device, max_seq_len, residual, max_batch, graphs);
+             const std::string& residual, bool verify_checksums, int n_threads, int max_batch, bool graphs,
+             const std::string& kv_cache) {
+            ddrt::EngineOptions o = engine_options(device, max_seq_len, residual, max_batch, graphs, kv_cache);
             o.verify_checksums = verify_checksums;
             o.n_threads = n_threads;
             nb::gil_scoped_release release;
             new (self) ddrt::Engine(path, o);
           },
           "path"_a, "device"_a = "cpu", "max_seq_len"_a = 0, "residual"_a = "host",
-          "verify_checksums"_a = true, "n_threads"_a = 0, "max_batch"_a = 64, "graphs"_a = true)
+          "verify_checksums"_a = true, "n_threads"_a = 0, "max_batch"_a = 64, "graphs"_a = true,
+          "kv_cache"_a = "f16")
       .def_static(
           "synthetic",
           [](const std::string& shape, int bits, int group, bool with_residual, uint64_t seed, int n_layers,
-             const std::string& device, int max_seq_len, const std::string& residual, int max_batch, bool graphs) {
+             const std::string& device, int max_seq_len, const std::string& residual, int max_batch, bool graphs,
+             const std::string& kv_cache) {
             ddrt::SynthSpec spec;
             spec.shape = shape;
             spec.bits = bits;
@@ -139,7 +151,7 @@ NB_MODULE(_core, m) {
             spec.residual = with_residual;
             spec.seed = seed;
             spec.n_layers = n_layers;
-            const ddrt::EngineOptions o = engine_options(device, max_seq_len, residual, max_batch, graphs);
+            const ddrt::EngineOptions o = engine_options(device, max_seq_len, residual, max_batch, graphs, kv_cache);
             nb::gil_scoped_release release;
             auto src = std::make_unique<ddrt::SynthModel>(spec);
             const ddrt::Config cfg = src->config();
@@ -147,13 +159,16 @@ NB_MODULE(_core, m) {
           },
           "shape"_a, "bits"_a = 3, "group"_a = 128, "with_residual"_a = true, "seed"_a = 0, "n_layers"_a = 0,
           "device"_a = "cpu", "max_seq_len"_a = 0, "residual"_a = "host", "max_batch"_a = 64, "graphs"_a = true,
-          nb::rv_policy::take_ownership, "An engine over random weights of a named shape (benchmarks).")
+          "kv_cache"_a = "f16", nb::rv_policy::take_ownership,
+          "An engine over random weights of a named shape (benchmarks).")
       .def_prop_ro("config", [](const ddrt::Engine& e) { return config_dict(e.config()); })
       .def_prop_ro("backend_name", [](ddrt::Engine& e) { return e.backend().name(); })
       .def_prop_ro("device_bytes", [](ddrt::Engine& e) { return e.backend().device_bytes(); })
       .def_prop_ro("decdec_device_bytes", [](ddrt::Engine& e) { return e.backend().decdec_device_bytes(); },
                    "GPU bytes DecDEC adds (residual data kept on the device, compensation scratch)")
       .def_prop_ro("max_seq_len", &ddrt::Engine::max_seq_len)
+      .def_prop_ro("kv_cache", [](const ddrt::Engine& e) { return std::string(kv_cache_name(e.kv_type())); },
+                   "KV cache element type: \"f16\" or \"f32\"")
       .def_prop_ro("pos", &ddrt::Engine::pos)
       .def_prop_ro("tokens", [](const ddrt::Engine& e) { return e.tokens(); })
       .def_prop_ro("has_residuals", &ddrt::Engine::has_residuals)

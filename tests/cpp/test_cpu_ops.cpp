@@ -10,6 +10,8 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "backend.h"
@@ -392,9 +394,24 @@ void test_errors(Backend& be) {
   bad.type = TensorType::RES4;
   CHECK_THROWS(be.load_linear(bad, ResidualPlacement::Host), InvalidArgument);
   CHECK_THROWS(be.alloc((size_t)1 << 62), OutOfMemory);
-  auto kv = be.create_kv_cache(1, 4, 1, 8);
-  std::vector<float> q(8 * 5), o(8 * 5);
-  CHECK_THROWS(be.attention(*kv, 0, o.data(), q.data(), q.data(), q.data(), 5, 1, 0), ContextOverflow);
+  for (KvType type : {KvType::F32, KvType::F16}) {
+    auto kv = be.create_kv_cache(1, 4, 1, 8, type);
+    CHECK(kv->type == type);
+    std::vector<float> q(8 * 5), o(8 * 5);
+    CHECK_THROWS(be.attention(*kv, 0, o.data(), q.data(), q.data(), q.data(), 5, 1, 0), ContextOverflow);
+    CHECK_THROWS(be.create_kv_cache(1, 0, 1, 8, type), InvalidArgument);
+  }
+  CHECK_THROWS(be.create_kv_cache(1, 4, 1, 8, (KvType)7), InvalidArgument);
+  // 2^60 f32 or 2^61 f16 elements per cache: 2^63 bytes for keys and values, named in the error
+  for (auto [type, n_kv] : {std::pair{KvType::F32, 1 << 14}, std::pair{KvType::F16, 1 << 15}}) {
+    std::string what;
+    try {
+      be.create_kv_cache(1 << 15, 1 << 16, n_kv, 1 << 15, type);
+    } catch (const OutOfMemory& e) {
+      what = e.what();
+    }
+    CHECK_MSG(what.find("9223372036854775808 bytes") != std::string::npos, "OutOfMemory: '" + what + "'");
+  }
 }
 
 void test_elementwise_ops(Backend& be) {
@@ -434,18 +451,28 @@ void test_elementwise_ops(Backend& be) {
   CHECK(nmse(rx.data(), rref.data(), rx.size()) < 1e-10);
 }
 
-// Causal GQA attention over a prefix written by earlier calls, then a T-token call.
-void test_attention(Backend& be) {
+float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+std::string sci(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", x);
+  return b;
+}
+
+// Causal GQA attention over a prefix written by earlier calls, then a T-token call. The
+// reference attends over the keys and values as the cache stores them (F16: rounded).
+void test_attention(Backend& be, KvType type) {
   const int n_layers = 2, max_seq = 40, hkv = 2, nh = 6, hd = 12, layer = 1;
-  auto kv = be.create_kv_cache(n_layers, max_seq, hkv, hd);
-  std::vector<float> K, V;  // all positions written so far: [pos][hkv*hd]
+  auto kv = be.create_kv_cache(n_layers, max_seq, hkv, hd, type);
+  std::vector<float> K, V;  // all positions written so far, as stored: [pos][hkv*hd]
   double worst = 0;
   int64_t pos = 0;
   for (int T : {7, 1, 5}) {
     std::vector<float> q = randn_vec(T * nh * hd), k = randn_vec(T * hkv * hd), v = randn_vec(T * hkv * hd);
     std::vector<float> out(T * nh * hd), ref(T * nh * hd);
-    K.insert(K.end(), k.begin(), k.end());
-    V.insert(V.end(), v.begin(), v.end());
+    for (size_t i = 0; i < k.size(); ++i) {
+      K.push_back(type == KvType::F16 ? round_f16(k[i]) : k[i]);
+      V.push_back(type == KvType::F16 ? round_f16(v[i]) : v[i]);
+    }
     be.attention(*kv, layer, out.data(), q.data(), k.data(), v.data(), T, nh, pos);
     for (int t = 0; t < T; ++t)
       for (int h = 0; h < nh; ++h) {
@@ -469,7 +496,39 @@ void test_attention(Backend& be) {
     worst = std::max(worst, nmse(out.data(), ref.data(), out.size()));
     pos += T;
   }
-  CHECK_MSG(worst < 1e-10, "attention nmse " + std::to_string(worst));
+  CHECK_MSG(worst < 1e-10, std::string(type == KvType::F16 ? "f16" : "f32") + " attention nmse " + sci(worst));
+}
+
+// The F16 cache rounds keys and values when it stores them and changes nothing else: its output
+// is bit for bit the F32 cache's fed the same keys and values rounded beforehand. Fed raw ones,
+// the F32 cache differs from it, by about the rounding (binary16 keeps 11 significant bits).
+void test_attention_f16(Backend& be) {
+  const int max_seq = 64, hkv = 2, nh = 8, hd = 64;
+  auto h16 = be.create_kv_cache(1, max_seq, hkv, hd, KvType::F16);
+  auto rounded = be.create_kv_cache(1, max_seq, hkv, hd, KvType::F32);  // fed rounded k, v
+  auto raw = be.create_kv_cache(1, max_seq, hkv, hd, KvType::F32);      // fed k, v as they are
+  int64_t pos = 0;
+  bool same_as_rounded = true, same_as_raw = true;
+  double worst = 0;
+  for (int T : {9, 1, 1, 20, 3}) {  // prefill chunks and decode steps over the earlier ones
+    std::vector<float> q = randn_vec(T * nh * hd), k = randn_vec(T * hkv * hd), v = randn_vec(T * hkv * hd);
+    std::vector<float> kr(k.size()), vr(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      kr[i] = round_f16(k[i]);
+      vr[i] = round_f16(v[i]);
+    }
+    std::vector<float> o16(q.size()), o_rounded(q.size()), o_raw(q.size());
+    be.attention(*h16, 0, o16.data(), q.data(), k.data(), v.data(), T, nh, pos);
+    be.attention(*rounded, 0, o_rounded.data(), q.data(), kr.data(), vr.data(), T, nh, pos);
+    be.attention(*raw, 0, o_raw.data(), q.data(), k.data(), v.data(), T, nh, pos);
+    same_as_rounded = same_as_rounded && memcmp(o16.data(), o_rounded.data(), o16.size() * 4) == 0;
+    same_as_raw = same_as_raw && memcmp(o16.data(), o_raw.data(), o16.size() * 4) == 0;
+    worst = std::max(worst, nmse(o16.data(), o_raw.data(), o16.size()));
+    pos += T;
+  }
+  CHECK_MSG(same_as_rounded, "f16 cache == f32 cache of rounded k, v, bit for bit");
+  CHECK_MSG(!same_as_raw, "f16 cache output differs from the f32 cache's on unrounded k, v");
+  CHECK_MSG(worst > 0 && worst < 1e-5, "f16 vs f32 cache nmse " + sci(worst));
 }
 
 // ---- benchmark: SmolLM2-135M shapes, 3-bit g128 linears + f16 tied lm head ------------------
@@ -521,7 +580,9 @@ int main(int argc, char** argv) {
   test_matmul_all_types(*be);
   test_decdec_matmul(*be);
   test_elementwise_ops(*be);
-  test_attention(*be);
+  test_attention(*be, KvType::F32);
+  test_attention(*be, KvType::F16);
+  test_attention_f16(*be);
   test_errors(*be);
   return ddrt_test::check_summary();
 }

@@ -1301,13 +1301,15 @@ void fill_kv(Backend& cpu, Backend& gpu, KVCache& kc, KVCache& kg, int64_t pos, 
 }
 
 // One layer's caches on both backends holding positions [0, pos) (fill_kv), and rope's
-// frequencies for head_dim hd, on the host (inv) and the device (bi)
+// frequencies for head_dim hd, on the host (inv) and the device (bi); f16 caches (the engine's
+// default)
 struct KvPair {
   std::unique_ptr<KVCache> kc, kg;
   std::vector<float> inv;
   Buf bi;
   KvPair(Backend& cpu, Backend& gpu, int max_seq, int64_t pos, int nh, int nkv, int hd)
-      : kc(cpu.create_kv_cache(1, max_seq, nkv, hd)), kg(gpu.create_kv_cache(1, max_seq, nkv, hd)), inv(hd / 2),
+      : kc(cpu.create_kv_cache(1, max_seq, nkv, hd, KvType::F16)),
+        kg(gpu.create_kv_cache(1, max_seq, nkv, hd, KvType::F16)), inv(hd / 2),
         bi(gpu, hd / 2) {
     for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / hd);
     bi.put(inv);
@@ -1450,7 +1452,10 @@ void test_attention(Backend& cpu, Backend& gpu) {
   // prefix of several 32-key tiles in the cache (pos0 101, 41), one short chunk after a long prefix
   // (the split kernel's: pos0 301, T 40), one grid of 128 tiles (64 kv heads: the default's rule);
   // a query of 261 positions (17 splits) at the racecheck size too: more splits than the merge
-  // loads before its weights (DDRT_ATTN_MERGE_PRE)
+  // loads before its weights (DDRT_ATTN_MERGE_PRE). Each with f32 caches; with f16 caches (their
+  // elements rounded when stored, read back as stored, the chunk's own rows too) where the tiled
+  // kernel is forced on and with the defaults (the split kernel's prefetch 2 copies two f16
+  // elements per lane)
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
                       {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}},
@@ -1476,15 +1481,17 @@ void test_attention(Backend& cpu, Backend& gpu) {
   // kernel loading its first cached rows before the dependency wait, the tiled one on large grids;
   // the defaults with 4 warps per split block (attn_warps_force: the twin of 8, 4 positions in flight
   // per warp; the other variants take the default, 8 where they fit)
+  for (const KvType kt : {KvType::F32, KvType::F16})
   for (const int variant : {0, 1, 2, 3})
   for (const bool rope : {false, true})  // attention, and rope_attention (one launch where T == 1)
     for (const Cfg& c : cfgs) {
+      if (kt == KvType::F16 && variant != 1 && variant != 2) continue;
       const int tiled = variant == 3 ? 2 : variant;  // attn_tiled_force: 0 off, 1 on, 2 auto
       gpu::attn_tiled_force(tiled);
       gpu::attn_prefetch_force(variant == 2 ? -1 : variant == 3 ? 1 : 0);
       gpu::attn_warps_force(variant == 3 ? 4 : -1);
-      auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
-      auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd);
+      auto kc = cpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd, kt);
+      auto kg = gpu.create_kv_cache(2, c.max_seq, c.n_kv, c.hd, kt);
       std::vector<float> inv(c.hd / 2);
       for (int i = 0; i < c.hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / c.hd);
       Buf bi(gpu, inv.size());
@@ -1515,7 +1522,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
           const auto o = bo.get();
           report(std::string(rope ? "rope_attention" : "attention") + (tiled == 1 ? " (tiled on)" : "") +
                      (variant == 2 ? " (defaults: tiled auto, prefetch)" : "") +
-                     (variant == 3 ? " (defaults, 4 warps)" : "") + " heads " +
+                     (variant == 3 ? " (defaults, 4 warps)" : "") + (kt == KvType::F16 ? " f16 cache" : "") + " heads " +
                      std::to_string(c.n_heads) + "/" +
                      std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
                      " T " + std::to_string(T) + " layer " + std::to_string(layer),
@@ -1540,8 +1547,8 @@ void test_attention(Backend& cpu, Backend& gpu) {
     for (int64_t pos : {(int64_t)10, (int64_t)300, (int64_t)700}) {
       if (rope && hd == 16) continue;  // (rope is fused for head_dim 64, 128, 256)
       const int nh = hd == 128 ? 8 : 4, nkv = 2;
-      auto kc = cpu.create_kv_cache(1, 1024, nkv, hd);
-      auto kg = gpu.create_kv_cache(1, 1024, nkv, hd);
+      auto kc = cpu.create_kv_cache(1, 1024, nkv, hd, KvType::F32);
+      auto kg = gpu.create_kv_cache(1, 1024, nkv, hd, KvType::F32);
       // fill positions [0, pos) of both caches with one chunk, then one decode step at pos
       std::vector<float> inv(hd / 2);
       for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.0f, -2.0f * i / hd);
@@ -1695,8 +1702,13 @@ void test_misc(Backend& gpu) {
     auto L = make_linear(TensorType::UQ4_G128, 256, 512, true);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Device);
     CHECK(gpu.device_bytes() >= before + 256 * 512 / 2 + 512 * 128);
-    auto kv = gpu.create_kv_cache(1, 16, 2, 64);
-    CHECK(gpu.device_bytes() >= before + 2 * 16 * 2 * 64 * 4);
+    const size_t with_weights = gpu.device_bytes();
+    {
+      auto kv = gpu.create_kv_cache(1, 16, 2, 64, KvType::F32);
+      CHECK(gpu.device_bytes() >= with_weights + 2 * 16 * 2 * 64 * 4);
+    }
+    auto kv = gpu.create_kv_cache(1, 16, 2, 64, KvType::F16);  // half the bytes
+    CHECK(gpu.device_bytes() >= with_weights + 2 * 16 * 2 * 64 * 2 && gpu.device_bytes() < with_weights + 2 * 16 * 2 * 64 * 4);
   }
   CHECK(gpu.device_bytes() == before);
   // DecDEC's share: residual rows, scales and rank positions on the device (placement Device),

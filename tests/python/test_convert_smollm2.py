@@ -42,13 +42,17 @@ def smollm2(tmp_path_factory):
     return out
 
 
-def test_f16_logits_match_numpy_forward(smollm2):
+# f16 KV cache: the engine's float32 keys and values differ from the float64 reference's by
+# roundoff, which now and then lands them on different float16 values (one ulp, ~5e-4 relative);
+# over 30 layers those flips grow to about the float16 rounding's own effect (~5e-4 here).
+@pytest.mark.parametrize("kv_cache, tol", [("f32", 1e-4), ("f16", 2e-3)])
+def test_f16_logits_match_numpy_forward(smollm2, kv_cache, tol):
     from decdec_rt.reference import ReferenceModel
-    rt = Runtime(smollm2["f16"])
+    rt = Runtime(smollm2["f16"], kv_cache=kv_cache)
     ids = rt.tokenize("The capital of France is Paris, and the capital of Italy is")[:32]
-    ref = ReferenceModel(smollm2["f16"], dtype=np.float64).forward(ids)
+    ref = ReferenceModel(smollm2["f16"], dtype=np.float64).forward(ids, kv_cache=kv_cache)
     got = rt.forward(ids)
-    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= tol
     assert rt.detokenize([int(np.argmax(got[-1]))]) == " Rome"
 
 

@@ -299,7 +299,7 @@ def test_cli_decdec_flag_and_stored_tuning(tiny3, tmp_path):
     shutil.copy(tiny3, path)
     k = {"qkv": 2, "o": 3, "gate_up": 6, "down": 12}
     update_metadata(path, {tune_key(decdec_rt.Runtime(path).backend): json.dumps({"mode": "approx", "k_chunk": k})})
-    args = dict(model=str(path), device="cpu", ctx_size=0, residual="host", threads=0, k_chunk="5")
+    args = dict(model=str(path), device="cpu", ctx_size=0, residual="host", threads=0, k_chunk="5", kv_cache="f16")
     assert _load(argparse.Namespace(decdec=None, **args)).decdec["k_chunk"] == k
     assert _load(argparse.Namespace(decdec="off", **args)).decdec["mode"] == "off"
     rt = _load(argparse.Namespace(decdec="exact", **args))

@@ -68,13 +68,13 @@ def calibration_windows(ids, n_tokens: int, window: int = CALIB_WINDOW) -> list:
 
 
 def collect_stats(path: str, windows: list, sample_tokens: int = 0, progress: bool = False,
-                  desc: str = "calibrate") -> dict:
+                  desc: str = "calibrate", kv_cache: str = "f16") -> dict:
     """{linear name: InputStats} over `windows` (lists of ids), running the model file `path`
-    with the engine. sample_tokens > 0 keeps about that many input rows per linear, evenly
-    strided."""
+    with the engine (its KV cache of type `kv_cache`: the runtime's default, f16). sample_tokens
+    > 0 keeps about that many input rows per linear, evenly strided."""
     from tqdm import tqdm
     eng = _core.Engine(path, device="cpu", verify_checksums=False,
-                       max_seq_len=max(len(w) for w in windows))
+                       max_seq_len=max(len(w) for w in windows), kv_cache=kv_cache)
     total = sum(len(w) for w in windows)
     stride = max(1, total // sample_tokens) if sample_tokens > 0 else 0
     stats: dict[str, InputStats] = {}

@@ -51,10 +51,11 @@ def chat_prompt(text: str) -> str:
 
 def run_demo(prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 96, mode: str = "approx",
              k_chunk: int = 16, device: str = "cpu", bits: int = 3, method: str = "rtn",
-             rebuild: bool = False, threads: int = 0, repetition_penalty: float = 1.15) -> int:
+             rebuild: bool = False, threads: int = 0, repetition_penalty: float = 1.15,
+             kv_cache: str = "f16") -> int:
     from ..runtime import Runtime
     path = demo_model(bits, method, rebuild, log=lambda s: print(s, file=sys.stderr))
-    rt = Runtime(path, device=device, n_threads=threads)
+    rt = Runtime(path, device=device, n_threads=threads, kv_cache=kv_cache)
     rt.set_decdec(mode, k_chunk)
     dd = rt.decdec
     print(f"[{os.path.basename(path)} on {rt.backend}; DecDEC {dd['mode']}, k_chunk {k_chunk} per 1024 "
