@@ -1455,7 +1455,10 @@ void test_attention(Backend& cpu, Backend& gpu) {
   // loads before its weights (DDRT_ATTN_MERGE_PRE). Each with f32 caches; with f16 caches (their
   // elements rounded when stored, read back as stored, the chunk's own rows too) where the tiled
   // kernel is forced on and with the defaults (the split kernel's prefetch 2 copies two f16
-  // elements per lane)
+  // elements per lane). Rope of a chunk (T > 1) runs as its own kernel, whose rotated keys may be
+  // an fp32 ulp from the CPU's (fused multiply-adds); where such a key straddles an f16 rounding
+  // boundary the caches differ by an f16 ulp (NMSE up to ~2e-10 seen), so those cases take 1e-8;
+  // the others hold 1e-10: identical inputs round identically
   const Cfg cfgs[] = {{8, 2, 64, 800, {7, 1, 1, 600, 1, 7}}, {4, 4, 128, 64, {1, 1, 5, 1}}, {6, 3, 32, 40, {40}},
                       {9, 3, 64, 700, {513, 1, 1}},        {16, 2, 128, 300, {3, 250, 1}},
                       {16, 1, 80, 200, {1, 150, 1}},       {4, 2, 256, 100, {60, 1}},
@@ -1526,7 +1529,7 @@ void test_attention(Backend& cpu, Backend& gpu) {
                      std::to_string(c.n_heads) + "/" +
                      std::to_string(c.n_kv) + " hd " + std::to_string(c.hd) + " pos0 " + std::to_string(pos) +
                      " T " + std::to_string(T) + " layer " + std::to_string(layer),
-                 nmse(o.data(), oc.data(), oc.size()), 1e-10);
+                 nmse(o.data(), oc.data(), oc.size()), kt == KvType::F16 && rope && T > 1 ? 1e-8 : 1e-10);
         }
         pos += T;
       }
