@@ -79,13 +79,15 @@ def test_decdec_improves_3bit_perplexity(smollm2):
 
 
 @pytest.mark.skipif(not decdec_rt.cuda_available(), reason="no CUDA GPU visible")
-@pytest.mark.parametrize("mode", ["off", "approx"])
-def test_cuda_perplexity_equals_cpu(smollm2, mode):
-    """SmolLM2-135M 3-bit (+ DecDEC approx) perplexity on the GPU within 0.5 % of the CPU's."""
+@pytest.mark.parametrize("mode, kv_cache, tol", [("off", "f32", 0.005), ("approx", "f32", 0.005),
+                                                 ("off", "f16", 0.005), ("approx", "f16", 0.02)])
+def test_cuda_perplexity_equals_cpu(smollm2, mode, kv_cache, tol):
+    """SmolLM2-135M 3-bit (+ DecDEC approx) perplexity on the GPU within 0.5 % of the CPU's (f32
+    KV caches; with f16 caches approx takes 2 %, as test_cuda.py's SmolLM2-shape check says why)."""
     ppl = {}
     for device in ("cpu", "cuda"):
-        rt = Runtime(smollm2["w3"], device=device)
+        rt = Runtime(smollm2["w3"], device=device, kv_cache=kv_cache)
         if mode != "off":
             rt.set_decdec(mode, 32)
         ppl[device] = rt.perplexity(rt.tokenize(EVAL_TEXT))
-    assert abs(ppl["cuda"] / ppl["cpu"] - 1.0) <= 0.005, ppl
+    assert abs(ppl["cuda"] / ppl["cpu"] - 1.0) <= tol, ppl
