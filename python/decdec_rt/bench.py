@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _core
 from .errors import InvalidArgumentError
-from .types import LINEAR_SLOTS, tensor_bytes, uniform_type, TType
+from .types import KV_ELEM_BYTES, LINEAR_SLOTS, tensor_bytes, uniform_type, TType
 
 # HBM read bandwidth measured on the lent H100 (DESIGN.md §5): the "fraction of peak" base where
 # nothing is measured (CPU runs). On a CUDA device bench() measures the GPU's own (peak_gbs=None).
@@ -48,7 +48,6 @@ def _linear_shapes(c: dict):
             "ffn_up": (c["hidden_dim"], c["dim"]), "ffn_down": (c["dim"], c["hidden_dim"])}
 
 
-KV_ELEM_BYTES = {"f16": 2, "f32": 4}  # bytes per cached key / value element (backend.h KvType)
 
 
 def bytes_per_token(c: dict, bits: int, group: int, context: int, kv_cache: str = "f16") -> dict:

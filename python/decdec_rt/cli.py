@@ -11,7 +11,8 @@ KINDS = ("qkv", "o", "gate_up", "down")
 
 
 def _add_kv_cache_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kv-cache", default="f16", choices=["f16", "f32"],
+    from .types import KV_CACHES
+    p.add_argument("--kv-cache", default=KV_CACHES[0], choices=list(KV_CACHES),
                    help="KV cache element type: f16 (default, half the memory) or f32 (attention over "
                         "keys and values as computed)")
 

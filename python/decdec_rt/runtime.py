@@ -12,10 +12,9 @@ import numpy as np
 from . import _core
 from .errors import ContextOverflowError, InvalidArgumentError
 from .tokenizer import StreamDecoder, Tokenizer
-from .types import KINDS
+from .types import KINDS, KV_CACHES
 
 MODES = ("off", "exact", "approx", "static", "random")
-KV_CACHES = ("f16", "f32")
 
 
 def cuda_available() -> bool:

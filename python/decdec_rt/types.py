@@ -19,6 +19,9 @@ LINEAR_SLOTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up
 SLOT_KIND = {"attn_q": "qkv", "attn_k": "qkv", "attn_v": "qkv", "attn_output": "o",
              "ffn_gate": "gate_up", "ffn_up": "gate_up", "ffn_down": "down"}
 KINDS = ("qkv", "o", "gate_up", "down")
+# the KV cache element types (backend.h KvType) and their bytes per cached key / value element
+KV_ELEM_BYTES = {"f16": 2, "f32": 4}
+KV_CACHES = tuple(KV_ELEM_BYTES)  # ("f16", "f32"); the first is the default
 
 
 class TType(enum.IntEnum):
