@@ -3,15 +3,19 @@
 # DecDEC off): warp stall samples and shared-memory wavefronts per SASS instruction, as CSV (read
 # here with tools/lab/ncu_source_top.py; ncu's per-CUDA-line view printed no metrics). Usage on the
 # GPU machine: bash tools/lab/ncu_source.sh   (results in $OUT: sass.csv, summary.txt)
+# Another kernel: KERNEL (ncu -k regex), BENCH (test_cuda_ops' argument), SKIP (launches skipped);
+# the prefill GEMM's first uq3 4096x4096 two-limb launch (after its 2 warm-ups):
+#   KERNEL=gemm_i8_kernel BENCH=--bench-gemm SKIP=2 bash tools/lab/ncu_source.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ncu_src}; mkdir -p "$OUT"
 cmake -S . -B /tmp/bs -G Ninja -DDECDEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DDECDEC_PYTHON=OFF \
   -DDECDEC_TESTS=ON -DCMAKE_CUDA_FLAGS=-lineinfo > /dev/null && cmake --build /tmp/bs -j16 --target test_cuda_ops > /dev/null \
   || exit 1
-ncu --clock-control none -k regex:gemv_tc --launch-skip ${SKIP:-30} --launch-count 1 --import-source yes \
+ncu --clock-control none -k regex:${KERNEL:-gemv_tc} --launch-skip ${SKIP:-30} --launch-count 1 --import-source yes \
   --section SourceCounters --section WarpStateStats --section InstructionStats --section MemoryWorkloadAnalysis_Tables \
-  -o /tmp/ncu_src_rep -f /tmp/bs/test_cuda_ops --bench-gemv > "$OUT/summary.txt" 2>&1
+  --section ComputeWorkloadAnalysis --section Occupancy --section SpeedOfLight \
+  -o /tmp/ncu_src_rep -f /tmp/bs/test_cuda_ops ${BENCH:---bench-gemv} > "$OUT/summary.txt" 2>&1
 ncu -i /tmp/ncu_src_rep.ncu-rep --print-details all >> "$OUT/summary.txt" 2>&1
 ncu -i /tmp/ncu_src_rep.ncu-rep --page source --csv --print-source sass > "$OUT/sass.csv" 2>&1
 ls -la "$OUT"; head -c 1500 "$OUT/sass.csv"; echo; grep -i -A3 "excessive\|shared" "$OUT/summary.txt" | head -60
