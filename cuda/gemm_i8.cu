@@ -42,7 +42,13 @@ namespace {
 #define DDRT_I8_STEPS 4
 #endif
 constexpr int kSteps = DDRT_I8_STEPS;
-constexpr int kBM = 128, kBN = 64, kBK = 32 * kSteps, kThreads = 256, kStages = 4, kPeriod = 256 / kBK;
+constexpr int kBM = 128, kBN = 64, kBK = 32 * kSteps, kStages = 4, kPeriod = 256 / kBK;
+// Threads of a block: warps of MI m16 row tiles x 16 tokens (MI = 4: 8 warps of 64 rows, the
+// default; MI = 2: 16 warps of 32 rows, env DDRT_I8_WARPS=16: twice the warps per scheduler to hide
+// the barrier, fragment and epilogue latencies, half the accumulators per thread, a quarter more
+// fragment loads per MMA)
+template <int MI>
+constexpr int i8_threads() { return 32 * (kBM / (16 * MI)) * (kBN / 16); }
 constexpr int kLd = kBK + 16;  // bytes per row of the A and x tiles (80 / 144: ldmatrix conflict free)
 
 // Shared memory: the ring's stages, two raw buffers, two A tiles (byte offsets).
@@ -122,15 +128,15 @@ __device__ __forceinline__ uint32_t quad_u8(const uint32_t* w) {
 // A thread's units of a tile's decode (quads j .. j + kSteps - 1 of every (row, lane step), J8 = j %
 // 8 uniform over the block): every raw slot loaded first (one 16-byte load each), then the quads
 // extracted and stored into the A tile [row][k] (quad j + i at k 32 i + 4 b).
-template <int B, int J8>
+template <int B, int J8, int NT>
 __device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A, int tid) {
-  constexpr int U = kRawUnits / kThreads;
+  constexpr int U = kRawUnits / NT;
   uint4 v[U];
 #pragma unroll
-  for (int u = 0; u < U; ++u) v[u] = raw[tid + u * kThreads];
+  for (int u = 0; u < U; ++u) v[u] = raw[tid + u * NT];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    const int e = tid + u * kThreads, row = e / 8, b = e % 8;
+    const int e = tid + u * NT, row = e / 8, b = e % 8;
     const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
     uint32_t* dst = reinterpret_cast<uint32_t*>(A + row * kLd + 4 * b);
     dst[0] = quad_u8<B, J8>(w);
@@ -157,13 +163,18 @@ struct I8Members {
   int n;
 };
 
-// L = 3 limbs of x (lo, hi pairs and mid tiles), or 2 (no mid rows, tiles or MMAs; X = 256 hi + lo)
-template <int B, int L>
-__global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Members G, XQ xq, int T) {
+// L = 3 limbs of x (lo, hi pairs and mid tiles), or 2 (no mid rows, tiles or MMAs; X = 256 hi + lo);
+// MI m16 row tiles per warp (i8_threads)
+template <int B, int L, int MI>
+__global__ void __launch_bounds__(i8_threads<MI>(), 1) gemm_i8_kernel(DevLinear W, I8Members G, XQ xq, int T) {
   constexpr int64_t C = step_codes(B);
+  constexpr int kThreads = i8_threads<MI>(), WR = 16 * MI, NWM = kBM / WR;  // rows per warp, row warps
+  static_assert((L * kBN * (kBK / 16)) % kThreads == 0 && (kSteps * 128) % kThreads == 0 &&
+                    kRawUnits % kThreads == 0,
+                "the copies divide evenly among the threads");
   DDRT_DYN_SMEM(unsigned char, smem);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int wm = warp % 2, wn = warp / 2;  // warp tile: rows wm*64.., tokens wn*16..
+  const int wm = warp % NWM, wn = warp / NWM;  // warp tile: rows wm*WR.., tokens wn*16..
   const int t0 = blockIdx.x * kBN;
   // this block's member (selects with constant indices: no copy of G to local memory); W below:
   // its codes, scales and rows
@@ -195,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
     unsigned char* S = smem + slot * kStage;
     const int k0 = kt * kBK;  // d_in < 2^31 (layout.h)
 #pragma unroll
-    for (int u = 0; u < L * kSteps / 2; ++u) {  // x limbs: 64 tokens x L limbs x kBK / 16 chunks
+    for (int u = 0; u < L * kBN * (kBK / 16) / kThreads; ++u) {  // x limbs: 64 tokens x L limbs x kBK / 16 chunks
       const int e = tid + u * kThreads, q = e % (kBK / 16);
       int n = e / (kBK / 16), tok;  // n: the tile row
       const int8_t* base;
@@ -211,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       cp_async16(S + n * kLd + 16 * q, base + (int64_t)t * xq.kp + k0 + 16 * q, true);
     }
 #pragma unroll
-    for (int u = 0; u < kSteps / 2; ++u) {
+    for (int u = 0; u < kSteps * 128 / kThreads; ++u) {
       const int e = tid + u * kThreads, h = e / 128, r = e % 128;  // k32 step h: (sx, sum x), (scale, min)
       const int g = (k0 + 32 * h) >> xq.gshift;
       if (r < kBN) cp_async8z(S + kOffXq + (h * kBN + r) * 8, xq.q + (int64_t)g * T + min(t0 + r, T - 1), true);
@@ -248,17 +259,17 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
   auto decode = [&](int kt, unsigned char* A) {
     const uint4* raw = reinterpret_cast<const uint4*>(R0 + ((kt / kPeriod) % 2) * kRaw);
     switch ((kt * kBK % (8 * (int)C)) / 32 % 8) {  // j % 8: uniform over the block (kSteps | j)
-      case 0: decode_units<B, 0>(raw, A, tid); break;
-      case 2: decode_units<B, kSteps == 2 ? 2 : 0>(raw, A, tid); break;
-      case 4: decode_units<B, 4>(raw, A, tid); break;
-      default: decode_units<B, kSteps == 2 ? 6 : 4>(raw, A, tid); break;
+      case 0: decode_units<B, 0, kThreads>(raw, A, tid); break;
+      case 2: decode_units<B, kSteps == 2 ? 2 : 0, kThreads>(raw, A, tid); break;
+      case 4: decode_units<B, 4, kThreads>(raw, A, tid); break;
+      default: decode_units<B, kSteps == 2 ? 6 : 4, kThreads>(raw, A, tid); break;
     }
   };
 
   // P[mi][nt]: rows (lane / 4, + 8) of m16 tile mi x token wn*16 + 4 nt + lane % 4: (lo, hi, lo, hi);
   // M[mi][v]: mid limbs of the same rows x tokens 4 (2 v) + lane % 4, 4 (2 v + 1) + lane % 4
-  int P[4][4][4], M[4][2][4];
-  float acc[4][4][2] = {};  // [mi][nt][row half]
+  int P[MI][4][4], M[MI][2][4];
+  float acc[MI][4][2] = {};  // [mi][nt][row half]
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -278,9 +289,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
     const unsigned char* A = A0 + (kt % 2) * kATile;
 #pragma unroll
     for (int h = 0; h < kSteps; ++h) {
-      uint32_t af[4][4], bf[4][2], bm[2][2];
+      uint32_t af[MI][4], bf[4][2], bm[2][2];
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi) ldsm4(af[mi], A + (wm * 64 + mi * 16 + lane % 16) * kLd + 32 * h + (lane / 16) * 16);
+      for (int mi = 0; mi < MI; ++mi) ldsm4(af[mi], A + (wm * WR + mi * 16 + lane % 16) * kLd + 32 * h + (lane / 16) * 16);
 #pragma unroll
       for (int np = 0; np < 2; ++np) {  // limb columns wn*32 + 16 np .. + 15: n8 tiles 2 np, 2 np + 1
         const int n = wn * 32 + np * 16 + lane % 8 + (lane / 16) * 8;
@@ -298,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
       if (h == 0 && kt + 1 < nk) decode(kt + 1, A0 + ((kt + 1) % 2) * kATile);
       if (fresh) {
 #pragma unroll
-        for (int mi = 0; mi < 4; ++mi) {
+        for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt)
             mma_i8_z(P[mi][nt], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[nt][0], bf[nt][1]);
@@ -308,7 +319,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
         }
       } else {
 #pragma unroll
-        for (int mi = 0; mi < 4; ++mi) {
+        for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt)
             mma_i8<false>(P[mi][nt], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[nt][0], bf[nt][1]);
@@ -326,10 +337,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) v[nt] = xs[wn * 16 + 4 * nt + lane % 4];
 #pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
+        for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
           for (int hr = 0; hr < 2; ++hr) {
-            const float2 f = __half22float2(sm[wm * 64 + mi * 16 + lane / 4 + 8 * hr]);
+            const float2 f = __half22float2(sm[wm * WR + mi * 16 + lane / 4 + 8 * hr]);
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
               // two limbs: 256 hi + lo joined in int32 (|hi sum| <= 15 * 125 * 128, so |256 hi + lo| <
@@ -348,15 +359,30 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8_kernel(DevLinear W, I8Mem
   }
 
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
+  for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
-        const int64_t o = o0 + wm * 64 + mi * 16 + lane / 4 + 8 * hr;
+        const int64_t o = o0 + wm * WR + mi * 16 + lane / 4 + 8 * hr;
         const int t = t0 + wn * 16 + 4 * nt + lane % 4;
         if (o < W.d_out && t < T) y[(int64_t)t * W.d_out + o] = acc[mi][nt][hr];
       }
+}
+
+int g_i8_warps = 0;  // gemm_i8_force_warps; 0: the environment
+int i8_warps() {
+  static const int env = env_int("DDRT_I8_WARPS", 8) == 16 ? 16 : 8;
+  return g_i8_warps ? g_i8_warps : env;
+}
+
+template <int B, int L, int MI>
+cudaError_t launch_warps(const XQ& xq, const DevLinear& W, const I8Members& G, int T, cudaStream_t st) {
+  cudaError_t err = cudaFuncSetAttribute(gemm_i8_kernel<B, L, MI>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  // token tiles fastest: the blocks that share a row tile run together and share its codes in L2
+  const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)G.tile0[G.n]);
+  return launch_plain(gemm_i8_kernel<B, L, MI>, grid, i8_threads<MI>(), kSmem, st, W, G, xq, T);
 }
 
 template <int B, int L>
@@ -367,11 +393,9 @@ cudaError_t launch_limbs(const DevLinear& W, const I8Members& G, const float* x,
   cudaError_t err =
       launch_plain(xq_prep_kernel<L>, (unsigned)((units + 7) / 8), 256, 0, st, xq, x, W.d_in, T, W.group);
   if (err != cudaSuccess) return err;
-  err = cudaFuncSetAttribute(gemm_i8_kernel<B, L>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) return err;
-  // token tiles fastest: the blocks that share a row tile run together and share its codes in L2
-  const dim3 grid((unsigned)((T + kBN - 1) / kBN), (unsigned)G.tile0[G.n]);
-  return launch_plain(gemm_i8_kernel<B, L>, grid, kThreads, kSmem, st, W, G, xq, T);
+  if constexpr (kSteps == 4)  // 16 warps: K tiles of 4 k32 steps (a step's 128 (scale, min) copies per thread)
+    if (i8_warps() == 16) return launch_warps<B, L, 2>(xq, W, G, T, st);
+  return launch_warps<B, L, 4>(xq, W, G, T, st);
 }
 
 int g_i8_limbs = 0;  // gemm_i8_force_limbs; 0: the environment
@@ -395,6 +419,7 @@ int64_t g_i8_group_launches = 0;
 
 void gemm_i8_enable(bool on) { g_i8_on = on; }
 void gemm_i8_force_limbs(int limbs) { g_i8_limbs = limbs == 2 || limbs == 3 ? limbs : 0; }
+void gemm_i8_force_warps(int warps) { g_i8_warps = warps == 8 || warps == 16 ? warps : 0; }
 bool gemm_i8_enabled() { return g_i8_on; }
 
 bool gemm_i8_supported(const DevLinear& W) {
