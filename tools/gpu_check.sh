@@ -88,10 +88,13 @@ if [ "${1:-}" != "quick" ]; then
   # SmolLM2's decode graph has 54 splits (3 kv heads at 160 blocks), too many to defer: at 64
   # blocks (22 splits) the default defers them, against the same without deferring and at 100
   # (H100, seventeenth session: 986.5, 967.5, 995.8 against 981.9 tok/s by default).
-  # First the f16 KV cache's twin (f32) at context 512 and both at 4096 (no env: the flag)
+  # First the f16 KV cache's twin (f32) at context 512 and both at 4096 (no env: the flag); then the
+  # slots issued before the wait in small launches (DDRT_TC_PRE_SMALL: q/k/v and o; o alone at 8 MB)
   [ "${AB:-1}" = 0 ] || for ab in "|--shape llama3-8b --bits 3 --kv-cache f32" "|--shape smollm2-135m --bits 3 --kv-cache f32" \
             "|--shape llama3-8b --bits 4 --kv-cache f32" \
             "|--shape llama3-8b --bits 3 --context 4096" "|--shape llama3-8b --bits 3 --context 4096 --kv-cache f32" \
+            "DDRT_TC_PRE_SMALL=0|--shape llama3-8b --bits 3" "DDRT_TC_PRE_SMALL=0 DDRT_TC_SMALL_MB=8|--shape llama3-8b --bits 3" \
+            "DDRT_TC_PRE_SMALL=0|--shape smollm2-135m --bits 3" "DDRT_TC_PRE_SMALL=2|--shape llama3-8b --bits 3" \
             "DDRT_ATTN_DEFER=0|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_BLOCKS=100 DDRT_ATTN_DEFER=0|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_BLOCKS=64|--shape smollm2-135m --bits 3" "DDRT_ATTN_BLOCKS=64 DDRT_ATTN_DEFER=0|--shape smollm2-135m --bits 3" \
