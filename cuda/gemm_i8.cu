@@ -192,12 +192,49 @@ __global__ void __launch_bounds__(i8_threads<MI>(), 1) gemm_i8_kernel(DevLinear 
   const int group = 1 << xq.gshift;
   // the images' geometry, once (no division per K tile; B 3 or 4)
   const TcUnitGeom ug = tc_unit_geom<(B == 3 || B == 4) ? B : 3>(G.n_units, group);
-  // row o's word w of lane step s, from the images or the codes (o < d_out; the images: B 3 or 4)
-  auto code_src = [&](int64_t o, int64_t s, int w) {
+  // Where row o's word w of lane step s lies, from the images or the codes (o < d_out; the images: B
+  // 3 or 4): a row part plus a (lane step, word) part in both layouts (tc_unit_code_word, and the
+  // row layout's o row_vecs 4 + vec_index), so a thread's row parts, which do not change along K,
+  // are computed once (rows below) and each K tile adds only its lane-step part (step_word).
+  const uint32_t* const wsrc = ((B == 3 || B == 4) && units) ? units : codes;
+  auto row_word = [&](int64_t o) -> int64_t {
     if constexpr (B == 3 || B == 4)
-      if (units) return units + tc_unit_code_word<B>(o, s, w, ug);
-    return codes + o * W.row_vecs * 4 + 4 * vec_index(s, w / 4, B) + w % 4;
+      if (units) return tc_unit_code_word<B>(o, 0, 0, ug);
+    return o * W.row_vecs * 4;
   };
+  auto step_word = [&](int64_t s, int w) -> int64_t {
+    if constexpr (B == 3 || B == 4)
+      if (units) return tc_unit_code_word<B>(0, s, w, ug);
+    return 4 * vec_index(s, w / 4, B) + w % 4;
+  };
+  // the same split for the rows' (scale, min) word of group gi (tc_unit_scale_word, whose constant
+  // term, the scale words' place in a slot, goes with the row part; W.sm's o n_groups + gi)
+  auto row_scale = [&](int64_t o) -> int64_t {
+    if constexpr (B == 3 || B == 4)
+      if (units) return tc_unit_scale_word<B>(o, 0, ug);
+    return o * W.n_groups;
+  };
+  auto group_scale = [&](int64_t gi) -> int64_t {
+    if constexpr (B == 3 || B == 4)
+      if (units) return tc_unit_scale_word<B>(0, gi, ug) - tc_unit_scale_word<B>(0, 0, ug);
+    return gi;
+  };
+  const uint32_t* const ssrc0 = ((B == 3 || B == 4) && units) ? units : reinterpret_cast<const uint32_t*>(W.sm);
+  // this thread's row parts: raw units (row e / 8, lane step e % 8: the same step for every u, as
+  // kThreads % 8 == 0) and (scale, min) rows (e % 128); rows past d_out read row 0, zero-filled.
+  // 32-bit word indices: a matrix's words are fewer than 2^32 (gemm_i8_supported)
+  constexpr int kRawPer = kRawUnits / kThreads, kSmPer = kSteps * 128 / kThreads;
+  uint32_t raw_row[kRawPer], sm_row[kSmPer];
+#pragma unroll
+  for (int u = 0; u < kRawPer; ++u) {
+    const int64_t o = o0 + (tid + u * kThreads) / 8;
+    raw_row[u] = (uint32_t)row_word(o < W.d_out ? o : 0);
+  }
+#pragma unroll
+  for (int u = 0; u < kSmPer; ++u) {
+    const int64_t o = o0 + (tid + u * kThreads) % 128;
+    sm_row[u] = (uint32_t)row_scale(o < W.d_out ? o : 0);
+  }
   unsigned char* const R0 = smem + kStages * kStage;  // raw buffers
   unsigned char* const A0 = R0 + 2 * kRaw;           // A tiles
 
@@ -226,12 +263,8 @@ __global__ void __launch_bounds__(i8_threads<MI>(), 1) gemm_i8_kernel(DevLinear 
       const int e = tid + u * kThreads, h = e / 128, r = e % 128;  // k32 step h: (sx, sum x), (scale, min)
       const int g = (k0 + 32 * h) >> xq.gshift;
       if (r < kBN) cp_async8z(S + kOffXq + (h * kBN + r) * 8, xq.q + (int64_t)g * T + min(t0 + r, T - 1), true);
-      const int64_t o = o0 + r;
-      const bool ok = o < W.d_out;
-      const void* ssrc = W.sm + (ok ? o * W.n_groups + g : 0);
-      if constexpr (B == 3 || B == 4)
-        if (units) ssrc = units + (ok ? tc_unit_scale_word<B>(o, g, ug) : 0);
-      cp_async4z(S + kOffSm + (h * kBM + r) * 4, ssrc, ok);
+      const bool ok = o0 + r < W.d_out;
+      cp_async4z(S + kOffSm + (h * kBM + r) * 4, ssrc0 + (ok ? sm_row[u] + group_scale(g) : 0), ok);
     }
     if (kt % kPeriod != 0) return;
     // the period's raw words: lane step s of round rr, octet a; first word fw
@@ -240,18 +273,21 @@ __global__ void __launch_bounds__(i8_threads<MI>(), 1) gemm_i8_kernel(DevLinear 
     const int fw = B == 3 ? 3 * (j / 8) : B == 4 ? 0 : 2 * (j / 8);
     uint32_t* raw = reinterpret_cast<uint32_t*>(R0 + ((kt / kPeriod) % 2) * kRaw);
 #pragma unroll
-    for (int u = 0; u < kRawUnits / kThreads; ++u) {  // 128 rows x 8 lane steps
-      const int e = tid + u * kThreads, row = e / 8, b = e % 8;
-      const int64_t o = o0 + row, s = (int64_t)rr * 32 + 8 * a + b;
-      const bool ok = o < W.d_out;
-      const int64_t oc = ok ? o : 0;
+    const int64_t s = (int64_t)rr * 32 + 8 * a + tid % 8;  // this thread's lane step (b = e % 8 = tid % 8)
+    int64_t sw[B == 3 ? 3 : 1];                            // its words' lane-step parts
+#pragma unroll
+    for (int i = 0; i < (B == 3 ? 3 : 1); ++i) sw[i] = step_word(s, fw + i);
+#pragma unroll
+    for (int u = 0; u < kRawPer; ++u) {  // 128 rows x 8 lane steps
+      const int e = tid + u * kThreads;
+      const bool ok = o0 + e / 8 < W.d_out;
       if (B == 3) {
 #pragma unroll
-        for (int i = 0; i < 3; ++i) cp_async4z(raw + 4 * e + i, code_src(oc, s, fw + i), ok);
+        for (int i = 0; i < 3; ++i) cp_async4z(raw + 4 * e + i, wsrc + raw_row[u] + sw[i], ok);
       } else if (B == 4) {
-        cp_async16(raw + 4 * e, code_src(oc, s, 0), ok);
+        cp_async16(raw + 4 * e, wsrc + raw_row[u] + sw[0], ok);
       } else {
-        cp_async8z(raw + 4 * e, code_src(oc, s, fw), ok);
+        cp_async8z(raw + 4 * e, wsrc + raw_row[u] + sw[0], ok);
       }
     }
   };
@@ -425,6 +461,9 @@ bool gemm_i8_enabled() { return g_i8_on; }
 bool gemm_i8_supported(const DevLinear& W) {
   if (!is_uniform(W.type) || (W.bits != 2 && W.bits != 3 && W.bits != 4)) return false;
   if ((W.group != 32 && W.group != 64 && W.group != 128) || (W.d_out + kBM - 1) / kBM > 65535) return false;
+  // the kernel indexes a matrix's code and scale words in 32 bits (its images' words: as many, padded
+  // to whole units)
+  if ((W.d_out + 15) / 16 * 16 * (W.row_vecs * 4 + 4 * W.n_groups) >= (int64_t)1 << 32) return false;
   return device_info().max_smem >= kSmem;
 }
 

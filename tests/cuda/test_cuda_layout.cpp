@@ -185,5 +185,29 @@ int main() {
         }
     }
   CHECK(geom_ok);
+  // the prefill GEMM adds a thread's row part (computed once) to each K tile's lane-step part: both
+  // positions split that way, the scale word's constant term (the scale words' place in a slot)
+  // counted once
+  bool pos_split_ok = true;
+  for (int group : {32, 64, 128})
+    for (int64_t n_units : {1, 4, 14}) {
+      const TcUnitGeom g3 = tc_unit_geom<3>(n_units, group), g4 = tc_unit_geom<4>(n_units, group);
+      for (int64_t o : {0, 5, 15, 16, 37, 4095}) {
+        for (int64_t s = 0; s < n_units * 32; s += 5)
+          for (int w = 0; w < 12; ++w) {
+            pos_split_ok &= tc_unit_code_word<3>(o, s, w, g3) == tc_unit_code_word<3>(o, 0, 0, g3) + tc_unit_code_word<3>(0, s, w, g3);
+            if (w < 4 && s < n_units * 16)
+              pos_split_ok &= tc_unit_code_word<4>(o, s, w, g4) == tc_unit_code_word<4>(o, 0, 0, g4) + tc_unit_code_word<4>(0, s, w, g4);
+          }
+        for (int64_t gi = 0; gi < n_units * g3.nu; gi += 3) {
+          pos_split_ok &= tc_unit_scale_word<3>(o, gi, g3) ==
+                      tc_unit_scale_word<3>(o, 0, g3) + tc_unit_scale_word<3>(0, gi, g3) - tc_unit_scale_word<3>(0, 0, g3);
+          if (gi < n_units * g4.nu)
+            pos_split_ok &= tc_unit_scale_word<4>(o, gi, g4) ==
+                        tc_unit_scale_word<4>(o, 0, g4) + tc_unit_scale_word<4>(0, gi, g4) - tc_unit_scale_word<4>(0, 0, g4);
+        }
+      }
+    }
+  CHECK(pos_split_ok);
   return ddrt_test::check_summary();
 }
