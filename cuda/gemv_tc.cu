@@ -354,17 +354,11 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.ring_off = plan.ring_off;
   a.stamps = stamp_region(plan.grid);  // a region per launch (or chain stage) while stamping
   // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
-  // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day)
+  // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day; none in the
+  // launches under 12 MB only, where x's staging outlasts the weights' stream, lost too: H200,
+  // eighteenth session, llama3-8b -1.7 %, smollm2-135m -2.6 %)
   static const int pre = env_int("DDRT_TC_PRE", 1);
   a.pre = pre;
-  // lab knob DDRT_TC_PRE_SMALL=p: p slots before the wait in launches whose weights are under
-  // DDRT_TC_SMALL_MB (default 12: Llama-3-8B's q/k/v and o). In q/k/v the staging (4.5 us from the
-  // wait, x's L2 loads queued behind ~10 MB of weight requests) outlasts the weights' own stream
-  // (~3.3 us): whether copies issued after x's loads return sooner there
-  static const int pre_small = env_int("DDRT_TC_PRE_SMALL", -1);
-  static const int64_t small_bytes = (int64_t)env_int("DDRT_TC_SMALL_MB", 12) << 20;
-  if (pre_small >= 0 && plan.n_tiles * plan.n_units * tc_slot_vecs(a.W.bits, a.W.group) * 16 < small_bytes)
-    a.pre = pre_small;
   static const int rs_pre = env_int("DDRT_RS_PRE", 0);  // lab knob: TcArgs::rs_pre
   a.rs_pre = rs_pre;
   // TcArgs::evict_first, on by default since its two-round H100 A/B (BENCHMARKS 2026-12-05 fifth
