@@ -493,8 +493,9 @@ bool gemm_i8_enabled();
 // H100) or 3 (~24 bits, env DDRT_I8_LIMBS=3: a tiny model's prefill logits within 1e-4 of the CPU's);
 // gemm_i8_force_limbs(2 or 3) for the tests, 0: the environment.
 void gemm_i8_force_limbs(int limbs);
-// Its warps per block: 8 (64 rows x 16 tokens each, the default) or 16 (32 rows x 16 tokens, env
-// DDRT_I8_WARPS=16: the same results bit for bit); gemm_i8_force_warps(8 or 16), 0: the environment.
+// Its warps per block: 16 (32 rows x 16 tokens each, the default) or 8 (64 rows x 16 tokens, env
+// DDRT_I8_WARPS=8, the twin: the same results bit for bit); gemm_i8_force_warps(8 or 16), 0: the
+// environment.
 void gemm_i8_force_warps(int warps);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).

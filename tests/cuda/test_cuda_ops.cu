@@ -560,21 +560,25 @@ void test_gemm(Backend& cpu, Backend& gpu) {
                              " T=" + std::to_string(T);
     report("gemm int8 two limbs vs bf16 tensor cores " + what, nmse(two.data(), bf.data(), bf.size()), 1e-7);
     CHECK_MSG(two != three, "gemm int8 two limbs: the same bits as three " + what);
-    // 16 warps of 32 rows (DDRT_I8_WARPS=16): each output's sums in the same order, so the same bits
+    // the twin of the default 16 warps of 32 rows: 8 warps of 64 rows (DDRT_I8_WARPS=8); each
+    // output's sums in the same order, so the same bits
+    gpu::gemm_i8_force_warps(8);
+    const auto three8 = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_i8_force_limbs(2);
+    const auto two8 = gpu_matmul(gpu, *Wg, x, T, {});
+    gpu::gemm_i8_force_limbs(3);
     gpu::gemm_i8_force_warps(16);
     const auto three16 = gpu_matmul(gpu, *Wg, x, T, {});
-    gpu::gemm_i8_force_limbs(2);
-    const auto two16 = gpu_matmul(gpu, *Wg, x, T, {});
-    gpu::gemm_i8_force_limbs(3);
     gpu::gemm_i8_force_warps(0);
-    CHECK_MSG(three16 == three, "gemm int8 16 warps, three limbs: not the same bits as 8 warps " + what);
-    CHECK_MSG(two16 == two, "gemm int8 16 warps, two limbs: not the same bits as 8 warps " + what);
+    CHECK_MSG(three16 == three, "gemm int8: forced 16 warps not the default's bits " + what);
+    CHECK_MSG(three8 == three, "gemm int8 8 warps, three limbs: not the same bits as 16 warps " + what);
+    CHECK_MSG(two8 == two, "gemm int8 8 warps, two limbs: not the same bits as 16 warps " + what);
   }
   // the two-limb kernel (the default) on the odd shapes and group tails, against the CPU
   gpu::gemm_i8_force_limbs(2);
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ2_G64}, "gemm int8 two limbs ", 1e-7);
-  gpu::gemm_i8_force_warps(16);  // and its 16-warp twin (DDRT_I8_WARPS=16)
-  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32}, "gemm int8 two limbs 16 warps ", 1e-7);
+  gpu::gemm_i8_force_warps(8);  // and its 8-warp twin (DDRT_I8_WARPS=8)
+  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32}, "gemm int8 two limbs 8 warps ", 1e-7);
   gpu::gemm_i8_force_warps(0);
   gpu::gemm_i8_force_limbs(0);
 }
@@ -2206,10 +2210,10 @@ int bench_gemm(Backend& gpu) {
                         {4096, 14336, TensorType::UQ4_G128},  {128256, 4096, TensorType::F16}};
   std::printf("%s\nmatmul T=%d: median event-timed us (20 launches; 3 for the simple twin); default = int8 kernel for\n"
               "uniform types (gemm_i8.cu, two limbs of x), 3 limbs = its DDRT_I8_LIMBS=3 twin, bf16 = the bf16 hi + lo\n"
-              "tensor-core kernel (gemm_tc.cu), 16 warps = the int8 kernel at the other warp count (DDRT_I8_WARPS: 8 or 16)\n",
+              "tensor-core kernel (gemm_tc.cu), warps 8/16 = the int8 kernel at the other warp count (DDRT_I8_WARPS: 16, the default, or 8)\n",
               gpu.name().c_str(), T);
   std::printf("%-10s %-14s %10s %8s %10s %8s %10s %8s %10s %8s %12s %8s\n", "type", "d_out x d_in", "default us",
-              "TFLOP/s", "16 warps", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s", "simple us", "TFLOP/s");
+              "TFLOP/s", "warps 8/16", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s", "simple us", "TFLOP/s");
   for (const Case& c : cases) {
     auto L = make_linear(c.t, c.d_out, c.d_in, false);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
@@ -2218,7 +2222,7 @@ int bench_gemm(Backend& gpu) {
     const double flop = 2.0 * T * c.d_out * c.d_in;
     const double fast = time_gemm(gpu, *W, by.f(), bx.f(), T, 20);
     // the other warp count than the environment's (8 by default)
-    gpu::gemm_i8_force_warps(std::getenv("DDRT_I8_WARPS") && std::string(std::getenv("DDRT_I8_WARPS")) == "16" ? 8 : 16);
+    gpu::gemm_i8_force_warps(std::getenv("DDRT_I8_WARPS") && std::string(std::getenv("DDRT_I8_WARPS")) == "8" ? 16 : 8);
     const double warps = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
     gpu::gemm_i8_force_warps(0);
     gpu::gemm_i8_force_limbs(3);
