@@ -62,16 +62,22 @@ def gemv_rows(text):
 
 
 def gemm_rows(text):
-    """(type, shape, default us, TFLOP/s, 2-limb us, TFLOP/s, bf16 twin us, TFLOP/s) of
-    `test_cuda_ops --bench-gemm`."""
+    """(type, shape, default us, TFLOP/s, other warp count us, TFLOP/s, 3-limb us, TFLOP/s, bf16 twin
+    us, TFLOP/s) of `test_cuda_ops --bench-gemm`; logs from before its warp-count column (eighteenth
+    session) leave that column empty."""
     rows, on = [], False
     for line in text.splitlines():
         if line.startswith("type") and "default us" in line:
             on = True
             continue
-        m = re.match(r"(\S+)\s+(\d+x\d+)" + r"\s+([\d.]+)" * 6 + r"\s+[\d.]+\s+[\d.]+$", line)
-        if on and m:
-            rows.append(m.groups())
+        m = re.match(r"(\S+)\s+(\d+x\d+)((?:\s+[\d.]+)+)$", line)
+        if not (on and m):
+            continue
+        v = m.group(3).split()
+        if len(v) == 8:  # default, 3 limbs, bf16, simple (each us, TFLOP/s)
+            v = v[:2] + ["", ""] + v[2:]
+        if len(v) == 10:
+            rows.append((m.group(1), m.group(2), *v[:8]))
     return rows
 
 
@@ -93,7 +99,8 @@ def main():
         print(table(["GEMV", "shape", "us (graph)", "GB/s", f"% of {peak_gbs(text):.0f}"], gemv_rows(text)))
     if gemm.exists():
         print()
-        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 twin us", "TFLOP/s"],
+        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "other warps us", "TFLOP/s", "3 limbs us", "TFLOP/s",
+                     "bf16 twin us", "TFLOP/s"],
                     gemm_rows(gemm.read_text())))
 
 
