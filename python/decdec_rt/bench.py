@@ -48,8 +48,6 @@ def _linear_shapes(c: dict):
             "ffn_up": (c["hidden_dim"], c["dim"]), "ffn_down": (c["dim"], c["hidden_dim"])}
 
 
-
-
 def bytes_per_token(c: dict, bits: int, group: int, context: int, kv_cache: str = "f16") -> dict:
     """Bytes one decode token reads: every linear's weights, the fp16 lm head, the KV cache of
     `context` positions (f16: 2 bytes per element, f32: 4)."""
