@@ -463,8 +463,8 @@ bool gemm_i8_enabled() { return g_i8_on; }
 bool gemm_i8_supported(const DevLinear& W) {
   if (!is_uniform(W.type) || (W.bits != 2 && W.bits != 3 && W.bits != 4)) return false;
   if ((W.group != 32 && W.group != 64 && W.group != 128) || (W.d_out + kBM - 1) / kBM > 65535) return false;
-  // the kernel indexes a matrix's code and scale words in 32 bits (its images' words: as many, padded
-  // to whole units)
+  // the kernel indexes a matrix's code and scale words in 32 bits: a bound with room for the images'
+  // padding to whole units (4 words per scale word; only matrices of several GB reach it)
   if ((W.d_out + 15) / 16 * 16 * (W.row_vecs * 4 + 4 * W.n_groups) >= (int64_t)1 << 32) return false;
   return device_info().max_smem >= kSmem;
 }
