@@ -31,8 +31,9 @@
 // kt + kStages - 1 (into the slot of tile kt - 1, which everyone has finished), then the MMAs of
 // tile kt, with tile kt + 1's quads decoded into the unsigned-byte A tile not in use (two A
 // buffers) between the first k32 step's fragment loads and its MMAs.
-#include "gemv_tc.cuh"
-#include "kernels.cuh"
+#include <algorithm>
+
+#include "gemm_i8.cuh"
 
 namespace ddrt {
 namespace gpu {
@@ -118,15 +119,6 @@ __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int gr
   if (lane == 0) p.q[g * T + t] = make_float2(mx / kQ, sum);
 }
 
-// Quad JJ (0..7, a constant here: the quad's position in its slice / nibble / field cycle) of a
-// lane step as 4 unsigned bytes (byte i = code 4 quad + i), from the raw words of its period (w).
-template <int B, int JJ>
-__device__ __forceinline__ uint32_t quad_u8(const uint32_t* w) {
-  if (B == 3) return quad_i8<3>(w, JJ) >> class_shift<3>(quad_class<3>(JJ));
-  if (B == 4) return (w[JJ % 4] >> (4 * (JJ / 4))) & 0x0F0F0F0Fu;  // word j % 4, high nibbles for j % 8 >= 4
-  // bits 2: quad j in word 2 (j / 8) + j % 2 (the period's pair: w[j % 2]), field 2 ((j % 8) / 2)
-  return (w[JJ % 2] >> (2 * (JJ / 2))) & 0x03030303u;
-}
 // A thread's units of a tile's decode (quads j .. j + kSteps - 1 of every (row, lane step), J8 = j %
 // 8 uniform over the block): every raw slot loaded first (one 16-byte load each), then the quads
 // extracted and stored into the A tile [row][k] (quad j + i at k 32 i + 4 b).
@@ -149,21 +141,6 @@ __device__ __forceinline__ void decode_units(const uint4* raw, unsigned char* A,
     }
   }
 }
-
-// The matrices of one launch (a q/k/v or gate/up group, or one matrix): the same input x, shape
-// d_in, type; member m owns row tiles [tile0[m], tile0[m + 1]) of the grid.
-struct I8Members {
-  const uint4* codes[kTcMaxMembers];
-  // the members' unit images (DevLinear::units, 3/4 bits), read instead of codes and scales where
-  // they exist (all members or none), and their units per tile
-  const uint4* units[kTcMaxMembers];
-  int64_t n_units;
-  const __half2* sm[kTcMaxMembers];
-  float* y[kTcMaxMembers];
-  int64_t d_out[kTcMaxMembers];
-  int tile0[kTcMaxMembers + 1];
-  int n;
-};
 
 // L = 3 limbs of x (lo, hi pairs and mid tiles), or 2 (no mid rows, tiles or MMAs; X = 256 hi + lo);
 // MI m16 row tiles per warp (i8_threads)
@@ -423,9 +400,18 @@ cudaError_t launch_warps(const XQ& xq, const DevLinear& W, const I8Members& G, i
   return launch_plain(gemm_i8_kernel<B, L, MI>, grid, i8_threads<MI>(), kSmem, st, W, G, xq, T);
 }
 
+int g_i8_own = -1;  // gemm_i8_force_own; -1: the environment
+bool i8_own() {
+  static const bool env = env_int("DDRT_I8_OWN", 0) == 1;
+  return g_i8_own >= 0 ? g_i8_own == 1 : env;
+}
+
 template <int B, int L>
 cudaError_t launch_limbs(const DevLinear& W, const I8Members& G, const float* x, int T, void* scratch,
                          cudaStream_t st) {
+  // the warp-owned kernel (gemm_i8w.cu, DDRT_I8_OWN=1) where it takes the members (3/4 bits with
+  // unit images, sm_90+): the same bits
+  if ((B == 3 || B == 4) && i8_own() && gemm_i8w_takes(W)) return launch_gemm_i8w(W, G, x, T, scratch, st, L);
   const XQ xq = carve(scratch, W.d_in, W.group, T);
   const int64_t units = xq.n_xg * T;
   cudaError_t err =
@@ -457,6 +443,7 @@ int64_t g_i8_group_launches = 0;
 
 void gemm_i8_enable(bool on) { g_i8_on = on; }
 void gemm_i8_force_limbs(int limbs) { g_i8_limbs = limbs == 2 || limbs == 3 ? limbs : 0; }
+void gemm_i8_force_own(int own) { g_i8_own = own == 0 || own == 1 ? own : -1; }
 void gemm_i8_force_warps(int warps) { g_i8_warps = warps == 8 || warps == 16 ? warps : 0; }
 bool gemm_i8_enabled() { return g_i8_on; }
 
@@ -471,7 +458,8 @@ bool gemm_i8_supported(const DevLinear& W) {
 
 size_t gemm_i8_scratch_bytes(const DevLinear& W, int T) {
   const int64_t kp = k_tiles(W.d_in) * kBK, n_xg = (kp + W.group - 1) / W.group;
-  return (size_t)T * (3 * kp + n_xg * sizeof(float2));
+  const size_t tile = (size_t)T * (3 * kp + n_xg * sizeof(float2));
+  return gemm_i8w_takes(W) ? std::max(tile, gemm_i8w_scratch_bytes(W, T)) : tile;
 }
 
 bool gemm_i8_groupable(const DevLinear* const* Ws, int n) {

@@ -136,6 +136,7 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
 }
 __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) { return ::ddrt_emu::mbar_try_wait(bar, parity); }
 __device__ __forceinline__ void fence_proxy_async_smem() {}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) { ::ddrt_emu::mbar_expect_tx(bar, 0); }
 #elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)), "r"(count)
@@ -169,6 +170,10 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
 // orders this thread's earlier shared-memory accesses (the generic proxy's: reads of a ring slot)
 // before its later bulk copies (the async proxy's: the slot's refill)
 __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// one arrival on bar (no bytes): a reader's "done with this slot" on a ring's empty barrier
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)) : "memory");
+}
 #else
 __device__ __forceinline__ void mbar_init(uint64_t*, int) { __trap(); }
 __device__ __forceinline__ void mbar_fence_init() { __trap(); }
@@ -179,6 +184,7 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t*, uint32_t) {
   return true;
 }
 __device__ __forceinline__ void fence_proxy_async_smem() { __trap(); }
+__device__ __forceinline__ void mbar_arrive(uint64_t*) { __trap(); }
 #endif
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   while (!mbar_try_wait(bar, parity)) {
@@ -497,6 +503,11 @@ void gemm_i8_force_limbs(int limbs);
 // DDRT_I8_WARPS=8, the twin: the same results bit for bit); gemm_i8_force_warps(8 or 16), 0: the
 // environment.
 void gemm_i8_force_warps(int warps);
+// The warp-owned int8 kernel (gemm_i8w.cu: no block-wide barrier in the K loop; 3/4-bit members
+// with unit images, sm_90+), env DDRT_I8_OWN=1; the same bits as the block-tile kernel.
+// gemm_i8_force_own(1 or 0) for the tests, -1: the environment.
+void gemm_i8_force_own(int own);
+int64_t gemm_i8w_launches();  // its launches so far, for the tests
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
 cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,

@@ -62,9 +62,10 @@ def gemv_rows(text):
 
 
 def gemm_rows(text):
-    """(type, shape, default us, TFLOP/s, other warp count us, TFLOP/s, 3-limb us, TFLOP/s, bf16 twin
-    us, TFLOP/s) of `test_cuda_ops --bench-gemm`; logs from before its warp-count column (eighteenth
-    session) leave that column empty."""
+    """(type, shape, default us, TFLOP/s, other warp count us, TFLOP/s, other int8 kernel kind us,
+    TFLOP/s, 3-limb us, TFLOP/s, bf16 twin us, TFLOP/s) of `test_cuda_ops --bench-gemm`; logs from
+    before its warp-count column (eighteenth session) or its kernel-kind column (nineteenth) leave
+    those columns empty."""
     rows, on = [], False
     for line in text.splitlines():
         if line.startswith("type") and "default us" in line:
@@ -76,8 +77,10 @@ def gemm_rows(text):
         v = m.group(3).split()
         if len(v) == 8:  # default, 3 limbs, bf16, simple (each us, TFLOP/s)
             v = v[:2] + ["", ""] + v[2:]
-        if len(v) == 10:
-            rows.append((m.group(1), m.group(2), *v[:8]))
+        if len(v) == 10:  # default, other warps, 3 limbs, bf16, simple
+            v = v[:4] + ["", ""] + v[4:]
+        if len(v) == 12:
+            rows.append((m.group(1), m.group(2), *v[:10]))
     return rows
 
 
@@ -99,8 +102,8 @@ def main():
         print(table(["GEMV", "shape", "us (graph)", "GB/s", f"% of {peak_gbs(text):.0f}"], gemv_rows(text)))
     if gemm.exists():
         print()
-        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "other warps us", "TFLOP/s", "3 limbs us", "TFLOP/s",
-                     "bf16 twin us", "TFLOP/s"],
+        print(table(["matmul T=512", "shape", "us", "TFLOP/s", "other warps us", "TFLOP/s", "other kind us",
+                     "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 twin us", "TFLOP/s"],
                     gemm_rows(gemm.read_text())))
 
 

@@ -573,6 +573,21 @@ void test_gemm(Backend& cpu, Backend& gpu) {
     CHECK_MSG(three16 == three, "gemm int8: forced 16 warps not the default's bits " + what);
     CHECK_MSG(three8 == three, "gemm int8 8 warps, three limbs: not the same bits as 16 warps " + what);
     CHECK_MSG(two8 == two, "gemm int8 8 warps, two limbs: not the same bits as 16 warps " + what);
+    // the warp-owned kernel (gemm_i8w.cu, DDRT_I8_OWN=1; 3/4 bits with unit images, sm_90+): each
+    // output's sums in the same order as the block-tile kernel's, so the same bits
+    if (t == TensorType::UQ3_G128 || t == TensorType::UQ4_G64) {
+      gpu::gemm_i8_force_own(1);
+      const int64_t before = gpu::gemm_i8w_launches();
+      const auto three_own = gpu_matmul(gpu, *Wg, x, T, {});
+      CHECK_MSG((gpu::gemm_i8w_launches() > before) == gpu::device_info().bulk,
+                "gemm int8 warp-owned: not taken on an sm_90 device (unit images) " + what);
+      gpu::gemm_i8_force_limbs(2);
+      const auto two_own = gpu_matmul(gpu, *Wg, x, T, {});
+      gpu::gemm_i8_force_limbs(3);
+      gpu::gemm_i8_force_own(-1);
+      CHECK_MSG(three_own == three, "gemm int8 warp-owned, three limbs: not the block-tile kernel's bits " + what);
+      CHECK_MSG(two_own == two, "gemm int8 warp-owned, two limbs: not the block-tile kernel's bits " + what);
+    }
   }
   // the two-limb kernel (the default) on the odd shapes and group tails, against the CPU
   gpu::gemm_i8_force_limbs(2);
@@ -580,6 +595,11 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   gpu::gemm_i8_force_warps(8);  // and its 8-warp twin (DDRT_I8_WARPS=8)
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32}, "gemm int8 two limbs 8 warps ", 1e-7);
   gpu::gemm_i8_force_warps(0);
+  gpu::gemm_i8_force_own(1);  // the warp-owned kernel on the odd shapes and group tails, both limb counts
+  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ3_G64}, "gemm int8 two limbs warp-owned ", 1e-7);
+  gpu::gemm_i8_force_limbs(3);
+  vs_cpu({TensorType::UQ3_G32, TensorType::UQ4_G128}, "gemm int8 three limbs warp-owned ", 1e-8);
+  gpu::gemm_i8_force_own(-1);
   gpu::gemm_i8_force_limbs(0);
 }
 
@@ -616,11 +636,20 @@ void test_gemm_group(Backend& cpu, Backend& gpu) {
         const std::string what = std::string("gemm group ") + type_name(t) + " d_in " + std::to_string(gr.d_in) +
                                  " members " + std::to_string(n) + " T=" + std::to_string(T);
         CHECK_MSG(fused == is_uniform(t), what + ": group launch " + (fused ? "ran" : "did not run"));
+        std::vector<std::vector<float>> got;
         for (int m = 0; m < n; ++m) {
           const auto yc = cpu_matmul(cpu, *Wc[m], x, T, calls[m]);
-          const auto yg = ys[m]->get();
-          report(what + " member " + std::to_string(m), nmse(yg.data(), yc.data(), yc.size()), tol_mm(T));
+          got.push_back(ys[m]->get());
+          report(what + " member " + std::to_string(m), nmse(got[m].data(), yc.data(), yc.size()), tol_mm(T));
         }
+        if (t != TensorType::UQ3_G128 && t != TensorType::UQ4_G64) continue;
+        // the warp-owned kernel (gemm_i8w.cu) on the same group: each member the same bits
+        gpu::gemm_i8_force_own(1);
+        for (int m = 0; m < n; ++m) ys[m]->poison();
+        gpu.matmul_group(wg, yp, n, bx.f(), T, calls);
+        gpu::gemm_i8_force_own(-1);
+        for (int m = 0; m < n; ++m)
+          CHECK_MSG(ys[m]->get() == got[m], what + " member " + std::to_string(m) + ": warp-owned kernel's bits differ");
       }
 }
 
@@ -2210,10 +2239,12 @@ int bench_gemm(Backend& gpu) {
                         {4096, 14336, TensorType::UQ4_G128},  {128256, 4096, TensorType::F16}};
   std::printf("%s\nmatmul T=%d: median event-timed us (20 launches; 3 for the simple twin); default = int8 kernel for\n"
               "uniform types (gemm_i8.cu, two limbs of x), 3 limbs = its DDRT_I8_LIMBS=3 twin, bf16 = the bf16 hi + lo\n"
-              "tensor-core kernel (gemm_tc.cu), warps 8/16 = the int8 kernel at the other warp count (DDRT_I8_WARPS: 16, the default, or 8)\n",
+              "tensor-core kernel (gemm_tc.cu), warps 8/16 = the int8 kernel at the other warp count (DDRT_I8_WARPS: 16, the default, or 8),\n"
+              "own/tile = the int8 kernel of the other kind than the default (DDRT_I8_OWN: 1 the warp-owned gemm_i8w.cu, 0 the block tile)\n",
               gpu.name().c_str(), T);
-  std::printf("%-10s %-14s %10s %8s %10s %8s %10s %8s %10s %8s %12s %8s\n", "type", "d_out x d_in", "default us",
-              "TFLOP/s", "warps 8/16", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s", "simple us", "TFLOP/s");
+  std::printf("%-10s %-14s %10s %8s %10s %8s %10s %8s %10s %8s %10s %8s %12s %8s\n", "type", "d_out x d_in", "default us",
+              "TFLOP/s", "warps 8/16", "TFLOP/s", "own/tile", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s",
+              "simple us", "TFLOP/s");
   for (const Case& c : cases) {
     auto L = make_linear(c.t, c.d_out, c.d_in, false);
     auto W = gpu.load_linear(L->desc, ResidualPlacement::Host);
@@ -2225,6 +2256,10 @@ int bench_gemm(Backend& gpu) {
     gpu::gemm_i8_force_warps(std::getenv("DDRT_I8_WARPS") && std::string(std::getenv("DDRT_I8_WARPS")) == "8" ? 16 : 8);
     const double warps = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
     gpu::gemm_i8_force_warps(0);
+    const char* own_env = std::getenv("DDRT_I8_OWN");  // the other kernel kind than the environment's
+    gpu::gemm_i8_force_own(own_env && std::string(own_env) == "1" ? 0 : 1);
+    const double own = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
+    gpu::gemm_i8_force_own(-1);
     gpu::gemm_i8_force_limbs(3);
     const double three = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
     gpu::gemm_i8_force_limbs(0);
@@ -2234,8 +2269,9 @@ int bench_gemm(Backend& gpu) {
     gpu::gemm_force_simple(true);
     const double slow = time_gemm(gpu, *W, by.f(), bx.f(), T, 3);
     gpu::gemm_force_simple(false);
-    std::printf("%-10s %6lldx%-7lld %10.1f %8.1f %10.1f %8.1f %10.1f %8.1f %10.1f %8.1f %12.1f %8.2f\n", type_name(c.t),
-                (long long)c.d_out, (long long)c.d_in, fast, flop / (fast * 1e6), warps, flop / (warps * 1e6), three,
+    std::printf("%-10s %6lldx%-7lld %10.1f %8.1f %10.1f %8.1f %10.1f %8.1f %10.1f %8.1f %10.1f %8.1f %12.1f %8.2f\n",
+                type_name(c.t), (long long)c.d_out, (long long)c.d_in, fast, flop / (fast * 1e6), warps,
+                flop / (warps * 1e6), own, flop / (own * 1e6), three,
                 flop / (three * 1e6), bf,
                 flop / (bf * 1e6), slow, flop / (slow * 1e6));
   }
@@ -2276,7 +2312,8 @@ int main(int argc, char** argv) {
     if (want("gemv_tc")) test_gemv_tc_shapes(*cpu, *gpu);
     if (want("gemv_group")) test_gemv_group(*cpu, *gpu);
     if (want("gemv_bulk")) test_gemv_bulk(*cpu, *gpu);
-    if (want("gemm")) test_gemm(*cpu, *gpu), test_gemm_group(*cpu, *gpu);
+    if (want("gemm")) test_gemm(*cpu, *gpu);
+    if (want("gemm") || want("gemm_group")) test_gemm_group(*cpu, *gpu);
     if (want("decdec")) test_decdec(*cpu, *gpu);
     if (want("matmul_swiglu")) test_matmul_swiglu(*cpu, *gpu);
     if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);

@@ -41,10 +41,16 @@ uq3_g128    4096x14336        12.00       9.00      2654     88.5%       1
 GEMM = """cuda:0 (GPU)
 matmul T=512: median event-timed us (20 launches; 3 for the simple twin); default = int8 kernel for
 uniform types (gemm_i8.cu, two limbs of x), 3 limbs = its DDRT_I8_LIMBS=3 twin, bf16 = the bf16 hi + lo
-tensor-core kernel (gemm_tc.cu), warps 8/16 = the int8 kernel at the other warp count (DDRT_I8_WARPS: 16, the default, or 8)
-type       d_out x d_in   default us  TFLOP/s warps 8/16  TFLOP/s 3 limbs us  TFLOP/s    bf16 us  TFLOP/s    simple us  TFLOP/s
+tensor-core kernel (gemm_tc.cu), warps 8/16 = the int8 kernel at the other warp count (DDRT_I8_WARPS: 16, the default, or 8),
+own/tile = the int8 kernel of the other kind than the default (DDRT_I8_OWN: 1 the warp-owned gemm_i8w.cu, 0 the block tile)
+type       d_out x d_in   default us  TFLOP/s warps 8/16  TFLOP/s   own/tile  TFLOP/s 3 limbs us  TFLOP/s    bf16 us  TFLOP/s    simple us  TFLOP/s
+uq3_g128     4096x4096         141.0    121.9      150.7    114.0       90.5    189.9      183.2     93.8      588.4     29.2       5391.3     3.19
+f16        128256x4096        3979.6    135.2     3979.6    135.2     3979.6    135.2     3979.6    135.2     3979.6    135.2      47271.7    11.38
+"""
+
+# the table before its kernel-kind column (eighteenth session)
+GEMM_18 = """type       d_out x d_in   default us  TFLOP/s warps 8/16  TFLOP/s 3 limbs us  TFLOP/s    bf16 us  TFLOP/s    simple us  TFLOP/s
 uq3_g128     4096x4096         141.0    121.9      150.7    114.0      183.2     93.8      588.4     29.2       5391.3     3.19
-f16        128256x4096        3979.6    135.2     3979.6    135.2     3979.6    135.2     3979.6    135.2      47271.7    11.38
 """
 
 # the table before its warp-count column (seventeenth session and earlier)
@@ -77,10 +83,14 @@ def test_gemv_rows_take_the_default_kernels_and_the_groups_only():
 
 def test_gemm_rows_take_the_table_lines_only():
     rows = load_tool().gemm_rows(GEMM)
-    assert rows == [("uq3_g128", "4096x4096", "141.0", "121.9", "150.7", "114.0", "183.2", "93.8", "588.4", "29.2"),
-                    ("f16", "128256x4096", "3979.6", "135.2", "3979.6", "135.2", "3979.6", "135.2", "3979.6", "135.2")]
-    assert load_tool().gemm_rows(GEMM_OLD) == [("uq3_g128", "4096x4096", "150.1", "114.4", "", "", "185.3", "92.7",
-                                                "276.3", "62.2")]
+    assert rows == [("uq3_g128", "4096x4096", "141.0", "121.9", "150.7", "114.0", "90.5", "189.9", "183.2", "93.8",
+                     "588.4", "29.2"),
+                    ("f16", "128256x4096", "3979.6", "135.2", "3979.6", "135.2", "3979.6", "135.2", "3979.6", "135.2",
+                     "3979.6", "135.2")]
+    assert load_tool().gemm_rows(GEMM_18) == [("uq3_g128", "4096x4096", "141.0", "121.9", "150.7", "114.0", "", "",
+                                               "183.2", "93.8", "588.4", "29.2")]
+    assert load_tool().gemm_rows(GEMM_OLD) == [("uq3_g128", "4096x4096", "150.1", "114.4", "", "", "", "", "185.3",
+                                                "92.7", "276.3", "62.2")]
 
 
 def test_command_prints_every_table(tmp_path):
@@ -91,4 +101,4 @@ def test_command_prints_every_table(tmp_path):
     assert "| --shape llama3-8b --bits 3 | 284.7 | 3.512 | 38.3 | 3342.3 | 0.0 |" in out
     assert "| uq3_g128 group | gate_up | 25.56 | 1866 | 62.2 |" in out
     assert "| GEMV | shape | us (graph) | GB/s | % of 3000 |" in out  # the measured peak
-    assert "| uq3_g128 | 4096x4096 | 141.0 | 121.9 | 150.7 | 114.0 | 183.2 | 93.8 | 588.4 | 29.2 |" in out
+    assert "| uq3_g128 | 4096x4096 | 141.0 | 121.9 | 150.7 | 114.0 | 90.5 | 189.9 | 183.2 | 93.8 | 588.4 | 29.2 |" in out
