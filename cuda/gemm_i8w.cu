@@ -34,7 +34,11 @@ namespace ddrt {
 namespace gpu {
 namespace {
 
-constexpr int kBM = 128, kBN = 64, kBK = 128, kStages = 4, kWarps = kBM / 16, kThreads = 32 * kWarps;
+constexpr int kBM = 128, kBN = 64, kBK = 128, kStages = 4, kRowTiles = kBM / 16;
+// NH token parts per block: warps of 16 rows x 64 / NH tokens (NH = 2: 16 warps, 4 per scheduler,
+// each reading its rows' pieces itself, the two of a row tile the same ones)
+template <int NH>
+constexpr int warps() { return kRowTiles * NH; }
 constexpr int kLd = kBK + 16;  // bytes per limb row of an x stage (144: ldmatrix conflict free)
 // An x stage: limb rows (2 u + l: token u's lo / hi; 2 kBN + m: the mid rows, three limbs) x kLd,
 // then (sx, sum x) of the tile's groups [kBK / group][kBN] (float2; room for group 32).
@@ -44,12 +48,11 @@ template <int L>
 constexpr int stage_bytes() { return x_rows<L>() * kLd + (kBK / 32) * kBN * 8; }
 constexpr int kPiece = 4 * 32 * 16;  // a warp's piece slot: 4 uint4 per lane
 constexpr int kPieceSlots = 3;
-// a warp's scale slot: its 16 rows' (scale, min) words of one unit (at most group 32's count)
-template <int B>
-constexpr int scale_slot_bytes() { return 16 * ((B == 3 ? 1024 : 512) / 32) * 4; }
-template <int B, int L>
-constexpr int smem_bytes() {
-  return kStages * stage_bytes<L>() + kWarps * (kPieceSlots * kPiece + 2 * scale_slot_bytes<B>()) + 2 * kStages * 8;
+// a warp's scale slot: its 16 rows' (scale, min) words of one unit (nu groups per row)
+__host__ __device__ constexpr int scale_slot_bytes(int nu) { return 16 * nu * 4; }
+__host__ __device__ constexpr int smem_bytes(int L, int NH, int nu) {
+  return kStages * (L == 3 ? stage_bytes<3>() : stage_bytes<2>()) +
+         kRowTiles * NH * (kPieceSlots * kPiece + 2 * scale_slot_bytes(nu)) + 2 * kStages * 8;
 }
 
 // The stage images of x: [token block][K tile][stage_bytes<L>] (written by xs_prep_kernel).
@@ -127,13 +130,16 @@ __device__ __forceinline__ void a_regs(const uint32_t (&w)[4][NW], int jj, uint3
 #undef DDRT_A_CASE
 }
 
-// L limbs of x (2: lo, hi; 3: and mid); B 3 or 4 bits
-template <int B, int L>
-__global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS xs, int T, int group) {
+// L limbs of x (2: lo, hi; 3: and mid); B 3 or 4 bits; NH token parts (warps())
+template <int B, int L, int NH>
+__global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members G, XS xs, int T, int group) {
   constexpr int V = step_vecs(B), UC = tc_unit_chunks(B), SPU = B == 3 ? 4 : 2, NP = B == 3 ? 3 : 2;
-  constexpr int SB = stage_bytes<L>(), NW = B == 3 ? 3 : 4;
+  constexpr int SB = stage_bytes<L>(), NW = B == 3 ? 3 : 4, kWarps = warps<NH>();
+  constexpr int NT = 16 / NH;  // n8 (lo, hi) tiles per warp: its 64 / NH tokens, 4 each
   DDRT_DYN_SMEM(unsigned char, smem);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int rt = warp % kRowTiles, th = warp / kRowTiles;  // the warp's row tile and token part
+  const int tw0 = th * (kBN / NH);                         // its first token in the block
   // this block's member (selects with constant indices: no copy of G to local memory)
   const int by = (int)blockIdx.y;
   const int m = (G.n > 1 && by >= G.tile0[1]) + (G.n > 2 && by >= G.tile0[2]);
@@ -141,19 +147,18 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
   const uint4* const units = m == 0 ? G.units[0] : m == 1 ? G.units[1] : G.units[2];
   const int64_t d_out = m == 0 ? G.d_out[0] : m == 1 ? G.d_out[1] : G.d_out[2];
   float* const y = m == 0 ? G.y[0] : m == 1 ? G.y[1] : G.y[2];
-  const int64_t tile = (int64_t)(by - (m == 0 ? 0 : m == 1 ? G.tile0[1] : G.tile0[2])) * kWarps + warp;
+  const int64_t tile = (int64_t)(by - (m == 0 ? 0 : m == 1 ? G.tile0[1] : G.tile0[2])) * kRowTiles + rt;
   const int64_t n_tiles = (d_out + 15) / 16;
   const bool rows_ok = tile < n_tiles;  // a warp past the member's last tile reads that tile, stores nothing
   const int nu = tc_unit_groups(B, group), slot_vecs = tc_slot_vecs(B, group);
   const uint4* const img = units + (rows_ok ? tile : n_tiles - 1) * G.n_units * slot_vecs;
   const int nk = (int)xs.nk, nseg = (nk + 1) / 2, n_pieces = B == 3 ? NP * ((nseg + SPU - 1) / SPU) : nseg;
-  const int gmask = group - 1;
+  const int gmask = group - 1, ssb = scale_slot_bytes(nu);
 
   unsigned char* const X0 = smem;
   unsigned char* const P0 = smem + kStages * SB + warp * kPieceSlots * kPiece;
-  unsigned char* const C0 = smem + kStages * SB + kWarps * kPieceSlots * kPiece + warp * 2 * scale_slot_bytes<B>();
-  uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kStages * SB +
-                                                     kWarps * (kPieceSlots * kPiece + 2 * scale_slot_bytes<B>()));
+  unsigned char* const C0 = smem + kStages * SB + kWarps * kPieceSlots * kPiece + warp * 2 * ssb;
+  uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kStages * SB + kWarps * (kPieceSlots * kPiece + 2 * ssb));
   uint64_t* const empty = full + kStages;
 
   // piece pi of this warp's rows into piece slot pi % 3 (and, with a unit's first piece, the unit's
@@ -169,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
     }
     if (q == 0) {
       const uint4* ss = src + UC * 2 * V * 32;
-      uint4* sd = reinterpret_cast<uint4*>(C0 + (k % 2) * scale_slot_bytes<B>());
+      uint4* sd = reinterpret_cast<uint4*>(C0 + (k % 2) * ssb);
       for (int j = lane; j < 4 * nu; j += 32) cp_async16(sd + j, ss + j, true);
     }
   };
@@ -198,10 +203,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
     cp_commit();
   }
 
-  // P[nt]: rows (g, g + 8) x token 4 nt + t: (lo, hi, lo, hi); M[v]: mid limbs of the same rows x
-  // tokens 4 (2 v) + t, 4 (2 v + 1) + t
-  int P[16][4], M[L == 3 ? 8 : 1][4];
-  float acc[16][2] = {};  // [nt][row half]
+  // P[nt]: rows (g, g + 8) x token tw0 + 4 nt + t: (lo, hi, lo, hi); M[v]: mid limbs of the same
+  // rows x tokens tw0 + 4 (2 v) + t, tw0 + 4 (2 v + 1) + t
+  int P[NT][4], M[L == 3 ? NT / 2 : 1][4];
+  float acc[NT][2] = {};  // [nt][row half]
   for (int sg = 0; sg < nseg; ++sg) {
     // one commit group per segment (below): all but the newest two done = this segment's pieces in
     cp_wait<2>();
@@ -224,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
         w[i][0] = v.x, w[i][1] = v.y, w[i][2] = v.z, w[i][3] = v.w;
       }
     }
-    const __half2* sc = reinterpret_cast<const __half2*>(C0 + (k % 2) * scale_slot_bytes<B>());
+    const __half2* sc = reinterpret_cast<const __half2*>(C0 + (k % 2) * ssb);
     const int kq = k * nu;  // the unit's first group
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -239,9 +244,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
         a_regs<B, NW>(w, 4 * hf + h, a);
         const bool fresh = (kabs & gmask) == 0;  // the step starts a group
 #pragma unroll
-        for (int np = 0; np < 8; ++np) {  // limb rows 16 np ..: n8 tiles 2 np, 2 np + 1
+        for (int np = 0; np < NT / 2; ++np) {  // limb rows 2 tw0 + 16 np ..: n8 tiles 2 np, 2 np + 1
           uint32_t r[4];
-          ldsm4(r, S + (np * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
+          ldsm4(r, S + (2 * tw0 + np * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
           if (fresh) {
             mma_i8_z(P[2 * np], a[0], a[1], a[2], a[3], r[0], r[1]);
             mma_i8_z(P[2 * np + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
@@ -252,9 +257,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
         }
         if constexpr (L == 3) {
 #pragma unroll
-          for (int q16 = 0; q16 < 4; ++q16) {  // mid rows of tokens 16 q16 ..: tiles 2 q16, 2 q16 + 1
+          for (int q16 = 0; q16 < NT / 4; ++q16) {  // mid rows of tokens tw0 + 16 q16 ..: tiles 2 q16, 2 q16 + 1
             uint32_t r[4];
-            ldsm4(r, S + (2 * kBN + q16 * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
+            ldsm4(r, S + (2 * kBN + tw0 + q16 * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
             if (fresh) {
               mma_i8_z(M[2 * q16], a[0], a[1], a[2], a[3], r[0], r[1]);
               mma_i8_z(M[2 * q16 + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
@@ -269,13 +274,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
           const float2 f[2] = {__half22float2(sc[g * nu + r]), __half22float2(sc[(g + 8) * nu + r])};
           const float2* xq = reinterpret_cast<const float2*>(S + x_rows<L>() * kLd) + ((32 * h) >> xs.gshift) * kBN;
 #pragma unroll
-          for (int nt = 0; nt < 16; ++nt) {
-            const float2 v = xq[4 * nt + t];
+          for (int nt = 0; nt < NT; ++nt) {
+            const float2 v = xq[tw0 + 4 * nt + t];
 #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
               const float p =
                   L == 3 ? fmaf(65536.0f, (float)P[nt][2 * hr + 1],
-                                fmaf(256.0f, (float)M[(nt / 2) % (L == 3 ? 8 : 1)][2 * hr + nt % 2], (float)P[nt][2 * hr]))
+                                fmaf(256.0f, (float)M[(nt / 2) % (L == 3 ? NT / 2 : 1)][2 * hr + nt % 2], (float)P[nt][2 * hr]))
                          : (float)(P[nt][2 * hr + 1] * 256 + P[nt][2 * hr]);
               float& c = acc[nt][hr];
               c = fmaf(f[hr].x * v.x, p, fmaf(f[hr].y, v.y, c));
@@ -304,13 +309,30 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_i8w_kernel(I8Members G, XS x
 
   cp_wait<0>();  // the pieces issued past the last segment's needs (none read)
 #pragma unroll
-  for (int nt = 0; nt < 16; ++nt)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int64_t o = tile * 16 + g + 8 * hr;
-      const int tok = (int)blockIdx.x * kBN + 4 * nt + t;
+      const int tok = (int)blockIdx.x * kBN + tw0 + 4 * nt + t;
       if (rows_ok && o < d_out && tok < T) y[(int64_t)tok * d_out + o] = acc[nt][hr];
     }
+}
+
+int g_own_warps = 0;  // gemm_i8w_force_warps; 0: the environment (DDRT_I8_OWN_WARPS, 16 where it fits)
+int own_parts(int L, int nu) {
+  static const int env = env_int("DDRT_I8_OWN_WARPS", 16) == 8 ? 8 : 16;
+  const int want = g_own_warps ? g_own_warps : env;
+  return want == 16 && smem_bytes(L, 2, nu) <= device_info().max_smem ? 2 : 1;
+}
+
+template <int B, int L, int NH>
+cudaError_t launch_parts(const I8Members& G, const XS& xs, int T, int group, cudaStream_t st) {
+  const int smem = smem_bytes(L, NH, tc_unit_groups(B, group));
+  cudaError_t err = cudaFuncSetAttribute(gemm_i8w_kernel<B, L, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  // token blocks fastest: a row tile's blocks share its codes in L2
+  const dim3 grid((unsigned)xs.n_tb, (unsigned)G.tile0[G.n]);
+  return launch_plain(gemm_i8w_kernel<B, L, NH>, grid, 32 * warps<NH>(), smem, st, G, xs, T, group);
 }
 
 template <int B, int L>
@@ -321,14 +343,11 @@ cudaError_t launch_bl(const DevLinear& W, const I8Members& G, const float* x, in
   xs.n_tb = (T + kBN - 1) / kBN;
   xs.gshift = W.group == 32 ? 5 : W.group == 64 ? 6 : 7;
   const int64_t units = ((xs.nk * kBK) >> xs.gshift) * xs.n_tb * kBN;
-  cudaError_t err =
+  const cudaError_t err =
       launch_plain(xs_prep_kernel<L>, (unsigned)((units + 7) / 8), 256, 0, st, xs, x, W.d_in, T, W.group);
   if (err != cudaSuccess) return err;
-  constexpr int smem = smem_bytes<B, L>();
-  err = cudaFuncSetAttribute(gemm_i8w_kernel<B, L>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  const dim3 grid((unsigned)xs.n_tb, (unsigned)G.tile0[G.n]);  // token blocks fastest: a row tile's blocks share its codes in L2
-  return launch_plain(gemm_i8w_kernel<B, L>, grid, kThreads, smem, st, G, xs, T, W.group);
+  return own_parts(L, tc_unit_groups(B, W.group)) == 2 ? launch_parts<B, L, 2>(G, xs, T, W.group, st)
+                                                       : launch_parts<B, L, 1>(G, xs, T, W.group, st);
 }
 
 int64_t g_launches = 0;
@@ -336,12 +355,13 @@ int64_t g_launches = 0;
 }  // namespace
 
 int64_t gemm_i8w_launches() { return g_launches; }
+void gemm_i8w_force_warps(int warps) { g_own_warps = warps == 8 || warps == 16 ? warps : 0; }
 
 bool gemm_i8w_takes(const DevLinear& W) {
   if ((W.bits != 3 && W.bits != 4) || !is_uniform(W.type) || W.units == nullptr) return false;
   if (W.group != 32 && W.group != 64 && W.group != 128) return false;
   const DeviceInfo& d = device_info();
-  return d.bulk && d.max_smem >= (W.bits == 3 ? smem_bytes<3, 3>() : smem_bytes<4, 3>());
+  return d.bulk && d.max_smem >= smem_bytes(3, 1, tc_unit_groups(W.bits, W.group));
 }
 
 size_t gemm_i8w_scratch_bytes(const DevLinear& W, int T) {

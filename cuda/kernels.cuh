@@ -508,6 +508,10 @@ void gemm_i8_force_warps(int warps);
 // gemm_i8_force_own(1 or 0) for the tests, -1: the environment.
 void gemm_i8_force_own(int own);
 int64_t gemm_i8w_launches();  // its launches so far, for the tests
+// Its warps: 16 (16 rows x 32 tokens each, 4 per scheduler; where the shared memory allows: not at
+// three limbs or group 32 at 3 bits) or 8 (16 rows x 64 tokens, env DDRT_I8_OWN_WARPS=8); the same
+// bits. gemm_i8w_force_warps(8 or 16), 0: the environment.
+void gemm_i8w_force_warps(int warps);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).
 cudaError_t launch_embed(const DevLinear& W, float* out, const int32_t* ids, int T, cudaStream_t st,

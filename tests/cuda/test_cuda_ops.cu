@@ -584,10 +584,14 @@ void test_gemm(Backend& cpu, Backend& gpu) {
                 "gemm int8 warp-owned: taken iff the weights have unit images " + what);
       gpu::gemm_i8_force_limbs(2);
       const auto two_own = gpu_matmul(gpu, *Wg, x, T, {});
+      gpu::gemm_i8w_force_warps(8);  // its 8-warp twin (16 rows x 64 tokens per warp; 16 at two limbs by default)
+      const auto two_own8 = gpu_matmul(gpu, *Wg, x, T, {});
+      gpu::gemm_i8w_force_warps(0);
       gpu::gemm_i8_force_limbs(3);
       gpu::gemm_i8_force_own(-1);
       CHECK_MSG(three_own == three, "gemm int8 warp-owned, three limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own == two, "gemm int8 warp-owned, two limbs: not the block-tile kernel's bits " + what);
+      CHECK_MSG(two_own8 == two, "gemm int8 warp-owned 8 warps, two limbs: not the block-tile kernel's bits " + what);
     }
   }
   // the two-limb kernel (the default) on the odd shapes and group tails, against the CPU
@@ -598,6 +602,9 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   gpu::gemm_i8_force_warps(0);
   gpu::gemm_i8_force_own(1);  // the warp-owned kernel on the odd shapes and group tails, both limb counts
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ3_G64}, "gemm int8 two limbs warp-owned ", 1e-7);
+  gpu::gemm_i8w_force_warps(8);
+  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G64}, "gemm int8 two limbs warp-owned 8 warps ", 1e-7);
+  gpu::gemm_i8w_force_warps(0);
   gpu::gemm_i8_force_limbs(3);
   vs_cpu({TensorType::UQ3_G32, TensorType::UQ4_G128}, "gemm int8 three limbs warp-owned ", 1e-8);
   gpu::gemm_i8_force_own(-1);
