@@ -130,9 +130,13 @@ __device__ __forceinline__ void a_regs(const uint32_t (&w)[4][NW], int jj, uint3
 #undef DDRT_A_CASE
 }
 
-// L limbs of x (2: lo, hi; 3: and mid); B 3 or 4 bits; NH token parts (warps())
-template <int B, int L, int NH>
+// L limbs of x (2: lo, hi; 3: and mid); B 3 or 4 bits; NH token parts (warps()); G128: group 128,
+// the K tile (a step's group start and end known at compile time: no predicated twin MMAs)
+template <int B, int L, int NH, bool G128>
 __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members G, XS xs, int T, int group) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // sm_90+ only (bulk copies; gemm_i8w_takes): no code for the older targets
+#else
   constexpr int V = step_vecs(B), UC = tc_unit_chunks(B), SPU = B == 3 ? 4 : 2, NP = B == 3 ? 3 : 2;
   constexpr int SB = stage_bytes<L>(), NW = B == 3 ? 3 : 4, kWarps = warps<NH>();
   constexpr int NT = 16 / NH;  // n8 (lo, hi) tiles per warp: its 64 / NH tokens, 4 each
@@ -242,11 +246,22 @@ __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members
         const int kabs = kt * kBK + 32 * h;
         uint32_t a[4];
         a_regs<B, NW>(w, 4 * hf + h, a);
-        const bool fresh = (kabs & gmask) == 0;  // the step starts a group
+        // the step starts / ends a group (G128: the group is the K tile, both known here)
+        const bool fresh = G128 ? h == 0 : (kabs & gmask) == 0;
+        const bool ends = G128 ? h == 3 : ((kabs + 32) & gmask) == 0;
+        // the step's B fragments, all loaded before its MMAs (their latencies overlap)
+        uint32_t rb[NT / 2][4], rm[L == 3 ? NT / 4 : 1][4];
 #pragma unroll
-        for (int np = 0; np < NT / 2; ++np) {  // limb rows 2 tw0 + 16 np ..: n8 tiles 2 np, 2 np + 1
-          uint32_t r[4];
-          ldsm4(r, S + (2 * tw0 + np * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
+        for (int np = 0; np < NT / 2; ++np)  // limb rows 2 tw0 + 16 np ..: n8 tiles 2 np, 2 np + 1
+          ldsm4(rb[np], S + (2 * tw0 + np * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
+        if constexpr (L == 3) {
+#pragma unroll
+          for (int q16 = 0; q16 < NT / 4; ++q16)  // mid rows of tokens tw0 + 16 q16 ..: tiles 2 q16, 2 q16 + 1
+            ldsm4(rm[q16], S + (2 * kBN + tw0 + q16 * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
+        }
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+          const uint32_t* r = rb[np];
           if (fresh) {
             mma_i8_z(P[2 * np], a[0], a[1], a[2], a[3], r[0], r[1]);
             mma_i8_z(P[2 * np + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
@@ -257,9 +272,8 @@ __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members
         }
         if constexpr (L == 3) {
 #pragma unroll
-          for (int q16 = 0; q16 < NT / 4; ++q16) {  // mid rows of tokens tw0 + 16 q16 ..: tiles 2 q16, 2 q16 + 1
-            uint32_t r[4];
-            ldsm4(r, S + (2 * kBN + tw0 + q16 * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
+          for (int q16 = 0; q16 < NT / 4; ++q16) {
+            const uint32_t* r = rm[q16];
             if (fresh) {
               mma_i8_z(M[2 * q16], a[0], a[1], a[2], a[3], r[0], r[1]);
               mma_i8_z(M[2 * q16 + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
@@ -269,7 +283,7 @@ __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members
             }
           }
         }
-        if (((kabs + 32) & gmask) == 0) {  // the group ends: acc += s sx P + m sum x (gemm_i8.cu's order)
+        if (ends) {  // the group ends: acc += s sx P + m sum x (gemm_i8.cu's order)
           const int r = (kabs >> xs.gshift) - kq;
           const float2 f[2] = {__half22float2(sc[g * nu + r]), __half22float2(sc[(g + 8) * nu + r])};
           const float2* xq = reinterpret_cast<const float2*>(S + x_rows<L>() * kLd) + ((32 * h) >> xs.gshift) * kBN;
@@ -316,6 +330,7 @@ __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members
       const int tok = (int)blockIdx.x * kBN + tw0 + 4 * nt + t;
       if (rows_ok && o < d_out && tok < T) y[(int64_t)tok * d_out + o] = acc[nt][hr];
     }
+#endif
 }
 
 int g_own_warps = 0;  // gemm_i8w_force_warps; 0: the environment (DDRT_I8_OWN_WARPS, 16 where it fits)
@@ -325,14 +340,19 @@ int own_parts(int L, int nu) {
   return want == 16 && smem_bytes(L, 2, nu) <= device_info().max_smem ? 2 : 1;
 }
 
-template <int B, int L, int NH>
-cudaError_t launch_parts(const I8Members& G, const XS& xs, int T, int group, cudaStream_t st) {
+template <int B, int L, int NH, bool G128>
+cudaError_t launch_kernel(const I8Members& G, const XS& xs, int T, int group, cudaStream_t st) {
   const int smem = smem_bytes(L, NH, tc_unit_groups(B, group));
-  cudaError_t err = cudaFuncSetAttribute(gemm_i8w_kernel<B, L, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err =
+      cudaFuncSetAttribute(gemm_i8w_kernel<B, L, NH, G128>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   // token blocks fastest: a row tile's blocks share its codes in L2
   const dim3 grid((unsigned)xs.n_tb, (unsigned)G.tile0[G.n]);
-  return launch_plain(gemm_i8w_kernel<B, L, NH>, grid, 32 * warps<NH>(), smem, st, G, xs, T, group);
+  return launch_plain(gemm_i8w_kernel<B, L, NH, G128>, grid, 32 * warps<NH>(), smem, st, G, xs, T, group);
+}
+template <int B, int L, int NH>
+cudaError_t launch_parts(const I8Members& G, const XS& xs, int T, int group, cudaStream_t st) {
+  return group == kBK ? launch_kernel<B, L, NH, true>(G, xs, T, group, st) : launch_kernel<B, L, NH, false>(G, xs, T, group, st);
 }
 
 template <int B, int L>
@@ -346,8 +366,9 @@ cudaError_t launch_bl(const DevLinear& W, const I8Members& G, const float* x, in
   const cudaError_t err =
       launch_plain(xs_prep_kernel<L>, (unsigned)((units + 7) / 8), 256, 0, st, xs, x, W.d_in, T, W.group);
   if (err != cudaSuccess) return err;
-  return own_parts(L, tc_unit_groups(B, W.group)) == 2 ? launch_parts<B, L, 2>(G, xs, T, W.group, st)
-                                                       : launch_parts<B, L, 1>(G, xs, T, W.group, st);
+  if constexpr (L == 2)  // (three limbs: 16 warps never fit the shared memory, own_parts)
+    if (own_parts(L, tc_unit_groups(B, W.group)) == 2) return launch_parts<B, L, 2>(G, xs, T, W.group, st);
+  return launch_parts<B, L, 1>(G, xs, T, W.group, st);
 }
 
 int64_t g_launches = 0;
