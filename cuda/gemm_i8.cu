@@ -96,17 +96,8 @@ __global__ void xq_prep_kernel(XQ p, const float* x, int64_t d_in, int T, int gr
   const int t = (int)(unit / p.n_xg);
   const int64_t g = unit % p.n_xg, i0 = g * group;
   const float* xt = x + (int64_t)t * d_in;
-  float mx = 0.0f, sum = 0.0f;
-  for (int c = lane; c < group; c += 32) {
-    const float v = i0 + c < d_in ? xt[i0 + c] : 0.0f;
-    mx = fmaxf(mx, fabsf(v));
-    sum += v;
-  }
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) {
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
-    sum += __shfl_xor_sync(0xffffffffu, sum, m);
-  }
+  float mx, sum;
+  group_max_sum(xt, i0, group, d_in, true, lane, mx, sum);
   const float inv = mx > 0.0f ? kQ / mx : 0.0f;
   for (int c = lane; c < group && i0 + c < p.kp; c += 32) {
     const float v = i0 + c < d_in ? xt[i0 + c] : 0.0f;

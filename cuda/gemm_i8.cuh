@@ -35,6 +35,36 @@ __device__ __forceinline__ uint32_t quad_u8(const uint32_t* w) {
   return (w[JJ % 2] >> (2 * (JJ / 2))) & 0x03030303u;
 }
 
+// One warp's max |x| and sum over the group of inputs i0 .. i0 + group - 1 of token row xt (zeros
+// past d_in, or everywhere when !live): the x prep of both kernels (the same order of operations).
+__device__ __forceinline__ void group_max_sum(const float* xt, int64_t i0, int group, int64_t d_in, bool live,
+                                              int lane, float& mx, float& sum) {
+  mx = 0.0f, sum = 0.0f;
+  for (int c = lane; c < group; c += 32) {
+    const float v = live && i0 + c < d_in ? xt[i0 + c] : 0.0f;
+    mx = fmaxf(mx, fabsf(v));
+    sum += v;
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) {
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+    sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  }
+}
+
+// d0, d1 (+)= a b0, a b1 for the two n8 tiles of one ldmatrix x4 (r: b0 = r[0], r[1]; b1 = r[2],
+// r[3]), from zero when the step starts a group (fresh)
+__device__ __forceinline__ void mma_pair(int (&d0)[4], int (&d1)[4], const uint32_t (&a)[4], const uint32_t* r,
+                                         bool fresh) {
+  if (fresh) {
+    mma_i8_z(d0, a[0], a[1], a[2], a[3], r[0], r[1]);
+    mma_i8_z(d1, a[0], a[1], a[2], a[3], r[2], r[3]);
+  } else {
+    mma_i8<false>(d0, a[0], a[1], a[2], a[3], r[0], r[1]);
+    mma_i8<false>(d1, a[0], a[1], a[2], a[3], r[2], r[3]);
+  }
+}
+
 // The warp-owned kernel (gemm_i8w.cu), for 3/4-bit members with unit images on sm_90+ (bulk copies):
 // whether it takes W, its scratch for T tokens, and its launch (L limbs of x: 2 or 3).
 bool gemm_i8w_takes(const DevLinear& W);

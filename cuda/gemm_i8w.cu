@@ -84,17 +84,8 @@ __global__ void xs_prep_kernel(XS p, const float* x, int64_t d_in, int T, int gr
   const int64_t gi = unit % n_xg, i0 = gi * group;
   const float* xt = x + (int64_t)t * d_in;
   const bool live = t < T;
-  float mx = 0.0f, sum = 0.0f;
-  for (int c = lane; c < group; c += 32) {
-    const float v = live && i0 + c < d_in ? xt[i0 + c] : 0.0f;
-    mx = fmaxf(mx, fabsf(v));
-    sum += v;
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  }
+  float mx, sum;
+  group_max_sum(xt, i0, group, d_in, live, lane, mx, sum);
   const float inv = mx > 0.0f ? kQ / mx : 0.0f;
   const int u = t % kBN, k0 = (int)(i0 % kBK);
   unsigned char* S = p.st + ((int64_t)(t / kBN) * p.nk + i0 / kBK) * SB;
@@ -260,28 +251,10 @@ __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members
             ldsm4(rm[q16], S + (2 * kBN + tw0 + q16 * 16 + lane % 8 + (lane / 16) * 8) * kLd + 32 * h + ((lane / 8) % 2) * 16);
         }
 #pragma unroll
-        for (int np = 0; np < NT / 2; ++np) {
-          const uint32_t* r = rb[np];
-          if (fresh) {
-            mma_i8_z(P[2 * np], a[0], a[1], a[2], a[3], r[0], r[1]);
-            mma_i8_z(P[2 * np + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
-          } else {
-            mma_i8<false>(P[2 * np], a[0], a[1], a[2], a[3], r[0], r[1]);
-            mma_i8<false>(P[2 * np + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
-          }
-        }
+        for (int np = 0; np < NT / 2; ++np) mma_pair(P[2 * np], P[2 * np + 1], a, rb[np], fresh);
         if constexpr (L == 3) {
 #pragma unroll
-          for (int q16 = 0; q16 < NT / 4; ++q16) {
-            const uint32_t* r = rm[q16];
-            if (fresh) {
-              mma_i8_z(M[2 * q16], a[0], a[1], a[2], a[3], r[0], r[1]);
-              mma_i8_z(M[2 * q16 + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
-            } else {
-              mma_i8<false>(M[2 * q16], a[0], a[1], a[2], a[3], r[0], r[1]);
-              mma_i8<false>(M[2 * q16 + 1], a[0], a[1], a[2], a[3], r[2], r[3]);
-            }
-          }
+          for (int q16 = 0; q16 < NT / 4; ++q16) mma_pair(M[2 * q16], M[2 * q16 + 1], a, rm[q16], fresh);
         }
         if (ends) {  // the group ends: acc += s sx P + m sum x (gemm_i8.cu's order)
           const int r = (kabs >> xs.gshift) - kq;
