@@ -450,7 +450,8 @@ bool gemm_i8_supported(const DevLinear& W) {
 size_t gemm_i8_scratch_bytes(const DevLinear& W, int T) {
   const int64_t kp = k_tiles(W.d_in) * kBK, n_xg = (kp + W.group - 1) / W.group;
   const size_t tile = (size_t)T * (3 * kp + n_xg * sizeof(float2));
-  return gemm_i8w_takes(W) ? std::max(tile, gemm_i8w_scratch_bytes(W, T)) : tile;
+  // the warp-owned kernel's stage images where it would run (the switch is read per call)
+  return i8_own() && gemm_i8w_takes(W) ? std::max(tile, gemm_i8w_scratch_bytes(W, T)) : tile;
 }
 
 bool gemm_i8_groupable(const DevLinear* const* Ws, int n) {
