@@ -306,9 +306,11 @@ __global__ void __launch_bounds__(32 * warps<NH>(), 1) gemm_i8w_kernel(I8Members
 #endif
 }
 
-int g_own_warps = 0;  // gemm_i8w_force_warps; 0: the environment (DDRT_I8_OWN_WARPS, 16 where it fits)
+int g_own_warps = 0;  // gemm_i8w_force_warps; 0: the environment (DDRT_I8_OWN_WARPS: 8, or 16 where it fits)
 int own_parts(int L, int nu) {
-  static const int env = env_int("DDRT_I8_OWN_WARPS", 16) == 8 ? 8 : 16;
+  // 8 warps of 64 tokens by default: Llama-3-8B 3-bit prefill 12 178 tok/s against 11 511 with 16
+  // warps of 32 tokens on the H200 (BENCHMARKS 2026-12-07, twentieth session)
+  static const int env = env_int("DDRT_I8_OWN_WARPS", 8) == 16 ? 16 : 8;
   const int want = g_own_warps ? g_own_warps : env;
   return want == 16 && smem_bytes(L, 2, nu) <= device_info().max_smem ? 2 : 1;
 }

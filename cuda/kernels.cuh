@@ -504,13 +504,14 @@ void gemm_i8_force_limbs(int limbs);
 // environment.
 void gemm_i8_force_warps(int warps);
 // The warp-owned int8 kernel (gemm_i8w.cu: no block-wide barrier in the K loop; 3/4-bit members
-// with unit images, sm_90+), env DDRT_I8_OWN=1; the same bits as the block-tile kernel.
+// with unit images, sm_90+), the default where it takes the weights (env DDRT_I8_OWN=0: the
+// block-tile kernel); the same bits as the block-tile kernel.
 // gemm_i8_force_own(1 or 0) for the tests, -1: the environment.
 void gemm_i8_force_own(int own);
 int64_t gemm_i8w_launches();  // its launches so far, for the tests
-// Its warps: 16 (16 rows x 32 tokens each, 4 per scheduler; where the shared memory allows: not at
-// three limbs or group 32 at 3 bits) or 8 (16 rows x 64 tokens, env DDRT_I8_OWN_WARPS=8); the same
-// bits. gemm_i8w_force_warps(8 or 16), 0: the environment.
+// Its warps: 8 (16 rows x 64 tokens each, the default) or 16 (16 rows x 32 tokens, 4 per scheduler,
+// env DDRT_I8_OWN_WARPS=16, where the shared memory allows: not at three limbs or group 32 at 3
+// bits); the same bits. gemm_i8w_force_warps(8 or 16), 0: the environment.
 void gemm_i8w_force_warps(int warps);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).

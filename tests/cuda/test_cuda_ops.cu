@@ -530,6 +530,9 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   // limbs at the end
   gpu::gemm_i8_force_limbs(3);
   vs_cpu(std::vector<TensorType>(std::begin(kAllTypes), std::end(kAllTypes)), "gemm ", 1e-8);
+  // the block-tile kernel (gemm_i8.cu) for the checks below; the warp-owned kernel (gemm_i8w.cu, the
+  // default where it takes the weights) is compared with it bit for bit
+  gpu::gemm_i8_force_own(0);
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::F16, TensorType::LUT4}) {
     const int64_t d_out = race_sized() ? 200 : 1000, d_in = race_sized() ? 1024 : 4096;
     const int T = race_sized() ? 96 : 512;
@@ -584,17 +587,17 @@ void test_gemm(Backend& cpu, Backend& gpu) {
                 "gemm int8 warp-owned: taken iff the weights have unit images " + what);
       gpu::gemm_i8_force_limbs(2);
       const auto two_own = gpu_matmul(gpu, *Wg, x, T, {});
-      gpu::gemm_i8w_force_warps(8);  // its 8-warp twin (16 rows x 64 tokens per warp; 16 at two limbs by default)
-      const auto two_own8 = gpu_matmul(gpu, *Wg, x, T, {});
+      gpu::gemm_i8w_force_warps(16);  // its 16-warp twin (16 rows x 32 tokens per warp; 8 warps of 64 tokens by default)
+      const auto two_own16 = gpu_matmul(gpu, *Wg, x, T, {});
       gpu::gemm_i8w_force_warps(0);
       gpu::gemm_i8_force_limbs(3);
-      gpu::gemm_i8_force_own(-1);
+      gpu::gemm_i8_force_own(0);
       CHECK_MSG(three_own == three, "gemm int8 warp-owned, three limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own == two, "gemm int8 warp-owned, two limbs: not the block-tile kernel's bits " + what);
-      CHECK_MSG(two_own8 == two, "gemm int8 warp-owned 8 warps, two limbs: not the block-tile kernel's bits " + what);
+      CHECK_MSG(two_own16 == two, "gemm int8 warp-owned 16 warps, two limbs: not the block-tile kernel's bits " + what);
     }
   }
-  // the two-limb kernel (the default) on the odd shapes and group tails, against the CPU
+  // the block-tile kernel at two limbs (the default) on the odd shapes and group tails, against the CPU
   gpu::gemm_i8_force_limbs(2);
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ2_G64}, "gemm int8 two limbs ", 1e-7);
   gpu::gemm_i8_force_warps(8);  // and its 8-warp twin (DDRT_I8_WARPS=8)
@@ -602,8 +605,8 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   gpu::gemm_i8_force_warps(0);
   gpu::gemm_i8_force_own(1);  // the warp-owned kernel on the odd shapes and group tails, both limb counts
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ3_G64}, "gemm int8 two limbs warp-owned ", 1e-7);
-  gpu::gemm_i8w_force_warps(8);
-  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G64}, "gemm int8 two limbs warp-owned 8 warps ", 1e-7);
+  gpu::gemm_i8w_force_warps(16);
+  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G64}, "gemm int8 two limbs warp-owned 16 warps ", 1e-7);
   gpu::gemm_i8w_force_warps(0);
   gpu::gemm_i8_force_limbs(3);
   vs_cpu({TensorType::UQ3_G32, TensorType::UQ4_G128}, "gemm int8 three limbs warp-owned ", 1e-8);
@@ -614,6 +617,7 @@ void test_gemm(Backend& cpu, Backend& gpu) {
 // T > 1 groups (q/k/v, gate/up shapes) with DecDEC off: one int8 launch for the members where
 // they qualify (counted), per-member launches otherwise; every member vs the CPU.
 void test_gemm_group(Backend& cpu, Backend& gpu) {
+  gpu::gemm_i8_force_own(0);  // the block-tile kernel first, the warp-owned one (the default) against it
   struct G { std::vector<int64_t> d_out; int64_t d_in; };
   const G groups[] = {{{256, 64, 64}, 1000}, {{200, 72, 130}, 4100}, {{2048, 2048}, 1024}};
   for (TensorType t : {TensorType::UQ3_G128, TensorType::UQ4_G64, TensorType::UQ2_G32, TensorType::LUT3})
@@ -655,10 +659,11 @@ void test_gemm_group(Backend& cpu, Backend& gpu) {
         gpu::gemm_i8_force_own(1);
         for (int m = 0; m < n; ++m) ys[m]->poison();
         gpu.matmul_group(wg, yp, n, bx.f(), T, calls);
-        gpu::gemm_i8_force_own(-1);
+        gpu::gemm_i8_force_own(0);
         for (int m = 0; m < n; ++m)
           CHECK_MSG(ys[m]->get() == got[m], what + " member " + std::to_string(m) + ": warp-owned kernel's bits differ");
       }
+  gpu::gemm_i8_force_own(-1);
 }
 
 void test_embed(Backend& cpu, Backend& gpu) {
@@ -2247,8 +2252,10 @@ int bench_gemm(Backend& gpu) {
                         {4096, 14336, TensorType::UQ4_G128},  {128256, 4096, TensorType::F16}};
   std::printf("%s\nmatmul T=%d: median event-timed us (20 launches; 3 for the simple twin); default = int8 kernel for\n"
               "uniform types (gemm_i8.cu, two limbs of x), 3 limbs = its DDRT_I8_LIMBS=3 twin, bf16 = the bf16 hi + lo\n"
-              "tensor-core kernel (gemm_tc.cu), warps 8/16 = the int8 kernel at the other warp count (DDRT_I8_WARPS: 16, the default, or 8),\n"
-              "own/tile = the int8 kernel of the other kind than the default (DDRT_I8_OWN: 1 the warp-owned gemm_i8w.cu, 0 the block tile)\n",
+              "tensor-core kernel (gemm_tc.cu), warps 8/16 = the default int8 kernel at its other warp count (block tile\n"
+              "DDRT_I8_WARPS: 16, the default, or 8; warp-owned DDRT_I8_OWN_WARPS: 8, the default, or 16),\n"
+              "own/tile = the int8 kernel of the other kind than the default (DDRT_I8_OWN: 1 the warp-owned gemm_i8w.cu,\n"
+              "the default where it takes the weights, 0 the block tile)\n",
               gpu.name().c_str(), T);
   std::printf("%-10s %-14s %10s %8s %10s %8s %10s %8s %10s %8s %10s %8s %12s %8s\n", "type", "d_out x d_in", "default us",
               "TFLOP/s", "warps 8/16", "TFLOP/s", "own/tile", "TFLOP/s", "3 limbs us", "TFLOP/s", "bf16 us", "TFLOP/s",
@@ -2260,12 +2267,15 @@ int bench_gemm(Backend& gpu) {
     bx.put(randn((size_t)T * c.d_in));
     const double flop = 2.0 * T * c.d_out * c.d_in;
     const double fast = time_gemm(gpu, *W, by.f(), bx.f(), T, 20);
-    // the other warp count than the environment's (8 by default)
-    gpu::gemm_i8_force_warps(std::getenv("DDRT_I8_WARPS") && std::string(std::getenv("DDRT_I8_WARPS")) == "8" ? 16 : 8);
+    // the other warp count than the environment's, of whichever int8 kernel runs (block tile: 8,
+    // warp-owned: 16 by default)
+    const auto env_is = [](const char* name, const char* v) { return std::getenv(name) && std::string(std::getenv(name)) == v; };
+    gpu::gemm_i8_force_warps(env_is("DDRT_I8_WARPS", "8") ? 16 : 8);
+    gpu::gemm_i8w_force_warps(env_is("DDRT_I8_OWN_WARPS", "16") ? 8 : 16);
     const double warps = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
     gpu::gemm_i8_force_warps(0);
-    const char* own_env = std::getenv("DDRT_I8_OWN");  // the other kernel kind than the environment's
-    gpu::gemm_i8_force_own(own_env && std::string(own_env) == "1" ? 0 : 1);
+    gpu::gemm_i8w_force_warps(0);
+    gpu::gemm_i8_force_own(env_is("DDRT_I8_OWN", "0") ? 1 : 0);  // the other kernel kind than the environment's
     const double own = is_uniform(c.t) ? time_gemm(gpu, *W, by.f(), bx.f(), T, 20) : fast;
     gpu::gemm_i8_force_own(-1);
     gpu::gemm_i8_force_limbs(3);
