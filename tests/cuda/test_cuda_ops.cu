@@ -590,11 +590,15 @@ void test_gemm(Backend& cpu, Backend& gpu) {
       gpu::gemm_i8w_force_warps(16);  // its 16-warp twin (16 rows x 32 tokens per warp; 8 warps of 64 tokens by default)
       const auto two_own16 = gpu_matmul(gpu, *Wg, x, T, {});
       gpu::gemm_i8w_force_warps(0);
+      gpu::gemm_i8w_force_rows(32);  // 8 warps of 32 rows x 32 tokens (two row tiles per warp)
+      const auto two_own32 = gpu_matmul(gpu, *Wg, x, T, {});
+      gpu::gemm_i8w_force_rows(0);
       gpu::gemm_i8_force_limbs(3);
       gpu::gemm_i8_force_own(0);
       CHECK_MSG(three_own == three, "gemm int8 warp-owned, three limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own == two, "gemm int8 warp-owned, two limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own16 == two, "gemm int8 warp-owned 16 warps, two limbs: not the block-tile kernel's bits " + what);
+      CHECK_MSG(two_own32 == two, "gemm int8 warp-owned 32 rows per warp, two limbs: not the block-tile kernel's bits " + what);
     }
   }
   // the block-tile kernel at two limbs (the default) on the odd shapes and group tails, against the CPU
@@ -608,6 +612,9 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   gpu::gemm_i8w_force_warps(16);
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G64}, "gemm int8 two limbs warp-owned 16 warps ", 1e-7);
   gpu::gemm_i8w_force_warps(0);
+  gpu::gemm_i8w_force_rows(32);
+  vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ3_G64}, "gemm int8 two limbs warp-owned 32 rows ", 1e-7);
+  gpu::gemm_i8w_force_rows(0);
   gpu::gemm_i8_force_limbs(3);
   vs_cpu({TensorType::UQ3_G32, TensorType::UQ4_G128}, "gemm int8 three limbs warp-owned ", 1e-8);
   gpu::gemm_i8_force_own(-1);
@@ -657,11 +664,16 @@ void test_gemm_group(Backend& cpu, Backend& gpu) {
         if (t != TensorType::UQ3_G128 && t != TensorType::UQ4_G64) continue;
         // the warp-owned kernel (gemm_i8w.cu) on the same group: each member the same bits
         gpu::gemm_i8_force_own(1);
-        for (int m = 0; m < n; ++m) ys[m]->poison();
-        gpu.matmul_group(wg, yp, n, bx.f(), T, calls);
+        for (int rows : {16, 32}) {  // and its 32-row warps (two row tiles each; a member's odd last tile)
+          gpu::gemm_i8w_force_rows(rows);
+          for (int m = 0; m < n; ++m) ys[m]->poison();
+          gpu.matmul_group(wg, yp, n, bx.f(), T, calls);
+          for (int m = 0; m < n; ++m)
+            CHECK_MSG(ys[m]->get() == got[m], what + " member " + std::to_string(m) + ": warp-owned kernel's bits differ (" +
+                                                  std::to_string(rows) + " rows per warp)");
+        }
+        gpu::gemm_i8w_force_rows(0);
         gpu::gemm_i8_force_own(0);
-        for (int m = 0; m < n; ++m)
-          CHECK_MSG(ys[m]->get() == got[m], what + " member " + std::to_string(m) + ": warp-owned kernel's bits differ");
       }
   gpu::gemm_i8_force_own(-1);
 }
