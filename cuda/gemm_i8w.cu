@@ -16,13 +16,14 @@
 //    read after a __syncwarp.
 //  - x: the block's limb tiles come through a ring of kStages stages, one cp.async.bulk per stage
 //    of a stage image that the x prep writes in the stage's own layout (so one copy, issued by thread
-//    0), counted on the stage's full mbarrier. Each warp counts itself out of a stage on the stage's
-//    empty mbarrier; thread 0 refills a stage once all 8 warps have left it (it waits for the stage
+//    0), counted on the stage's full mbarrier. Each thread counts itself out of a stage on the stage's
+//    empty mbarrier; thread 0 refills a stage once all threads have left it (it waits for the stage
 //    before the one it has just finished, so it seldom waits at all).
 // Race freedom: a piece slot is written only by the lane that reads it, after its own reads of the
 // slot (program order); a scale slot is rewritten only after a __syncwarp that follows every lane's
 // reads of it; an x stage is rewritten (async proxy, behind a proxy fence) only after its empty
-// barrier's phase, i.e. after every warp's reads of it and their arrivals (release / acquire).
+// barrier's phase, i.e. after every thread's reads of it and its own arrival (release / acquire:
+// every reader arrives, as an arrival releases only the arriving thread's accesses).
 //
 // Segments: the K loop walks segments of 256 inputs, two x K tiles each: a 3-bit unit's slice (its
 // lane steps' words 3 s .. 3 s + 2, s = 0..3; the unit's 1 024 inputs are 4 segments) or a 4-bit
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(32 * warps<NH, RT>(), 1) gemm_i8w_kernel(I8Mem
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full + s, 1);
-      mbar_init(empty + s, kWarps);
+      mbar_init(empty + s, kWarps * 32);
     }
     mbar_fence_init();
   }
@@ -314,8 +315,9 @@ __global__ void __launch_bounds__(32 * warps<NH, RT>(), 1) gemm_i8w_kernel(I8Mem
             }
           }
         }
-        __syncwarp();  // every lane done with the stage
-        if (lane == 0) mbar_arrive(empty + kt % kStages);
+        // every lane counts itself out of the stage: an arrival (release) orders only the arriving
+        // thread's own reads before the refill (thread 0's wait, acquire), so each reader arrives
+        mbar_arrive(empty + kt % kStages);
         // thread 0 refills the stage of tile kt - 1 (every warp has most likely left it by now) with
         // tile kt - 1 + kStages
         if (tid == 0 && kt >= 1 && kt - 1 + kStages < nk) {
