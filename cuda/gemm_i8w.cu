@@ -351,17 +351,22 @@ __global__ void __launch_bounds__(32 * warps<NH, RT>(), 1) gemm_i8w_kernel(I8Mem
 }
 
 int g_own_warps = 0;  // gemm_i8w_force_warps; 0: the environment (DDRT_I8_OWN_WARPS: 8, or 16 where it fits)
-int g_own_rows = 0;   // gemm_i8w_force_rows; 0: the environment (DDRT_I8_OWN_ROWS: 16, or 32 where it fits)
+int g_own_rows = 0;   // gemm_i8w_force_rows; 0: the environment (DDRT_I8_OWN_ROWS: 16 or 32; unset: by bits)
 // The block's shape: 0: 8 warps of 16 rows x 64 tokens; 1: 16 warps of 16 x 32; 2: 8 warps of 32 x 32
 // (1 and 2 where the shared memory allows: NH = 2's)
-int own_shape(int L, int nu) {
+int own_shape(int B, int L, int nu) {
   // 8 warps of 64 tokens by default: Llama-3-8B 3-bit prefill 12 178 tok/s against 11 511 with 16
-  // warps of 32 tokens on the H200 (BENCHMARKS 2026-12-07, twentieth session)
-  static const int env_w = env_int("DDRT_I8_OWN_WARPS", 8) == 16 ? 16 : 8;
-  static const int env_r = env_int("DDRT_I8_OWN_ROWS", 16) == 32 ? 32 : 16;
-  const int rows = g_own_rows ? g_own_rows : env_r, want = g_own_warps ? g_own_warps : env_w;
+  // warps of 32 tokens on the H200 (BENCHMARKS 2026-12-07, twentieth session). 32 rows per warp by
+  // default at 4 bits: every 4-bit matmul 4-6 % faster on the H100, prefill 12 821 -> 13 236 tok/s;
+  // at 3 bits 16 (32 rows: 4096x14336 10 % slower, prefill 12 709 -> 12 510)
+  // (rows set: they choose; else 16 warps asked for: shape 1; else the bits' default)
+  static const int env_w = env_int("DDRT_I8_OWN_WARPS", 0);
+  static const int env_r = env_int("DDRT_I8_OWN_ROWS", 0);
+  const int rows = g_own_rows ? g_own_rows : env_r == 16 || env_r == 32 ? env_r : 0;
+  const int want = g_own_warps ? g_own_warps : env_w == 8 || env_w == 16 ? env_w : 0;
   if (smem_bytes(L, 2, nu) > device_info().max_smem) return 0;
-  return rows == 32 ? 2 : want == 16 ? 1 : 0;
+  if (rows) return rows == 32 ? 2 : want == 16 ? 1 : 0;
+  return want == 16 ? 1 : want == 8 ? 0 : B == 4 ? 2 : 0;
 }
 
 template <int B, int L, int NH, int RT, bool G128>
@@ -392,7 +397,7 @@ cudaError_t launch_bl(const DevLinear& W, const I8Members& G, const float* x, in
       launch_plain(xs_prep_kernel<L>, (unsigned)((units + 7) / 8), 256, 0, st, xs, x, W.d_in, T, W.group);
   if (err != cudaSuccess) return err;
   if constexpr (L == 2) {  // (three limbs: NH = 2 never fits the shared memory, own_shape)
-    const int shape = own_shape(L, tc_unit_groups(B, W.group));
+    const int shape = own_shape(B, L, tc_unit_groups(B, W.group));
     if (shape == 1) return launch_shape<B, L, 2, 1>(G, xs, T, W.group, st);
     if (shape == 2) return launch_shape<B, L, 2, 2>(G, xs, T, W.group, st);
   }

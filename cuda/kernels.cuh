@@ -513,9 +513,10 @@ int64_t gemm_i8w_launches();  // its launches so far, for the tests
 // env DDRT_I8_OWN_WARPS=16, where the shared memory allows: not at three limbs or group 32 at 3
 // bits); the same bits. gemm_i8w_force_warps(8 or 16), 0: the environment.
 void gemm_i8w_force_warps(int warps);
-// Its rows per warp: 16 (the default) or 32 (8 warps of 32 rows x 32 tokens, env DDRT_I8_OWN_ROWS=32,
-// where 16 warps would fit; each x fragment read from shared memory feeds two row tiles' MMAs);
-// the same bits. gemm_i8w_force_rows(16 or 32), 0: the environment (before the warps' choice).
+// Its rows per warp: 16 (the default at 3 bits) or 32 (8 warps of 32 rows x 32 tokens, the default
+// at 4 bits, where 16 warps would fit; each x fragment read from shared memory feeds two row tiles'
+// MMAs); env DDRT_I8_OWN_ROWS=16 or 32 for both; the same bits. gemm_i8w_force_rows(16 or 32), 0: the
+// environment (before the warps' choice).
 void gemm_i8w_force_rows(int rows);
 // out[t] = row ids[t] of W dequantized; ids: HOST array of T ints (passed by value in launches).
 // id_dev (T == 1 only, may be null): read the id from device memory instead (decode graphs).

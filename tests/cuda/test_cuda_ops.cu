@@ -587,16 +587,21 @@ void test_gemm(Backend& cpu, Backend& gpu) {
                 "gemm int8 warp-owned: taken iff the weights have unit images " + what);
       gpu::gemm_i8_force_limbs(2);
       const auto two_own = gpu_matmul(gpu, *Wg, x, T, {});
-      gpu::gemm_i8w_force_warps(16);  // its 16-warp twin (16 rows x 32 tokens per warp; 8 warps of 64 tokens by default)
+      // its three shapes whatever the default by bits: 8 warps of 16 rows x 64 tokens, 16 warps of
+      // 16 x 32, 8 warps of 32 x 32 (two row tiles per warp)
+      gpu::gemm_i8w_force_rows(16);
+      const auto two_own8 = gpu_matmul(gpu, *Wg, x, T, {});
+      gpu::gemm_i8w_force_warps(16);
       const auto two_own16 = gpu_matmul(gpu, *Wg, x, T, {});
       gpu::gemm_i8w_force_warps(0);
-      gpu::gemm_i8w_force_rows(32);  // 8 warps of 32 rows x 32 tokens (two row tiles per warp)
+      gpu::gemm_i8w_force_rows(32);
       const auto two_own32 = gpu_matmul(gpu, *Wg, x, T, {});
       gpu::gemm_i8w_force_rows(0);
       gpu::gemm_i8_force_limbs(3);
       gpu::gemm_i8_force_own(0);
       CHECK_MSG(three_own == three, "gemm int8 warp-owned, three limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own == two, "gemm int8 warp-owned, two limbs: not the block-tile kernel's bits " + what);
+      CHECK_MSG(two_own8 == two, "gemm int8 warp-owned 8 warps of 16 rows, two limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own16 == two, "gemm int8 warp-owned 16 warps, two limbs: not the block-tile kernel's bits " + what);
       CHECK_MSG(two_own32 == two, "gemm int8 warp-owned 32 rows per warp, two limbs: not the block-tile kernel's bits " + what);
     }
@@ -609,10 +614,12 @@ void test_gemm(Backend& cpu, Backend& gpu) {
   gpu::gemm_i8_force_warps(0);
   gpu::gemm_i8_force_own(1);  // the warp-owned kernel on the odd shapes and group tails, both limb counts
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ3_G64}, "gemm int8 two limbs warp-owned ", 1e-7);
+  gpu::gemm_i8w_force_rows(16);  // 16 rows per warp (the 3-bit default) at both warp counts
+  vs_cpu({TensorType::UQ4_G128, TensorType::UQ4_G32}, "gemm int8 two limbs warp-owned 16 rows ", 1e-7);
   gpu::gemm_i8w_force_warps(16);
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G64}, "gemm int8 two limbs warp-owned 16 warps ", 1e-7);
   gpu::gemm_i8w_force_warps(0);
-  gpu::gemm_i8w_force_rows(32);
+  gpu::gemm_i8w_force_rows(32);  // 32 rows per warp (the 4-bit default)
   vs_cpu({TensorType::UQ3_G128, TensorType::UQ4_G32, TensorType::UQ3_G64}, "gemm int8 two limbs warp-owned 32 rows ", 1e-7);
   gpu::gemm_i8w_force_rows(0);
   gpu::gemm_i8_force_limbs(3);
