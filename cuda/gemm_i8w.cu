@@ -7,7 +7,7 @@
 // Why another kernel: the block-tile kernel decodes one shared A tile per K tile, so every K tile
 // ends in a block-wide barrier, and a K tile took ~4 000 cycles there against ~1 000 of tensor work
 // (docs/gemv.md). Here no barrier spans the block inside the K loop:
-//  - A: each of the 8 warps owns 16 rows x the block's 64 tokens and reads its rows' codes straight
+//  - A: each warp owns 16 rows (or 32: two row tiles; warps<>) of the block's and reads their codes straight
 //    from their unit images (packed.cuh): lane 4 g + t's 16-byte pieces of a unit hold exactly its
 //    A fragment words (rows g, g + 8; lane steps t and 4 + t of a slab, i.e. inputs 4 t.. and
 //    16 + 4 t.. of every k32 step, natural order). The pieces come through a private ring of three
