@@ -393,8 +393,9 @@ cudaError_t launch_warps(const XQ& xq, const DevLinear& W, const I8Members& G, i
 
 int g_i8_own = -1;  // gemm_i8_force_own; -1: the environment
 bool i8_own() {
-  // on by default: the prefill matmuls 26-34 % faster than the block-tile kernel's on the H200
-  // (BENCHMARKS 2026-12-07, twentieth session); DDRT_I8_OWN=0 the block-tile kernel (the twin)
+  // on by default: the prefill matmuls take 30-38 % less time than the block-tile kernel's on the
+  // H200, 40-43 % less at 3 bits on the H100 (BENCHMARKS 2026-12-07, twentieth session);
+  // DDRT_I8_OWN=0 the block-tile kernel (the twin)
   static const bool env = env_int("DDRT_I8_OWN", 1) == 1;
   return g_i8_own >= 0 ? g_i8_own == 1 : env;
 }
