@@ -22,6 +22,12 @@
 //             cp.async.bulk into shared memory (an mbarrier's wait, then the use): if close to
 //             idle while `own` is not, x staged by the copy engine would skip the queue of weight
 //             copies (the other way round from `bulk`: the GEMV's weights stay as they are)
+//   zcidle    no copies; the timed load reads pinned, mapped host memory (a fresh 4 KB page per
+//             warp and launch, so never an L2 hit): the zero-copy round trip alone
+//   zcbulk    every warp's bulk copies in flight (the base GEMV's), then the zero-copy load: what
+//             a DecDEC compensation block's gather waits for on an SM it shares with a base block
+//   zcothers  blocks on odd SMs bulk-copy, blocks on even SMs load zero-copy after delay ns: the
+//             compensation on SMs of its own while the others stream
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/queue_lab.cu -o /tmp/queue_lab && /tmp/queue_lab
 #include <cuda_runtime.h>
@@ -29,6 +35,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "lab_check.h"
@@ -36,8 +43,13 @@
 namespace {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32, kXVecs = 1024;  // x: 16 KB
-enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch, kXBulk };
-const char* const kModeName[] = {"idle", "own", "xfirst", "ownlate", "others", "bulk", "prefetch", "xbulk"};
+enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch, kXBulk, kZcIdle, kZcBulk, kZcOthers };
+const char* const kModeName[] = {"idle", "own",   "xfirst", "ownlate", "others",  "bulk",
+                                  "prefetch", "xbulk", "zcidle", "zcbulk", "zcothers"};
+__host__ __device__ inline bool is_zc(int m) { return m == kZcIdle || m == kZcBulk || m == kZcOthers; }
+// the modes whose weight copies are one cp.async.bulk per warp
+__host__ __device__ inline bool is_bulk(int m) { return m == kBulk || m == kZcBulk || m == kZcOthers; }
+constexpr int64_t kZcPageVecs = 4096 / 16;  // zero-copy: one 4 KB page per warp and launch
 
 struct Cfg {
   int mode;
@@ -95,24 +107,26 @@ __global__ void write_x(float4* x, int rep) {  // the producer: x freshly writte
 
 // lat[warp of the grid]: ns from the load's issue to its use, 0 where the warp did not measure
 __global__ void __launch_bounds__(kThreads, 2)
-    queue_kernel(const uint4* W, int64_t w_vecs, int64_t base, const float4* x, Cfg c, unsigned long long* lat,
-                 float* sink) {
+    queue_kernel(const uint4* W, int64_t w_vecs, int64_t base, const float4* x, const float4* hx, int64_t hx_vecs,
+                 int64_t hbase, Cfg c, unsigned long long* lat, float* sink) {
   extern __shared__ uint4 ring_all[];
   __shared__ uint64_t bar[kWarps];
   __shared__ float4 xs[kWarps][32];  // xbulk: the warp's x
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t gw = (int64_t)blockIdx.x * kWarps + warp;
   const unsigned sm = sm_id();
-  const bool copies = c.mode != kIdle && !(c.mode == kOthers && sm % 2 == 0);
-  const bool measures = c.mode != kOthers || sm % 2 == 0;
+  const bool halves = c.mode == kOthers || c.mode == kZcOthers;  // odd SMs copy, even SMs measure
+  const bool copies = c.mode != kIdle && c.mode != kZcIdle && !(halves && sm % 2 == 0);
+  const bool measures = !halves || sm % 2 == 0;
   const int vecs = c.per_warp / 16;
   uint4* ring = ring_all + (int64_t)warp * vecs;
   const uint4* src = W + (base + gw * vecs) % (w_vecs - vecs);  // a fresh stretch per launch
-  if ((c.mode == kBulk || c.mode == kXBulk) && lane == 0) mbar_init(&bar[warp]);
+  if ((is_bulk(c.mode) || c.mode == kXBulk) && lane == 0) mbar_init(&bar[warp]);
   __syncthreads();
-  const float4* xp = x + (blockIdx.x * kThreads + threadIdx.x) % kXVecs;
+  const float4* xp = is_zc(c.mode) ? hx + ((hbase + gw) * kZcPageVecs) % hx_vecs + lane
+                                   : x + (blockIdx.x * kThreads + threadIdx.x) % kXVecs;
   auto issue = [&] {
-    if (c.mode == kBulk) {
+    if (is_bulk(c.mode)) {
       if (lane == 0) bulk_copy(ring, src, (uint32_t)vecs * 16, &bar[warp]);
     } else if (c.mode == kPrefetch) {
       if (lane == 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"((uint32_t)vecs * 16) : "memory");
@@ -135,7 +149,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     t1 = now_after(s);
   } else {
     if (copies) issue();
-    if (c.mode == kOwnLate || c.mode == kOthers) spin();
+    if (c.mode == kOwnLate || halves) spin();
     if (measures && c.mode == kXBulk) {  // the warp's 32 x vectors (512 bytes, one bulk copy)
       const float4* xw = x + (((int64_t)blockIdx.x * kThreads + warp * 32) % kXVecs);
       t0 = now_ns();
@@ -151,8 +165,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       t1 = now_after(s);
     }
   }
-  if (c.mode == kBulk) {
-    if (lane == 0) mbar_wait0(&bar[warp]);
+  if (is_bulk(c.mode)) {
+    if (copies && lane == 0) mbar_wait0(&bar[warp]);
     __syncwarp();
   } else if (copies && c.mode != kPrefetch) {
     cp_wait_all();
@@ -181,6 +195,13 @@ int main() {
   CK(cudaMalloc(&x, kXVecs * sizeof(float4)));
   CK(cudaMalloc(&lat, n_warps * sizeof(unsigned long long)));
   CK(cudaMalloc(&sink, n_warps * sizeof(float)));
+  // zero-copy: 256 MB of pinned, mapped host memory (the residual rows' kind of memory)
+  const int64_t hx_bytes = 256ll << 20, hx_vecs = hx_bytes / 16;
+  void* hx_host = nullptr;
+  float4* hx = nullptr;
+  CK(cudaHostAlloc(&hx_host, hx_bytes, cudaHostAllocMapped));
+  std::memset(hx_host, 1, hx_bytes);
+  CK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&hx), hx_host, 0));
   const int max_per_warp = 13312;  // 2 blocks of 8 warps x 13 KB: the 3-bit ring's 213 KB per SM
   CK(cudaFuncSetAttribute(queue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWarps * max_per_warp));
   std::printf("%s, %d SMs, grid %d x %d threads; x: one 16-byte ld.global.cg per thread of a 16 KB buffer written just before\n",
@@ -190,26 +211,31 @@ int main() {
   const std::vector<Cfg> cfgs = {{kIdle, 512, 0},       {kOwn, 3072, 0},        {kOwn, 6656, 0},     {kOwn, 13312, 0},
                                  {kXFirst, 13312, 0},   {kOwnLate, 13312, 1000}, {kOwnLate, 13312, 3000},
                                  {kOthers, 13312, 500}, {kOthers, 13312, 2000}, {kBulk, 6656, 0},    {kBulk, 13312, 0},
-                                 {kPrefetch, 13312, 0}, {kXBulk, 6656, 0},       {kXBulk, 13312, 0}};
+                                 {kPrefetch, 13312, 0}, {kXBulk, 6656, 0},       {kXBulk, 13312, 0},
+                                 {kZcIdle, 512, 0},     {kZcBulk, 6656, 0},      {kZcBulk, 13312, 0},
+                                 {kZcOthers, 13312, 500}, {kZcOthers, 13312, 2000}};
   std::vector<unsigned long long> h(n_warps);
-  int64_t base = 0;
+  int64_t base = 0, hbase = 0;
   for (const Cfg& c : cfgs) {
     std::vector<double> us;
     for (int rep = 0; rep < 21; ++rep) {
       write_x<<<(kXVecs + 255) / 256, 256>>>(x, rep);
-      queue_kernel<<<grid, kThreads, kWarps * c.per_warp>>>(W, w_vecs, base, x, c, lat, sink);
+      queue_kernel<<<grid, kThreads, kWarps * c.per_warp>>>(W, w_vecs, base, x, hx, hx_vecs, hbase, c, lat, sink);
       CK(cudaGetLastError());
       CK(cudaDeviceSynchronize());
       base += (int64_t)n_warps * c.per_warp / 16;
+      hbase += n_warps;  // the next launch's zero-copy loads: pages not read before (until the buffer wraps)
       if (rep == 0) continue;  // warm-up
       CK(cudaMemcpy(h.data(), lat, n_warps * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
       for (unsigned long long v : h)
         if (v > 0) us.push_back(v * 1e-3);
     }
     std::sort(us.begin(), us.end());
-    const double in_flight = c.mode == kIdle ? 0.0 : (double)n_warps * c.per_warp / (c.mode == kOthers ? 2 : 1) / 1e6;
+    const bool no_copies = c.mode == kIdle || c.mode == kZcIdle;
+    const bool halves = c.mode == kOthers || c.mode == kZcOthers;
+    const double in_flight = no_copies ? 0.0 : (double)n_warps * c.per_warp / (halves ? 2 : 1) / 1e6;
     auto at = [&](double f) { return us.empty() ? 0.0 : us[std::min(us.size() - 1, (size_t)(f * us.size()))]; };
-    std::printf("%-8s %9d %9d %12.1f | %46.2f %6.2f %6.2f\n", kModeName[c.mode], c.mode == kIdle ? 0 : c.per_warp, c.delay_ns,
+    std::printf("%-8s %9d %9d %12.1f | %46.2f %6.2f %6.2f\n", kModeName[c.mode], no_copies ? 0 : c.per_warp, c.delay_ns,
                 in_flight, at(0.5), at(0.9), us.empty() ? 0.0 : us.back());
   }
   return 0;
