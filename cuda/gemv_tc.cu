@@ -391,7 +391,8 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     a.sel_reuse = gemv_tc_sel_reuse() && a.select_here && a.comp_ch == 0 && a.nw != nullptr && a.ssq_in == nullptr;
     // (g128 instances only, tc_comp_block; the kernel also needs x and nw 16-byte aligned and
     // falls back to the exchange where not)
-    a.sel_all = gemv_tc_sel_all() && a.W.group == 128 && a.select_here && a.comp_ch == 0 && a.nw != nullptr && a.ssq_in == nullptr &&
+    a.sel_all = gemv_tc_sel_all() && a.W.group == 128 && a.select_here && a.comp_ch == 0 && a.up == nullptr &&
+                a.ssq_in == nullptr &&
                 (a.W.d_in + kChunk - 1) / kChunk <= TcSumSq::kSq && a.W.d_in % 4 == 0;
   } else if (plan.n_tb > 0) {
     return false;  // a plan with compensation blocks needs the compensation

@@ -135,10 +135,11 @@ struct TcArgs {
   // before the dependency wait, instead of an L2 round trip for both after the norm factor (on by
   // default, DDRT_SEL_REUSE=0 off; the same values: tc_x's (x * r) * nw)
   bool sel_reuse = false;
-  // segment-major approx with nw (not ssq_in) and d_in <= 4096 (lab knob DDRT_SEL_ALL=1): every
-  // compensation block selects every chunk itself, all at once (tc_select_all_approx), from the
-  // norm's x registers (all of x at d_in <= 4096) and nw loaded before the dependency wait; no
-  // block publishes, waits for the others or reads a selection back (the same selection)
+  // segment-major approx, d_in <= 4096, g128, x plain or with nw (not ssq_in, not up) (lab knob
+  // DDRT_SEL_ALL=1): every compensation block selects every chunk itself, all at once
+  // (tc_select_all_approx), from the norm's x registers (all of x at d_in <= 4096) and nw copied
+  // before the dependency wait, or from its own loads of a plain x; no block publishes, waits for
+  // the others or reads a selection back (the same selection)
   bool sel_all = false;
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
                                   // chunk-major, chunk c's term in row c)
@@ -708,9 +709,9 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
 }
 
 // sel_all: chunks [0, nc) (nc <= NQ) selected at once by the whole block. Thread t's channels of
-// chunk q, 1024 q + 4t .. 4t + 3, are sx[q kTcThreads + t] (x) and sw[...] (nw) in shared memory
-// (each thread reads only what it wrote or copied itself), the value formed as tc_x does,
-// (x * r) * nw. Per chunk the same set in the same order as tc_select_chunk_approx (its default
+// chunk q, 1024 q + 4t .. 4t + 3, are sx[q kTcThreads + t] (x) and sw[...] (nw; null: a plain x)
+// in shared memory (each thread reads only what it wrote or copied itself), the value formed as
+// tc_x does, (x * r) * nw, or x. Per chunk the same set in the same order as tc_select_chunk_approx (its default
 // form), written to out[q k_full ...] and its x values to xs_out, -1 / 0 in the chunk's unused
 // slots, with that function's five barriers for all chunks together: one pass of bucket counts
 // (NQ sets of counters), and each of its two block scans over two chunks' counts per int (16 bits
@@ -730,11 +731,11 @@ __device__ __forceinline__ void tc_select_all_approx(const TcArgs& a, int nc, co
   __syncthreads();
   auto len_of = [&](int q) { return q < nc ? (int)(d_in - (int64_t)q * kChunk < kChunk ? d_in - (int64_t)q * kChunk : kChunk) : 0; };
   auto x_at = [&](int q, float (&xv)[4]) {  // this thread's 4 values of chunk q (0 past its length)
-    const float4 x4 = sx[q * kTcThreads + tid], w4 = sw[q * kTcThreads + tid];
+    const float4 x4 = sx[q * kTcThreads + tid], w4 = sw ? sw[q * kTcThreads + tid] : x4;
     const float ex[4] = {x4.x, x4.y, x4.z, x4.w}, ew[4] = {w4.x, w4.y, w4.z, w4.w};
     const int len = len_of(q);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? ex[e] * rn * ew[e] : 0.0f;
+    for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? (sw ? ex[e] * rn * ew[e] : ex[e]) : 0.0f;
   };
   uint32_t bq[NQ];  // bucket of channel e of chunk q in byte e of bq[q] (kBuckets: not a channel)
 #pragma unroll
@@ -875,11 +876,14 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   // sel_all: every chunk's norm weights now, by cp.async into red (free until the gather; x goes
   // there from the norm's sum below): no registers held across the wait
   constexpr int kSq = TcSumSq::kSq;
-  bool all = kAll && a.sel_all && a.select_here && !chunked && a.nw != nullptr && n_ch <= kSq && a.W.d_in % 4 == 0 &&
-             (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0 && a.seg_vecs > 0;
+  // (x's own alignment: TcSumSq's vec with nw, checked here without)
+  const bool all_src = a.nw ? (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0
+                            : a.up == nullptr && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
+  bool all = kAll && a.sel_all && a.select_here && !chunked && all_src && n_ch <= kSq && a.W.d_in % 4 == 0 &&
+             a.seg_vecs > 0;
   float4* const all_x = reinterpret_cast<float4*>(red);  // [kSq][kTcThreads], then nw likewise
   float4* const all_nw = all_x + kSq * kTcThreads;
-  if (all) {
+  if (all && a.nw) {
 #pragma unroll
     for (int q = 0; q < kSq; ++q) {
       const int64_t i = tid + (int64_t)q * kTcThreads;
@@ -910,9 +914,15 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     __syncthreads();
   }
   if (all) {  // every chunk, by this block alone, into s_sel and s_xs: nothing to wait for
+    if (!a.nw)  // a plain x: all of it, this thread's 4 float4 loads in flight at once
+#pragma unroll
+      for (int q = 0; q < kSq; ++q) {
+        const int64_t i = tid + (int64_t)q * kTcThreads;
+        all_x[i] = i < a.W.d_in / 4 ? __ldcg(reinterpret_cast<const float4*>(a.x) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
     cp_wait<0>();     // this thread's nw copies (each thread reads only its own)
     __syncthreads();  // floors
-    tc_select_all_approx<kSq>(a, (int)n_ch, floors, s_sel, s_xs, sel_smem, r, all_x, all_nw);
+    tc_select_all_approx<kSq>(a, (int)n_ch, floors, s_sel, s_xs, sel_smem, r, all_x, a.nw ? all_nw : nullptr);
     tc_stamp(a, 5);
   } else if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then

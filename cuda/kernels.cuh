@@ -686,8 +686,8 @@ int64_t gemv_tc_sel_fast_launches();
 void gemv_tc_sel_reuse_force(int mode);
 bool gemv_tc_sel_reuse();
 int64_t gemv_tc_sel_reuse_launches();
-// With the norm inside the launch, d_in <= 4096 and g128 (q/k/v, gate/up of a Llama-3-8B-shaped model):
-// every compensation block selects every chunk itself from the norm's x, with no exchange of
+// Where d_in <= 4096, g128 and x is plain or normed inside the launch (q/k/v, o, gate/up of a
+// Llama-3-8B-shaped model): every compensation block selects every chunk itself, with no exchange of
 // selections between blocks (TcArgs::sel_all; lab knob, env DDRT_SEL_ALL=1; the same selection);
 // force as above; launches that did.
 void gemv_tc_sel_all_force(int mode);
