@@ -866,13 +866,6 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   }
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
-  // sel_reuse: this block's own chunk (c = blk) from the norm's x registers; its norm weights now,
-  // before the wait (they do not come from the previous kernel)
-  bool reuse = a.sel_reuse && blk < TcSumSq::kSq && blk < n_ch && a.W.d_in % 4 == 0 &&
-               (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0;
-  float4 pre_x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), pre_nw = pre_x;
-  if (reuse && blk * kTcThreads + tid < a.W.d_in / 4)
-    pre_nw = __ldg(reinterpret_cast<const float4*>(a.nw) + blk * kTcThreads + tid);
   // sel_all: every chunk's norm weights now, by cp.async into red (free until the gather; x goes
   // there from the norm's sum below): no registers held across the wait
   constexpr int kSq = TcSumSq::kSq;
@@ -881,6 +874,13 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
                             : a.up == nullptr && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
   bool all = kAll && a.sel_all && a.select_here && !chunked && all_src && n_ch <= kSq && a.W.d_in % 4 == 0 &&
              a.seg_vecs > 0;
+  // sel_reuse: this block's own chunk (c = blk) from the norm's x registers; its norm weights now,
+  // before the wait (they do not come from the previous kernel)
+  bool reuse = a.sel_reuse && !all && blk < TcSumSq::kSq && blk < n_ch && a.W.d_in % 4 == 0 &&
+               (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0;
+  float4 pre_x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), pre_nw = pre_x;
+  if (reuse && blk * kTcThreads + tid < a.W.d_in / 4)
+    pre_nw = __ldg(reinterpret_cast<const float4*>(a.nw) + blk * kTcThreads + tid);
   float4* const all_x = reinterpret_cast<float4*>(red);  // [kSq][kTcThreads], then nw likewise
   float4* const all_nw = all_x + kSq * kTcThreads;
   if (all && a.nw) {
