@@ -13,7 +13,7 @@ gpu_build
 echo "== DecDEC op tests (decdec_twins, decdec_chunks, gemv_group)"
 DDRT_TEST_ONLY=decdec_twins,decdec_chunks,gemv_group timeout 100 $BUILD/test_cuda_ops > "$OUT/sel_all_tests.log" 2>&1
 echo "rc $?"; tail -3 "$OUT/sel_all_tests.log"
-AB_DEADLINE=$((SECONDS + 130)) AB_SHAPES=llama3-8b AB_ARGS="--decdec approx --k-chunk 8" \
+AB_DEADLINE=150 AB_SHAPES=llama3-8b AB_ARGS="--decdec approx --k-chunk 8" \
   bash tools/gpu_ab.sh default DDRT_SEL_ALL=1 2>&1 | tail -6
 for e in "" "DDRT_SEL_ALL=1"; do
   [ $SECONDS -lt 430 ] || { echo "== comp round '$e' not run (deadline)"; continue; }
