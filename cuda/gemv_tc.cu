@@ -123,7 +123,7 @@ int tc_default_n_tb(const DevLinear& W) {
 
 namespace {
 // the compensation's off-by-default switches: forced (1 on, 0 off) or, at -1, the environment
-int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1, g_sel_reuse = -1, g_sel_all = -1;
+int g_comp_chunks = -1, g_comp_xs = -1, g_sel_fast = -1, g_sel_reuse = -1;
 bool forced_or_env(int forced, const char* env) { return forced >= 0 ? forced == 1 : env_int(env, 0) == 1; }
 }  // namespace
 void gemv_tc_comp_chunks_force(int mode) { g_comp_chunks = mode; }
@@ -136,8 +136,6 @@ void gemv_tc_sel_reuse_force(int mode) { g_sel_reuse = mode; }
 // on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two
 // rounds; gate/up's selection ends ~1 us earlier); env DDRT_SEL_REUSE=0 the twin
 bool gemv_tc_sel_reuse() { return g_sel_reuse >= 0 ? g_sel_reuse == 1 : env_int("DDRT_SEL_REUSE", 1) != 0; }
-void gemv_tc_sel_all_force(int mode) { g_sel_all = mode; }
-bool gemv_tc_sel_all() { return forced_or_env(g_sel_all, "DDRT_SEL_ALL"); }
 
 // 32-output vectors (16 bytes of a residual row) a compensation segment is a multiple of: 8 (one
 // 128-byte line) by default; env DDRT_COMP_SEG_ALIGN=1 the unaligned split (the twin)
@@ -252,7 +250,7 @@ bool gemv_tc_groupable(const DevLinear* const* W, int n, DevLinear* shape) {
 }
 
 namespace {
-int64_t g_xs_launches = 0, g_fast_launches = 0, g_reuse_launches = 0, g_all_launches = 0, g_defer_launches = 0;
+int64_t g_xs_launches = 0, g_fast_launches = 0, g_reuse_launches = 0, g_defer_launches = 0;
 int64_t g_group_launches = 0, g_io_launches = 0, g_chain_launches = 0, g_chunk_launches = 0, g_parts_launches = 0;
 int g_norm_parts = -1;  // gemv_tc_norm_parts_force
 }
@@ -279,7 +277,6 @@ bool gemv_tc_refuse_take() {
 int64_t gemv_tc_xs_launches() { return g_xs_launches; }
 int64_t gemv_tc_sel_fast_launches() { return g_fast_launches; }
 int64_t gemv_tc_sel_reuse_launches() { return g_reuse_launches; }
-int64_t gemv_tc_sel_all_launches() { return g_all_launches; }
 int64_t attn_defer_launches() { return g_defer_launches; }
 int64_t gemv_tc_chain_launches() { return g_chain_launches; }
 
@@ -389,11 +386,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
     a.sel_xs = gemv_tc_comp_xs() && a.select_here && a.comp_ch == 0 ? comp->sel_xs : nullptr;
     a.sel_fast = gemv_tc_sel_fast();
     a.sel_reuse = gemv_tc_sel_reuse() && a.select_here && a.comp_ch == 0 && a.nw != nullptr && a.ssq_in == nullptr;
-    // (g128 instances only, tc_comp_block; the kernel also needs x and nw 16-byte aligned and
-    // falls back to the exchange where not)
-    a.sel_all = gemv_tc_sel_all() && a.W.group == 128 && a.select_here && a.comp_ch == 0 && a.up == nullptr &&
-                a.ssq_in == nullptr &&
-                (a.W.d_in + kChunk - 1) / kChunk <= TcSumSq::kSq && a.W.d_in % 4 == 0;
   } else if (plan.n_tb > 0) {
     return false;  // a plan with compensation blocks needs the compensation
   }
@@ -404,7 +396,6 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (a.sel_xs) ++g_xs_launches;
   if (a.sel_fast && a.select_here) ++g_fast_launches;
   if (a.sel_reuse) ++g_reuse_launches;
-  if (a.sel_all) ++g_all_launches;
   if (a.attn.po) ++g_defer_launches;
   return true;
 }

@@ -135,12 +135,6 @@ struct TcArgs {
   // before the dependency wait, instead of an L2 round trip for both after the norm factor (on by
   // default, DDRT_SEL_REUSE=0 off; the same values: tc_x's (x * r) * nw)
   bool sel_reuse = false;
-  // segment-major approx, d_in <= 4096, g128, x plain or with nw (not ssq_in, not up) (lab knob
-  // DDRT_SEL_ALL=1): every compensation block selects every chunk itself, all at once
-  // (tc_select_all_approx), from the norm's x registers (all of x at d_in <= 4096) and nw copied
-  // before the dependency wait, or from its own loads of a plain x; no block publishes, waits for
-  // the others or reads a selection back (the same selection)
-  bool sel_all = false;
   float* cpart = nullptr;         // [d_out] rscale * (R[:, S] x[S]), group rows ([comp_ch][d_out]:
                                   // chunk-major, chunk c's term in row c)
   int64_t seg_vecs = 0;           // 32-output vectors per compensation block
@@ -426,8 +420,6 @@ inline size_t tc_ring_bytes(int bits, int group, bool bulk = false) {
 // shared ints of the selection (tc_select_chunk_approx): bucket counts, two scans' warp sums, and
 // the warps' bucket counts (sel_fast)
 constexpr int kTcSelInts = kBuckets + 2 * kTcWarps + kTcWarps * 32;
-// The compensation role's shared memory bytes (tc_comp_block's layout; its 64 spare bytes cover
-// the 16-byte alignment of red)
 inline size_t tc_comp_smem(int64_t kmax, int64_t seg_vecs) {
   const int64_t nvs = seg_vecs < kTcThreads ? seg_vecs : kTcThreads;
   return (size_t)kmax * 8 + (size_t)seg_vecs * 32 * 4 + (size_t)kTcThreads * 32 * 4 * (nvs > 0) +
@@ -534,45 +526,27 @@ __device__ __forceinline__ int tc_bucket(const float* floors, float v) {
   return v >= floors[lo] ? lo : kBuckets;
 }
 
-// Exclusive prefix sums of v[0 .. NV) over the block's threads (index order), in place, and their
-// totals, with one barrier. wsum: NV * kTcWarps ints of shared memory used by this call only.
-template <int NV>
-__device__ __forceinline__ void tc_block_scan_n(int (&v)[NV], int* wsum, int (&total)[NV]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int inc[NV];
-#pragma unroll
-  for (int i = 0; i < NV; ++i) inc[i] = v[i];
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1)
-#pragma unroll
-    for (int i = 0; i < NV; ++i) {
-      const int u = __shfl_up_sync(0xffffffffu, inc[i], o);
-      if (lane >= o) inc[i] += u;
-    }
-  if (lane == 31)
-#pragma unroll
-    for (int i = 0; i < NV; ++i) wsum[i * kTcWarps + warp] = inc[i];
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < NV; ++i) {
-    int before = 0, all = 0;
-#pragma unroll
-    for (int w = 0; w < kTcWarps; ++w) {
-      const int x = wsum[i * kTcWarps + w];
-      before += w < warp ? x : 0;
-      all += x;
-    }
-    total[i] = all;
-    v[i] = before + inc[i] - v[i];
-  }
-}
 // Exclusive prefix sum of v over the block's threads (index order), and the total. wsum:
 // kTcWarps ints of shared memory used by this call only.
 __device__ __forceinline__ int tc_block_scan(int v, int* wsum, int* total) {
-  int vv[1] = {v}, t[1];
-  tc_block_scan_n<1>(vv, wsum, t);
-  *total = t[0];
-  return vv[0];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += u;
+  }
+  if (lane == 31) wsum[warp] = inc;
+  __syncthreads();
+  int before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < kTcWarps; ++w) {
+    const int x = wsum[w];
+    before += w < warp ? x : 0;
+    all += x;
+  }
+  *total = all;
+  return before + inc - v;
 }
 
 // approx selection of chunk c by the whole block (thread t: channels c0 + 4t .. 4t + 3): the same
@@ -708,118 +682,6 @@ __device__ __forceinline__ void tc_select_chunk_approx(const TcArgs& a, int64_t 
   __syncthreads();  // cnt, wsum and wcnt are reused by the next chunk
 }
 
-// sel_all: chunks [0, nc) (nc <= NQ) selected at once by the whole block. Thread t's channels of
-// chunk q, 1024 q + 4t .. 4t + 3, are sx[q kTcThreads + t] (x) and sw[...] (nw; null: a plain x)
-// in shared memory (each thread reads only what it wrote or copied itself), the value formed as
-// tc_x does, (x * r) * nw, or x. Per chunk the same set in the same order as tc_select_chunk_approx (its default
-// form), written to out[q k_full ...] and its x values to xs_out, -1 / 0 in the chunk's unused
-// slots, with that function's five barriers for all chunks together: one pass of bucket counts
-// (NQ sets of counters), and each of its two block scans over two chunks' counts per int (16 bits
-// each; a chunk counts at most 1024). Few registers live (the buckets one byte each, x re-read for
-// the output): the fused kernel's registers are at their limit. s: shared ints, kTcSelInts.
-template <int NQ>
-__device__ __forceinline__ void tc_select_all_approx(const TcArgs& a, int nc, const float* floors, int32_t* out,
-                                                     float* xs_out, int* s, float rn, const float4* sx, const float4* sw) {
-  constexpr int NP = (NQ + 1) / 2;  // ints of packed per-chunk counts
-  static_assert(NQ * kBuckets + 2 * NP * kTcWarps <= kTcSelInts, "the selection's shared ints");
-  const int tid = threadIdx.x, lane = tid & 31;
-  const int64_t d_in = a.W.d_in;
-  const int kf = a.p.k_full;
-  int* cnt = s;                   // [NQ][kBuckets]
-  int* wsum = s + NQ * kBuckets;  // [2][NP][kTcWarps]
-  for (int i = tid; i < NQ * kBuckets; i += kTcThreads) cnt[i] = 0;
-  __syncthreads();
-  auto len_of = [&](int q) { return q < nc ? (int)(d_in - (int64_t)q * kChunk < kChunk ? d_in - (int64_t)q * kChunk : kChunk) : 0; };
-  auto x_at = [&](int q, float (&xv)[4]) {  // this thread's 4 values of chunk q (0 past its length)
-    const float4 x4 = sx[q * kTcThreads + tid], w4 = sw ? sw[q * kTcThreads + tid] : x4;
-    const float ex[4] = {x4.x, x4.y, x4.z, x4.w}, ew[4] = {w4.x, w4.y, w4.z, w4.w};
-    const int len = len_of(q);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) xv[e] = 4 * tid + e < len ? (sw ? ex[e] * rn * ew[e] : ex[e]) : 0.0f;
-  };
-  uint32_t bq[NQ];  // bucket of channel e of chunk q in byte e of bq[q] (kBuckets: not a channel)
-#pragma unroll
-  for (int q = 0; q < NQ; ++q) {
-    float xv[4];
-    x_at(q, xv);
-    const int len = len_of(q);
-    bq[q] = 0;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int b = 4 * tid + e < len ? tc_bucket(floors, fabsf(xv[e])) : kBuckets;
-      bq[q] |= (uint32_t)b << (8 * e);
-      // one shared atomic per distinct bucket of the warp, as tc_select_chunk_approx
-      const unsigned peers = __match_any_sync(0xffffffffu, b);
-      if (b < kBuckets && lane == __ffs(peers) - 1) atomicAdd(cnt + q * kBuckets + b, __popc(peers));
-    }
-  }
-  __syncthreads();
-  // per chunk: whole buckets from the top while they fit (a warp scan of its 32 counts)
-  int full[NQ], rest[NQ];
-#pragma unroll
-  for (int q = 0; q < NQ; ++q) {
-    const int kc = chunk_k(a.p.call.k_chunk, len_of(q));
-    int incl = cnt[q * kBuckets + lane];
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int u = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += u;
-    }
-    full[q] = __popc(__ballot_sync(0xffffffffu, incl <= kc));
-    const int taken = full[q] > 0 ? __shfl_sync(0xffffffffu, incl, full[q] - 1) : 0;
-    rest[q] = full[q] < kBuckets ? kc - taken : 0;
-  }
-  auto bucket = [&](int q, int e) { return (int)((bq[q] >> (8 * e)) & 0xffu); };
-  auto on_boundary = [&](int q, int e) { return bucket(q, e) == full[q] && full[q] < kBuckets; };
-  // the boundary bucket's members before this thread's, then the chosen ones before it
-  int nb[NP] = {}, tot[NP];
-#pragma unroll
-  for (int q = 0; q < NQ; ++q)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) nb[q / 2] += (int)on_boundary(q, e) << (16 * (q & 1));
-  tc_block_scan_n<NP>(nb, wsum, tot);
-  int nch[NP] = {};
-  uint32_t chosen = 0;  // bit 4 q + e
-#pragma unroll
-  for (int q = 0; q < NQ; ++q) {
-    int r = (nb[q / 2] >> (16 * (q & 1))) & 0xffff;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const bool bnd = on_boundary(q, e);
-      const bool ch = bucket(q, e) < full[q] || (bnd && r < rest[q]);
-      r += bnd;
-      chosen |= (uint32_t)ch << (4 * q + e);
-      nch[q / 2] += (int)ch << (16 * (q & 1));
-    }
-  }
-  tc_block_scan_n<NP>(nch, wsum + NP * kTcWarps, tot);
-#pragma unroll
-  for (int q = 0; q < NQ; ++q) {
-    int at = (nch[q / 2] >> (16 * (q & 1))) & 0xffff;
-    const int n_sel = (tot[q / 2] >> (16 * (q & 1))) & 0xffff, kc = chunk_k(a.p.call.k_chunk, len_of(q));
-    int32_t* o = out + (int64_t)q * kf;
-    float* xo = xs_out + (int64_t)q * kf;
-    if ((chosen >> (4 * q)) & 15u) {
-      float xv[4];
-      x_at(q, xv);
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if ((chosen >> (4 * q + e)) & 1u) {
-          xo[at] = xv[e];
-          o[at++] = (int32_t)((int64_t)q * kChunk + 4 * tid + e);
-        }
-    }
-    for (int j = n_sel + tid; j < kc; j += kTcThreads) {
-      o[j] = -1;
-      xo[j] = 0.0f;
-    }
-  }
-  __syncthreads();  // the selection is read by other threads; cnt and wsum free again
-}
-
-// kAll: whether the sel_all path is compiled in (the g128 instances only: it made the 4-bit g64 /
-// g32 bulk instances spill 8 bytes; elsewhere a.sel_all falls back to the exchange)
-template <bool kAll>
 __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t d_out = a.W.d_out, nv_all = (d_out + 31) / 32;
@@ -835,11 +697,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   int32_t* s_sel = reinterpret_cast<int32_t*>(smem);                    // [kmax]
   float* s_xs = reinterpret_cast<float*>(s_sel + kmax);                 // [kmax]
   float* s_rs = s_xs + kmax;                                            // [seg_vecs * 32] rscale
-  // [kTcThreads * 32]; with kAll 16-byte aligned (sel_all stages float4 there; kmax may be odd):
-  // the at most 12 bytes this moves the arrays after it come from tc_comp_smem's 64 spare bytes.
-  // (Not without kAll: the arithmetic alone made the 4-bit g64 / g32 bulk instances spill 8 bytes.)
-  float* red = s_rs + a.seg_vecs * 32;
-  if (kAll) red = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(red) + 15) & ~uintptr_t{15});
+  float* red = s_rs + a.seg_vecs * 32;                                  // [kTcThreads * 32]
   float* floors = red + kTcThreads * 32;                    // [kBuckets]
   int* sel_smem = reinterpret_cast<int*>(floors + kBuckets);  // [kTcSelInts]
   // rscale of the segment (host memory): independent of the previous kernel, so its loads are
@@ -866,32 +724,13 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   }
   if (tid < kBuckets) floors[tid] = a.p.floors[tid];
   const int64_t n_ch = (a.W.d_in + kChunk - 1) / kChunk;
-  // sel_all: every chunk's norm weights now, by cp.async into red (free until the gather; x goes
-  // there from the norm's sum below): no registers held across the wait
-  constexpr int kSq = TcSumSq::kSq;
-  // (x's own alignment: TcSumSq's vec with nw, checked here without)
-  const bool all_src = a.nw ? (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0
-                            : a.up == nullptr && (reinterpret_cast<uintptr_t>(a.x) & 15) == 0;
-  bool all = kAll && a.sel_all && a.select_here && !chunked && all_src && n_ch <= kSq && a.W.d_in % 4 == 0 &&
-             a.seg_vecs > 0;
   // sel_reuse: this block's own chunk (c = blk) from the norm's x registers; its norm weights now,
   // before the wait (they do not come from the previous kernel)
-  bool reuse = a.sel_reuse && !all && blk < TcSumSq::kSq && blk < n_ch && a.W.d_in % 4 == 0 &&
+  bool reuse = a.sel_reuse && blk < TcSumSq::kSq && blk < n_ch && a.W.d_in % 4 == 0 &&
                (reinterpret_cast<uintptr_t>(a.nw) & 15) == 0;
   float4 pre_x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), pre_nw = pre_x;
   if (reuse && blk * kTcThreads + tid < a.W.d_in / 4)
     pre_nw = __ldg(reinterpret_cast<const float4*>(a.nw) + blk * kTcThreads + tid);
-  float4* const all_x = reinterpret_cast<float4*>(red);  // [kSq][kTcThreads], then nw likewise
-  float4* const all_nw = all_x + kSq * kTcThreads;
-  if (all && a.nw) {
-#pragma unroll
-    for (int q = 0; q < kSq; ++q) {
-      const int64_t i = tid + (int64_t)q * kTcThreads;
-      const bool in = i < a.W.d_in / 4;
-      cp_async16(all_nw + i, reinterpret_cast<const float4*>(a.nw) + (in ? i : 0), in);
-    }
-    cp_commit();
-  }
   grid_dep_wait();
   tc_stamp(a, 1);
   float r = 1.0f;  // the rmsnorm factor of x (a.nw)
@@ -899,12 +738,9 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     TcSumSq sq;
     sq.begin(a);
     reuse = reuse && sq.vec;  // (block-uniform)
-    all = all && sq.vec;      // (grid-uniform: d_in and x's alignment)
 #pragma unroll
-    for (int q = 0; q < TcSumSq::kSq; ++q) {
+    for (int q = 0; q < TcSumSq::kSq; ++q)
       if (reuse && q == blk) pre_x = sq.v[q];
-      if (all) all_x[q * kTcThreads + tid] = sq.v[q];  // (read back by this thread only)
-    }
     const float ws = sq.warp_sum(a);
     float* wred = reinterpret_cast<float*>(sel_smem);  // free until the selection
     __syncthreads();
@@ -913,18 +749,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
     r = tc_rms_factor(a, wred);
     __syncthreads();
   }
-  if (all) {  // every chunk, by this block alone, into s_sel and s_xs: nothing to wait for
-    if (!a.nw)  // a plain x: all of it, this thread's 4 float4 loads in flight at once
-#pragma unroll
-      for (int q = 0; q < kSq; ++q) {
-        const int64_t i = tid + (int64_t)q * kTcThreads;
-        all_x[i] = i < a.W.d_in / 4 ? __ldcg(reinterpret_cast<const float4*>(a.x) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-    cp_wait<0>();     // this thread's nw copies (each thread reads only its own)
-    __syncthreads();  // floors
-    tc_select_all_approx<kSq>(a, (int)n_ch, floors, s_sel, s_xs, sel_smem, r, all_x, a.nw ? all_nw : nullptr);
-    tc_stamp(a, 5);
-  } else if (a.select_here && !chunked) {
+  if (a.select_here && !chunked) {
     // Each chunk is selected once, by block c % n_tb (all its threads), into the global sel; then
     // every compensation block waits until all chunks are published (done == n_ch). The blocks
     // are the grid's first and the grid fits the GPU at once, so they are all resident: the
@@ -1062,7 +887,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
   for (int64_t it = 0; it < n_iter; ++it) {
     const int64_t c = chunked ? cb + it * a.comp_cb : 0;
     int64_t kn = kmax;
-    const int32_t* from = all ? nullptr : a.sel;  // (sel_all: this block's own, in s_sel already)
+    const int32_t* from = a.sel;
     if (chunked) {
       const int64_t c0 = c * kChunk, len = a.W.d_in - c0 < kChunk ? a.W.d_in - c0 : kChunk;
       kn = chunk_k(a.p.call.k_chunk, (int)len);
@@ -1074,7 +899,7 @@ __device__ __forceinline__ void tc_comp_block(const TcArgs& a, uint8_t* smem) {
       }
     }
     take_sel(from, kn);
-    if (!chunked && a.select_here && !all && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
+    if (!chunked && a.select_here && tid == 0) ticket = atomicAdd(a.cnt + tc_cnt_at(a.n_tiles) + 1, 1);
     if (nvs > 0) gather(kn, c);  // no outputs: nothing to gather or count in (segments past d_out)
     ++n_mine;
   }
@@ -1599,7 +1424,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_con
     pdl_trigger();  // the next GEMV may start streaming its weights as this one's blocks finish
     tc_stamp(a, 0);
     if (tc_block(a) < a.n_tb)
-      tc_comp_block<G == 128>(a, reinterpret_cast<uint8_t*>(tc_smem));
+      tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
     else
       tc_base_block<B, G, Bulk>(a, tc_smem);
     tc_stamp(a, 4);

@@ -686,13 +686,6 @@ int64_t gemv_tc_sel_fast_launches();
 void gemv_tc_sel_reuse_force(int mode);
 bool gemv_tc_sel_reuse();
 int64_t gemv_tc_sel_reuse_launches();
-// Where d_in <= 4096, g128 and x is plain or normed inside the launch (q/k/v, o, gate/up of a
-// Llama-3-8B-shaped model): every compensation block selects every chunk itself, with no exchange of
-// selections between blocks (TcArgs::sel_all; lab knob, env DDRT_SEL_ALL=1; the same selection);
-// force as above; launches that did.
-void gemv_tc_sel_all_force(int mode);
-bool gemv_tc_sel_all();
-int64_t gemv_tc_sel_all_launches();
 inline size_t tc_part_floats(const TcPlan& p) { return (size_t)p.n_tiles * p.n_units * 16; }
 // Default compensation blocks for a linear (or a group's shape).
 int tc_default_n_tb(const DevLinear& W);

@@ -98,8 +98,6 @@ if [ "${1:-}" != "quick" ]; then
             "DDRT_ATTN_DEFER=0|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_BLOCKS=100 DDRT_ATTN_DEFER=0|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_BLOCKS=64|--shape smollm2-135m --bits 3" "DDRT_ATTN_BLOCKS=64 DDRT_ATTN_DEFER=0|--shape smollm2-135m --bits 3" \
-            "DDRT_SEL_ALL=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
-            "DDRT_SEL_ALL=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 2" \
             "DDRT_SEL_REUSE=0|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_ATTN_PREFETCH=1|--shape llama3-8b --bits 3" "DDRT_ATTN_PREFETCH=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_MERGE_PRE=1|--shape llama3-8b --bits 3" "DDRT_ATTN_MERGE_PRE=1|--shape smollm2-135m --bits 3" \
