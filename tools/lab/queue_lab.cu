@@ -28,6 +28,12 @@
 //             a DecDEC compensation block's gather waits for on an SM it shares with a base block
 //   zcothers  blocks on odd SMs bulk-copy, blocks on even SMs load zero-copy after delay ns: the
 //             compensation on SMs of its own while the others stream
+//   (every warp loading at once puts ~1 MB of zero-copy reads on the link: the zc modes above
+//   measure its throughput under that burst, ~23 us on the H100, not one load's round trip)
+//   zclone    one warp of the grid loads zero-copy, nothing else runs: the lone round trip
+//   zcone     warp 0 of every even block (about one warp per SM) loads zero-copy, no copies: a
+//             DecDEC gather's few rows per block, without the base
+//   zconebulk as zcone, while every warp has its bulk copies in flight: the gather beside the base
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90 tools/lab/queue_lab.cu -o /tmp/queue_lab && /tmp/queue_lab
 #include <cuda_runtime.h>
@@ -43,12 +49,15 @@
 namespace {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32, kXVecs = 1024;  // x: 16 KB
-enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch, kXBulk, kZcIdle, kZcBulk, kZcOthers };
+enum Mode : int { kIdle, kOwn, kXFirst, kOwnLate, kOthers, kBulk, kPrefetch, kXBulk, kZcIdle, kZcBulk, kZcOthers,
+                  kZcLone, kZcOne, kZcOneBulk };
 const char* const kModeName[] = {"idle", "own",   "xfirst", "ownlate", "others",  "bulk",
-                                  "prefetch", "xbulk", "zcidle", "zcbulk", "zcothers"};
-__host__ __device__ inline bool is_zc(int m) { return m == kZcIdle || m == kZcBulk || m == kZcOthers; }
+                                  "prefetch", "xbulk", "zcidle", "zcbulk", "zcothers", "zclone", "zcone", "zconebulk"};
+__host__ __device__ inline bool is_zc(int m) { return m >= kZcIdle; }
+// the modes without copies (zclone and zcone: only some warps measure)
+__host__ __device__ inline bool no_copies(int m) { return m == kIdle || m == kZcIdle || m == kZcLone || m == kZcOne; }
 // the modes whose weight copies are one cp.async.bulk per warp
-__host__ __device__ inline bool is_bulk(int m) { return m == kBulk || m == kZcBulk || m == kZcOthers; }
+__host__ __device__ inline bool is_bulk(int m) { return m == kBulk || m == kZcBulk || m == kZcOthers || m == kZcOneBulk; }
 constexpr int64_t kZcPageVecs = 4096 / 16;  // zero-copy: one 4 KB page per warp and launch
 
 struct Cfg {
@@ -116,8 +125,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t gw = (int64_t)blockIdx.x * kWarps + warp;
   const unsigned sm = sm_id();
   const bool halves = c.mode == kOthers || c.mode == kZcOthers;  // odd SMs copy, even SMs measure
-  const bool copies = c.mode != kIdle && c.mode != kZcIdle && !(halves && sm % 2 == 0);
-  const bool measures = !halves || sm % 2 == 0;
+  const bool copies = !no_copies(c.mode) && !(halves && sm % 2 == 0);
+  const bool few = c.mode == kZcOne || c.mode == kZcOneBulk;  // warp 0 of the even blocks
+  const bool measures = c.mode == kZcLone ? gw == 0 : few ? warp == 0 && blockIdx.x % 2 == 0 : !halves || sm % 2 == 0;
   const int vecs = c.per_warp / 16;
   uint4* ring = ring_all + (int64_t)warp * vecs;
   const uint4* src = W + (base + gw * vecs) % (w_vecs - vecs);  // a fresh stretch per launch
@@ -206,14 +216,16 @@ int main() {
   CK(cudaFuncSetAttribute(queue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWarps * max_per_warp));
   std::printf("%s, %d SMs, grid %d x %d threads; x: one 16-byte ld.global.cg per thread of a 16 KB buffer written just before\n",
               prop.name, n_sm, grid, kThreads);
-  std::printf("%-8s %9s %9s %12s | x latency us over measuring warps: median   p90    max\n", "mode", "per warp", "delay ns",
+  std::printf("%-9s %9s %9s %12s | x latency us over measuring warps: median   p90    max\n", "mode", "per warp", "delay ns",
               "in flight MB");
   const std::vector<Cfg> cfgs = {{kIdle, 512, 0},       {kOwn, 3072, 0},        {kOwn, 6656, 0},     {kOwn, 13312, 0},
                                  {kXFirst, 13312, 0},   {kOwnLate, 13312, 1000}, {kOwnLate, 13312, 3000},
                                  {kOthers, 13312, 500}, {kOthers, 13312, 2000}, {kBulk, 6656, 0},    {kBulk, 13312, 0},
                                  {kPrefetch, 13312, 0}, {kXBulk, 6656, 0},       {kXBulk, 13312, 0},
                                  {kZcIdle, 512, 0},     {kZcBulk, 6656, 0},      {kZcBulk, 13312, 0},
-                                 {kZcOthers, 13312, 500}, {kZcOthers, 13312, 2000}};
+                                 {kZcOthers, 13312, 500}, {kZcOthers, 13312, 2000},
+                                 {kZcLone, 512, 0},     {kZcOne, 512, 0},        {kZcOneBulk, 6656, 0},
+                                 {kZcOneBulk, 13312, 0}};
   std::vector<unsigned long long> h(n_warps);
   int64_t base = 0, hbase = 0;
   for (const Cfg& c : cfgs) {
@@ -231,11 +243,11 @@ int main() {
         if (v > 0) us.push_back(v * 1e-3);
     }
     std::sort(us.begin(), us.end());
-    const bool no_copies = c.mode == kIdle || c.mode == kZcIdle;
+    const bool none = no_copies(c.mode);
     const bool halves = c.mode == kOthers || c.mode == kZcOthers;
-    const double in_flight = no_copies ? 0.0 : (double)n_warps * c.per_warp / (halves ? 2 : 1) / 1e6;
+    const double in_flight = none ? 0.0 : (double)n_warps * c.per_warp / (halves ? 2 : 1) / 1e6;
     auto at = [&](double f) { return us.empty() ? 0.0 : us[std::min(us.size() - 1, (size_t)(f * us.size()))]; };
-    std::printf("%-8s %9d %9d %12.1f | %46.2f %6.2f %6.2f\n", kModeName[c.mode], no_copies ? 0 : c.per_warp, c.delay_ns,
+    std::printf("%-9s %9d %9d %12.1f | %46.2f %6.2f %6.2f\n", kModeName[c.mode], none ? 0 : c.per_warp, c.delay_ns,
                 in_flight, at(0.5), at(0.9), us.empty() ? 0.0 : us.back());
   }
   return 0;
