@@ -92,8 +92,13 @@ if [ "${1:-}" != "quick" ]; then
   # First the f16 KV cache's twin (f32) at context 512 and both at 4096 (no env: the flag). Measured
   # and taken out (H200, eighteenth session): no slot before the wait in the small launches (q/k/v
   # and o: -1.7 %; o alone -1.1 %; SmolLM2 -2.6 %)
+  # Then the compensation's other forms at k_chunk 8 against the default's row: chunk-major (each
+  # block selects its own chunk, no exchange; slower in the fourth session, before the bulk ring
+  # made a block's x loads ~4x shorter) and the x values published with the selection.
   [ "${AB:-1}" = 0 ] || for ab in "|--shape llama3-8b --bits 3 --kv-cache f32" "|--shape smollm2-135m --bits 3 --kv-cache f32" \
             "|--shape llama3-8b --bits 4 --kv-cache f32" \
+            "DDRT_COMP_CHUNKS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
+            "DDRT_COMP_XS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "|--shape llama3-8b --bits 3 --context 4096" "|--shape llama3-8b --bits 3 --context 4096 --kv-cache f32" \
             "DDRT_ATTN_DEFER=0|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_BLOCKS=100 DDRT_ATTN_DEFER=0|--shape smollm2-135m --bits 3" \
