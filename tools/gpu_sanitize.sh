@@ -26,15 +26,18 @@ fi
 # A test name may be a comma list (one run for several groups). RACE_PAR=1 starts the runs at once,
 # each its own process on the one GPU (the tool's host side is the slow part; 16 cores there), and
 # prints their results in order when all have ended.
+# name@i/n: shard i of n of a test that takes DDRT_TEST_SHARD (decdec, gemv_bulk)
 race_one() {
-  run "racecheck_${1//,/+}" "${LIMIT_RACE:-120}" env DDRT_TEST_ONLY=$1 DDRT_TEST_RACE=1 "$CS" --tool racecheck \
-    --error-exitcode 9 $BUILD/test_cuda_ops
+  local name=${1%@*} shard=
+  [ "$1" != "$name" ] && shard=${1#*@}
+  run "racecheck_$(echo "$1" | tr ',@/' '__o')" "${LIMIT_RACE:-120}" env DDRT_TEST_ONLY=$name DDRT_TEST_SHARD=$shard \
+    DDRT_TEST_RACE=1 "$CS" --tool racecheck --error-exitcode 9 $BUILD/test_cuda_ops
 }
 RACE_LIST=${RACE_TESTS:-gemv_group rmsnorm argmax attention gemm decdec fused_add_norm chain norm_parts decdec_chunks}
 if [ "${RACE_PAR:-0}" = 1 ]; then
-  for t in $RACE_LIST; do race_one "$t" > "$OUT/race_par_${t//,/+}.txt" 2>&1 & done
+  for t in $RACE_LIST; do race_one "$t" > "$OUT/race_par_$(echo "$t" | tr ',@/' '__o').txt" 2>&1 & done
   wait
-  for t in $RACE_LIST; do cat "$OUT/race_par_${t//,/+}.txt"; done
+  for t in $RACE_LIST; do cat "$OUT/race_par_$(echo "$t" | tr ',@/' '__o').txt"; done
 else
   for t in $RACE_LIST; do race_one "$t"; done
 fi

@@ -21,6 +21,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -268,6 +269,32 @@ void test_gemv_tc_shapes(Backend& cpu, Backend& gpu) {
   }
 }
 
+// DDRT_TEST_SHARD=i/n: the tests that take it (decdec and gemv_bulk, the slowest under racecheck)
+// run only their cases i, i + n, i + 2n, ... (one running count over both), so that n processes
+// together cover them (tools/gpu_sanitize.sh: RACE_TESTS="decdec@0/4 decdec@1/4 ..."). Unset: all.
+struct Shard {
+  long i = 0, n = 1, seen = 0;
+};
+Shard& shard() {
+  static Shard s = [] {
+    Shard r;
+    const char* e = std::getenv("DDRT_TEST_SHARD");
+    if (e && *e) {
+      char* end = nullptr;
+      r.i = std::strtol(e, &end, 10);
+      if (!end || *end != '/' || (r.n = std::strtol(end + 1, &end, 10)) < 1 || *end || r.i < 0 || r.i >= r.n)
+        throw std::runtime_error(std::string("DDRT_TEST_SHARD: expected i/n with 0 <= i < n, got '") + e + "'");
+    }
+    return r;
+  }();
+  return s;
+}
+bool shard_mine() {  // the next case of a sharded test: this process's?
+  Shard& s = shard();
+  return s.seen++ % s.n == s.i;
+}
+bool shard_first() { return shard().i == 0; }  // the cases a sharded test runs once (its error checks)
+
 // The bulk ring (TcArgs::bulk, the default on sm_90) against its twin, the cp.async ring: the same
 // linear loaded twice, as codes (force 0) and as unit images alone (force 1), gives bitwise the
 // same y (the same slot contents, tc_unit_pieces, and the same math in the same order), alone and
@@ -285,6 +312,7 @@ void test_gemv_bulk(Backend& cpu, Backend& gpu) {
                      {TensorType::UQ3_G64, {96, 32, 70}, 2500}, {TensorType::UQ4_G32, {256, 64}, 4100},
                      {TensorType::UQ3_G128, {2048, 2048}, 1024}};
   for (const S& c : cases) {
+    if (!shard_mine()) continue;
     const int n = (int)c.d_out.size();
     std::vector<std::unique_ptr<HostLinear>> L;
     std::vector<std::unique_ptr<Linear>> Wc, Wp, Wb;  // CPU, cp.async ring, bulk ring
@@ -720,13 +748,18 @@ void test_decdec(Backend& cpu, Backend& gpu) {
       auto Wc = cpu.load_linear(L->desc, where);
       auto Wg = gpu.load_linear(L->desc, where);
       for (int T : Ts) {  // 40: the wide gather (T >= 16), and slices when kmax is large
+        std::vector<char> mine;  // (mode, k_chunk) cases of this shard (DDRT_TEST_SHARD)
+        for (size_t i = 0; i < std::size(modes) * kcs.size(); ++i) mine.push_back(shard_mine());
+        if (std::find(mine.begin(), mine.end(), 1) == mine.end()) continue;
         const auto x = randn((size_t)T * s[1]);
         const auto base_c = cpu_matmul(cpu, *Wc, x, T, {});
         gpu::gemm_i8_force_limbs(3);  // a compensated T > 1 call's base matmul keeps three limbs
         const auto base_g = gpu_matmul(gpu, *Wg, x, T, {});
         gpu::gemm_i8_force_limbs(0);
+        size_t ci = 0;
         for (DecdecMode m : modes)
           for (int kc : kcs) {
+            if (!mine[ci++]) continue;
             DecdecCall c;
             c.mode = m;
             c.k_chunk = kc;
@@ -773,6 +806,7 @@ void test_decdec(Backend& cpu, Backend& gpu) {
       }
     }
   // errors: a mode without its calibration data, a linear without residual
+  if (!shard_first()) return;
   auto L = make_linear(TensorType::UQ4_G128, 16, 64, false);
   auto Wg = gpu.load_linear(L->desc, ResidualPlacement::Host);
   DecdecCall c;
