@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Same-machine A/B of decode switches in one device call: builds, then runs `decdec-rt bench`
-# (decode only: --prefill 16) for each setting on each shape, two rounds in alternating order
+# (decode only: --prefill 16) for each setting on each shape, two rounds (AB_ROUNDS) in alternating order
 # (drift shows as a round-to-round difference), and prints a table last.
 # Usage on the GPU machine: bash tools/gpu_ab.sh ["SETTING" ...]   (a setting: env assignments,
 # or "default"); shapes from AB_SHAPES (default "llama3-8b smollm2-135m"), bits from AB_BITS (3).
@@ -32,9 +32,10 @@ settings=("$@")
 # a device call may run 600 s: no new run starts AB_DEADLINE s (default 550) after this script
 # started (the build included), and the table below shows what ran
 t_end=${AB_DEADLINE:-550}
-for round in 1 2; do
+# AB_ROUNDS (default 2): rounds, odd ones in the given order, even ones reversed
+for ((round = 1; round <= ${AB_ROUNDS:-2}; round++)); do
   order=("${settings[@]}")
-  if [ $round = 2 ]; then order=(); for ((i = ${#settings[@]} - 1; i >= 0; i--)); do order+=("${settings[i]}"); done; fi
+  if [ $((round % 2)) = 0 ]; then order=(); for ((i = ${#settings[@]} - 1; i >= 0; i--)); do order+=("${settings[i]}"); done; fi
   for s in "${order[@]}"; do
     for shape in ${AB_SHAPES:-llama3-8b smollm2-135m}; do
       [ $SECONDS -lt $t_end ] || { echo "AB_DEADLINE reached: $s $shape round $round not run"; continue; }
@@ -59,7 +60,9 @@ def mean(v):
 def vs_default(s, sh):  # the mean over rounds against the default setting's, where both ran
     a, b = mean(cell[(s, sh)]), mean(cell[("default", sh)])
     return "" if s == "default" or a is None or b is None else f" ({100 * (a / b - 1):+.1f} %)"
-print("| setting | " + " | ".join(f"{sh} tok/s (round 1 / 2, mean vs default)" for sh in shapes) + " |")
+n_rounds = max(int(r[0]) for r in rows)
+rounds = " / ".join(str(i) for i in range(1, n_rounds + 1))
+print("| setting | " + " | ".join(f"{sh} tok/s (round {rounds}, mean vs default)" for sh in shapes) + " |")
 print("|---" * (len(shapes) + 1) + "|")
 for s in dict.fromkeys(r[1] for r in rows):
     print(f"| {s} | " + " | ".join(" / ".join(cell[(s, sh)]) + vs_default(s, sh) for sh in shapes) + " |")
