@@ -24,8 +24,8 @@ fi
 # of the kernels that share memory between threads, one run each, racecheck-sized (DDRT_TEST_RACE=1:
 # gemm and decdec on a few small shapes; the full ones did not finish in 90 / 330 s)
 # A test name may be a comma list (one run for several groups). RACE_PAR=1 starts the runs at once,
-# each its own process on the one GPU (the tool's host side is the slow part; 16 cores there), and
-# prints their results in order when all have ended.
+# each its own process on the one GPU (twenty-third session: thirteen at once, most done within
+# 255 s), and prints their results in order when all have ended.
 # name@i/n: shard i of n of a test that takes DDRT_TEST_SHARD (decdec, gemv_bulk)
 race_one() {
   local name=${1%@*} shard=
