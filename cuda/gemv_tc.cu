@@ -133,6 +133,13 @@ bool gemv_tc_comp_xs() { return forced_or_env(g_comp_xs, "DDRT_COMP_XS"); }
 void gemv_tc_sel_fast_force(int mode) { g_sel_fast = mode; }
 bool gemv_tc_sel_fast() { return forced_or_env(g_sel_fast, "DDRT_SEL_FAST"); }
 void gemv_tc_sel_reuse_force(int mode) { g_sel_reuse = mode; }
+namespace {
+int g_local = -1;
+int64_t g_local_launches = 0;
+}  // namespace
+void gemv_tc_local_force(int mode) { g_local = mode; }
+bool gemv_tc_local() { return forced_or_env(g_local, "DDRT_TC_LOCAL"); }
+int64_t gemv_tc_local_launches() { return g_local_launches; }
 // on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two
 // rounds; gate/up's selection ends ~1 us earlier); env DDRT_SEL_REUSE=0 the twin
 bool gemv_tc_sel_reuse() { return g_sel_reuse >= 0 ? g_sel_reuse == 1 : env_int("DDRT_SEL_REUSE", 1) != 0; }
@@ -144,7 +151,7 @@ int64_t tc_seg_align() {
   return a >= 1 ? a : 1;
 }
 
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major) {
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major, bool local) {
   TcPlan p;
   const DeviceInfo& dev = device_info();
   if (!gemv_tc_supports(W) || dev.n_sm == 0) return p;
@@ -153,6 +160,32 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   const int64_t uc = tc_unit_chunks(W.bits);
   p.n_units = tc_tile_units(W.d_in, W.bits);
   const int64_t n_ch = (W.d_in + kChunk - 1) / kChunk;
+  const bool bulk = W.units != nullptr;
+  // the block-local merge (TcArgs::local): kTcWarps / n_units whole tiles per block, one unit per
+  // warp, all of x staged, one ring slot per warp, then the partial sums; only where every block
+  // is resident at once (a second wave would start only as the first ends) and a tile has more
+  // than one unit (one unit writes its tile directly already)
+  if (local && n_tb == 0 && p.n_units >= 2 && p.n_units <= kTcWarps) {
+    const int T = (int)(kTcWarps / p.n_units);
+    const int64_t blocks = (p.n_tiles + T - 1) / T;
+    const int64_t ring_off = (int64_t)tc_base_smem(mma_slabs(W.d_in, W.bits), W.bits, W.group) / 16;
+    const int64_t local_off = ring_off + (int64_t)tc_ring_bytes(W.bits, W.group, bulk, 1) / 16;
+    const size_t smem = (size_t)(local_off * 16 + (int64_t)T * p.n_units * 16 * 4);
+    const int per_sm = smem > (size_t)dev.max_smem ? 0
+                       : W.bits == 3          ? blocks_per_sm<3>(W.group, smem, bulk)
+                                              : blocks_per_sm<4>(W.group, smem, bulk);
+    if (per_sm > 0 && blocks <= (int64_t)per_sm * dev.n_sm) {
+      p.local = T;
+      p.grid = (int)blocks;
+      p.resident = per_sm * dev.n_sm;
+      p.wb = blocks * kTcWarps;  // (the next linears' L2 prefetch is dealt over every warp)
+      p.ring_off = ring_off;
+      p.local_off = local_off;
+      p.smem = smem;
+      p.ok = true;
+      return p;
+    }
+  }
   // segment-major: the vectors per block for `blocks` blocks, rounded up to whole 128-byte lines of
   // a residual row (tc_seg_align): the zero-copy gather reads each selected row's slice of the
   // segment, and a slice that starts or ends inside a line costs a second PCIe request for it
@@ -188,7 +221,6 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   // Base blocks stage only the x slabs their units span (tc_split.h), which depends on the grid,
   // which depends on the shared memory per block: start from a guess of 2 slabs and redo the
   // split with the widest block's need until the occupancy it allows holds it.
-  const bool bulk = W.units != nullptr;
   const size_t ring = tc_ring_bytes(W.bits, W.group, bulk);
   size_t smem = std::max(tc_base_smem(std::min<int64_t>(n_slabs, 2), W.bits, W.group) + ring, comp_smem);
   int per_sm = 0;
@@ -352,6 +384,11 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.comp_ch = comp ? plan.comp_ch : 0;
   a.comp_cb = plan.comp_cb;
   a.ring_off = plan.ring_off;
+  // the block-local merge: no compensation, no gate/up pairs, no deferred attention (the caller
+  // asks for such a plan only without them: gemv_tc_plan)
+  if (plan.local > 0 && (comp || io.swiglu_pairs || io.attn.po)) return false;
+  a.local = plan.local;
+  a.local_off = plan.local_off;
   a.stamps = stamp_region(plan.grid);  // a region per launch (or chain stage) while stamping
   // ring slots each base warp issues before the dependency wait (lab knob DDRT_TC_PRE; a separate
   // depth for compensating launches measured no better: BENCHMARKS 2026-11-22 day; none in the
@@ -397,6 +434,7 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   if (a.sel_fast && a.select_here) ++g_fast_launches;
   if (a.sel_reuse) ++g_reuse_launches;
   if (a.attn.po) ++g_defer_launches;
+  if (a.local) ++g_local_launches;
   return true;
 }
 cudaError_t launch_one(const TcArgs& a, const TcPlan& plan, cudaStream_t st) {
@@ -423,7 +461,7 @@ int tc_chain_size(const TcChainQueue* q) { return q->n; }
 
 bool tc_chain_add(TcChainQueue* q, const DevLinear* const* W, float* const* y, int n, const float* x,
                   const TcPlan& plan, float* part, int* cnt, const TcIo& io) {
-  if (q->n == kTcChainMax || !plan.ok || plan.n_tb > 0 || io.attn.po) return false;
+  if (q->n == kTcChainMax || !plan.ok || plan.n_tb > 0 || plan.local > 0 || io.attn.po) return false;
   if (q->n > 0) {
     const TcArgs& h = q->a[0];
     DevLinear shape;

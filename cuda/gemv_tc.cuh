@@ -117,6 +117,15 @@ struct TcArgs {
   int64_t wb = 0;         // base warps that get work (<= U)
   TcDiv wb_div, nt_div;   // wb and n_tiles as divisors (tc_split.h)
   float* part = nullptr;  // [n_tiles][n_units][16]: slot k of a tile = its column-k unit
+  // > 0 (TcPlan::local, lab knob DDRT_TC_LOCAL=1): the block-local merge. Block b owns tiles
+  // [b local, (b + 1) local) whole: its warp j takes unit (tile b local + j / n_units, k = j %
+  // n_units), at most one per warp (n_units * local <= kTcWarps), so the ring has one slot per
+  // warp and the block stages all of x. The units' sums go to shared memory (local_off, uint4:
+  // [local][n_units][16] floats) instead of part; after a block barrier the block's first warps
+  // sum each row over k ascending, as the last contributor does (tc_finish_tiles): the same y bit
+  // for bit, with no fence, no counter and no L2 round trip for the slots. 0: the k-major split.
+  int local = 0;
+  int64_t local_off = 0;
   int* cnt = nullptr;     // tile t's counter at tc_cnt_at(t) (tc_split.h), all 0 between launches
   // compensation
   CompParams p;
@@ -414,8 +423,10 @@ inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
 }
 // The base role's unit ring (after the x slabs).
 // bulk: and its slots' mbarriers after it (8 bytes each).
-inline size_t tc_ring_bytes(int bits, int group, bool bulk = false) {
-  return (size_t)kTcWarps * tc_ring_slots(bits, group) * (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0));
+// slots: per warp (0: tc_ring_slots; the block-local merge has 1).
+inline size_t tc_ring_bytes(int bits, int group, bool bulk = false, int slots = 0) {
+  return (size_t)kTcWarps * (slots > 0 ? slots : tc_ring_slots(bits, group)) *
+         (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0));
 }
 // shared ints of the selection (tc_select_chunk_approx): bucket counts, two scans' warp sums, and
 // the warps' bucket counts (sel_fast)
@@ -458,12 +469,16 @@ __device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int
 // loads 16 at a time before adding any: a chain of one L2 round trip per slot made the blocks that
 // finish tiles end ~10 us late, and the compensation blocks (often the last to arrive, finishing a
 // whole segment) one round trip per tile.
-__device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int64_t tb, int64_t e_base, int lane) {
+// Local (TcArgs::local): the slots are the block's shared array lp ([tile - tile0][k][16]), no
+// counter to reset; the sum and everything after it as above (so y is the same bit for bit).
+template <bool Local = false>
+__device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int64_t tb, int64_t e_base, int lane,
+                                                const float* lp = nullptr, int64_t tile0 = 0) {
   const int64_t tile = lane < 16 ? ta : tb;
   float sq = 0.0f;  // this lane's row's final value squared (ssq_out)
   if (tile >= 0) {
     const int r = lane & 15;
-    const float* slots = a.part + tile * a.n_units * 16 + r;
+    const float* slots = Local ? lp + (tile - tile0) * a.n_units * 16 + r : a.part + tile * a.n_units * 16 + r;
     // the row's old value (accumulate) loaded beside the first slots, not one round trip after the
     // sum: only this lane writes the row in this launch, so the value is the same either way
     const int64_t row = tile * 16 + r;
@@ -477,7 +492,8 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     for (int64_t j0 = 0; j0 < e_base; j0 += 16) {
       float v[16];
 #pragma unroll
-      for (int q = 0; q < 16; ++q) v[q] = j0 + q < e_base ? __ldcg(slots + (j0 + q) * 16) : 0.0f;
+      for (int q = 0; q < 16; ++q)
+        v[q] = j0 + q >= e_base ? 0.0f : Local ? slots[(j0 + q) * 16] : __ldcg(slots + (j0 + q) * 16);
 #pragma unroll
       for (int q = 0; q < 16; ++q) s += v[q];
     }
@@ -500,7 +516,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
       *yr = yv;
       sq = yv * yv;
     }
-    if (r == 0) a.cnt[tc_cnt_at(tile)] = 0;
+    if (r == 0 && !Local) a.cnt[tc_cnt_at(tile)] = 0;
   }
   if (a.ssq_out) {  // each half-warp's tile: its rows' squares, summed in a fixed butterfly
 #pragma unroll
@@ -1018,15 +1034,20 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t w0 = (int64_t)(tc_block(a) - a.n_tb) * kTcWarps, w = w0 + warp;
   const int64_t U = a.n_tiles * a.n_units;
-  const bool active = w < a.wb;
-  const int64_t u_begin = active ? tc_range_begin(w, U, a.wb_div) : 0;
-  const int64_t u_end = active ? tc_range_begin(w + 1, U, a.wb_div) : 0;
+  // the block-local merge (a.local): this block's tiles [tile0, tile0 + n_loc), warp j's unit j
+  const int LT = a.local;
+  const int64_t tile0 = LT ? w0 / kTcWarps * LT : 0;
+  const int n_loc = LT ? (int)(a.n_tiles - tile0 < LT ? a.n_tiles - tile0 : LT) : 0;
+  const bool active = LT ? warp < n_loc * a.n_units : w < a.wb;
+  const int64_t u_begin = active && !LT ? tc_range_begin(w, U, a.wb_div) : 0;
+  const int64_t u_end = active ? (LT ? 1 : tc_range_begin(w + 1, U, a.wb_div)) : 0;
   const int64_t n_slabs = mma_slabs(W.d_in, B), n_chunks = 2 * n_slabs;
-  int64_t s0, s1;  // the x slabs this block stages
-  tc_block_slabs(w0, w0 + kTcWarps, a.nt_div, U, a.wb_div, UC, n_slabs, &s0, &s1);
+  int64_t s0 = 0, s1 = n_slabs;  // the x slabs this block stages (local: all)
+  if (!LT) tc_block_slabs(w0, w0 + kTcWarps, a.nt_div, U, a.wb_div, UC, n_slabs, &s0, &s1);
   if (a.stamps != nullptr) {  // the lab: (slabs staged + 1) << 32 | units of the block's warps
     const int64_t w1 = w0 + kTcWarps < a.wb ? w0 + kTcWarps : a.wb;
-    const int64_t units = w0 < w1 ? tc_range_begin(w1, U, a.wb_div) - tc_range_begin(w0, U, a.wb_div) : 0;
+    const int64_t units = LT ? n_loc * a.n_units
+                          : w0 < w1 ? tc_range_begin(w1, U, a.wb_div) - tc_range_begin(w0, U, a.wb_div) : 0;
     tc_stamp_value(a, 8, (unsigned long long)(s1 - s0 + 1) << 32 | (unsigned long long)units);
   }
 
@@ -1056,8 +1077,9 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   //    queue, where x's loads and the attention's wait behind cp.async copies (queue_lab).
   constexpr int R = tc_ring_slots(B, G), UV = UC * 2 * V * 32, NU = tc_unit_groups(B, G), SLOT = tc_slot_vecs(B, G);
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
-  uint4* ring = smem + a.ring_off + (int64_t)warp * R * SLOT;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * R * SLOT) + warp * R;
+  const int RW = LT ? 1 : R;  // the slots a warp has (local: one, its one unit's)
+  uint4* ring = smem + a.ring_off + (int64_t)warp * RW * SLOT;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * RW * SLOT) + warp * RW;
   constexpr bool bulk = Bulk;  // a.bulk, as the kernel's instantiation (the default's code stays as it was)
   const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {
@@ -1084,14 +1106,16 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   if constexpr (bulk) {  // the warp's barriers, before its first copy
     if (lane == 0) {
 #pragma unroll
-      for (int p = 0; p < R; ++p) mbar_init(bars + p, 1);
+      for (int p = 0; p < R; ++p)
+        if (p < RW) mbar_init(bars + p, 1);
       mbar_fence_init();
     }
     __syncwarp();
   }
   const int n_mine = (int)(u_end - u_begin);
-  const int64_t k_begin0 = tc_quot(u_begin, a.nt_div);
-  uint32_t lt = (uint32_t)(u_begin - k_begin0 * a.n_tiles), lk = (uint32_t)k_begin0;  // issue cursor
+  const int64_t k_begin0 = LT ? warp % a.n_units : tc_quot(u_begin, a.nt_div);
+  uint32_t lt = (uint32_t)(LT ? tile0 + warp / a.n_units : u_begin - k_begin0 * a.n_tiles),
+           lk = (uint32_t)k_begin0;  // issue cursor
   const uint32_t t_begin = lt, k_begin = lk;
   // Units 0 .. R - 1, one commit group each (empty past the last unit: the group count stays
   // uniform, so "all but the newest R - 1 groups done" always means "unit i has landed"), issued
@@ -1252,8 +1276,9 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
   __syncthreads();
   tc_stamp(a, 2);
-  if (!active) return;
+  if (!active && !LT) return;  // (local: every warp meets the merge's barrier below)
   const float rn = a.nw ? tc_rms_factor(a, ssq_red) : 1.0f;  // the rmsnorm factor of x
+  float* const lp = reinterpret_cast<float*>(smem + a.local_off);  // local: [n_loc][n_units][16]
 
   const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
@@ -1344,7 +1369,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         if (r < W.d_out) a.y[m][ra] = a.accumulate ? __ldcg(a.y[m] + ra) + ya : ya;  // L2: see the chain
         if (r + 8 < W.d_out) a.y[m][rb] = a.accumulate ? __ldcg(a.y[m] + rb) + yb : yb;
       } else {
-        float* slot = a.part + ((int64_t)tl * a.n_units + k) * 16;
+        float* slot = LT ? lp + ((int64_t)(tl - tile0) * a.n_units + k) * 16 : a.part + ((int64_t)tl * a.n_units + k) * 16;
         slot[g] = ya;
         slot[g + 8] = yb;
       }
@@ -1370,6 +1395,13 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // the HBM time the launch's tail leaves idle (other warps' last units, the merge, the
   // compensation) instead of competing with its stream (pieces dealt warp-first)
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
+  if (LT) {  // every unit's sums are in lp: the block's first warps finish its tiles, two each
+    __syncthreads();
+    if (2 * warp < n_loc)
+      tc_finish_tiles<true>(a, tile0 + 2 * warp, 2 * warp + 1 < n_loc ? tile0 + 2 * warp + 1 : -1, a.n_units, lane,
+                            lp, tile0);
+    return;
+  }
   if (direct) {
     if (a.swiglu_pairs) {  // every unit wrote its whole tile: count the tiles in on their pairs
       DDRT_COUNTER_FENCE(a.fence_sc);

@@ -582,6 +582,9 @@ struct TcPlan {
   int64_t ring_off = 0;  // uint4 offset of the base role's unit ring in shared memory
   size_t smem = 0;
   int resident = 0;  // the resident capacity (blocks) the split was made for; grid <= resident
+  // > 0: the block-local merge (TcArgs::local): tiles per block; each base warp one unit
+  int local = 0;
+  int64_t local_off = 0;  // uint4 offset of its partial sums in shared memory (after the ring)
   bool ok = false;  // false: the shape does not fit (shared memory); use the other kernels
 };
 bool gemv_tc_supports(const DevLinear& W);
@@ -650,7 +653,16 @@ struct BlockEndStamp {  // slot 4 on every way out of a block
 // chunk_major: compensation block b selects chunk b % n_ch itself and gathers its rows for the
 // segment b / n_ch (whole-row slices, no exchange of selections between blocks); n_tb is then
 // rounded to a multiple of the chunk count. Its cpart holds one term per chunk: n_ch x d_out floats.
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false);
+// local: the block-local merge where it fits (TcArgs::local: DecDEC off, 2 <= units per tile <=
+// kTcWarps, every block resident at once with one ring slot per warp); the caller asks for it only
+// where the launch has no compensation, no swiglu_pairs and no deferred attention in x, and a
+// chain never takes such a plan. Otherwise (or where it does not fit) the k-major plan.
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false, bool local = false);
+// The block-local merge, lab knob (env DDRT_TC_LOCAL=1, off until measured): force 1 on, 0 off,
+// -1 back to the environment; and the launches that ran it so far (the tests).
+void gemv_tc_local_force(int mode);
+bool gemv_tc_local();
+int64_t gemv_tc_local_launches();
 // The bulk ring (TcArgs::bulk): whether uniform 3/4-bit linears live as unit images instead of
 // codes and scales (on by default where device_info().bulk; env DDRT_TC_BULK=0 off; force 1 / 0,
 // -1: the environment), their bytes, and the packing of W's (codes and scales on the device) into

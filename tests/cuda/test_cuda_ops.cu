@@ -1209,6 +1209,94 @@ void test_norm_parts(Backend& cpu, Backend& gpu) {
   unsetenv("DDRT_FUSE_NORM");
 }
 
+// The block-local merge (TcArgs::local, DDRT_TC_LOCAL=1) against its twin, the k-major split with
+// the counter merge: the same unit sums added in the same order (k ascending), so y is the same
+// bit for bit. A plain linear, a q/k/v-like group, the rmsnorm input and y += (accumulate), at 2 to
+// 8 units per tile (3 bits: 1024 inputs a unit, 4 bits: 512), tail tiles included; 10 units get no
+// local plan. (At most 8 blocks each: the emulator's 4 SMs hold that many at once.) Then the other
+// fused-GEMV tests with it on, against the CPU.
+void test_gemv_local(Backend& cpu, Backend& gpu) {
+  struct S { TensorType t; std::vector<int64_t> d_out; int64_t d_in; bool local; };
+  const S cases[] = {{TensorType::UQ3_G128, {300}, 2048, true},          {TensorType::UQ3_G128, {96, 32, 64}, 2500, true},
+                     {TensorType::UQ3_G32, {112}, 8192, true},          {TensorType::UQ4_G64, {64, 64}, 2500, true},
+                     {TensorType::UQ4_G128, {33}, 1024, true},           {TensorType::UQ3_G128, {64}, 9300, false}};
+  for (const S& c : cases) {
+    const int n = (int)c.d_out.size();
+    std::vector<std::unique_ptr<HostLinear>> L;
+    std::vector<std::unique_ptr<Linear>> Wc, Wg;
+    const Linear *wc[3], *wg[3];
+    for (int m = 0; m < n; ++m) {
+      L.push_back(make_linear(c.t, c.d_out[m], c.d_in, false));
+      Wc.push_back(cpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      Wg.push_back(gpu.load_linear(L[m]->desc, ResidualPlacement::Host));
+      wc[m] = Wc[m].get();
+      wg[m] = Wg[m].get();
+    }
+    auto x = randn((size_t)c.d_in);
+    for (float& v : x) v *= 5.0f;
+    const auto nw = randn((size_t)c.d_in), y0 = randn((size_t)c.d_out[0]);
+    Buf bx(gpu, x.size()), bn(gpu, nw.size()), bxb(gpu, x.size()), bt(gpu, (size_t)c.d_out[0]);
+    bx.put(x);
+    bn.put(nw);
+    DecdecCall off[3];
+    const std::string what = std::string("gemv local ") + type_name(c.t) + " d_in " + std::to_string(c.d_in) +
+                             " members " + std::to_string(n);
+    // [force 0, 1][plain group, rmsnorm group, accumulate][member]
+    std::vector<float> y[2][3][3];
+    for (int f = 0; f < 2; ++f) {
+      gpu::gemv_tc_local_force(f);
+      const int64_t before = gpu::gemv_tc_local_launches();
+      for (int kind = 0; kind < 3; ++kind) {
+        std::vector<std::unique_ptr<Buf>> ys;
+        float* yp[3];
+        for (int m = 0; m < n; ++m) {
+          ys.push_back(std::make_unique<Buf>(gpu, (size_t)c.d_out[m]));
+          ys[m]->poison();
+          yp[m] = ys[m]->f();
+        }
+        if (kind == 0) gpu.matmul_group(wg, yp, n, bx.f(), 1, off);
+        if (kind == 1) gpu.rmsnorm_matmul_group(wg, yp, n, bxb.f(), bx.f(), bn.f(), 1e-5f, 1, off);
+        if (kind == 2) {
+          ys[0]->put(y0);
+          gpu.matmul_add(*wg[0], yp[0], bt.f(), bx.f(), 1, off[0]);
+        }
+        for (int m = 0; m < (kind == 2 ? 1 : n); ++m) y[f][kind][m] = ys[m]->get();
+      }
+      const int64_t ran = gpu::gemv_tc_local_launches() - before;
+      CHECK_MSG(ran == (f == 1 && c.local ? 3 : 0), what + ": " + std::to_string(ran) + " block-local launches with the knob " +
+                                                          (f ? "on" : "off"));
+    }
+    gpu::gemv_tc_local_force(-1);
+    // the CPU's y for each kind
+    std::vector<float> ref[3][3];
+    std::vector<float*> rp(n);
+    for (int m = 0; m < n; ++m) ref[0][m].assign((size_t)c.d_out[m], NAN), rp[m] = ref[0][m].data();
+    cpu.matmul_group(wc, rp.data(), n, x.data(), 1, off);
+    for (int m = 0; m < n; ++m) ref[1][m].assign((size_t)c.d_out[m], NAN), rp[m] = ref[1][m].data();
+    std::vector<float> xb(x.size()), tmp((size_t)c.d_out[0]);
+    cpu.rmsnorm_matmul_group(wc, rp.data(), n, xb.data(), x.data(), nw.data(), 1e-5f, 1, off);
+    ref[2][0] = y0;
+    cpu.matmul_add(*wc[0], ref[2][0].data(), tmp.data(), x.data(), 1, off[0]);
+    const char* kinds[3] = {"plain", "rmsnorm input", "accumulate"};
+    for (int kind = 0; kind < 3; ++kind)
+      for (int m = 0; m < (kind == 2 ? 1 : n); ++m) {
+        const std::string wm = what + " " + kinds[kind] + " member " + std::to_string(m);
+        report(wm + " local vs CPU", nmse(y[1][kind][m].data(), ref[kind][m].data(), ref[kind][m].size()), 1e-8);
+        CHECK_MSG(std::memcmp(y[0][kind][m].data(), y[1][kind][m].data(), y[0][kind][m].size() * 4) == 0,
+                  wm + ": block-local y differs from the k-major merge's");
+      }
+  }
+  // the fused GEMV's other tests with the knob on (where a launch allows it; against the CPU)
+  gpu::gemv_tc_local_force(1);
+  const int64_t before = gpu::gemv_tc_local_launches();
+  test_gemv_tc_shapes(cpu, gpu);
+  test_gemv_group(cpu, gpu);
+  test_fused_add_norm(cpu, gpu);
+  test_norm_parts(cpu, gpu);
+  CHECK_MSG(gpu::gemv_tc_local_launches() > before, "gemv_local: the other tests ran no block-local launch");
+  gpu::gemv_tc_local_force(-1);
+}
+
 // The gate/up launch writing swiglu(gate, up) into gate (rmsnorm_matmul_swiglu; TcArgs::
 // swiglu_pairs: the second tile of each gate/up pair computes it) vs the CPU's two ops: DecDEC off
 // and approx (the compensation blocks finish tiles too) and exact (the fallback), one unit per tile
@@ -2390,6 +2478,7 @@ int main(int argc, char** argv) {
     if (want("fused_add_norm")) test_fused_add_norm(*cpu, *gpu);
     if (want("chain")) test_chain(*cpu, *gpu);
     if (want("norm_parts")) test_norm_parts(*cpu, *gpu);
+    if (want("gemv_local")) test_gemv_local(*cpu, *gpu);
     if (want("swiglu_pairs")) test_swiglu_pairs(*cpu, *gpu);
     if (want("attn_prefetch")) test_attn_prefetch(*cpu, *gpu);
     if (want("attn_defer")) test_attn_defer(*cpu, *gpu);
