@@ -138,7 +138,10 @@ int g_local = -1;
 int64_t g_local_launches = 0;
 }  // namespace
 void gemv_tc_local_force(int mode) { g_local = mode; }
-bool gemv_tc_local() { return forced_or_env(g_local, "DDRT_TC_LOCAL"); }
+// 2 by default since its H100 A/B (twenty-fourth session, two rounds each): smollm2-135m +4.6 % at
+// 3 bits, +14.0 % at 4 (its down projection, and q/k/v at 4 bits); llama3-8b unchanged (no launch
+// qualifies). Mode 1 also took llama3-8b's 3-bit q/k/v (192 blocks, two on some SMs): -2.1 %.
+int gemv_tc_local() { return g_local >= 0 ? g_local : env_int("DDRT_TC_LOCAL", 2); }
 int64_t gemv_tc_local_launches() { return g_local_launches; }
 // on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two
 // rounds; gate/up's selection ends ~1 us earlier); env DDRT_SEL_REUSE=0 the twin
@@ -151,7 +154,7 @@ int64_t tc_seg_align() {
   return a >= 1 ? a : 1;
 }
 
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major, bool local) {
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major, int local) {
   TcPlan p;
   const DeviceInfo& dev = device_info();
   if (!gemv_tc_supports(W) || dev.n_sm == 0) return p;
@@ -163,9 +166,9 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   const bool bulk = W.units != nullptr;
   // the block-local merge (TcArgs::local): kTcWarps / n_units whole tiles per block, one unit per
   // warp, all of x staged, one ring slot per warp, then the partial sums; only where every block
-  // is resident at once (a second wave would start only as the first ends) and a tile has more
-  // than one unit (one unit writes its tile directly already)
-  if (local && n_tb == 0 && p.n_units >= 2 && p.n_units <= kTcWarps) {
+  // is resident at once (a second wave would start only as the first ends; local 2: at most one
+  // block per SM) and a tile has more than one unit (one unit writes its tile directly already)
+  if (local > 0 && n_tb == 0 && p.n_units >= 2 && p.n_units <= kTcWarps) {
     const int T = (int)(kTcWarps / p.n_units);
     const int64_t blocks = (p.n_tiles + T - 1) / T;
     const int64_t ring_off = (int64_t)tc_base_smem(mma_slabs(W.d_in, W.bits), W.bits, W.group) / 16;
@@ -174,7 +177,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
     const int per_sm = smem > (size_t)dev.max_smem ? 0
                        : W.bits == 3          ? blocks_per_sm<3>(W.group, smem, bulk)
                                               : blocks_per_sm<4>(W.group, smem, bulk);
-    if (per_sm > 0 && blocks <= (int64_t)per_sm * dev.n_sm) {
+    if (per_sm > 0 && blocks <= (int64_t)(local == 2 ? 1 : per_sm) * dev.n_sm) {
       p.local = T;
       p.grid = (int)blocks;
       p.resident = per_sm * dev.n_sm;

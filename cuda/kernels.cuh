@@ -656,12 +656,14 @@ struct BlockEndStamp {  // slot 4 on every way out of a block
 // local: the block-local merge where it fits (TcArgs::local: DecDEC off, 2 <= units per tile <=
 // kTcWarps, every block resident at once with one ring slot per warp); the caller asks for it only
 // where the launch has no compensation, no swiglu_pairs and no deferred attention in x, and a
-// chain never takes such a plan. Otherwise (or where it does not fit) the k-major plan.
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false, bool local = false);
-// The block-local merge, lab knob (env DDRT_TC_LOCAL=1, off until measured): force 1 on, 0 off,
-// -1 back to the environment; and the launches that ran it so far (the tests).
+// chain never takes such a plan. Otherwise (or where it does not fit) the k-major plan. local 2:
+// only where the blocks are at most one per SM.
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false, int local = 0);
+// The block-local merge (env DDRT_TC_LOCAL: 0 off, the twin; 1 where every block is resident at
+// once; 2, the default, where they are at most one per SM): force a mode, -1 back to the
+// environment; and the launches that ran it so far (the tests).
 void gemv_tc_local_force(int mode);
-bool gemv_tc_local();
+int gemv_tc_local();
 int64_t gemv_tc_local_launches();
 // The bulk ring (TcArgs::bulk): whether uniform 3/4-bit linears live as unit images instead of
 // codes and scales (on by default where device_info().bulk; env DDRT_TC_BULK=0 off; force 1 / 0,

@@ -1243,7 +1243,11 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
                              " members " + std::to_string(n);
     // [force 0, 1][plain group, rmsnorm group, accumulate][member]
     std::vector<float> y[2][3][3];
+    // DDRT_TEST_LOCAL_MODE=0 or 1: that mode alone (under racecheck: whose launches a hazard is)
+    const char* only_mode = std::getenv("DDRT_TEST_LOCAL_MODE");
+    const int lone = only_mode && *only_mode ? std::atoi(only_mode) : -1;
     for (int f = 0; f < 2; ++f) {
+      if (lone >= 0 && f != lone) continue;
       gpu::gemv_tc_local_force(f);
       const int64_t before = gpu::gemv_tc_local_launches();
       for (int kind = 0; kind < 3; ++kind) {
@@ -1278,7 +1282,7 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
     ref[2][0] = y0;
     cpu.matmul_add(*wc[0], ref[2][0].data(), tmp.data(), x.data(), 1, off[0]);
     const char* kinds[3] = {"plain", "rmsnorm input", "accumulate"};
-    for (int kind = 0; kind < 3; ++kind)
+    for (int kind = 0; kind < 3 && lone < 0; ++kind)
       for (int m = 0; m < (kind == 2 ? 1 : n); ++m) {
         const std::string wm = what + " " + kinds[kind] + " member " + std::to_string(m);
         report(wm + " local vs CPU", nmse(y[1][kind][m].data(), ref[kind][m].data(), ref[kind][m].size()), 1e-8);
@@ -1286,7 +1290,9 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
                   wm + ": block-local y differs from the k-major merge's");
       }
   }
-  // the fused GEMV's other tests with the knob on (where a launch allows it; against the CPU)
+  // the fused GEMV's other tests with the knob on (where a launch allows it; against the CPU);
+  // not racecheck-sized (the cases above are the block-local code's)
+  if (race_sized()) return;
   gpu::gemv_tc_local_force(1);
   const int64_t before = gpu::gemv_tc_local_launches();
   test_gemv_tc_shapes(cpu, gpu);
