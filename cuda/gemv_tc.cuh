@@ -134,7 +134,7 @@ struct TcArgs {
                                   // c % n_tb, warp c / n_tb), publish sel and wait for each other
   // segment-major with select_here: the x values of the published selection beside it ([kmax],
   // written by the selecting block, so that the others read them instead of recomputing x from
-  // its sources: one dependent L2 round trip fewer; lab knob DDRT_COMP_XS=1), or null
+  // its sources: one dependent L2 round trip fewer; on by default, DDRT_COMP_XS=0 off), or null
   float* sel_xs = nullptr;
   // tc_select_chunk_approx with fewer barriers (lab knob DDRT_SEL_FAST=1; the same selection)
   bool sel_fast = false;

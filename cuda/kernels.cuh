@@ -659,9 +659,9 @@ struct BlockEndStamp {  // slot 4 on every way out of a block
 // chain never takes such a plan. Otherwise (or where it does not fit) the k-major plan. local 2:
 // only where the blocks are at most one per SM.
 TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false, int local = 0);
-// The block-local merge (env DDRT_TC_LOCAL: 0 off, the twin; 1 where every block is resident at
-// once; 2, the default, where they are at most one per SM): force a mode, -1 back to the
-// environment; and the launches that ran it so far (the tests).
+// The block-local merge, lab knob (env DDRT_TC_LOCAL: 0 off, the default; 1 where every block is
+// resident at once; 2 where they are at most one per SM, the faster): force a mode, -1 back to
+// the environment; and the launches that ran it so far (the tests).
 void gemv_tc_local_force(int mode);
 int gemv_tc_local();
 int64_t gemv_tc_local_launches();
@@ -682,8 +682,8 @@ int64_t gemv_tc_chunk_launches();  // launches with chunk-major compensation so 
 // would), so that the callers' fallbacks run; gemv_tc_refuse_take() counts one down.
 void gemv_tc_refuse_next(int n);
 bool gemv_tc_refuse_take();
-// Segment-major approx compensation, lab knob (TcArgs::sel_xs): the selection's x values published
-// with it (env DDRT_COMP_XS=1); force: 1 on, 0 off, -1 back to the env. And the launches that ran
+// Segment-major approx compensation (TcArgs::sel_xs): the selection's x values published with it
+// (on by default; env DDRT_COMP_XS=0 off); force: 1 on, 0 off, -1 back to the env. And the launches that ran
 // that way so far (the tests).
 void gemv_tc_comp_xs_force(int mode);
 bool gemv_tc_comp_xs();
