@@ -10,7 +10,7 @@ namespace ddrt {
 namespace gpu {
 
 template <int B, int G>
-int tc_blocks_per_sm(size_t smem, bool bulk);
+int tc_blocks_per_sm(size_t smem, bool bulk, bool local = false);
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st);
 template <int B, int G>
@@ -33,8 +33,8 @@ R by_group(int group, R dflt, F&& f) {
   return dflt;
 }
 template <int B>
-int blocks_per_sm(int group, size_t smem, bool bulk) {
-  return by_group(group, 0, [&](auto G) { return tc_blocks_per_sm<B, decltype(G)::value>(smem, bulk); });
+int blocks_per_sm(int group, size_t smem, bool bulk, bool local = false) {
+  return by_group(group, 0, [&](auto G) { return tc_blocks_per_sm<B, decltype(G)::value>(smem, bulk, local); });
 }
 template <int B>
 cudaError_t launch(int group, const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
@@ -171,19 +171,20 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   p.n_units = tc_tile_units(W.d_in, W.bits);
   const int64_t n_ch = (W.d_in + kChunk - 1) / kChunk;
   const bool bulk = W.units != nullptr;
-  // the block-local merge (TcArgs::local): kTcWarps / n_units whole tiles per block, one unit per
+  // the block-local merge (TcArgs::local; on the bulk ring only, its one instantiation besides the
+  // default's): kTcWarps / n_units whole tiles per block, one unit per
   // warp, all of x staged, one ring slot per warp, then the partial sums; only where every block
   // is resident at once (a second wave would start only as the first ends; local 2: at most one
   // block per SM) and a tile has more than one unit (one unit writes its tile directly already)
-  if (local > 0 && n_tb == 0 && p.n_units >= 2 && p.n_units <= kTcWarps) {
+  if (local > 0 && bulk && n_tb == 0 && p.n_units >= 2 && p.n_units <= kTcWarps) {
     const int T = (int)(kTcWarps / p.n_units);
     const int64_t blocks = (p.n_tiles + T - 1) / T;
     const int64_t ring_off = (int64_t)tc_base_smem(mma_slabs(W.d_in, W.bits), W.bits, W.group) / 16;
     const int64_t local_off = ring_off + (int64_t)tc_ring_bytes(W.bits, W.group, bulk, 1) / 16;
     const size_t smem = (size_t)(local_off * 16 + (int64_t)T * p.n_units * 16 * 4);
     const int per_sm = smem > (size_t)dev.max_smem ? 0
-                       : W.bits == 3          ? blocks_per_sm<3>(W.group, smem, bulk)
-                                              : blocks_per_sm<4>(W.group, smem, bulk);
+                       : W.bits == 3          ? blocks_per_sm<3>(W.group, smem, bulk, true)
+                                              : blocks_per_sm<4>(W.group, smem, bulk, true);
     if (per_sm > 0 && blocks <= (int64_t)(local == 2 ? 1 : per_sm) * dev.n_sm) {
       p.local = T;
       p.grid = (int)blocks;

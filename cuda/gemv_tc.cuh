@@ -1026,7 +1026,15 @@ __global__ void __launch_bounds__(kTcThreads) tc_pack_kernel(const __grid_consta
   });
 }
 
-template <int B, int G, bool Bulk = false>
+// The block-local merge's tiles of base block w0 / kTcWarps: [tile0, tile0 + n_loc) (TcArgs::local).
+__device__ __forceinline__ void tc_local_tiles(const TcArgs& a, int64_t w0, int64_t& tile0, int& n_loc) {
+  tile0 = w0 / kTcWarps * a.local;
+  n_loc = (int)(a.n_tiles - tile0 < a.local ? a.n_tiles - tile0 : a.local);
+}
+// Local: the block-local merge's instantiation (a.local > 0; with Bulk only): its code is compiled
+// out of the others, whose register allocation it would otherwise change (ptxas: the bulk
+// instances spilled 40-116 bytes with it as a runtime branch).
+template <int B, int G, bool Bulk = false, bool Local = false>
 __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   constexpr int C = step_codes(B), V = step_vecs(B), NW = 4 * V, NQ = C / 4, QG = G / 32, NG = NQ / QG;
   constexpr int UC = tc_unit_chunks(B);
@@ -1035,9 +1043,11 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const int64_t w0 = (int64_t)(tc_block(a) - a.n_tb) * kTcWarps, w = w0 + warp;
   const int64_t U = a.n_tiles * a.n_units;
   // the block-local merge (a.local): this block's tiles [tile0, tile0 + n_loc), warp j's unit j
-  const int LT = a.local;
-  const int64_t tile0 = LT ? w0 / kTcWarps * LT : 0;
-  const int n_loc = LT ? (int)(a.n_tiles - tile0 < LT ? a.n_tiles - tile0 : LT) : 0;
+  // (tile tile0 + j / n_units, k = j % n_units: its sums go to lp[j], tc_local_tiles)
+  const int LT = Local ? a.local : 0;
+  int64_t tile0 = 0;
+  int n_loc = 0;
+  if (LT) tc_local_tiles(a, w0, tile0, n_loc);
   const bool active = LT ? warp < n_loc * a.n_units : w < a.wb;
   const int64_t u_begin = active && !LT ? tc_range_begin(w, U, a.wb_div) : 0;
   const int64_t u_end = active ? (LT ? 1 : tc_range_begin(w + 1, U, a.wb_div)) : 0;
@@ -1276,9 +1286,8 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
   __syncthreads();
   tc_stamp(a, 2);
-  if (!active && !LT) return;  // (local: every warp meets the merge's barrier below)
+  if (!active && !Local) return;  // (local: every warp meets the merge's barrier below)
   const float rn = a.nw ? tc_rms_factor(a, ssq_red) : 1.0f;  // the rmsnorm factor of x
-  float* const lp = reinterpret_cast<float*>(smem + a.local_off);  // local: [n_loc][n_units][16]
 
   const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
@@ -1369,7 +1378,9 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         if (r < W.d_out) a.y[m][ra] = a.accumulate ? __ldcg(a.y[m] + ra) + ya : ya;  // L2: see the chain
         if (r + 8 < W.d_out) a.y[m][rb] = a.accumulate ? __ldcg(a.y[m] + rb) + yb : yb;
       } else {
-        float* slot = LT ? lp + ((int64_t)(tl - tile0) * a.n_units + k) * 16 : a.part + ((int64_t)tl * a.n_units + k) * 16;
+        // local: this warp's unit is the block's unit `warp` (nothing else held across the loop)
+        float* slot = Local ? reinterpret_cast<float*>(smem + a.local_off) + warp * 16
+                            : a.part + ((int64_t)tl * a.n_units + k) * 16;
         slot[g] = ya;
         slot[g + 8] = yb;
       }
@@ -1395,11 +1406,14 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // the HBM time the launch's tail leaves idle (other warps' last units, the merge, the
   // compensation) instead of competing with its stream (pieces dealt warp-first)
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
-  if (LT) {  // every unit's sums are in lp: the block's first warps finish its tiles, two each
+  if constexpr (Local) {  // every unit's sums are in lp: the block's first warps finish its tiles, two each
     __syncthreads();
-    if (2 * warp < n_loc)
-      tc_finish_tiles<true>(a, tile0 + 2 * warp, 2 * warp + 1 < n_loc ? tile0 + 2 * warp + 1 : -1, a.n_units, lane,
-                            lp, tile0);
+    int64_t t0;
+    int nl;
+    tc_local_tiles(a, w0, t0, nl);  // (recomputed: not held in registers across the loop)
+    if (2 * warp < nl)
+      tc_finish_tiles<true>(a, t0 + 2 * warp, 2 * warp + 1 < nl ? t0 + 2 * warp + 1 : -1, a.n_units, lane,
+                            reinterpret_cast<const float*>(smem + a.local_off), t0);
     return;
   }
   if (direct) {
@@ -1442,7 +1456,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
 
 // Bulk: the base role's ring on bulk copies (TcArgs::bulk; sm_90+: below it the instantiation
 // compiles to a trap, never launched).
-template <int B, int G, bool Bulk = false>
+template <int B, int G, bool Bulk = false, bool Local = false>
 __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_constant__ TcArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   if constexpr (Bulk) {
@@ -1458,7 +1472,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) gemv_tc_kernel(const __grid_con
     if (tc_block(a) < a.n_tb)
       tc_comp_block(a, reinterpret_cast<uint8_t*>(tc_smem));
     else
-      tc_base_block<B, G, Bulk>(a, tc_smem);
+      tc_base_block<B, G, Bulk, Local>(a, tc_smem);
     tc_stamp(a, 4);
   }
 }

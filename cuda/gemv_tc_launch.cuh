@@ -9,7 +9,7 @@ namespace ddrt {
 namespace gpu {
 
 template <int B, int G>
-int tc_blocks_per_sm(size_t smem, bool bulk) {
+int tc_blocks_per_sm(size_t smem, bool bulk, bool local) {
   // The launch limit is set to the device's opt-in maximum, not to this plan's need: plans are
   // cached per linear, and a limit lowered by a later, smaller plan failed an earlier plan's
   // launches (invalid argument).
@@ -17,7 +17,7 @@ int tc_blocks_per_sm(size_t smem, bool bulk) {
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
     return 0;
-  auto k = bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
+  auto k = local ? gemv_tc_kernel<B, G, true, true> : bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
   if (smem > (size_t)max_smem || cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) != cudaSuccess)
     return 0;
   int n = 0;
@@ -27,6 +27,8 @@ int tc_blocks_per_sm(size_t smem, bool bulk) {
 
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
+  if (a.local > 0)  // (with bulk only: gemv_tc_plan)
+    return launch_pdl(gemv_tc_kernel<B, G, true, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
   return a.bulk ? launch_pdl(gemv_tc_kernel<B, G, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a)
                 : launch_pdl(gemv_tc_kernel<B, G, false>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
 }
@@ -57,7 +59,7 @@ cudaError_t tc_pack_launch(const TcArgs& a, uint4* units, cudaStream_t st) {
 }
 
 #define DDRT_GEMV_TC_INSTANTIATE(B, G)                                                        \
-  template int tc_blocks_per_sm<B, G>(size_t, bool);                                            \
+  template int tc_blocks_per_sm<B, G>(size_t, bool, bool);                                      \
   template cudaError_t tc_pack_launch<B, G>(const TcArgs&, uint4*, cudaStream_t);             \
   template cudaError_t tc_launch<B, G>(const TcArgs&, int, size_t, cudaStream_t);             \
   template int tc_chain_blocks_per_sm<B, G>(size_t);                                          \
