@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 . tools/gpu_build.sh
 gpu_build
-CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 run() {  # name, limit in s, command...
   local name=$1 limit=$2; shift 2
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1

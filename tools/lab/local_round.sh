@@ -10,7 +10,6 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 . tools/gpu_build.sh
 gpu_build
-CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 race() {  # name, extra racecheck options, env assignments...
   local name=$1 extra=$2
   shift 2
