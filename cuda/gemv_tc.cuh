@@ -117,7 +117,7 @@ struct TcArgs {
   int64_t wb = 0;         // base warps that get work (<= U)
   TcDiv wb_div, nt_div;   // wb and n_tiles as divisors (tc_split.h)
   float* part = nullptr;  // [n_tiles][n_units][16]: slot k of a tile = its column-k unit
-  // > 0 (TcPlan::local, lab knob DDRT_TC_LOCAL=1): the block-local merge. Block b owns tiles
+  // > 0 (TcPlan::local, lab knob DDRT_TC_LOCAL; the Local instantiation): the block-local merge. Block b owns tiles
   // [b local, (b + 1) local) whole: its warp j takes unit (tile b local + j / n_units, k = j %
   // n_units), at most one per warp (n_units * local <= kTcWarps), so the ring has one slot per
   // warp and the block stages all of x. The units' sums go to shared memory (local_off, uint4:
