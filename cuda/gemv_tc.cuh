@@ -1407,6 +1407,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // compensation) instead of competing with its stream (pieces dealt warp-first)
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
   if constexpr (Local) {  // every unit's sums are in lp: the block's first warps finish its tiles, two each
+    // the warp's one barrier ends here (every lane is past its wait, its copy landed): invalidated
+    // as PTX asks before its bytes serve anything else, such as the next block's x on this SM
+    __syncwarp();
+    if (lane == 0) mbar_inval(bars);
     __syncthreads();
     int64_t t0;
     int nl;

@@ -137,6 +137,7 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
 __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) { return ::ddrt_emu::mbar_try_wait(bar, parity); }
 __device__ __forceinline__ void fence_proxy_async_smem() {}
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) { ::ddrt_emu::mbar_expect_tx(bar, 0); }
+__device__ __forceinline__ void mbar_inval(uint64_t* bar) { ::ddrt_emu::mbar_inval(bar); }
 #elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)), "r"(count)
@@ -174,6 +175,11 @@ __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.p
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)) : "memory");
 }
+// ends bar's life as an mbarrier (no copy or arrival pending on it), before its bytes are used
+// for anything else (PTX: mbarrier.inval)
+__device__ __forceinline__ void mbar_inval(uint64_t* bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)) : "memory");
+}
 #else
 __device__ __forceinline__ void mbar_init(uint64_t*, int) { __trap(); }
 __device__ __forceinline__ void mbar_fence_init() { __trap(); }
@@ -185,6 +191,7 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t*, uint32_t) {
 }
 __device__ __forceinline__ void fence_proxy_async_smem() { __trap(); }
 __device__ __forceinline__ void mbar_arrive(uint64_t*) { __trap(); }
+__device__ __forceinline__ void mbar_inval(uint64_t*) { __trap(); }
 #endif
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   while (!mbar_try_wait(bar, parity)) {

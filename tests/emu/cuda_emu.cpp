@@ -437,6 +437,12 @@ void mbar_init(void* bar, int count) {
   tw->mbars[bar] = m;
   std::memcpy(bar, &kMbarMark, 8);
 }
+void mbar_inval(void* bar) {
+  Mbar& m = mbar_at(bar, "mbarrier.inval");
+  if (!m.copies.empty()) die("mbarrier.inval over a barrier with copies in flight");
+  tw->mbars.erase(bar);
+  std::memset(bar, 0xff, 8);
+}
 void mbar_expect_tx(void* bar, uint32_t bytes) {
   Mbar& m = mbar_at(bar, "mbarrier.arrive.expect_tx");
   if (m.pending == 0) die("mbarrier.arrive.expect_tx: more arrivals than the phase's count");

@@ -67,6 +67,7 @@ void cp_wait(int n);
 // fibers run, and fails the block if it never can; a block that exits with copies in flight fails.
 void mbar_init(void* bar, int count);
 void mbar_expect_tx(void* bar, uint32_t bytes);
+void mbar_inval(void* bar);  // the barrier's record gone: a later use fails until an init
 void bulk_copy(void* dst, const void* src, uint32_t bytes, void* bar);
 bool mbar_try_wait(void* bar, uint32_t parity);
 
