@@ -114,7 +114,7 @@ struct CudaLinear : Linear {
   mutable gpu::TcPlan plan;
   mutable int plan_n_tb = -1;
   mutable bool plan_chunks = false;  // the plan's compensation is chunk-major
-  mutable int plan_local = 0;        // the block-local merge mode the plan was asked for
+  mutable int plan_local = 0;        // the block-local merge mode the plan was asked for x 2 + (gate/up pairs)
   mutable int64_t plan_kmax = -1;
   mutable int64_t plan_d_out = -1;  // the launch's d_out (a group's total when this is its head)
   // DecDEC's share of this linear's device bytes, counted in the backend's decdec counter while
@@ -1089,13 +1089,16 @@ bool CudaBackend::matmul_fused(const CudaLinear* const* Ws, float* const* ys, in
   CompJob job = prepare_comp(W, x, 1, call, shape.d_out * (chunks ? (shape.d_in + kChunk - 1) / kChunk : 1));
   const int n_tb = job.active ? (call.n_tb > 0 ? call.n_tb : gpu::tc_default_n_tb(shape)) : 0;
   const int64_t kmax = job.active ? job.p.kmax : 0;
-  // the block-local merge (DDRT_TC_LOCAL) where the launch allows it: DecDEC off, no gate/up
-  // pairs, no deferred attention in x, not a chain's stage (gemv_tc_plan falls back to the
-  // k-major plan where the shape does not fit it)
-  const int local = !job.active && !io.swiglu_pairs && !io.attn.po && !chain_on() ? gpu::gemv_tc_local() : 0;
+  // the block-local merge (DDRT_TC_LOCAL) where the launch allows it: DecDEC off, not a chain's
+  // stage, and (unless DDRT_TC_LOCAL_EXT) no gate/up pairs and no deferred attention in x
+  // (gemv_tc_plan falls back to the k-major plan where the shape does not fit it). plan_local
+  // keys the plan by both: the mode, and whether it was made for pairs.
+  const bool ext = gpu::gemv_tc_local_ext();
+  const int local_mode = !job.active && !chain_on() && (ext || (!io.swiglu_pairs && !io.attn.po)) ? gpu::gemv_tc_local() : 0;
+  const int local = local_mode * 2 + (io.swiglu_pairs ? 1 : 0);
   if (W.plan_n_tb != n_tb || W.plan_kmax != kmax || W.plan_d_out != shape.d_out || W.plan_chunks != chunks ||
       W.plan_local != local) {
-    W.plan = gpu::gemv_tc_plan(shape, n_tb, kmax, chunks, local);
+    W.plan = gpu::gemv_tc_plan(shape, n_tb, kmax, chunks, local_mode, io.swiglu_pairs);
     W.plan_n_tb = n_tb;
     W.plan_kmax = kmax;
     W.plan_d_out = shape.d_out;

@@ -137,10 +137,15 @@ void gemv_tc_sel_fast_force(int mode) { g_sel_fast = mode; }
 bool gemv_tc_sel_fast() { return forced_or_env(g_sel_fast, "DDRT_SEL_FAST"); }
 void gemv_tc_sel_reuse_force(int mode) { g_sel_reuse = mode; }
 namespace {
-int g_local = -1;
+int g_local = -1, g_local_ext = -1;
 int64_t g_local_launches = 0;
 }  // namespace
 void gemv_tc_local_force(int mode) { g_local = mode; }
+void gemv_tc_local_ext_force(int mode) { g_local_ext = mode; }
+// (twenty-fifth session, written without a GPU: the gate/up pairs joined in the block save the
+// pair counters' fence, atomic and L2 reads on SmolLM2-135M's gate/up, one unit per tile at 3 bits;
+// not yet measured)
+bool gemv_tc_local_ext() { return forced_or_env(g_local_ext, "DDRT_TC_LOCAL_EXT"); }
 // Off by default until racecheck is clean on it. Its H100 A/B (twenty-fourth session, two rounds
 // each): mode 2 smollm2-135m +4.6 % at 3 bits, +14.0 % at 4 (its down projection, and q/k/v at 4
 // bits); llama3-8b unchanged (no launch qualifies). Mode 1 also took llama3-8b's 3-bit q/k/v (192
@@ -161,7 +166,7 @@ int64_t tc_seg_align() {
   return a >= 1 ? a : 1;
 }
 
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major, int local) {
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major, int local, bool pairs) {
   TcPlan p;
   const DeviceInfo& dev = device_info();
   if (!gemv_tc_supports(W) || dev.n_sm == 0) return p;
@@ -176,9 +181,11 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
   // warp, all of x staged, one ring slot per warp, then the partial sums; only where every block
   // is resident at once (a second wave would start only as the first ends; local 2: at most one
   // block per SM) and a tile has more than one unit (one unit writes its tile directly already)
-  if (local > 0 && bulk && n_tb == 0 && p.n_units >= 2 && p.n_units <= kTcWarps) {
-    const int T = (int)(kTcWarps / p.n_units);
-    const int64_t blocks = (p.n_tiles + T - 1) / T;
+  // or the launch is a gate/up pair's (whole pairs per block: an even number of tiles)
+  const int T = p.n_units >= 1 && p.n_units <= kTcWarps ? (int)(kTcWarps / p.n_units) : 0;
+  if (local > 0 && bulk && n_tb == 0 && T > 0 &&
+      (pairs ? T % 2 == 0 && p.n_tiles % 2 == 0 : p.n_units >= 2)) {
+    const int64_t blocks = pairs ? (p.n_tiles / 2 + T / 2 - 1) / (T / 2) : (p.n_tiles + T - 1) / T;
     const int64_t ring_off = (int64_t)tc_base_smem(mma_slabs(W.d_in, W.bits), W.bits, W.group) / 16;
     const int64_t local_off = ring_off + (int64_t)tc_ring_bytes(W.bits, W.group, bulk, 1) / 16;
     const size_t smem = (size_t)(local_off * 16 + (int64_t)T * p.n_units * 16 * 4);
@@ -192,6 +199,7 @@ TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major
       p.wb = blocks * kTcWarps;  // (the next linears' L2 prefetch is dealt over every warp)
       p.ring_off = ring_off;
       p.local_off = local_off;
+      p.local_pairs = pairs;
       p.smem = smem;
       p.ok = true;
       return p;
@@ -395,9 +403,9 @@ bool tc_fill(TcArgs& a, const DevLinear* const* W, float* const* y, int n, const
   a.comp_ch = comp ? plan.comp_ch : 0;
   a.comp_cb = plan.comp_cb;
   a.ring_off = plan.ring_off;
-  // the block-local merge: no compensation, no gate/up pairs, no deferred attention (the caller
-  // asks for such a plan only without them: gemv_tc_plan)
-  if (plan.local > 0 && (comp || io.swiglu_pairs || io.attn.po)) return false;
+  // the block-local merge: no compensation (the caller asks for such a plan only without it:
+  // gemv_tc_plan), and a plan made for gate/up pairs exactly where the launch has them
+  if (plan.local > 0 && (comp || io.swiglu_pairs != plan.local_pairs)) return false;
   a.local = plan.local;
   a.local_off = plan.local_off;
   a.stamps = stamp_region(plan.grid);  // a region per launch (or chain stage) while stamping

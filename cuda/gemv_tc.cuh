@@ -469,16 +469,19 @@ __device__ __forceinline__ void tc_pair_count(const TcArgs& a, int64_t tile, int
 // loads 16 at a time before adding any: a chain of one L2 round trip per slot made the blocks that
 // finish tiles end ~10 us late, and the compensation blocks (often the last to arrive, finishing a
 // whole segment) one round trip per tile.
-// Local (TcArgs::local): the slots are the block's shared array lp ([tile - tile0][k][16]), no
-// counter to reset; the sum and everything after it as above (so y is the same bit for bit).
+// Local (TcArgs::local): the slots are the block's shared array lp ([local tile][k][16], li: this
+// lane's tile's local index), no counter to reset; the sum and everything after it as above (so y
+// is the same bit for bit), but gate/up pairs (ta a pair's gate tile, tb its up tile) are joined
+// within the warp: no count, no fence, no L2 round trip.
 template <bool Local = false>
 __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int64_t tb, int64_t e_base, int lane,
-                                                const float* lp = nullptr, int64_t tile0 = 0) {
+                                                const float* lp = nullptr, int li = 0) {
   const int64_t tile = lane < 16 ? ta : tb;
-  float sq = 0.0f;  // this lane's row's final value squared (ssq_out)
+  float sq = 0.0f;   // this lane's row's final value squared (ssq_out)
+  float fin = 0.0f;  // and the value (Local gate/up pairs)
   if (tile >= 0) {
     const int r = lane & 15;
-    const float* slots = Local ? lp + (tile - tile0) * a.n_units * 16 + r : a.part + tile * a.n_units * 16 + r;
+    const float* slots = Local ? lp + (int64_t)li * a.n_units * 16 + r : a.part + tile * a.n_units * 16 + r;
     // the row's old value (accumulate) loaded beside the first slots, not one round trip after the
     // sum: only this lane writes the row in this launch, so the value is the same either way
     const int64_t row = tile * 16 + r;
@@ -515,6 +518,7 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
       const float yv = a.accumulate ? yold + s : s;
       *yr = yv;
       sq = yv * yv;
+      fin = yv;
     }
     if (r == 0 && !Local) a.cnt[tc_cnt_at(tile)] = 0;
   }
@@ -523,7 +527,10 @@ __device__ __forceinline__ void tc_finish_tiles(const TcArgs& a, int64_t ta, int
     for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
     if ((lane & 15) == 0 && tile >= 0) a.ssq_out[tile] = sq;
   }
-  if (a.swiglu_pairs) {  // the rows above, then each tile's pair count (lanes 0 and 1: ta, tb)
+  if (Local && a.swiglu_pairs) {  // lanes 16-31 hold the up rows of lanes 0-15's gate rows
+    const float up = __shfl_xor_sync(0xffffffffu, fin, 16);
+    if (lane < 16 && ta >= 0 && ta * 16 + lane < a.W.d_out) a.y[0][ta * 16 + lane] = swiglu1(fin, up);
+  } else if (a.swiglu_pairs) {  // the rows above, then each tile's pair count (lanes 0 and 1: ta, tb)
     DDRT_COUNTER_FENCE(a.fence_sc);
     __syncwarp();
     tc_pair_count(a, lane == 0 ? ta : lane == 1 ? tb : -1, lane);
@@ -1026,10 +1033,25 @@ __global__ void __launch_bounds__(kTcThreads) tc_pack_kernel(const __grid_consta
   });
 }
 
-// The block-local merge's tiles of base block w0 / kTcWarps: [tile0, tile0 + n_loc) (TcArgs::local).
+// The block-local merge's tiles of base block w0 / kTcWarps (TcArgs::local): n_loc of them, local
+// tile li being tc_local_tile(a, tile0, n_loc, li). Plain: tiles [tile0, tile0 + n_loc). Gate/up
+// pairs (swiglu_pairs): tile0 is the block's first pair, and it owns pairs [tile0, tile0 + n_loc /
+// 2) whole: local tiles [0, n_loc / 2) are their gate tiles, [n_loc / 2, n_loc) their up tiles.
 __device__ __forceinline__ void tc_local_tiles(const TcArgs& a, int64_t w0, int64_t& tile0, int& n_loc) {
-  tile0 = w0 / kTcWarps * a.local;
+  const int64_t b = w0 / kTcWarps;
+  if (a.swiglu_pairs) {
+    const int64_t per = a.local / 2, np = a.n_tiles / 2;
+    tile0 = b * per;
+    n_loc = 2 * (int)(np - tile0 < per ? np - tile0 : per);
+    return;
+  }
+  tile0 = b * a.local;
   n_loc = (int)(a.n_tiles - tile0 < a.local ? a.n_tiles - tile0 : a.local);
+}
+__device__ __forceinline__ int64_t tc_local_tile(const TcArgs& a, int64_t tile0, int n_loc, int li) {
+  if (!a.swiglu_pairs) return tile0 + li;
+  const int h = n_loc / 2;
+  return li < h ? tile0 + li : a.n_tiles / 2 + tile0 + (li - h);
 }
 // Local: the block-local merge's instantiation (a.local > 0; with Bulk only): its code is compiled
 // out of the others, whose register allocation it would otherwise change (ptxas: the bulk
@@ -1124,7 +1146,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
   const int n_mine = (int)(u_end - u_begin);
   const int64_t k_begin0 = LT ? warp % a.n_units : tc_quot(u_begin, a.nt_div);
-  uint32_t lt = (uint32_t)(LT ? tile0 + warp / a.n_units : u_begin - k_begin0 * a.n_tiles),
+  uint32_t lt = (uint32_t)(LT ? tc_local_tile(a, tile0, n_loc, warp / (int)a.n_units) : u_begin - k_begin0 * a.n_tiles),
            lk = (uint32_t)k_begin0;  // issue cursor
   const uint32_t t_begin = lt, k_begin = lk;
   // Units 0 .. R - 1, one commit group each (empty past the last unit: the group count stays
@@ -1292,7 +1314,9 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
   // Unit results go to y directly when a unit is a whole tile and nothing else adds to it;
   // otherwise to the unit's slot (tile, k) of part, counted in after the warp's last unit
-  const bool direct = a.n_units == 1 && a.n_tb == 0;  // (with swiglu_pairs too: its tiles count in below)
+  // (with swiglu_pairs too: its tiles count in below; never in the block-local merge, whose gate/up
+  // pairs of one unit per tile go through its shared array too)
+  const bool direct = a.n_units == 1 && a.n_tb == 0 && !Local;
   // B columns: lane g holds column g: 0, 1 class 0's hi and mid limbs, 2, 3 class 1's, 4, 5 the lo
   // limbs of class 0 and 1 (6, 7 stay 0). Lane t's two D columns 2t, 2t + 1 then join exactly in
   // int32 as v = D[2t] cm + D[2t + 1] (cm = 256 for (hi, mid), 2^s1 for the two lo limbs, s1 class
@@ -1415,9 +1439,16 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     int64_t t0;
     int nl;
     tc_local_tiles(a, w0, t0, nl);  // (recomputed: not held in registers across the loop)
-    if (2 * warp < nl)
-      tc_finish_tiles<true>(a, t0 + 2 * warp, 2 * warp + 1 < nl ? t0 + 2 * warp + 1 : -1, a.n_units, lane,
-                            reinterpret_cast<const float*>(smem + a.local_off), t0);
+    const float* lp = reinterpret_cast<const float*>(smem + a.local_off);
+    if (a.swiglu_pairs) {  // warp p: pair p, its gate tile in lanes 0-15, its up tile in 16-31
+      const int h = nl / 2;
+      if (warp < h)
+        tc_finish_tiles<true>(a, tc_local_tile(a, t0, nl, warp), tc_local_tile(a, t0, nl, h + warp), a.n_units, lane,
+                              lp, lane < 16 ? warp : h + warp);
+    } else if (2 * warp < nl) {
+      tc_finish_tiles<true>(a, t0 + 2 * warp, 2 * warp + 1 < nl ? t0 + 2 * warp + 1 : -1, a.n_units, lane, lp,
+                            lane < 16 ? 2 * warp : 2 * warp + 1);
+    }
     return;
   }
   if (direct) {

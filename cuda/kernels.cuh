@@ -592,6 +592,7 @@ struct TcPlan {
   // > 0: the block-local merge (TcArgs::local): tiles per block; each base warp one unit
   int local = 0;
   int64_t local_off = 0;  // uint4 offset of its partial sums in shared memory (after the ring)
+  bool local_pairs = false;  // made for a gate/up pair launch (TcArgs::swiglu_pairs): whole pairs per block
   bool ok = false;  // false: the shape does not fit (shared memory); use the other kernels
 };
 bool gemv_tc_supports(const DevLinear& W);
@@ -662,16 +663,24 @@ struct BlockEndStamp {  // slot 4 on every way out of a block
 // rounded to a multiple of the chunk count. Its cpart holds one term per chunk: n_ch x d_out floats.
 // local: the block-local merge where it fits (TcArgs::local: DecDEC off, 2 <= units per tile <=
 // kTcWarps, every block resident at once with one ring slot per warp); the caller asks for it only
-// where the launch has no compensation, no swiglu_pairs and no deferred attention in x, and a
-// chain never takes such a plan. Otherwise (or where it does not fit) the k-major plan. local 2:
-// only where the blocks are at most one per SM.
-TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false, int local = 0);
+// where the launch has no compensation, and a chain never takes such a plan. Otherwise (or where
+// it does not fit) the k-major plan. local 2: only where the blocks are at most one per SM.
+// pairs: the launch is a gate/up pair's (TcArgs::swiglu_pairs): blocks own whole pairs (an even
+// number of tiles per block: 1, 2 or 4 units per tile; one unit too, joined in the block instead of
+// by the pair counters).
+TcPlan gemv_tc_plan(const DevLinear& W, int n_tb, int64_t kmax, bool chunk_major = false, int local = 0,
+                    bool pairs = false);
 // The block-local merge, lab knob (env DDRT_TC_LOCAL: 0 off, the default; 1 where every block is
 // resident at once; 2 where they are at most one per SM, the faster): force a mode, -1 back to
 // the environment; and the launches that ran it so far (the tests).
 void gemv_tc_local_force(int mode);
 int gemv_tc_local();
 int64_t gemv_tc_local_launches();
+// Lab knob (env DDRT_TC_LOCAL_EXT: 0 off, the default; 1): the block-local merge, where on, also
+// for gate/up pair launches and launches whose x is a deferred attention's; force 1 / 0, -1: the
+// environment.
+void gemv_tc_local_ext_force(int mode);
+bool gemv_tc_local_ext();
 // The bulk ring (TcArgs::bulk): whether uniform 3/4-bit linears live as unit images instead of
 // codes and scales (on by default where device_info().bulk; env DDRT_TC_BULK=0 off; force 1 / 0,
 // -1: the environment), their bytes, and the packing of W's (codes and scales on the device) into

@@ -21,7 +21,7 @@ tail -15 "$OUT/ctest.log"
 tail -15 "$OUT/pytest.log"
 # the CPU-vs-CUDA tests again with the off-by-default switches on, and with the defaults' twins
 # (the CPU emulator runs the same in the test command; a failure here: bisect one switch per run)
-for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1 DDRT_L2_NEXT=1 DDRT_L2_PF_MB=-1 DDRT_ATTN_IDLE_EXIT=1 DDRT_GEMV_F_QUEUE=1 DDRT_SEL_FAST=1 DDRT_SEL_REUSE=0 DDRT_ATTN_PREFETCH=1 DDRT_I8_OWN=0 DDRT_TC_LOCAL=2" \
+for SWITCHES in "DDRT_TC_CHAIN=1 DDRT_ATTN_TILED=1 DDRT_COMP_CHUNKS=1 DDRT_L2_NEXT=1 DDRT_L2_PF_MB=-1 DDRT_ATTN_IDLE_EXIT=1 DDRT_GEMV_F_QUEUE=1 DDRT_SEL_FAST=1 DDRT_SEL_REUSE=0 DDRT_ATTN_PREFETCH=1 DDRT_I8_OWN=0 DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" \
                 "DDRT_SWIGLU_PAIRS=0 DDRT_FENCE_SC=1 DDRT_ATTN_MERGE_PRE=0 DDRT_NORM_PARTS=1 DDRT_ATTN_DEFER=1" \
                 "DDRT_FUSE_NORM=0 DDRT_ATTN_PREFETCH=0 DDRT_ATTN_TILED=0 DDRT_GEMV_F_ROWS=1 DDRT_I8_LIMBS=3 DDRT_W_EVICT=0 DDRT_TC_EARLY=0 DDRT_REPLAY_N=0 DDRT_TC_BULK=0 DDRT_ATTN_WARPS=4 DDRT_GEMV_F_QUEUE=0 DDRT_ATTN_HEADS_INNER=0 DDRT_COMP_SEG_ALIGN=1 DDRT_ATTN_MERGE_PRE=1 DDRT_ATTN_DEFER=0 DDRT_COMP_XS=0 DDRT_I8_WARPS=8"; do
   if ! (cd tests && env $SWITCHES python3 -m pytest -q -x python/test_cuda.py) >> "$OUT/pytest_switches.log" 2>&1; then
@@ -95,12 +95,14 @@ if [ "${1:-}" != "quick" ]; then
   # Then the compensation's other forms at k_chunk 8 against the default's row: chunk-major (each
   # block selects its own chunk, no exchange; slower in the fourth session, before the bulk ring
   # made a block's x loads ~4x shorter) and the x values recomputed (DDRT_COMP_XS=0, the twin); the
-  # block-local merge (DDRT_TC_LOCAL=2, lab) on SmolLM2.
+  # block-local merge (DDRT_TC_LOCAL=2, lab) on SmolLM2, also with its gate/up pairs and deferred
+  # attention (DDRT_TC_LOCAL_EXT=1).
   [ "${AB:-1}" = 0 ] || for ab in "|--shape llama3-8b --bits 3 --kv-cache f32" "|--shape smollm2-135m --bits 3 --kv-cache f32" \
             "|--shape llama3-8b --bits 4 --kv-cache f32" \
             "DDRT_COMP_CHUNKS=1|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_COMP_XS=0|--shape llama3-8b --bits 3 --decdec approx --k-chunk 8" \
             "DDRT_TC_LOCAL=2|--shape smollm2-135m --bits 3" "DDRT_TC_LOCAL=2|--shape smollm2-135m --bits 4" \
+            "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1|--shape smollm2-135m --bits 3" "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1|--shape smollm2-135m --bits 4" \
             "|--shape llama3-8b --bits 3 --context 4096" "|--shape llama3-8b --bits 3 --context 4096 --kv-cache f32" \
             "DDRT_ATTN_DEFER=0|--shape llama3-8b --bits 3" "DDRT_ATTN_DEFER=1|--shape smollm2-135m --bits 3" \
             "DDRT_ATTN_BLOCKS=100 DDRT_ATTN_DEFER=0|--shape smollm2-135m --bits 3" \

@@ -1213,13 +1213,22 @@ void test_norm_parts(Backend& cpu, Backend& gpu) {
 // the counter merge: the same unit sums added in the same order (k ascending), so y is the same
 // bit for bit. A plain linear, a q/k/v-like group, the rmsnorm input and y += (accumulate), at 2 to
 // 8 units per tile (3 bits: 1024 inputs a unit, 4 bits: 512), tail tiles included; 10 units get no
-// local plan. (At most 8 blocks each: the emulator's 4 SMs hold that many at once.) Then the other
-// fused-GEMV tests with it on, against the CPU.
+// local plan. With DDRT_TC_LOCAL_EXT on too, gate/up pairs (rmsnorm_matmul_swiglu: swiglu(gate, up)
+// joined in the block) at 1, 2 and 4 units per tile, a last block with fewer pairs included; 5
+// units (an odd number of tiles per block) get no local plan. (At most 8 blocks each: the
+// emulator's 4 SMs hold that many at once.) Then the other fused-GEMV tests with it on, against
+// the CPU, the pairs' and the deferred attention's included.
+void test_swiglu_pairs(Backend& cpu, Backend& gpu);  // (below)
+void test_attn_defer(Backend& cpu, Backend& gpu);
 void test_gemv_local(Backend& cpu, Backend& gpu) {
-  struct S { TensorType t; std::vector<int64_t> d_out; int64_t d_in; bool local; };
-  const S cases[] = {{TensorType::UQ3_G128, {300}, 2048, true},          {TensorType::UQ3_G128, {96, 32, 64}, 2500, true},
-                     {TensorType::UQ3_G32, {112}, 8192, true},          {TensorType::UQ4_G64, {64, 64}, 2500, true},
-                     {TensorType::UQ4_G128, {33}, 1024, true},           {TensorType::UQ3_G128, {64}, 9300, false}};
+  // pairs: -1 no gate/up pair run (members of unequal d_out), 0 a pair run on the k-major plan, 1
+  // on the block-local one
+  struct S { TensorType t; std::vector<int64_t> d_out; int64_t d_in; bool local; int pairs; };
+  const S cases[] = {{TensorType::UQ3_G128, {300}, 2048, true, -1},     {TensorType::UQ3_G128, {96, 32, 64}, 2500, true, -1},
+                     {TensorType::UQ3_G32, {112}, 8192, true, -1},      {TensorType::UQ4_G64, {64, 64}, 2500, true, 0},
+                     {TensorType::UQ4_G128, {33}, 1024, true, -1},      {TensorType::UQ3_G128, {64}, 9300, false, -1},
+                     {TensorType::UQ3_G128, {96, 96}, 1000, false, 1},  {TensorType::UQ4_G64, {96, 96}, 576, true, 1},
+                     {TensorType::UQ3_G128, {64, 64}, 4000, true, 1}};
   for (const S& c : cases) {
     const int n = (int)c.d_out.size();
     std::vector<std::unique_ptr<HostLinear>> L;
@@ -1241,16 +1250,18 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
     DecdecCall off[3];
     const std::string what = std::string("gemv local ") + type_name(c.t) + " d_in " + std::to_string(c.d_in) +
                              " members " + std::to_string(n);
-    // [force 0, 1][plain group, rmsnorm group, accumulate][member]
-    std::vector<float> y[2][3][3];
+    // [force 0, 1][plain group, rmsnorm group, accumulate, gate/up pair][member]
+    std::vector<float> y[2][4][3];
+    const int n_kinds = c.pairs >= 0 ? 4 : 3;
     // DDRT_TEST_LOCAL_MODE=0 or 1: that mode alone (under racecheck: whose launches a hazard is)
     const char* only_mode = std::getenv("DDRT_TEST_LOCAL_MODE");
     const int lone = only_mode && *only_mode ? std::atoi(only_mode) : -1;
     for (int f = 0; f < 2; ++f) {
       if (lone >= 0 && f != lone) continue;
       gpu::gemv_tc_local_force(f);
+      gpu::gemv_tc_local_ext_force(f);
       const int64_t before = gpu::gemv_tc_local_launches();
-      for (int kind = 0; kind < 3; ++kind) {
+      for (int kind = 0; kind < n_kinds; ++kind) {
         std::vector<std::unique_ptr<Buf>> ys;
         float* yp[3];
         for (int m = 0; m < n; ++m) {
@@ -1264,15 +1275,18 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
           ys[0]->put(y0);
           gpu.matmul_add(*wg[0], yp[0], bt.f(), bx.f(), 1, off[0]);
         }
+        if (kind == 3) gpu.rmsnorm_matmul_swiglu(wg, yp[0], yp[1], bxb.f(), bx.f(), bn.f(), 1e-5f, 1, off);
         for (int m = 0; m < (kind == 2 ? 1 : n); ++m) y[f][kind][m] = ys[m]->get();
       }
       const int64_t ran = gpu::gemv_tc_local_launches() - before;
-      CHECK_MSG(ran == (f == 1 && c.local ? 3 : 0), what + ": " + std::to_string(ran) + " block-local launches with the knob " +
-                                                          (f ? "on" : "off"));
+      const int64_t want = f == 1 ? (c.local ? 3 : 0) + (c.pairs == 1 ? 1 : 0) : 0;
+      CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " block-local launches with the knob " +
+                                 (f ? "on" : "off") + ", expected " + std::to_string(want));
     }
     gpu::gemv_tc_local_force(-1);
+    gpu::gemv_tc_local_ext_force(-1);
     // the CPU's y for each kind
-    std::vector<float> ref[3][3];
+    std::vector<float> ref[4][3];
     std::vector<float*> rp(n);
     for (int m = 0; m < n; ++m) ref[0][m].assign((size_t)c.d_out[m], NAN), rp[m] = ref[0][m].data();
     cpu.matmul_group(wc, rp.data(), n, x.data(), 1, off);
@@ -1281,8 +1295,12 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
     cpu.rmsnorm_matmul_group(wc, rp.data(), n, xb.data(), x.data(), nw.data(), 1e-5f, 1, off);
     ref[2][0] = y0;
     cpu.matmul_add(*wc[0], ref[2][0].data(), tmp.data(), x.data(), 1, off[0]);
-    const char* kinds[3] = {"plain", "rmsnorm input", "accumulate"};
-    for (int kind = 0; kind < 3 && lone < 0; ++kind)
+    if (n_kinds == 4) {
+      for (int m = 0; m < 2; ++m) ref[3][m].assign((size_t)c.d_out[m], NAN);
+      cpu.rmsnorm_matmul_swiglu(wc, ref[3][0].data(), ref[3][1].data(), xb.data(), x.data(), nw.data(), 1e-5f, 1, off);
+    }
+    const char* kinds[4] = {"plain", "rmsnorm input", "accumulate", "gate/up pair"};
+    for (int kind = 0; kind < n_kinds && lone < 0; ++kind)
       for (int m = 0; m < (kind == 2 ? 1 : n); ++m) {
         const std::string wm = what + " " + kinds[kind] + " member " + std::to_string(m);
         report(wm + " local vs CPU", nmse(y[1][kind][m].data(), ref[kind][m].data(), ref[kind][m].size()), 1e-8);
@@ -1294,13 +1312,22 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
   // not racecheck-sized (the cases above are the block-local code's)
   if (race_sized()) return;
   gpu::gemv_tc_local_force(1);
+  gpu::gemv_tc_local_ext_force(1);
   const int64_t before = gpu::gemv_tc_local_launches();
   test_gemv_tc_shapes(cpu, gpu);
   test_gemv_group(cpu, gpu);
   test_fused_add_norm(cpu, gpu);
   test_norm_parts(cpu, gpu);
+  const int64_t pairs0 = gpu::gemv_tc_local_launches();
+  test_swiglu_pairs(cpu, gpu);
+  CHECK_MSG(gpu::gemv_tc_local_launches() > pairs0, "gemv_local: the gate/up pair tests ran no block-local launch");
+  const int64_t defer0 = gpu::gemv_tc_local_launches(), defer_l0 = gpu::attn_defer_launches();
+  test_attn_defer(cpu, gpu);
+  CHECK_MSG(gpu::gemv_tc_local_launches() > defer0 && gpu::attn_defer_launches() > defer_l0,
+            "gemv_local: the deferred attention tests ran no block-local launch");
   CHECK_MSG(gpu::gemv_tc_local_launches() > before, "gemv_local: the other tests ran no block-local launch");
   gpu::gemv_tc_local_force(-1);
+  gpu::gemv_tc_local_ext_force(-1);
 }
 
 // The gate/up launch writing swiglu(gate, up) into gate (rmsnorm_matmul_swiglu; TcArgs::

@@ -25,5 +25,6 @@ race group_local "" DDRT_TEST_ONLY=gemv_group DDRT_TC_LOCAL=2 > "$OUT/r5.txt" &
 wait
 cat "$OUT"/r[1-5].txt
 [ "${LOCAL_AB:-1}" = 0 ] && exit 0
-OUT=$OUT/ab3 AB_ROUNDS=2 AB_DEADLINE=250 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 2>&1 | tail -4
-OUT=$OUT/ab4 AB_BITS=4 AB_ROUNDS=2 AB_DEADLINE=250 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 2>&1 | tail -4
+# (the default's llama3-8b rows: this build's, the first since the local code left the default instances)
+OUT=$OUT/ab3 AB_ROUNDS=2 AB_DEADLINE=250 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" 2>&1 | tail -5
+OUT=$OUT/ab4 AB_BITS=4 AB_SHAPES=smollm2-135m AB_ROUNDS=2 AB_DEADLINE=120 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" 2>&1 | tail -5
