@@ -1144,6 +1144,19 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
     __syncwarp();
   }
+  // ... and their end, once every lane of the warp is past its last wait on them (every copy issued
+  // has landed): invalidated, as PTX asks before their bytes serve anything else (the next block on
+  // this SM, of this launch or the next, may stage x or a ring slot there)
+  auto end_bars = [&]() {
+    if constexpr (bulk) {
+      __syncwarp();
+      if (lane == 0) {
+#pragma unroll
+        for (int p = 0; p < R; ++p)
+          if (p < RW) mbar_inval(bars + p);
+      }
+    }
+  };
   const int n_mine = (int)(u_end - u_begin);
   const int64_t k_begin0 = LT ? warp % a.n_units : tc_quot(u_begin, a.nt_div);
   uint32_t lt = (uint32_t)(LT ? tc_local_tile(a, tile0, n_loc, warp / (int)a.n_units) : u_begin - k_begin0 * a.n_tiles),
@@ -1308,7 +1321,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
   __syncthreads();
   tc_stamp(a, 2);
-  if (!active && !Local) return;  // (local: every warp meets the merge's barrier below)
+  if (!active && !Local) {  // (local: every warp meets the merge's barrier below)
+    end_bars();  // (no copy issued: no unit)
+    return;
+  }
   const float rn = a.nw ? tc_rms_factor(a, ssq_red) : 1.0f;  // the rmsnorm factor of x
 
   const uint2* xs2 = reinterpret_cast<const uint2*>(xw);
@@ -1426,15 +1442,12 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
     }
     cp_commit();
   }
+  end_bars();
   // the next linears' weights into L2 (TcArgs::next), once this warp's units are done: they fill
   // the HBM time the launch's tail leaves idle (other warps' last units, the merge, the
   // compensation) instead of competing with its stream (pieces dealt warp-first)
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
   if constexpr (Local) {  // every unit's sums are in lp: the block's first warps finish its tiles, two each
-    // the warp's one barrier ends here (every lane is past its wait, its copy landed): invalidated
-    // as PTX asks before its bytes serve anything else, such as the next block's x on this SM
-    __syncwarp();
-    if (lane == 0) mbar_inval(bars);
     __syncthreads();
     int64_t t0;
     int nl;
