@@ -2299,6 +2299,20 @@ int bench_stamps(Backend& gpu) {
         int shared = 0;
         for (int b = 0; b < ncomp; ++b) shared += h[b * K + 7] > 0 && h[b * K + 7] <= base_sm.size() && base_sm[h[b * K + 7] - 1];
         std::printf("%22s compensation blocks on an SM with a base block: %d of %d\n", "", shared, ncomp);
+        // the zero-copy rate while the link is in use: the residual rows and rscale over the gather
+        // phase (first selection read back to last gather done), beside the same bytes over the
+        // whole launch (the --bench-decdec table's figure, which counts the base's time too)
+        unsigned long long g0 = ~0ull, g1 = 0, e1 = 0;
+        for (int b = 0; b < ncomp; ++b) {
+          if (h[b * K + 6]) g0 = std::min(g0, h[b * K + 6]);
+          g1 = std::max(g1, h[b * K + 3]);
+        }
+        for (int b = 0; b < nb; ++b) e1 = std::max(e1, h[b * K + 4]);
+        const double rbytes = (double)total_k(kc, s[1]) * res_row_bytes(s[0]) + 4.0 * s[0];
+        if (g0 != ~0ull && g1 > g0 && e1 > t0)
+          std::printf("%22s zero-copy: %.0f KB; gather phase %.1f us: %.1f GB/s; whole launch %.1f us: %.1f GB/s\n",
+                      "", rbytes / 1e3, (g1 - g0) / 1e3, rbytes / (double)(g1 - g0), (e1 - t0) / 1e3,
+                      rbytes / (double)(e1 - t0));
       }
     }
   }
