@@ -8,6 +8,7 @@
 # Call 2: LOCAL_RACE=0 LOCAL_PLAIN=0 LOCAL_AB=1: the decode A/B of default, DDRT_TC_LOCAL=2 and
 # DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1 (3 bits on both shapes, then 4 bits on SmolLM2). Both
 # together do not fit one 600 s call.
+# One call for both, where device time is short (~520 s): LOCAL_AB=1 LOCAL_AB_ROUNDS=1 LOCAL_STAMPS=0.
 # Usage on the GPU machine: bash tools/lab/local_round.sh   (logs in $OUT or ./gpu_logs)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,8 +47,10 @@ wait
 [ "${LOCAL_RACE:-1}" = 1 ] && cat "$LR"/r[1-7].txt
 [ "${LOCAL_AB:-0}" = 1 ] || exit 0
 # the compensation's timeline at the default (~40 s): the zero-copy rate over the gather phase
-timeout 90 $BUILD/test_cuda_ops --bench-stamps > "$OUT/stamps.log" 2>&1
-grep -E "^ *[0-9]+x[0-9]+ +[0-9]+ |zero-copy" "$OUT/stamps.log"
+if [ "${LOCAL_STAMPS:-1}" = 1 ]; then
+  timeout 90 $BUILD/test_cuda_ops --bench-stamps > "$OUT/stamps.log" 2>&1
+  grep -E "^ *[0-9]+x[0-9]+ +[0-9]+ |zero-copy" "$OUT/stamps.log"
+fi
 # (the default's llama3-8b rows: the first since the local code left the default instances)
-OUT=$OUT/ab3 AB_ROUNDS=2 AB_DEADLINE=290 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" 2>&1 | tail -5
-OUT=$OUT/ab4 AB_BITS=4 AB_SHAPES=smollm2-135m AB_ROUNDS=2 AB_DEADLINE=120 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" 2>&1 | tail -5
+OUT=$OUT/ab3 AB_ROUNDS=${LOCAL_AB_ROUNDS:-2} AB_DEADLINE=290 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" 2>&1 | tail -5
+OUT=$OUT/ab4 AB_BITS=4 AB_SHAPES=smollm2-135m AB_ROUNDS=${LOCAL_AB_ROUNDS:-2} AB_DEADLINE=120 bash tools/gpu_ab.sh default DDRT_TC_LOCAL=2 "DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1" 2>&1 | tail -5
