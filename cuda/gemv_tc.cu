@@ -155,6 +155,10 @@ bool gemv_tc_local_ext() { return forced_or_env(g_local_ext, "DDRT_TC_LOCAL_EXT"
 // k-major launches the test runs beside it (BENCHMARKS, twenty-fourth session).
 int gemv_tc_local() { return g_local >= 0 ? g_local : env_int("DDRT_TC_LOCAL", 0); }
 int64_t gemv_tc_local_launches() { return g_local_launches; }
+bool gemv_tc_one() {
+  static const bool one = env_int("DDRT_TC_ONE", 0) == 1;
+  return one;
+}
 // on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two
 // rounds; gate/up's selection ends ~1 us earlier); env DDRT_SEL_REUSE=0 the twin
 bool gemv_tc_sel_reuse() { return g_sel_reuse >= 0 ? g_sel_reuse == 1 : env_int("DDRT_SEL_REUSE", 1) != 0; }

@@ -17,7 +17,7 @@ int tc_blocks_per_sm(size_t smem, bool bulk, bool local) {
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
     return 0;
-  auto k = local ? gemv_tc_kernel<B, G, true, true> : bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
+  auto k = local || (bulk && gemv_tc_one()) ? gemv_tc_kernel<B, G, true, true> : bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
   if (smem > (size_t)max_smem || cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) != cudaSuccess)
     return 0;
   int n = 0;
@@ -27,7 +27,7 @@ int tc_blocks_per_sm(size_t smem, bool bulk, bool local) {
 
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
-  if (a.local > 0)  // (with bulk only: gemv_tc_plan)
+  if (a.local > 0 || (a.bulk && gemv_tc_one()))  // (a.local: with bulk only, gemv_tc_plan)
     return launch_pdl(gemv_tc_kernel<B, G, true, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
   return a.bulk ? launch_pdl(gemv_tc_kernel<B, G, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a)
                 : launch_pdl(gemv_tc_kernel<B, G, false>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);

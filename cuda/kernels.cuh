@@ -681,6 +681,12 @@ int64_t gemv_tc_local_launches();
 // environment.
 void gemv_tc_local_ext_force(int mode);
 bool gemv_tc_local_ext();
+// Lab knob (env DDRT_TC_ONE: 0 off, the default; 1): every bulk-ring launch runs the block-local
+// merge's instantiation (gemv_tc_kernel<B, G, true, true>, which runs a k-major plan too where
+// a.local is 0), so that a decode step alternates no kernel functions: the twenty-sixth session's
+// step timeline suggested that the launches beside a block-local one slow down when the two
+// instances alternate (instruction cache); this tells.
+bool gemv_tc_one();
 // The bulk ring (TcArgs::bulk): whether uniform 3/4-bit linears live as unit images instead of
 // codes and scales (on by default where device_info().bulk; env DDRT_TC_BULK=0 off; force 1 / 0,
 // -1: the environment), their bytes, and the packing of W's (codes and scales on the device) into
