@@ -425,8 +425,10 @@ inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
 // bulk: and its slots' mbarriers after it (8 bytes each).
 // slots: per warp (0: tc_ring_slots; the block-local merge has 1).
 inline size_t tc_ring_bytes(int bits, int group, bool bulk = false, int slots = 0) {
+  // (bulk: 8 bytes of mbarrier per slot; a warp's single barrier takes 16, tc_base_block)
   return (size_t)kTcWarps * (slots > 0 ? slots : tc_ring_slots(bits, group)) *
-         (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0));
+             (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0)) +
+         (bulk && slots == 1 ? (size_t)kTcWarps * 8 : 0);
 }
 // shared ints of the selection (tc_select_chunk_approx): bucket counts, two scans' warp sums, and
 // the warps' bucket counts (sel_fast)
@@ -1111,7 +1113,10 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   const int RW = LT ? 1 : R;  // the slots a warp has (local: one, its one unit's)
   uint4* ring = smem + a.ring_off + (int64_t)warp * RW * SLOT;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * RW * SLOT) + warp * RW;
+  // (local: each warp's one barrier in 16 bytes of its own, tc_ring_bytes: racecheck, twenty-sixth
+  // session, paired lane 0's mbarrier.init in warp w with warp w + 1's expect_tx on its barrier 8
+  // bytes further, as if the init touched 16 bytes)
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * RW * SLOT) + warp * (LT ? 2 : R);
   constexpr bool bulk = Bulk;  // a.bulk, as the kernel's instantiation (the default's code stays as it was)
   const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (~230 s): does the block-local merge's loss at 3 bits come from the decode step
+# One device call (~260 s): does the block-local merge's loss at 3 bits come from the decode step
 # alternating two instantiations of the fused GEMV (DDRT_TC_ONE, kernels.cuh)? Builds, checks that
 # DDRT_TC_ONE and the block-local merge give the default's logits bit for bit
 # (tools/lab/tokens_check.py), then the decode A/B on SmolLM2-135M at 3 and 4 bits and
@@ -10,13 +10,19 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 . tools/gpu_build.sh
 gpu_build
+# racecheck of the block-local launches alone (their barriers 16 bytes apart since this call's
+# commit), beside the logits check
+DDRT_TEST_RACE=1 DDRT_TEST_ONLY=gemv_local DDRT_TEST_LOCAL_MODE=1 timeout 120 "$CS" --tool racecheck \
+  --racecheck-report all --print-limit 12 $BUILD/test_cuda_ops > "$OUT/race_mode1.log" 2>&1 &
 for b in 3 4; do
   for e in X=0 DDRT_TC_ONE=1 "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1"; do
     echo "$b-bit $e: $(env $e python3 tools/lab/tokens_check.py smollm2-135m $b 2>&1 | tail -1)"
   done
 done
+wait
+echo "== racecheck gemv_local, block-local alone: $(grep -E 'passed' "$OUT/race_mode1.log") $(grep -E 'RACECHECK SUMMARY' "$OUT/race_mode1.log")"
 S=("DDRT_TC_ONE=1" "DDRT_TC_LOCAL=2" "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2" "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1")
 for b in 3 4; do
-  OUT=$OUT/ab$b AB_BITS=$b AB_SHAPES=smollm2-135m AB_ROUNDS=2 AB_DEADLINE=100 bash tools/gpu_ab.sh default "${S[@]}" 2>&1 | tail -7
+  OUT=/tmp/ab$b AB_BITS=$b AB_SHAPES=smollm2-135m AB_ROUNDS=2 AB_DEADLINE=100 bash tools/gpu_ab.sh default "${S[@]}" 2>&1 | tail -7
 done
-OUT=$OUT/abl AB_SHAPES=llama3-8b AB_ROUNDS=1 AB_DEADLINE=60 bash tools/gpu_ab.sh default DDRT_TC_ONE=1 2>&1 | tail -3
+OUT=/tmp/abl AB_SHAPES=llama3-8b AB_ROUNDS=1 AB_DEADLINE=60 bash tools/gpu_ab.sh default DDRT_TC_ONE=1 2>&1 | tail -3
