@@ -155,9 +155,11 @@ bool gemv_tc_local_ext() { return forced_or_env(g_local_ext, "DDRT_TC_LOCAL_EXT"
 // k-major launches the test runs beside it (BENCHMARKS, twenty-fourth session).
 int gemv_tc_local() { return g_local >= 0 ? g_local : env_int("DDRT_TC_LOCAL", 0); }
 int64_t gemv_tc_local_launches() { return g_local_launches; }
+int g_one = -1;
+void gemv_tc_one_force(int mode) { g_one = mode; }
 bool gemv_tc_one() {
   static const bool one = env_int("DDRT_TC_ONE", 0) == 1;
-  return one;
+  return g_one >= 0 ? g_one == 1 : one;
 }
 // on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two
 // rounds; gate/up's selection ends ~1 us earlier); env DDRT_SEL_REUSE=0 the twin

@@ -425,10 +425,8 @@ inline size_t tc_base_smem(int64_t n_slabs, int bits, int group) {
 // bulk: and its slots' mbarriers after it (8 bytes each).
 // slots: per warp (0: tc_ring_slots; the block-local merge has 1).
 inline size_t tc_ring_bytes(int bits, int group, bool bulk = false, int slots = 0) {
-  // (bulk: 8 bytes of mbarrier per slot; a warp's single barrier takes 16, tc_base_block)
   return (size_t)kTcWarps * (slots > 0 ? slots : tc_ring_slots(bits, group)) *
-             (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0)) +
-         (bulk && slots == 1 ? (size_t)kTcWarps * 8 : 0);
+         (tc_slot_vecs(bits, group) * 16 + (bulk ? 8 : 0));
 }
 // shared ints of the selection (tc_select_chunk_approx): bucket counts, two scans' warp sums, and
 // the warps' bucket counts (sel_fast)
@@ -1113,10 +1111,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   static_assert(NG == tc_slab_groups(B, G), "groups per slab");
   const int RW = LT ? 1 : R;  // the slots a warp has (local: one, its one unit's)
   uint4* ring = smem + a.ring_off + (int64_t)warp * RW * SLOT;
-  // (local: each warp's one barrier in 16 bytes of its own, tc_ring_bytes: racecheck, twenty-sixth
-  // session, paired lane 0's mbarrier.init in warp w with warp w + 1's expect_tx on its barrier 8
-  // bytes further, as if the init touched 16 bytes)
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * RW * SLOT) + warp * (LT ? 2 : R);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + a.ring_off + (int64_t)kTcWarps * RW * SLOT) + warp * RW;
   constexpr bool bulk = Bulk;  // a.bulk, as the kernel's instantiation (the default's code stays as it was)
   const uint64_t pol = l2_policy(a.evict_first);
   auto issue = [&](uint32_t tl, uint32_t k, int slot) {
@@ -1326,7 +1321,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   }
   __syncthreads();
   tc_stamp(a, 2);
-  if (!active && !Local) {  // (local: every warp meets the merge's barrier below)
+  if (!active && !LT) {  // (local: every warp meets the merge's barrier below)
     end_bars();  // (no copy issued: no unit)
     return;
   }
@@ -1337,7 +1332,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // otherwise to the unit's slot (tile, k) of part, counted in after the warp's last unit
   // (with swiglu_pairs too: its tiles count in below; never in the block-local merge, whose gate/up
   // pairs of one unit per tile go through its shared array too)
-  const bool direct = a.n_units == 1 && a.n_tb == 0 && !Local;
+  const bool direct = a.n_units == 1 && a.n_tb == 0 && !LT;
   // B columns: lane g holds column g: 0, 1 class 0's hi and mid limbs, 2, 3 class 1's, 4, 5 the lo
   // limbs of class 0 and 1 (6, 7 stay 0). Lane t's two D columns 2t, 2t + 1 then join exactly in
   // int32 as v = D[2t] cm + D[2t + 1] (cm = 256 for (hi, mid), 2^s1 for the two lo limbs, s1 class
@@ -1424,7 +1419,7 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
         if (r + 8 < W.d_out) a.y[m][rb] = a.accumulate ? __ldcg(a.y[m] + rb) + yb : yb;
       } else {
         // local: this warp's unit is the block's unit `warp` (nothing else held across the loop)
-        float* slot = Local ? reinterpret_cast<float*>(smem + a.local_off) + warp * 16
+        float* slot = LT ? reinterpret_cast<float*>(smem + a.local_off) + warp * 16
                             : a.part + ((int64_t)tl * a.n_units + k) * 16;
         slot[g] = ya;
         slot[g + 8] = yb;
@@ -1452,7 +1447,9 @@ __device__ __forceinline__ void tc_base_block(const TcArgs& a, uint4* smem) {
   // the HBM time the launch's tail leaves idle (other warps' last units, the merge, the
   // compensation) instead of competing with its stream (pieces dealt warp-first)
   if (a.next.n) l2_prefetch(a.next, (int64_t)lane * a.wb + w, a.wb * 32);
-  if constexpr (Local) {  // every unit's sums are in lp: the block's first warps finish its tiles, two each
+  // every unit's sums are in lp: the block's first warps finish its tiles, two each (the Local
+  // instance with a.local 0, DDRT_TC_ONE, runs the k-major merge below)
+  if (Local && LT) {
     __syncthreads();
     int64_t t0;
     int nl;

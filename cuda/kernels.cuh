@@ -685,7 +685,8 @@ bool gemv_tc_local_ext();
 // merge's instantiation (gemv_tc_kernel<B, G, true, true>, which runs a k-major plan too where
 // a.local is 0), so that a decode step alternates no kernel functions: the twenty-sixth session's
 // step timeline suggested that the launches beside a block-local one slow down when the two
-// instances alternate (instruction cache); this tells.
+// instances alternate (instruction cache); this tells. Force 1 / 0, -1: the environment.
+void gemv_tc_one_force(int mode);
 bool gemv_tc_one();
 // The bulk ring (TcArgs::bulk): whether uniform 3/4-bit linears live as unit images instead of
 // codes and scales (on by default where device_info().bulk; env DDRT_TC_BULK=0 off; force 1 / 0,

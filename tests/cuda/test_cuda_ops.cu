@@ -1250,16 +1250,19 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
     DecdecCall off[3];
     const std::string what = std::string("gemv local ") + type_name(c.t) + " d_in " + std::to_string(c.d_in) +
                              " members " + std::to_string(n);
-    // [force 0, 1][plain group, rmsnorm group, accumulate, gate/up pair][member]
-    std::vector<float> y[2][4][3];
+    // [force 0, 1, 2][plain group, rmsnorm group, accumulate, gate/up pair][member]; force 2: the
+    // k-major plans through the block-local instantiation (DDRT_TC_ONE)
+    std::vector<float> y[3][4][3];
     const int n_kinds = c.pairs >= 0 ? 4 : 3;
-    // DDRT_TEST_LOCAL_MODE=0 or 1: that mode alone (under racecheck: whose launches a hazard is)
+    // DDRT_TEST_LOCAL_MODE=0, 1 or 2: that mode alone (under racecheck: whose launches a hazard
+    // is; 2 tells the block-local instantiation's code from its plans)
     const char* only_mode = std::getenv("DDRT_TEST_LOCAL_MODE");
     const int lone = only_mode && *only_mode ? std::atoi(only_mode) : -1;
-    for (int f = 0; f < 2; ++f) {
+    for (int f = 0; f < 3; ++f) {
       if (lone >= 0 && f != lone) continue;
-      gpu::gemv_tc_local_force(f);
-      gpu::gemv_tc_local_ext_force(f);
+      gpu::gemv_tc_local_force(f == 1);
+      gpu::gemv_tc_local_ext_force(f == 1);
+      gpu::gemv_tc_one_force(f == 2);
       const int64_t before = gpu::gemv_tc_local_launches();
       for (int kind = 0; kind < n_kinds; ++kind) {
         std::vector<std::unique_ptr<Buf>> ys;
@@ -1281,10 +1284,11 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
       const int64_t ran = gpu::gemv_tc_local_launches() - before;
       const int64_t want = f == 1 ? (c.local ? 3 : 0) + (c.pairs == 1 ? 1 : 0) : 0;
       CHECK_MSG(ran == want, what + ": " + std::to_string(ran) + " block-local launches with the knob " +
-                                 (f ? "on" : "off") + ", expected " + std::to_string(want));
+                                 (f == 1 ? "on" : "off") + ", expected " + std::to_string(want));
     }
     gpu::gemv_tc_local_force(-1);
     gpu::gemv_tc_local_ext_force(-1);
+    gpu::gemv_tc_one_force(-1);
     // the CPU's y for each kind
     std::vector<float> ref[4][3];
     std::vector<float*> rp(n);
@@ -1306,6 +1310,8 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
         report(wm + " local vs CPU", nmse(y[1][kind][m].data(), ref[kind][m].data(), ref[kind][m].size()), 1e-8);
         CHECK_MSG(std::memcmp(y[0][kind][m].data(), y[1][kind][m].data(), y[0][kind][m].size() * 4) == 0,
                   wm + ": block-local y differs from the k-major merge's");
+        CHECK_MSG(std::memcmp(y[0][kind][m].data(), y[2][kind][m].data(), y[0][kind][m].size() * 4) == 0,
+                  wm + ": the k-major plan through the block-local instantiation differs from the default's");
       }
   }
   // the fused GEMV's other tests with the knob on (where a launch allows it; against the CPU);
