@@ -1229,7 +1229,12 @@ void test_gemv_local(Backend& cpu, Backend& gpu) {
                      {TensorType::UQ4_G128, {33}, 1024, true, -1},      {TensorType::UQ3_G128, {64}, 9300, false, -1},
                      {TensorType::UQ3_G128, {96, 96}, 1000, false, 1},  {TensorType::UQ4_G64, {96, 96}, 576, true, 1},
                      {TensorType::UQ3_G128, {64, 64}, 4000, true, 1}};
+  // DDRT_TEST_LOCAL_ONLY=1: the cases whose launches are all block-local with the knob on (under
+  // racecheck with DDRT_TEST_LOCAL_MODE=1: no k-major launch, of another shared-memory layout,
+  // between them)
+  const bool only_local = gpu::env_int("DDRT_TEST_LOCAL_ONLY", 0) == 1;
   for (const S& c : cases) {
+    if (only_local && (!c.local || c.pairs == 0)) continue;
     const int n = (int)c.d_out.size();
     std::vector<std::unique_ptr<HostLinear>> L;
     std::vector<std::unique_ptr<Linear>> Wc, Wg;

@@ -98,6 +98,10 @@ struct Mbar {
   uint32_t phase = 0;
   int64_t tx_expected = 0, tx_copied = 0;
   int64_t spins = 0;  // failed waits on this phase
+  // the warp whose thread initialized it, and the block barriers passed by then: another warp may
+  // use it only after a __syncthreads (racecheck reports the init against that use otherwise)
+  int init_warp = -1;
+  uint64_t init_epoch = 0;
   struct Copy {
     void* dst;
     std::vector<unsigned char> data;
@@ -126,6 +130,7 @@ struct Worker {
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
   int alive = 0, bar_arrived = 0;
+  uint64_t bar_epoch = 0;  // block barriers released so far (Mbar::init_epoch)
   bool spun = false;
   std::map<void*, Mbar> mbars;  // the block's mbarriers by address
   const std::function<void()>* body = nullptr;
@@ -173,6 +178,7 @@ struct Worker {
   }
   void release_barrier() {
     bar_arrived = 0;
+    ++bar_epoch;
     for (Fiber& f : fibers)
       if (f.st == St::Bar) f.st = St::Ready;
   }
@@ -419,6 +425,10 @@ Mbar& mbar_at(void* bar, const char* what) {
   uint64_t mark;
   std::memcpy(&mark, bar, 8);
   if (mark != kMbarMark) die((std::string(what) + ": the mbarrier's shared memory was overwritten").c_str());
+  if (it->second.init_warp != w.cur->warp && it->second.init_epoch == w.bar_epoch)
+    die((std::string(what) + ": an mbarrier initialized by warp " + std::to_string(it->second.init_warp) +
+         ", used by warp " + std::to_string(w.cur->warp) + " with no __syncthreads between")
+            .c_str());
   return it->second;
 }
 bool in_smem(const void* p, size_t bytes) {
@@ -434,6 +444,12 @@ void mbar_init(void* bar, int count) {
   m.count = m.pending = count;
   auto it = tw->mbars.find(bar);
   if (it != tw->mbars.end() && !it->second.copies.empty()) die("mbarrier.init over a barrier with copies in flight");
+  if (it != tw->mbars.end() && it->second.init_warp != tw->cur->warp && it->second.init_epoch == tw->bar_epoch)
+    die(("mbarrier.init by warp " + std::to_string(tw->cur->warp) + " over warp " +
+         std::to_string(it->second.init_warp) + "'s, with no __syncthreads between")
+            .c_str());
+  m.init_warp = tw->cur->warp;
+  m.init_epoch = tw->bar_epoch;
   tw->mbars[bar] = m;
   std::memcpy(bar, &kMbarMark, 8);
 }

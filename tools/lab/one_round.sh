@@ -15,6 +15,10 @@ gpu_build
 # the block-local plans, raced in the twenty-sixth session), beside the logits check
 DDRT_TEST_RACE=1 DDRT_TEST_ONLY=gemv_local DDRT_TEST_LOCAL_MODE=2 timeout 120 "$CS" --tool racecheck \
   --racecheck-report all --print-limit 12 $BUILD/test_cuda_ops > "$OUT/race_mode2.log" 2>&1 &
+# and the block-local plans with no k-major launch between them (DDRT_TEST_LOCAL_ONLY): if the
+# hazards go, they came from one launch's barrier bytes seen by the next of another layout
+DDRT_TEST_RACE=1 DDRT_TEST_ONLY=gemv_local DDRT_TEST_LOCAL_MODE=1 DDRT_TEST_LOCAL_ONLY=1 timeout 120 "$CS" \
+  --tool racecheck --racecheck-report all --print-limit 12 $BUILD/test_cuda_ops > "$OUT/race_local_only.log" 2>&1 &
 same=1
 for b in 3 4; do
   ref=""
@@ -28,7 +32,9 @@ for b in 3 4; do
 done
 wait
 [ $same = 1 ] || { echo "logits differ from the default's: no A/B"; exit 1; }
-echo "== racecheck gemv_local, mode 2: $(grep -E 'passed' "$OUT/race_mode2.log") $(grep -E 'RACECHECK SUMMARY' "$OUT/race_mode2.log")"
+for r in mode2 local_only; do
+  echo "== racecheck gemv_local $r: $(grep -E 'passed' "$OUT/race_$r.log") $(grep -E 'RACECHECK SUMMARY' "$OUT/race_$r.log")"
+done
 S=("DDRT_TC_ONE=1" "DDRT_TC_LOCAL=2" "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2" "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1")
 for b in 3 4; do
   OUT=/tmp/ab$b AB_BITS=$b AB_SHAPES=smollm2-135m AB_ROUNDS=2 AB_DEADLINE=100 bash tools/gpu_ab.sh default "${S[@]}" 2>&1 | tail -7
