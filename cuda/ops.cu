@@ -696,7 +696,9 @@ const DeviceInfo& device_info() {
     if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
       info.n_sm = prop.multiProcessorCount;
       info.max_smem = (int)prop.sharedMemPerBlockOptin;
-      info.pdl = prop.major >= 9;
+      // env DDRT_PDL=0 (lab): no programmatic dependent launch (each kernel starts once the one
+      // before has ended): the A/B of what it hides, and racecheck without kernels overlapping
+      info.pdl = prop.major >= 9 && env_int("DDRT_PDL", 1) != 0;
       info.bulk = prop.major >= 9;
       dev_cached = dev;
     }

@@ -19,6 +19,10 @@ DDRT_TEST_RACE=1 DDRT_TEST_ONLY=gemv_local DDRT_TEST_LOCAL_MODE=2 timeout 120 "$
 # hazards go, they came from one launch's barrier bytes seen by the next of another layout
 DDRT_TEST_RACE=1 DDRT_TEST_ONLY=gemv_local DDRT_TEST_LOCAL_MODE=1 DDRT_TEST_LOCAL_ONLY=1 timeout 120 "$CS" \
   --tool racecheck --racecheck-report all --print-limit 12 $BUILD/test_cuda_ops > "$OUT/race_local_only.log" 2>&1 &
+# and mode 1 whole without programmatic dependent launch (DDRT_PDL=0: no two launches' blocks on
+# an SM at once): if the hazards go, racecheck matched two overlapping launches' shared memory
+DDRT_PDL=0 DDRT_TEST_RACE=1 DDRT_TEST_ONLY=gemv_local DDRT_TEST_LOCAL_MODE=1 timeout 120 "$CS" \
+  --tool racecheck --racecheck-report all --print-limit 12 $BUILD/test_cuda_ops > "$OUT/race_nopdl.log" 2>&1 &
 same=1
 for b in 3 4; do
   ref=""
@@ -32,7 +36,7 @@ for b in 3 4; do
 done
 wait
 [ $same = 1 ] || { echo "logits differ from the default's: no A/B"; exit 1; }
-for r in mode2 local_only; do
+for r in mode2 local_only nopdl; do
   echo "== racecheck gemv_local $r: $(grep -E 'passed' "$OUT/race_$r.log") $(grep -E 'RACECHECK SUMMARY' "$OUT/race_$r.log")"
 done
 S=("DDRT_TC_ONE=1" "DDRT_TC_LOCAL=2" "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2" "DDRT_TC_ONE=1 DDRT_TC_LOCAL=2 DDRT_TC_LOCAL_EXT=1")
