@@ -137,28 +137,28 @@ void gemv_tc_sel_fast_force(int mode) { g_sel_fast = mode; }
 bool gemv_tc_sel_fast() { return forced_or_env(g_sel_fast, "DDRT_SEL_FAST"); }
 void gemv_tc_sel_reuse_force(int mode) { g_sel_reuse = mode; }
 namespace {
-int g_local = -1, g_local_ext = -1;
+int g_local = -1, g_local_ext = -1, g_one = -1;
 int64_t g_local_launches = 0;
 }  // namespace
 void gemv_tc_local_force(int mode) { g_local = mode; }
 void gemv_tc_local_ext_force(int mode) { g_local_ext = mode; }
-// (twenty-fifth session, written without a GPU: the gate/up pairs joined in the block save the
-// pair counters' fence, atomic and L2 reads on SmolLM2-135M's gate/up, one unit per tile at 3 bits;
-// not yet measured)
+// (twenty-fifth session: the gate/up pairs joined in the block save the pair counters' fence,
+// atomic and L2 reads; H100, twenty-sixth session, with DDRT_TC_LOCAL=2: smollm2-135m -11.3 % at
+// 3 bits, +31.9 % at 4, where every fused launch is block-local)
 bool gemv_tc_local_ext() { return forced_or_env(g_local_ext, "DDRT_TC_LOCAL_EXT"); }
 // Off by default until racecheck is clean on it. Its H100 A/B (twenty-fourth session, two rounds
 // each): mode 2 smollm2-135m +4.6 % at 3 bits, +14.0 % at 4 (its down projection, and q/k/v at 4
 // bits); llama3-8b unchanged (no launch qualifies). Mode 1 also took llama3-8b's 3-bit q/k/v (192
 // blocks, two on some SMs): -2.1 %. Correct on the GPU (test_cuda_ops gemv_local: bitwise the
-// k-major merge's y; memcheck clean), but racecheck reported hazards in its test (the bulk ring's
-// copies against the slot reads, mbarrier init against expect_tx), not yet told apart from the
-// k-major launches the test runs beside it (BENCHMARKS, twenty-fourth session).
+// k-major merge's y; memcheck clean), but racecheck reports hazards in its launches alone (warp w's
+// mbarrier init against warp w + 1's expect_tx; BENCHMARKS, twenty-fourth and twenty-sixth
+// sessions), which the emulator's per-block barrier check does not reproduce. Since it became its
+// own instantiation, mode 2 measured -11.6 % at 3 bits (twenty-sixth session).
 int gemv_tc_local() { return g_local >= 0 ? g_local : env_int("DDRT_TC_LOCAL", 0); }
 int64_t gemv_tc_local_launches() { return g_local_launches; }
-int g_one = -1;
 void gemv_tc_one_force(int mode) { g_one = mode; }
 bool gemv_tc_one() {
-  static const bool one = env_int("DDRT_TC_ONE", 0) == 1;
+  static const bool one = env_int("DDRT_TC_ONE", 0) == 1;  // (read once: every launch asks)
   return g_one >= 0 ? g_one == 1 : one;
 }
 // on by default since its H100 A/B (fifteenth session: llama3-8b approx k_chunk 8 +1.1 % over two

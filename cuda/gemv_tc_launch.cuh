@@ -8,6 +8,10 @@
 namespace ddrt {
 namespace gpu {
 
+// whether a launch runs the block-local instantiation: its plan is block-local, or DDRT_TC_ONE
+// sends every bulk-ring launch there (gemv_tc_one)
+inline bool tc_local_inst(bool local, bool bulk) { return local || (bulk && gemv_tc_one()); }
+
 template <int B, int G>
 int tc_blocks_per_sm(size_t smem, bool bulk, bool local) {
   // The launch limit is set to the device's opt-in maximum, not to this plan's need: plans are
@@ -17,7 +21,7 @@ int tc_blocks_per_sm(size_t smem, bool bulk, bool local) {
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
     return 0;
-  auto k = local || (bulk && gemv_tc_one()) ? gemv_tc_kernel<B, G, true, true> : bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
+  auto k = tc_local_inst(local, bulk) ? gemv_tc_kernel<B, G, true, true> : bulk ? gemv_tc_kernel<B, G, true> : gemv_tc_kernel<B, G, false>;
   if (smem > (size_t)max_smem || cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) != cudaSuccess)
     return 0;
   int n = 0;
@@ -27,7 +31,7 @@ int tc_blocks_per_sm(size_t smem, bool bulk, bool local) {
 
 template <int B, int G>
 cudaError_t tc_launch(const TcArgs& a, int grid, size_t smem, cudaStream_t st) {
-  if (a.local > 0 || (a.bulk && gemv_tc_one()))  // (a.local: with bulk only, gemv_tc_plan)
+  if (tc_local_inst(a.local > 0, a.bulk))  // (a.local: with bulk only, gemv_tc_plan)
     return launch_pdl(gemv_tc_kernel<B, G, true, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);
   return a.bulk ? launch_pdl(gemv_tc_kernel<B, G, true>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a)
                 : launch_pdl(gemv_tc_kernel<B, G, false>, dim3((unsigned)grid), dim3(kTcThreads), smem, st, a);

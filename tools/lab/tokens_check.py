@@ -1,6 +1,7 @@
-"""Greedy tokens and last logits of a synthetic model on the GPU, printed as one line (a digest),
-so that two processes with different DDRT_* switches can be compared: the block-local merge and
-its extension must give the default's bits. Usage: python3 tools/lab/tokens_check.py SHAPE BITS"""
+"""The logits of 8 one-token steps of a synthetic model on the GPU (after a 24-token prompt),
+hashed bit for bit and printed as one line, so that two processes with different DDRT_* switches
+can be compared: the block-local merge, its extension and DDRT_TC_ONE must give the default's bits.
+Usage: python3 tools/lab/tokens_check.py SHAPE BITS"""
 import hashlib
 import sys
 
